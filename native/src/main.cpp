@@ -1,0 +1,695 @@
+// mnist_driver: trains MNN's MNIST Lenet on one backend and writes what happened as JSON lines.
+//
+// It builds the same training graph as upstream's MNIST demo (tools/train/source/demo/MnistUtils.cpp):
+// uint8 image cast to float and scaled by 1/255, one-hot target, Lenet, cross-entropy, SGD with momentum
+// 0.9, weight decay 5e-4 and LrScheduler::inv(0.01, step, 1e-4, 0.75). It exists to reproduce
+// alibaba/MNN#3129 (Vulkan image mode segfaults in the first SGD step) with evidence.
+//
+// Deliberate differences from the demo, each for determinism across backends and runs:
+// - initial parameters come from this driver's seeded generator (or --init-params), because MNN is built
+//   with -fvisibility=hidden and its RandomGenerator inside libMNNTrain cannot be seeded from outside;
+// - the dropout mask is drawn from this driver's seeded generator for the same reason (same op: x * mask);
+// - batches come from a seeded permutation of an IDX file of any length.
+// The output contract (events, stages, exit codes) is documented in native/README.md.
+
+#include <MNN/Interpreter.hpp>
+#include <MNN/expr/Executor.hpp>
+#include <MNN/expr/ExprCreator.hpp>
+#include <MNN/expr/Module.hpp>
+#include <dlfcn.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "LearningRateScheduler.hpp"
+#include "Loss.hpp"
+#include "NN.hpp"
+#include "OpGrad.hpp"
+#include "SGD.hpp"
+#include "core/Backend.hpp"
+#include "RuntimeAttr.hpp"
+#include "events.hpp"
+#include "idx.hpp"
+#include "npy.hpp"
+#include "probe.hpp"
+
+using namespace MNN;
+using namespace MNN::Express;
+using namespace MNN::Train;
+using mnnrepro::Json;
+
+namespace {
+
+// Exit codes: keep in sync with native/README.md and mnnrepro/contract.py.
+enum ExitCode {
+    kOk = 0,
+    kUsage = 2,
+    kDataError = 3,
+    kNotExercised = 4,  // the backend under test was not the one MNN used
+    kNonFinite = 5,     // loss or prediction became NaN/Inf
+    kOutputError = 6,
+    kMnnError = 7,  // an MNN call reported failure (e.g. "Compute error in SGD")
+};
+
+struct Options {
+    std::string backend = "cpu";
+    std::string plugin;
+    std::string data;
+    std::string out;
+    std::string initParams;
+    std::string saveInit;
+    std::string dumpDir;
+    std::set<int> dumpSteps;
+    int steps = 30;
+    int batchSize = 64;
+    int testBatchSize = 100;
+    int testLimit = 0;  // 0: the whole test split
+    int seed = 1;
+    int threads = 4;
+    std::string precision = "high";
+    float dropout = 0.5f;
+    bool allowFallback = false;
+};
+
+void usage() {
+    fprintf(stderr,
+            "usage: mnist_driver --backend cpu|vulkan|opencl --data DIR --out DIR [options]\n"
+            "  --plugin PATH         backend library to dlopen first (libMNN_Vulkan.so, libMNN_CL.so)\n"
+            "  --steps N             training steps (default 30)\n"
+            "  --batch-size N        training batch (default 64)\n"
+            "  --test-batch-size N   evaluation batch (default 100)\n"
+            "  --test-limit N        evaluate on the first N test images (default: all)\n"
+            "  --seed N              parameter init, batch order and dropout seed (default 1)\n"
+            "  --precision high|normal|low   BackendConfig precision (default high)\n"
+            "  --threads N           number passed to setGlobalExecutorConfig (default 4)\n"
+            "  --dropout P           dropout ratio (default 0.5, as upstream's Lenet)\n"
+            "  --init-params DIR     start from DIR/<param>.npy instead of the seeded init\n"
+            "  --save-init DIR       write the initial parameters as DIR/<param>.npy\n"
+            "  --dump-steps A,B,..   steps whose gradients and updated parameters are written\n"
+            "  --dump-dir DIR        where dumps go (default OUT/grads)\n"
+            "  --allow-fallback      keep going when MNN fell back to the CPU (diagnosis only)\n");
+}
+
+bool parseInt(const char* s, int& v) {
+    char* end = nullptr;
+    long x = strtol(s, &end, 10);
+    if (!s[0] || *end) return false;
+    v = int(x);
+    return true;
+}
+
+bool parseArgs(int argc, char** argv, Options& o, std::string& error) {
+    for (int i = 1; i < argc; ++i) {
+        std::string a = argv[i];
+        auto need = [&](const char* name) -> const char* {
+            if (i + 1 >= argc) {
+                error = std::string(name) + " needs a value";
+                return nullptr;
+            }
+            return argv[++i];
+        };
+        auto intArg = [&](const char* name, int& v, int minimum) -> bool {
+            const char* s = need(name);
+            if (!s) return false;
+            if (!parseInt(s, v) || v < minimum) {
+                error = std::string(name) + " wants an integer >= " + std::to_string(minimum) + ", got '" + s + "'";
+                return false;
+            }
+            return true;
+        };
+        const char* s = nullptr;
+        if (a == "--help" || a == "-h") {
+            usage();
+            exit(kOk);
+        } else if (a == "--backend") {
+            if (!(s = need("--backend"))) return false;
+            o.backend = s;
+        } else if (a == "--plugin") {
+            if (!(s = need("--plugin"))) return false;
+            o.plugin = s;
+        } else if (a == "--data") {
+            if (!(s = need("--data"))) return false;
+            o.data = s;
+        } else if (a == "--out") {
+            if (!(s = need("--out"))) return false;
+            o.out = s;
+        } else if (a == "--init-params") {
+            if (!(s = need("--init-params"))) return false;
+            o.initParams = s;
+        } else if (a == "--save-init") {
+            if (!(s = need("--save-init"))) return false;
+            o.saveInit = s;
+        } else if (a == "--dump-dir") {
+            if (!(s = need("--dump-dir"))) return false;
+            o.dumpDir = s;
+        } else if (a == "--dump-steps") {
+            if (!(s = need("--dump-steps"))) return false;
+            std::string list = s;
+            size_t pos = 0;
+            while (pos <= list.size()) {
+                size_t comma = list.find(',', pos);
+                std::string item = list.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+                int v = 0;
+                if (!parseInt(item.c_str(), v) || v < 0) {
+                    error = "--dump-steps wants comma-separated step numbers, got '" + list + "'";
+                    return false;
+                }
+                o.dumpSteps.insert(v);
+                if (comma == std::string::npos) break;
+                pos = comma + 1;
+            }
+        } else if (a == "--steps") {
+            if (!intArg("--steps", o.steps, 1)) return false;
+        } else if (a == "--batch-size") {
+            if (!intArg("--batch-size", o.batchSize, 1)) return false;
+        } else if (a == "--test-batch-size") {
+            if (!intArg("--test-batch-size", o.testBatchSize, 1)) return false;
+        } else if (a == "--test-limit") {
+            if (!intArg("--test-limit", o.testLimit, 0)) return false;
+        } else if (a == "--seed") {
+            if (!intArg("--seed", o.seed, 0)) return false;
+        } else if (a == "--threads") {
+            if (!intArg("--threads", o.threads, 1)) return false;
+        } else if (a == "--precision") {
+            if (!(s = need("--precision"))) return false;
+            o.precision = s;
+            if (o.precision != "high" && o.precision != "normal" && o.precision != "low") {
+                error = "--precision must be high, normal or low";
+                return false;
+            }
+        } else if (a == "--dropout") {
+            if (!(s = need("--dropout"))) return false;
+            char* end = nullptr;
+            o.dropout = strtof(s, &end);
+            if (*end || !(o.dropout >= 0.0f && o.dropout < 1.0f)) {
+                error = "--dropout wants a ratio in [0, 1)";
+                return false;
+            }
+        } else if (a == "--allow-fallback") {
+            o.allowFallback = true;
+        } else {
+            error = "unknown argument '" + a + "'";
+            return false;
+        }
+    }
+    if (o.backend != "cpu" && o.backend != "vulkan" && o.backend != "opencl") {
+        error = "--backend must be cpu, vulkan or opencl";
+        return false;
+    }
+    if (o.data.empty() || o.out.empty()) {
+        error = "--data and --out are required";
+        return false;
+    }
+    if (o.dumpDir.empty()) o.dumpDir = o.out + "/grads";
+    return true;
+}
+
+MNNForwardType forwardType(const std::string& backend) {
+    if (backend == "vulkan") return MNN_FORWARD_VULKAN;
+    if (backend == "opencl") return MNN_FORWARD_OPENCL;
+    return MNN_FORWARD_CPU;
+}
+
+const char* forwardName(MNNForwardType t) {
+    switch (t) {
+        case MNN_FORWARD_CPU: return "cpu";
+        case MNN_FORWARD_VULKAN: return "vulkan";
+        case MNN_FORWARD_OPENCL: return "opencl";
+        case MNN_FORWARD_CUDA: return "cuda";
+        case MNN_FORWARD_METAL: return "metal";
+        case MNN_FORWARD_OPENGL: return "opengl";
+        default: return "other";
+    }
+}
+
+bool makeDirs(const std::string& path) {
+    std::string cur;
+    for (size_t i = 0; i <= path.size(); ++i) {
+        if (i == path.size() || path[i] == '/') {
+            if (!cur.empty() && mkdir(cur.c_str(), 0755) != 0 && errno != EEXIST) return false;
+        }
+        if (i < path.size()) cur += path[i];
+    }
+    return true;
+}
+
+// Uniform float in [0, 1) from 24 random bits: the same on every standard library, unlike
+// std::uniform_real_distribution, so goldens do not depend on the C++ runtime.
+float uniform01(std::mt19937& g) { return float(g() >> 8) * (1.0f / 16777216.0f); }
+
+// Upstream's Lenet with the dropout mask drawn from the driver's generator (see the header comment).
+class DriverDropout : public Module {
+public:
+    DriverDropout(float ratio, std::mt19937* gen) : mRatio(ratio), mGen(gen) { setType("Dropout"); }
+    std::vector<VARP> onForward(const std::vector<VARP>& inputs) override {
+        VARP x = inputs[0];
+        if (!getIsTraining() || mRatio <= 0.0f) return {x};
+        const float scale = 1.0f / (1.0f - mRatio);
+        auto info = x->getInfo();
+        auto mask = _Input(info->dim, info->order, info->type);
+        auto ptr = mask->writeMap<float>();
+        for (int i = 0; i < info->size; ++i) ptr[i] = uniform01(*mGen) < mRatio ? 0.0f : scale;
+        return {x * mask};
+    }
+
+private:
+    float mRatio;
+    std::mt19937* mGen;
+};
+
+class Lenet : public Module {
+public:
+    Lenet(float dropout, std::mt19937* gen) {
+        NN::ConvOption conv;
+        conv.kernelSize = {5, 5};
+        conv.channel = {1, 20};
+        conv1.reset(NN::Conv(conv));
+        conv.reset();
+        conv.kernelSize = {5, 5};
+        conv.channel = {20, 50};
+        conv2.reset(NN::Conv(conv));
+        ip1.reset(NN::Linear(800, 500));
+        ip2.reset(NN::Linear(500, 10));
+        drop.reset(new DriverDropout(dropout, gen));
+        registerModel({conv1, conv2, ip1, ip2, drop});
+    }
+    std::vector<VARP> onForward(const std::vector<VARP>& inputs) override {
+        VARP x = inputs[0];
+        x = conv1->forward(x);
+        x = _MaxPool(x, {2, 2}, {2, 2});
+        x = conv2->forward(x);
+        x = _MaxPool(x, {2, 2}, {2, 2});
+        x = _Reshape(x, {0, -1});
+        x = _Convert(x, NCHW);
+        x = ip1->forward(x);
+        x = _Relu(x);
+        x = drop->forward(x);
+        x = ip2->forward(x);
+        x = _Softmax(x, 1);
+        return {x};
+    }
+    // Stable names in model order; within a layer the larger tensor is the weight.
+    std::vector<std::pair<std::string, VARP>> namedParameters() const {
+        std::vector<std::pair<std::string, VARP>> out;
+        const std::pair<const char*, std::shared_ptr<Module>> layers[] = {
+            {"conv1", conv1}, {"conv2", conv2}, {"ip1", ip1}, {"ip2", ip2}};
+        for (auto& layer : layers) {
+            auto ps = layer.second->parameters();
+            std::vector<VARP> sorted(ps.begin(), ps.end());
+            std::stable_sort(sorted.begin(), sorted.end(),
+                             [](const VARP& a, const VARP& b) { return a->getInfo()->size > b->getInfo()->size; });
+            for (size_t i = 0; i < sorted.size(); ++i) {
+                out.emplace_back(std::string(layer.first) + (i == 0 ? ".weight" : ".bias"), sorted[i]);
+            }
+        }
+        return out;
+    }
+    std::shared_ptr<Module> conv1, conv2, ip1, ip2, drop;
+};
+
+std::vector<int> dimsOf(const VARP& v) { return v->getInfo()->dim; }
+
+// Xavier-uniform weights, zero biases, from the driver's seed.
+void seededInit(const std::vector<std::pair<std::string, VARP>>& params, std::mt19937& gen,
+                std::vector<VARP>& values) {
+    for (auto& p : params) {
+        auto dims = dimsOf(p.second);
+        auto info = p.second->getInfo();
+        auto v = _Input(dims, info->order, halide_type_of<float>());
+        float* ptr = v->writeMap<float>();
+        bool bias = p.first.size() > 5 && p.first.compare(p.first.size() - 5, 5, ".bias") == 0;
+        if (bias) {
+            std::fill(ptr, ptr + info->size, 0.0f);
+        } else {
+            // conv: [out, in, kh, kw]; linear: [out, in]
+            int receptive = 1;
+            for (size_t i = 2; i < dims.size(); ++i) receptive *= dims[i];
+            float fanIn = float(dims[1] * receptive), fanOut = float(dims[0] * receptive);
+            float limit = std::sqrt(6.0f / (fanIn + fanOut));
+            for (int i = 0; i < info->size; ++i) ptr[i] = (2.0f * uniform01(gen) - 1.0f) * limit;
+        }
+        values.push_back(v);
+    }
+}
+
+bool writeParams(const std::string& dir, const std::vector<std::pair<std::string, VARP>>& named,
+                 const std::vector<VARP>& values, std::string& error) {
+    if (!makeDirs(dir)) {
+        error = "cannot create " + dir;
+        return false;
+    }
+    for (size_t i = 0; i < named.size(); ++i) {
+        auto ptr = values[i]->readMap<float>();
+        if (!ptr) {
+            error = "cannot read " + named[i].first;
+            return false;
+        }
+        if (!mnnrepro::writeNpyF32(dir + "/" + named[i].first + ".npy", dimsOf(values[i]), ptr, error)) return false;
+    }
+    return true;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    Options opt;
+    std::string error;
+    if (!parseArgs(argc, argv, opt, error)) {
+        fprintf(stderr, "mnist_driver: %s\n", error.c_str());
+        usage();
+        return kUsage;
+    }
+    if (!makeDirs(opt.out)) {
+        fprintf(stderr, "mnist_driver: cannot create output directory %s\n", opt.out.c_str());
+        return kOutputError;
+    }
+    mnnrepro::EventLog log;
+    if (!log.open(opt.out + "/events.jsonl")) {
+        fprintf(stderr, "mnist_driver: cannot write %s/events.jsonl\n", opt.out.c_str());
+        return kOutputError;
+    }
+    auto fail = [&](int code, const std::string& kind, const std::string& message) {
+        log.emit("error", Json().str("kind", kind).str("message", message).integer("exit_code", code));
+        fprintf(stderr, "mnist_driver: %s: %s\n", kind.c_str(), message.c_str());
+        return code;
+    };
+    {
+        std::vector<std::string> args(argv, argv + argc);
+        std::vector<std::string> steps;
+        for (int s : opt.dumpSteps) steps.push_back(std::to_string(s));
+        Json cfg;
+        cfg.str("backend", opt.backend).str("plugin", opt.plugin).str("data", opt.data);
+        cfg.integer("steps", opt.steps).integer("batch_size", opt.batchSize);
+        cfg.integer("test_batch_size", opt.testBatchSize).integer("test_limit", opt.testLimit);
+        cfg.integer("seed", opt.seed).integer("threads", opt.threads).str("precision", opt.precision);
+        cfg.num("dropout", opt.dropout).str("init_params", opt.initParams).strs("dump_steps", steps);
+        cfg.num("lr_base", 0.01).num("lr_gamma", 1e-4).num("lr_power", 0.75);
+        cfg.num("momentum", 0.9).num("weight_decay", 5e-4);
+        log.emit("start", Json()
+                              .str("driver", "mnist_driver")
+                              .str("mnn_version", MNN::getVersion())
+                              .integer("pid", getpid())
+                              .strs("argv", args)
+                              .raw("config", cfg.done()));
+    }
+
+    // 1. Backend plugin. MNN's Vulkan/OpenCL plugins register themselves in a static initializer; nothing
+    //    references their symbols, so they are loaded explicitly (MNN_FACTS: silent CPU fallback otherwise).
+    const MNNForwardType wanted = forwardType(opt.backend);
+    log.stage("load_plugin");
+    Json pluginInfo;
+    pluginInfo.str("path", opt.plugin);
+    bool pluginLoaded = false;
+    std::string pluginError;
+    if (!opt.plugin.empty()) {
+        void* handle = dlopen(opt.plugin.c_str(), RTLD_NOW | RTLD_GLOBAL);
+        pluginLoaded = handle != nullptr;
+        if (!handle) {
+            const char* e = dlerror();
+            pluginError = e ? e : "dlopen failed";
+        }
+    }
+    pluginInfo.boolean("loaded", pluginLoaded).str("error", pluginError);
+
+    // 2. Independent device probes, so the verdict can name the device and the reason for a fallback.
+    log.stage("probe_device");
+    Json device;
+    std::string probeReason;
+    if (wanted == MNN_FORWARD_VULKAN) {
+        auto vk = mnnrepro::probeVulkan();
+        device.str("api", "vulkan").boolean("libvulkan_so", vk.libraryLoaded).str("libvulkan_error", vk.libraryError);
+        device.boolean("instance", vk.instanceCreated).str("instance_error", vk.instanceError);
+        device.integer("device_count", vk.deviceCount).str("name", vk.deviceName).str("type", vk.deviceType);
+        device.str("driver_name", vk.driverName).str("driver_info", vk.driverInfo).str("api_version", vk.apiVersion);
+        device.integer("vendor_id", vk.vendorId).integer("device_id", vk.deviceId);
+        if (!vk.libraryLoaded) {
+            probeReason = "the unversioned libvulkan.so cannot be loaded (" + vk.libraryError +
+                          "); MNN dlopens exactly that name (install the Vulkan loader's dev package)";
+        } else if (!vk.instanceCreated) {
+            probeReason = "no Vulkan instance: " + vk.instanceError + " (check VK_ICD_FILENAMES / the ICD)";
+        } else if (vk.deviceCount == 0) {
+            probeReason = "the Vulkan loader found no physical device (check VK_ICD_FILENAMES / the ICD)";
+        }
+    } else if (wanted == MNN_FORWARD_OPENCL) {
+        auto cl = mnnrepro::probeOpenCL();
+        device.str("api", "opencl").boolean("libopencl_so", cl.libraryLoaded).str("libopencl_error", cl.libraryError);
+        std::string list = "[";
+        int gpus = 0;
+        for (size_t i = 0; i < cl.devices.size(); ++i) {
+            auto& d = cl.devices[i];
+            if (i) list += ",";
+            list += Json().str("platform", d.platform).str("name", d.name).str("type", d.type).str("version", d.version).done();
+            if (d.type == "GPU") {
+                if (gpus == 0) device.str("name", d.name).str("driver_name", d.platform).str("api_version", d.version);
+                ++gpus;
+            }
+        }
+        list += "]";
+        device.raw("devices", list).integer("gpu_count", gpus);
+        if (!cl.libraryLoaded) {
+            probeReason = "libOpenCL.so cannot be loaded (" + cl.libraryError + ")";
+        } else if (gpus == 0) {
+            probeReason = "no OpenCL device of type GPU (MNN accepts only GPU devices; " +
+                          std::to_string(cl.devices.size()) + " other device(s) present)";
+        }
+    } else {
+        device.str("api", "cpu").str("name", "MNN CPU backend");
+    }
+
+    // 3. Executor. setGlobalExecutorConfig falls back to the CPU silently when the runtime cannot be
+    //    created; the type actually chosen is read back from the executor's attributes.
+    log.stage("configure_executor");
+    bool registered = true;
+    if (wanted != MNN_FORWARD_CPU) {
+        // MNNGetExtraRuntimeCreator returns null both for "never registered" and "registered, but no runtime";
+        // a second registration attempt is refused only when the plugin did register.
+        (void)MNNGetExtraRuntimeCreator(wanted);
+        struct NullCreator : public RuntimeCreator {
+            Runtime* onCreate(const Backend::Info&) const override { return nullptr; }
+        };
+        static NullCreator probeCreator;
+        registered = !MNNInsertExtraRuntimeCreator(wanted, &probeCreator, true);
+    }
+    pluginInfo.boolean("registered", registered);
+    auto exe = Executor::getGlobalExecutor();
+    BackendConfig config;
+    config.precision = opt.precision == "high"   ? BackendConfig::Precision_High
+                       : opt.precision == "low" ? BackendConfig::Precision_Low
+                                                : BackendConfig::Precision_Normal;
+    exe->setGlobalExecutorConfig(wanted, config, opt.threads);
+    const MNNForwardType active = exe->getAttr()->firstType;
+    const bool exercised = active == wanted;
+    std::string reason;
+    if (!exercised) {
+        if (!opt.plugin.empty() && !pluginLoaded) {
+            reason = "the backend plugin could not be loaded: " + pluginError;
+        } else if (!opt.plugin.empty() && !registered) {
+            reason = "the backend plugin " + opt.plugin + " did not register a " + forwardName(wanted) + " runtime";
+        } else if (!probeReason.empty()) {
+            reason = probeReason;
+        } else {
+            reason = std::string("MNN could not create a ") + forwardName(wanted) + " runtime and fell back to " +
+                     forwardName(active);
+        }
+    }
+    log.emit("backend", Json()
+                            .str("requested", forwardName(wanted))
+                            .str("active", forwardName(active))
+                            .integer("active_type", int(active))
+                            .boolean("exercised", exercised)
+                            .str("reason", reason)
+                            .raw("plugin", pluginInfo.done())
+                            .raw("device", device.done()));
+    if (!exercised) {
+        log.emit("not_exercised", Json().str("reason", reason));
+        fprintf(stderr, "mnist_driver: NOT-EXERCISED: %s\n", reason.c_str());
+        if (!opt.allowFallback) return kNotExercised;
+    }
+
+    // 4. Data.
+    log.stage("load_data");
+    mnnrepro::MnistSplit train, test;
+    if (!mnnrepro::loadMnistSplit(opt.data, "train", train, error) ||
+        !mnnrepro::loadMnistSplit(opt.data, "t10k", test, error)) {
+        return fail(kDataError, "data", error);
+    }
+    if (train.rows != 28 || train.cols != 28 || test.rows != 28 || test.cols != 28) {
+        return fail(kDataError, "data", "images are not 28x28");
+    }
+    log.emit("data", Json().integer("train", train.count).integer("test", test.count));
+
+    // 5. Model and optimizer.
+    log.stage("build_model");
+    std::mt19937 initGen(uint32_t(opt.seed));
+    std::mt19937 orderGen(uint32_t(opt.seed) + 1u);
+    std::mt19937 dropGen(uint32_t(opt.seed) + 2u);
+    std::shared_ptr<Lenet> model(new Lenet(opt.dropout, &dropGen));
+    auto named = model->namedParameters();
+    std::vector<VARP> initial;
+    if (!opt.initParams.empty()) {
+        for (auto& p : named) {
+            std::vector<int> shape;
+            std::vector<float> values;
+            if (!mnnrepro::readNpyF32(opt.initParams + "/" + p.first + ".npy", shape, values, error)) {
+                return fail(kDataError, "init_params", error);
+            }
+            if (shape != dimsOf(p.second)) return fail(kDataError, "init_params", p.first + ": shape mismatch");
+            initial.push_back(_Const(values.data(), shape, p.second->getInfo()->order, halide_type_of<float>()));
+        }
+    } else {
+        seededInit(named, initGen, initial);
+    }
+    // loadParameters wants model->parameters() order; map by identity.
+    {
+        auto order = model->parameters();
+        std::vector<VARP> load;
+        for (auto& p : order) {
+            for (size_t i = 0; i < named.size(); ++i) {
+                if (named[i].second.get() == p.get()) load.push_back(initial[i]);
+            }
+        }
+        // Variable::replace takes the source's input type; SGD only updates TRAINABLE variables.
+        for (auto& v : load) v.fix(VARP::TRAINABLE);
+        if (load.size() != order.size() || !model->loadParameters(load)) {
+            return fail(kMnnError, "mnn", "loadParameters failed");
+        }
+        named = model->namedParameters();
+    }
+    {
+        std::string list = "[";
+        for (size_t i = 0; i < named.size(); ++i) {
+            std::string shape = "[";
+            auto d = dimsOf(named[i].second);
+            for (size_t k = 0; k < d.size(); ++k) shape += (k ? "," : "") + std::to_string(d[k]);
+            shape += "]";
+            list += (i ? "," : "") + Json().str("name", named[i].first).raw("shape", shape).done();
+        }
+        log.emit("model", Json().str("name", "Lenet").raw("parameters", list + "]"));
+    }
+    if (!opt.saveInit.empty()) {
+        std::vector<VARP> values;
+        for (auto& p : named) values.push_back(p.second);
+        if (!writeParams(opt.saveInit, named, values, error)) return fail(kOutputError, "output", error);
+    }
+    std::shared_ptr<SGD> sgd(new SGD(model));
+    sgd->setMomentum(0.9f);
+    sgd->setWeightDecay(0.0005f);
+
+    // 6. Training.
+    std::vector<int> perm(train.count);
+    size_t cursor = size_t(train.count);  // forces a shuffle before the first batch
+    auto nextIndex = [&]() {
+        if (cursor >= perm.size()) {
+            for (int i = 0; i < train.count; ++i) perm[i] = i;
+            for (int i = train.count - 1; i > 0; --i) std::swap(perm[i], perm[orderGen() % uint32_t(i + 1)]);
+            cursor = 0;
+        }
+        return perm[cursor++];
+    };
+    const int pixels = train.rows * train.cols;
+    model->setIsTraining(true);
+    for (int step = 0; step < opt.steps; ++step) {
+        std::vector<uint8_t> images(size_t(opt.batchSize) * pixels);
+        std::vector<uint8_t> labels(opt.batchSize);
+        std::vector<int> indices(opt.batchSize);
+        for (int b = 0; b < opt.batchSize; ++b) {
+            int idx = nextIndex();
+            indices[b] = idx;
+            memcpy(images.data() + size_t(b) * pixels, train.images.data() + size_t(idx) * pixels, pixels);
+            labels[b] = train.labels[idx];
+        }
+        log.stage("forward", step);
+        double t0 = mnnrepro::monotonicSeconds();
+        auto image = _Const(images.data(), {opt.batchSize, 1, train.rows, train.cols}, NCHW, halide_type_of<uint8_t>());
+        auto label = _Const(labels.data(), {opt.batchSize}, NCHW, halide_type_of<uint8_t>());
+        auto input = _Cast<float>(image) * _Const(1.0f / 255.0f);
+        auto target = _OneHot(_Cast<int32_t>(label), _Scalar<int>(10), _Scalar<float>(1.0f), _Scalar<float>(0.0f));
+        auto predict = model->forward(input);
+        auto loss = _CrossEntropy(predict, target);
+        const float lr = LrScheduler::inv(0.01f, step, 0.0001f, 0.75f);
+        sgd->setLearningRate(lr);
+        auto lossPtr = loss->readMap<float>();
+        if (!lossPtr) return fail(kMnnError, "mnn", "forward pass produced no loss at step " + std::to_string(step));
+        const float lossValue = lossPtr[0];
+        double t1 = mnnrepro::monotonicSeconds();
+        if (opt.dumpSteps.count(step)) {
+            log.stage("grad_dump", step);
+            std::set<VARP> trainable;
+            for (auto& p : named) trainable.insert(p.second);
+            auto grads = OpGrad::grad(loss, trainable);
+            std::vector<VARP> gradValues;
+            for (auto& p : named) {
+                auto it = grads.find(p.second);
+                if (it == grads.end()) return fail(kMnnError, "mnn", "no gradient for " + p.first);
+                gradValues.push_back(it->second);
+            }
+            std::string dir = opt.dumpDir + "/step" + std::to_string(step);
+            if (!writeParams(dir + "/grad", named, gradValues, error)) return fail(kOutputError, "output", error);
+        }
+        log.stage("sgd_step", step);
+        if (!sgd->step(loss)) return fail(kMnnError, "mnn", "SGD step failed at step " + std::to_string(step));
+        double t2 = mnnrepro::monotonicSeconds();
+        named = model->namedParameters();
+        if (opt.dumpSteps.count(step)) {
+            std::vector<VARP> values;
+            for (auto& p : named) values.push_back(p.second);
+            std::string dir = opt.dumpDir + "/step" + std::to_string(step);
+            if (!writeParams(dir + "/after", named, values, error)) return fail(kOutputError, "output", error);
+        }
+        log.emit("step", Json()
+                             .integer("step", step)
+                             .num("loss", lossValue)
+                             .num("lr", lr)
+                             .num("forward_ms", (t1 - t0) * 1e3)
+                             .num("step_ms", (t2 - t1) * 1e3)
+                             .integer("first_index", indices[0]));
+        if (!std::isfinite(lossValue)) {
+            return fail(kNonFinite, "numeric", "loss is not finite at step " + std::to_string(step));
+        }
+    }
+
+    // 7. Evaluation on the test split.
+    log.stage("test");
+    model->setIsTraining(false);
+    const int total = opt.testLimit > 0 ? std::min(opt.testLimit, test.count) : test.count;
+    int correct = 0;
+    double t0 = mnnrepro::monotonicSeconds();
+    for (int start = 0; start < total; start += opt.testBatchSize) {
+        const int n = std::min(opt.testBatchSize, total - start);
+        auto image = _Const(test.images.data() + size_t(start) * pixels, {n, 1, test.rows, test.cols}, NCHW,
+                            halide_type_of<uint8_t>());
+        auto input = _Cast<float>(image) * _Const(1.0f / 255.0f);
+        auto predict = model->forward(input);
+        auto probs = predict->readMap<float>();
+        if (!probs) return fail(kMnnError, "mnn", "evaluation produced no output");
+        for (int i = 0; i < n; ++i) {
+            const float* row = probs + size_t(i) * 10;
+            int best = 0;
+            for (int k = 0; k < 10; ++k) {
+                if (!std::isfinite(row[k])) return fail(kNonFinite, "numeric", "non-finite prediction in evaluation");
+                if (row[k] > row[best]) best = k;
+            }
+            correct += best == test.labels[start + i];
+        }
+    }
+    log.emit("test", Json()
+                         .integer("correct", correct)
+                         .integer("total", total)
+                         .num("accuracy", total ? double(correct) / total : 0.0)
+                         .num("ms", (mnnrepro::monotonicSeconds() - t0) * 1e3));
+    log.emit("backend_after", Json().str("active", forwardName(exe->getAttr()->firstType)));
+    log.stage("done");
+    log.emit("done", Json().integer("exit_code", kOk));
+    return kOk;
+}
