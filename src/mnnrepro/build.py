@@ -1,0 +1,296 @@
+"""Builds MNN variants: the core once per (source, options, toolchain), plugins per mode against it.
+
+Layout under the cache directory (every key is a content hash):
+
+    build/<core>/                      MNN's CMake binary dir, shared by all modes of one core
+    variants/<core>/lib/               libMNN, libMNN_Express, libMNNTrain (+ .complete.json)
+    variants/<core>/plugins/<kind>/    libMNN_Vulkan.so (vulkan-image, vulkan-buffer) or libMNN_CL.so
+    variants/<core>/driver-<native>/   mnist_driver, linked against ../lib
+
+MNN_VULKAN_IMAGE is local to source/backend/vulkan/CMakeLists.txt, so switching it in the shared build dir
+recompiles only the plugin; the core objects keep their command lines and ninja leaves them alone.
+An artifact directory appears (atomic rename) only when complete; a killed build leaves no half entry.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import BuildError, EnvironmentProblem
+from .runner import Runner
+from .source import SourceTree, content_key
+
+KEY_FORMAT = 1
+NATIVE_DIR = Path(__file__).resolve().parents[2] / "native"
+CORE_TARGETS = ("MNN", "MNN_Express", "MNNTrain")
+CORE_LIBS = ("libMNN.so", "express/libMNN_Express.so", "tools/train/libMNNTrain.so")
+PLUGINS = {
+    # kind: (ninja target, library inside the build dir, cmake -D for the mode)
+    "vulkan-image": ("MNN_Vulkan", "source/backend/vulkan/libMNN_Vulkan.so", ("-DMNN_VULKAN_IMAGE=ON",)),
+    "vulkan-buffer": ("MNN_Vulkan", "source/backend/vulkan/libMNN_Vulkan.so", ("-DMNN_VULKAN_IMAGE=OFF",)),
+    "opencl": ("MNN_CL", "source/backend/opencl/libMNN_CL.so", ()),
+}
+STAMP = ".complete.json"
+
+
+@dataclass(frozen=True)
+class CoreOptions:
+    """Top-level options of the shared core. Every plugin kind is enabled so one configure serves all."""
+
+    build_type: str = "Release"
+    debug_flags: str = "-g1"  # line tables: symbolized backtraces with file:line at little cost
+    compat_cxx_flags: tuple[str, ...] = ()
+
+    def cmake_defines(self) -> list[str]:
+        cxx = " ".join([self.debug_flags, *self.compat_cxx_flags]).strip()
+        return [
+            f"-DCMAKE_BUILD_TYPE={self.build_type}",
+            f"-DCMAKE_C_FLAGS={self.debug_flags}",
+            f"-DCMAKE_CXX_FLAGS={cxx}",
+            "-DMNN_BUILD_TRAIN=ON",
+            "-DMNN_BUILD_TOOLS=OFF",
+            "-DMNN_BUILD_DEMO=OFF",
+            "-DMNN_BUILD_TEST=OFF",
+            "-DMNN_BUILD_BENCHMARK=OFF",
+            "-DMNN_BUILD_CONVERTER=OFF",
+            "-DMNN_SEP_BUILD=ON",  # plugins as separate libraries, swappable under one libMNN.so
+            "-DMNN_VULKAN=ON",
+            "-DMNN_OPENCL=ON",
+        ]
+
+
+def cmake_configure_args(source: Path, build_dir: Path, options: CoreOptions, *, ccache: bool,
+                         extra: tuple[str, ...] = ()) -> list[str]:
+    args = ["cmake", "-G", "Ninja", "-S", str(source), "-B", str(build_dir), *options.cmake_defines()]
+    if ccache:
+        args += ["-DCMAKE_C_COMPILER_LAUNCHER=ccache", "-DCMAKE_CXX_COMPILER_LAUNCHER=ccache"]
+    return args + list(extra)
+
+
+def ninja_args(build_dir: Path, targets: tuple[str, ...], jobs: int | None) -> list[str]:
+    args = ["ninja", "-C", str(build_dir)]
+    if jobs:
+        args += ["-j", str(jobs)]
+    return args + list(targets)
+
+
+def driver_configure_args(source: Path, lib_dir: Path, build_dir: Path) -> list[str]:
+    return ["cmake", "-G", "Ninja", "-S", str(NATIVE_DIR), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=RelWithDebInfo",
+            f"-DMNN_SOURCE_DIR={source}", f"-DMNN_LIB_DIR={lib_dir}", "-DMNNREPRO_DRIVER_RPATH=$ORIGIN/../lib"]
+
+
+def _digest(obj: object) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def native_key() -> str:
+    h = hashlib.sha256()
+    for path in sorted(NATIVE_DIR.rglob("*")):
+        if path.is_file() and "build" not in path.relative_to(NATIVE_DIR).parts:
+            h.update(path.relative_to(NATIVE_DIR).as_posix().encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def toolchain_fingerprint() -> dict[str, str]:
+    """Versions of the tools whose output lands in a build; part of every key."""
+    out = {}
+    for tool in ("c++", "cc", "cmake", "ninja"):
+        exe = shutil.which(tool)
+        if exe is None:
+            raise EnvironmentProblem(f"{tool} is not installed",
+                                     hint="apt-get install build-essential cmake ninja-build (or use the docker runner)")
+        res = subprocess.run([exe, "--version"], capture_output=True, text=True)
+        out[tool] = (res.stdout or res.stderr).splitlines()[0].strip() if (res.stdout or res.stderr) else "?"
+    return out
+
+
+@dataclass
+class Core:
+    key: str
+    source: SourceTree
+    build_dir: Path
+    variant_dir: Path
+    options: CoreOptions
+
+    @property
+    def lib_dir(self) -> Path:
+        return self.variant_dir / "lib"
+
+
+@dataclass
+class BuildLog:
+    """What was built and how long it took (read by the benchmark)."""
+
+    events: list[dict[str, object]] = field(default_factory=list)
+
+    def add(self, what: str, key: str, seconds: float, cached: bool) -> None:
+        self.events.append({"what": what, "key": key[:16], "seconds": round(seconds, 2), "cached": cached})
+
+
+class Builder:
+    def __init__(self, cache_dir: Path, runner: Runner, *, jobs: int | None = None,
+                 say: Callable[[str], None] = print) -> None:
+        self.cache_dir = cache_dir
+        self.runner = runner
+        self.jobs = jobs
+        self.say = say
+        self.log = BuildLog()
+        self.ccache = shutil.which("ccache") is not None
+        self._toolchain: dict[str, str] | None = None
+
+    # -- keys ------------------------------------------------------------------------------------
+    @property
+    def toolchain(self) -> dict[str, str]:
+        if self._toolchain is None:
+            self._toolchain = toolchain_fingerprint()
+        return self._toolchain
+
+    def core_key(self, source: SourceTree, options: CoreOptions) -> str:
+        return _digest({"format": KEY_FORMAT, "source": content_key(source.path, self.cache_dir),
+                        "defines": options.cmake_defines(), "toolchain": self.toolchain})
+
+    # -- environment -----------------------------------------------------------------------------
+    def _env(self) -> dict[str, str]:
+        # ccache: hash_dir off and paths made relative to the cache root, so a second build dir hits.
+        return {"CCACHE_DIR": str(self.cache_dir / "ccache"), "CCACHE_BASEDIR": str(self.cache_dir),
+                "CCACHE_NOHASHDIR": "1", "CCACHE_COMPILERCHECK": "content", "CCACHE_MAXSIZE": "5G"}
+
+    def _run(self, argv: list[str], log: Path, what: str) -> None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        res = self.runner.run(argv, env=self._env(), stdout_path=log, timeout_s=3600)
+        if res.returncode != 0:
+            tail = log.read_text(errors="replace").splitlines()[-25:] if log.exists() else []
+            body = "\n    ".join(tail)
+            raise BuildError(f"{what} failed (exit {res.returncode}): {' '.join(argv)}\n    {body}",
+                             hint=f"full log: {log}; nothing built earlier was removed")
+
+    @contextmanager
+    def _lock(self, name: str) -> Iterator[None]:
+        path = self.cache_dir / "locks" / f"{name}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self.say(f"waiting for another mnnrepro process building {name[:16]} ...")
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _publish(self, staging: Path, dest: Path, stamp: dict[str, object]) -> None:
+        (staging / STAMP).write_text(json.dumps(stamp, indent=1))
+        if dest.exists():  # an incomplete leftover (no stamp): replace it
+            shutil.rmtree(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging, dest)
+
+    @staticmethod
+    def _complete(path: Path) -> bool:
+        return (path / STAMP).is_file()
+
+    def _staging(self, dest: Path) -> Path:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+
+    def _configure(self, core: Core, extra: tuple[str, ...]) -> None:
+        argv = cmake_configure_args(core.source.path, core.build_dir, core.options, ccache=self.ccache, extra=extra)
+        marker = core.build_dir / ".mnnrepro-configured.json"
+        if (core.build_dir / "build.ninja").exists() and marker.exists() and json.loads(marker.read_text()) == argv:
+            return
+        self._run(argv, core.build_dir / "logs" / "configure.log", "cmake configure")
+        marker.write_text(json.dumps(argv))
+
+    # -- artifacts -------------------------------------------------------------------------------
+    def core(self, source: SourceTree, options: CoreOptions) -> Core:
+        key = self.core_key(source, options)
+        core = Core(key, source, self.cache_dir / "build" / key[:24], self.cache_dir / "variants" / key[:24], options)
+        if self._complete(core.lib_dir):
+            self.log.add("core", key, 0.0, cached=True)
+            return core
+        with self._lock(key[:24]):
+            if self._complete(core.lib_dir):
+                self.log.add("core", key, 0.0, cached=True)
+                return core
+            if options.compat_cxx_flags:
+                self.say(f"compatibility measure for {source.ref}: CXX flags {' '.join(options.compat_cxx_flags)}")
+            self.say(f"building MNN core {source.ref} [{key[:12]}] in {core.build_dir} (first time: minutes)")
+            start = time.monotonic()
+            core.build_dir.mkdir(parents=True, exist_ok=True)
+            self._configure(core, PLUGINS["vulkan-image"][2])
+            self._run(ninja_args(core.build_dir, CORE_TARGETS, self.jobs), core.build_dir / "logs" / "core.log",
+                      "core build")
+            staging = self._staging(core.lib_dir)
+            for rel in CORE_LIBS:
+                shutil.copy2(core.build_dir / rel, staging / Path(rel).name)
+            self._publish(staging, core.lib_dir, {"key": key, "ref": source.ref, "commit": source.commit,
+                                                  "defines": options.cmake_defines(), "toolchain": self.toolchain})
+            self.log.add("core", key, time.monotonic() - start, cached=False)
+        return core
+
+    def plugin(self, core: Core, kind: str) -> Path:
+        if kind not in PLUGINS:
+            raise BuildError(f"unknown plugin kind {kind!r}; known: {', '.join(PLUGINS)}")
+        target, rel, mode_args = PLUGINS[kind]
+        dest = core.variant_dir / "plugins" / kind
+        lib = dest / Path(rel).name
+        if self._complete(dest):
+            self.log.add(kind, core.key, 0.0, cached=True)
+            return lib
+        if kind == "vulkan-buffer":
+            shader = "source/backend/vulkan/buffer/compiler/AllShader.cpp"
+            if not (core.source.path / shader).is_file():
+                raise BuildError(
+                    f"{shader} is missing from the MNN tree at {core.source.path}: buffer mode cannot link",
+                    hint="regenerate it with MNN's source/backend/vulkan/buffer/compiler/makeshader.py "
+                    "(needs glslangValidator), or use a full checkout",
+                )
+        with self._lock(core.key[:24]):
+            if self._complete(dest):
+                return lib
+            self.say(f"building {kind} plugin against core [{core.key[:12]}]")
+            start = time.monotonic()
+            self._configure(core, mode_args)
+            self._run(ninja_args(core.build_dir, (target,), self.jobs), core.build_dir / "logs" / f"{kind}.log",
+                      f"{kind} plugin build")
+            staging = self._staging(dest)
+            shutil.copy2(core.build_dir / rel, staging / Path(rel).name)
+            self._publish(staging, dest, {"core": core.key, "kind": kind, "cmake": list(mode_args)})
+            self.log.add(kind, core.key, time.monotonic() - start, cached=False)
+        return lib
+
+    def driver(self, core: Core) -> Path:
+        nkey = native_key()
+        dest = core.variant_dir / f"driver-{nkey[:16]}"
+        exe = dest / "mnist_driver"
+        if self._complete(dest):
+            self.log.add("driver", nkey, 0.0, cached=True)
+            return exe
+        with self._lock(core.key[:24] + "-driver"):
+            if self._complete(dest):
+                return exe
+            self.say(f"building native/ driver against core [{core.key[:12]}]")
+            start = time.monotonic()
+            build_dir = self.cache_dir / "build" / f"{core.key[:24]}-driver-{nkey[:16]}"
+            self._run(driver_configure_args(core.source.path, core.lib_dir, build_dir), build_dir / "configure.log",
+                      "driver configure")
+            self._run(["ninja", "-C", str(build_dir)], build_dir / "build.log", "driver build")
+            staging = self._staging(dest)
+            shutil.copy2(build_dir / "mnist_driver", staging / "mnist_driver")
+            self._publish(staging, dest, {"core": core.key, "native": nkey})
+            self.log.add("driver", nkey, time.monotonic() - start, cached=False)
+        return exe
+
+

@@ -1,0 +1,97 @@
+"""Runs the native driver for one cell (ref x variant x ICD) and collects its files.
+
+Result directory of a cell: events.jsonl (the driver), stdout.txt/stderr.txt, cell.json (command line,
+environment that mattered, exit status, signal, duration), and on a crash crash.json + backtrace.txt.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .contract import RunRecord, read_events
+from .fixtures import MNIST
+from .icd import Icd
+from .runner import Completed, Runner
+
+GDB_SCRIPT = Path(__file__).with_name("gdb_capture.py")
+BACKEND_OF = {"cpu": "cpu", "vulkan-image": "vulkan", "vulkan-buffer": "vulkan", "opencl": "opencl"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    ref: str
+    variant: str
+    icd: str  # "-" where no ICD applies (cpu, opencl)
+
+    @property
+    def backend(self) -> str:
+        return BACKEND_OF[self.variant]
+
+    @property
+    def id(self) -> str:
+        return f"{self.ref}/{self.variant}/{self.icd}"
+
+    @property
+    def dirname(self) -> str:
+        return self.id.replace("/", "__")
+
+
+@dataclass
+class Workload:
+    steps: int
+    batch_size: int
+    seed: int
+    precision: str
+    test_limit: int
+
+    def driver_args(self) -> list[str]:
+        return ["--steps", str(self.steps), "--batch-size", str(self.batch_size), "--seed", str(self.seed),
+                "--precision", self.precision, "--test-limit", str(self.test_limit)]
+
+
+@dataclass
+class CellRun:
+    cell: Cell
+    result_dir: Path
+    completed: Completed
+    record: RunRecord
+    crash: dict[str, Any] | None
+    argv: list[str]
+    gdb: bool
+
+    @property
+    def backtrace_path(self) -> Path | None:
+        path = self.result_dir / "backtrace.txt"
+        return path if path.is_file() else None
+
+
+def run_cell(cell: Cell, *, driver: Path, plugin: Path | None, icd: Icd | None, workload: Workload,
+             timeout_s: float, runner: Runner, result_dir: Path, use_gdb: bool = True,
+             data_dir: Path = MNIST) -> CellRun:
+    result_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("crash.json", "backtrace.txt", "events.jsonl"):
+        (result_dir / stale).unlink(missing_ok=True)
+    argv = [str(driver), "--backend", cell.backend, "--data", str(data_dir), "--out", str(result_dir),
+            *workload.driver_args()]
+    if plugin is not None:
+        argv += ["--plugin", str(plugin)]
+    env = dict(icd.env) if icd else {}
+    gdb = shutil.which("gdb") if use_gdb else None
+    full = [gdb, "-q", "-nx", "-batch", "-x", str(GDB_SCRIPT), "--args", *argv] if gdb else argv
+    env["MNNREPRO_CRASH_DIR"] = str(result_dir)
+    completed = runner.run(full, env=env, timeout_s=timeout_s, stdout_path=result_dir / "stdout.txt",
+                           stderr_path=result_dir / "stderr.txt")
+    crash = None
+    if (result_dir / "crash.json").is_file():
+        crash = json.loads((result_dir / "crash.json").read_text())
+    record = read_events(result_dir / "events.jsonl")
+    (result_dir / "cell.json").write_text(json.dumps({
+        "cell": cell.id, "argv": full, "env": env, "runner": runner.name, "returncode": completed.returncode,
+        "signal": completed.signal_name, "timed_out": completed.timed_out, "timeout_s": timeout_s,
+        "duration_s": round(completed.duration_s, 3), "gdb": bool(gdb),
+    }, indent=1))
+    return CellRun(cell, result_dir, completed, record, crash, full, bool(gdb))

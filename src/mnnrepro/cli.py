@@ -1,0 +1,85 @@
+"""Command line: ``python -m mnnrepro run SESSION``, ``source import|fetch``, ``swiftshader fetch``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import source, swiftshader
+from .errors import MnnReproError
+from .session import SESSIONS, run_session
+from .settings import load
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ref", help="MNN tag, branch or commit (default: fixtures/matrix.toml default_ref)")
+    p.add_argument("--source", help="use this MNN tree as is (no clone, no cache)")
+    p.add_argument("--git-url", dest="git_url", help="where to clone a missing ref from (default: upstream)")
+    p.add_argument("--cache-dir", dest="cache_dir", help="source/build/ccache cache (default ~/.cache/mnnrepro)")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="mnnrepro", description="Reproduce and guard MNN GPU training bugs.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="build what a session needs, run its cells, print the verdict table")
+    run.add_argument("session", choices=sorted(SESSIONS))
+    _common(run)
+    run.add_argument("--icd", dest="icds", help="comma-separated Vulkan ICDs: lavapipe,swiftshader,host,bogus")
+    run.add_argument("--steps", type=int, help="training steps per cell (default: matrix [training] steps)")
+    run.add_argument("--results-dir", dest="results_dir")
+    run.add_argument("--runner", choices=["host"])
+    run.add_argument("--jobs", type=int, help="parallel compile jobs (default: ninja's)")
+    run.add_argument("--no-gdb", dest="gdb", action="store_const", const=False,
+                     help="run the driver without gdb (no backtrace on a crash)")
+    run.add_argument("--no-clone", dest="clone", action="store_const", const=False,
+                     help="fail instead of cloning a missing source")
+    src = sub.add_parser("source", help="manage MNN source trees in the cache")
+    ssub = src.add_subparsers(dest="action", required=True)
+    imp = ssub.add_parser("import", help="export REF from a local git repository (bare ok) into the cache")
+    imp.add_argument("--git-dir", required=True, type=Path)
+    imp.add_argument("--force", action="store_true", help="replace an existing cached tree")
+    _common(imp)
+    fetch = ssub.add_parser("fetch", help="shallow-clone REF from --git-url into the cache")
+    _common(fetch)
+    show = ssub.add_parser("show", help="print which tree a run would use")
+    _common(show)
+    ss = sub.add_parser("swiftshader", help="fetch and verify the pinned SwiftShader ICD")
+    ss.add_argument("action", choices=["fetch"])
+    ss.add_argument("--tarball", type=Path, help=f"a local {swiftshader.PACKAGE}@{swiftshader.VERSION} .tgz")
+    ss.add_argument("--cache-dir", dest="cache_dir")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        keys = ("ref", "source", "git_url", "cache_dir", "icds", "steps", "results_dir", "runner", "jobs", "gdb",
+                "clone")
+        settings = load({k: getattr(args, k) for k in keys if hasattr(args, k)})
+        if args.command == "run":
+            return run_session(args.session, settings)
+        if args.command == "swiftshader":
+            print(swiftshader.ensure(settings.cache_dir, tarball=args.tarball))
+            return 0
+        from .fixtures import load_matrix
+
+        ref = settings.ref or load_matrix().default_ref
+        if args.action == "import":
+            tree = source.import_from_git(args.git_dir, ref, settings.cache_dir, force=args.force)
+            if tree.missing:
+                print(f"note: {len(tree.missing)} file(s) absent from the repository were left out: "
+                      + ", ".join(tree.missing[:5]) + (" ..." if len(tree.missing) > 5 else ""))
+        elif args.action == "fetch":
+            tree = source.clone(ref, settings.git_url, settings.cache_dir / "src" / ref)
+        else:
+            tree = source.resolve(ref, source=settings.source, cache_dir=settings.cache_dir,
+                                  git_url=settings.git_url, allow_clone=False)
+        print(tree.describe())
+        return 0
+    except MnnReproError as exc:
+        print(exc.render(), file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("mnnrepro: interrupted; finished artifacts are kept, partial ones are discarded", file=sys.stderr)
+        return 130

@@ -1,0 +1,127 @@
+"""The driver's output contract, read in one place (written by native/src/*.cpp; see native/README.md).
+
+events.jsonl: one JSON object per line, ``{"v": 1, "event": NAME, "t": seconds, ...}``. Stages are
+written and flushed before each phase, so the last stage survives a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+EVENTS_VERSION = 1
+
+# Driver exit codes (native/src/main.cpp, enum ExitCode).
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_DATA = 3
+EXIT_NOT_EXERCISED = 4
+EXIT_NON_FINITE = 5
+EXIT_OUTPUT = 6
+EXIT_MNN_ERROR = 7
+EXIT_MEANINGS = {
+    EXIT_OK: "trained and evaluated",
+    EXIT_USAGE: "bad command line",
+    EXIT_DATA: "data rejected (IDX header/size/labels or init parameters)",
+    EXIT_NOT_EXERCISED: "the requested backend was not the one MNN used",
+    EXIT_NON_FINITE: "loss or prediction became NaN/Inf",
+    EXIT_OUTPUT: "could not write its output",
+    EXIT_MNN_ERROR: "an MNN call reported failure",
+}
+
+
+class ContractError(ValueError):
+    """events.jsonl is not what the driver promises (wrong version, not JSON)."""
+
+
+@dataclass
+class Stage:
+    name: str
+    step: int | None
+    t: float
+
+    def label(self) -> str:
+        return self.name if self.step is None else f"{self.name}[step {self.step}]"
+
+
+@dataclass
+class RunRecord:
+    """Everything the driver said about one run."""
+
+    start: dict[str, Any] = field(default_factory=dict)
+    backend: dict[str, Any] = field(default_factory=dict)
+    stages: list[Stage] = field(default_factory=list)
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    test: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    done: bool = False
+    truncated_line: bool = False
+
+    @property
+    def last_stage(self) -> Stage | None:
+        return self.stages[-1] if self.stages else None
+
+    @property
+    def exercised(self) -> bool | None:
+        value = self.backend.get("exercised")
+        return bool(value) if value is not None else None
+
+    @property
+    def device_name(self) -> str:
+        device = self.backend.get("device") or {}
+        return str(device.get("name") or "")
+
+    @property
+    def losses(self) -> list[float]:
+        return [_as_float(s.get("loss")) for s in self.steps]
+
+    @property
+    def accuracy(self) -> float | None:
+        return None if self.test is None else _as_float(self.test.get("accuracy"))
+
+
+def _as_float(value: Any) -> float:
+    if isinstance(value, (int, float)):
+        return float(value)
+    if value in ("nan", "inf", "-inf"):
+        return float(value)
+    return math.nan
+
+
+def read_events(path: Path) -> RunRecord:
+    """Parse events.jsonl. A missing file gives an empty record; a torn last line (crash mid-write) is noted."""
+    record = RunRecord()
+    if not path.exists():
+        return record
+    lines = path.read_text(errors="replace").splitlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if number == len(lines):
+                record.truncated_line = True
+                break
+            raise ContractError(f"{path}:{number}: not JSON ({exc})") from exc
+        if event.get("v") != EVENTS_VERSION:
+            raise ContractError(f"{path}:{number}: events version {event.get('v')!r}, expected {EVENTS_VERSION}")
+        kind = event.get("event")
+        if kind == "start":
+            record.start = event
+        elif kind == "backend":
+            record.backend = event
+        elif kind == "stage":
+            record.stages.append(Stage(str(event["name"]), event.get("step"), float(event.get("t", 0.0))))
+        elif kind == "step":
+            record.steps.append(event)
+        elif kind == "test":
+            record.test = event
+        elif kind == "error":
+            record.error = event
+        elif kind == "done":
+            record.done = True
+    return record

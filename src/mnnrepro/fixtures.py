@@ -1,0 +1,131 @@
+"""Data the suite reads from fixtures/: the MNIST subset (checked against its manifest before every run)
+and the variant matrix with the expected outcome of each cell."""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import FixtureError
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "fixtures"
+MNIST = FIXTURES / "mnist"
+MATRIX = FIXTURES / "matrix.toml"
+
+VARIANTS = ("cpu", "vulkan-image", "vulkan-buffer", "opencl")
+OUTCOMES = ("reproduce", "fixed", "pass")
+
+
+def verify_mnist(directory: Path = MNIST) -> dict[str, Any]:
+    """Check every IDX file against MANIFEST.json (sha256 and size); no file may be missing or extra."""
+    manifest_path = directory / "MANIFEST.json"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files: dict[str, dict[str, Any]] = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise FixtureError(f"{manifest_path} is missing or unreadable ({exc})",
+                           hint="restore it with git checkout fixtures/mnist") from exc
+    present = {p.name for p in directory.iterdir() if p.name != "MANIFEST.json" and not p.name.startswith(".")}
+    extra = present - set(files)
+    if extra:
+        raise FixtureError(f"unexpected files in {directory}: {', '.join(sorted(extra))}")
+    for name, meta in files.items():
+        path = directory / name
+        if not path.is_file():
+            raise FixtureError(f"{path} is missing", hint="git checkout fixtures/mnist")
+        data = path.read_bytes()
+        if len(data) != meta["bytes"] or hashlib.sha256(data).hexdigest() != meta["sha256"]:
+            raise FixtureError(
+                f"{path} does not match its manifest (sha256/size differ): corrupt or truncated",
+                hint="git checkout fixtures/mnist, or rebuild with python fixtures/make_mnist_subset.py",
+            )
+    return manifest
+
+
+@dataclass(frozen=True)
+class Expectation:
+    refs: tuple[str, ...]
+    variant: str
+    icd: str
+    outcome: str
+    bug: str = ""
+    signal: str = ""
+    stage: str = ""
+    step: int | None = None
+
+    def matches(self, ref: str, variant: str, icd: str) -> bool:
+        return (any(fnmatch.fnmatchcase(ref, r) for r in self.refs) and fnmatch.fnmatchcase(variant, self.variant)
+                and fnmatch.fnmatchcase(icd, self.icd))
+
+
+@dataclass(frozen=True)
+class RefInfo:
+    name: str
+    commit: str
+    compat_cxx_flags: tuple[str, ...] = ()
+    compat_reason: str = ""
+
+
+@dataclass(frozen=True)
+class Matrix:
+    default_ref: str
+    training: dict[str, Any]
+    checks: dict[str, float]
+    timeouts: dict[str, float]
+    refs: dict[str, RefInfo]
+    expectations: tuple[Expectation, ...]
+
+    def expectation(self, ref: str, variant: str, icd: str) -> Expectation | None:
+        for row in self.expectations:
+            if row.matches(ref, variant, icd):
+                return row
+        return None
+
+    def ref_info(self, ref: str) -> RefInfo:
+        return self.refs.get(ref) or RefInfo(ref, "")
+
+
+def _reject_unknown(where: str, table: dict[str, Any], allowed: set[str]) -> None:
+    unknown = set(table) - allowed
+    if unknown:
+        raise FixtureError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+
+
+def load_matrix(path: Path = MATRIX) -> Matrix:
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise FixtureError(f"cannot read {path}: {exc}") from exc
+    _reject_unknown(str(path), data, {"format", "default_ref", "training", "checks", "timeouts", "refs", "expect"})
+    if data.get("format") != 1:
+        raise FixtureError(f"{path}: format {data.get('format')!r} is not 1")
+    training = data.get("training", {})
+    _reject_unknown(f"{path} [training]", training, {"steps", "batch_size", "seed", "precision", "test_limit"})
+    checks = data.get("checks", {})
+    _reject_unknown(f"{path} [checks]", checks, {"min_accuracy", "loss_fall_window", "loss_abs_tolerance",
+                                                 "loss_rel_tolerance", "max_accuracy_gap"})
+    timeouts = data.get("timeouts", {})
+    _reject_unknown(f"{path} [timeouts]", timeouts, {"cpu", "vulkan", "opencl"})
+    refs = {}
+    for name, table in data.get("refs", {}).items():
+        _reject_unknown(f"{path} [refs.{name}]", table, {"commit", "compat_cxx_flags", "compat_reason"})
+        refs[name] = RefInfo(name, table.get("commit", ""), tuple(table.get("compat_cxx_flags", ())),
+                             table.get("compat_reason", ""))
+    rows = []
+    for i, row in enumerate(data.get("expect", [])):
+        where = f"{path} [[expect]] #{i + 1}"
+        _reject_unknown(where, row, {"refs", "variant", "icd", "outcome", "bug", "signal", "stage", "step"})
+        if row.get("outcome") not in OUTCOMES:
+            raise FixtureError(f"{where}: outcome must be one of {', '.join(OUTCOMES)}")
+        if row["outcome"] == "reproduce" and not (row.get("signal") and row.get("stage")):
+            raise FixtureError(f"{where}: a 'reproduce' row needs signal and stage")
+        rows.append(Expectation(tuple(row.get("refs", ["*"])), row.get("variant", "*"), row.get("icd", "*"),
+                                row["outcome"], row.get("bug", ""), row.get("signal", ""), row.get("stage", ""),
+                                row.get("step")))
+    return Matrix(str(data.get("default_ref", "3.3.0")), training, checks, timeouts, refs, tuple(rows))

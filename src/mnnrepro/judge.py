@@ -1,0 +1,167 @@
+"""Turns a cell's files into a verdict with its evidence. It reads the driver's output; it never re-runs.
+
+Verdicts (one meaning each, see README):
+  REPRODUCED        crashed the way the expectation for this cell says the known bug crashes
+  FIXED             a known-bug cell trained on the backend under test and passed every check
+  PASS / FAIL       a cell with no known bug met / missed its checks (FAIL also: a known-bug cell that
+                    trained but missed a check, or the driver reported an error)
+  NOT-EXERCISED     the backend under test was not the one MNN used; never a pass
+  HANG              killed at its time limit
+  UNEXPECTED-CRASH  crashed, but not with the expected signal/stage
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .cells import CellRun
+from .contract import EXIT_MEANINGS, EXIT_NOT_EXERCISED, RunRecord
+from .fixtures import Expectation
+
+REPRODUCED = "REPRODUCED"
+FIXED = "FIXED"
+PASS = "PASS"
+FAIL = "FAIL"
+NOT_EXERCISED = "NOT-EXERCISED"
+HANG = "HANG"
+UNEXPECTED_CRASH = "UNEXPECTED-CRASH"
+
+# What each expected outcome accepts.
+ACCEPTS = {"reproduce": REPRODUCED, "fixed": FIXED, "pass": PASS}
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    detail: str
+    value: Any = None
+    limit: Any = None
+
+
+@dataclass
+class Verdict:
+    verdict: str
+    matched: bool
+    expected: str  # the verdict the expectation wants, or "" when there is none
+    reason: str
+    checks: list[Check] = field(default_factory=list)
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+def training_checks(run: RunRecord, *, steps: int, checks: dict[str, float], baseline: RunRecord | None,
+                    compare_to_baseline: bool) -> list[Check]:
+    out: list[Check] = []
+    losses = run.losses
+    out.append(Check("completed", run.done and len(losses) == steps,
+                     f"{len(losses)}/{steps} steps, done={run.done}", len(losses), steps))
+    finite = all(math.isfinite(x) for x in losses) and bool(losses)
+    out.append(Check("finite_loss", finite, "every loss finite" if finite else "NaN/Inf loss"))
+    w = int(checks.get("loss_fall_window", 5))
+    if len(losses) >= 2 * w and finite:
+        first, last = sum(losses[:w]) / w, sum(losses[-w:]) / w
+        out.append(Check("loss_fell", last < first, f"mean first {w} {first:.4f} -> last {w} {last:.4f}",
+                         round(last, 5), round(first, 5)))
+    else:
+        out.append(Check("loss_fell", False, f"need at least {2 * w} finite losses"))
+    acc = run.accuracy
+    limit = checks.get("min_accuracy", 0.5)
+    out.append(Check("accuracy", acc is not None and acc >= limit, f"test accuracy {acc} >= {limit}", acc, limit))
+    if compare_to_baseline:
+        if baseline is None or not baseline.losses or not baseline.done:
+            out.append(Check("tracks_cpu", False, "no complete CPU baseline run of the same ref and workload"))
+        else:
+            abs_tol, rel_tol = checks.get("loss_abs_tolerance", 0.02), checks.get("loss_rel_tolerance", 0.01)
+            pairs = list(zip(losses, baseline.losses))
+            worst_i, worst, worst_excess = -1, 0.0, -math.inf
+            for i, (a, b) in enumerate(pairs):
+                diff = abs(a - b)
+                excess = diff - (abs_tol + rel_tol * abs(b))
+                if excess > worst_excess:
+                    worst_i, worst, worst_excess = i, diff, excess
+            ok = bool(pairs) and len(pairs) == len(baseline.losses) and worst_excess <= 0
+            out.append(Check("tracks_cpu", ok, f"max |loss - cpu| {worst:.6f} at step {worst_i} "
+                             f"(limit {abs_tol} + {rel_tol}*|cpu|)", round(worst, 6), abs_tol))
+            gap_limit = checks.get("max_accuracy_gap", 0.03)
+            gap = abs((acc or 0.0) - (baseline.accuracy or 0.0))
+            out.append(Check("accuracy_vs_cpu", gap <= gap_limit,
+                             f"|{acc} - cpu {baseline.accuracy}| = {gap:.4f} <= {gap_limit}", round(gap, 4), gap_limit))
+    return out
+
+
+def judge(run: CellRun, expectation: Expectation | None, *, steps: int, checks: dict[str, float],
+          baseline: RunRecord | None, known_bugs: tuple[Expectation, ...] = ()) -> Verdict:
+    """``known_bugs``: the matrix's 'reproduce' rows, so a 'fixed' cell that regresses is named REPRODUCED."""
+    rec = run.record
+    completed = run.completed
+    expected = ACCEPTS.get(expectation.outcome, "") if expectation else ""
+    last = rec.last_stage
+    evidence: dict[str, Any] = {
+        "command": run.argv,
+        "exit_code": completed.returncode,
+        "signal": completed.signal_name,
+        "duration_s": round(completed.duration_s, 2),
+        "stage": last.label() if last else None,
+        "requested_backend": rec.backend.get("requested", run.cell.backend),
+        "active_backend": rec.backend.get("active"),
+        "device": rec.device_name,
+        "driver": (rec.backend.get("device") or {}).get("driver_info") or (rec.backend.get("device") or {}).get(
+            "driver_name"),
+        "backtrace": str(run.backtrace_path) if run.backtrace_path else None,
+        "top_frames": [f.get("function") for f in (run.crash or {}).get("frames", [])[:6]],
+        "result_dir": str(run.result_dir),
+    }
+
+    def verdict(v: str, reason: str, cs: list[Check] | None = None) -> Verdict:
+        matched = bool(expected) and v == expected and v not in (NOT_EXERCISED, HANG)
+        if not expectation:
+            reason += " (no expectation for this cell in fixtures/matrix.toml)"
+        return Verdict(v, matched, expected, reason, cs or [], evidence)
+
+    if completed.timed_out:
+        return verdict(HANG, f"killed after {completed.duration_s:.0f}s at stage {evidence['stage']}")
+    # Proof first: a run whose backend under test was not active is never judged on anything else.
+    if completed.returncode == EXIT_NOT_EXERCISED or rec.exercised is False:
+        reason = rec.backend.get("reason") or "driver reported the backend was not active"
+        return verdict(NOT_EXERCISED, reason)
+    if rec.exercised is None and completed.signal is None:
+        return verdict(NOT_EXERCISED if completed.returncode == 0 else FAIL,
+                       f"driver gave no backend proof (exit {completed.returncode}); see {run.result_dir}/stderr.txt")
+    sig = completed.signal_name
+    if sig is not None:
+        where = f"{sig} at stage {evidence['stage']}"
+        if expectation and expectation.outcome in ("reproduce", "fixed") and expectation.signal:
+            want_step = expectation.step
+            same = (sig == expectation.signal and last is not None and last.name == expectation.stage
+                    and (want_step is None or last.step == want_step))
+            if same:
+                return verdict(REPRODUCED, f"{where}: the known bug {expectation.bug}")
+        known = _known_signature(expectation, known_bugs)
+        if known and sig == known.signal and last is not None and last.name == known.stage:
+            return verdict(REPRODUCED, f"{where}: the known bug {known.bug}")
+        return verdict(UNEXPECTED_CRASH, where + (" (not the expected signature)" if expectation else ""))
+    if completed.returncode != 0:
+        meaning = EXIT_MEANINGS.get(completed.returncode, "unknown exit code")
+        message = (rec.error or {}).get("message", "")
+        return verdict(FAIL, f"driver exit {completed.returncode} ({meaning}) {message}".strip())
+    cs = training_checks(rec, steps=steps, checks=checks, baseline=baseline, compare_to_baseline=run.cell.backend != "cpu")
+    failed = [c for c in cs if not c.passed]
+    if failed:
+        return verdict(FAIL, "; ".join(f"{c.name}: {c.detail}" for c in failed), cs)
+    summary = f"trained {len(rec.losses)} steps on {rec.device_name or rec.backend.get('active')}, " \
+              f"loss {rec.losses[0]:.3f}->{rec.losses[-1]:.3f}, accuracy {rec.accuracy}"
+    if expectation and expectation.bug:
+        return verdict(FIXED, summary, cs)
+    return verdict(PASS, summary, cs)
+
+
+def _known_signature(expectation: Expectation | None, known_bugs: tuple[Expectation, ...]) -> Expectation | None:
+    """A 'fixed' cell that crashes the way its bug's 'reproduce' row describes is REPRODUCED (a regression)."""
+    if expectation is None or expectation.outcome != "fixed" or not expectation.bug:
+        return None
+    for row in known_bugs:
+        if row.bug == expectation.bug and row.outcome == "reproduce":
+            return row
+    return None

@@ -1,0 +1,127 @@
+"""One session = build what it needs, run its cells, judge them, report. Sessions differ only in data."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from . import __version__, fixtures, icd, report, source
+from .build import Builder, Core, CoreOptions
+from .cells import Cell, CellRun, Workload, run_cell
+from .contract import RunRecord
+from .errors import EXIT_MISMATCH
+from .judge import Verdict, judge
+from .runner import HostRunner, Runner
+from .settings import Settings
+
+# Session name -> the variants it judges. A CPU baseline is added wherever a GPU variant is compared to it.
+SESSIONS: dict[str, tuple[str, ...]] = {
+    "cpu": ("cpu",),
+    "vulkan_image": ("vulkan-image",),
+    "vulkan_buffer": ("vulkan-buffer",),
+    "vulkan": ("vulkan-image", "vulkan-buffer"),
+}
+
+
+def make_runner(settings: Settings) -> Runner:
+    return HostRunner()
+
+
+def _results_dir(settings: Settings, name: str) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    path = settings.results_dir / f"{stamp}-{name}-{os.getpid()}"
+    path.mkdir(parents=True, exist_ok=True)
+    latest = settings.results_dir / "latest"
+    try:
+        if latest.is_symlink() or latest.exists():
+            latest.unlink()
+        latest.symlink_to(path.name)
+    except OSError:
+        pass
+    return path
+
+
+def cells_for(ref: str, variants: tuple[str, ...], icds: tuple[str, ...]) -> list[Cell]:
+    cells = []
+    needs_cpu = any(v != "cpu" for v in variants)
+    if needs_cpu or "cpu" in variants:
+        cells.append(Cell(ref, "cpu", "-"))
+    for variant in variants:
+        if variant.startswith("vulkan"):
+            cells += [Cell(ref, variant, name) for name in icds]
+        elif variant == "opencl":
+            cells.append(Cell(ref, variant, "-"))
+    return cells
+
+
+def run_session(name: str, settings: Settings, *, say: Callable[[str], None] = print) -> int:
+    variants = SESSIONS[name]
+    matrix = fixtures.load_matrix()
+    ref = settings.ref or matrix.default_ref
+    runner = make_runner(settings)
+    results = _results_dir(settings, name)
+    say(f"mnnrepro {__version__}: session {name}, results in {results}")
+    for line in settings.describe():
+        say(f"  {line}")
+    fixtures.verify_mnist()
+    tree = source.resolve(ref, source=settings.source, cache_dir=settings.cache_dir, git_url=settings.git_url,
+                          allow_clone=settings.clone)
+    say(f"source: {tree.describe()}")
+    info = matrix.ref_info(ref)
+    if info.commit and tree.commit and not tree.commit.startswith(info.commit[: len(tree.commit)]) \
+            and not info.commit.startswith(tree.commit):
+        say(f"WARNING: {ref} resolved to {tree.commit}, matrix.toml pins {info.commit}")
+    if info.compat_reason:
+        say(f"compatibility measure for {ref}: {info.compat_reason}")
+    builder = Builder(settings.cache_dir, runner, jobs=settings.jobs or None, say=say)
+    t0 = time.monotonic()
+    core: Core = builder.core(tree, CoreOptions(compat_cxx_flags=info.compat_cxx_flags))
+    driver = builder.driver(core)
+    plugins = {v: builder.plugin(core, v) for v in variants if v != "cpu"}
+    build_s = time.monotonic() - t0
+    icds = {n: icd.resolve(n, settings.cache_dir) for n in settings.icds} if any(
+        v.startswith("vulkan") for v in variants) else {}
+    training = dict(matrix.training)
+    workload = Workload(steps=settings.steps or int(training.get("steps", 30)),
+                        batch_size=int(training.get("batch_size", 64)), seed=int(training.get("seed", 1)),
+                        precision=str(training.get("precision", "high")),
+                        test_limit=int(training.get("test_limit", 0)))
+    header: dict[str, Any] = {
+        "suite": __version__, "session": name, "ref": ref, "commit": tree.commit, "source": str(tree.path),
+        "source_origin": tree.origin, "core_key": core.key, "toolchain": builder.toolchain, "runner": runner.name,
+        "host": platform.platform(), "python": sys.version.split()[0], "workload": workload.__dict__,
+        "icds": {n: str(i.manifest) if i.manifest else "host default" for n, i in icds.items()},
+        "build_seconds": round(build_s, 1), "builds": builder.log.events,
+    }
+    rows: list[tuple[CellRun, Verdict]] = []
+    baseline: RunRecord | None = None
+    known = tuple(r for r in matrix.expectations if r.outcome == "reproduce")
+    for cell in cells_for(ref, variants, settings.icds):
+        say(f"running {cell.id} ...")
+        run = run_cell(cell, driver=driver, plugin=plugins.get(cell.variant), icd=icds.get(cell.icd),
+                       workload=workload, timeout_s=float(matrix.timeouts.get(cell.backend, 600)), runner=runner,
+                       result_dir=results / "cells" / cell.dirname, use_gdb=settings.gdb)
+        if cell.variant == "cpu":
+            baseline = run.record
+        verdict = judge(run, matrix.expectation(ref, cell.variant, cell.icd), steps=workload.steps,
+                        checks=matrix.checks, baseline=baseline, known_bugs=known)
+        say(f"  {verdict.verdict} ({'as expected' if verdict.matched else 'MISMATCH'}): {verdict.reason}")
+        rows.append((run, verdict))
+    data = report.summary(header, rows)
+    report.write_summary(results / "summary.json", data)
+    say("")
+    say(f"MNN {ref} ({(tree.commit or '?')[:10]}), runner {runner.name}, {workload.steps} steps x batch "
+        f"{workload.batch_size}")
+    say(report.table(rows))
+    say(f"\nsummary: {results / 'summary.json'}")
+    if data["all_matched"]:
+        say(f"session {name}: every cell matched its expectation")
+        return 0
+    say(f"session {name}: {sum(not v.matched for _, v in rows)} cell(s) did not match their expectation")
+    return EXIT_MISMATCH

@@ -1,0 +1,95 @@
+"""One configuration cascade: defaults -> pyproject [tool.mnnrepro] -> MNNREPRO_* variables -> command line.
+
+Unknown keys are rejected at every level, and the resolved settings are printed at the start of a run.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .fixtures import ROOT
+
+UPSTREAM_GIT_URL = "https://github.com/alibaba/MNN.git"
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "mnnrepro"
+
+
+@dataclass(frozen=True)
+class Settings:
+    ref: str = ""  # "" -> fixtures/matrix.toml default_ref
+    source: Path | None = None  # an MNN tree to use as is
+    git_url: str = UPSTREAM_GIT_URL
+    cache_dir: Path = default_cache_dir()
+    results_dir: Path = ROOT / "results"
+    icds: tuple[str, ...] = ("lavapipe", "swiftshader")
+    steps: int = 0  # 0 -> the matrix's [training] steps
+    runner: str = "host"
+    jobs: int = 0  # 0 -> ninja's default
+    gdb: bool = True
+    clone: bool = True  # may a missing source be cloned?
+
+    def describe(self) -> list[str]:
+        return [f"{f.name} = {getattr(self, f.name)}" for f in fields(self)]
+
+
+ENV_PREFIX = "MNNREPRO_"
+_KEYS = {f.name for f in fields(Settings)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    kind = {f.name: f.type for f in fields(Settings)}[name]
+    try:
+        if name in ("source", "cache_dir", "results_dir"):
+            return Path(str(value)).expanduser() if value not in (None, "") else None
+        if name == "icds":
+            items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+            return tuple(i.strip() for i in items if str(i).strip())
+        if name in ("steps", "jobs"):
+            number = int(value)
+            if number < 0:
+                raise ValueError
+            return number
+        if name in ("gdb", "clone"):
+            if isinstance(value, bool):
+                return value
+            text = str(value).lower()
+            if text not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError
+            return text in ("1", "true", "yes", "on")
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"setting {name}={value!r} is not a valid {kind}") from None
+
+
+def _apply(settings: Settings, values: dict[str, Any], where: str) -> Settings:
+    unknown = set(values) - _KEYS
+    if unknown:
+        raise ConfigError(f"unknown setting(s) in {where}: {', '.join(sorted(unknown))}",
+                          hint=f"known: {', '.join(sorted(_KEYS))}")
+    coerced = {k: _coerce(k, v) for k, v in values.items()}
+    if coerced.get("cache_dir", 1) is None or coerced.get("results_dir", 1) is None:
+        raise ConfigError(f"{where}: cache_dir/results_dir cannot be empty")
+    return replace(settings, **coerced)
+
+
+def load(cli: dict[str, Any], *, environ: dict[str, str] | None = None, pyproject: Path = ROOT / "pyproject.toml") -> Settings:
+    settings = Settings()
+    if pyproject.is_file():
+        table = tomllib.loads(pyproject.read_text()).get("tool", {}).get("mnnrepro", {})
+        settings = _apply(settings, table, f"{pyproject} [tool.mnnrepro]")
+    env = os.environ if environ is None else environ
+    from_env = {k[len(ENV_PREFIX):].lower(): v for k, v in env.items() if k.startswith(ENV_PREFIX)}
+    from_env.pop("crash_dir", None)  # set by the suite for gdb_capture.py, not a setting
+    settings = _apply(settings, from_env, "environment (MNNREPRO_*)")
+    settings = _apply(settings, {k: v for k, v in cli.items() if v is not None}, "command line")
+    if settings.runner not in ("host",):
+        raise ConfigError(f"runner {settings.runner!r} is not available", hint="use --runner host")
+    return settings

@@ -1,0 +1,103 @@
+"""Google SwiftShader's Vulkan ICD, taken from the npm package @sparticuz/chromium (bin/swiftshader.tar.br).
+
+Pinned by package version and by sha256 of the package tarball and of the library inside it; fetched with
+``npm pack`` (the registry npm is configured for) into the cache, once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from pathlib import Path
+
+from .errors import EnvironmentProblem
+
+PACKAGE = "@sparticuz/chromium"
+VERSION = "143.0.4"
+TARBALL_SHA256 = "d69d6790c17a62b70dc3e8acfd774b6c1f780f229e5601f50264dbc434b5cf94"
+MEMBER = "package/bin/swiftshader.tar.br"
+MEMBER_SHA256 = "1b4c63ac0f24bfedd469675c33b09c84f7d6d26acb30bed2ab8e875e084cf3a2"
+LIBRARY = "libvk_swiftshader.so"
+ICD_JSON = "vk_swiftshader_icd.json"
+
+
+def install_dir(cache_dir: Path) -> Path:
+    return cache_dir / "swiftshader" / VERSION
+
+
+def manifest_path(cache_dir: Path) -> Path:
+    return install_dir(cache_dir) / ICD_JSON
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _brotli_decompress(data: bytes) -> bytes:
+    try:
+        import brotli  # type: ignore[import-not-found,unused-ignore]
+
+        return bytes(brotli.decompress(data))
+    except ImportError:
+        pass
+    exe = shutil.which("brotli")
+    if exe is None:
+        raise EnvironmentProblem("cannot decompress swiftshader.tar.br: neither the brotli CLI nor module is present",
+                                 hint="apt-get install brotli (or pip install brotli)")
+    return subprocess.run([exe, "-d", "-c"], input=data, capture_output=True, check=True).stdout
+
+
+def ensure(cache_dir: Path, *, tarball: Path | None = None) -> Path:
+    """Return the ICD manifest path, fetching and verifying SwiftShader first if needed."""
+    manifest = manifest_path(cache_dir)
+    if manifest.is_file():
+        return manifest
+    work = Path(tempfile.mkdtemp(prefix="swiftshader-"))
+    try:
+        if tarball is None:
+            if shutil.which("npm") is None:
+                raise EnvironmentProblem("SwiftShader is not cached and npm is not installed to fetch it",
+                                         hint=f"install npm, or pass a downloaded {PACKAGE}@{VERSION} tarball")
+            res = subprocess.run(["npm", "pack", "--silent", f"{PACKAGE}@{VERSION}"], cwd=work, capture_output=True,
+                                 text=True)
+            if res.returncode != 0:
+                raise EnvironmentProblem(f"npm pack {PACKAGE}@{VERSION} failed: {res.stderr.strip()[-400:]}",
+                                         hint="check npm can reach its registry (npm ping)")
+            tarball = work / res.stdout.strip().splitlines()[-1]
+        data = tarball.read_bytes()
+        if _sha256(data) != TARBALL_SHA256:
+            raise EnvironmentProblem(f"{tarball.name}: sha256 {_sha256(data)} is not the pinned {TARBALL_SHA256}",
+                                     hint="the registry served a different package; refusing to use it")
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+            member = tar.extractfile(MEMBER)
+            if member is None:
+                raise EnvironmentProblem(f"{MEMBER} not found in {tarball.name}")
+            br = member.read()
+        if _sha256(br) != MEMBER_SHA256:
+            raise EnvironmentProblem(f"{MEMBER}: sha256 does not match the pin")
+        staging = Path(tempfile.mkdtemp(prefix=".swiftshader-", dir=_parent(install_dir(cache_dir))))
+        with tarfile.open(fileobj=io.BytesIO(_brotli_decompress(br)), mode="r:") as tar:
+            tar.extract(LIBRARY, staging, filter="data")
+        lib = staging / LIBRARY
+        # Our own manifest with an absolute path: the one shipped uses "./", relative to the json.
+        (staging / ICD_JSON).write_text(json.dumps(
+            {"file_format_version": "1.0.0", "ICD": {"library_path": str(install_dir(cache_dir) / LIBRARY),
+                                                   "api_version": "1.0.5"}}, indent=1))
+        (staging / "PIN.json").write_text(json.dumps({"package": PACKAGE, "version": VERSION,
+                                                      "tarball_sha256": TARBALL_SHA256,
+                                                      "library_sha256": _sha256(lib.read_bytes())}, indent=1))
+        os.replace(staging, install_dir(cache_dir))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return manifest
+
+
+def _parent(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.parent
