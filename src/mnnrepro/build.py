@@ -208,8 +208,12 @@ class Builder:
     def _configure(self, core: Core, extra: tuple[str, ...]) -> None:
         argv = cmake_configure_args(core.source.path, core.build_dir, core.options, ccache=self.ccache, extra=extra)
         marker = core.build_dir / ".mnnrepro-configured.json"
-        if (core.build_dir / "build.ninja").exists() and marker.exists() and json.loads(marker.read_text()) == argv:
+        previous = json.loads(marker.read_text()) if marker.exists() else None
+        if (core.build_dir / "build.ninja").exists() and previous == argv:
             return
+        if previous is not None and previous[previous.index("-S") + 1] != str(core.source.path):
+            # Same content at another path: CMake refuses a cache made for another source dir. Objects stay.
+            (core.build_dir / "CMakeCache.txt").unlink(missing_ok=True)
         self._run(argv, core.build_dir / "logs" / "configure.log", "cmake configure")
         marker.write_text(json.dumps(argv))
 
@@ -284,6 +288,7 @@ class Builder:
             self.say(f"building native/ driver against core [{core.key[:12]}]")
             start = time.monotonic()
             build_dir = self.cache_dir / "build" / f"{core.key[:24]}-driver-{nkey[:16]}"
+            shutil.rmtree(build_dir, ignore_errors=True)  # small; and its CMake cache names a checkout path
             self._run(driver_configure_args(core.source.path, core.lib_dir, build_dir), build_dir / "configure.log",
                       "driver configure")
             self._run(["ninja", "-C", str(build_dir)], build_dir / "build.log", "driver build")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import faults as planted
 from .contract import RunRecord, read_events
 from .fixtures import MNIST
 from .icd import Icd
@@ -71,7 +72,7 @@ class CellRun:
 
 def run_cell(cell: Cell, *, driver: Path, plugin: Path | None, icd: Icd | None, workload: Workload,
              timeout_s: float, runner: Runner, result_dir: Path, use_gdb: bool = True,
-             data_dir: Path = MNIST) -> CellRun:
+             data_dir: Path = MNIST, faults: tuple[str, ...] = ()) -> CellRun:
     result_dir.mkdir(parents=True, exist_ok=True)
     for stale in ("crash.json", "backtrace.txt", "events.jsonl"):
         (result_dir / stale).unlink(missing_ok=True)
@@ -82,6 +83,8 @@ def run_cell(cell: Cell, *, driver: Path, plugin: Path | None, icd: Icd | None, 
     env = dict(icd.env) if icd else {}
     gdb = shutil.which("gdb") if use_gdb else None
     full = [gdb, "-q", "-nx", "-batch", "-x", str(GDB_SCRIPT), "--args", *argv] if gdb else argv
+    if "hide-libvulkan" in faults:
+        full = planted.hide_libvulkan(full, result_dir / ".fault")
     env["MNNREPRO_CRASH_DIR"] = str(result_dir)
     completed = runner.run(full, env=env, timeout_s=timeout_s, stdout_path=result_dir / "stdout.txt",
                            stderr_path=result_dir / "stderr.txt")
@@ -92,6 +95,6 @@ def run_cell(cell: Cell, *, driver: Path, plugin: Path | None, icd: Icd | None, 
     (result_dir / "cell.json").write_text(json.dumps({
         "cell": cell.id, "argv": full, "env": env, "runner": runner.name, "returncode": completed.returncode,
         "signal": completed.signal_name, "timed_out": completed.timed_out, "timeout_s": timeout_s,
-        "duration_s": round(completed.duration_s, 3), "gdb": bool(gdb),
+        "duration_s": round(completed.duration_s, 3), "gdb": bool(gdb), "faults": list(faults),
     }, indent=1))
     return CellRun(cell, result_dir, completed, record, crash, full, bool(gdb))

@@ -32,6 +32,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--jobs", type=int, help="parallel compile jobs (default: ninja's)")
     run.add_argument("--no-gdb", dest="gdb", action="store_const", const=False,
                      help="run the driver without gdb (no backtrace on a crash)")
+    run.add_argument("--fault", dest="faults", help="plant a fault to check the suite notices it: hide-libvulkan")
     run.add_argument("--no-clone", dest="clone", action="store_const", const=False,
                      help="fail instead of cloning a missing source")
     src = sub.add_parser("source", help="manage MNN source trees in the cache")
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         keys = ("ref", "source", "git_url", "cache_dir", "icds", "steps", "results_dir", "runner", "jobs", "gdb",
-                "clone")
+                "clone", "faults")
         settings = load({k: getattr(args, k) for k in keys if hasattr(args, k)})
         if args.command == "run":
             return run_session(args.session, settings)

@@ -106,7 +106,8 @@ def run_session(name: str, settings: Settings, *, say: Callable[[str], None] = p
         say(f"running {cell.id} ...")
         run = run_cell(cell, driver=driver, plugin=plugins.get(cell.variant), icd=icds.get(cell.icd),
                        workload=workload, timeout_s=float(matrix.timeouts.get(cell.backend, 600)), runner=runner,
-                       result_dir=results / "cells" / cell.dirname, use_gdb=settings.gdb)
+                       result_dir=results / "cells" / cell.dirname, use_gdb=settings.gdb,
+                       faults=settings.faults if cell.backend == "vulkan" else ())
         if cell.variant == "cpu":
             baseline = run.record
         verdict = judge(run, matrix.expectation(ref, cell.variant, cell.icd), steps=workload.steps,

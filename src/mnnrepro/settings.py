@@ -35,6 +35,7 @@ class Settings:
     jobs: int = 0  # 0 -> ninja's default
     gdb: bool = True
     clone: bool = True  # may a missing source be cloned?
+    faults: tuple[str, ...] = ()  # planted faults (faults.py), for proving the suite notices them
 
     def describe(self) -> list[str]:
         return [f"{f.name} = {getattr(self, f.name)}" for f in fields(self)]
@@ -49,7 +50,7 @@ def _coerce(name: str, value: Any) -> Any:
     try:
         if name in ("source", "cache_dir", "results_dir"):
             return Path(str(value)).expanduser() if value not in (None, "") else None
-        if name == "icds":
+        if name in ("icds", "faults"):
             items = value if isinstance(value, (list, tuple)) else str(value).split(",")
             return tuple(i.strip() for i in items if str(i).strip())
         if name in ("steps", "jobs"):
@@ -90,6 +91,9 @@ def load(cli: dict[str, Any], *, environ: dict[str, str] | None = None, pyprojec
     from_env.pop("crash_dir", None)  # set by the suite for gdb_capture.py, not a setting
     settings = _apply(settings, from_env, "environment (MNNREPRO_*)")
     settings = _apply(settings, {k: v for k, v in cli.items() if v is not None}, "command line")
+    from .faults import validate
+
+    validate(settings.faults)
     if settings.runner not in ("host",):
         raise ConfigError(f"runner {settings.runner!r} is not available", hint="use --runner host")
     return settings

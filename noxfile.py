@@ -1,0 +1,74 @@
+"""Sessions: `nox -l` lists them. Each is a thin entry point into `python -m mnnrepro`.
+
+Extra arguments after `--` pass through: `nox -s vulkan_buffer -- --icd lavapipe --steps 10`,
+`nox -s tests -- -k judge`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+nox.options.sessions = ["tests"]
+nox.options.default_venv_backend = "none"  # sessions drive builds and containers; they use this interpreter
+
+
+def _mnnrepro(session: nox.Session, *args: str) -> None:
+    env = {"PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    session.run("python", "-m", "mnnrepro", *args, *session.posargs, env=env)
+
+
+@nox.session(tags=["train"])
+def cpu(session: nox.Session) -> None:
+    """Train MNIST on MNN's CPU backend: the baseline every GPU cell is compared with."""
+    _mnnrepro(session, "run", "cpu")
+
+
+@nox.session(tags=["train", "vulkan"])
+def vulkan_image(session: nox.Session) -> None:
+    """Vulkan image mode (MNN default) on lavapipe and SwiftShader: expect MNN#3129 REPRODUCED."""
+    _mnnrepro(session, "run", "vulkan_image")
+
+
+@nox.session(tags=["train", "vulkan"])
+def vulkan_buffer(session: nox.Session) -> None:
+    """Vulkan buffer mode (-DMNN_VULKAN_IMAGE=OFF) on lavapipe and SwiftShader: expect FIXED."""
+    _mnnrepro(session, "run", "vulkan_buffer")
+
+
+@nox.session(tags=["train", "vulkan"])
+def vulkan(session: nox.Session) -> None:
+    """Both Vulkan modes on both software ICDs, one verdict table."""
+    _mnnrepro(session, "run", "vulkan")
+
+
+@nox.session(tags=["quick"])
+def tests(session: nox.Session) -> None:
+    """Run the test suite (unit + integration) in parallel with pytest-xdist."""
+    env = {"PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    session.run("python", "-m", "pytest", "-n", "auto", *session.posargs, env=env)
+
+
+@nox.session(tags=["quick"])
+def unit(session: nox.Session) -> None:
+    """Unit tests only: no MNN, no Docker, seconds."""
+    env = {"PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    session.run("python", "-m", "pytest", "-n", "auto", "tests/unit", *session.posargs, env=env)
+
+
+@nox.session(tags=["quick"])
+def lint(session: nox.Session) -> None:
+    """ruff (lint + format check), mypy --strict, clang-format check of native/ when available."""
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run("mypy")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmark cold/warm builds and a warm end-to-end vulkan_buffer run (writes bench/results.json)."""
+    env = {"PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    session.run("python", str(ROOT / "bench" / "bench_build.py"), *session.posargs, env=env)

@@ -1,0 +1,45 @@
+"""Planted faults, for proving that the suite notices them (never a pass when the backend is not active).
+
+hide-libvulkan: the unversioned ``libvulkan.so`` vanishes for the driver while ``libvulkan.so.1`` stays,
+which is exactly what a machine without the loader's dev package looks like (MNN dlopens the unversioned
+name). On the host this takes a private mount namespace with an overlay whiteout, so root is needed.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+from pathlib import Path
+
+from .errors import ConfigError, EnvironmentProblem
+
+KNOWN = ("hide-libvulkan",)
+LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib")
+
+
+def validate(faults: tuple[str, ...]) -> tuple[str, ...]:
+    unknown = [f for f in faults if f not in KNOWN]
+    if unknown:
+        raise ConfigError(f"unknown fault(s): {', '.join(unknown)}", hint=f"known: {', '.join(KNOWN)}")
+    return faults
+
+
+def hide_libvulkan(argv: list[str], scratch: Path) -> list[str]:
+    dirs = [d for d in LIB_DIRS if os.path.lexists(os.path.join(d, "libvulkan.so"))]
+    if not dirs:
+        return argv  # already absent: the fault is the machine's own state
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        raise EnvironmentProblem("the hide-libvulkan fault needs root and unshare(1) on the host runner")
+    mounts = []
+    for i, d in enumerate(dirs):
+        upper, work = scratch / f"upper{i}", scratch / f"work{i}"
+        for p in (upper, work):
+            if p.exists():
+                shutil.rmtree(p)
+            p.mkdir(parents=True)
+        os.mknod(upper / "libvulkan.so", 0o600 | 0o020000, os.makedev(0, 0))  # an overlay whiteout
+        opts = f"lowerdir={d},upperdir={upper},workdir={work}"
+        mounts.append(f"mount -t overlay overlay -o {shlex.quote(opts)} {shlex.quote(d)}")
+    script = " && ".join(mounts) + ' && exec "$@"'
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *argv]
