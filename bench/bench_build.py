@@ -46,8 +46,9 @@ def main() -> int:
     args = ap.parse_args()
     settings = load({})
     ref = args.ref or fixtures.load_matrix().default_ref
-    tree = source.resolve(ref, source=settings.source, cache_dir=settings.cache_dir, git_url=settings.git_url,
-                          allow_clone=False)
+    tree = source.resolve(
+        ref, source=settings.source, cache_dir=settings.cache_dir, git_url=settings.git_url, allow_clone=False
+    )
     info = fixtures.load_matrix().ref_info(ref)
     options = CoreOptions(compat_cxx_flags=info.compat_cxx_flags)
     out: dict[str, object] = {"ref": ref, "commit": tree.commit, "nproc": os.cpu_count()}
@@ -58,8 +59,11 @@ def main() -> int:
             plain = scratch / "plain"
             argv = cmake_configure_args(tree.path, plain, options, ccache=False)
             t = timed(argv, env, scratch / "plain-configure.log")
-            t += timed(ninja_args(plain, ("MNN", "MNN_Express", "MNNTrain", "MNN_Vulkan"), None), env,
-                       scratch / "plain-build.log")
+            t += timed(
+                ninja_args(plain, ("MNN", "MNN_Express", "MNNTrain", "MNN_Vulkan"), None),
+                env,
+                scratch / "plain-build.log",
+            )
             out["cold_plain_vulkan_s"] = round(t, 1)
             print(f"cold plain Vulkan build: {t:.0f}s", flush=True)
             os.environ["CCACHE_DISABLE"] = "1"
@@ -74,22 +78,42 @@ def main() -> int:
             out["cold_suite_s"] = round(total, 1)
             out["cold_suite_steps"] = builder.log.events
             out["cold_ratio"] = round(total / t, 2)
-            print(f"cold suite build (core + image + buffer + opencl + driver): {total:.0f}s, "
-                  f"ratio {total / t:.2f}", flush=True)
+            print(
+                f"cold suite build (core + image + buffer + opencl + driver): {total:.0f}s, ratio {total / t:.2f}",
+                flush=True,
+            )
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     for label in ("warm_1", "warm_2"):
         start = time.monotonic()
-        proc = subprocess.run([sys.executable, "-m", "mnnrepro", "run", "vulkan_buffer", "--ref", ref, "--steps",
-                               str(args.steps), "--no-clone"], env=env, capture_output=True, text=True)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mnnrepro",
+                "run",
+                "vulkan_buffer",
+                "--ref",
+                ref,
+                "--steps",
+                str(args.steps),
+                "--no-clone",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         took = time.monotonic() - start
         rebuilt = [line for line in proc.stdout.splitlines() if line.startswith("building")]
         out[f"{label}_vulkan_buffer_s"] = round(took, 1)
         out[f"{label}_rebuilt"] = rebuilt
         out[f"{label}_exit"] = proc.returncode
-        print(f"{label}: nox -s vulkan_buffer equivalent took {took:.1f}s, exit {proc.returncode}, "
-              f"rebuilt: {rebuilt or 'nothing'}", flush=True)
+        print(
+            f"{label}: nox -s vulkan_buffer equivalent took {took:.1f}s, exit {proc.returncode}, "
+            f"rebuilt: {rebuilt or 'nothing'}",
+            flush=True,
+        )
     (ROOT / "bench" / "results.json").write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps(out, indent=1))
     return 0

@@ -70,8 +70,9 @@ class CoreOptions:
         ]
 
 
-def cmake_configure_args(source: Path, build_dir: Path, options: CoreOptions, *, ccache: bool,
-                         extra: tuple[str, ...] = ()) -> list[str]:
+def cmake_configure_args(
+    source: Path, build_dir: Path, options: CoreOptions, *, ccache: bool, extra: tuple[str, ...] = ()
+) -> list[str]:
     args = ["cmake", "-G", "Ninja", "-S", str(source), "-B", str(build_dir), *options.cmake_defines()]
     if ccache:
         args += ["-DCMAKE_C_COMPILER_LAUNCHER=ccache", "-DCMAKE_CXX_COMPILER_LAUNCHER=ccache"]
@@ -86,8 +87,19 @@ def ninja_args(build_dir: Path, targets: tuple[str, ...], jobs: int | None) -> l
 
 
 def driver_configure_args(source: Path, lib_dir: Path, build_dir: Path) -> list[str]:
-    return ["cmake", "-G", "Ninja", "-S", str(NATIVE_DIR), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=RelWithDebInfo",
-            f"-DMNN_SOURCE_DIR={source}", f"-DMNN_LIB_DIR={lib_dir}", "-DMNNREPRO_DRIVER_RPATH=$ORIGIN/../lib"]
+    return [
+        "cmake",
+        "-G",
+        "Ninja",
+        "-S",
+        str(NATIVE_DIR),
+        "-B",
+        str(build_dir),
+        "-DCMAKE_BUILD_TYPE=RelWithDebInfo",
+        f"-DMNN_SOURCE_DIR={source}",
+        f"-DMNN_LIB_DIR={lib_dir}",
+        "-DMNNREPRO_DRIVER_RPATH=$ORIGIN/../lib",
+    ]
 
 
 def _digest(obj: object) -> str:
@@ -96,8 +108,9 @@ def _digest(obj: object) -> str:
 
 def native_key() -> str:
     h = hashlib.sha256()
-    for path in sorted(NATIVE_DIR.rglob("*")):
-        if path.is_file() and "build" not in path.relative_to(NATIVE_DIR).parts:
+    # Build inputs only: a README edit must not rebuild the driver.
+    for path in sorted([NATIVE_DIR / "CMakeLists.txt", *(NATIVE_DIR / "src").rglob("*")]):
+        if path.is_file():
             h.update(path.relative_to(NATIVE_DIR).as_posix().encode() + b"\0" + path.read_bytes())
     return h.hexdigest()
 
@@ -108,8 +121,10 @@ def toolchain_fingerprint() -> dict[str, str]:
     for tool in ("c++", "cc", "cmake", "ninja"):
         exe = shutil.which(tool)
         if exe is None:
-            raise EnvironmentProblem(f"{tool} is not installed",
-                                     hint="apt-get install build-essential cmake ninja-build (or use the docker runner)")
+            raise EnvironmentProblem(
+                f"{tool} is not installed",
+                hint="apt-get install build-essential cmake ninja-build (or use the docker runner)",
+            )
         res = subprocess.run([exe, "--version"], capture_output=True, text=True)
         out[tool] = (res.stdout or res.stderr).splitlines()[0].strip() if (res.stdout or res.stderr) else "?"
     return out
@@ -139,8 +154,9 @@ class BuildLog:
 
 
 class Builder:
-    def __init__(self, cache_dir: Path, runner: Runner, *, jobs: int | None = None,
-                 say: Callable[[str], None] = print) -> None:
+    def __init__(
+        self, cache_dir: Path, runner: Runner, *, jobs: int | None = None, say: Callable[[str], None] = print
+    ) -> None:
         self.cache_dir = cache_dir
         self.runner = runner
         self.jobs = jobs
@@ -157,14 +173,25 @@ class Builder:
         return self._toolchain
 
     def core_key(self, source: SourceTree, options: CoreOptions) -> str:
-        return _digest({"format": KEY_FORMAT, "source": content_key(source.path, self.cache_dir),
-                        "defines": options.cmake_defines(), "toolchain": self.toolchain})
+        return _digest(
+            {
+                "format": KEY_FORMAT,
+                "source": content_key(source.path, self.cache_dir),
+                "defines": options.cmake_defines(),
+                "toolchain": self.toolchain,
+            }
+        )
 
     # -- environment -----------------------------------------------------------------------------
     def _env(self) -> dict[str, str]:
         # ccache: hash_dir off and paths made relative to the cache root, so a second build dir hits.
-        return {"CCACHE_DIR": str(self.cache_dir / "ccache"), "CCACHE_BASEDIR": str(self.cache_dir),
-                "CCACHE_NOHASHDIR": "1", "CCACHE_COMPILERCHECK": "content", "CCACHE_MAXSIZE": "5G"}
+        return {
+            "CCACHE_DIR": str(self.cache_dir / "ccache"),
+            "CCACHE_BASEDIR": str(self.cache_dir),
+            "CCACHE_NOHASHDIR": "1",
+            "CCACHE_COMPILERCHECK": "content",
+            "CCACHE_MAXSIZE": "5G",
+        }
 
     def _run(self, argv: list[str], log: Path, what: str) -> None:
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -172,8 +199,10 @@ class Builder:
         if res.returncode != 0:
             tail = log.read_text(errors="replace").splitlines()[-25:] if log.exists() else []
             body = "\n    ".join(tail)
-            raise BuildError(f"{what} failed (exit {res.returncode}): {' '.join(argv)}\n    {body}",
-                             hint=f"full log: {log}; nothing built earlier was removed")
+            raise BuildError(
+                f"{what} failed (exit {res.returncode}): {' '.join(argv)}\n    {body}",
+                hint=f"full log: {log}; nothing built earlier was removed",
+            )
 
     @contextmanager
     def _lock(self, name: str) -> Iterator[None]:
@@ -234,13 +263,23 @@ class Builder:
             start = time.monotonic()
             core.build_dir.mkdir(parents=True, exist_ok=True)
             self._configure(core, PLUGINS["vulkan-image"][2])
-            self._run(ninja_args(core.build_dir, CORE_TARGETS, self.jobs), core.build_dir / "logs" / "core.log",
-                      "core build")
+            self._run(
+                ninja_args(core.build_dir, CORE_TARGETS, self.jobs), core.build_dir / "logs" / "core.log", "core build"
+            )
             staging = self._staging(core.lib_dir)
             for rel in CORE_LIBS:
                 shutil.copy2(core.build_dir / rel, staging / Path(rel).name)
-            self._publish(staging, core.lib_dir, {"key": key, "ref": source.ref, "commit": source.commit,
-                                                  "defines": options.cmake_defines(), "toolchain": self.toolchain})
+            self._publish(
+                staging,
+                core.lib_dir,
+                {
+                    "key": key,
+                    "ref": source.ref,
+                    "commit": source.commit,
+                    "defines": options.cmake_defines(),
+                    "toolchain": self.toolchain,
+                },
+            )
             self.log.add("core", key, time.monotonic() - start, cached=False)
         return core
 
@@ -267,8 +306,11 @@ class Builder:
             self.say(f"building {kind} plugin against core [{core.key[:12]}]")
             start = time.monotonic()
             self._configure(core, mode_args)
-            self._run(ninja_args(core.build_dir, (target,), self.jobs), core.build_dir / "logs" / f"{kind}.log",
-                      f"{kind} plugin build")
+            self._run(
+                ninja_args(core.build_dir, (target,), self.jobs),
+                core.build_dir / "logs" / f"{kind}.log",
+                f"{kind} plugin build",
+            )
             staging = self._staging(dest)
             shutil.copy2(core.build_dir / rel, staging / Path(rel).name)
             self._publish(staging, dest, {"core": core.key, "kind": kind, "cmake": list(mode_args)})
@@ -289,13 +331,14 @@ class Builder:
             start = time.monotonic()
             build_dir = self.cache_dir / "build" / f"{core.key[:24]}-driver-{nkey[:16]}"
             shutil.rmtree(build_dir, ignore_errors=True)  # small; and its CMake cache names a checkout path
-            self._run(driver_configure_args(core.source.path, core.lib_dir, build_dir), build_dir / "configure.log",
-                      "driver configure")
+            self._run(
+                driver_configure_args(core.source.path, core.lib_dir, build_dir),
+                build_dir / "configure.log",
+                "driver configure",
+            )
             self._run(["ninja", "-C", str(build_dir)], build_dir / "build.log", "driver build")
             staging = self._staging(dest)
             shutil.copy2(build_dir / "mnist_driver", staging / "mnist_driver")
             self._publish(staging, dest, {"core": core.key, "native": nkey})
             self.log.add("driver", nkey, time.monotonic() - start, cached=False)
         return exe
-
-

@@ -50,8 +50,18 @@ class Workload:
     test_limit: int
 
     def driver_args(self) -> list[str]:
-        return ["--steps", str(self.steps), "--batch-size", str(self.batch_size), "--seed", str(self.seed),
-                "--precision", self.precision, "--test-limit", str(self.test_limit)]
+        return [
+            "--steps",
+            str(self.steps),
+            "--batch-size",
+            str(self.batch_size),
+            "--seed",
+            str(self.seed),
+            "--precision",
+            self.precision,
+            "--test-limit",
+            str(self.test_limit),
+        ]
 
 
 @dataclass
@@ -70,14 +80,33 @@ class CellRun:
         return path if path.is_file() else None
 
 
-def run_cell(cell: Cell, *, driver: Path, plugin: Path | None, icd: Icd | None, workload: Workload,
-             timeout_s: float, runner: Runner, result_dir: Path, use_gdb: bool = True,
-             data_dir: Path = MNIST, faults: tuple[str, ...] = ()) -> CellRun:
+def run_cell(
+    cell: Cell,
+    *,
+    driver: Path,
+    plugin: Path | None,
+    icd: Icd | None,
+    workload: Workload,
+    timeout_s: float,
+    runner: Runner,
+    result_dir: Path,
+    use_gdb: bool = True,
+    data_dir: Path = MNIST,
+    faults: tuple[str, ...] = (),
+) -> CellRun:
     result_dir.mkdir(parents=True, exist_ok=True)
     for stale in ("crash.json", "backtrace.txt", "events.jsonl"):
         (result_dir / stale).unlink(missing_ok=True)
-    argv = [str(driver), "--backend", cell.backend, "--data", str(data_dir), "--out", str(result_dir),
-            *workload.driver_args()]
+    argv = [
+        str(driver),
+        "--backend",
+        cell.backend,
+        "--data",
+        str(data_dir),
+        "--out",
+        str(result_dir),
+        *workload.driver_args(),
+    ]
     if plugin is not None:
         argv += ["--plugin", str(plugin)]
     env = dict(icd.env) if icd else {}
@@ -86,15 +115,29 @@ def run_cell(cell: Cell, *, driver: Path, plugin: Path | None, icd: Icd | None, 
     if "hide-libvulkan" in faults:
         full = planted.hide_libvulkan(full, result_dir / ".fault")
     env["MNNREPRO_CRASH_DIR"] = str(result_dir)
-    completed = runner.run(full, env=env, timeout_s=timeout_s, stdout_path=result_dir / "stdout.txt",
-                           stderr_path=result_dir / "stderr.txt")
+    completed = runner.run(
+        full, env=env, timeout_s=timeout_s, stdout_path=result_dir / "stdout.txt", stderr_path=result_dir / "stderr.txt"
+    )
     crash = None
     if (result_dir / "crash.json").is_file():
         crash = json.loads((result_dir / "crash.json").read_text())
     record = read_events(result_dir / "events.jsonl")
-    (result_dir / "cell.json").write_text(json.dumps({
-        "cell": cell.id, "argv": full, "env": env, "runner": runner.name, "returncode": completed.returncode,
-        "signal": completed.signal_name, "timed_out": completed.timed_out, "timeout_s": timeout_s,
-        "duration_s": round(completed.duration_s, 3), "gdb": bool(gdb), "faults": list(faults),
-    }, indent=1))
+    (result_dir / "cell.json").write_text(
+        json.dumps(
+            {
+                "cell": cell.id,
+                "argv": full,
+                "env": env,
+                "runner": runner.name,
+                "returncode": completed.returncode,
+                "signal": completed.signal_name,
+                "timed_out": completed.timed_out,
+                "timeout_s": timeout_s,
+                "duration_s": round(completed.duration_s, 3),
+                "gdb": bool(gdb),
+                "faults": list(faults),
+            },
+            indent=1,
+        )
+    )
     return CellRun(cell, result_dir, completed, record, crash, full, bool(gdb))

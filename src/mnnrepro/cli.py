@@ -30,11 +30,17 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--results-dir", dest="results_dir")
     run.add_argument("--runner", choices=["host"])
     run.add_argument("--jobs", type=int, help="parallel compile jobs (default: ninja's)")
-    run.add_argument("--no-gdb", dest="gdb", action="store_const", const=False,
-                     help="run the driver without gdb (no backtrace on a crash)")
+    run.add_argument(
+        "--no-gdb",
+        dest="gdb",
+        action="store_const",
+        const=False,
+        help="run the driver without gdb (no backtrace on a crash)",
+    )
     run.add_argument("--fault", dest="faults", help="plant a fault to check the suite notices it: hide-libvulkan")
-    run.add_argument("--no-clone", dest="clone", action="store_const", const=False,
-                     help="fail instead of cloning a missing source")
+    run.add_argument(
+        "--no-clone", dest="clone", action="store_const", const=False, help="fail instead of cloning a missing source"
+    )
     src = sub.add_parser("source", help="manage MNN source trees in the cache")
     ssub = src.add_subparsers(dest="action", required=True)
     imp = ssub.add_parser("import", help="export REF from a local git repository (bare ok) into the cache")
@@ -55,8 +61,20 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        keys = ("ref", "source", "git_url", "cache_dir", "icds", "steps", "results_dir", "runner", "jobs", "gdb",
-                "clone", "faults")
+        keys = (
+            "ref",
+            "source",
+            "git_url",
+            "cache_dir",
+            "icds",
+            "steps",
+            "results_dir",
+            "runner",
+            "jobs",
+            "gdb",
+            "clone",
+            "faults",
+        )
         settings = load({k: getattr(args, k) for k in keys if hasattr(args, k)})
         if args.command == "run":
             return run_session(args.session, settings)
@@ -69,13 +87,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.action == "import":
             tree = source.import_from_git(args.git_dir, ref, settings.cache_dir, force=args.force)
             if tree.missing:
-                print(f"note: {len(tree.missing)} file(s) absent from the repository were left out: "
-                      + ", ".join(tree.missing[:5]) + (" ..." if len(tree.missing) > 5 else ""))
+                print(
+                    f"note: {len(tree.missing)} file(s) absent from the repository were left out: "
+                    + ", ".join(tree.missing[:5])
+                    + (" ..." if len(tree.missing) > 5 else "")
+                )
         elif args.action == "fetch":
             tree = source.clone(ref, settings.git_url, settings.cache_dir / "src" / ref)
         else:
-            tree = source.resolve(ref, source=settings.source, cache_dir=settings.cache_dir,
-                                  git_url=settings.git_url, allow_clone=False)
+            tree = source.resolve(
+                ref, source=settings.source, cache_dir=settings.cache_dir, git_url=settings.git_url, allow_clone=False
+            )
         print(tree.describe())
         return 0
     except MnnReproError as exc:

@@ -29,8 +29,9 @@ def verify_mnist(directory: Path = MNIST) -> dict[str, Any]:
         manifest = json.loads(manifest_path.read_text())
         files: dict[str, dict[str, Any]] = manifest["files"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise FixtureError(f"{manifest_path} is missing or unreadable ({exc})",
-                           hint="restore it with git checkout fixtures/mnist") from exc
+        raise FixtureError(
+            f"{manifest_path} is missing or unreadable ({exc})", hint="restore it with git checkout fixtures/mnist"
+        ) from exc
     present = {p.name for p in directory.iterdir() if p.name != "MANIFEST.json" and not p.name.startswith(".")}
     extra = present - set(files)
     if extra:
@@ -45,7 +46,7 @@ def verify_mnist(directory: Path = MNIST) -> dict[str, Any]:
                 f"{path} does not match its manifest (sha256/size differ): corrupt or truncated",
                 hint="git checkout fixtures/mnist, or rebuild with python fixtures/make_mnist_subset.py",
             )
-    return manifest
+    return dict(manifest)
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,11 @@ class Expectation:
     step: int | None = None
 
     def matches(self, ref: str, variant: str, icd: str) -> bool:
-        return (any(fnmatch.fnmatchcase(ref, r) for r in self.refs) and fnmatch.fnmatchcase(variant, self.variant)
-                and fnmatch.fnmatchcase(icd, self.icd))
+        return (
+            any(fnmatch.fnmatchcase(ref, r) for r in self.refs)
+            and fnmatch.fnmatchcase(variant, self.variant)
+            and fnmatch.fnmatchcase(icd, self.icd)
+        )
 
 
 @dataclass(frozen=True)
@@ -108,15 +112,19 @@ def load_matrix(path: Path = MATRIX) -> Matrix:
     training = data.get("training", {})
     _reject_unknown(f"{path} [training]", training, {"steps", "batch_size", "seed", "precision", "test_limit"})
     checks = data.get("checks", {})
-    _reject_unknown(f"{path} [checks]", checks, {"min_accuracy", "loss_fall_window", "loss_abs_tolerance",
-                                                 "loss_rel_tolerance", "max_accuracy_gap"})
+    _reject_unknown(
+        f"{path} [checks]",
+        checks,
+        {"min_accuracy", "loss_fall_window", "loss_abs_tolerance", "loss_rel_tolerance", "max_accuracy_gap"},
+    )
     timeouts = data.get("timeouts", {})
     _reject_unknown(f"{path} [timeouts]", timeouts, {"cpu", "vulkan", "opencl"})
     refs = {}
     for name, table in data.get("refs", {}).items():
         _reject_unknown(f"{path} [refs.{name}]", table, {"commit", "compat_cxx_flags", "compat_reason"})
-        refs[name] = RefInfo(name, table.get("commit", ""), tuple(table.get("compat_cxx_flags", ())),
-                             table.get("compat_reason", ""))
+        refs[name] = RefInfo(
+            name, table.get("commit", ""), tuple(table.get("compat_cxx_flags", ())), table.get("compat_reason", "")
+        )
     rows = []
     for i, row in enumerate(data.get("expect", [])):
         where = f"{path} [[expect]] #{i + 1}"
@@ -125,7 +133,16 @@ def load_matrix(path: Path = MATRIX) -> Matrix:
             raise FixtureError(f"{where}: outcome must be one of {', '.join(OUTCOMES)}")
         if row["outcome"] == "reproduce" and not (row.get("signal") and row.get("stage")):
             raise FixtureError(f"{where}: a 'reproduce' row needs signal and stage")
-        rows.append(Expectation(tuple(row.get("refs", ["*"])), row.get("variant", "*"), row.get("icd", "*"),
-                                row["outcome"], row.get("bug", ""), row.get("signal", ""), row.get("stage", ""),
-                                row.get("step")))
+        rows.append(
+            Expectation(
+                tuple(row.get("refs", ["*"])),
+                row.get("variant", "*"),
+                row.get("icd", "*"),
+                row["outcome"],
+                row.get("bug", ""),
+                row.get("signal", ""),
+                row.get("stage", ""),
+                row.get("step"),
+            )
+        )
     return Matrix(str(data.get("default_ref", "3.3.0")), training, checks, timeouts, refs, tuple(rows))

@@ -37,8 +37,10 @@ def resolve(name: str, cache_dir: Path) -> Icd:
     if name == "lavapipe":
         found = sorted(p for g in LAVAPIPE_GLOBS for p in glob.glob(g))
         if not found:
-            raise EnvironmentProblem("Mesa lavapipe is not installed (no lvp_icd*.json)",
-                                     hint="apt-get install mesa-vulkan-drivers (or use the docker runner)")
+            raise EnvironmentProblem(
+                "Mesa lavapipe is not installed (no lvp_icd*.json)",
+                hint="apt-get install mesa-vulkan-drivers (or use the docker runner)",
+            )
         manifest = Path(found[0])
         return Icd(name, manifest, _loader_env(manifest))
     if name == "swiftshader":
@@ -49,7 +51,13 @@ def resolve(name: str, cache_dir: Path) -> Icd:
     if name == "bogus":
         manifest = cache_dir / "icd" / "bogus_icd.json"
         manifest.parent.mkdir(parents=True, exist_ok=True)
-        manifest.write_text(json.dumps({"file_format_version": "1.0.0",
-                                        "ICD": {"library_path": "/nonexistent/libvk_bogus.so", "api_version": "1.0.0"}}))
+        manifest.write_text(
+            json.dumps(
+                {
+                    "file_format_version": "1.0.0",
+                    "ICD": {"library_path": "/nonexistent/libvk_bogus.so", "api_version": "1.0.0"},
+                }
+            )
+        )
         return Icd(name, manifest, _loader_env(manifest))
     raise EnvironmentProblem(f"unknown ICD {name!r}", hint=f"choose from {', '.join(KNOWN)}")

@@ -51,19 +51,34 @@ class Verdict:
     evidence: dict[str, Any] = field(default_factory=dict)
 
 
-def training_checks(run: RunRecord, *, steps: int, checks: dict[str, float], baseline: RunRecord | None,
-                    compare_to_baseline: bool) -> list[Check]:
+def training_checks(
+    run: RunRecord, *, steps: int, checks: dict[str, float], baseline: RunRecord | None, compare_to_baseline: bool
+) -> list[Check]:
     out: list[Check] = []
     losses = run.losses
-    out.append(Check("completed", run.done and len(losses) == steps,
-                     f"{len(losses)}/{steps} steps, done={run.done}", len(losses), steps))
+    out.append(
+        Check(
+            "completed",
+            run.done and len(losses) == steps,
+            f"{len(losses)}/{steps} steps, done={run.done}",
+            len(losses),
+            steps,
+        )
+    )
     finite = all(math.isfinite(x) for x in losses) and bool(losses)
     out.append(Check("finite_loss", finite, "every loss finite" if finite else "NaN/Inf loss"))
     w = int(checks.get("loss_fall_window", 5))
     if len(losses) >= 2 * w and finite:
         first, last = sum(losses[:w]) / w, sum(losses[-w:]) / w
-        out.append(Check("loss_fell", last < first, f"mean first {w} {first:.4f} -> last {w} {last:.4f}",
-                         round(last, 5), round(first, 5)))
+        out.append(
+            Check(
+                "loss_fell",
+                last < first,
+                f"mean first {w} {first:.4f} -> last {w} {last:.4f}",
+                round(last, 5),
+                round(first, 5),
+            )
+        )
     else:
         out.append(Check("loss_fell", False, f"need at least {2 * w} finite losses"))
     acc = run.accuracy
@@ -74,7 +89,7 @@ def training_checks(run: RunRecord, *, steps: int, checks: dict[str, float], bas
             out.append(Check("tracks_cpu", False, "no complete CPU baseline run of the same ref and workload"))
         else:
             abs_tol, rel_tol = checks.get("loss_abs_tolerance", 0.02), checks.get("loss_rel_tolerance", 0.01)
-            pairs = list(zip(losses, baseline.losses))
+            pairs = list(zip(losses, baseline.losses, strict=False))  # lengths compared below
             worst_i, worst, worst_excess = -1, 0.0, -math.inf
             for i, (a, b) in enumerate(pairs):
                 diff = abs(a - b)
@@ -82,17 +97,38 @@ def training_checks(run: RunRecord, *, steps: int, checks: dict[str, float], bas
                 if excess > worst_excess:
                     worst_i, worst, worst_excess = i, diff, excess
             ok = bool(pairs) and len(pairs) == len(baseline.losses) and worst_excess <= 0
-            out.append(Check("tracks_cpu", ok, f"max |loss - cpu| {worst:.6f} at step {worst_i} "
-                             f"(limit {abs_tol} + {rel_tol}*|cpu|)", round(worst, 6), abs_tol))
+            out.append(
+                Check(
+                    "tracks_cpu",
+                    ok,
+                    f"max |loss - cpu| {worst:.6f} at step {worst_i} (limit {abs_tol} + {rel_tol}*|cpu|)",
+                    round(worst, 6),
+                    abs_tol,
+                )
+            )
             gap_limit = checks.get("max_accuracy_gap", 0.03)
             gap = abs((acc or 0.0) - (baseline.accuracy or 0.0))
-            out.append(Check("accuracy_vs_cpu", gap <= gap_limit,
-                             f"|{acc} - cpu {baseline.accuracy}| = {gap:.4f} <= {gap_limit}", round(gap, 4), gap_limit))
+            out.append(
+                Check(
+                    "accuracy_vs_cpu",
+                    gap <= gap_limit,
+                    f"|{acc} - cpu {baseline.accuracy}| = {gap:.4f} <= {gap_limit}",
+                    round(gap, 4),
+                    gap_limit,
+                )
+            )
     return out
 
 
-def judge(run: CellRun, expectation: Expectation | None, *, steps: int, checks: dict[str, float],
-          baseline: RunRecord | None, known_bugs: tuple[Expectation, ...] = ()) -> Verdict:
+def judge(
+    run: CellRun,
+    expectation: Expectation | None,
+    *,
+    steps: int,
+    checks: dict[str, float],
+    baseline: RunRecord | None,
+    known_bugs: tuple[Expectation, ...] = (),
+) -> Verdict:
     """``known_bugs``: the matrix's 'reproduce' rows, so a 'fixed' cell that regresses is named REPRODUCED."""
     rec = run.record
     completed = run.completed
@@ -107,8 +143,8 @@ def judge(run: CellRun, expectation: Expectation | None, *, steps: int, checks: 
         "requested_backend": rec.backend.get("requested", run.cell.backend),
         "active_backend": rec.backend.get("active"),
         "device": rec.device_name,
-        "driver": (rec.backend.get("device") or {}).get("driver_info") or (rec.backend.get("device") or {}).get(
-            "driver_name"),
+        "driver": (rec.backend.get("device") or {}).get("driver_info")
+        or (rec.backend.get("device") or {}).get("driver_name"),
         "backtrace": str(run.backtrace_path) if run.backtrace_path else None,
         "top_frames": [f.get("function") for f in (run.crash or {}).get("frames", [])[:6]],
         "result_dir": str(run.result_dir),
@@ -127,15 +163,21 @@ def judge(run: CellRun, expectation: Expectation | None, *, steps: int, checks: 
         reason = rec.backend.get("reason") or "driver reported the backend was not active"
         return verdict(NOT_EXERCISED, reason)
     if rec.exercised is None and completed.signal is None:
-        return verdict(NOT_EXERCISED if completed.returncode == 0 else FAIL,
-                       f"driver gave no backend proof (exit {completed.returncode}); see {run.result_dir}/stderr.txt")
+        return verdict(
+            NOT_EXERCISED if completed.returncode == 0 else FAIL,
+            f"driver gave no backend proof (exit {completed.returncode}); see {run.result_dir}/stderr.txt",
+        )
     sig = completed.signal_name
     if sig is not None:
         where = f"{sig} at stage {evidence['stage']}"
         if expectation and expectation.outcome in ("reproduce", "fixed") and expectation.signal:
             want_step = expectation.step
-            same = (sig == expectation.signal and last is not None and last.name == expectation.stage
-                    and (want_step is None or last.step == want_step))
+            same = (
+                sig == expectation.signal
+                and last is not None
+                and last.name == expectation.stage
+                and (want_step is None or last.step == want_step)
+            )
             if same:
                 return verdict(REPRODUCED, f"{where}: the known bug {expectation.bug}")
         known = _known_signature(expectation, known_bugs)
@@ -146,12 +188,16 @@ def judge(run: CellRun, expectation: Expectation | None, *, steps: int, checks: 
         meaning = EXIT_MEANINGS.get(completed.returncode, "unknown exit code")
         message = (rec.error or {}).get("message", "")
         return verdict(FAIL, f"driver exit {completed.returncode} ({meaning}) {message}".strip())
-    cs = training_checks(rec, steps=steps, checks=checks, baseline=baseline, compare_to_baseline=run.cell.backend != "cpu")
+    cs = training_checks(
+        rec, steps=steps, checks=checks, baseline=baseline, compare_to_baseline=run.cell.backend != "cpu"
+    )
     failed = [c for c in cs if not c.passed]
     if failed:
         return verdict(FAIL, "; ".join(f"{c.name}: {c.detail}" for c in failed), cs)
-    summary = f"trained {len(rec.losses)} steps on {rec.device_name or rec.backend.get('active')}, " \
-              f"loss {rec.losses[0]:.3f}->{rec.losses[-1]:.3f}, accuracy {rec.accuracy}"
+    summary = (
+        f"trained {len(rec.losses)} steps on {rec.device_name or rec.backend.get('active')}, "
+        f"loss {rec.losses[0]:.3f}->{rec.losses[-1]:.3f}, accuracy {rec.accuracy}"
+    )
     if expectation and expectation.bug:
         return verdict(FIXED, summary, cs)
     return verdict(PASS, summary, cs)

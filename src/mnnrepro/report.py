@@ -18,16 +18,18 @@ def table(rows: list[tuple[CellRun, Verdict]]) -> str:
     for run, v in rows:
         ev = v.evidence
         mark = "ok" if v.matched else "MISMATCH"
-        lines.append((
-            run.cell.id,
-            v.verdict,
-            f"{v.expected or '-'} {mark}",
-            ev.get("signal") or "-",
-            ev.get("stage") or "-",
-            (ev.get("device") or "-")[:34],
-            v.reason[:90],
-            ev.get("backtrace") or "-",
-        ))
+        lines.append(
+            (
+                run.cell.id,
+                v.verdict,
+                f"{v.expected or '-'} {mark}",
+                ev.get("signal") or "-",
+                ev.get("stage") or "-",
+                (ev.get("device") or "-")[:34],
+                v.reason[:90],
+                ev.get("backtrace") or "-",
+            )
+        )
     widths = [max(len(str(r[i])) for r in lines) for i in range(len(head) - 2)]
     out = []
     for r in lines:

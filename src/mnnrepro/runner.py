@@ -11,9 +11,10 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Protocol, Sequence
+from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,12 @@ class HostRunner:
         try:
             # A new session, so a timeout kills the driver and everything it started (gdb, its child).
             proc = subprocess.Popen(
-                list(argv), env=full_env, cwd=cwd, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                list(argv),
+                env=full_env,
+                cwd=cwd,
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
             try:
@@ -100,11 +106,16 @@ class HostRunner:
         finally:
             for handle in (out, err):
                 if hasattr(handle, "close"):
-                    handle.close()  # type: ignore[union-attr]
+                    handle.close()
         text = captured.decode(errors="replace") if isinstance(captured, bytes) else ""
         return Completed(
-            argv=tuple(argv), returncode=proc.returncode, duration_s=time.monotonic() - start, timed_out=timed_out,
-            stdout_path=stdout_path, stderr_path=stderr_path, output=text,
+            argv=tuple(argv),
+            returncode=proc.returncode,
+            duration_s=time.monotonic() - start,
+            timed_out=timed_out,
+            stdout_path=stdout_path,
+            stderr_path=stderr_path,
+            output=text,
         )
 
 

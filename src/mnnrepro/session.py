@@ -7,7 +7,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ def make_runner(settings: Settings) -> Runner:
 
 
 def _results_dir(settings: Settings, name: str) -> Path:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     path = settings.results_dir / f"{stamp}-{name}-{os.getpid()}"
     path.mkdir(parents=True, exist_ok=True)
     latest = settings.results_dir / "latest"
@@ -70,12 +70,17 @@ def run_session(name: str, settings: Settings, *, say: Callable[[str], None] = p
     for line in settings.describe():
         say(f"  {line}")
     fixtures.verify_mnist()
-    tree = source.resolve(ref, source=settings.source, cache_dir=settings.cache_dir, git_url=settings.git_url,
-                          allow_clone=settings.clone)
+    tree = source.resolve(
+        ref, source=settings.source, cache_dir=settings.cache_dir, git_url=settings.git_url, allow_clone=settings.clone
+    )
     say(f"source: {tree.describe()}")
     info = matrix.ref_info(ref)
-    if info.commit and tree.commit and not tree.commit.startswith(info.commit[: len(tree.commit)]) \
-            and not info.commit.startswith(tree.commit):
+    if (
+        info.commit
+        and tree.commit
+        and not tree.commit.startswith(info.commit[: len(tree.commit)])
+        and not info.commit.startswith(tree.commit)
+    ):
         say(f"WARNING: {ref} resolved to {tree.commit}, matrix.toml pins {info.commit}")
     if info.compat_reason:
         say(f"compatibility measure for {ref}: {info.compat_reason}")
@@ -85,40 +90,72 @@ def run_session(name: str, settings: Settings, *, say: Callable[[str], None] = p
     driver = builder.driver(core)
     plugins = {v: builder.plugin(core, v) for v in variants if v != "cpu"}
     build_s = time.monotonic() - t0
-    icds = {n: icd.resolve(n, settings.cache_dir) for n in settings.icds} if any(
-        v.startswith("vulkan") for v in variants) else {}
+    icds = (
+        {n: icd.resolve(n, settings.cache_dir) for n in settings.icds}
+        if any(v.startswith("vulkan") for v in variants)
+        else {}
+    )
     training = dict(matrix.training)
-    workload = Workload(steps=settings.steps or int(training.get("steps", 30)),
-                        batch_size=int(training.get("batch_size", 64)), seed=int(training.get("seed", 1)),
-                        precision=str(training.get("precision", "high")),
-                        test_limit=int(training.get("test_limit", 0)))
+    workload = Workload(
+        steps=settings.steps or int(training.get("steps", 30)),
+        batch_size=int(training.get("batch_size", 64)),
+        seed=int(training.get("seed", 1)),
+        precision=str(training.get("precision", "high")),
+        test_limit=int(training.get("test_limit", 0)),
+    )
     header: dict[str, Any] = {
-        "suite": __version__, "session": name, "ref": ref, "commit": tree.commit, "source": str(tree.path),
-        "source_origin": tree.origin, "core_key": core.key, "toolchain": builder.toolchain, "runner": runner.name,
-        "host": platform.platform(), "python": sys.version.split()[0], "workload": workload.__dict__,
+        "suite": __version__,
+        "session": name,
+        "ref": ref,
+        "commit": tree.commit,
+        "source": str(tree.path),
+        "source_origin": tree.origin,
+        "core_key": core.key,
+        "toolchain": builder.toolchain,
+        "runner": runner.name,
+        "host": platform.platform(),
+        "python": sys.version.split()[0],
+        "workload": workload.__dict__,
         "icds": {n: str(i.manifest) if i.manifest else "host default" for n, i in icds.items()},
-        "build_seconds": round(build_s, 1), "builds": builder.log.events,
+        "build_seconds": round(build_s, 1),
+        "builds": builder.log.events,
     }
     rows: list[tuple[CellRun, Verdict]] = []
     baseline: RunRecord | None = None
     known = tuple(r for r in matrix.expectations if r.outcome == "reproduce")
     for cell in cells_for(ref, variants, settings.icds):
         say(f"running {cell.id} ...")
-        run = run_cell(cell, driver=driver, plugin=plugins.get(cell.variant), icd=icds.get(cell.icd),
-                       workload=workload, timeout_s=float(matrix.timeouts.get(cell.backend, 600)), runner=runner,
-                       result_dir=results / "cells" / cell.dirname, use_gdb=settings.gdb,
-                       faults=settings.faults if cell.backend == "vulkan" else ())
+        run = run_cell(
+            cell,
+            driver=driver,
+            plugin=plugins.get(cell.variant),
+            icd=icds.get(cell.icd),
+            workload=workload,
+            timeout_s=float(matrix.timeouts.get(cell.backend, 600)),
+            runner=runner,
+            result_dir=results / "cells" / cell.dirname,
+            use_gdb=settings.gdb,
+            faults=settings.faults if cell.backend == "vulkan" else (),
+        )
         if cell.variant == "cpu":
             baseline = run.record
-        verdict = judge(run, matrix.expectation(ref, cell.variant, cell.icd), steps=workload.steps,
-                        checks=matrix.checks, baseline=baseline, known_bugs=known)
+        verdict = judge(
+            run,
+            matrix.expectation(ref, cell.variant, cell.icd),
+            steps=workload.steps,
+            checks=matrix.checks,
+            baseline=baseline,
+            known_bugs=known,
+        )
         say(f"  {verdict.verdict} ({'as expected' if verdict.matched else 'MISMATCH'}): {verdict.reason}")
         rows.append((run, verdict))
     data = report.summary(header, rows)
     report.write_summary(results / "summary.json", data)
     say("")
-    say(f"MNN {ref} ({(tree.commit or '?')[:10]}), runner {runner.name}, {workload.steps} steps x batch "
-        f"{workload.batch_size}")
+    say(
+        f"MNN {ref} ({(tree.commit or '?')[:10]}), runner {runner.name}, {workload.steps} steps x batch "
+        f"{workload.batch_size}"
+    )
     say(report.table(rows))
     say(f"\nsummary: {results / 'summary.json'}")
     if data["all_matched"]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ class Settings:
     ref: str = ""  # "" -> fixtures/matrix.toml default_ref
     source: Path | None = None  # an MNN tree to use as is
     git_url: str = UPSTREAM_GIT_URL
-    cache_dir: Path = default_cache_dir()
+    cache_dir: Path = field(default_factory=default_cache_dir)
     results_dir: Path = ROOT / "results"
     icds: tuple[str, ...] = ("lavapipe", "swiftshader")
     steps: int = 0  # 0 -> the matrix's [training] steps
@@ -73,21 +73,24 @@ def _coerce(name: str, value: Any) -> Any:
 def _apply(settings: Settings, values: dict[str, Any], where: str) -> Settings:
     unknown = set(values) - _KEYS
     if unknown:
-        raise ConfigError(f"unknown setting(s) in {where}: {', '.join(sorted(unknown))}",
-                          hint=f"known: {', '.join(sorted(_KEYS))}")
+        raise ConfigError(
+            f"unknown setting(s) in {where}: {', '.join(sorted(unknown))}", hint=f"known: {', '.join(sorted(_KEYS))}"
+        )
     coerced = {k: _coerce(k, v) for k, v in values.items()}
     if coerced.get("cache_dir", 1) is None or coerced.get("results_dir", 1) is None:
         raise ConfigError(f"{where}: cache_dir/results_dir cannot be empty")
     return replace(settings, **coerced)
 
 
-def load(cli: dict[str, Any], *, environ: dict[str, str] | None = None, pyproject: Path = ROOT / "pyproject.toml") -> Settings:
+def load(
+    cli: dict[str, Any], *, environ: dict[str, str] | None = None, pyproject: Path = ROOT / "pyproject.toml"
+) -> Settings:
     settings = Settings()
     if pyproject.is_file():
         table = tomllib.loads(pyproject.read_text()).get("tool", {}).get("mnnrepro", {})
         settings = _apply(settings, table, f"{pyproject} [tool.mnnrepro]")
     env = os.environ if environ is None else environ
-    from_env = {k[len(ENV_PREFIX):].lower(): v for k, v in env.items() if k.startswith(ENV_PREFIX)}
+    from_env = {k[len(ENV_PREFIX) :].lower(): v for k, v in env.items() if k.startswith(ENV_PREFIX)}
     from_env.pop("crash_dir", None)  # set by the suite for gdb_capture.py, not a setting
     settings = _apply(settings, from_env, "environment (MNNREPRO_*)")
     settings = _apply(settings, {k: v for k, v in cli.items() if v is not None}, "command line")

@@ -82,9 +82,9 @@ def _tree(path: Path, ref: str, origin: str) -> SourceTree:
     check_tree(path)
     prov = read_provenance(path)
     commit = prov.get("commit")
-    missing = prov.get("missing") or []
-    return SourceTree(path, str(prov.get("ref") or ref), str(commit) if commit else None, origin,
-                      tuple(str(m) for m in missing))  # type: ignore[union-attr]
+    missing = prov.get("missing")
+    listed = tuple(str(m) for m in missing) if isinstance(missing, list) else ()
+    return SourceTree(path, str(prov.get("ref") or ref), str(commit) if commit else None, origin, listed)
 
 
 def resolve(ref: str, *, source: Path | None, cache_dir: Path, git_url: str, allow_clone: bool = True) -> SourceTree:
@@ -114,8 +114,11 @@ def clone(ref: str, git_url: str, dest: Path) -> SourceTree:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".clone-{ref.replace('/', '_')}-", dir=dest.parent))
     try:
-        steps = [["init", "-q", str(tmp)], ["-C", str(tmp), "fetch", "-q", "--depth", "1", "--", git_url, ref],
-                 ["-C", str(tmp), "checkout", "-q", "FETCH_HEAD"]]
+        steps = [
+            ["init", "-q", str(tmp)],
+            ["-C", str(tmp), "fetch", "-q", "--depth", "1", "--", git_url, ref],
+            ["-C", str(tmp), "checkout", "-q", "FETCH_HEAD"],
+        ]
         for args in steps:
             res = _git(args)
             if res.returncode != 0:
@@ -144,15 +147,23 @@ def import_from_git(git_dir: Path, ref: str, cache_dir: Path, *, force: bool = F
     validate_ref(ref)
     res = _git(["--git-dir", str(_git_dir(git_dir)), "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"])
     if res.returncode != 0:
-        raise SourceError(f"ref {ref!r} is not in the repository at {git_dir}",
-                          hint="git -C DIR tag / git -C DIR log show what it has")
+        raise SourceError(
+            f"ref {ref!r} is not in the repository at {git_dir}",
+            hint="git -C DIR tag / git -C DIR log show what it has",
+        )
     commit = res.stdout.strip()
     gd = str(_git_dir(git_dir))
     listing = _git(["--git-dir", gd, "ls-tree", "-r", "-z", commit]).stdout.split("\0")
     blobs = [(entry.split("\t", 1)[1], entry.split()[2]) for entry in listing if "\t" in entry and " blob " in entry]
-    check = subprocess.run(["git", "--git-dir", gd, "cat-file", "--batch-check"], text=True, capture_output=True,
-                           input="".join(f"{sha}\n" for _, sha in blobs))
-    missing = [path for (path, _), line in zip(blobs, check.stdout.splitlines()) if line.endswith(" missing")]
+    check = subprocess.run(
+        ["git", "--git-dir", gd, "cat-file", "--batch-check"],
+        text=True,
+        capture_output=True,
+        input="".join(f"{sha}\n" for _, sha in blobs),
+    )
+    missing = [
+        path for (path, _), line in zip(blobs, check.stdout.splitlines(), strict=True) if line.endswith(" missing")
+    ]
     dest = cache_dir / "src" / ref
     if dest.exists():
         if not force:

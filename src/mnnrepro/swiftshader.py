@@ -48,8 +48,10 @@ def _brotli_decompress(data: bytes) -> bytes:
         pass
     exe = shutil.which("brotli")
     if exe is None:
-        raise EnvironmentProblem("cannot decompress swiftshader.tar.br: neither the brotli CLI nor module is present",
-                                 hint="apt-get install brotli (or pip install brotli)")
+        raise EnvironmentProblem(
+            "cannot decompress swiftshader.tar.br: neither the brotli CLI nor module is present",
+            hint="apt-get install brotli (or pip install brotli)",
+        )
     return subprocess.run([exe, "-d", "-c"], input=data, capture_output=True, check=True).stdout
 
 
@@ -62,18 +64,25 @@ def ensure(cache_dir: Path, *, tarball: Path | None = None) -> Path:
     try:
         if tarball is None:
             if shutil.which("npm") is None:
-                raise EnvironmentProblem("SwiftShader is not cached and npm is not installed to fetch it",
-                                         hint=f"install npm, or pass a downloaded {PACKAGE}@{VERSION} tarball")
-            res = subprocess.run(["npm", "pack", "--silent", f"{PACKAGE}@{VERSION}"], cwd=work, capture_output=True,
-                                 text=True)
+                raise EnvironmentProblem(
+                    "SwiftShader is not cached and npm is not installed to fetch it",
+                    hint=f"install npm, or pass a downloaded {PACKAGE}@{VERSION} tarball",
+                )
+            res = subprocess.run(
+                ["npm", "pack", "--silent", f"{PACKAGE}@{VERSION}"], cwd=work, capture_output=True, text=True
+            )
             if res.returncode != 0:
-                raise EnvironmentProblem(f"npm pack {PACKAGE}@{VERSION} failed: {res.stderr.strip()[-400:]}",
-                                         hint="check npm can reach its registry (npm ping)")
+                raise EnvironmentProblem(
+                    f"npm pack {PACKAGE}@{VERSION} failed: {res.stderr.strip()[-400:]}",
+                    hint="check npm can reach its registry (npm ping)",
+                )
             tarball = work / res.stdout.strip().splitlines()[-1]
         data = tarball.read_bytes()
         if _sha256(data) != TARBALL_SHA256:
-            raise EnvironmentProblem(f"{tarball.name}: sha256 {_sha256(data)} is not the pinned {TARBALL_SHA256}",
-                                     hint="the registry served a different package; refusing to use it")
+            raise EnvironmentProblem(
+                f"{tarball.name}: sha256 {_sha256(data)} is not the pinned {TARBALL_SHA256}",
+                hint="the registry served a different package; refusing to use it",
+            )
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
             member = tar.extractfile(MEMBER)
             if member is None:
@@ -86,12 +95,26 @@ def ensure(cache_dir: Path, *, tarball: Path | None = None) -> Path:
             tar.extract(LIBRARY, staging, filter="data")
         lib = staging / LIBRARY
         # Our own manifest with an absolute path: the one shipped uses "./", relative to the json.
-        (staging / ICD_JSON).write_text(json.dumps(
-            {"file_format_version": "1.0.0", "ICD": {"library_path": str(install_dir(cache_dir) / LIBRARY),
-                                                   "api_version": "1.0.5"}}, indent=1))
-        (staging / "PIN.json").write_text(json.dumps({"package": PACKAGE, "version": VERSION,
-                                                      "tarball_sha256": TARBALL_SHA256,
-                                                      "library_sha256": _sha256(lib.read_bytes())}, indent=1))
+        (staging / ICD_JSON).write_text(
+            json.dumps(
+                {
+                    "file_format_version": "1.0.0",
+                    "ICD": {"library_path": str(install_dir(cache_dir) / LIBRARY), "api_version": "1.0.5"},
+                },
+                indent=1,
+            )
+        )
+        (staging / "PIN.json").write_text(
+            json.dumps(
+                {
+                    "package": PACKAGE,
+                    "version": VERSION,
+                    "tarball_sha256": TARBALL_SHA256,
+                    "library_sha256": _sha256(lib.read_bytes()),
+                },
+                indent=1,
+            )
+        )
         os.replace(staging, install_dir(cache_dir))
     finally:
         shutil.rmtree(work, ignore_errors=True)

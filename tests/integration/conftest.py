@@ -33,8 +33,13 @@ def source_problem(ref: str) -> str | None:
         return _UNAVAILABLE[ref]
     settings = load({})
     try:
-        source.resolve(ref, source=settings.source if ref == (settings.ref or ref) else None,
-                       cache_dir=settings.cache_dir, git_url=settings.git_url, allow_clone=False)
+        source.resolve(
+            ref,
+            source=settings.source if ref == (settings.ref or ref) else None,
+            cache_dir=settings.cache_dir,
+            git_url=settings.git_url,
+            allow_clone=False,
+        )
         return None
     except SourceError as exc:
         _UNAVAILABLE[ref] = exc.message
@@ -48,8 +53,10 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     tr.section("MNN SOURCE NOT AVAILABLE: INTEGRATION TESTS WERE NOT RUN", sep="!", red=True, bold=True)
     for ref, why in sorted(_UNAVAILABLE.items()):
         tr.line(f"  {ref}: {why}", red=True, bold=True)
-    tr.line("  Provide it: python -m mnnrepro source fetch --ref REF, source import --git-dir DIR, or --source DIR",
-            red=True)
+    tr.line(
+        "  Provide it: python -m mnnrepro source fetch --ref REF, source import --git-dir DIR, or --source DIR",
+        red=True,
+    )
 
 
 def need_source(ref: str) -> None:
@@ -85,14 +92,29 @@ def run_session(shared_dir: Path) -> Callable[..., SessionRun]:
                 results = shared_dir / key
                 env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
                 proc = subprocess.run(
-                    [sys.executable, "-m", "mnnrepro", "run", session, "--ref", ref, "--results-dir", str(results),
-                     "--no-clone", *extra],
-                    capture_output=True, text=True, env=env, timeout=3000,
+                    [
+                        sys.executable,
+                        "-m",
+                        "mnnrepro",
+                        "run",
+                        session,
+                        "--ref",
+                        ref,
+                        "--results-dir",
+                        str(results),
+                        "--no-clone",
+                        *extra,
+                    ],
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                    timeout=3000,
                 )
                 summaries = sorted(results.glob("*/summary.json"))
                 summary = json.loads(summaries[-1].read_text()) if summaries else {}
-                done.write_text(json.dumps({"exit": proc.returncode, "summary": summary,
-                                            "output": proc.stdout + proc.stderr}))
+                done.write_text(
+                    json.dumps({"exit": proc.returncode, "summary": summary, "output": proc.stdout + proc.stderr})
+                )
         data: SessionRun = json.loads(done.read_text())
         return data
 

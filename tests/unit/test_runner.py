@@ -1,0 +1,124 @@
+"""runner.HostRunner and Completed: exit status, signals, output capture, time limits."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from mnnrepro.runner import Completed, HostRunner
+
+
+def live_members(pgid: int) -> list[int]:
+    """Processes (zombies excepted) whose process group is pgid, read from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            found.append(int(entry.name))
+    return found
+
+
+def wait_until_gone(pgid: int, within_s: float = 3.0) -> list[int]:
+    deadline = time.monotonic() + within_s
+    while (members := live_members(pgid)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return members
+
+
+def test_exit_status_is_reported() -> None:
+    res = HostRunner().run(["sh", "-c", "exit 3"])
+    assert res.returncode == 3
+    assert res.signal is None and res.signal_name is None
+    assert res.timed_out is False
+    assert res.argv == ("sh", "-c", "exit 3")
+
+
+def test_a_signal_is_reported_by_name() -> None:
+    res = HostRunner().run(["sh", "-c", "kill -SEGV $$"])
+    assert res.returncode == -11
+    assert res.signal == 11
+    assert res.signal_name == "SIGSEGV"
+
+
+@pytest.mark.parametrize(
+    ("returncode", "name"),
+    [
+        (139, "SIGSEGV"),
+        (134, "SIGABRT"),
+        (-6, "SIGABRT"),
+        (137, "SIGKILL"),
+        (0, None),
+        (1, None),
+        (128, None),
+        (255, None),
+        (-99, "SIG99"),
+    ],
+)
+def test_signal_names_from_return_codes(returncode: int, name: str | None) -> None:
+    assert Completed((), returncode, 0.0).signal_name == name
+
+
+def test_output_is_captured_without_paths() -> None:
+    res = HostRunner().run(["sh", "-c", "echo out; echo err >&2"])
+    assert "out" in res.output and "err" in res.output
+    assert res.stdout_path is None
+
+
+def test_stdout_and_stderr_go_to_their_files(tmp_path: Path) -> None:
+    out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    res = HostRunner().run(["sh", "-c", "echo to-out; echo to-err >&2"], stdout_path=out, stderr_path=err)
+    assert out.read_text() == "to-out\n"
+    assert err.read_text() == "to-err\n"
+    assert (res.stdout_path, res.stderr_path, res.output) == (out, err, "")
+
+
+def test_environment_is_merged_and_cwd_applied(tmp_path: Path) -> None:
+    runner = HostRunner(base_env={"PATH": os.environ["PATH"], "A": "base", "B": "base"})
+    res = runner.run(["sh", "-c", 'echo "$A-$B-$(pwd)"'], env={"B": "extra"}, cwd=tmp_path)
+    assert res.output.strip() == f"base-extra-{tmp_path}"
+
+
+def test_stdin_is_closed() -> None:
+    start = time.monotonic()
+    res = HostRunner().run(["sh", "-c", "cat; echo done"], timeout_s=5)
+    assert res.output.strip() == "done"
+    assert time.monotonic() - start < 5
+
+
+def test_a_hung_process_group_is_killed_at_the_limit(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    script = f"echo $$ > {pidfile}; sleep 30 & sleep 30"
+    start = time.monotonic()
+    res = HostRunner().run(["sh", "-c", script], timeout_s=1)
+    elapsed = time.monotonic() - start
+    assert res.timed_out is True
+    assert elapsed < 7
+    assert res.returncode < 0  # ended by a signal, not waited out
+    pgid = int(pidfile.read_text())
+    assert wait_until_gone(pgid) == []  # the background sleep went with its group
+
+
+def test_a_process_ignoring_sigterm_is_killed(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    script = f"trap '' TERM; echo $$ > {pidfile}; sleep 30 & sleep 30"
+    start = time.monotonic()
+    res = HostRunner(kill_grace_s=0.5).run(["sh", "-c", script], timeout_s=0.5)
+    assert res.timed_out is True
+    assert res.returncode == -9
+    assert time.monotonic() - start < 5
+    assert wait_until_gone(int(pidfile.read_text())) == []
+
+
+def test_a_fast_command_is_not_timed_out() -> None:
+    res = HostRunner().run(["true"], timeout_s=5)
+    assert (res.returncode, res.timed_out) == (0, False)
+    assert 0 <= res.duration_s < 5
