@@ -107,6 +107,8 @@ def read_events(path: Path) -> RunRecord:
                 record.truncated_line = True
                 break
             raise ContractError(f"{path}:{number}: not JSON ({exc})") from exc
+        if not isinstance(event, dict):
+            raise ContractError(f"{path}:{number}: not a JSON object")
         if event.get("v") != EVENTS_VERSION:
             raise ContractError(f"{path}:{number}: events version {event.get('v')!r}, expected {EVENTS_VERSION}")
         kind = event.get("event")
@@ -115,7 +117,9 @@ def read_events(path: Path) -> RunRecord:
         elif kind == "backend":
             record.backend = event
         elif kind == "stage":
-            record.stages.append(Stage(str(event["name"]), event.get("step"), float(event.get("t", 0.0))))
+            if not isinstance(event.get("name"), str):
+                raise ContractError(f"{path}:{number}: stage event without a name")
+            record.stages.append(Stage(event["name"], event.get("step"), float(event.get("t", 0.0))))
         elif kind == "step":
             record.steps.append(event)
         elif kind == "test":

@@ -129,6 +129,9 @@ def load_matrix(path: Path = MATRIX) -> Matrix:
     for i, row in enumerate(data.get("expect", [])):
         where = f"{path} [[expect]] #{i + 1}"
         _reject_unknown(where, row, {"refs", "variant", "icd", "outcome", "bug", "signal", "stage", "step"})
+        refs_value = row.get("refs", ["*"])
+        if not isinstance(refs_value, list) or not all(isinstance(r, str) for r in refs_value):
+            raise FixtureError(f'{where}: refs must be a list of strings, e.g. refs = ["3.3.0"]')
         if row.get("outcome") not in OUTCOMES:
             raise FixtureError(f"{where}: outcome must be one of {', '.join(OUTCOMES)}")
         if row["outcome"] == "reproduce" and not (row.get("signal") and row.get("stage")):

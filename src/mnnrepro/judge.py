@@ -181,7 +181,13 @@ def judge(
             if same:
                 return verdict(REPRODUCED, f"{where}: the known bug {expectation.bug}")
         known = _known_signature(expectation, known_bugs)
-        if known and sig == known.signal and last is not None and last.name == known.stage:
+        if (
+            known
+            and sig == known.signal
+            and last is not None
+            and last.name == known.stage
+            and (known.step is None or last.step == known.step)
+        ):
             return verdict(REPRODUCED, f"{where}: the known bug {known.bug}")
         return verdict(UNEXPECTED_CRASH, where + (" (not the expected signature)" if expectation else ""))
     if completed.returncode != 0:

@@ -30,12 +30,12 @@ REQUIRED = (
     "source/backend/vulkan/CMakeLists.txt",
 )
 # A ref is a tag, branch or commit; never an option, a path escape or shell syntax.
-_REF = re.compile(r"^(?!-)(?!.*\.\.)(?!.*//)[A-Za-z0-9][A-Za-z0-9._/+-]{0,99}(?<![./])$")
+_REF = re.compile(r"^(?!-)(?!.*\.\.)(?!.*//)[A-Za-z0-9][A-Za-z0-9._/+-]{0,99}(?<![./])")
 _SHA = re.compile(r"^[0-9a-f]{7,40}$")
 
 
 def validate_ref(ref: str) -> str:
-    if not _REF.match(ref) or ref.endswith(".lock"):
+    if not _REF.fullmatch(ref) or ref.endswith(".lock"):
         raise ConfigError(
             f"{ref!r} is not a valid git ref name",
             hint="use a tag (3.3.0), a branch, or a commit id (47027e10); letters, digits, '.', '_', '-', '/', '+'",

@@ -100,12 +100,6 @@ def test_a_bad_middle_line_raises_with_its_line_number(tmp_path: Path) -> None:
         read_events(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: contract.read_events assumes each line is an object with the fields its event needs; a JSON "
-    "line that is not an object ([1]) raises AttributeError and a stage without 'name' raises KeyError, "
-    "not ContractError",
-)
 @pytest.mark.parametrize("line", ["[1]", "42", '{"v": 1, "event": "stage", "t": 0.1}'])
 def test_a_well_formed_but_wrong_line_raises_contract_error(tmp_path: Path, line: str) -> None:
     path = tmp_path / "events.jsonl"

@@ -203,11 +203,6 @@ def test_invalid_toml_and_missing_file_are_fixture_errors(tmp_path: Path) -> Non
         load_matrix(tmp_path / "absent.toml")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: fixtures.load_matrix does tuple(row.get('refs')) without a type check; refs = \"1.0\" (a string, "
-    "not a list) becomes ('1', '.', '0') and the row silently never matches instead of being rejected",
-)
 def test_refs_given_as_a_string_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(FixtureError):
         load_matrix(write_matrix(tmp_path, MINIMAL.replace('refs = ["1.*"]', 'refs = "1.*"')))

@@ -156,12 +156,6 @@ def test_a_fixed_cell_crash_without_known_bugs_is_unexpected(tmp_path: Path) -> 
     assert v.matched is False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: judge._known_signature match (judge.py, the 'known and sig == known.signal ...' test) ignores "
-    "the reproduce row's step, while the direct expectation match honours it; a 'fixed' cell crashing "
-    "SIGSEGV at sgd_step step 5 is called REPRODUCED although the known bug crashes at step 0",
-)
 def test_a_fixed_cell_crashing_at_another_step_is_not_the_known_bug(tmp_path: Path) -> None:
     v = run_judge(cell_run(tmp_path, BUFFER, crashed_at("sgd_step", 5), SIGSEGV_VIA_GDB), FIXED_ROW)
     assert v.verdict == J.UNEXPECTED_CRASH

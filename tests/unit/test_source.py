@@ -55,11 +55,6 @@ def test_invalid_refs_are_rejected(ref: str) -> None:
         source.validate_ref(ref)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: source._REF ends in '$', which also matches before a trailing newline; "
-    "validate_ref('3.3.0\\n') is accepted (needs \\Z or fullmatch)",
-)
 def test_ref_with_trailing_newline_is_rejected() -> None:
     with pytest.raises(ConfigError):
         source.validate_ref("3.3.0\n")
