@@ -48,6 +48,7 @@ class Workload:
     seed: int
     precision: str
     test_limit: int
+    extra_args: tuple[str, ...] = ()  # appended as is (e.g. --dump-steps 0,1 for gradient checks)
 
     def driver_args(self) -> list[str]:
         return [
@@ -61,7 +62,7 @@ class Workload:
             self.precision,
             "--test-limit",
             str(self.test_limit),
-        ]
+        ] + list(self.extra_args)
 
 
 @dataclass
