@@ -260,8 +260,13 @@ public:
         auto mask = _Input(info->dim, info->order, info->type);
         auto ptr = mask->writeMap<float>();
         for (int i = 0; i < info->size; ++i) ptr[i] = uniform01(*mGen) < mRatio ? 0.0f : scale;
+        // Kept for --dump-steps: an independent reference (src/mnnrepro/reference.py) replays the same mask.
+        lastMaskDims = info->dim;
+        lastMask.assign(ptr, ptr + info->size);
         return {x * mask};
     }
+    std::vector<int> lastMaskDims;  // empty until a training forward drew a mask
+    std::vector<float> lastMask;
 
 private:
     float mRatio;
@@ -284,6 +289,7 @@ public:
         drop.reset(new DriverDropout(dropout, gen));
         registerModel({conv1, conv2, ip1, ip2, drop});
     }
+    const DriverDropout& dropout() const { return *static_cast<const DriverDropout*>(drop.get()); }
     std::vector<VARP> onForward(const std::vector<VARP>& inputs) override {
         VARP x = inputs[0];
         x = conv1->forward(x);
@@ -636,6 +642,22 @@ int main(int argc, char** argv) {
             }
             std::string dir = opt.dumpDir + "/step" + std::to_string(step);
             if (!writeParams(dir + "/grad", named, gradValues, error)) return fail(kOutputError, "output", error);
+            // The step's inputs, so a reference implementation can replay it: which training images (row
+            // numbers in the IDX file, in batch order) and the dropout mask (0 or 1/(1-p), [batch, 500]).
+            std::vector<float> indexValues(indices.begin(), indices.end());
+            if (!mnnrepro::writeNpyF32(dir + "/batch_indices.npy", {opt.batchSize}, indexValues.data(), error)) {
+                return fail(kOutputError, "output", error);
+            }
+            const DriverDropout& dropMod = model->dropout();
+            std::vector<int> maskDims = dropMod.lastMaskDims;
+            std::vector<float> maskValues = dropMod.lastMask;
+            if (maskDims.empty()) {  // --dropout 0: no mask was drawn; the identity mask says so explicitly
+                maskDims = {opt.batchSize, 500};
+                maskValues.assign(size_t(opt.batchSize) * 500, 1.0f);
+            }
+            if (!mnnrepro::writeNpyF32(dir + "/dropout_mask.npy", maskDims, maskValues.data(), error)) {
+                return fail(kOutputError, "output", error);
+            }
         }
         log.stage("sgd_step", step);
         if (!sgd->step(loss)) return fail(kMnnError, "mnn", "SGD step failed at step " + std::to_string(step));

@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -115,18 +114,30 @@ def native_key() -> str:
     return h.hexdigest()
 
 
-def toolchain_fingerprint() -> dict[str, str]:
-    """Versions of the tools whose output lands in a build; part of every key."""
-    out = {}
-    for tool in ("c++", "cc", "cmake", "ninja"):
-        exe = shutil.which(tool)
-        if exe is None:
-            raise EnvironmentProblem(
-                f"{tool} is not installed",
-                hint="apt-get install build-essential cmake ninja-build (or use the docker runner)",
-            )
-        res = subprocess.run([exe, "--version"], capture_output=True, text=True)
-        out[tool] = (res.stdout or res.stderr).splitlines()[0].strip() if (res.stdout or res.stderr) else "?"
+def toolchain_fingerprint(runner: Runner) -> dict[str, str]:
+    """Versions of the tools whose output lands in a build, as the runner sees them; part of every key."""
+    probe = (
+        'for t in c++ cc cmake ninja ccache; do printf "%s=" $t; ($t --version 2>&1 || echo MISSING) | head -n 1; done'
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "probe.txt"
+        runner.run(["sh", "-c", probe], stdout_path=log, timeout_s=120)
+        lines = log.read_text(errors="replace").splitlines()
+    out = dict(line.split("=", 1) for line in lines if "=" in line)
+    missing = [
+        t
+        for t in ("c++", "cc", "cmake", "ninja")
+        if out.get(t, "MISSING").startswith("MISSING") or "not found" in out.get(t, "")
+    ]
+    if missing:
+        raise EnvironmentProblem(
+            f"{', '.join(missing)} not available to the {runner.name} runner",
+            hint="apt-get install build-essential cmake ninja-build (or use the docker runner)",
+        )
+    out["runner"] = runner.name
+    image = getattr(runner, "image", None)
+    if image:
+        out["image"] = str(image)
     return out
 
 
@@ -162,14 +173,14 @@ class Builder:
         self.jobs = jobs
         self.say = say
         self.log = BuildLog()
-        self.ccache = shutil.which("ccache") is not None
+        self._ccache: bool | None = None
         self._toolchain: dict[str, str] | None = None
 
     # -- keys ------------------------------------------------------------------------------------
     @property
     def toolchain(self) -> dict[str, str]:
         if self._toolchain is None:
-            self._toolchain = toolchain_fingerprint()
+            self._toolchain = toolchain_fingerprint(self.runner)
         return self._toolchain
 
     def core_key(self, source: SourceTree, options: CoreOptions) -> str:
@@ -181,6 +192,16 @@ class Builder:
                 "toolchain": self.toolchain,
             }
         )
+
+    @property
+    def ccache(self) -> bool:
+        if self._ccache is None:
+            self._ccache = not self.toolchain.get("ccache", "MISSING").startswith("MISSING")
+        return self._ccache
+
+    @ccache.setter
+    def ccache(self, value: bool) -> None:
+        self._ccache = value
 
     # -- environment -----------------------------------------------------------------------------
     def _env(self) -> dict[str, str]:

@@ -62,7 +62,8 @@ class Workload:
             self.precision,
             "--test-limit",
             str(self.test_limit),
-        ] + list(self.extra_args)
+            *list(self.extra_args),
+        ]
 
 
 @dataclass
@@ -92,6 +93,7 @@ def run_cell(
     runner: Runner,
     result_dir: Path,
     use_gdb: bool = True,
+    gdb_path: str | None = None,  # gdb as the runner sees it; None: look it up on this host
     data_dir: Path = MNIST,
     faults: tuple[str, ...] = (),
 ) -> CellRun:
@@ -111,10 +113,11 @@ def run_cell(
     if plugin is not None:
         argv += ["--plugin", str(plugin)]
     env = dict(icd.env) if icd else {}
-    gdb = shutil.which("gdb") if use_gdb else None
+    gdb = (gdb_path or shutil.which("gdb")) if use_gdb else None
     full = [gdb, "-q", "-nx", "-batch", "-x", str(GDB_SCRIPT), "--args", *argv] if gdb else argv
     if "hide-libvulkan" in faults:
-        full = planted.hide_libvulkan(full, result_dir / ".fault")
+        full, fault_env = planted.hide_libvulkan(full, result_dir / ".fault", runner.name)
+        env.update(fault_env)
     env["MNNREPRO_CRASH_DIR"] = str(result_dir)
     completed = runner.run(
         full, env=env, timeout_s=timeout_s, stdout_path=result_dir / "stdout.txt", stderr_path=result_dir / "stderr.txt"

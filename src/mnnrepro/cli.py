@@ -28,7 +28,16 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--icd", dest="icds", help="comma-separated Vulkan ICDs: lavapipe,swiftshader,host,bogus")
     run.add_argument("--steps", type=int, help="training steps per cell (default: matrix [training] steps)")
     run.add_argument("--results-dir", dest="results_dir")
-    run.add_argument("--runner", choices=["host"])
+    run.add_argument("--runner", choices=["auto", "host", "docker"], help="default auto: docker if an engine answers")
+    run.add_argument("--base-image", dest="base_image", help="BASE_IMAGE for docker/Dockerfile")
+    run.add_argument("--host-ca", dest="host_ca", help="CA bundle to bake into the image (TLS interception)")
+    run.add_argument(
+        "--keep-containers",
+        dest="keep_containers",
+        action="store_const",
+        const=True,
+        help="keep a failed command's container for debugging",
+    )
     run.add_argument("--jobs", type=int, help="parallel compile jobs (default: ninja's)")
     run.add_argument(
         "--no-gdb",
@@ -51,6 +60,16 @@ def parser() -> argparse.ArgumentParser:
     _common(fetch)
     show = ssub.add_parser("show", help="print which tree a run would use")
     _common(show)
+    img = sub.add_parser("image", help="the docker build-and-run image")
+    img.add_argument(
+        "action",
+        choices=["bootstrap", "build"],
+        help="bootstrap: make the Debian base with debootstrap; build: build the image if needed",
+    )
+    img.add_argument("--base-image", dest="base_image")
+    img.add_argument("--host-ca", dest="host_ca")
+    img.add_argument("--debian-mirror", dest="debian_mirror")
+    img.add_argument("--cache-dir", dest="cache_dir")
     ss = sub.add_parser("swiftshader", help="fetch and verify the pinned SwiftShader ICD")
     ss.add_argument("action", choices=["fetch"])
     ss.add_argument("--tarball", type=Path, help=f"a local {swiftshader.PACKAGE}@{swiftshader.VERSION} .tgz")
@@ -78,6 +97,23 @@ def main(argv: list[str] | None = None) -> int:
         settings = load({k: getattr(args, k) for k in keys if hasattr(args, k)})
         if args.command == "run":
             return run_session(args.session, settings)
+        if args.command == "image":
+            from . import image
+
+            client = image.connect()
+            if args.action == "bootstrap":
+                print(image.bootstrap_base(client, mirror=settings.debian_mirror or None))
+            else:
+                print(
+                    image.ensure_image(
+                        client,
+                        base=settings.base_image,
+                        cache_dir=settings.cache_dir,
+                        host_ca=settings.host_ca,
+                        mirror=settings.debian_mirror or None,
+                    )
+                )
+            return 0
         if args.command == "swiftshader":
             print(swiftshader.ensure(settings.cache_dir, tarball=args.tarball))
             return 0

@@ -25,10 +25,15 @@ def validate(faults: tuple[str, ...]) -> tuple[str, ...]:
     return faults
 
 
-def hide_libvulkan(argv: list[str], scratch: Path) -> list[str]:
+def hide_libvulkan(argv: list[str], scratch: Path, runner: str = "host") -> tuple[list[str], dict[str, str]]:
+    """Return (argv, extra environment) that run ``argv`` with the unversioned libvulkan.so gone."""
+    if runner == "docker":
+        # The container is thrown away afterwards: delete the file in it (as root, see docker_runner.AS_ROOT).
+        targets = " ".join(shlex.quote(os.path.join(d, "libvulkan.so")) for d in LIB_DIRS)
+        return ["sh", "-c", f'rm -f {targets} && exec "$@"', "sh", *argv], {"MNNREPRO_CONTAINER_AS_ROOT": "1"}
     dirs = [d for d in LIB_DIRS if os.path.lexists(os.path.join(d, "libvulkan.so"))]
     if not dirs:
-        return argv  # already absent: the fault is the machine's own state
+        return argv, {}  # already absent: the fault is the machine's own state
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         raise EnvironmentProblem("the hide-libvulkan fault needs root and unshare(1) on the host runner")
     mounts = []
@@ -42,4 +47,4 @@ def hide_libvulkan(argv: list[str], scratch: Path) -> list[str]:
         opts = f"lowerdir={d},upperdir={upper},workdir={work}"
         mounts.append(f"mount -t overlay overlay -o {shlex.quote(opts)} {shlex.quote(d)}")
     script = " && ".join(mounts) + ' && exec "$@"'
-    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *argv]
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *argv], {}

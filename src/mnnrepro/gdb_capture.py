@@ -46,6 +46,7 @@ def main():
         "set print thread-events off",
         "set print inferior-events off",
         "set startup-with-shell off",
+        "set disable-randomization off",
         "handle SIGPIPE nostop noprint pass",
         "handle SIGUSR1 nostop noprint pass",
         "handle SIGUSR2 nostop noprint pass",

@@ -33,7 +33,16 @@ def _loader_env(manifest: Path) -> dict[str, str]:
     return {"VK_ICD_FILENAMES": str(manifest), "VK_DRIVER_FILES": str(manifest)}
 
 
-def resolve(name: str, cache_dir: Path) -> Icd:
+# Where docker/Dockerfile puts the manifests inside the image.
+IMAGE_MANIFESTS = {
+    "lavapipe": Path("/opt/mnnrepro/icd/lavapipe.json"),
+    "swiftshader": Path("/opt/mnnrepro/icd/swiftshader.json"),
+}
+
+
+def resolve(name: str, cache_dir: Path, runner: str = "host") -> Icd:
+    if runner == "docker" and name in IMAGE_MANIFESTS:
+        return Icd(name, IMAGE_MANIFESTS[name], _loader_env(IMAGE_MANIFESTS[name]))
     if name == "lavapipe":
         found = sorted(p for g in LAVAPIPE_GLOBS for p in glob.glob(g))
         if not found:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -11,11 +12,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import __version__, fixtures, icd, report, source
+from . import __version__, fixtures, icd, image, report, source
 from .build import Builder, Core, CoreOptions
 from .cells import Cell, CellRun, Workload, run_cell
 from .contract import RunRecord
-from .errors import EXIT_MISMATCH
+from .docker_runner import DockerRunner
+from .errors import EXIT_MISMATCH, EnvironmentProblem
 from .judge import Verdict, judge
 from .runner import HostRunner, Runner
 from .settings import Settings
@@ -29,7 +31,39 @@ SESSIONS: dict[str, tuple[str, ...]] = {
 }
 
 
-def make_runner(settings: Settings) -> Runner:
+def make_runner(settings: Settings, tree: source.SourceTree, results: Path, say: Callable[[str], None]) -> Runner:
+    """--runner docker|host|auto. auto: docker when an engine answers, else the host (and say why)."""
+    if settings.runner in ("docker", "auto"):
+        try:
+            client = image.connect()
+        except EnvironmentProblem as exc:
+            if settings.runner == "docker":
+                raise
+            missing = [t for t in ("c++", "cmake", "ninja") if shutil.which(t) is None]
+            if missing:
+                raise EnvironmentProblem(
+                    f"no usable runner: {exc.message}; and the host lacks {', '.join(missing)}",
+                    hint="start a Docker engine (dockerd), or apt-get install build-essential cmake ninja-build "
+                    "ccache gdb mesa-vulkan-drivers libvulkan-dev",
+                ) from exc
+            say(f"runner: host ({exc.message})")
+            return HostRunner()
+        tag = image.ensure_image(
+            client,
+            base=settings.base_image,
+            cache_dir=settings.cache_dir,
+            host_ca=settings.host_ca,
+            mirror=settings.debian_mirror or None,
+            say=say,
+        )
+        say(f"runner: docker, image {tag}")
+        return DockerRunner(
+            client,
+            tag,
+            read_only=(fixtures.ROOT, tree.path),
+            read_write=(settings.cache_dir, settings.results_dir),
+            keep_on_failure=settings.keep_containers,
+        )
     return HostRunner()
 
 
@@ -64,7 +98,6 @@ def run_session(name: str, settings: Settings, *, say: Callable[[str], None] = p
     variants = SESSIONS[name]
     matrix = fixtures.load_matrix()
     ref = settings.ref or matrix.default_ref
-    runner = make_runner(settings)
     results = _results_dir(settings, name)
     say(f"mnnrepro {__version__}: session {name}, results in {results}")
     for line in settings.describe():
@@ -74,6 +107,7 @@ def run_session(name: str, settings: Settings, *, say: Callable[[str], None] = p
         ref, source=settings.source, cache_dir=settings.cache_dir, git_url=settings.git_url, allow_clone=settings.clone
     )
     say(f"source: {tree.describe()}")
+    runner = make_runner(settings, tree, results, say)
     info = matrix.ref_info(ref)
     if (
         info.commit
@@ -135,6 +169,7 @@ def run_session(name: str, settings: Settings, *, say: Callable[[str], None] = p
             runner=runner,
             result_dir=results / "cells" / cell.dirname,
             use_gdb=settings.gdb,
+            gdb_path="/usr/bin/gdb" if runner.name == "docker" else None,
             faults=settings.faults if cell.backend == "vulkan" else (),
         )
         if cell.variant == "cpu":

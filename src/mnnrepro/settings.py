@@ -31,7 +31,11 @@ class Settings:
     results_dir: Path = ROOT / "results"
     icds: tuple[str, ...] = ("lavapipe", "swiftshader")
     steps: int = 0  # 0 -> the matrix's [training] steps
-    runner: str = "host"
+    runner: str = "auto"  # auto: docker when an engine answers, else host
+    base_image: str = "debian:bookworm-slim"  # BASE_IMAGE of docker/Dockerfile
+    host_ca: Path | None = None  # a CA bundle baked into the image, for networks with TLS interception
+    debian_mirror: str = ""  # for bootstrapping the base image; "" -> the mirror this machine's apt uses
+    keep_containers: bool = False  # keep a failed command's container for debugging
     jobs: int = 0  # 0 -> ninja's default
     gdb: bool = True
     clone: bool = True  # may a missing source be cloned?
@@ -48,7 +52,7 @@ _KEYS = {f.name for f in fields(Settings)}
 def _coerce(name: str, value: Any) -> Any:
     kind = {f.name: f.type for f in fields(Settings)}[name]
     try:
-        if name in ("source", "cache_dir", "results_dir"):
+        if name in ("source", "cache_dir", "results_dir", "host_ca"):
             return Path(str(value)).expanduser() if value not in (None, "") else None
         if name in ("icds", "faults"):
             items = value if isinstance(value, (list, tuple)) else str(value).split(",")
@@ -58,7 +62,7 @@ def _coerce(name: str, value: Any) -> Any:
             if number < 0:
                 raise ValueError
             return number
-        if name in ("gdb", "clone"):
+        if name in ("gdb", "clone", "keep_containers"):
             if isinstance(value, bool):
                 return value
             text = str(value).lower()
@@ -91,12 +95,13 @@ def load(
         settings = _apply(settings, table, f"{pyproject} [tool.mnnrepro]")
     env = os.environ if environ is None else environ
     from_env = {k[len(ENV_PREFIX) :].lower(): v for k, v in env.items() if k.startswith(ENV_PREFIX)}
-    from_env.pop("crash_dir", None)  # set by the suite for gdb_capture.py, not a setting
+    for internal in ("crash_dir", "it_refs", "container_as_root"):  # the suite's own variables, not settings
+        from_env.pop(internal, None)
     settings = _apply(settings, from_env, "environment (MNNREPRO_*)")
     settings = _apply(settings, {k: v for k, v in cli.items() if v is not None}, "command line")
     from .faults import validate
 
     validate(settings.faults)
-    if settings.runner not in ("host",):
-        raise ConfigError(f"runner {settings.runner!r} is not available", hint="use --runner host")
+    if settings.runner not in ("auto", "host", "docker"):
+        raise ConfigError(f"runner {settings.runner!r} is not one of auto, host, docker")
     return settings

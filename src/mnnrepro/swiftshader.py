@@ -24,6 +24,7 @@ TARBALL_SHA256 = "d69d6790c17a62b70dc3e8acfd774b6c1f780f229e5601f50264dbc434b5cf
 MEMBER = "package/bin/swiftshader.tar.br"
 MEMBER_SHA256 = "1b4c63ac0f24bfedd469675c33b09c84f7d6d26acb30bed2ab8e875e084cf3a2"
 LIBRARY = "libvk_swiftshader.so"
+LIBRARY_SHA256 = "55571f337145a70e32bb64f07ceb413796cc7e9dc1ecac2144728777faf75c8c"
 ICD_JSON = "vk_swiftshader_icd.json"
 
 
@@ -94,6 +95,8 @@ def ensure(cache_dir: Path, *, tarball: Path | None = None) -> Path:
         with tarfile.open(fileobj=io.BytesIO(_brotli_decompress(br)), mode="r:") as tar:
             tar.extract(LIBRARY, staging, filter="data")
         lib = staging / LIBRARY
+        if _sha256(lib.read_bytes()) != LIBRARY_SHA256:
+            raise EnvironmentProblem(f"{LIBRARY}: sha256 does not match the pin {LIBRARY_SHA256}")
         # Our own manifest with an absolute path: the one shipped uses "./", relative to the json.
         (staging / ICD_JSON).write_text(
             json.dumps(

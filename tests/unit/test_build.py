@@ -187,7 +187,9 @@ class FakeToolchain:
 
 @pytest.fixture
 def builder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Builder, FakeToolchain]:
-    monkeypatch.setattr(build, "toolchain_fingerprint", lambda: {"c++": "fake 1.0", "cmake": "fake", "ninja": "1"})
+    monkeypatch.setattr(
+        build, "toolchain_fingerprint", lambda runner: {"c++": "fake 1.0", "cmake": "fake", "ninja": "1"}
+    )
     fake = FakeToolchain()
     return Builder(tmp_path / "cache", fake, say=lambda _: None), fake
 
@@ -272,7 +274,7 @@ def test_buffer_mode_without_generated_shaders_fails_before_building(
 
 
 def test_failed_core_build_publishes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tree: SourceTree) -> None:
-    monkeypatch.setattr(build, "toolchain_fingerprint", lambda: {"c++": "fake"})
+    monkeypatch.setattr(build, "toolchain_fingerprint", lambda runner: {"c++": "fake"})
     b = Builder(tmp_path / "cache", FakeToolchain(fail="ninja"), say=lambda _: None)
     with pytest.raises(BuildError, match="core build failed") as info:
         b.core(tree, CoreOptions())

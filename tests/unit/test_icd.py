@@ -103,6 +103,7 @@ def test_a_pinned_package_installs_once(tmp_path: Path, monkeypatch: pytest.Monk
     fake = tgz(tmp_path / "pkg.tgz", {swiftshader.MEMBER: br})
     monkeypatch.setattr(swiftshader, "TARBALL_SHA256", hashlib.sha256(fake.read_bytes()).hexdigest())
     monkeypatch.setattr(swiftshader, "MEMBER_SHA256", hashlib.sha256(br).hexdigest())
+    monkeypatch.setattr(swiftshader, "LIBRARY_SHA256", hashlib.sha256(b"\x7fELF").hexdigest())
     cache = tmp_path / "cache"
     manifest = swiftshader.ensure(cache, tarball=fake)
     assert manifest == swiftshader.manifest_path(cache)

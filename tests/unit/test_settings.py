@@ -24,7 +24,7 @@ def test_defaults_without_pyproject_or_environment(tmp_path: Path) -> None:
     assert s.source is None
     assert s.git_url == settings.UPSTREAM_GIT_URL
     assert s.icds == ("lavapipe", "swiftshader")
-    assert (s.steps, s.jobs, s.runner, s.gdb, s.clone) == (0, 0, "host", True, True)
+    assert (s.steps, s.jobs, s.runner, s.gdb, s.clone) == (0, 0, "auto", True, True)
 
 
 def test_empty_tool_table_keeps_defaults(tmp_path: Path) -> None:
@@ -129,9 +129,14 @@ def test_empty_source_means_none(tmp_path: Path) -> None:
     assert load({}, environ={"MNNREPRO_SOURCE": ""}, pyproject=tmp_path / "absent.toml").source is None
 
 
-def test_unavailable_runner_is_rejected(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="docker"):
-        load({"runner": "docker"}, environ={}, pyproject=tmp_path / "absent.toml")
+def test_unknown_runner_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="podman"):
+        load({"runner": "podman"}, environ={}, pyproject=tmp_path / "absent.toml")
+
+
+@pytest.mark.parametrize("runner", ["auto", "host", "docker"])
+def test_known_runners_are_accepted(tmp_path: Path, runner: str) -> None:
+    assert load({"runner": runner}, environ={}, pyproject=tmp_path / "absent.toml").runner == runner
 
 
 def test_describe_lists_every_setting() -> None:

@@ -1,0 +1,109 @@
+"""The container runner: the same small interface as HostRunner, one container per command.
+
+Host paths are mounted at the same paths inside the container, so command lines, build trees and result
+directories mean the same on both runners: the checkout read-only, the cache and results read-write, an
+explicit MNN source read-only. Containers have no network, run with the invoking user's uid:gid, are killed
+at their time limit, and are always removed unless MNNREPRO_KEEP_CONTAINERS=1 (kept on failure, for debugging).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .runner import Completed
+
+# An environment entry that asks for this one command to run as root inside its throwaway container
+# (planted faults that remove files from the image). It is removed before the command sees its environment.
+AS_ROOT = "MNNREPRO_CONTAINER_AS_ROOT"
+
+
+@dataclass
+class DockerRunner:
+    client: Any
+    image: str
+    read_only: tuple[Path, ...] = ()
+    read_write: tuple[Path, ...] = ()
+    name: str = "docker"
+    keep_on_failure: bool = field(default_factory=lambda: os.environ.get("MNNREPRO_KEEP_CONTAINERS") == "1")
+
+    def _volumes(self) -> dict[str, dict[str, str]]:
+        vols: dict[str, dict[str, str]] = {}
+        for path in self.read_write:
+            path.mkdir(parents=True, exist_ok=True)
+            vols[str(path)] = {"bind": str(path), "mode": "rw"}
+        for path in self.read_only:
+            if str(path) not in vols:
+                vols[str(path)] = {"bind": str(path), "mode": "ro"}
+        return vols
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        timeout_s: float | None = None,
+        stdout_path: Path | None = None,
+        stderr_path: Path | None = None,
+    ) -> Completed:
+        import requests
+
+        import docker
+
+        environment = dict(env or {})
+        as_root = environment.pop(AS_ROOT, "") == "1"
+        environment.setdefault("HOME", "/tmp")
+        user = "0:0" if as_root else f"{os.getuid()}:{os.getgid()}"
+        start = time.monotonic()
+        container = self.client.containers.create(
+            self.image,
+            list(argv),
+            environment=environment,
+            working_dir=str(cwd) if cwd else None,
+            volumes=self._volumes(),
+            user=user,
+            network_mode="none",
+            init=True,
+            detach=True,
+        )
+        timed_out = False
+        try:
+            container.start()
+            try:
+                status = container.wait(timeout=timeout_s)
+                code = int(status.get("StatusCode", 1))
+            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+                timed_out = True
+                container.kill()
+                code = int(container.wait(timeout=30).get("StatusCode", 137))
+            out = container.logs(stdout=True, stderr=stdout_path is None and stderr_path is None)
+            err = container.logs(stdout=False, stderr=True) if (stdout_path or stderr_path) else b""
+        finally:
+            failed = timed_out or "code" not in locals() or locals().get("code", 1) != 0
+            if not (self.keep_on_failure and failed):
+                try:
+                    container.remove(force=True)
+                except docker.errors.APIError:
+                    pass
+        if stdout_path:
+            stdout_path.write_bytes(out)
+        if stderr_path:
+            stderr_path.write_bytes(err)
+        elif stdout_path and err:
+            with open(stdout_path, "ab") as f:
+                f.write(err)
+        text = "" if stdout_path else out.decode(errors="replace")
+        return Completed(
+            argv=tuple(argv),
+            returncode=code,
+            duration_s=time.monotonic() - start,
+            timed_out=timed_out,
+            stdout_path=stdout_path,
+            stderr_path=stderr_path,
+            output=text,
+        )
