@@ -43,6 +43,7 @@ def main() -> int:
     ap.add_argument("--ref", default=None)
     ap.add_argument("--skip-cold", action="store_true", help="only the warm end-to-end measurement")
     ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--runner", default="host", choices=["host", "docker"], help="runner for the warm runs")
     args = ap.parse_args()
     settings = load({})
     ref = args.ref or fixtures.load_matrix().default_ref
@@ -51,7 +52,7 @@ def main() -> int:
     )
     info = fixtures.load_matrix().ref_info(ref)
     options = CoreOptions(compat_cxx_flags=info.compat_cxx_flags)
-    out: dict[str, object] = {"ref": ref, "commit": tree.commit, "nproc": os.cpu_count()}
+    out: dict[str, object] = {"ref": ref, "commit": tree.commit, "nproc": os.cpu_count(), "runner": args.runner}
     if not args.skip_cold:
         scratch = Path(tempfile.mkdtemp(prefix="mnnrepro-bench-"))
         env = dict(os.environ, CCACHE_DISABLE="1")
@@ -99,6 +100,8 @@ def main() -> int:
                 "--steps",
                 str(args.steps),
                 "--no-clone",
+                "--runner",
+                args.runner,
             ],
             env=env,
             capture_output=True,

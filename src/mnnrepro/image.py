@@ -46,16 +46,16 @@ def connect() -> Any:
     return client
 
 
-def debian_mirror() -> str:
+def debian_mirror(apt_dir: Path = Path("/etc/apt")) -> str:
     """The Debian mirror URL this machine's apt uses (deb822 .sources or a classic sources.list)."""
-    for path in sorted(Path("/etc/apt/sources.list.d").glob("*.sources")):
+    for path in sorted((apt_dir / "sources.list.d").glob("*.sources")):
         text = path.read_text(errors="replace")
         for block in text.split("\n\n"):
             if re.search(r"^Suites:.*\bbookworm\b", block, re.M) and not re.search(r"^Enabled:\s*no", block, re.M):
                 m = re.search(r"^URIs:\s*(\S+)", block, re.M)
                 if m and "security" not in m.group(1):
                     return m.group(1)
-    classic = Path("/etc/apt/sources.list")
+    classic = apt_dir / "sources.list"
     if classic.is_file():
         for line in classic.read_text(errors="replace").splitlines():
             m = re.match(r"\s*deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+bookworm\s", line)
@@ -115,6 +115,8 @@ def ensure_base(client: Any, base: str, *, mirror: str | None = None, say: Calla
 
     if _has_image(client, base):
         return base
+    if base == DEFAULT_BASE and _has_image(client, BOOTSTRAP_IMAGE):
+        return BOOTSTRAP_IMAGE  # made earlier because the registry was out of reach: no network round trip
     try:
         say(f"pulling base image {base} ...")
         client.images.pull(base)
