@@ -1,15 +1,35 @@
-"""Reports: the terminal verdict table and summary.json (versioned, machine-readable)."""
+"""Reports of one session: the terminal verdict table, and in the results directory summary.json (versioned,
+machine-readable), junit.xml (one testcase per cell), summary.md (also appended to GitHub's step summary) and
+loss.png (the loss curve of every cell that trained, CPU baseline included).
+
+Every writer reads only what ``summary()`` returns, so a report can be rebuilt from a saved summary.json.
+NOT-EXERCISED and HANG are failures in every report, never a pass or a skip (alibaba/MNN#3129: a Vulkan run
+that silently fell back to the CPU proves nothing).
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import os
+import re
+import textwrap
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
 from .cells import CellRun
-from .judge import Verdict
+from .judge import HANG, NOT_EXERCISED, Verdict
 
 SUMMARY_FORMAT = 1
+SUMMARY_FILE = "summary.json"
+JUNIT_FILE = "junit.xml"
+MARKDOWN_FILE = "summary.md"
+LOSS_PLOT_FILE = "loss.png"
+STEP_SUMMARY_ENV = "GITHUB_STEP_SUMMARY"
+
+# Verdicts that fail a report even where an expectation would accept them (none does today: belt and braces).
+NEVER_PASS = (NOT_EXERCISED, HANG)
 
 
 def table(rows: list[tuple[CellRun, Verdict]]) -> str:
@@ -67,3 +87,397 @@ def summary(header: dict[str, Any], rows: list[tuple[CellRun, Verdict]]) -> dict
 
 def write_summary(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=1, default=str) + "\n")
+
+
+def write_all(results: Path, data: dict[str, Any]) -> list[Path]:
+    """Write every report of ``data`` (what ``summary()`` returns) into ``results``; return the files written.
+
+    loss.png is left out (and a stale one removed) when no cell trained. summary.md is also appended to the
+    file named by $GITHUB_STEP_SUMMARY when that is set; that file is not in the returned list.
+    """
+    results.mkdir(parents=True, exist_ok=True)
+    written = [results / SUMMARY_FILE, results / JUNIT_FILE]
+    write_summary(written[0], data)
+    write_junit(written[1], data)
+    plot = results / LOSS_PLOT_FILE
+    plot_note = write_loss_plot(plot, data)
+    if plot_note is None:
+        written.append(plot)
+    md = results / MARKDOWN_FILE
+    md.write_text(markdown(data, base=results, loss_plot=plot.name if plot_note is None else None, note=plot_note))
+    written.append(md)
+    step_summary = os.environ.get(STEP_SUMMARY_ENV)
+    if step_summary:
+        # The step summary cannot show files of the run: point at the uploaded results directory instead.
+        note = f"{plot_note or 'loss curves: ' + plot.name}; all reports: `{results}` (the results artifact)"
+        with open(step_summary, "a", encoding="utf-8") as out:
+            out.write(markdown(data, base=results, loss_plot=None, note=note) + "\n")
+    return written
+
+
+# --- shared pieces ---------------------------------------------------------------------------------------
+
+
+def failed(cell: dict[str, Any]) -> bool:
+    """A cell fails a report when it missed its expectation; NOT-EXERCISED and HANG always fail."""
+    return not cell.get("matched") or cell.get("verdict") in NEVER_PASS
+
+
+def _short(commit: Any) -> str:
+    return str(commit)[:10] if commit else "commit unknown"
+
+
+def _refs(data: dict[str, Any]) -> list[str]:
+    refs = [str(c["ref"]) for c in data["cells"]]
+    header_ref = data["header"].get("ref")
+    if header_ref and str(header_ref) not in refs:
+        refs.insert(0, str(header_ref))
+    return list(dict.fromkeys(refs))
+
+
+def devices(data: dict[str, Any]) -> dict[str, str]:
+    """Per ICD (or variant, where no ICD applies): the device the driver named, with its driver."""
+    out: dict[str, str] = {}
+    for c in data["cells"]:
+        ev = c.get("evidence") or {}
+        key = c["icd"] if c["icd"] != "-" else c["variant"]
+        name = ev.get("device") or ""
+        if not name or key in out:
+            continue
+        out[key] = f"{name}; driver {ev['driver']}" if ev.get("driver") else str(name)
+    return out
+
+
+def fingerprint(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """The run header as (label, value) pairs: what a reader needs to reproduce or compare this run."""
+    h = data["header"]
+    commit = h.get("commit") or "commit unknown"
+    origin = f" (source: {h['source_origin']})" if h.get("source_origin") else ""
+    rows = [("MNN", f"{h.get('ref') or ', '.join(_refs(data))} @ {commit}{origin}")]
+    toolchain = h.get("toolchain") or {}
+    if toolchain:
+        rows.append(("toolchain", "; ".join(f"{k}: {v}" for k, v in toolchain.items())))
+    runner = str(h.get("runner") or "?")
+    for key in ("image", "image_digest"):  # the docker runner's image, where it records one
+        if h.get(key):
+            runner += f", {key.replace('_', ' ')} {h[key]}"
+    rows.append(("runner", runner))
+    if h.get("host") or h.get("python"):
+        rows.append(("host", f"{h.get('host', '?')}, Python {h.get('python', '?')}"))
+    icds = h.get("icds") or {}
+    found = devices(data)
+    for name in sorted(set(icds) | set(found)):
+        parts = [str(icds[name])] if name in icds else []
+        if name in found:
+            parts.append(found[name])
+        rows.append((f"ICD/device {name}" if name in icds else f"device {name}", " — ".join(parts)))
+    w = h.get("workload") or {}
+    if w:
+        rows.append(
+            (
+                "workload",
+                f"{w.get('steps')} steps x batch {w.get('batch_size')}, seed {w.get('seed')}, "
+                f"precision {w.get('precision')}",
+            )
+        )
+    rows.append(("suite", f"mnnrepro {h.get('suite', '?')}, session {h.get('session', '?')}"))
+    if h.get("build_seconds") is not None:
+        rows.append(("build", f"{h['build_seconds']} s"))
+    return rows
+
+
+def _relative(path: Any, base: Path | None) -> str:
+    text = str(path)
+    if base is not None:
+        try:
+            return str(Path(text).relative_to(base))
+        except ValueError:
+            pass
+    return text
+
+
+def evidence_lines(cell: dict[str, Any], base: Path | None = None) -> list[str]:
+    """The evidence of one verdict as short 'name: value' lines (JUnit failure text, Markdown cell details)."""
+    ev = cell.get("evidence") or {}
+    lines = [
+        f"verdict: {cell['verdict']} (expected {cell.get('expected') or 'nothing: no expectation'})",
+        f"reason: {cell.get('reason', '')}",
+        f"backend: requested {ev.get('requested_backend') or '?'}, active {ev.get('active_backend') or 'none'}",
+    ]
+    if ev.get("device"):
+        lines.append(f"device: {ev['device']}" + (f"; driver {ev['driver']}" if ev.get("driver") else ""))
+    lines.append(
+        f"exit: code {ev.get('exit_code')}, signal {ev.get('signal') or '-'}, last stage {ev.get('stage') or '-'}, "
+        f"{ev.get('duration_s', '?')} s"
+    )
+    if ev.get("signature"):
+        lines.append(f"signature: {ev['signature']}")
+    frames = [str(f) for f in ev.get("top_frames") or [] if f]
+    if frames:
+        lines.append("top frames: " + " <- ".join(frames))
+    if ev.get("backtrace"):
+        lines.append(f"backtrace: {_relative(ev['backtrace'], base)}")
+    for check in cell.get("checks") or []:
+        if not check.get("passed"):
+            lines.append(f"check {check['name']} failed: {check.get('detail', '')}")
+    if cell.get("accuracy") is not None:
+        lines.append(f"accuracy: {cell['accuracy']}")
+    if ev.get("result_dir"):
+        lines.append(f"files: {_relative(ev['result_dir'], base)}")
+    if ev.get("command"):
+        lines.append("command: " + " ".join(str(a) for a in ev["command"]))
+    return lines
+
+
+# --- JUnit XML -------------------------------------------------------------------------------------------
+
+# Characters XML 1.0 cannot carry (driver output may contain escape codes); ElementTree would write them as is.
+_XML_ILLEGAL = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _x(value: Any) -> str:
+    return _XML_ILLEGAL.sub("?", "" if value is None else str(value))
+
+
+def _properties(parent: ET.Element, items: list[tuple[str, Any]]) -> None:
+    props = ET.SubElement(parent, "properties")
+    for name, value in items:
+        ET.SubElement(props, "property", name=_x(name), value=_x(value))
+
+
+def junit(data: dict[str, Any]) -> ET.Element:
+    """One testsuite, one testcase per cell (classname ref/variant). A cell that missed its expectation, and
+    every NOT-EXERCISED or HANG cell, has a <failure>; nothing is ever <skipped>."""
+    h = data["header"]
+    cells = data["cells"]
+    n_failed = sum(failed(c) for c in cells)
+    total = sum(float((c.get("evidence") or {}).get("duration_s") or 0.0) for c in cells)
+    name = f"mnnrepro.{h.get('session', 'session')}"
+    counts = {"tests": str(len(cells)), "failures": str(n_failed), "errors": "0", "skipped": "0"}
+    root = ET.Element("testsuites", {"name": "mnnrepro", "time": f"{total:.3f}", **counts})
+    suite = ET.SubElement(root, "testsuite", {"name": _x(name), "time": f"{total:.3f}", **counts})
+    _properties(suite, [("format", data.get("format")), *fingerprint(data)])
+    for c in cells:
+        ev = c.get("evidence") or {}
+        case = ET.SubElement(
+            suite,
+            "testcase",
+            classname=_x(f"{c['ref']}/{c['variant']}"),
+            name=_x(c["cell"]),
+            time=f"{float(ev.get('duration_s') or 0.0):.3f}",
+        )
+        _properties(
+            case,
+            [
+                ("verdict", c["verdict"]),
+                ("expected", c.get("expected") or ""),
+                ("matched", str(bool(c.get("matched"))).lower()),
+                ("device", ev.get("device") or ""),
+                ("signal", ev.get("signal") or ""),
+                ("stage", ev.get("stage") or ""),
+                ("active_backend", ev.get("active_backend") or ""),
+                ("backtrace", ev.get("backtrace") or ""),
+            ],
+        )
+        text = "\n".join(evidence_lines(c))
+        if failed(c):
+            expected = c.get("expected") or "no expectation"
+            failure = ET.SubElement(
+                case, "failure", message=_x(f"{c['verdict']} (expected {expected}): {c.get('reason', '')}")
+            )
+            failure.set("type", _x(c["verdict"]))
+            failure.text = _x(text)
+        else:
+            ET.SubElement(case, "system-out").text = _x(text)
+    return root
+
+
+def write_junit(path: Path, data: dict[str, Any]) -> None:
+    tree = ET.ElementTree(junit(data))
+    ET.indent(tree)
+    tree.write(path, encoding="utf-8", xml_declaration=True)
+
+
+# --- Markdown --------------------------------------------------------------------------------------------
+
+
+def _md(value: Any) -> str:
+    """One table cell: pipes escaped, on one line."""
+    text = "-" if value is None or value == "" else str(value)
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
+def _row(*cells: Any) -> str:
+    return "| " + " | ".join(_md(c) for c in cells) + " |"
+
+
+def markdown(
+    data: dict[str, Any], *, base: Path | None = None, loss_plot: str | None = None, note: str | None = None
+) -> str:
+    """The run as Markdown: header fingerprint, verdict table, each cell's evidence and checks."""
+    h = data["header"]
+    cells = data["cells"]
+    bad = [c for c in cells if failed(c)]
+    refs = ", ".join(f"{r} ({_short(h.get('commit'))})" if r == h.get("ref") else r for r in _refs(data))
+    outcome = (
+        "every cell matched its expectation"
+        if not bad
+        else f"{len(bad)} of {len(cells)} cell(s) did NOT match their expectation"
+    )
+    out = [f"## mnnrepro {h.get('session', '')}: MNN {refs}: {outcome}", ""]
+    out += ["| run | |", "| --- | --- |", *(_row(k, v) for k, v in fingerprint(data)), ""]
+    out += [
+        "### Verdicts",
+        "",
+        "| cell | verdict | expected | match | signal | stage | device | reason |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for c in cells:
+        ev = c.get("evidence") or {}
+        out.append(
+            _row(
+                c["cell"],
+                f"**{c['verdict']}**",
+                c.get("expected") or "-",
+                "**MISMATCH**" if failed(c) else "ok",
+                ev.get("signal"),
+                ev.get("stage"),
+                ev.get("device"),
+                c.get("reason"),
+            )
+        )
+    traces = [c for c in cells if (c.get("evidence") or {}).get("backtrace")]
+    if traces:
+        out += ["", "Backtraces:", ""]
+        out += [f"- {c['cell']}: `{_relative(c['evidence']['backtrace'], base)}`" for c in traces]
+    if loss_plot:
+        out += ["", f"![loss per step, every cell that trained]({loss_plot})"]
+    if note:
+        out += ["", note]
+    out += ["", "### Cells", ""]
+    for c in cells:
+        mark = "MISMATCH" if failed(c) else "ok"
+        out += [
+            f"<details{' open' if failed(c) else ''}><summary>{_html(c['cell'])}: {_html(c['verdict'])} "
+            f"(expected {_html(c.get('expected') or 'nothing')}, {mark})</summary>",
+            "",
+        ]
+        out += [f"- {_md(line)}" for line in evidence_lines(c, base) if not line.startswith("command: ")]
+        command = (c.get("evidence") or {}).get("command")
+        if command:
+            out += ["", "```", " ".join(str(a) for a in command), "```"]
+        checks = c.get("checks") or []
+        if checks:
+            out += ["", "| check | result | detail | value | limit |", "| --- | --- | --- | --- | --- |"]
+            out += [
+                _row(
+                    k["name"],
+                    "pass" if k.get("passed") else "**FAIL**",
+                    k.get("detail"),
+                    k.get("value"),
+                    k.get("limit"),
+                )
+                for k in checks
+            ]
+        out += ["", "</details>", ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _html(value: Any) -> str:
+    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+# --- loss plot -------------------------------------------------------------------------------------------
+
+
+def _why(cell: dict[str, Any]) -> str:
+    ev = cell.get("evidence") or {}
+    if ev.get("signal"):
+        return f"{ev['signal']} at {ev.get('stage') or '?'}"
+    return textwrap.shorten(str(cell.get("reason", "")), width=80, placeholder=" ...")
+
+
+def _trained(data: dict[str, Any]) -> list[dict[str, Any]]:
+    return [c for c in data["cells"] if c.get("losses")]
+
+
+def write_loss_plot(path: Path, data: dict[str, Any]) -> str | None:
+    """Draw loss.png: loss per step of every cell that trained (CPU baseline in black), and below it each GPU
+    cell's difference from the CPU loss of its ref. Returns None when written, else why not (nothing is left
+    at ``path`` then)."""
+    path.unlink(missing_ok=True)
+    cells = _trained(data)
+    if not cells:
+        return "loss.png not written: no cell trained (no step losses)"
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return "loss.png not written: matplotlib is missing (pip install matplotlib)"
+
+    h = data["header"]
+    cpu = {c["ref"]: c for c in cells if c["variant"] == "cpu"}
+    gpu = [c for c in cells if c["variant"] != "cpu"]
+    compared = [c for c in gpu if c["ref"] in cpu]
+    fig = Figure(figsize=(10, 7.5 if compared else 5.5), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)  # Agg, without pyplot's global state
+    if compared:
+        top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(3, 2))
+    else:
+        top, bottom = fig.subplots(1, 1), None
+    styles = ["--", "-.", ":", (0, (5, 1, 1, 1))]
+    markers = ["o", "s", "^", "D", "v", "P"]
+    for i, c in enumerate(sorted(cells, key=lambda c: (c["variant"] != "cpu", c["cell"]))):
+        losses = [float(x) for x in c["losses"]]
+        ev = c.get("evidence") or {}
+        label = f"{c['cell']}: {ev.get('device') or '?'} [{c['verdict']}]"
+        if c["variant"] == "cpu":
+            top.plot(range(len(losses)), losses, color="black", linewidth=2.5, label=label, zorder=1)
+        else:
+            j = i % len(markers)
+            top.plot(
+                range(len(losses)),
+                losses,
+                linestyle=styles[j % len(styles)],
+                marker=markers[j],
+                markevery=max(1, len(losses) // 10),
+                markersize=5,
+                linewidth=1.5,
+                label=label,
+                zorder=2,
+            )
+        if ev.get("signal") and losses:  # trained some steps, then crashed: mark where
+            top.annotate(str(ev["signal"]), (len(losses) - 1, losses[-1]), color="red", fontsize=8)
+    top.set_ylabel("loss (cross-entropy)")
+    top.set_title("loss per training step", fontsize=10)
+    top.grid(alpha=0.3)
+    top.legend(fontsize=8, loc="best")
+    if bottom is not None:
+        checks = h.get("checks") or {}
+        for c in compared:
+            base = [float(x) for x in cpu[c["ref"]]["losses"]]
+            diff = [float(a) - b for a, b in zip(c["losses"], base, strict=False)]
+            bottom.plot(range(len(diff)), diff, marker=".", linewidth=1.2, label=c["cell"])
+            if "loss_abs_tolerance" in checks:  # the judge's limit: abs + rel * |cpu loss|
+                limit = [checks["loss_abs_tolerance"] + checks.get("loss_rel_tolerance", 0.0) * abs(b) for b in base]
+                bottom.fill_between(range(len(limit)), [-x for x in limit], limit, color="grey", alpha=0.08)
+        bottom.axhline(0.0, color="black", linewidth=1)
+        bottom.set_ylabel("loss - CPU loss")
+        bottom.set_title("difference from the CPU baseline of the same ref and seed", fontsize=10)
+        bottom.grid(alpha=0.3)
+        bottom.legend(fontsize=8, loc="best")
+    (bottom or top).set_xlabel("step")
+    refs = ", ".join(f"{r} ({_short(h.get('commit'))})" if r == h.get("ref") else r for r in _refs(data))
+    every = [c.get("evidence") or {} for c in data["cells"]]
+    names = list(dict.fromkeys(str(ev["device"]) for ev in every if ev.get("device")))
+    title = f"MNN {refs}, session {h.get('session', '?')}: loss per step\n" + textwrap.fill(
+        "devices: " + ("; ".join(names) or "?"), width=110
+    )
+    fig.suptitle(title, fontsize=11)
+    notes = [f"no losses: {c['cell']} [{c['verdict']}: {_why(c)}]" for c in data["cells"] if not c.get("losses")]
+    if any(not math.isfinite(float(x)) for c in cells for x in c["losses"]):
+        notes.append("NaN/Inf losses are gaps in the curves")
+    if notes:
+        top.text(0.01, 0.02, "\n".join(notes), transform=top.transAxes, fontsize=8, color="firebrick", va="bottom")
+    fig.savefig(path, format="png")
+    return None
