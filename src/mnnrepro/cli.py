@@ -60,6 +60,8 @@ def parser() -> argparse.ArgumentParser:
     _common(fetch)
     show = ssub.add_parser("show", help="print which tree a run would use")
     _common(show)
+    sg = sub.add_parser("signature", help="print the crash signature of a cell's result directory (for matrix.toml)")
+    sg.add_argument("cell_dir", type=Path)
     img = sub.add_parser("image", help="the docker build-and-run image")
     img.add_argument(
         "action",
@@ -79,6 +81,14 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "signature":
+        from . import signature
+
+        if not (args.cell_dir / "crash.json").is_file():
+            print(f"mnnrepro: no crash.json in {args.cell_dir}", file=sys.stderr)
+            return 2
+        print(signature.toml_line(signature.of_cell_dir(args.cell_dir)))
+        return 0
     try:
         keys = (
             "ref",

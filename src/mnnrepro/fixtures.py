@@ -59,6 +59,8 @@ class Expectation:
     signal: str = ""
     stage: str = ""
     step: int | None = None
+    signature: tuple[str, ...] = ()  # top MNN frames of the known crash (signature.py)
+    evidence: tuple[str, ...] = ()  # crash.json files under fixtures/ the signature was derived from
 
     def matches(self, ref: str, variant: str, icd: str) -> bool:
         return (
@@ -128,7 +130,9 @@ def load_matrix(path: Path = MATRIX) -> Matrix:
     rows = []
     for i, row in enumerate(data.get("expect", [])):
         where = f"{path} [[expect]] #{i + 1}"
-        _reject_unknown(where, row, {"refs", "variant", "icd", "outcome", "bug", "signal", "stage", "step"})
+        _reject_unknown(
+            where, row, {"refs", "variant", "icd", "outcome", "bug", "signal", "stage", "step", "signature", "evidence"}
+        )
         refs_value = row.get("refs", ["*"])
         if not isinstance(refs_value, list) or not all(isinstance(r, str) for r in refs_value):
             raise FixtureError(f'{where}: refs must be a list of strings, e.g. refs = ["3.3.0"]')
@@ -146,6 +150,8 @@ def load_matrix(path: Path = MATRIX) -> Matrix:
                 row.get("signal", ""),
                 row.get("stage", ""),
                 row.get("step"),
+                tuple(row.get("signature", ())),
+                tuple(row.get("evidence", ())),
             )
         )
     return Matrix(str(data.get("default_ref", "3.3.0")), training, checks, timeouts, refs, tuple(rows))

@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import signature
 from .cells import CellRun
 from .contract import EXIT_MEANINGS, EXIT_NOT_EXERCISED, RunRecord
 from .fixtures import Expectation
@@ -170,26 +171,30 @@ def judge(
     sig = completed.signal_name
     if sig is not None:
         where = f"{sig} at stage {evidence['stage']}"
-        if expectation and expectation.outcome in ("reproduce", "fixed") and expectation.signal:
-            want_step = expectation.step
-            same = (
-                sig == expectation.signal
-                and last is not None
-                and last.name == expectation.stage
-                and (want_step is None or last.step == want_step)
-            )
-            if same:
-                return verdict(REPRODUCED, f"{where}: the known bug {expectation.bug}")
+        observed = signature.of_crash(run.crash) if run.crash else None
+        evidence["signature"] = list(observed) if observed is not None else None
+        candidates = []
+        if expectation and expectation.outcome == "reproduce":
+            candidates.append(expectation)
         known = _known_signature(expectation, known_bugs)
-        if (
-            known
-            and sig == known.signal
-            and last is not None
-            and last.name == known.stage
-            and (known.step is None or last.step == known.step)
-        ):
-            return verdict(REPRODUCED, f"{where}: the known bug {known.bug}")
-        return verdict(UNEXPECTED_CRASH, where + (" (not the expected signature)" if expectation else ""))
+        if known:
+            candidates.append(known)
+        mismatch = ""
+        for row in candidates:
+            if not (
+                sig == row.signal
+                and last is not None
+                and last.name == row.stage
+                and (row.step is None or last.step == row.step)
+            ):
+                mismatch = f"expected {row.signal} at {row.stage}[step {row.step}]"
+                continue
+            if row.signature and observed is not None and not signature.matches(observed, row.signature):
+                mismatch = f"frames {' < '.join(observed) or '(none in MNN)'} are not {' < '.join(row.signature)}"
+                continue
+            note = "" if observed is not None or not row.signature else " (signature not verified: no backtrace)"
+            return verdict(REPRODUCED, f"{where}: the known bug {row.bug}{note}")
+        return verdict(UNEXPECTED_CRASH, where + (f" ({mismatch})" if mismatch else ""))
     if completed.returncode != 0:
         meaning = EXIT_MEANINGS.get(completed.returncode, "unknown exit code")
         message = (rec.error or {}).get("message", "")
