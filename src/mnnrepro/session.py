@@ -212,12 +212,12 @@ def run_session(name: str, settings: Settings, *, say: Callable[[str], None] = p
         "workload": workload.__dict__,
     }
     data = report.summary(header, rows)
-    report.write_summary(results / "summary.json", data)
+    written = report.write_all(results, data)
     say("")
     commits = ", ".join(f"{r} ({(h['commit'] or '?')[:10]})" for r, h in per_ref.items())
     say(f"MNN {commits}, runner {first['runner']}, {workload.steps} steps x batch {workload.batch_size}")
     say(report.table(rows))
-    say(f"\nsummary: {results / 'summary.json'}")
+    say("\nreports: " + ", ".join(str(p) for p in written))
     if data["all_matched"]:
         say(f"session {name}: every cell matched its expectation")
         return 0
