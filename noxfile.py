@@ -52,6 +52,12 @@ def matrix(session: nox.Session) -> None:
 
 
 @nox.session(tags=["quick"])
+def doctor(session: nox.Session) -> None:
+    """Check the environment (Docker, image, ICDs and devices, libvulkan.so, OpenCL, disk, MNN sources)."""
+    _mnnrepro(session, "doctor")
+
+
+@nox.session(tags=["quick"])
 def tests(session: nox.Session) -> None:
     """Run the test suite (unit + integration) in parallel with pytest-xdist."""
     env = {"PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}

@@ -60,6 +60,8 @@ def parser() -> argparse.ArgumentParser:
     _common(fetch)
     show = ssub.add_parser("show", help="print which tree a run would use")
     _common(show)
+    doc = sub.add_parser("doctor", help="check the environment and say how to fix each problem")
+    doc.add_argument("--cache-dir", dest="cache_dir")
     sg = sub.add_parser("signature", help="print the crash signature of a cell's result directory (for matrix.toml)")
     sg.add_argument("cell_dir", type=Path)
     img = sub.add_parser("image", help="the docker build-and-run image")
@@ -107,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = load({k: getattr(args, k) for k in keys if hasattr(args, k)})
         if args.command == "run":
             return run_session(args.session, settings)
+        if args.command == "doctor":
+            from . import doctor
+
+            return doctor.report(doctor.check(settings))
         if args.command == "image":
             from . import image
 
