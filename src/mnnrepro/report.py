@@ -127,12 +127,26 @@ def _short(commit: Any) -> str:
     return str(commit)[:10] if commit else "commit unknown"
 
 
-def _refs(data: dict[str, Any]) -> list[str]:
-    refs = [str(c["ref"]) for c in data["cells"]]
-    header_ref = data["header"].get("ref")
-    if header_ref and str(header_ref) not in refs:
-        refs.insert(0, str(header_ref))
-    return list(dict.fromkeys(refs))
+def ref_headers(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per MNN ref of the run: its part of the header (commit, source, toolchain, compat measure, ICDs).
+
+    A session over several refs records each under header["refs"]; a one-ref header is its own entry.
+    Refs that only the cells name get an empty entry."""
+    h = data["header"]
+    out: dict[str, dict[str, Any]] = {}
+    per_ref = h.get("refs")
+    if isinstance(per_ref, dict) and per_ref:
+        out.update({str(r): dict(v) if isinstance(v, dict) else {} for r, v in per_ref.items()})
+    elif h.get("ref"):
+        out[str(h["ref"])] = dict(h)
+    for c in data["cells"]:
+        out.setdefault(str(c["ref"]), {})
+    return out
+
+
+def refs_line(data: dict[str, Any]) -> str:
+    """'3.3.0 (5047919a1a), 47027e10 (47027e1099)': each ref with its commit."""
+    return ", ".join(f"{r} ({_short(v.get('commit'))})" for r, v in ref_headers(data).items())
 
 
 def devices(data: dict[str, Any]) -> dict[str, str]:
@@ -151,12 +165,22 @@ def devices(data: dict[str, Any]) -> dict[str, str]:
 def fingerprint(data: dict[str, Any]) -> list[tuple[str, str]]:
     """The run header as (label, value) pairs: what a reader needs to reproduce or compare this run."""
     h = data["header"]
-    commit = h.get("commit") or "commit unknown"
-    origin = f" (source: {h['source_origin']})" if h.get("source_origin") else ""
-    rows = [("MNN", f"{h.get('ref') or ', '.join(_refs(data))} @ {commit}{origin}")]
-    toolchain = h.get("toolchain") or {}
-    if toolchain:
-        rows.append(("toolchain", "; ".join(f"{k}: {v}" for k, v in toolchain.items())))
+    per_ref = ref_headers(data)
+    rows: list[tuple[str, str]] = []
+    for ref, rh in per_ref.items():
+        origin = f" (source: {rh['source_origin']})" if rh.get("source_origin") else ""
+        rows.append(
+            (f"MNN {ref}" if len(per_ref) > 1 else "MNN", f"{ref} @ {rh.get('commit') or 'commit unknown'}{origin}")
+        )
+        if rh.get("compat"):
+            rows.append((f"compatibility measure {ref}", str(rh["compat"])))
+    toolchains = {
+        json.dumps(rh.get("toolchain") or h.get("toolchain") or {}, sort_keys=True) for rh in per_ref.values()
+    }
+    for text in sorted(toolchains):  # one row unless refs were built with different toolchains
+        toolchain = json.loads(text)
+        if toolchain:
+            rows.append(("toolchain", "; ".join(f"{k}: {v}" for k, v in toolchain.items())))
     runner = str(h.get("runner") or "?")
     for key in ("image", "image_digest"):  # the docker runner's image, where it records one
         if h.get(key):
@@ -318,7 +342,7 @@ def markdown(
     h = data["header"]
     cells = data["cells"]
     bad = [c for c in cells if failed(c)]
-    refs = ", ".join(f"{r} ({_short(h.get('commit'))})" if r == h.get("ref") else r for r in _refs(data))
+    refs = refs_line(data)
     outcome = (
         "every cell matched its expectation"
         if not bad
@@ -467,7 +491,7 @@ def write_loss_plot(path: Path, data: dict[str, Any]) -> str | None:
         bottom.grid(alpha=0.3)
         bottom.legend(fontsize=8, loc="best")
     (bottom or top).set_xlabel("step")
-    refs = ", ".join(f"{r} ({_short(h.get('commit'))})" if r == h.get("ref") else r for r in _refs(data))
+    refs = refs_line(data)
     every = [c.get("evidence") or {} for c in data["cells"]]
     names = list(dict.fromkeys(str(ev["device"]) for ev in every if ev.get("device")))
     title = f"MNN {refs}, session {h.get('session', '?')}: loss per step\n" + textwrap.fill(

@@ -317,3 +317,29 @@ def test_write_all_rebuilds_reports_from_a_saved_summary(tmp_path: Path) -> None
     files = report.write_all(again, saved)
     assert {p.name for p in files} == {"summary.json", "junit.xml", "summary.md", "loss.png"}
     assert (again / "summary.md").read_text() == (first / "summary.md").read_text()
+
+
+def test_reports_name_every_ref_of_a_multi_ref_session_with_its_commit(tmp_path: Path) -> None:
+    old = Cell("47027e10", "vulkan-image", "lavapipe")
+    reproduced = two_rows(tmp_path)[0][1]
+    rows = [*four_rows(tmp_path), row(tmp_path, old, reproduced, [])]
+    header = {
+        **HEADER,
+        "refs": {
+            "3.3.0": {"commit": HEADER["commit"], "toolchain": HEADER["toolchain"]},
+            "47027e10": {
+                "commit": "47027e10992473eb4da4c536542fbefd6e5fcc1c",
+                "compat": "force-include <cstring>",
+                "toolchain": HEADER["toolchain"],
+            },
+        },
+    }
+    written(tmp_path, rows, header)
+    text = (tmp_path / "results" / "summary.md").read_text()
+    assert "MNN 3.3.0 (5047919a1a), 47027e10 (47027e1099)" in text.splitlines()[0]
+    assert "| compatibility measure 47027e10 | force-include <cstring> |" in text
+    assert text.count("| toolchain |") == 1  # the same toolchain for both refs: one row
+    suite = ET.parse(tmp_path / "results" / "junit.xml").getroot().find("testsuite")
+    assert suite is not None
+    assert "47027e10992473eb4da4c536542fbefd6e5fcc1c" in props(suite)["MNN 47027e10"]
+    assert "47027e10/vulkan-image/lavapipe" in junit_cases(tmp_path / "results" / "junit.xml")
