@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from . import source, swiftshader
 from .errors import MnnReproError
 from .session import SESSIONS, run_session
-from .settings import load
+from .settings import Settings, load
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -28,6 +29,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--icd", dest="icds", help="comma-separated Vulkan ICDs: lavapipe,swiftshader,host,bogus")
     run.add_argument("--steps", type=int, help="training steps per cell (default: matrix [training] steps)")
     run.add_argument("--results-dir", dest="results_dir")
+    run.add_argument("--repeat", type=int, help="run every cell N times; report the rate and determinism")
     run.add_argument("--runner", choices=["auto", "host", "docker"], help="default auto: docker if an engine answers")
     run.add_argument("--base-image", dest="base_image", help="BASE_IMAGE for docker/Dockerfile")
     run.add_argument("--host-ca", dest="host_ca", help="CA bundle to bake into the image (TLS interception)")
@@ -92,20 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         print(signature.toml_line(signature.of_cell_dir(args.cell_dir)))
         return 0
     try:
-        keys = (
-            "ref",
-            "source",
-            "git_url",
-            "cache_dir",
-            "icds",
-            "steps",
-            "results_dir",
-            "runner",
-            "jobs",
-            "gdb",
-            "clone",
-            "faults",
-        )
+        # Every Settings field that this subcommand has a flag for (so a new flag cannot be silently dropped).
+        keys = [f.name for f in fields(Settings)]
         settings = load({k: getattr(args, k) for k in keys if hasattr(args, k)})
         if args.command == "run":
             return run_session(args.session, settings)

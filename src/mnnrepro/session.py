@@ -7,6 +7,7 @@ import platform
 import shutil
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -155,33 +156,59 @@ def _run_ref(
     baseline: RunRecord | None = None
     known = tuple(r for r in matrix.expectations if r.outcome == "reproduce")
     for cell in cells_for(ref, variants, settings.icds):
-        say(f"running {cell.id} ...")
-        run = run_cell(
-            cell,
-            driver=driver,
-            plugin=plugins.get(cell.variant),
-            icd=icds.get(cell.icd),
-            workload=workload,
-            timeout_s=float(matrix.timeouts.get(cell.backend, 600)),
-            runner=runner,
-            result_dir=results / "cells" / cell.dirname,
-            use_gdb=settings.gdb,
-            gdb_path="/usr/bin/gdb" if runner.name == "docker" else None,
-            faults=settings.faults if cell.backend == "vulkan" else (),
-        )
-        if cell.variant == "cpu":
-            baseline = run.record
-        verdict = judge(
-            run,
-            matrix.expectation(ref, cell.variant, cell.icd),
-            steps=workload.steps,
-            checks=matrix.checks,
-            baseline=baseline,
-            known_bugs=known,
-        )
-        say(f"  {verdict.verdict} ({'as expected' if verdict.matched else 'MISMATCH'}): {verdict.reason}")
-        rows.append((run, verdict))
+        runs: list[tuple[CellRun, Verdict]] = []
+        for rep in range(settings.repeat):
+            label = f" (repeat {rep + 1}/{settings.repeat})" if settings.repeat > 1 else ""
+            say(f"running {cell.id}{label} ...")
+            cell_dir = results / "cells" / cell.dirname
+            run = run_cell(
+                cell,
+                driver=driver,
+                plugin=plugins.get(cell.variant),
+                icd=icds.get(cell.icd),
+                workload=workload,
+                timeout_s=float(matrix.timeouts.get(cell.backend, 600)),
+                runner=runner,
+                result_dir=cell_dir / f"repeat-{rep + 1}" if settings.repeat > 1 else cell_dir,
+                use_gdb=settings.gdb,
+                gdb_path="/usr/bin/gdb" if runner.name == "docker" else None,
+                faults=settings.faults if cell.backend == "vulkan" else (),
+            )
+            if cell.variant == "cpu" and rep == 0:
+                baseline = run.record
+            verdict = judge(
+                run,
+                matrix.expectation(ref, cell.variant, cell.icd),
+                steps=workload.steps,
+                checks=matrix.checks,
+                baseline=baseline,
+                known_bugs=known,
+            )
+            say(f"  {verdict.verdict} ({'as expected' if verdict.matched else 'MISMATCH'}): {verdict.reason}")
+            runs.append((run, verdict))
+        rows.append(combine_repeats(runs))
     return header, rows
+
+
+def combine_repeats(runs: list[tuple[CellRun, Verdict]]) -> tuple[CellRun, Verdict]:
+    """One row for N repeats of a cell: matched only if every repeat matched; the rate and determinism are
+    evidence. The row's verdict is the first repeat's when all agree, else the most frequent one."""
+    first_run, first = runs[0]
+    if len(runs) == 1:
+        return first_run, first
+    counts = Counter(v.verdict for _, v in runs)
+    verdict = first.verdict if len(counts) == 1 else counts.most_common(1)[0][0]
+    losses = [tuple(r.record.losses) for r, _ in runs if r.record.losses]
+    deterministic = len(set(losses)) <= 1 if losses else None
+    rate = ", ".join(f"{v} {n}/{len(runs)}" for v, n in counts.most_common())
+    evidence = dict(first.evidence)
+    evidence["repeats"] = {"n": len(runs), "verdicts": dict(counts), "identical_losses": deterministic}
+    reason = (
+        f"{rate}; losses {'identical' if deterministic else 'differ' if deterministic is False else 'n/a'} "
+        f"across repeats; first: {first.reason}"
+    )
+    combined = Verdict(verdict, all(v.matched for _, v in runs), first.expected, reason, first.checks, evidence)
+    return first_run, combined
 
 
 def run_session(name: str, settings: Settings, *, say: Callable[[str], None] = print) -> int:

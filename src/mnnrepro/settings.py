@@ -31,6 +31,7 @@ class Settings:
     results_dir: Path = ROOT / "results"
     icds: tuple[str, ...] = ("lavapipe", "swiftshader")
     steps: int = 0  # 0 -> the matrix's [training] steps
+    repeat: int = 1  # run each cell N times: crash reproduction rate and determinism
     runner: str = "auto"  # auto: docker when an engine answers, else host
     base_image: str = "debian:bookworm-slim"  # BASE_IMAGE of docker/Dockerfile
     host_ca: Path | None = None  # a CA bundle baked into the image, for networks with TLS interception
@@ -57,9 +58,9 @@ def _coerce(name: str, value: Any) -> Any:
         if name in ("icds", "faults"):
             items = value if isinstance(value, (list, tuple)) else str(value).split(",")
             return tuple(i.strip() for i in items if str(i).strip())
-        if name in ("steps", "jobs"):
+        if name in ("steps", "jobs", "repeat"):
             number = int(value)
-            if number < 0:
+            if number < (1 if name == "repeat" else 0):
                 raise ValueError
             return number
         if name in ("gdb", "clone", "keep_containers"):

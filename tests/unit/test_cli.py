@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from mnnrepro import cli
 from mnnrepro.cli import main
 
 
@@ -67,3 +68,55 @@ def test_an_unknown_session_is_a_usage_error(capsys: pytest.CaptureFixture[str])
         main(["run", "metal"])
     assert info.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_every_run_flag_reaches_the_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    seen: dict[str, object] = {}
+
+    def fake_run(name: str, settings: object) -> int:
+        seen["settings"] = settings
+        return 0
+
+    monkeypatch.setattr(cli, "run_session", fake_run)
+    argv = [
+        "run",
+        "cpu",
+        "--cache-dir",
+        str(tmp_path),
+        "--base-image",
+        "corp/base:1",
+        "--host-ca",
+        str(tmp_path),
+        "--keep-containers",
+        "--repeat",
+        "3",
+        "--steps",
+        "2",
+        "--runner",
+        "host",
+        "--icd",
+        "lavapipe",
+        "--fault",
+        "hide-libvulkan",
+        "--no-gdb",
+        "--no-clone",
+        "--jobs",
+        "1",
+    ]
+    assert cli.main(argv) == 0
+    s = seen["settings"]
+    assert (s.base_image, s.host_ca, s.keep_containers, s.repeat, s.steps) == (  # type: ignore[attr-defined]
+        "corp/base:1",
+        tmp_path,
+        True,
+        3,
+        2,
+    )
+    assert (s.runner, s.icds, s.faults, s.gdb, s.clone, s.jobs) == (  # type: ignore[attr-defined]
+        "host",
+        ("lavapipe",),
+        ("hide-libvulkan",),
+        False,
+        False,
+        1,
+    )

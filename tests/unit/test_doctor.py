@@ -19,7 +19,7 @@ def test_missing_unversioned_libvulkan_is_a_problem_with_a_fix(tmp_path: Path, m
             raise OSError("libvulkan.so: cannot open shared object file")
         return real(name, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(doctor.ctypes, "CDLL", fake)
+    monkeypatch.setattr(ctypes, "CDLL", fake)
     findings = doctor.check(Settings(cache_dir=tmp_path, runner="host"))
     lib = next(f for f in findings if f.what.startswith("libvulkan.so"))
     assert lib.status == doctor.FAIL
