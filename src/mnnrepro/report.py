@@ -456,7 +456,9 @@ def write_loss_plot(path: Path, data: dict[str, Any]) -> str | None:
         ev = c.get("evidence") or {}
         label = f"{c['cell']}: {ev.get('device') or '?'} [{c['verdict']}]"
         if c["variant"] == "cpu":
-            top.plot(range(len(losses)), losses, color="black", linewidth=2.5, label=label, zorder=1)
+            k = list(cpu).index(c["ref"])  # one CPU baseline per ref: black, then greys, solid then dashed
+            shade, dash = ("black", "dimgray", "darkgray")[k % 3], ("-", "--")[k // 3 % 2]
+            top.plot(range(len(losses)), losses, color=shade, linestyle=dash, linewidth=2.5, label=label, zorder=1)
         else:
             j = i % len(markers)
             top.plot(
