@@ -220,6 +220,13 @@ def _relative(path: Any, base: Path | None) -> str:
     return text
 
 
+def _frames(frames: Any) -> str:
+    """A call stack, innermost first: 'a <- b <- c'."""
+    if isinstance(frames, list | tuple):
+        return " <- ".join(str(f) for f in frames if f)
+    return str(frames)
+
+
 def evidence_lines(cell: dict[str, Any], base: Path | None = None) -> list[str]:
     """The evidence of one verdict as short 'name: value' lines (JUnit failure text, Markdown cell details)."""
     ev = cell.get("evidence") or {}
@@ -235,10 +242,9 @@ def evidence_lines(cell: dict[str, Any], base: Path | None = None) -> list[str]:
         f"{ev.get('duration_s', '?')} s"
     )
     if ev.get("signature"):
-        lines.append(f"signature: {ev['signature']}")
-    frames = [str(f) for f in ev.get("top_frames") or [] if f]
-    if frames:
-        lines.append("top frames: " + " <- ".join(frames))
+        lines.append(f"crash signature: {_frames(ev['signature'])}")
+    if ev.get("top_frames"):
+        lines.append(f"top frames: {_frames(ev['top_frames'])}")
     if ev.get("backtrace"):
         lines.append(f"backtrace: {_relative(ev['backtrace'], base)}")
     for check in cell.get("checks") or []:
@@ -299,6 +305,7 @@ def junit(data: dict[str, Any]) -> ET.Element:
                 ("device", ev.get("device") or ""),
                 ("signal", ev.get("signal") or ""),
                 ("stage", ev.get("stage") or ""),
+                ("signature", _frames(ev["signature"]) if ev.get("signature") else ""),
                 ("active_backend", ev.get("active_backend") or ""),
                 ("backtrace", ev.get("backtrace") or ""),
             ],

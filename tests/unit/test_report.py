@@ -34,6 +34,7 @@ def two_rows(tmp_path: Path) -> list[tuple[CellRun, Verdict]]:
             "stage": "sgd_step[step 0]",
             "device": "llvmpipe",
             "backtrace": "/results/cells/x/backtrace.txt",
+            "signature": ["MNN::ConvolutionCommon::getConvParameters", "MNN::VulkanDeconvolution::VulkanDeconvolution"],
         },
     )
     failed = Verdict(
@@ -199,6 +200,10 @@ def test_junit_properties_carry_device_signal_stage_and_the_run_header(tmp_path:
     path = tmp_path / "results" / "junit.xml"
     image = props(junit_cases(path)["3.3.0/vulkan-image/lavapipe"])
     assert (image["device"], image["signal"], image["stage"]) == ("llvmpipe", "SIGSEGV", "sgd_step[step 0]")
+    assert (
+        image["signature"]
+        == "MNN::ConvolutionCommon::getConvParameters <- MNN::VulkanDeconvolution::VulkanDeconvolution"
+    )
     assert image["verdict"] == "REPRODUCED" and image["matched"] == "true"
     suite = ET.parse(path).getroot().find("testsuite")
     assert suite is not None
@@ -252,6 +257,7 @@ def test_summary_md_has_header_table_rows_and_verdicts(tmp_path: Path) -> None:
     assert table["3.3.0/vulkan-buffer/lavapipe"][1:4] == ["**NOT-EXERCISED**", "FIXED", "**MISMATCH**"]
     assert "- 3.3.0/vulkan-image/lavapipe: `/results/cells/x/backtrace.txt`" in text
     assert "| tracks_cpu | **FAIL** | too far | 0.2 | 0.02 |" in text  # per-cell checks
+    assert "- crash signature: MNN::ConvolutionCommon::getConvParameters <- MNN::VulkanDeconvolution" in text
     assert "![loss per step, every cell that trained](loss.png)" in text
 
 
