@@ -45,6 +45,12 @@ def vulkan(session: nox.Session) -> None:
     _mnnrepro(session, "run", "vulkan")
 
 
+@nox.session(tags=["train"])
+def opencl(session: nox.Session) -> None:
+    """OpenCL plugin on a GPU-type OpenCL device; NOT-EXERCISED (with the reason) where there is none."""
+    _mnnrepro(session, "run", "opencl")
+
+
 @nox.session(tags=["train", "vulkan"])
 def matrix(session: nox.Session) -> None:
     """Every ref in fixtures/matrix.toml x both Vulkan modes x both ICDs, one verdict table."""

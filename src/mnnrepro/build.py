@@ -117,7 +117,8 @@ def native_key() -> str:
 def toolchain_fingerprint(runner: Runner) -> dict[str, str]:
     """Versions of the tools whose output lands in a build, as the runner sees them; part of every key."""
     probe = (
-        'for t in c++ cc cmake ninja ccache; do printf "%s=" $t; ($t --version 2>&1 || echo MISSING) | head -n 1; done'
+        "for t in c++ cc cmake ninja ccache; do printf '%s=' $t; "
+        "if command -v $t >/dev/null 2>&1; then $t --version 2>&1 | head -n 1; else echo MISSING; fi; done"
     )
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "probe.txt"

@@ -6,6 +6,7 @@ import os
 import platform
 import shutil
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -30,6 +31,7 @@ SESSIONS: dict[str, tuple[str, ...]] = {
     "vulkan_buffer": ("vulkan-buffer",),
     "vulkan": ("vulkan-image", "vulkan-buffer"),
     "matrix": ("vulkan-image", "vulkan-buffer"),  # every ref in fixtures/matrix.toml
+    "opencl": ("opencl",),  # needs a GPU-type OpenCL device; PoCL (CPU type) gives NOT-EXERCISED
 }
 
 
@@ -136,6 +138,7 @@ def _run_ref(
     driver = builder.driver(core)
     plugins = {v: builder.plugin(core, v) for v in variants if v != "cpu"}
     build_s = time.monotonic() - t0
+    gdb_path = usable_gdb(runner, say) if settings.gdb else None
     vulkan = any(v.startswith("vulkan") for v in variants)
     icds = {n: icd.resolve(n, settings.cache_dir, runner.name) for n in settings.icds} if vulkan else {}
     workload = _workload(matrix, settings)
@@ -170,8 +173,8 @@ def _run_ref(
                 timeout_s=float(matrix.timeouts.get(cell.backend, 600)),
                 runner=runner,
                 result_dir=cell_dir / f"repeat-{rep + 1}" if settings.repeat > 1 else cell_dir,
-                use_gdb=settings.gdb,
-                gdb_path="/usr/bin/gdb" if runner.name == "docker" else None,
+                use_gdb=gdb_path is not None,
+                gdb_path=gdb_path,
                 faults=settings.faults if cell.backend == "vulkan" else (),
             )
             if cell.variant == "cpu" and rep == 0:
@@ -188,6 +191,23 @@ def _run_ref(
             runs.append((run, verdict))
         rows.append(combine_repeats(runs))
     return header, rows
+
+
+def usable_gdb(runner: Runner, say: Callable[[str], None]) -> str | None:
+    """gdb as the runner sees it, if it runs with Python (gdb_capture.py needs it); else None, said loudly:
+    crashes are then still caught by signal and stage, but without a backtrace or signature."""
+    probe = "command -v gdb && gdb -nx -batch -ex 'python print(\"mnnrepro-gdb-ok\")' 2>&1 | tail -n 3"
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "gdb.txt"
+        runner.run(["sh", "-c", probe], stdout_path=log, timeout_s=60)
+        lines = log.read_text(errors="replace").splitlines()
+    if lines and "mnnrepro-gdb-ok" in lines[-1]:
+        return lines[0].strip()
+    say(
+        f"WARNING: no usable gdb with Python for the {runner.name} runner "
+        f"({(lines[-1] if lines else 'not installed')[:120]}): crashes will have no backtrace or signature"
+    )
+    return None
 
 
 def combine_repeats(runs: list[tuple[CellRun, Verdict]]) -> tuple[CellRun, Verdict]:
