@@ -7,7 +7,7 @@ import fnmatch
 import hashlib
 import json
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,7 @@ class Matrix:
     timeouts: dict[str, float]
     refs: dict[str, RefInfo]
     expectations: tuple[Expectation, ...]
+    gradcheck: dict[str, Any] = field(default_factory=dict)  # [gradcheck], validated by _gradcheck_table
 
     def expectation(self, ref: str, variant: str, icd: str) -> Expectation | None:
         for row in self.expectations:
@@ -103,12 +104,61 @@ def _reject_unknown(where: str, table: dict[str, Any], allowed: set[str]) -> Non
         raise FixtureError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
 
 
+TOLERANCE_KEYS = {"max_rel", "min_cosine", "max_nmse"}
+
+
+def _tolerance(where: str, table: Any) -> dict[str, float]:
+    if not isinstance(table, dict):
+        raise FixtureError(f"{where}: wants a table with {', '.join(sorted(TOLERANCE_KEYS))}")
+    _reject_unknown(where, table, TOLERANCE_KEYS)
+    missing = TOLERANCE_KEYS - set(table)
+    if missing:
+        raise FixtureError(f"{where}: missing {', '.join(sorted(missing))}")
+    if not all(isinstance(v, (int, float)) and v >= 0 for v in table.values()):
+        raise FixtureError(f"{where}: limits must be non-negative numbers")
+    return {k: float(v) for k, v in table.items()}
+
+
+def _gradcheck_table(path: Path, data: Any) -> dict[str, Any]:
+    """[gradcheck]: the gradient check's steps and tolerances (read by mnnrepro.gradcheck)."""
+    if not isinstance(data, dict):
+        raise FixtureError(f"{path} [gradcheck]: not a table")
+    where = f"{path} [gradcheck]"
+    _reject_unknown(where, data, {"steps", "reference", "tolerance", "arithmetic"})
+    steps = data.get("steps", [0, 1])
+    if not isinstance(steps, list) or not steps or steps != list(range(len(steps))):
+        raise FixtureError(f"{where}: steps must be consecutive step numbers from 0, e.g. [0, 1]")
+    classes: dict[str, dict[str, dict[str, float]]] = {}
+    for name, table in data.get("tolerance", {}).items():
+        if not isinstance(table, dict):
+            raise FixtureError(f"{where} tolerance.{name}: not a table")
+        _reject_unknown(f"{where} tolerance.{name}", table, {"first", "later"})
+        classes[name] = {k: _tolerance(f"{where} tolerance.{name}.{k}", table.get(k)) for k in ("first", "later")}
+    arithmetic: dict[str, dict[str, str]] = {}
+    for backend, table in data.get("arithmetic", {}).items():
+        if not isinstance(table, dict):
+            raise FixtureError(f"{where} arithmetic.{backend}: not a table")
+        _reject_unknown(f"{where} arithmetic.{backend}", table, {"high", "normal", "low"})
+        for precision, cls in table.items():
+            if cls not in classes:
+                raise FixtureError(f"{where} arithmetic.{backend}.{precision}: {cls!r} is not a tolerance class")
+        arithmetic[backend] = {k: str(v) for k, v in table.items()}
+    return {
+        "steps": [int(s) for s in steps],
+        "reference": _tolerance(f"{where} reference", data.get("reference")),
+        "tolerance": classes,
+        "arithmetic": arithmetic,
+    }
+
+
 def load_matrix(path: Path = MATRIX) -> Matrix:
     try:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise FixtureError(f"cannot read {path}: {exc}") from exc
-    _reject_unknown(str(path), data, {"format", "default_ref", "training", "checks", "timeouts", "refs", "expect"})
+    _reject_unknown(
+        str(path), data, {"format", "default_ref", "training", "checks", "timeouts", "refs", "expect", "gradcheck"}
+    )
     if data.get("format") != 1:
         raise FixtureError(f"{path}: format {data.get('format')!r} is not 1")
     training = data.get("training", {})
@@ -154,4 +204,5 @@ def load_matrix(path: Path = MATRIX) -> Matrix:
                 tuple(row.get("evidence", ())),
             )
         )
-    return Matrix(str(data.get("default_ref", "3.3.0")), training, checks, timeouts, refs, tuple(rows))
+    gradcheck = _gradcheck_table(path, data["gradcheck"]) if "gradcheck" in data else {}
+    return Matrix(str(data.get("default_ref", "3.3.0")), training, checks, timeouts, refs, tuple(rows), gradcheck)

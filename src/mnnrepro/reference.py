@@ -74,7 +74,9 @@ def lr_inv(base: float, step: int, gamma: float, power: float) -> float:
     return float(base * (1.0 + gamma * step) ** (-power))
 
 
-def sgd_update(param: F64, grad: F64, history: F64, *, lr: float, momentum: float, weight_decay: float) -> tuple[F64, F64]:
+def sgd_update(
+    param: F64, grad: F64, history: F64, *, lr: float, momentum: float, weight_decay: float
+) -> tuple[F64, F64]:
     """One MNN SGD update; returns (new parameter, new history)."""
     velocity = lr * (grad + weight_decay * param) + momentum * history
     return param - velocity, velocity
@@ -98,7 +100,9 @@ def conv_forward(x: F64, weight: F64, bias: F64) -> tuple[F64, F64]:
     return np.ascontiguousarray(y.transpose(0, 3, 1, 2)), cols
 
 
-def conv_backward(dy: F64, cols: F64, weight: F64, x_shape: tuple[int, ...], need_dx: bool) -> tuple[F64 | None, F64, F64]:
+def conv_backward(
+    dy: F64, cols: F64, weight: F64, x_shape: tuple[int, ...], need_dx: bool
+) -> tuple[F64 | None, F64, F64]:
     """Returns (dx or None, dweight, dbias)."""
     out, cin, k, _ = weight.shape
     dy_rows = dy.transpose(0, 2, 3, 1).reshape(-1, out)  # [N*Ho*Wo, O]
@@ -229,7 +233,9 @@ def replay(
     sgd: SgdConfig = SgdConfig(),
 ) -> list[StepResult]:
     """Train from ``init`` for ``len(steps)`` steps (step numbers 0, 1, ...), independently of MNN."""
-    params: Params = {name: np.asarray(init[name], dtype=np.float64).reshape(PARAM_SHAPES[name]) for name in PARAM_NAMES}
+    params: Params = {
+        name: np.asarray(init[name], dtype=np.float64).reshape(PARAM_SHAPES[name]) for name in PARAM_NAMES
+    }
     history: Params = {name: np.zeros(PARAM_SHAPES[name]) for name in PARAM_NAMES}
     out: list[StepResult] = []
     for number, inputs in enumerate(steps):

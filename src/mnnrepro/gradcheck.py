@@ -1,0 +1,838 @@
+"""Gradient check (issue 4): a backend's gradients and SGD updates at the first training steps against a CPU
+golden, and the golden against an independent float64 numpy reference (mnnrepro.reference).
+
+Files
+  run dumps     RESULT/grads/step<N>/{grad,after}/<param>.npy, batch_indices.npy, dropout_mask.npy
+                (driver --dump-steps; native/README.md)
+  golden        fixtures/golden/<ref>/: the same tree (step<N>/...), init/<param>.npy (the initial parameters, which
+                the driver reads with --init-params) and provenance.json. Made only on request:
+                ``PYTHONPATH=src python -m mnnrepro.gradcheck golden --ref REF``
+  on mismatch   RESULT/gradcheck/step<N>/<kind>/<param>.obtained.npy beside <param>.golden.npy (the arrays that
+                were compared), plus RESULT/gradcheck/report.txt and report.json
+
+What is compared, per tensor and step
+  grad   the gradient of the loss
+  after  the step's update, ``after - before`` (before: the initial parameters at step 0, else the previous
+         step's after). The parameters themselves are about 1000x larger than one update and would hide a
+         wrong learning rate or momentum under their own rounding.
+
+Metrics (o: obtained, g: golden): max_abs = max|o-g|; max_rel = max|o-g| / max|g|, the error relative to the
+tensor's scale (an element-wise relative error is meaningless for the many gradient elements near zero);
+cosine(o, g); nmse = sum((o-g)^2) / sum(g^2). Limits per backend and precision live in fixtures/matrix.toml
+[gradcheck]; NaN/Inf, a shape mismatch, a missing file or different inputs are failures of their own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from . import fixtures
+from .contract import read_events
+from .errors import FixtureError
+from .reference import PARAM_NAMES, PARAM_SHAPES, SgdConfig, backward, batch_inputs, forward
+from .reference import load_train_split as _load_train_split
+
+F64 = NDArray[np.float64]
+GOLDEN_ROOT = fixtures.FIXTURES / "golden"
+GOLDEN_FORMAT = 1
+KINDS = ("grad", "after")
+
+
+def regenerate_command(ref: str) -> str:
+    return f"PYTHONPATH=src python -m mnnrepro.gradcheck golden --ref {ref}"
+
+
+# -- tolerances (fixtures/matrix.toml [gradcheck]) ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    max_rel: float
+    min_cosine: float
+    max_nmse: float
+    name: str = ""  # where it came from, e.g. "fp32/first"
+
+    @classmethod
+    def from_table(cls, table: dict[str, float], name: str) -> Tolerance:
+        return cls(float(table["max_rel"]), float(table["min_cosine"]), float(table["max_nmse"]), name)
+
+    def __str__(self) -> str:
+        return f"rel<={self.max_rel:g} cos>={self.min_cosine:g} nmse<={self.max_nmse:g}"
+
+
+def _gradcheck_config(matrix: fixtures.Matrix | None) -> dict[str, Any]:
+    config = (matrix or fixtures.load_matrix()).gradcheck
+    if not config:
+        raise FixtureError(f"{fixtures.MATRIX} has no [gradcheck] table: the gradient check has no limits")
+    return config
+
+
+def tolerance_for(backend: str, precision: str, step: int, matrix: fixtures.Matrix | None = None) -> Tolerance:
+    """The limits for one backend/precision; step 0 ("first") starts from the golden's own parameters."""
+    config = _gradcheck_config(matrix)
+    arithmetic = config["arithmetic"].get(backend, {}).get(precision)
+    if arithmetic is None:
+        raise FixtureError(
+            f"{fixtures.MATRIX} [gradcheck.arithmetic] says nothing about {backend} at precision {precision}",
+            hint=f'add {backend} = {{ {precision} = "fp32" }} (or "fp16") to [gradcheck.arithmetic]',
+        )
+    phase = "first" if step == 0 else "later"
+    return Tolerance.from_table(config["tolerance"][arithmetic][phase], f"{arithmetic}/{phase}")
+
+
+def reference_tolerance(matrix: fixtures.Matrix | None = None) -> Tolerance:
+    return Tolerance.from_table(_gradcheck_config(matrix)["reference"], "reference")
+
+
+def golden_steps(matrix: fixtures.Matrix | None = None) -> list[int]:
+    return list(_gradcheck_config(matrix)["steps"])
+
+
+# -- metrics -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Metrics:
+    max_abs: float
+    max_rel: float
+    cosine: float
+    nmse: float
+    worst_index: tuple[int, ...]
+    worst_obtained: float
+    worst_golden: float
+
+
+def compare(obtained: NDArray[Any], golden: NDArray[Any]) -> Metrics:
+    """Metrics of two finite arrays of the same shape (see the module docstring)."""
+    o = np.asarray(obtained, dtype=np.float64)
+    g = np.asarray(golden, dtype=np.float64)
+    if o.shape != g.shape:
+        raise ValueError(f"shapes differ: {o.shape} vs {g.shape}")
+    if o.size == 0:
+        return Metrics(0.0, 0.0, 1.0, 0.0, (), 0.0, 0.0)
+    diff = np.abs(o - g)
+    flat = int(np.argmax(diff))
+    index = tuple(int(i) for i in np.unravel_index(flat, g.shape))
+    max_abs = float(diff.flat[flat])
+    scale = float(np.abs(g).max())
+    norm_o, norm_g = float(np.sqrt(np.sum(o * o))), float(np.sqrt(np.sum(g * g)))
+    if scale > 0:
+        max_rel = max_abs / scale
+        nmse = float(np.sum((o - g) ** 2)) / (norm_g * norm_g)
+    else:
+        max_rel = nmse = 0.0 if max_abs == 0 else math.inf
+    if norm_o > 0 and norm_g > 0:
+        cosine = float(np.sum(o * g)) / (norm_o * norm_g)
+    else:
+        cosine = 1.0 if norm_o == norm_g else 0.0
+    return Metrics(max_abs, max_rel, cosine, nmse, index, float(o.flat[flat]), float(g.flat[flat]))
+
+
+@dataclass
+class Row:
+    """One tensor at one step: the metrics, the limits they were held to and the worst element."""
+
+    name: str
+    step: int
+    kind: str  # "grad" | "after" (the update after - before)
+    max_abs: float
+    max_rel: float
+    cosine: float
+    nmse: float
+    limit: Tolerance
+    passed: bool
+    worst_index: tuple[int, ...] = ()
+    worst_obtained: float = 0.0
+    worst_golden: float = 0.0
+
+    @property
+    def score(self) -> float:
+        """Worst metric as a fraction of its limit: <= 1 passes. Sorts the table, worst first."""
+
+        def ratio(value: float, limit: float) -> float:
+            if value <= limit:
+                return value / limit if limit > 0 else 0.0
+            return math.inf if limit <= 0 else value / limit
+
+        return max(
+            ratio(self.max_rel, self.limit.max_rel),
+            ratio(self.nmse, self.limit.max_nmse),
+            ratio(1.0 - self.cosine, 1.0 - self.limit.min_cosine),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "step": self.step,
+            "kind": self.kind,
+            "max_abs": self.max_abs,
+            "max_rel": self.max_rel,
+            "cosine": self.cosine,
+            "nmse": self.nmse,
+            "limit": {
+                "name": self.limit.name,
+                "max_rel": self.limit.max_rel,
+                "min_cosine": self.limit.min_cosine,
+                "max_nmse": self.limit.max_nmse,
+            },
+            "passed": self.passed,
+            "worst_index": list(self.worst_index),
+            "worst_obtained": self.worst_obtained,
+            "worst_golden": self.worst_golden,
+        }
+
+
+def make_row(name: str, step: int, kind: str, obtained: NDArray[Any], golden: NDArray[Any], limit: Tolerance) -> Row:
+    m = compare(obtained, golden)
+    passed = m.max_rel <= limit.max_rel and m.cosine >= limit.min_cosine and m.nmse <= limit.max_nmse
+    return Row(
+        name,
+        step,
+        kind,
+        m.max_abs,
+        m.max_rel,
+        m.cosine,
+        m.nmse,
+        limit,
+        passed,
+        m.worst_index,
+        m.worst_obtained,
+        m.worst_golden,
+    )
+
+
+@dataclass
+class Problem:
+    """A failure that is not a tolerance: missing golden or file, shape mismatch, NaN/Inf, other inputs."""
+
+    what: str  # "missing golden" | "missing file" | "shape mismatch" | "non-finite" | "inputs differ" | ...
+    detail: str
+    name: str = ""
+    step: int | None = None
+    kind: str = ""
+
+    def __str__(self) -> str:
+        where = " ".join(x for x in (f"step {self.step}" if self.step is not None else "", self.kind, self.name) if x)
+        return f"{self.what.upper()}{f' [{where}]' if where else ''}: {self.detail}"
+
+
+@dataclass
+class GradReport:
+    title: str
+    rows: list[Row] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    artifacts: Path | None = None  # where report.txt and the .obtained.npy files went
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems and bool(self.rows) and all(r.passed for r in self.rows)
+
+    @property
+    def failed_rows(self) -> list[Row]:
+        return [r for r in self.rows if not r.passed]
+
+    def worst(self) -> Row | None:
+        return max(self.rows, key=lambda r: r.score) if self.rows else None
+
+    def summary(self) -> str:
+        """One line, for a verdict's reason."""
+        if self.problems:
+            first = self.problems[0]
+            more = f" (+{len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
+            return f"gradient check: {first}{more}"
+        worst = self.worst()
+        if worst is None:
+            return "gradient check: nothing was compared"
+        failed = self.failed_rows
+        head = (
+            f"gradient check FAILED for {len(failed)}/{len(self.rows)} tensors"
+            if failed
+            else f"gradients match ({len(self.rows)} tensors)"
+        )
+        return (
+            f"{head}; worst {worst.name} step {worst.step} {worst.kind}: max_rel {worst.max_rel:.2e}, "
+            f"nmse {worst.nmse:.1e}, cosine {worst.cosine:.7f} (limit {worst.limit})"
+        )
+
+    def table(self, limit: int | None = None) -> str:
+        """Problems first, then the tensors, worst first, with the worst element of each."""
+        lines = [f"{self.title}: {'PASS' if self.passed else 'FAIL'}"]
+        if self.problems:
+            lines.append(f"{len(self.problems)} problem(s), each a failure of its own:")
+            lines += [f"  {p}" for p in self.problems]
+        rows = sorted(self.rows, key=lambda r: (r.passed, -r.score))
+        shown = rows if limit is None else rows[:limit]
+        if shown:
+            header = (
+                f"{'tensor':<13} {'step':>4} {'kind':<5} {'max_abs':>9} {'max_rel':>9} {'cosine':>12} {'nmse':>9}"
+                f"  {'worst element':<14} {'obtained':>12} {'golden':>12}  {'limit':<36} result"
+            )
+            lines += [header, "-" * len(header)]
+            for r in shown:
+                index = "(" + ",".join(str(i) for i in r.worst_index) + ")"
+                lines.append(
+                    f"{r.name:<13} {r.step:>4} {r.kind:<5} {r.max_abs:>9.2e} {r.max_rel:>9.2e} {r.cosine:>12.9f} "
+                    f"{r.nmse:>9.2e}  {index:<14} {r.worst_obtained:>12.5e} {r.worst_golden:>12.5e}  "
+                    f"{str(r.limit) + ' ' + r.limit.name:<36} {'ok' if r.passed else 'FAIL'}"
+                )
+            if len(shown) < len(rows):
+                lines.append(f"... {len(rows) - len(shown)} more tensor(s), all better than those above")
+        if self.artifacts is not None and self.artifacts.is_dir() and any(self.artifacts.rglob("*.obtained.npy")):
+            lines.append(f"obtained values beside the golden (<param>.obtained.npy, .golden.npy): {self.artifacts}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "title": self.title,
+            "passed": self.passed,
+            "summary": self.summary(),
+            "problems": [
+                {"what": p.what, "detail": p.detail, "name": p.name, "step": p.step, "kind": p.kind}
+                for p in self.problems
+            ],
+            "rows": [r.to_dict() for r in sorted(self.rows, key=lambda r: (r.passed, -r.score))],
+            "artifacts": str(self.artifacts) if self.artifacts else None,
+        }
+
+
+# -- dump trees ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Dumps:
+    """A tree of step<N>/{grad,after}/<param>.npy + step inputs, and the initial parameters (may be absent)."""
+
+    root: Path
+    init: Path | None
+
+    def tensor(self, step: int, kind: str, name: str) -> Path:
+        return self.root / f"step{step}" / kind / f"{name}.npy"
+
+    def step_file(self, step: int, name: str) -> Path:
+        return self.root / f"step{step}" / name
+
+    def init_file(self, name: str) -> Path | None:
+        return self.init / f"{name}.npy" if self.init else None
+
+
+class _Missing(Exception):
+    pass
+
+
+def _load(path: Path | None) -> F64:
+    if path is None or not path.is_file():
+        raise _Missing(str(path) if path else "no initial parameters")
+    return np.asarray(np.load(path), dtype=np.float64)
+
+
+def _nonfinite(array: F64) -> str | None:
+    bad = ~np.isfinite(array)
+    if not bad.any():
+        return None
+    first = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), array.shape))
+    return f"{int(np.isnan(array).sum())} NaN, {int(np.isinf(array).sum())} Inf of {array.size} (first at {first})"
+
+
+def _before(d: Dumps, step: int, name: str) -> Path | None:
+    return d.init_file(name) if step == 0 else d.tensor(step - 1, "after", name)
+
+
+def _quantity(d: Dumps, step: int, kind: str, name: str) -> F64:
+    """The compared array: the gradient, or the update after - before."""
+    if kind == "grad":
+        return _load(d.tensor(step, "grad", name))
+    after, before = _load(d.tensor(step, "after", name)), _load(_before(d, step, name))
+    if after.shape != before.shape:
+        raise ValueError(f"after {after.shape} and before {before.shape} differ in shape")
+    return after - before
+
+
+def _compare_trees(
+    report: GradReport,
+    obtained: Dumps,
+    golden: Dumps,
+    steps: Sequence[int],
+    limit_for: Callable[[int], Tolerance],
+    artifacts: Path | None,
+    shapes: dict[str, tuple[int, ...]],
+) -> None:
+    for step in steps:
+        for kind in KINDS:
+            for name in shapes:
+                try:
+                    g = _quantity(golden, step, kind, name)
+                except _Missing as exc:
+                    report.problems.append(Problem("missing file", f"golden lacks {exc}", name, step, kind))
+                    continue
+                try:
+                    o = _quantity(obtained, step, kind, name)
+                except _Missing as exc:
+                    report.problems.append(Problem("missing file", f"the run wrote no {exc}", name, step, kind))
+                    continue
+                except ValueError as exc:  # after and before of different shapes
+                    report.problems.append(Problem("shape mismatch", str(exc), name, step, kind))
+                    continue
+                _add_row(report, name, step, kind, o, g, limit_for(step), artifacts)
+
+
+def _add_row(
+    report: GradReport,
+    name: str,
+    step: int,
+    kind: str,
+    obtained: F64,
+    golden: F64,
+    limit: Tolerance,
+    artifacts: Path | None,
+) -> None:
+    """A row, or the problem that prevents one (shape mismatch, NaN/Inf); failures leave their arrays behind."""
+    if obtained.shape != golden.shape:
+        report.problems.append(
+            Problem("shape mismatch", f"obtained {obtained.shape}, golden {golden.shape}", name, step, kind)
+        )
+        return
+    bad = _nonfinite(golden)
+    if bad:
+        report.problems.append(Problem("non-finite golden", bad, name, step, kind))
+        return
+    bad = _nonfinite(obtained)
+    if bad:
+        report.problems.append(Problem("non-finite", bad, name, step, kind))
+        _write_pair(artifacts, step, kind, name, obtained, golden)
+        return
+    row = make_row(name, step, kind, obtained, golden, limit)
+    report.rows.append(row)
+    if not row.passed:
+        _write_pair(artifacts, step, kind, name, obtained, golden)
+
+
+def _write_pair(artifacts: Path | None, step: int, kind: str, name: str, obtained: F64, golden: F64) -> None:
+    if artifacts is None:
+        return
+    where = artifacts / f"step{step}" / kind
+    where.mkdir(parents=True, exist_ok=True)
+    np.save(where / f"{name}.obtained.npy", obtained.astype(np.float32))
+    np.save(where / f"{name}.golden.npy", golden.astype(np.float32))
+
+
+def _compare_inputs(report: GradReport, obtained: Dumps, golden: Dumps, steps: Sequence[int]) -> None:
+    """The run must have seen the golden's batches and dropout masks, or nothing else is comparable."""
+    for step in steps:
+        for file, what in (("batch_indices.npy", "training images"), ("dropout_mask.npy", "dropout mask")):
+            try:
+                g = _load(golden.step_file(step, file))
+                o = _load(obtained.step_file(step, file))
+            except _Missing as exc:
+                report.problems.append(Problem("missing file", f"no {exc}", file, step))
+                continue
+            if o.shape != g.shape or not np.array_equal(o, g):
+                where = ""
+                if o.shape == g.shape:
+                    first = tuple(int(i) for i in np.argwhere(o != g)[0])
+                    where = f" (first difference at {first}: run {o[first]:g}, golden {g[first]:g})"
+                report.problems.append(
+                    Problem("inputs differ", f"the run's {what} are not the golden's{where}", file, step)
+                )
+
+
+def _compare_init(report: GradReport, obtained: Dumps, golden: Dumps, names: Sequence[str]) -> None:
+    if obtained.init is None:
+        return
+    differ = []
+    for name in names:
+        try:
+            o, g = _load(obtained.init_file(name)), _load(golden.init_file(name))
+        except _Missing as exc:
+            report.problems.append(Problem("missing file", f"no {exc}", name))
+            continue
+        if o.shape != g.shape or not np.array_equal(o, g):
+            differ.append(name)
+    if differ:
+        report.problems.append(
+            Problem("initial parameters differ", f"{', '.join(differ)} not the golden's init/ (pass --init-params)")
+        )
+
+
+def _read_provenance(golden_dir: Path) -> dict[str, Any] | None:
+    path = golden_dir / "provenance.json"
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict) or data.get("format") != GOLDEN_FORMAT:
+        raise FixtureError(f"{path}: not a format-{GOLDEN_FORMAT} golden provenance")
+    return data
+
+
+def _shapes(provenance: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    return {p["name"]: tuple(int(d) for d in p["shape"]) for p in provenance.get("parameters", [])} or dict(
+        PARAM_SHAPES
+    )
+
+
+# -- checking a run against the golden ----------------------------------------------------------------------------
+
+
+def check_run(
+    result_dir: Path,
+    golden_dir: Path,
+    backend: str,
+    precision: str,
+    *,
+    matrix: fixtures.Matrix | None = None,
+    write_artifacts: bool = True,
+) -> GradReport:
+    """Compare a driver run's dumps (RESULT/grads, from driver_args()) with the CPU golden.
+
+    Writes RESULT/gradcheck/report.{txt,json}, and on a mismatch the compared arrays as
+    RESULT/gradcheck/step<N>/<kind>/<param>.{obtained,golden}.npy. Never touches the golden.
+    """
+    result_dir, golden_dir = Path(result_dir), Path(golden_dir)
+    artifacts = result_dir / "gradcheck" if write_artifacts else None
+    if artifacts is not None and artifacts.is_dir():
+        shutil.rmtree(artifacts)  # no stale .obtained.npy from an earlier check
+    report = GradReport(f"gradient check of {result_dir.name} ({backend}, precision {precision}) vs {golden_dir}")
+    report.artifacts = artifacts
+    try:
+        provenance = _read_provenance(golden_dir)
+    except (ValueError, FixtureError) as exc:
+        report.problems.append(Problem("bad golden", str(exc)))
+        return _finish(report)
+    if provenance is None:
+        report.problems.append(
+            Problem(
+                "missing golden",
+                f"no CPU golden at {golden_dir} (provenance.json absent); make it with: "
+                f"{regenerate_command(golden_dir.name)}",
+            )
+        )
+        return _finish(report)
+    steps = [int(s) for s in provenance["steps"]]
+    golden = Dumps(golden_dir, golden_dir / "init")
+    run_init = result_dir / "init"
+    obtained = Dumps(result_dir / "grads", run_init if run_init.is_dir() else golden.init)
+    _check_config(report, result_dir, provenance)
+    _compare_inputs(report, obtained, golden, steps)
+    shapes = _shapes(provenance)
+    if run_init.is_dir():
+        _compare_init(report, obtained, golden, list(shapes))
+
+    def limit_for(step: int) -> Tolerance:
+        return tolerance_for(backend, precision, step, matrix)
+
+    _compare_trees(report, obtained, golden, steps, limit_for, artifacts, shapes)
+    return _finish(report)
+
+
+def _check_config(report: GradReport, result_dir: Path, provenance: dict[str, Any]) -> None:
+    events = result_dir / "events.jsonl"
+    if not events.is_file():
+        report.problems.append(Problem("missing file", f"{events}: no driver run here"))
+        return
+    config = read_events(events).start.get("config") or {}
+    want = provenance.get("config", {})
+    for key in ("batch_size", "seed", "dropout", "lr_base", "lr_gamma", "lr_power", "momentum", "weight_decay"):
+        if key in want and key in config and not math.isclose(float(config[key]), float(want[key]), rel_tol=1e-6):
+            report.problems.append(
+                Problem("config differs", f"the run's {key} is {config[key]}, the golden's {want[key]}")
+            )
+    dumped = {int(s) for s in config.get("dump_steps", [])}
+    missing = [s for s in provenance["steps"] if int(s) not in dumped]
+    if missing:
+        report.problems.append(
+            Problem(
+                "missing file",
+                f"the run did not dump steps {missing} (driver options: {' '.join(driver_args(Path('GOLDEN')))})",
+            )
+        )
+
+
+def _finish(report: GradReport) -> GradReport:
+    if report.artifacts is not None:
+        report.artifacts.mkdir(parents=True, exist_ok=True)
+        (report.artifacts / "report.txt").write_text(report.table() + "\n")
+        (report.artifacts / "report.json").write_text(json.dumps(report.to_dict(), indent=1) + "\n")
+    return report
+
+
+def driver_args(golden_dir: Path, steps: Sequence[int] | None = None) -> tuple[str, ...]:
+    """Driver options for a run check_run can judge: dumps at the golden's steps, from the golden's init."""
+    if steps is None:
+        provenance = _read_provenance(golden_dir) if golden_dir.is_dir() else None
+        steps = [int(s) for s in provenance["steps"]] if provenance else golden_steps()
+    args: tuple[str, ...] = ("--dump-steps", ",".join(str(s) for s in steps))
+    if (golden_dir / "init").is_dir():
+        args += ("--init-params", str(golden_dir / "init"))
+    return args
+
+
+# -- checking MNN's CPU against the numpy reference -----------------------------------------------------------
+
+
+def check_reference(
+    dumps: Dumps,
+    steps: Sequence[int],
+    *,
+    data_dir: Path = fixtures.MNIST,
+    sgd: SgdConfig | None = None,
+    tolerance: Tolerance | None = None,
+    artifacts: Path | None = None,
+    losses: Sequence[float] = (),
+) -> GradReport:
+    """MNN's dumps (obtained) vs mnnrepro.reference (golden), each step from MNN's own state.
+
+    Step N starts from MNN's parameters before it (the initial ones, then MNN's after of step N-1) and MNN's
+    previous update as the momentum history, so one step's rounding cannot push the reference across a ReLU or
+    max-pool boundary at the next: every row measures one step's gradient and update arithmetic. ``losses``
+    (MNN's, per step) are checked too, to 1e-3 relative.
+    """
+    limit = tolerance or reference_tolerance()
+    sgd = sgd or SgdConfig()
+    report = GradReport(f"numpy float64 reference vs MNN dumps in {dumps.root}", artifacts=artifacts)
+    images, labels = _load_train_split(data_dir)
+    for step in steps:
+        try:
+            indices = [int(i) for i in _load(dumps.step_file(step, "batch_indices.npy"))]
+            mask = _load(dumps.step_file(step, "dropout_mask.npy"))
+            before = {n: _load(_before(dumps, step, n)) for n in PARAM_NAMES}
+            history = {
+                n: np.zeros(PARAM_SHAPES[n]) if step == 0 else _load(_before(dumps, step - 1, n)) - before[n]
+                for n in PARAM_NAMES
+            }
+        except _Missing as exc:
+            report.problems.append(Problem("missing file", f"no {exc}", step=step))
+            continue
+        bad = [n for n in PARAM_NAMES if before[n].shape != PARAM_SHAPES[n] or _nonfinite(before[n])]
+        if bad:
+            report.problems.append(Problem("bad parameters", f"before the step: {', '.join(bad)}", step=step))
+            continue
+        x, onehot = batch_inputs(images, labels, indices)
+        fwd = forward(before, x, onehot, mask)
+        grads = backward(before, fwd)
+        lr = sgd.lr(step)
+        if step < len(losses) and not math.isclose(fwd.loss, losses[step], rel_tol=1e-3):
+            report.problems.append(Problem("loss differs", f"MNN {losses[step]:.7f}, numpy {fwd.loss:.7f}", step=step))
+        for name in PARAM_NAMES:
+            update = -(lr * (grads[name] + sgd.weight_decay * before[name]) + sgd.momentum * history[name])
+            for kind, expected in (("grad", grads[name]), ("after", update)):
+                try:
+                    o = _load(dumps.tensor(step, kind, name))
+                except _Missing as exc:
+                    report.problems.append(Problem("missing file", f"no {exc}", name, step, kind))
+                    continue
+                if kind == "after" and o.shape == before[name].shape:
+                    o = o - before[name]
+                _add_row(report, name, step, kind, o, expected, limit, artifacts)
+    return _finish(report) if artifacts else report
+
+
+def verify_golden(
+    golden_dir: Path, *, data_dir: Path = fixtures.MNIST, tolerance: Tolerance | None = None
+) -> GradReport:
+    """The checked-in golden against the numpy reference (needs no MNN)."""
+    provenance = _read_provenance(golden_dir)
+    if provenance is None:
+        report = GradReport(f"numpy float64 reference vs {golden_dir}")
+        report.problems.append(
+            Problem("missing golden", f"no golden at {golden_dir}; make it with: {regenerate_command(golden_dir.name)}")
+        )
+        return report
+    return check_reference(
+        Dumps(golden_dir, golden_dir / "init"),
+        [int(s) for s in provenance["steps"]],
+        data_dir=data_dir,
+        sgd=sgd_config(provenance.get("config", {})),
+        tolerance=tolerance,
+        losses=[float(x) for x in provenance.get("losses", [])],
+    )
+
+
+def sgd_config(config: dict[str, Any]) -> SgdConfig:
+    """The optimizer settings a driver run reported (its `start` event's config)."""
+    default = SgdConfig()
+    return SgdConfig(
+        float(config.get("lr_base", default.lr_base)),
+        float(config.get("lr_gamma", default.lr_gamma)),
+        float(config.get("lr_power", default.lr_power)),
+        float(config.get("momentum", default.momentum)),
+        float(config.get("weight_decay", default.weight_decay)),
+    )
+
+
+# -- making the golden (on request only) ------------------------------------------------------------------------
+
+
+def generate_golden(
+    ref: str,
+    *,
+    steps: Sequence[int] | None = None,
+    settings: Any = None,
+    out_root: Path = GOLDEN_ROOT,
+    say: Callable[[str], None] = print,
+) -> Path:
+    """Run the CPU driver with dumps, check it against the numpy reference, and only then write
+    ``out_root/<ref>/`` (replacing what was there). Tests never call this: see ``regenerate_command``."""
+    from . import source
+    from .build import Builder, CoreOptions, native_key
+    from .cells import Cell, Workload, run_cell
+    from .session import make_runner
+    from .settings import load
+
+    settings = settings or load({})
+    matrix = fixtures.load_matrix()
+    steps = list(steps) if steps is not None else golden_steps(matrix)
+    if steps != list(range(len(steps))):
+        raise FixtureError(f"golden steps must be consecutive from 0, got {steps}")
+    manifest = fixtures.verify_mnist()
+    tree = source.resolve(
+        ref, source=settings.source, cache_dir=settings.cache_dir, git_url=settings.git_url, allow_clone=settings.clone
+    )
+    say(f"source: {tree.describe()}")
+    info = matrix.ref_info(ref)
+    options = CoreOptions(compat_cxx_flags=info.compat_cxx_flags)
+    training = matrix.training
+    # The driver writes under results_dir (writable in every runner); fixtures/ is read-only in a container.
+    settings.results_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"golden-{ref}-", dir=settings.results_dir) as tmp:
+        work = Path(tmp)
+        runner = make_runner(settings, tree, work, say)
+        builder = Builder(settings.cache_dir, runner, jobs=settings.jobs or None, say=say)
+        core = builder.core(tree, options)
+        driver = builder.driver(core)
+        staging = work / "golden"
+        workload = Workload(
+            steps=len(steps),
+            batch_size=int(training.get("batch_size", 64)),
+            seed=int(training.get("seed", 1)),
+            precision="high",
+            test_limit=100,
+            extra_args=("--dump-steps", ",".join(map(str, steps)), "--save-init", str(staging / "init")),
+        )
+        say(f"running the CPU driver for {len(steps)} step(s) with dumps ...")
+        run = run_cell(
+            Cell(ref, "cpu", "-"),
+            driver=driver,
+            plugin=None,
+            icd=None,
+            workload=workload,
+            timeout_s=float(matrix.timeouts.get("cpu", 120)),
+            runner=runner,
+            result_dir=work / "run",
+            use_gdb=False,
+        )
+        if run.completed.returncode != 0 or run.record.backend.get("active") != "cpu":
+            raise FixtureError(
+                f"the CPU driver run failed (exit {run.completed.returncode}); nothing written",
+                hint=f"see {work / 'run'}/stderr.txt (kept only while this runs: rerun with the same command)",
+            )
+        config = dict(run.record.start.get("config") or {})
+        losses = run.record.losses
+        dumps = Dumps(work / "run" / "grads", staging / "init")
+        check = check_reference(dumps, steps, sgd=sgd_config(config), losses=losses)
+        say(check.table())
+        if not check.passed:
+            raise FixtureError(
+                "MNN's CPU gradients disagree with the numpy reference: no golden written",
+                hint="read the table above; a real disagreement is a finding, not something to regenerate away",
+            )
+        for step in steps:
+            src = work / "run" / "grads" / f"step{step}"
+            shutil.copytree(src, staging / f"step{step}")
+        provenance = {
+            "format": GOLDEN_FORMAT,
+            "ref": ref,
+            "commit": tree.commit or info.commit,
+            "mnn_version": run.record.start.get("mnn_version"),
+            "source": tree.describe(),
+            "compiler": builder.toolchain,
+            "cmake_options": options.cmake_defines(),
+            "core_key": core.key,
+            "driver_native_key": native_key(),
+            "driver_argv": run.argv,
+            "config": config,
+            "steps": steps,
+            "losses": losses[: len(steps)],
+            "parameters": [{"name": n, "shape": list(PARAM_SHAPES[n])} for n in PARAM_NAMES],
+            "data": {
+                "dir": "fixtures/mnist",
+                "manifest_sha256": {name: meta["sha256"] for name, meta in manifest["files"].items()},
+            },
+            "reference_check": check.to_dict()["summary"],
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "command": regenerate_command(ref) + (f" --steps {','.join(map(str, steps))}" if steps else ""),
+            "layout": "init/<param>.npy; step<N>/{grad,after}/<param>.npy, batch_indices.npy, dropout_mask.npy "
+            "(float32, as the driver dumps them; native/README.md)",
+        }
+        (staging / "provenance.json").write_text(json.dumps(provenance, indent=1) + "\n")
+        dest = out_root / ref
+        out_root.mkdir(parents=True, exist_ok=True)
+        fresh = Path(tempfile.mkdtemp(prefix=f".{ref}-new-", dir=out_root))
+        shutil.copytree(staging, fresh, dirs_exist_ok=True)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(fresh, dest)
+    size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
+    say(f"golden written: {dest} ({size} bytes); review and commit it")
+    return dest
+
+
+# -- command line: python -m mnnrepro.gradcheck ---------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .errors import MnnReproError
+
+    parser = argparse.ArgumentParser(prog="python -m mnnrepro.gradcheck", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("golden", help="run the CPU driver and (re)write fixtures/golden/<ref>/")
+    gen.add_argument("--ref", required=True)
+    gen.add_argument("--steps", help="comma-separated dump steps, consecutive from 0 (default: matrix [gradcheck])")
+    gen.add_argument("--source", help="use this MNN tree as is")
+    gen.add_argument("--cache-dir")
+    gen.add_argument("--no-clone", action="store_true")
+    gen.add_argument("--out", type=Path, default=GOLDEN_ROOT, help="golden root (default fixtures/golden)")
+    chk = sub.add_parser("check", help="compare a driver run's dumps with the golden")
+    chk.add_argument("result_dir", type=Path)
+    chk.add_argument("--golden", type=Path, required=True)
+    chk.add_argument("--backend", required=True)
+    chk.add_argument("--precision", default="high")
+    ver = sub.add_parser("verify", help="check a golden against the numpy reference (no MNN needed)")
+    ver.add_argument("golden", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "golden":
+            from .settings import load
+
+            cli: dict[str, Any] = {"source": args.source, "cache_dir": args.cache_dir}
+            if args.no_clone:
+                cli["clone"] = False
+            steps = [int(s) for s in args.steps.split(",")] if args.steps else None
+            generate_golden(args.ref, steps=steps, settings=load(cli), out_root=args.out)
+            return 0
+        report = (
+            check_run(args.result_dir, args.golden, args.backend, args.precision)
+            if args.command == "check"
+            else verify_golden(args.golden)
+        )
+        print(report.table())
+        return 0 if report.passed else 1
+    except MnnReproError as exc:
+        print(exc.render(), file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
