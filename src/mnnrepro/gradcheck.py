@@ -524,7 +524,16 @@ def check_run(
     golden = Dumps(golden_dir, golden_dir / "init")
     run_init = result_dir / "init"
     obtained = Dumps(result_dir / "grads", run_init if run_init.is_dir() else golden.init)
-    _check_config(report, result_dir, provenance)
+    if not (result_dir / "grads").is_dir():
+        report.problems.append(
+            Problem(
+                "missing file",
+                f"the run wrote no dumps ({result_dir / 'grads'} absent); run the driver with "
+                f"{' '.join(driver_args(golden_dir))}",
+            )
+        )
+        return _finish(report)
+    _check_config(report, result_dir, provenance, golden_dir)
     _compare_inputs(report, obtained, golden, steps)
     shapes = _shapes(provenance)
     if run_init.is_dir():
@@ -537,7 +546,7 @@ def check_run(
     return _finish(report)
 
 
-def _check_config(report: GradReport, result_dir: Path, provenance: dict[str, Any]) -> None:
+def _check_config(report: GradReport, result_dir: Path, provenance: dict[str, Any], golden_dir: Path) -> None:
     events = result_dir / "events.jsonl"
     if not events.is_file():
         report.problems.append(Problem("missing file", f"{events}: no driver run here"))
@@ -555,7 +564,7 @@ def _check_config(report: GradReport, result_dir: Path, provenance: dict[str, An
         report.problems.append(
             Problem(
                 "missing file",
-                f"the run did not dump steps {missing} (driver options: {' '.join(driver_args(Path('GOLDEN')))})",
+                f"the run did not dump steps {missing} (driver options: {' '.join(driver_args(golden_dir))})",
             )
         )
 

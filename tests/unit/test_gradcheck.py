@@ -251,6 +251,14 @@ def test_other_batches_or_config_make_the_run_incomparable(tmp_path: Path, golde
     assert "seed" in str(next(p for p in report.problems if p.what == "config differs"))
 
 
+def test_a_run_without_dumps_is_one_clear_problem(tmp_path: Path, golden: Path) -> None:
+    run = make_run(tmp_path, golden)
+    shutil.rmtree(run / "grads")
+    report = check_run(run, golden, "vulkan", "high")
+    assert len(report.problems) == 1 and not report.rows
+    assert "--dump-steps 0,1 --init-params" in report.problems[0].detail
+
+
 def test_a_run_that_dumped_fewer_steps_is_told_the_driver_options(tmp_path: Path, golden: Path) -> None:
     run = make_run(tmp_path, golden, dump_steps=["0"])
     report = check_run(run, golden, "vulkan", "high")
