@@ -30,8 +30,11 @@ def measure(runner: Runner, argv: list[str], n: int) -> dict[str, float]:
         times.append(time.monotonic() - start)
         if res.returncode != 0:
             raise SystemExit(f"{runner.name}: {argv} exited {res.returncode}: {res.output[-300:]}")
-    return {"median_s": round(statistics.median(times), 3), "min_s": round(min(times), 3),
-            "max_s": round(max(times), 3)}
+    return {
+        "median_s": round(statistics.median(times), 3),
+        "min_s": round(min(times), 3),
+        "max_s": round(max(times), 3),
+    }
 
 
 def main() -> int:

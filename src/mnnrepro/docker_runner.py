@@ -31,6 +31,11 @@ class DockerRunner:
     name: str = "docker"
     keep_on_failure: bool = field(default_factory=lambda: os.environ.get("MNNREPRO_KEEP_CONTAINERS") == "1")
 
+    @property
+    def image_id(self) -> str:
+        """The image's content digest (its tag names the inputs; this names the result)."""
+        return str(self.client.images.get(self.image).id)
+
     def _volumes(self) -> dict[str, dict[str, str]]:
         vols: dict[str, dict[str, str]] = {}
         for path in self.read_write:

@@ -124,6 +124,7 @@ def _run_ref(
         cache_dir=settings.cache_dir,
         git_url=settings.git_url,
         allow_clone=settings.clone,
+        pinned_commit=matrix.ref_info(ref).commit or None,
     )
     say(f"source: {tree.describe()}")
     runner = make_runner(settings, tree, results, say)
@@ -151,6 +152,7 @@ def _run_ref(
         "core_key": core.key,
         "toolchain": builder.toolchain,
         "runner": runner.name,
+        "image_digest": getattr(runner, "image_id", None),
         "icds": {n: str(i.manifest) if i.manifest else "host default" for n, i in icds.items()},
         "build_seconds": round(build_s, 1),
         "builds": builder.log.events,
@@ -257,6 +259,7 @@ def run_session(name: str, settings: Settings, *, say: Callable[[str], None] = p
         "host": platform.platform(),
         "python": sys.version.split()[0],
         "workload": workload.__dict__,
+        "checks": matrix.checks,
     }
     data = report.summary(header, rows)
     written = report.write_all(results, data)

@@ -87,7 +87,17 @@ def _tree(path: Path, ref: str, origin: str) -> SourceTree:
     return SourceTree(path, str(prov.get("ref") or ref), str(commit) if commit else None, origin, listed)
 
 
-def resolve(ref: str, *, source: Path | None, cache_dir: Path, git_url: str, allow_clone: bool = True) -> SourceTree:
+def resolve(
+    ref: str,
+    *,
+    source: Path | None,
+    cache_dir: Path,
+    git_url: str,
+    allow_clone: bool = True,
+    pinned_commit: str | None = None,
+) -> SourceTree:
+    """``pinned_commit``: the full commit fixtures/matrix.toml pins for ``ref``; a short id cannot be fetched
+    shallowly, so a clone of ``47027e10`` fetches the pinned 40-digit commit and checks it matches."""
     validate_ref(ref)
     if source is not None:
         return _tree(source.expanduser().resolve(), ref, "explicit")
@@ -99,7 +109,7 @@ def resolve(ref: str, *, source: Path | None, cache_dir: Path, git_url: str, all
             f"no MNN source for {ref}: nothing at {cached} and cloning is off",
             hint=f"pass --source DIR, or run: python -m mnnrepro source fetch --ref {ref}",
         )
-    return clone(ref, git_url, cached)
+    return clone(ref, git_url, cached, fetch=pinned_commit if pinned_commit and _SHA.match(ref) else None)
 
 
 def _git(args: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -108,9 +118,12 @@ def _git(args: list[str], cwd: Path | None = None) -> subprocess.CompletedProces
     return subprocess.run(["git", *args], cwd=cwd, text=True, capture_output=True)
 
 
-def clone(ref: str, git_url: str, dest: Path) -> SourceTree:
-    """Shallow-clone ``ref`` (tag, branch or full commit id) into ``dest``, atomically."""
+def clone(ref: str, git_url: str, dest: Path, *, fetch: str | None = None) -> SourceTree:
+    """Shallow-clone ``ref`` (tag, branch or full commit id) into ``dest``, atomically. ``fetch`` names what to
+    fetch instead (the full commit a short ``ref`` abbreviates); the result must start with ``ref``."""
     validate_ref(ref)
+    if fetch is not None:
+        validate_ref(fetch)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".clone-{ref.replace('/', '_')}-", dir=dest.parent))
     try:
@@ -129,6 +142,11 @@ def clone(ref: str, git_url: str, dest: Path) -> SourceTree:
                     "40 hex digits), set --git-url to a reachable mirror, or pass --source DIR",
                 )
         commit = _git(["-C", str(tmp), "rev-parse", "HEAD"]).stdout.strip()
+        if fetch is not None and not commit.startswith(ref):
+            raise SourceError(
+                f"fetched {fetch} for {ref!r} but got commit {commit}, which is not {ref}",
+                hint="fix the pinned commit for this ref in fixtures/matrix.toml",
+            )
         shutil.rmtree(tmp / ".git")
         (tmp / PROVENANCE).write_text(json.dumps({"ref": ref, "commit": commit, "origin": git_url}, indent=1))
         os.replace(tmp, dest)
