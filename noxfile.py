@@ -57,6 +57,13 @@ def matrix(session: nox.Session) -> None:
     _mnnrepro(session, "run", "matrix")
 
 
+@nox.session
+def golden(session: nox.Session) -> None:
+    """Regenerate the CPU gradient golden: `nox -s golden -- --ref 3.3.0` (checked against numpy first)."""
+    env = {"PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    session.run("python", "-m", "mnnrepro.gradcheck", "golden", *session.posargs, env=env)
+
+
 @nox.session(tags=["quick"])
 def doctor(session: nox.Session) -> None:
     """Check the environment (Docker, image, ICDs and devices, libvulkan.so, OpenCL, disk, MNN sources)."""

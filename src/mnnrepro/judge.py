@@ -129,6 +129,7 @@ def judge(
     checks: dict[str, float],
     baseline: RunRecord | None,
     known_bugs: tuple[Expectation, ...] = (),
+    extra_checks: tuple[Check, ...] = (),
 ) -> Verdict:
     """``known_bugs``: the matrix's 'reproduce' rows, so a 'fixed' cell that regresses is named REPRODUCED."""
     rec = run.record
@@ -202,6 +203,7 @@ def judge(
     cs = training_checks(
         rec, steps=steps, checks=checks, baseline=baseline, compare_to_baseline=run.cell.backend != "cpu"
     )
+    cs += list(extra_checks)  # e.g. gradients against the CPU golden (gradcheck.py)
     failed = [c for c in cs if not c.passed]
     if failed:
         return verdict(FAIL, "; ".join(f"{c.name}: {c.detail}" for c in failed), cs)

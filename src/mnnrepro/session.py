@@ -10,17 +10,18 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import __version__, fixtures, icd, image, report, source
+from . import __version__, fixtures, gradcheck, icd, image, report, source
 from .build import Builder, Core, CoreOptions
 from .cells import Cell, CellRun, Workload, run_cell
 from .contract import RunRecord
 from .docker_runner import DockerRunner
 from .errors import EXIT_MISMATCH, EnvironmentProblem
-from .judge import Verdict, judge
+from .judge import Check, Verdict, judge
 from .runner import HostRunner, Runner
 from .settings import Settings
 
@@ -160,7 +161,12 @@ def _run_ref(
     rows: list[tuple[CellRun, Verdict]] = []
     baseline: RunRecord | None = None
     known = tuple(r for r in matrix.expectations if r.outcome == "reproduce")
+    golden_dir = gradcheck.GOLDEN_ROOT / ref
     for cell in cells_for(ref, variants, settings.icds):
+        # Cells that should train also dump gradients and start from the golden's initial parameters; image
+        # mode cells do not (a dump would move its crash from sgd_step to grad_dump, hiding the signature).
+        grads = cell.variant != "vulkan-image"
+        cell_workload = replace(workload, extra_args=gradcheck.driver_args(golden_dir)) if grads else workload
         runs: list[tuple[CellRun, Verdict]] = []
         for rep in range(settings.repeat):
             label = f" (repeat {rep + 1}/{settings.repeat})" if settings.repeat > 1 else ""
@@ -171,7 +177,7 @@ def _run_ref(
                 driver=driver,
                 plugin=plugins.get(cell.variant),
                 icd=icds.get(cell.icd),
-                workload=workload,
+                workload=cell_workload,
                 timeout_s=float(matrix.timeouts.get(cell.backend, 600)),
                 runner=runner,
                 result_dir=cell_dir / f"repeat-{rep + 1}" if settings.repeat > 1 else cell_dir,
@@ -181,6 +187,10 @@ def _run_ref(
             )
             if cell.variant == "cpu" and rep == 0:
                 baseline = run.record
+            extra: tuple[Check, ...] = ()
+            if grads and run.completed.returncode == 0 and not run.completed.timed_out:
+                grad = gradcheck.check_run(run.result_dir, golden_dir, cell.backend, workload.precision, matrix=matrix)
+                extra = (Check("gradients", grad.passed, grad.summary(), None, str(run.result_dir / "gradcheck")),)
             verdict = judge(
                 run,
                 matrix.expectation(ref, cell.variant, cell.icd),
@@ -188,6 +198,7 @@ def _run_ref(
                 checks=matrix.checks,
                 baseline=baseline,
                 known_bugs=known,
+                extra_checks=extra,
             )
             say(f"  {verdict.verdict} ({'as expected' if verdict.matched else 'MISMATCH'}): {verdict.reason}")
             runs.append((run, verdict))
