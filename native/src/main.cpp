@@ -38,6 +38,7 @@
 #include "OpGrad.hpp"
 #include "SGD.hpp"
 #include "core/Backend.hpp"
+#include "core/TensorUtils.hpp"
 #include "RuntimeAttr.hpp"
 #include "events.hpp"
 #include "idx.hpp"
@@ -80,6 +81,7 @@ struct Options {
     std::string precision = "high";
     float dropout = 0.5f;
     bool allowFallback = false;
+    bool traceOps = true;
 };
 
 void usage() {
@@ -98,7 +100,8 @@ void usage() {
             "  --save-init DIR       write the initial parameters as DIR/<param>.npy\n"
             "  --dump-steps A,B,..   steps whose gradients and updated parameters are written\n"
             "  --dump-dir DIR        where dumps go (default OUT/grads)\n"
-            "  --allow-fallback      keep going when MNN fell back to the CPU (diagnosis only)\n");
+            "  --allow-fallback      keep going when MNN fell back to the CPU (diagnosis only)\n"
+            "  --no-trace-ops        do not record where each op ran (events \"ops\")\n");
 }
 
 bool parseInt(const char* s, int& v) {
@@ -196,6 +199,8 @@ bool parseArgs(int argc, char** argv, Options& o, std::string& error) {
                 error = "--dropout wants a ratio in [0, 1)";
                 return false;
             }
+        } else if (a == "--no-trace-ops") {
+            o.traceOps = false;
         } else if (a == "--allow-fallback") {
             o.allowFallback = true;
         } else {
@@ -259,7 +264,7 @@ public:
         auto info = x->getInfo();
         auto mask = _Input(info->dim, info->order, info->type);
         auto ptr = mask->writeMap<float>();
-        for (int i = 0; i < info->size; ++i) ptr[i] = uniform01(*mGen) < mRatio ? 0.0f : scale;
+        for (size_t i = 0; i < size_t(info->size); ++i) ptr[i] = uniform01(*mGen) < mRatio ? 0.0f : scale;
         // Kept for --dump-steps: an independent reference (src/mnnrepro/reference.py) replays the same mask.
         lastMaskDims = info->dim;
         lastMask.assign(ptr, ptr + info->size);
@@ -343,7 +348,7 @@ void seededInit(const std::vector<std::pair<std::string, VARP>>& params, std::mt
             for (size_t i = 2; i < dims.size(); ++i) receptive *= dims[i];
             float fanIn = float(dims[1] * receptive), fanOut = float(dims[0] * receptive);
             float limit = std::sqrt(6.0f / (fanIn + fanOut));
-            for (int i = 0; i < info->size; ++i) ptr[i] = (2.0f * uniform01(gen) - 1.0f) * limit;
+            for (size_t i = 0; i < size_t(info->size); ++i) ptr[i] = (2.0f * uniform01(gen) - 1.0f) * limit;
         }
         values.push_back(v);
     }
@@ -364,6 +369,75 @@ bool writeParams(const std::string& dir, const std::vector<std::pair<std::string
         if (!mnnrepro::writeNpyF32(dir + "/" + named[i].first + ".npy", dimsOf(values[i]), ptr, error)) return false;
     }
     return true;
+}
+
+// Op placement (issue: "some ops fall back to CPU" must be measured). Executor callbacks see every op with
+// its outputs; the backend that owns an op's first output is where the op ran. "switches" counts changes of
+// backend between consecutive ops in execution order: each one implies at least one host<->device copy.
+struct OpTrace {
+    std::map<std::string, std::map<std::string, int>> byBackend;  // backend -> op type -> count
+    std::string lastBackend;
+    int switches = 0;
+    int total = 0;
+    void reset() {
+        byBackend.clear();
+        lastBackend.clear();
+        switches = 0;
+        total = 0;
+    }
+    std::string json() const {
+        std::string out = "{";
+        bool firstBackend = true;
+        for (auto& b : byBackend) {
+            out += (firstBackend ? "\"" : ",\"") + mnnrepro::jsonEscape(b.first) + "\":{";
+            firstBackend = false;
+            bool firstType = true;
+            for (auto& t : b.second) {
+                out += (firstType ? "\"" : ",\"") + mnnrepro::jsonEscape(t.first) + "\":" + std::to_string(t.second);
+                firstType = false;
+            }
+            out += "}";
+        }
+        return out + "}";
+    }
+};
+OpTrace gTrace;
+
+void traceOp(const std::vector<Tensor*>& outputs, const OperatorInfo* info) {
+    std::string backend = "unknown";
+    if (!outputs.empty() && outputs[0] != nullptr) {
+        auto des = TensorUtils::getDescribeOrigin(outputs[0]);
+        Backend* bn = des ? des->getBackend() : nullptr;
+        // On x86 the main CPU backend reports MNN_FORWARD_CPU_EXTENSION; both live in host memory.
+        if (bn) backend = bn->type() == MNN_FORWARD_CPU_EXTENSION ? "cpu" : forwardName(bn->type());
+    }
+    gTrace.byBackend[backend][info ? info->type() : "?"] += 1;
+    if (!gTrace.lastBackend.empty() && gTrace.lastBackend != backend) gTrace.switches += 1;
+    gTrace.lastBackend = backend;
+    gTrace.total += 1;
+}
+
+// Planted faults, for proving the harness tells crashes apart and kills hangs: MNNREPRO_PLANT=KIND@STAGE:STEP
+// with KIND crash (a null write in this driver, not in MNN) or hang (never returns).
+__attribute__((noinline)) void plantedCrash() {
+    // The address comes from a volatile so the optimizer cannot see (and delete) the null store.
+    volatile uintptr_t address = 0;
+    *reinterpret_cast<volatile int*>(uintptr_t(address)) = 3129;
+}
+
+void maybePlant(const char* stage, int step) {
+    static const char* plant = getenv("MNNREPRO_PLANT");
+    if (!plant || !*plant) return;
+    std::string spec = plant;
+    auto at = spec.find('@'), colon = spec.rfind(':');
+    if (at == std::string::npos || colon == std::string::npos || colon < at) return;
+    if (spec.substr(at + 1, colon - at - 1) != stage || atoi(spec.c_str() + colon + 1) != step) return;
+    const std::string kind = spec.substr(0, at);
+    fprintf(stderr, "[mnist_driver] planted fault: %s at %s step %d\n", kind.c_str(), stage, step);
+    if (kind == "crash") plantedCrash();
+    if (kind == "hang") {
+        for (;;) pause();
+    }
 }
 
 }  // namespace
@@ -400,6 +474,7 @@ int main(int argc, char** argv) {
         cfg.integer("test_batch_size", opt.testBatchSize).integer("test_limit", opt.testLimit);
         cfg.integer("seed", opt.seed).integer("threads", opt.threads).str("precision", opt.precision);
         cfg.num("dropout", opt.dropout).str("init_params", opt.initParams).strs("dump_steps", steps);
+        cfg.boolean("trace_ops", opt.traceOps);
         cfg.num("lr_base", 0.01).num("lr_gamma", 1e-4).num("lr_power", 0.75);
         cfg.num("momentum", 0.9).num("weight_decay", 5e-4);
         log.emit("start", Json()
@@ -494,6 +569,23 @@ int main(int argc, char** argv) {
                        : opt.precision == "low" ? BackendConfig::Precision_Low
                                                 : BackendConfig::Precision_Normal;
     exe->setGlobalExecutorConfig(wanted, config, opt.threads);
+    if (opt.traceOps) {
+        exe->setCallBack([](const std::vector<Tensor*>&, const OperatorInfo*) { return true; },
+                         [](const std::vector<Tensor*>& outputs, const OperatorInfo* info) {
+                             traceOp(outputs, info);
+                             return true;
+                         });
+    }
+    auto emitOps = [&](const char* phase, int step) {
+        if (!opt.traceOps) return;
+        log.emit("ops", Json()
+                            .str("phase", phase)
+                            .integer("step", step)
+                            .integer("total", gTrace.total)
+                            .integer("backend_switches", gTrace.switches)
+                            .raw("by_backend", gTrace.json()));
+        gTrace.reset();
+    };
     const MNNForwardType active = exe->getAttr()->firstType;
     const bool exercised = active == wanted;
     std::string reason;
@@ -616,6 +708,7 @@ int main(int argc, char** argv) {
             labels[b] = train.labels[idx];
         }
         log.stage("forward", step);
+        maybePlant("forward", step);
         double t0 = mnnrepro::monotonicSeconds();
         auto image = _Const(images.data(), {opt.batchSize, 1, train.rows, train.cols}, NCHW, halide_type_of<uint8_t>());
         auto label = _Const(labels.data(), {opt.batchSize}, NCHW, halide_type_of<uint8_t>());
@@ -630,7 +723,9 @@ int main(int argc, char** argv) {
         const float lossValue = lossPtr[0];
         double t1 = mnnrepro::monotonicSeconds();
         if (opt.dumpSteps.count(step)) {
+            emitOps("forward", step);
             log.stage("grad_dump", step);
+            maybePlant("grad_dump", step);
             std::set<VARP> trainable;
             for (auto& p : named) trainable.insert(p.second);
             auto grads = OpGrad::grad(loss, trainable);
@@ -659,9 +754,12 @@ int main(int argc, char** argv) {
                 return fail(kOutputError, "output", error);
             }
         }
+        emitOps(opt.dumpSteps.count(step) ? "grad_dump" : "forward", step);
         log.stage("sgd_step", step);
+        maybePlant("sgd_step", step);
         if (!sgd->step(loss)) return fail(kMnnError, "mnn", "SGD step failed at step " + std::to_string(step));
         double t2 = mnnrepro::monotonicSeconds();
+        emitOps("sgd_step", step);
         named = model->namedParameters();
         if (opt.dumpSteps.count(step)) {
             std::vector<VARP> values;

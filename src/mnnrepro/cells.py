@@ -115,6 +115,7 @@ def run_cell(
     env = dict(icd.env) if icd else {}
     gdb = (gdb_path or shutil.which("gdb")) if use_gdb else None
     full = [gdb, "-q", "-nx", "-batch", "-x", str(GDB_SCRIPT), "--args", *argv] if gdb else argv
+    env.update(planted.driver_env(faults))
     if "hide-libvulkan" in faults:
         full, fault_env = planted.hide_libvulkan(full, result_dir / ".fault", runner.name)
         env.update(fault_env)

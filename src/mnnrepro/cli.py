@@ -29,6 +29,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--icd", dest="icds", help="comma-separated Vulkan ICDs: lavapipe,swiftshader,host,bogus")
     run.add_argument("--steps", type=int, help="training steps per cell (default: matrix [training] steps)")
     run.add_argument("--results-dir", dest="results_dir")
+    run.add_argument("--timeout", dest="timeout_s", type=int, help="seconds per driver run (default: matrix)")
     run.add_argument("--repeat", type=int, help="run every cell N times; report the rate and determinism")
     run.add_argument("--runner", choices=["auto", "host", "docker"], help="default auto: docker if an engine answers")
     run.add_argument("--base-image", dest="base_image", help="BASE_IMAGE for docker/Dockerfile")
@@ -48,7 +49,11 @@ def parser() -> argparse.ArgumentParser:
         const=False,
         help="run the driver without gdb (no backtrace on a crash)",
     )
-    run.add_argument("--fault", dest="faults", help="plant a fault to check the suite notices it: hide-libvulkan")
+    run.add_argument(
+        "--fault",
+        dest="faults",
+        help="plant a fault to check the suite notices it: hide-libvulkan, plant-crash, plant-hang",
+    )
     run.add_argument(
         "--no-clone", dest="clone", action="store_const", const=False, help="fail instead of cloning a missing source"
     )

@@ -57,6 +57,7 @@ class RunRecord:
     steps: list[dict[str, Any]] = field(default_factory=list)
     test: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
+    ops: list[dict[str, Any]] = field(default_factory=list)  # where each op ran, per step and phase
     done: bool = False
     truncated_line: bool = False
 
@@ -77,6 +78,20 @@ class RunRecord:
     @property
     def losses(self) -> list[float]:
         return [_as_float(s.get("loss")) for s in self.steps]
+
+    def placement(self, step: int = 0) -> dict[str, dict[str, Any]]:
+        """Per phase of one step: ops per backend, op types that ran on the CPU, backend switches."""
+        out: dict[str, dict[str, Any]] = {}
+        for event in self.ops:
+            if event.get("step") != step:
+                continue
+            by = event.get("by_backend") or {}
+            out[str(event.get("phase"))] = {
+                "ops": {b: sum(types.values()) for b, types in by.items()},
+                "cpu_ops": dict(sorted((by.get("cpu") or {}).items())),
+                "backend_switches": event.get("backend_switches", 0),
+            }
+        return out
 
     @property
     def accuracy(self) -> float | None:
@@ -126,6 +141,8 @@ def read_events(path: Path) -> RunRecord:
             record.test = event
         elif kind == "error":
             record.error = event
+        elif kind == "ops":
+            record.ops.append(event)
         elif kind == "done":
             record.done = True
     return record

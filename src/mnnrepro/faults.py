@@ -1,5 +1,7 @@
 """Planted faults, for proving that the suite notices them (never a pass when the backend is not active).
 
+plant-crash / plant-hang: the driver crashes (a null write of its own) at sgd_step[0], or hangs at forward[1].
+
 hide-libvulkan: the unversioned ``libvulkan.so`` vanishes for the driver while ``libvulkan.so.1`` stays,
 which is exactly what a machine without the loader's dev package looks like (MNN dlopens the unversioned
 name). On the host this takes a private mount namespace with an overlay whiteout, so root is needed.
@@ -14,7 +16,17 @@ from pathlib import Path
 
 from .errors import ConfigError, EnvironmentProblem
 
-KNOWN = ("hide-libvulkan",)
+KNOWN = ("hide-libvulkan", "plant-crash", "plant-hang")
+# Faults the driver plants in itself (native/src/main.cpp, maybePlant): a crash with the bug's signal and stage
+# but not its signature, and a hang at a known stage, to prove UNEXPECTED-CRASH and HANG are told apart.
+DRIVER_PLANTS = {"plant-crash": "crash@sgd_step:0", "plant-hang": "hang@forward:1"}
+
+
+def driver_env(faults: tuple[str, ...]) -> dict[str, str]:
+    plants = [DRIVER_PLANTS[f] for f in faults if f in DRIVER_PLANTS]
+    return {"MNNREPRO_PLANT": plants[0]} if plants else {}
+
+
 LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib")
 
 

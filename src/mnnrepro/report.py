@@ -78,11 +78,35 @@ def summary(header: dict[str, Any], rows: list[tuple[CellRun, Verdict]]) -> dict
                 "evidence": v.evidence,
                 "losses": run.record.losses,
                 "accuracy": run.record.accuracy,
+                "placement": run.record.placement(0),
             }
             for run, v in rows
         ],
         "all_matched": all(v.matched for _, v in rows),
     }
+
+
+def placement_rows(data: dict[str, Any]) -> list[tuple[str, ...]]:
+    """Step 0 of every cell that ran ops: where they ran, per phase (forward, grad_dump, sgd_step)."""
+    rows: list[tuple[str, ...]] = []
+    for c in data["cells"]:
+        for phase, p in (c.get("placement") or {}).items():
+            ops = p.get("ops") or {}
+            gpu = sum(n for b, n in ops.items() if b not in ("cpu", "unknown"))
+            cpu_ops = ", ".join(f"{t} x{n}" for t, n in (p.get("cpu_ops") or {}).items()) or "-"
+            rows.append((str(c["cell"]), str(phase), str(gpu), str(ops.get("cpu", 0)), cpu_ops, str(p.get("backend_switches"))))
+    return rows
+
+
+PLACEMENT_HEAD = ("cell", "phase (step 0)", "GPU ops", "CPU ops", "ops that fell back to CPU", "backend switches")
+
+
+def placement_table(data: dict[str, Any]) -> str:
+    rows = [PLACEMENT_HEAD, *placement_rows(data)]
+    if len(rows) == 1:
+        return ""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(PLACEMENT_HEAD))]
+    return "\n".join("  ".join(r[i].ljust(widths[i]) for i in range(len(r))).rstrip() for r in rows)
 
 
 def write_summary(path: Path, data: dict[str, Any]) -> None:
@@ -381,6 +405,19 @@ def markdown(
     if traces:
         out += ["", "Backtraces:", ""]
         out += [f"- {c['cell']}: `{_relative(c['evidence']['backtrace'], base)}`" for c in traces]
+    placement = placement_rows(data)
+    if placement:
+        out += [
+            "",
+            "### Op placement (step 0)",
+            "",
+            "Where each op of the training step ran, read from MNN's executor callbacks; a backend switch "
+            "between consecutive ops implies at least one host-device copy.",
+            "",
+            "| " + " | ".join(PLACEMENT_HEAD) + " |",
+            "|" + " --- |" * len(PLACEMENT_HEAD),
+        ]
+        out += [_row(*r) for r in placement]
     if loss_plot:
         out += ["", f"![loss per step, every cell that trained]({loss_plot})"]
     if note:

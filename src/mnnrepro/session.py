@@ -178,7 +178,7 @@ def _run_ref(
                 plugin=plugins.get(cell.variant),
                 icd=icds.get(cell.icd),
                 workload=cell_workload,
-                timeout_s=float(matrix.timeouts.get(cell.backend, 600)),
+                timeout_s=float(settings.timeout_s or matrix.timeouts.get(cell.backend, 600)),
                 runner=runner,
                 result_dir=cell_dir / f"repeat-{rep + 1}" if settings.repeat > 1 else cell_dir,
                 use_gdb=gdb_path is not None,
@@ -278,6 +278,9 @@ def run_session(name: str, settings: Settings, *, say: Callable[[str], None] = p
     commits = ", ".join(f"{r} ({(h['commit'] or '?')[:10]})" for r, h in per_ref.items())
     say(f"MNN {commits}, runner {first['runner']}, {workload.steps} steps x batch {workload.batch_size}")
     say(report.table(rows))
+    placement = report.placement_table(data)
+    if placement:
+        say("\nop placement (step 0):\n" + placement)
     say("\nreports: " + ", ".join(str(p) for p in written))
     if data["all_matched"]:
         say(f"session {name}: every cell matched its expectation")

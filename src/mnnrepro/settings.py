@@ -31,6 +31,7 @@ class Settings:
     results_dir: Path = ROOT / "results"
     icds: tuple[str, ...] = ("lavapipe", "swiftshader")
     steps: int = 0  # 0 -> the matrix's [training] steps
+    timeout_s: int = 0  # per driver run; 0 -> the matrix's [timeouts]
     repeat: int = 1  # run each cell N times: crash reproduction rate and determinism
     runner: str = "auto"  # auto: docker when an engine answers, else host
     base_image: str = "debian:bookworm-slim"  # BASE_IMAGE of docker/Dockerfile
@@ -58,7 +59,7 @@ def _coerce(name: str, value: Any) -> Any:
         if name in ("icds", "faults"):
             items = value if isinstance(value, (list, tuple)) else str(value).split(",")
             return tuple(i.strip() for i in items if str(i).strip())
-        if name in ("steps", "jobs", "repeat"):
+        if name in ("steps", "jobs", "repeat", "timeout_s"):
             number = int(value)
             if number < (1 if name == "repeat" else 0):
                 raise ValueError
@@ -96,7 +97,7 @@ def load(
         settings = _apply(settings, table, f"{pyproject} [tool.mnnrepro]")
     env = os.environ if environ is None else environ
     from_env = {k[len(ENV_PREFIX) :].lower(): v for k, v in env.items() if k.startswith(ENV_PREFIX)}
-    for internal in ("crash_dir", "it_refs", "container_as_root"):  # the suite's own variables, not settings
+    for internal in ("crash_dir", "it_refs", "container_as_root", "plant"):  # the suite's own variables, not settings
         from_env.pop(internal, None)
     settings = _apply(settings, from_env, "environment (MNNREPRO_*)")
     settings = _apply(settings, {k: v for k, v in cli.items() if v is not None}, "command line")

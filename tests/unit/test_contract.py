@@ -165,3 +165,18 @@ def test_the_driver_emits_every_event_the_reader_uses() -> None:
     assert {"start", "backend", "step", "test", "error", "done"} <= emitted
     stages = set(re.findall(r'log\.stage\("(\w+)"', text))
     assert {"forward", "sgd_step", "test", "done"} <= stages
+
+
+def test_ops_events_give_placement_per_phase(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_text(
+        '{"v":1,"event":"ops","t":0.1,"phase":"forward","step":0,"total":4,"backend_switches":2,'
+        '"by_backend":{"cpu":{"Convolution":2},"vulkan":{"Pooling":2}}}\n'
+        '{"v":1,"event":"ops","t":0.2,"phase":"forward","step":1,"total":4,"backend_switches":0,'
+        '"by_backend":{"vulkan":{"Pooling":4}}}\n'
+    )
+    record = read_events(path)
+    assert record.placement(0) == {
+        "forward": {"ops": {"cpu": 2, "vulkan": 2}, "cpu_ops": {"Convolution": 2}, "backend_switches": 2}
+    }
+    assert record.placement(1)["forward"]["cpu_ops"] == {}

@@ -349,3 +349,25 @@ def test_reports_name_every_ref_of_a_multi_ref_session_with_its_commit(tmp_path:
     assert suite is not None
     assert "47027e10992473eb4da4c536542fbefd6e5fcc1c" in props(suite)["MNN 47027e10"]
     assert "47027e10/vulkan-image/lavapipe" in junit_cases(tmp_path / "results" / "junit.xml")
+
+
+def test_placement_table_names_the_ops_that_fell_back() -> None:
+    data = {
+        "cells": [
+            {
+                "cell": "r/vulkan-image/x",
+                "placement": {
+                    "forward": {
+                        "ops": {"cpu": 5, "vulkan": 20},
+                        "cpu_ops": {"Convolution": 2, "Cast": 2},
+                        "backend_switches": 7,
+                    }
+                },
+            },
+            {"cell": "r/cpu/-", "placement": {}},
+        ]
+    }
+    text = report.placement_table(data)
+    assert "Convolution x2" in text and "r/vulkan-image/x" in text and " 7" in text
+    assert "r/cpu/-" not in text
+    assert report.placement_table({"cells": []}) == ""
