@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -43,3 +44,28 @@ def test_planted_hang_is_killed_and_reported_with_its_stage(run_session: Any) ->
     assert c["evidence"]["stage"] == "forward[step 1]"
     assert c["evidence"]["duration_s"] < 60
     assert result["exit"] == 1
+
+
+def test_truncated_idx_is_rejected_by_the_driver(run_session: Any, tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    from mnnrepro.fixtures import MNIST
+
+    summary = run_session("vulkan", REFS[0])["summary"]
+    command = cell(summary, f"{REFS[0]}/cpu/-")["evidence"]["command"]
+    driver = next(a for a in command if a.endswith("mnist_driver"))
+    if not Path(driver).exists():
+        pytest.skip(f"driver {driver} is inside a container image layer, not on this host")
+    data = tmp_path / "mnist"
+    shutil.copytree(MNIST, data)
+    images = data / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:-100])
+    proc = subprocess.run(
+        [driver, "--backend", "cpu", "--data", str(data), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert "header promises" in proc.stderr

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -296,3 +299,64 @@ def test_driver_is_keyed_by_native_sources(
     (native_copy / "src" / "main.cpp").write_text("// changed\n")
     second = b.driver(core)
     assert second != first and tools(fake) == ["cmake", "ninja"]
+
+
+class InterruptedToolchain(FakeToolchain):
+    """ninja is killed (Ctrl-C, OOM, power) halfway: some outputs exist, the run never returns."""
+
+    def run(self, argv: Sequence[str], **kwargs: Any) -> Completed:
+        if argv[0] == "ninja":
+            out = Path(list(argv)[2])
+            (out / "libMNN.so").parent.mkdir(parents=True, exist_ok=True)
+            (out / "libMNN.so").write_bytes(b"half")
+            raise KeyboardInterrupt
+        return super().run(argv, **kwargs)
+
+
+def test_killed_build_leaves_no_entry_and_the_next_run_rebuilds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tree: SourceTree
+) -> None:
+    monkeypatch.setattr(build, "toolchain_fingerprint", lambda runner: {"c++": "fake"})
+    killed = Builder(tmp_path / "cache", InterruptedToolchain(), say=lambda _: None)
+    with pytest.raises(KeyboardInterrupt):
+        killed.core(tree, CoreOptions())
+    variants = tmp_path / "cache" / "variants"
+    assert not any(p.name == "lib" and (p / build.STAMP).exists() for p in variants.rglob("lib"))
+    # A half-written entry left by hand (or an older suite) is detected by its missing stamp and replaced.
+    key = killed.core_key(tree, CoreOptions())[:24]
+    half = variants / key / "lib"
+    half.mkdir(parents=True, exist_ok=True)
+    (half / "libMNN.so").write_bytes(b"half")
+    fake = FakeToolchain()
+    core = Builder(tmp_path / "cache", fake, say=lambda _: None).core(tree, CoreOptions())
+    assert [c[0] for c in fake.calls] == ["ninja"]  # the configure survived the kill; ninja finishes the job
+    assert (core.lib_dir / "libMNN.so").read_bytes() == b"built"
+    assert (core.lib_dir / build.STAMP).is_file()
+
+
+class SlowToolchain(FakeToolchain):
+    def run(self, argv: Sequence[str], **kwargs: Any) -> Completed:
+        if argv[0] == "ninja":
+            time.sleep(0.5)
+        return super().run(argv, **kwargs)
+
+
+def test_concurrent_invocations_build_once_and_agree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tree: SourceTree
+) -> None:
+    monkeypatch.setattr(build, "toolchain_fingerprint", lambda runner: {"c++": "fake"})
+    fakes = [SlowToolchain(), SlowToolchain()]
+    results: list[Any] = [None, None]
+
+    def worker(i: int) -> None:
+        results[i] = Builder(tmp_path / "cache", fakes[i], say=lambda _: None).core(tree, CoreOptions())
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert results[0] is not None and results[1] is not None
+    assert results[0].key == results[1].key
+    ninja_runs = sum(1 for f in fakes for c in f.calls if c[0] == "ninja")
+    assert ninja_runs == 1  # the second waited on the lock, then found the finished entry
