@@ -94,7 +94,9 @@ def placement_rows(data: dict[str, Any]) -> list[tuple[str, ...]]:
             ops = p.get("ops") or {}
             gpu = sum(n for b, n in ops.items() if b not in ("cpu", "unknown"))
             cpu_ops = ", ".join(f"{t} x{n}" for t, n in (p.get("cpu_ops") or {}).items()) or "-"
-            rows.append((str(c["cell"]), str(phase), str(gpu), str(ops.get("cpu", 0)), cpu_ops, str(p.get("backend_switches"))))
+            rows.append(
+                (str(c["cell"]), str(phase), str(gpu), str(ops.get("cpu", 0)), cpu_ops, str(p.get("backend_switches")))
+            )
     return rows
 
 
