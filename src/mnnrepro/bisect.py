@@ -353,7 +353,7 @@ class MnnOracle:
 
     def _compat(self, commit: str) -> tuple[str, ...]:
         for info in self.matrix.refs.values():
-            if info.commit and info.commit.startswith(commit[: max(7, len(info.commit))]):
+            if info.commit and commit.startswith(info.commit):  # a ref the matrix pins, with its measures
                 if info.compat_cxx_flags:
                     self.say(f"    compatibility measure: {info.compat_reason}")
                 return tuple(info.compat_cxx_flags)

@@ -223,3 +223,14 @@ def test_short_runs_are_judged_against_the_cpu_run() -> None:
     assert short["loss_fall_window"] == 1 and short["min_accuracy"] == 0.0
     assert short["loss_abs_tolerance"] == 0.02
     assert bisect.short_run_checks(checks, 30, 30) == checks
+
+
+def test_compat_flags_follow_the_pinned_commit(tmp_path: Path) -> None:
+    from mnnrepro.settings import Settings
+
+    said: list[str] = []
+    oracle = bisect.MnnOracle(tmp_path, "vulkan-image", Settings(cache_dir=tmp_path), tmp_path, said.append)
+    assert oracle._compat("47027e10992473eb4da4c536542fbefd6e5fcc1c") == ("-include", "cstring")
+    assert said and "cstring" in said[0]
+    assert oracle._compat("5047919a1ae594d090ee54c7ea3403a9dee8cad4") == ()
+    assert oracle._compat("0" * 40) == ()
