@@ -16,9 +16,13 @@ nox.options.sessions = ["tests"]
 nox.options.default_venv_backend = "none"  # sessions drive builds and containers; they use this interpreter
 
 
+def _env() -> dict[str, str]:
+    """The harness is imported from src/ (sessions use this interpreter, no install step)."""
+    return {"PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
 def _mnnrepro(session: nox.Session, *args: str) -> None:
-    env = {"PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    session.run("python", "-m", "mnnrepro", *args, *session.posargs, env=env)
+    session.run("python", "-m", "mnnrepro", *args, *session.posargs, env=_env())
 
 
 @nox.session(tags=["train"])
@@ -66,8 +70,7 @@ def bisect(session: nox.Session) -> None:
 @nox.session
 def golden(session: nox.Session) -> None:
     """Regenerate the CPU gradient golden: `nox -s golden -- --ref 3.3.0` (checked against numpy first)."""
-    env = {"PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    session.run("python", "-m", "mnnrepro.gradcheck", "golden", *session.posargs, env=env)
+    session.run("python", "-m", "mnnrepro.gradcheck", "golden", *session.posargs, env=_env())
 
 
 @nox.session(tags=["quick"])
@@ -79,15 +82,13 @@ def doctor(session: nox.Session) -> None:
 @nox.session(tags=["quick"])
 def tests(session: nox.Session) -> None:
     """Run the test suite (unit + integration) in parallel with pytest-xdist."""
-    env = {"PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    session.run("python", "-m", "pytest", "-n", "auto", *session.posargs, env=env)
+    session.run("python", "-m", "pytest", "-n", "auto", *session.posargs, env=_env())
 
 
 @nox.session(tags=["quick"])
 def unit(session: nox.Session) -> None:
     """Unit tests only: no MNN, no Docker, seconds."""
-    env = {"PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    session.run("python", "-m", "pytest", "-n", "auto", "tests/unit", *session.posargs, env=env)
+    session.run("python", "-m", "pytest", "-n", "auto", "tests/unit", *session.posargs, env=_env())
 
 
 @nox.session(tags=["quick"])
@@ -119,5 +120,4 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Benchmark cold/warm builds and a warm end-to-end vulkan_buffer run (writes bench/results.json)."""
-    env = {"PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    session.run("python", str(ROOT / "bench" / "bench_build.py"), *session.posargs, env=env)
+    session.run("python", str(ROOT / "bench" / "bench_build.py"), *session.posargs, env=_env())
