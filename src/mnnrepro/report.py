@@ -90,6 +90,8 @@ def placement_rows(data: dict[str, Any]) -> list[tuple[str, ...]]:
     """Step 0 of every cell that ran ops: where they ran, per phase (forward, grad_dump, sgd_step)."""
     rows: list[tuple[str, ...]] = []
     for c in data["cells"]:
+        if c.get("variant") == "cpu":  # the baseline: nothing of it "falls back"
+            continue
         for phase, p in (c.get("placement") or {}).items():
             ops = p.get("ops") or {}
             gpu = sum(n for b, n in ops.items() if b not in ("cpu", "unknown"))
