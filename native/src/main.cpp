@@ -403,6 +403,37 @@ struct OpTrace {
 };
 OpTrace gTrace;
 
+// Per-phase timing for `nox -s bench` (event "timing"), from the same executor callbacks: the phase's start,
+// the first op's "before", the last op's "after" and the time spent between each op's "before" and "after".
+// Preparation (graph building, shape inference, resize: allocation, pipeline creation) happens before the
+// first op of a compute; execution is from there to the end of the phase (ops, the backend's submit and wait,
+// readback). On an asynchronous GPU backend an op's onExecute only records commands: the device's work shows
+// up in the tail after the last op (the submit/wait and the copy back), which is still counted as execution.
+struct PhaseTiming {
+    double start = 0.0, firstBefore = -1.0, lastAfter = -1.0, opBefore = 0.0, inOps = 0.0;
+    int ops = 0;
+    void reset(double now) {
+        start = now;
+        firstBefore = lastAfter = -1.0;
+        opBefore = inOps = 0.0;
+        ops = 0;
+    }
+};
+PhaseTiming gTime;
+
+void timeBefore() {
+    const double now = mnnrepro::monotonicSeconds();
+    if (gTime.firstBefore < 0.0) gTime.firstBefore = now;
+    gTime.opBefore = now;
+}
+
+void timeAfter() {
+    const double now = mnnrepro::monotonicSeconds();
+    gTime.inOps += now - gTime.opBefore;
+    gTime.lastAfter = now;
+    gTime.ops += 1;
+}
+
 void traceOp(const std::vector<Tensor*>& outputs, const OperatorInfo* info) {
     std::string backend = "unknown";
     if (!outputs.empty() && outputs[0] != nullptr) {
@@ -570,9 +601,14 @@ int main(int argc, char** argv) {
                                                 : BackendConfig::Precision_Normal;
     exe->setGlobalExecutorConfig(wanted, config, opt.threads);
     if (opt.traceOps) {
-        exe->setCallBack([](const std::vector<Tensor*>&, const OperatorInfo*) { return true; },
-                         [](const std::vector<Tensor*>& outputs, const OperatorInfo* info) {
-                             traceOp(outputs, info);
+        exe->setCallBack(
+            [](const std::vector<Tensor*>&, const OperatorInfo*) {
+                timeBefore();
+                return true;
+            },
+            [](const std::vector<Tensor*>& outputs, const OperatorInfo* info) {
+                timeAfter();
+                traceOp(outputs, info);
                              return true;
                          });
     }
@@ -585,6 +621,17 @@ int main(int argc, char** argv) {
                             .integer("backend_switches", gTrace.switches)
                             .raw("by_backend", gTrace.json()));
         gTrace.reset();
+    };
+    auto emitTiming = [&](const char* phase, int step, double end) {
+        if (!opt.traceOps) return;
+        Json j;
+        j.str("phase", phase).integer("step", step).num("ms", (end - gTime.start) * 1e3).integer("ops", gTime.ops);
+        if (gTime.ops > 0) {
+            j.num("first_op_ms", (gTime.firstBefore - gTime.start) * 1e3)
+                .num("last_op_ms", (gTime.lastAfter - gTime.start) * 1e3)
+                .num("in_ops_ms", gTime.inOps * 1e3);
+        }
+        log.emit("timing", j);
     };
     const MNNForwardType active = exe->getAttr()->firstType;
     const bool exercised = active == wanted;
@@ -710,6 +757,7 @@ int main(int argc, char** argv) {
         log.stage("forward", step);
         maybePlant("forward", step);
         double t0 = mnnrepro::monotonicSeconds();
+        gTime.reset(t0);
         auto image = _Const(images.data(), {opt.batchSize, 1, train.rows, train.cols}, NCHW, halide_type_of<uint8_t>());
         auto label = _Const(labels.data(), {opt.batchSize}, NCHW, halide_type_of<uint8_t>());
         auto input = _Cast<float>(image) * _Const(1.0f / 255.0f);
@@ -722,6 +770,7 @@ int main(int argc, char** argv) {
         if (!lossPtr) return fail(kMnnError, "mnn", "forward pass produced no loss at step " + std::to_string(step));
         const float lossValue = lossPtr[0];
         double t1 = mnnrepro::monotonicSeconds();
+        emitTiming("forward", step, t1);
         if (opt.dumpSteps.count(step)) {
             emitOps("forward", step);
             log.stage("grad_dump", step);
@@ -757,8 +806,10 @@ int main(int argc, char** argv) {
         emitOps(opt.dumpSteps.count(step) ? "grad_dump" : "forward", step);
         log.stage("sgd_step", step);
         maybePlant("sgd_step", step);
+        gTime.reset(mnnrepro::monotonicSeconds());
         if (!sgd->step(loss)) return fail(kMnnError, "mnn", "SGD step failed at step " + std::to_string(step));
         double t2 = mnnrepro::monotonicSeconds();
+        emitTiming("sgd_step", step, t2);
         emitOps("sgd_step", step);
         named = model->namedParameters();
         if (opt.dumpSteps.count(step)) {

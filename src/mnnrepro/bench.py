@@ -1,0 +1,577 @@
+"""`nox -s bench` (issue 6): the cost of training per backend, per step, split into preparation and execution.
+
+``python -m mnnrepro.bench [--repeat 3] [--steps 20] [--icd lavapipe,swiftshader,host] [--compare OLD.json]``
+
+Backends: the CPU, Vulkan buffer mode on every ICD asked for (``host`` counts only when its device is not a
+CPU-type device, read from the driver's ``backend.device.type``), and OpenCL (needs a GPU-type OpenCL device;
+otherwise the row is NOT-EXERCISED and carries no number). Vulkan image mode is not timed: it crashes in the
+first SGD step (MNN#3129), so it has no training cost to measure.
+
+Method. Each repetition is one driver process training ``--steps`` steps of the demo's dynamic graph (the graph
+is rebuilt every step, so every step pays shape inference and resize). Step 0 is warm-up (first resize,
+pipeline compilation) and left out of every statistic. The driver's ``timing`` events come from MNN's executor
+callbacks: per phase (``forward``: loss graph and its compute; ``sgd_step``: gradient graph, compute and
+update) the time from the phase's start to the first op's "before" callback is *preparation* (graph build,
+shape inference, resize: allocation and pipeline creation), the rest of the phase is *execution* (the ops,
+the backend's submit and wait, readback). Limits: on an asynchronous GPU backend (Vulkan) an op's
+``onExecute`` only records commands, so the device's work lands in the tail after the last op (still counted
+as execution, never as preparation); work a backend defers from resize into its first execute is counted as
+execution; and a phase with several computes (SGD reads parameters back one by one after a single
+``prepareCompute``) counts only the time before the first op as preparation. The callbacks put MNN into its
+debug mode (ops are encoded one by one), which can change the cost; so every repetition also runs with
+``--no-trace-ops`` and the total per step without callbacks is reported, with the overhead of tracing.
+
+Statistics pool the steps 1..N-1 of all repetitions of a cell: median and interquartile range; the ratio to
+the CPU is of the medians of the total per step without tracing, CPU of the same run.
+
+Static graph: not measured. MNN can export a static training graph (``OpGrad::grad`` +
+``SGD::onMakeParameterUpdateGraphByGrad`` + ``ParameterOptimizer::makeLoopModel``, as
+``tools/train/source/exec/transformerExecution.cpp`` does) and run it in an ``Interpreter`` session whose
+parameter-update outputs alias the parameters; the driver would need a second training path (placeholders
+for image, label, dropout mask and learning rate, the exported ``.mnn``, a session per backend) and a check
+that it trains like the dynamic path before its timings mean anything. That did not fit the time box of the
+issue's first iteration; see STATIC_GRAPH below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from . import fixtures, icd, source
+from .build import Builder, CoreOptions
+from .cells import Cell, Workload, run_cell
+from .contract import EVENTS_VERSION, RunRecord
+from .session import make_runner
+from .settings import load
+
+SCHEMA = "mnnrepro-bench/1"
+WARMUP_STEPS = 1  # step 0: first resize and pipeline compilation
+MEASURED = "measured"
+NOT_EXERCISED = "NOT-EXERCISED"
+NOT_MEASURED = "NOT-MEASURED"
+FAILED = "FAILED"
+STATIC_GRAPH = (
+    "static graph: not measured. MNN 3.3.0 can export one (OpGrad::grad + SGD::onMakeParameterUpdateGraphByGrad "
+    "+ ParameterOptimizer::makeLoopModel, see tools/train/source/exec/transformerExecution.cpp) and run it in an "
+    "Interpreter session, but the driver has no such training path yet (placeholders for image/label/dropout "
+    "mask/lr, the exported .mnn, a session per backend, and a check that it trains like the dynamic graph); "
+    "it did not fit this iteration's time box"
+)
+IMAGE_MODE_NOTE = "vulkan-image: crashes in sgd_step at step 0 (MNN#3129), no training cost to measure"
+METHOD = (
+    "prep = phase start -> first op's 'before' callback (graph build, shape inference, resize); "
+    "exec = the rest of the phase (ops, submit/wait, readback; on async GPU backends the device's work "
+    "lands after the last op). Step 0 is warm-up and excluded; statistics pool steps 1.. of all repetitions."
+)
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Median and spread of a sample (never empty: a cell with no samples has no Stats at all)."""
+
+    median: float
+    q1: float
+    q3: float
+    lo: float
+    hi: float
+    n: int
+
+    @staticmethod
+    def of(values: Iterable[float]) -> Stats:
+        xs = sorted(float(v) for v in values if math.isfinite(float(v)))
+        if not xs:
+            raise ValueError("no finite samples")
+        if len(xs) == 1:
+            q1 = q3 = xs[0]
+        else:
+            q1, _, q3 = statistics.quantiles(xs, n=4, method="inclusive")
+        return Stats(statistics.median(xs), q1, q3, xs[0], xs[-1], len(xs))
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {"median": self.median, "q1": self.q1, "q3": self.q3, "min": self.lo, "max": self.hi, "n": self.n}
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> Stats:
+        return Stats(
+            float(data["median"]),
+            float(data["q1"]),
+            float(data["q3"]),
+            float(data["min"]),
+            float(data["max"]),
+            int(data["n"]),
+        )
+
+    def text(self) -> str:
+        return f"{self.median:.1f} [{self.q1:.1f}-{self.q3:.1f}]"
+
+
+@dataclass(frozen=True)
+class StepSplit:
+    step: int
+    prep_ms: float
+    exec_ms: float
+    total_ms: float
+
+
+def split_steps(timing: Sequence[dict[str, Any]], steps: Sequence[dict[str, Any]]) -> list[StepSplit]:
+    """Per step: preparation = each phase's time before its first op; execution = the rest of the phase.
+    A step is left out when a phase has no timing event or ran no op (no split can be made)."""
+    by_step: dict[int, dict[str, dict[str, Any]]] = {}
+    for event in timing:
+        by_step.setdefault(int(event["step"]), {})[str(event["phase"])] = event
+    out = []
+    for step_event in steps:
+        step = int(step_event["step"])
+        phases = by_step.get(step, {})
+        if set(phases) < {"forward", "sgd_step"} or any(
+            int(phases[p].get("ops", 0)) <= 0 or "first_op_ms" not in phases[p] for p in ("forward", "sgd_step")
+        ):
+            continue
+        prep = sum(float(phases[p]["first_op_ms"]) for p in ("forward", "sgd_step"))
+        total = sum(float(phases[p]["ms"]) for p in ("forward", "sgd_step"))
+        out.append(StepSplit(step, prep, total - prep, total))
+    return out
+
+
+def step_totals(steps: Sequence[dict[str, Any]]) -> dict[int, float]:
+    """forward_ms + step_ms per step, as the driver's `step` events report them."""
+    return {int(s["step"]): float(s["forward_ms"]) + float(s["step_ms"]) for s in steps}
+
+
+def cpu_fallback_ops(record: RunRecord, step: int = WARMUP_STEPS) -> int | None:
+    """Ops that ran on the CPU in the forward and sgd_step phases of one steady-state step (None: not traced)."""
+    placement = record.placement(step) or record.placement(0)
+    if not placement:
+        return None
+    return sum(int(v["ops"].get("cpu", 0)) for phase, v in placement.items() if phase in ("forward", "sgd_step"))
+
+
+def read_timing(events: Path) -> list[dict[str, Any]]:
+    """The driver's `timing` events (native/README.md), of the contract's version."""
+    out: list[dict[str, Any]] = []
+    if not events.is_file():
+        return out
+    for line in events.read_text(errors="replace").splitlines():
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(event, dict) and event.get("event") == "timing" and event.get("v") == EVENTS_VERSION:
+            out.append(event)
+    return out
+
+
+@dataclass
+class Row:
+    """One backend. Numbers exist only when status is `measured`; other rows carry a reason instead."""
+
+    backend: str
+    status: str
+    reason: str = ""
+    device: str = ""
+    prep: Stats | None = None
+    exec: Stats | None = None
+    total: Stats | None = None  # traced runs, prep + exec
+    untraced: Stats | None = None  # --no-trace-ops runs, forward_ms + step_ms
+    cpu_ops: int | None = None
+    repeats: int = 0
+    ratio: float | None = None  # untraced (else traced) median total / the CPU's, same run
+
+    def __post_init__(self) -> None:
+        if self.status != MEASURED and any(
+            v is not None for v in (self.prep, self.exec, self.total, self.untraced, self.ratio, self.cpu_ops)
+        ):
+            raise ValueError(f"{self.backend}: a {self.status} row carries no numbers")
+
+    @property
+    def per_step(self) -> Stats | None:
+        return self.untraced or self.total
+
+    @property
+    def trace_overhead(self) -> float | None:
+        if self.total is None or self.untraced is None or self.untraced.median <= 0:
+            return None
+        return self.total.median / self.untraced.median - 1.0
+
+    def as_dict(self) -> dict[str, Any]:
+        stats = {k: (v.as_dict() if v else None) for k, v in self._stats().items()}
+        return {
+            "backend": self.backend,
+            "status": self.status,
+            "reason": self.reason,
+            "device": self.device,
+            **stats,
+            "cpu_fallback_ops": self.cpu_ops,
+            "repeats": self.repeats,
+            "ratio_to_cpu": self.ratio,
+            "trace_overhead": self.trace_overhead,
+        }
+
+    def _stats(self) -> dict[str, Stats | None]:
+        return {"prep_ms": self.prep, "exec_ms": self.exec, "total_ms": self.total, "untraced_ms": self.untraced}
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> Row:
+        def stat(key: str) -> Stats | None:
+            value = data.get(key)
+            return Stats.from_dict(value) if value else None
+
+        return Row(
+            backend=str(data["backend"]),
+            status=str(data["status"]),
+            reason=str(data.get("reason", "")),
+            device=str(data.get("device", "")),
+            prep=stat("prep_ms"),
+            exec=stat("exec_ms"),
+            total=stat("total_ms"),
+            untraced=stat("untraced_ms"),
+            cpu_ops=data.get("cpu_fallback_ops"),
+            repeats=int(data.get("repeats", 0)),
+            ratio=data.get("ratio_to_cpu"),
+        )
+
+
+@dataclass
+class Samples:
+    """Per-step samples of one backend over its repetitions (step 0 already dropped)."""
+
+    prep: list[float] = field(default_factory=list)
+    exec: list[float] = field(default_factory=list)
+    total: list[float] = field(default_factory=list)
+    untraced: list[float] = field(default_factory=list)
+    cpu_ops: int | None = None
+    repeats: int = 0
+
+    def add_traced(self, timing: Sequence[dict[str, Any]], steps: Sequence[dict[str, Any]]) -> None:
+        for split in split_steps(timing, steps):
+            if split.step >= WARMUP_STEPS:
+                self.prep.append(split.prep_ms)
+                self.exec.append(split.exec_ms)
+                self.total.append(split.total_ms)
+
+    def add_untraced(self, steps: Sequence[dict[str, Any]]) -> None:
+        self.untraced += [v for s, v in sorted(step_totals(steps).items()) if s >= WARMUP_STEPS]
+
+    def row(self, backend: str, device: str) -> Row:
+        if not self.total and not self.untraced:
+            return Row(backend, FAILED, "no step after warm-up was measured", device)
+        return Row(
+            backend,
+            MEASURED,
+            device=device,
+            prep=Stats.of(self.prep) if self.prep else None,
+            exec=Stats.of(self.exec) if self.exec else None,
+            total=Stats.of(self.total) if self.total else None,
+            untraced=Stats.of(self.untraced) if self.untraced else None,
+            cpu_ops=self.cpu_ops,
+            repeats=self.repeats,
+        )
+
+
+def add_ratios(rows: list[Row]) -> None:
+    """Ratio of each measured row's median total per step to the CPU row's, same run."""
+    cpu = next((r for r in rows if r.backend == "cpu" and r.status == MEASURED), None)
+    base = cpu.per_step if cpu else None
+    for row in rows:
+        own = row.per_step
+        if row.status == MEASURED and own is not None and base is not None and base.median > 0:
+            # the same kind of total on both sides: untraced when both have it
+            if row.untraced is not None and cpu is not None and cpu.untraced is not None:
+                row.ratio = row.untraced.median / cpu.untraced.median
+            elif row.total is not None and cpu is not None and cpu.total is not None:
+                row.ratio = row.total.median / cpu.total.median
+
+
+def _fmt(stats: Stats | None) -> str:
+    return stats.text() if stats else "-"
+
+
+def table(rows: Sequence[Row]) -> str:
+    head = (
+        "backend",
+        "status",
+        "prep ms",
+        "exec ms",
+        "total/step (traced)",
+        "total/step (no trace)",
+        "x CPU",
+        "CPU-fallback ops",
+        "device / reason",
+    )
+    lines = [head]
+    for r in rows:
+        lines.append(
+            (
+                r.backend,
+                r.status,
+                _fmt(r.prep),
+                _fmt(r.exec),
+                _fmt(r.total),
+                _fmt(r.untraced),
+                f"{r.ratio:.2f}" if r.ratio is not None else "-",
+                str(r.cpu_ops) if r.cpu_ops is not None else "-",
+                r.device if r.status == MEASURED else r.reason,
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head) - 1)]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(line[:-1], widths, strict=True)) + "  " + line[-1] for line in lines
+    )
+
+
+def compare(new: dict[str, Any], old: dict[str, Any]) -> str:
+    """Change of the median total per step (and prep/exec) per backend from an older bench JSON."""
+    old_rows = {r["backend"]: Row.from_dict(r) for r in old.get("rows", [])}
+    lines = [f"compared with {old.get('created', '?')} (MNN {old.get('ref', '?')}, load {old.get('load', '?')}):"]
+    for data in new.get("rows", []):
+        row = Row.from_dict(data)
+        before = old_rows.get(row.backend)
+        if before is None:
+            lines.append(f"  {row.backend}: new backend")
+            continue
+        if row.status != MEASURED or before.status != MEASURED:
+            lines.append(f"  {row.backend}: n/a ({before.status} -> {row.status})")
+            continue
+        parts = []
+        for label, a, b in (
+            ("total", before.per_step, row.per_step),
+            ("prep", before.prep, row.prep),
+            ("exec", before.exec, row.exec),
+        ):
+            if a is not None and b is not None and a.median > 0:
+                parts.append(f"{label} {a.median:.1f} -> {b.median:.1f} ms ({(b.median / a.median - 1) * 100:+.0f}%)")
+        lines.append(f"  {row.backend}: " + ("; ".join(parts) if parts else "no comparable numbers"))
+    return "\n".join(lines)
+
+
+def to_json(rows: Sequence[Row], meta: dict[str, Any]) -> dict[str, Any]:
+    return {"schema": SCHEMA, **meta, "rows": [r.as_dict() for r in rows]}
+
+
+def rows_from_json(data: dict[str, Any]) -> list[Row]:
+    if data.get("schema") != SCHEMA:
+        raise ValueError(f"not a {SCHEMA} file (schema {data.get('schema')!r})")
+    return [Row.from_dict(r) for r in data["rows"]]
+
+
+def plot(rows: Sequence[Row], path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measured = [r for r in rows if r.status == MEASURED and r.prep is not None and r.exec is not None]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 0.6 * max(3, len(rows)) + 1.5))
+    names = [r.backend for r in measured]
+    prep = [r.prep.median for r in measured if r.prep]
+    exe = [r.exec.median for r in measured if r.exec]
+    ax.barh(names, prep, label="preparation (resize)", color="tab:orange")
+    ax.barh(names, exe, left=prep, label="execution", color="tab:blue")
+    err = [
+        [t.median - t.q1 for t in (r.total for r in measured) if t],
+        [t.q3 - t.median for t in (r.total for r in measured) if t],
+    ]
+    ax.errorbar([p + e for p, e in zip(prep, exe, strict=True)], names, xerr=err, fmt="none", ecolor="k", capsize=3)
+    ax.set_xlabel("ms per training step (median, IQR; traced runs)")
+    ax.set_xscale("log")
+    ax.legend(loc="lower right")
+    ratio_rows = [r for r in rows if r.status == MEASURED and r.ratio is not None]
+    ax2.barh([r.backend for r in ratio_rows], [r.ratio or 0.0 for r in ratio_rows], color="tab:green")
+    ax2.axvline(1.0, color="k", lw=0.8)
+    ax2.set_xlabel("time per step / CPU (no tracing)")
+    skipped = [f"{r.backend}: {r.status}" for r in rows if r.status != MEASURED]
+    fig.suptitle(title + ("\n" + "; ".join(skipped) if skipped else ""), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------- running
+
+
+def _loadavg() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def _device_type(record: RunRecord) -> str:
+    device = record.backend.get("device") or {}
+    return str(device.get("type") or "")
+
+
+def measure(args: argparse.Namespace, say: Callable[[str], None]) -> tuple[list[Row], dict[str, Any]]:
+    settings = load({"runner": args.runner, "ref": args.ref, "icds": args.icd})
+    matrix = fixtures.load_matrix()
+    ref = settings.ref or matrix.default_ref
+    info = matrix.ref_info(ref)
+    tree = source.resolve(
+        ref,
+        source=settings.source,
+        cache_dir=settings.cache_dir,
+        git_url=settings.git_url,
+        allow_clone=settings.clone,
+        pinned_commit=info.commit or None,
+    )
+    out_dir = (
+        Path(args.out) if args.out else settings.results_dir / (datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-bench")
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runner = make_runner(settings, tree, out_dir, say)
+    builder = Builder(settings.cache_dir, runner, jobs=settings.jobs or None, say=say)
+    core = builder.core(tree, CoreOptions(compat_cxx_flags=info.compat_cxx_flags))
+    driver = builder.driver(core)
+    training = dict(matrix.training)
+    workload = Workload(
+        steps=args.steps,
+        batch_size=int(training.get("batch_size", 64)),
+        seed=int(training.get("seed", 1)),
+        precision=str(training.get("precision", "high")),
+        test_limit=100,
+    )
+    cells: list[Cell] = [Cell(ref, "cpu", "-")]
+    cells += [Cell(ref, "vulkan-buffer", name) for name in settings.icds]
+    cells.append(Cell(ref, "opencl", "-"))
+    load_before = _loadavg()
+    say(
+        f"bench: MNN {ref} ({(tree.commit or '?')[:10]}), runner {runner.name}, {args.steps} steps x batch "
+        f"{workload.batch_size}, {args.repeat} repetition(s) traced + untraced, load {load_before}"
+    )
+    rows: list[Row] = []
+    for cell in cells:
+        backend = cell.variant if cell.icd == "-" else f"{cell.variant}/{cell.icd}"
+        plugin = builder.plugin(core, cell.variant) if cell.variant != "cpu" else None
+        the_icd = icd.resolve(cell.icd, settings.cache_dir, runner.name) if cell.backend == "vulkan" else None
+        samples = Samples()
+        device = ""
+        status_row: Row | None = None
+        for rep in range(args.repeat):
+            for traced in (True, False) if not args.no_untraced else (True,):
+                label = "traced" if traced else "untraced"
+                say(f"  {backend} repetition {rep + 1}/{args.repeat} ({label}) ...")
+                wl = workload if traced else Workload(**{**workload.__dict__, "extra_args": ("--no-trace-ops",)})
+                run = run_cell(
+                    cell,
+                    driver=driver,
+                    plugin=plugin,
+                    icd=the_icd,
+                    workload=wl,
+                    timeout_s=float(args.timeout),
+                    runner=runner,
+                    result_dir=out_dir / "cells" / cell.dirname / f"{label}-{rep + 1}",
+                    use_gdb=False,
+                )
+                record = run.record
+                device = record.device_name or device
+                if record.exercised is False:
+                    reason = str(record.backend.get("reason") or "backend not active")
+                    status_row = Row(backend, NOT_EXERCISED, reason, device)
+                elif cell.icd == "host" and _device_type(record).upper().endswith("CPU"):
+                    status_row = Row(
+                        backend,
+                        NOT_EXERCISED,
+                        f"host ICD's device is a CPU-type device ({device}), not a real GPU",
+                        device,
+                    )
+                elif run.completed.returncode != 0 or not record.done:
+                    status_row = Row(backend, FAILED, f"driver exit {run.completed.returncode}: {record.error}", device)
+                if status_row is not None:
+                    break
+                if traced:
+                    samples.add_traced(read_timing(run.result_dir / "events.jsonl"), record.steps)
+                    if samples.cpu_ops is None:
+                        samples.cpu_ops = cpu_fallback_ops(record)
+                else:
+                    samples.add_untraced(record.steps)
+            if status_row is not None:
+                break
+            samples.repeats += 1
+        row = status_row or samples.row(backend, device)
+        if cell.variant == "cpu" and row.status == MEASURED:
+            row.cpu_ops = None  # the CPU backend has nothing to fall back from
+        rows.append(row)
+        say(f"  {backend}: {row.status} {row.reason}".rstrip())
+    rows.insert(1 + len(settings.icds), Row("vulkan-image", NOT_MEASURED, IMAGE_MODE_NOTE))
+    add_ratios(rows)
+    meta = {
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "ref": ref,
+        "commit": tree.commit,
+        "runner": runner.name,
+        "steps": args.steps,
+        "warmup_steps": WARMUP_STEPS,
+        "batch_size": workload.batch_size,
+        "repeats": args.repeat,
+        "load": {"before": load_before, "after": _loadavg(), "cpus": os.cpu_count()},
+        "method": METHOD,
+        "static_graph": STATIC_GRAPH,
+        "out_dir": str(out_dir),
+    }
+    return rows, meta
+
+
+def main(argv: list[str] | None = None, say: Callable[[str], None] = print) -> int:
+    ap = argparse.ArgumentParser(prog="python -m mnnrepro.bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--ref", default=None)
+    ap.add_argument("--icd", default="lavapipe,swiftshader,host", help="Vulkan ICDs (buffer mode) to time")
+    ap.add_argument("--steps", type=int, default=20, help="steps per run (step 0 is warm-up, excluded)")
+    ap.add_argument("--repeat", type=int, default=3, help="driver runs per backend (each traced and untraced)")
+    ap.add_argument("--runner", default="host", choices=["host", "docker", "auto"])
+    ap.add_argument("--timeout", type=int, default=600, help="seconds per driver run")
+    ap.add_argument("--no-untraced", action="store_true", help="skip the --no-trace-ops runs")
+    ap.add_argument("--out", default=None, help="directory for the runs (default results/<time>-bench)")
+    ap.add_argument("--json", default=None, help="write the result here too (default OUT/bench.json)")
+    ap.add_argument("--compare", default=None, metavar="OLD.json", help="print the change from an older result")
+    ap.add_argument("--from-json", default=None, help="no runs: print (and --compare) an existing result")
+    args = ap.parse_args(argv)
+    if args.steps <= WARMUP_STEPS or args.repeat < 1:
+        ap.error(f"--steps must be > {WARMUP_STEPS} and --repeat >= 1")
+    if args.from_json:
+        data = json.loads(Path(args.from_json).read_text())
+        rows = rows_from_json(data)
+    else:
+        started = time.monotonic()
+        rows, meta = measure(args, say)
+        meta["seconds"] = round(time.monotonic() - started, 1)
+        data = to_json(rows, meta)
+        out_dir = Path(meta["out_dir"])
+        paths = [out_dir / "bench.json"] + ([Path(args.json)] if args.json else [])
+        for path in paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(data, indent=1) + "\n")
+        png = plot(rows, out_dir / "bench.png", f"MNN {meta['ref']}: time per training step, load {meta['load']}")
+        say("")
+        say(table(rows))
+        say("")
+        say(f"method: {METHOD}")
+        for row in rows:
+            if row.trace_overhead is not None:
+                say(f"trace overhead {row.backend}: {row.trace_overhead * 100:+.0f}% per step (callbacks on vs off)")
+        say(STATIC_GRAPH)
+        say(
+            f"load average (1, 5, 15 min) before {meta['load']['before']}, after {meta['load']['after']}, "
+            f"{meta['load']['cpus']} CPUs"
+        )
+        say("written: " + ", ".join(str(p) for p in [*paths, png]))
+    if args.from_json:
+        say(table(rows))
+    if args.compare:
+        say(compare(data, json.loads(Path(args.compare).read_text())))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
