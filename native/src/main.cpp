@@ -82,6 +82,7 @@ struct Options {
     float dropout = 0.5f;
     bool allowFallback = false;
     bool traceOps = true;
+    bool staticGraph = false;
 };
 
 void usage() {
@@ -101,7 +102,8 @@ void usage() {
             "  --dump-steps A,B,..   steps whose gradients and updated parameters are written\n"
             "  --dump-dir DIR        where dumps go (default OUT/grads)\n"
             "  --allow-fallback      keep going when MNN fell back to the CPU (diagnosis only)\n"
-            "  --no-trace-ops        do not record where each op ran (events \"ops\")\n");
+            "  --no-trace-ops        do not record where each op ran (events \"ops\")\n"
+            "  --static-graph        build the training graph (loss, gradients, SGD update) once and rerun it\n");
 }
 
 bool parseInt(const char* s, int& v) {
@@ -199,6 +201,8 @@ bool parseArgs(int argc, char** argv, Options& o, std::string& error) {
                 error = "--dropout wants a ratio in [0, 1)";
                 return false;
             }
+        } else if (a == "--static-graph") {
+            o.staticGraph = true;
         } else if (a == "--no-trace-ops") {
             o.traceOps = false;
         } else if (a == "--allow-fallback") {
@@ -268,8 +272,17 @@ public:
         // Kept for --dump-steps: an independent reference (src/mnnrepro/reference.py) replays the same mask.
         lastMaskDims = info->dim;
         lastMask.assign(ptr, ptr + info->size);
+        lastMaskVar = mask;
         return {x * mask};
     }
+    // --static-graph: the graph is built once, so each step draws a new mask into the same input.
+    void redraw() {
+        if (lastMaskVar.get() == nullptr) return;
+        const float scale = 1.0f / (1.0f - mRatio);
+        auto ptr = lastMaskVar->writeMap<float>();
+        for (size_t i = 0; i < lastMask.size(); ++i) ptr[i] = lastMask[i] = uniform01(*mGen) < mRatio ? 0.0f : scale;
+    }
+    VARP lastMaskVar;
     std::vector<int> lastMaskDims;  // empty until a training forward drew a mask
     std::vector<float> lastMask;
 
@@ -295,6 +308,7 @@ public:
         registerModel({conv1, conv2, ip1, ip2, drop});
     }
     const DriverDropout& dropout() const { return *static_cast<const DriverDropout*>(drop.get()); }
+    DriverDropout& mutableDropout() { return *static_cast<DriverDropout*>(drop.get()); }
     std::vector<VARP> onForward(const std::vector<VARP>& inputs) override {
         VARP x = inputs[0];
         x = conv1->forward(x);
@@ -744,7 +758,79 @@ int main(int argc, char** argv) {
     };
     const int pixels = train.rows * train.cols;
     model->setIsTraining(true);
-    for (int step = 0; step < opt.steps; ++step) {
+    if (opt.staticGraph) {
+        // A static training graph: image, label, dropout mask, learning rate, parameters and momentum are
+        // inputs; loss, new parameters and new momentum are outputs of one graph built (and resized) once.
+        // Each step writes the inputs, computes, reads the outputs back and writes them into the inputs.
+        // Same math as SGD::onGetNextParameter (L2 weight decay, momentum), without rebuilding the graph.
+        // --dump-steps is not supported here (the gradient check covers the dynamic path).
+        auto imageIn = _Input({opt.batchSize, 1, train.rows, train.cols}, NCHW, halide_type_of<uint8_t>());
+        auto labelIn = _Input({opt.batchSize}, NCHW, halide_type_of<uint8_t>());
+        auto lrIn = _Input({}, NCHW, halide_type_of<float>());
+        auto input = _Cast<float>(imageIn) * _Const(1.0f / 255.0f);
+        auto target = _OneHot(_Cast<int32_t>(labelIn), _Scalar<int>(10), _Scalar<float>(1.0f), _Scalar<float>(0.0f));
+        auto loss = _CrossEntropy(model->forward(input), target);
+        std::set<VARP> trainable;
+        for (auto& p : named) trainable.insert(p.second);
+        auto grads = OpGrad::grad(loss, trainable);
+        std::vector<VARP> history, outputs{loss};
+        for (auto& p : named) {
+            auto it = grads.find(p.second);
+            if (it == grads.end()) return fail(kMnnError, "mnn", "no gradient for " + p.first);
+            auto info = p.second->getInfo();
+            auto h = _Input(info->dim, info->order, halide_type_of<float>());
+            std::fill(h->writeMap<float>(), h->writeMap<float>() + info->size, 0.0f);
+            auto hNew = lrIn * (it->second + _Const(0.0005f) * p.second) + _Const(0.9f) * h;
+            history.push_back(h);
+            outputs.push_back(p.second - hNew);
+            outputs.push_back(hNew);
+        }
+        Variable::prepareCompute(outputs);
+        std::vector<std::vector<float>> values(outputs.size());
+        for (int step = 0; step < opt.steps; ++step) {
+            log.stage("forward", step);
+            double t0 = mnnrepro::monotonicSeconds();
+            gTime.reset(t0);
+            uint8_t* img = imageIn->writeMap<uint8_t>();
+            uint8_t* lab = labelIn->writeMap<uint8_t>();
+            int first = -1;
+            for (int b = 0; b < opt.batchSize; ++b) {
+                int idx = nextIndex();
+                if (b == 0) first = idx;
+                memcpy(img + size_t(b) * pixels, train.images.data() + size_t(idx) * pixels, pixels);
+                lab[b] = train.labels[idx];
+            }
+            if (step > 0) model->mutableDropout().redraw();
+            const float lr = LrScheduler::inv(0.01f, step, 0.0001f, 0.75f);
+            lrIn->writeMap<float>()[0] = lr;
+            for (size_t i = 0; i < outputs.size(); ++i) {
+                auto ptr = outputs[i]->readMap<float>();
+                if (!ptr) return fail(kMnnError, "mnn", "static graph produced no output at step " + std::to_string(step));
+                values[i].assign(ptr, ptr + outputs[i]->getInfo()->size);
+            }
+            const float lossValue = values[0][0];
+            double t1 = mnnrepro::monotonicSeconds();
+            emitTiming("static_step", step, t1);
+            emitOps("static_step", step);
+            log.stage("sgd_step", step);
+            for (size_t k = 0; k < named.size(); ++k) {
+                std::copy(values[1 + 2 * k].begin(), values[1 + 2 * k].end(), named[k].second->writeMap<float>());
+                std::copy(values[2 + 2 * k].begin(), values[2 + 2 * k].end(), history[k]->writeMap<float>());
+            }
+            double t2 = mnnrepro::monotonicSeconds();
+            log.emit("step", Json()
+                                 .integer("step", step)
+                                 .num("loss", lossValue)
+                                 .num("lr", lr)
+                                 .num("forward_ms", (t1 - t0) * 1e3)
+                                 .num("step_ms", (t2 - t1) * 1e3)
+                                 .integer("first_index", first));
+            if (!std::isfinite(lossValue)) {
+                return fail(kNonFinite, "numeric", "loss is not finite at step " + std::to_string(step));
+            }
+        }
+    }
+    for (int step = 0; step < (opt.staticGraph ? 0 : opt.steps); ++step) {
         std::vector<uint8_t> images(size_t(opt.batchSize) * pixels);
         std::vector<uint8_t> labels(opt.batchSize);
         std::vector<int> indices(opt.batchSize);

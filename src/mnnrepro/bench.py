@@ -24,13 +24,16 @@ debug mode (ops are encoded one by one), which can change the cost; so every rep
 Statistics pool the steps 1..N-1 of all repetitions of a cell: median and interquartile range; the ratio to
 the CPU is of the medians of the total per step without tracing, CPU of the same run.
 
-Static graph: not measured. MNN can export a static training graph (``OpGrad::grad`` +
-``SGD::onMakeParameterUpdateGraphByGrad`` + ``ParameterOptimizer::makeLoopModel``, as
-``tools/train/source/exec/transformerExecution.cpp`` does) and run it in an ``Interpreter`` session whose
-parameter-update outputs alias the parameters; the driver would need a second training path (placeholders
-for image, label, dropout mask and learning rate, the exported ``.mnn``, a session per backend) and a check
-that it trains like the dynamic path before its timings mean anything. That did not fit the time box of the
-issue's first iteration; see STATIC_GRAPH below.
+Static graph (rows ``... static``): the driver's ``--static-graph`` builds one express graph with image, label,
+dropout mask, learning rate, parameters and momentum as inputs and loss, new parameters and new momentum as
+outputs (``OpGrad::grad`` plus SGD's update written out: L2 weight decay, momentum, as
+``SGD::onGetNextParameter``), prepares it once and reruns it each step, writing the outputs back into the
+inputs. It reproduces the dynamic path's losses (same seed, same batches and masks). It is MNN's express-level
+static graph, not ``ParameterOptimizer::makeLoopModel`` + ``Module::load`` of an exported ``.mnn`` (not
+measured: that needs an exported file per backend and its own check). Its single phase is ``static_step``.
+The difference between the dynamic and the static total per step is what rebuilding and resizing the graph
+every step costs; it is the most direct measure of "resize" cost, since the callback split cannot see work
+MNN does inside the execution of a freshly built graph (see the printed note).
 """
 
 from __future__ import annotations
@@ -62,12 +65,14 @@ NOT_EXERCISED = "NOT-EXERCISED"
 NOT_MEASURED = "NOT-MEASURED"
 FAILED = "FAILED"
 STATIC_GRAPH = (
-    "static graph: not measured. MNN 3.3.0 can export one (OpGrad::grad + SGD::onMakeParameterUpdateGraphByGrad "
-    "+ ParameterOptimizer::makeLoopModel, see tools/train/source/exec/transformerExecution.cpp) and run it in an "
-    "Interpreter session, but the driver has no such training path yet (placeholders for image/label/dropout "
-    "mask/lr, the exported .mnn, a session per backend, and a check that it trains like the dynamic graph); "
-    "it did not fit this iteration's time box"
+    "static graph: rows '... static' run the driver's --static-graph (one express graph: loss, gradients and the "
+    "SGD update, prepared once, inputs rewritten each step; same losses as the dynamic graph). Not measured: "
+    "ParameterOptimizer::makeLoopModel + Module::load of an exported training .mnn (no such path in the driver). "
+    "dynamic - static = the cost of rebuilding and resizing the graph every step."
 )
+STATIC = " static"
+PHASES = ("forward", "sgd_step")
+STATIC_PHASES = ("static_step",)
 IMAGE_MODE_NOTE = "vulkan-image: crashes in sgd_step at step 0 (MNN#3129), no training cost to measure"
 METHOD = (
     "prep = phase start -> first op's 'before' callback (graph build, shape inference, resize); "
@@ -134,12 +139,11 @@ def split_steps(timing: Sequence[dict[str, Any]], steps: Sequence[dict[str, Any]
     for step_event in steps:
         step = int(step_event["step"])
         phases = by_step.get(step, {})
-        if set(phases) < {"forward", "sgd_step"} or any(
-            int(phases[p].get("ops", 0)) <= 0 or "first_op_ms" not in phases[p] for p in ("forward", "sgd_step")
-        ):
+        names = STATIC_PHASES if "static_step" in phases else PHASES
+        if any(p not in phases or int(phases[p].get("ops", 0)) <= 0 or "first_op_ms" not in phases[p] for p in names):
             continue
-        prep = sum(float(phases[p]["first_op_ms"]) for p in ("forward", "sgd_step"))
-        total = sum(float(phases[p]["ms"]) for p in ("forward", "sgd_step"))
+        prep = sum(float(phases[p]["first_op_ms"]) for p in names)
+        total = sum(float(phases[p]["ms"]) for p in names)
         out.append(StepSplit(step, prep, total - prep, total))
     return out
 
@@ -154,7 +158,7 @@ def cpu_fallback_ops(record: RunRecord, step: int = WARMUP_STEPS) -> int | None:
     placement = record.placement(step) or record.placement(0)
     if not placement:
         return None
-    return sum(int(v["ops"].get("cpu", 0)) for phase, v in placement.items() if phase in ("forward", "sgd_step"))
+    return sum(int(v["ops"].get("cpu", 0)) for phase, v in placement.items() if phase in (*PHASES, *STATIC_PHASES))
 
 
 def read_timing(events: Path) -> list[dict[str, Any]]:
@@ -280,10 +284,11 @@ class Samples:
 
 
 def add_ratios(rows: list[Row]) -> None:
-    """Ratio of each measured row's median total per step to the CPU row's, same run."""
-    cpu = next((r for r in rows if r.backend == "cpu" and r.status == MEASURED), None)
-    base = cpu.per_step if cpu else None
+    """Ratio of each measured row's median total per step to the CPU row's of the same graph kind, same run."""
     for row in rows:
+        kind = STATIC if row.backend.endswith(STATIC) else ""
+        cpu = next((r for r in rows if r.backend == "cpu" + kind and r.status == MEASURED), None)
+        base = cpu.per_step if cpu else None
         own = row.per_step
         if row.status == MEASURED and own is not None and base is not None and base.median > 0:
             # the same kind of total on both sides: untraced when both have it
@@ -295,6 +300,23 @@ def add_ratios(rows: list[Row]) -> None:
 
 def _fmt(stats: Stats | None) -> str:
     return stats.text() if stats else "-"
+
+
+def rebuild_cost(rows: Sequence[Row]) -> list[str]:
+    """Per backend: dynamic minus static median total per step (untraced where both have it)."""
+    by = {r.backend: r for r in rows}
+    out = []
+    for row in rows:
+        static = by.get(row.backend + STATIC)
+        if row.backend.endswith(STATIC) or static is None or row.status != MEASURED or static.status != MEASURED:
+            continue
+        a, b = (row.untraced, static.untraced) if row.untraced and static.untraced else (row.total, static.total)
+        if a is not None and b is not None:
+            out.append(
+                f"graph rebuild + resize per step, {row.backend}: {a.median - b.median:.1f} ms "
+                f"(dynamic {a.median:.1f} vs static {b.median:.1f}, {(1 - b.median / a.median) * 100:.0f}% of the step)"
+            )
+    return out
 
 
 def table(rows: Sequence[Row]) -> str:
@@ -445,14 +467,20 @@ def measure(args: argparse.Namespace, say: Callable[[str], None]) -> tuple[list[
     cells: list[Cell] = [Cell(ref, "cpu", "-")]
     cells += [Cell(ref, "vulkan-buffer", name) for name in settings.icds]
     cells.append(Cell(ref, "opencl", "-"))
+    plan = [(c, False) for c in cells] + ([] if args.no_static else [(c, True) for c in cells])
     load_before = _loadavg()
     say(
         f"bench: MNN {ref} ({(tree.commit or '?')[:10]}), runner {runner.name}, {args.steps} steps x batch "
         f"{workload.batch_size}, {args.repeat} repetition(s) traced + untraced, load {load_before}"
     )
     rows: list[Row] = []
-    for cell in cells:
-        backend = cell.variant if cell.icd == "-" else f"{cell.variant}/{cell.icd}"
+    skip: dict[str, Row] = {}
+    for cell, static in plan:
+        base_name = cell.variant if cell.icd == "-" else f"{cell.variant}/{cell.icd}"
+        backend = base_name + (STATIC if static else "")
+        if base_name in skip:  # not exercised / failed with the dynamic graph: the static one is not tried
+            rows.append(Row(backend, skip[base_name].status, skip[base_name].reason, skip[base_name].device))
+            continue
         plugin = builder.plugin(core, cell.variant) if cell.variant != "cpu" else None
         the_icd = icd.resolve(cell.icd, settings.cache_dir, runner.name) if cell.backend == "vulkan" else None
         samples = Samples()
@@ -462,7 +490,9 @@ def measure(args: argparse.Namespace, say: Callable[[str], None]) -> tuple[list[
             for traced in (True, False) if not args.no_untraced else (True,):
                 label = "traced" if traced else "untraced"
                 say(f"  {backend} repetition {rep + 1}/{args.repeat} ({label}) ...")
-                wl = workload if traced else Workload(**{**workload.__dict__, "extra_args": ("--no-trace-ops",)})
+                extra: tuple[str, ...] = ("--static-graph",) if static else ()
+                extra += () if traced else ("--no-trace-ops",)
+                wl = Workload(**{**workload.__dict__, "extra_args": extra})
                 run = run_cell(
                     cell,
                     driver=driver,
@@ -500,11 +530,13 @@ def measure(args: argparse.Namespace, say: Callable[[str], None]) -> tuple[list[
                 break
             samples.repeats += 1
         row = status_row or samples.row(backend, device)
+        if status_row is not None:
+            skip[base_name] = status_row
         if cell.variant == "cpu" and row.status == MEASURED:
             row.cpu_ops = None  # the CPU backend has nothing to fall back from
         rows.append(row)
         say(f"  {backend}: {row.status} {row.reason}".rstrip())
-    rows.insert(1 + len(settings.icds), Row("vulkan-image", NOT_MEASURED, IMAGE_MODE_NOTE))
+    rows.insert(2 + len(settings.icds), Row("vulkan-image", NOT_MEASURED, IMAGE_MODE_NOTE))
     add_ratios(rows)
     meta = {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -532,6 +564,7 @@ def main(argv: list[str] | None = None, say: Callable[[str], None] = print) -> i
     ap.add_argument("--runner", default="host", choices=["host", "docker", "auto"])
     ap.add_argument("--timeout", type=int, default=600, help="seconds per driver run")
     ap.add_argument("--no-untraced", action="store_true", help="skip the --no-trace-ops runs")
+    ap.add_argument("--no-static", action="store_true", help="skip the --static-graph runs")
     ap.add_argument("--out", default=None, help="directory for the runs (default results/<time>-bench)")
     ap.add_argument("--json", default=None, help="write the result here too (default OUT/bench.json)")
     ap.add_argument("--compare", default=None, metavar="OLD.json", help="print the change from an older result")
@@ -561,6 +594,8 @@ def main(argv: list[str] | None = None, say: Callable[[str], None] = print) -> i
             if row.trace_overhead is not None:
                 say(f"trace overhead {row.backend}: {row.trace_overhead * 100:+.0f}% per step (callbacks on vs off)")
         say(STATIC_GRAPH)
+        for line in rebuild_cost(rows):
+            say(line)
         say(
             f"load average (1, 5, 15 min) before {meta['load']['before']}, after {meta['load']['after']}, "
             f"{meta['load']['cpus']} CPUs"

@@ -160,3 +160,23 @@ def test_read_timing_keeps_timing_events_of_this_version(tmp_path: Path) -> None
     path.write_text("\n".join(json.dumps(e) for e in lines) + "\n{torn")
     assert bench.read_timing(path) == [lines[0]]
     assert bench.read_timing(tmp_path / "missing.jsonl") == []
+
+
+def test_split_of_a_static_step_uses_its_single_phase() -> None:
+    events = [timing(1, "static_step", 25.0, 0.5), timing(1, "forward", 999.0, 500.0)]
+    (split,) = bench.split_steps(events, [step(1, 25.0, 0.5)])
+    assert (split.prep_ms, split.exec_ms, split.total_ms) == (0.5, 24.5, 25.0)
+
+
+def test_static_rows_compare_with_the_static_cpu_and_give_the_rebuild_cost() -> None:
+    def measured(name: str, untraced: float) -> bench.Row:
+        return bench.Row(name, bench.MEASURED, total=bench.Stats.of([untraced]), untraced=bench.Stats.of([untraced]))
+
+    rows = [measured("cpu", 80.0), measured("cpu static", 20.0), measured("vulkan-buffer/lavapipe", 1600.0)]
+    rows.append(measured("vulkan-buffer/lavapipe static", 400.0))
+    bench.add_ratios(rows)
+    assert [r.ratio for r in rows] == [1.0, 1.0, 20.0, 20.0]
+    lines = bench.rebuild_cost(rows)
+    assert len(lines) == 2
+    assert "cpu: 60.0 ms" in lines[0] and "75% of the step" in lines[0]
+    assert "lavapipe: 1200.0 ms" in lines[1]
