@@ -77,7 +77,11 @@ IMAGE_MODE_NOTE = "vulkan-image: crashes in sgd_step at step 0 (MNN#3129), no tr
 METHOD = (
     "prep = phase start -> first op's 'before' callback (graph build, shape inference, resize); "
     "exec = the rest of the phase (ops, submit/wait, readback; on async GPU backends the device's work "
-    "lands after the last op). Step 0 is warm-up and excluded; statistics pool steps 1.. of all repetitions."
+    "lands after the last op). 'outside ops' = phase time not between an op's before and after callbacks "
+    "(graph build, resize between computes, readback): an upper bound on preparation, since MNN's lazy "
+    "evaluation runs small computes while the graph is still being built, so the first op can fire before "
+    "most of the preparation. Step 0 is warm-up and excluded; statistics pool steps 1.. of all repetitions; "
+    "[q1-q3] is the interquartile range. x CPU: untraced median / the CPU's of the same graph kind."
 )
 
 
@@ -127,6 +131,7 @@ class StepSplit:
     prep_ms: float
     exec_ms: float
     total_ms: float
+    outside_ms: float = math.nan  # phase time outside any op's before..after: an upper bound on preparation
 
 
 def split_steps(timing: Sequence[dict[str, Any]], steps: Sequence[dict[str, Any]]) -> list[StepSplit]:
@@ -144,7 +149,8 @@ def split_steps(timing: Sequence[dict[str, Any]], steps: Sequence[dict[str, Any]
             continue
         prep = sum(float(phases[p]["first_op_ms"]) for p in names)
         total = sum(float(phases[p]["ms"]) for p in names)
-        out.append(StepSplit(step, prep, total - prep, total))
+        inside = sum(float(phases[p].get("in_ops_ms", math.nan)) for p in names)
+        out.append(StepSplit(step, prep, total - prep, total, total - inside))
     return out
 
 
@@ -187,6 +193,7 @@ class Row:
     prep: Stats | None = None
     exec: Stats | None = None
     total: Stats | None = None  # traced runs, prep + exec
+    outside: Stats | None = None  # traced runs, time outside op callbacks (upper bound on preparation)
     untraced: Stats | None = None  # --no-trace-ops runs, forward_ms + step_ms
     cpu_ops: int | None = None
     repeats: int = 0
@@ -194,7 +201,8 @@ class Row:
 
     def __post_init__(self) -> None:
         if self.status != MEASURED and any(
-            v is not None for v in (self.prep, self.exec, self.total, self.untraced, self.ratio, self.cpu_ops)
+            v is not None
+            for v in (self.prep, self.exec, self.total, self.outside, self.untraced, self.ratio, self.cpu_ops)
         ):
             raise ValueError(f"{self.backend}: a {self.status} row carries no numbers")
 
@@ -223,7 +231,13 @@ class Row:
         }
 
     def _stats(self) -> dict[str, Stats | None]:
-        return {"prep_ms": self.prep, "exec_ms": self.exec, "total_ms": self.total, "untraced_ms": self.untraced}
+        return {
+            "prep_ms": self.prep,
+            "exec_ms": self.exec,
+            "total_ms": self.total,
+            "outside_ops_ms": self.outside,
+            "untraced_ms": self.untraced,
+        }
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> Row:
@@ -239,6 +253,7 @@ class Row:
             prep=stat("prep_ms"),
             exec=stat("exec_ms"),
             total=stat("total_ms"),
+            outside=stat("outside_ops_ms"),
             untraced=stat("untraced_ms"),
             cpu_ops=data.get("cpu_fallback_ops"),
             repeats=int(data.get("repeats", 0)),
@@ -253,6 +268,7 @@ class Samples:
     prep: list[float] = field(default_factory=list)
     exec: list[float] = field(default_factory=list)
     total: list[float] = field(default_factory=list)
+    outside: list[float] = field(default_factory=list)
     untraced: list[float] = field(default_factory=list)
     cpu_ops: int | None = None
     repeats: int = 0
@@ -263,6 +279,7 @@ class Samples:
                 self.prep.append(split.prep_ms)
                 self.exec.append(split.exec_ms)
                 self.total.append(split.total_ms)
+                self.outside.append(split.outside_ms)
 
     def add_untraced(self, steps: Sequence[dict[str, Any]]) -> None:
         self.untraced += [v for s, v in sorted(step_totals(steps).items()) if s >= WARMUP_STEPS]
@@ -277,6 +294,7 @@ class Samples:
             prep=Stats.of(self.prep) if self.prep else None,
             exec=Stats.of(self.exec) if self.exec else None,
             total=Stats.of(self.total) if self.total else None,
+            outside=Stats.of(self.outside) if any(math.isfinite(v) for v in self.outside) else None,
             untraced=Stats.of(self.untraced) if self.untraced else None,
             cpu_ops=self.cpu_ops,
             repeats=self.repeats,
@@ -325,6 +343,7 @@ def table(rows: Sequence[Row]) -> str:
         "status",
         "prep ms",
         "exec ms",
+        "outside ops ms",
         "total/step (traced)",
         "total/step (no trace)",
         "x CPU",
@@ -339,6 +358,7 @@ def table(rows: Sequence[Row]) -> str:
                 r.status,
                 _fmt(r.prep),
                 _fmt(r.exec),
+                _fmt(r.outside),
                 _fmt(r.total),
                 _fmt(r.untraced),
                 f"{r.ratio:.2f}" if r.ratio is not None else "-",

@@ -44,6 +44,8 @@ def test_split_prep_is_time_before_first_op_of_each_phase() -> None:
     assert split.prep_ms == 10.0
     assert split.exec_ms == 90.0
     assert split.total_ms == 100.0
+    # in_ops_ms = ms - first - 2 per phase: outside = first + 2 per phase
+    assert split.outside_ms == 14.0
 
 
 def test_split_skips_steps_without_ops_or_a_phase() -> None:
