@@ -413,21 +413,30 @@ def plot(rows: Sequence[Row], path: Path, title: str) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    measured = [r for r in rows if r.status == MEASURED and r.prep is not None and r.exec is not None]
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 0.6 * max(3, len(rows)) + 1.5))
+    measured = [r for r in rows if r.status == MEASURED]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 0.7 * max(3, len(measured)) + 1.8))
     names = [r.backend for r in measured]
-    prep = [r.prep.median for r in measured if r.prep]
-    exe = [r.exec.median for r in measured if r.exec]
-    ax.barh(names, prep, label="preparation (resize)", color="tab:orange")
-    ax.barh(names, exe, left=prep, label="execution", color="tab:blue")
-    err = [
-        [t.median - t.q1 for t in (r.total for r in measured) if t],
-        [t.q3 - t.median for t in (r.total for r in measured) if t],
-    ]
-    ax.errorbar([p + e for p, e in zip(prep, exe, strict=True)], names, xerr=err, fmt="none", ecolor="k", capsize=3)
-    ax.set_xlabel("ms per training step (median, IQR; traced runs)")
+    series = (
+        ("preparation (before first op)", "prep", "tab:orange"),
+        ("outside op callbacks", "outside", "tab:red"),
+        ("execution", "exec", "tab:blue"),
+        ("total, no tracing", "untraced", "tab:gray"),
+    )
+    height = 0.8 / len(series)
+    for k, (label, attr, color) in enumerate(series):
+        ys, xs, lo, hi = [], [], [], []
+        for i, r in enumerate(measured):
+            st: Stats | None = getattr(r, attr)
+            if st is not None:
+                ys.append(i + (k - (len(series) - 1) / 2) * height)
+                xs.append(st.median)
+                lo.append(st.median - st.q1)
+                hi.append(st.q3 - st.median)
+        ax.barh(ys, xs, height=height, xerr=[lo, hi], label=label, color=color, capsize=2)
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("ms per training step (median, IQR; step 0 excluded)")
     ax.set_xscale("log")
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower right", fontsize=8)
     ratio_rows = [r for r in rows if r.status == MEASURED and r.ratio is not None]
     ax2.barh([r.backend for r in ratio_rows], [r.ratio or 0.0 for r in ratio_rows], color="tab:green")
     ax2.axvline(1.0, color="k", lw=0.8)
