@@ -198,11 +198,21 @@ class Row:
     cpu_ops: int | None = None
     repeats: int = 0
     ratio: float | None = None  # untraced (else traced) median total / the CPU's, same run
+    loss_diff: float | None = None  # static rows: max |loss - the dynamic graph's loss| over the steps, same seed
 
     def __post_init__(self) -> None:
         if self.status != MEASURED and any(
             v is not None
-            for v in (self.prep, self.exec, self.total, self.outside, self.untraced, self.ratio, self.cpu_ops)
+            for v in (
+                self.prep,
+                self.exec,
+                self.total,
+                self.outside,
+                self.untraced,
+                self.ratio,
+                self.cpu_ops,
+                self.loss_diff,
+            )
         ):
             raise ValueError(f"{self.backend}: a {self.status} row carries no numbers")
 
@@ -228,6 +238,7 @@ class Row:
             "repeats": self.repeats,
             "ratio_to_cpu": self.ratio,
             "trace_overhead": self.trace_overhead,
+            "loss_diff_vs_dynamic": self.loss_diff,
         }
 
     def _stats(self) -> dict[str, Stats | None]:
@@ -258,6 +269,7 @@ class Row:
             cpu_ops=data.get("cpu_fallback_ops"),
             repeats=int(data.get("repeats", 0)),
             ratio=data.get("ratio_to_cpu"),
+            loss_diff=data.get("loss_diff_vs_dynamic"),
         )
 
 
@@ -318,6 +330,12 @@ def add_ratios(rows: list[Row]) -> None:
 
 def _fmt(stats: Stats | None) -> str:
     return stats.text() if stats else "-"
+
+
+def loss_diff(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Largest absolute difference of two loss curves over their common steps (None: nothing to compare)."""
+    pairs = list(zip(a, b, strict=False))
+    return max(abs(x - y) for x, y in pairs) if pairs else None
 
 
 def rebuild_cost(rows: Sequence[Row]) -> list[str]:
@@ -504,6 +522,8 @@ def measure(args: argparse.Namespace, say: Callable[[str], None]) -> tuple[list[
     )
     rows: list[Row] = []
     skip: dict[str, Row] = {}
+    dynamic_losses: dict[str, list[float]] = {}
+    static_losses: dict[str, list[float]] = {}
     for cell, static in plan:
         base_name = cell.variant if cell.icd == "-" else f"{cell.variant}/{cell.icd}"
         backend = base_name + (STATIC if static else "")
@@ -530,7 +550,7 @@ def measure(args: argparse.Namespace, say: Callable[[str], None]) -> tuple[list[
                     workload=wl,
                     timeout_s=float(args.timeout),
                     runner=runner,
-                    result_dir=out_dir / "cells" / cell.dirname / f"{label}-{rep + 1}",
+                    result_dir=out_dir / "cells" / cell.dirname / f"{'static-' if static else ''}{label}-{rep + 1}",
                     use_gdb=False,
                 )
                 record = run.record
@@ -549,6 +569,8 @@ def measure(args: argparse.Namespace, say: Callable[[str], None]) -> tuple[list[
                     status_row = Row(backend, FAILED, f"driver exit {run.completed.returncode}: {record.error}", device)
                 if status_row is not None:
                     break
+                if traced and rep == 0:
+                    (static_losses if static else dynamic_losses)[base_name] = record.losses
                 if traced:
                     samples.add_traced(read_timing(run.result_dir / "events.jsonl"), record.steps)
                     if samples.cpu_ops is None:
@@ -561,6 +583,8 @@ def measure(args: argparse.Namespace, say: Callable[[str], None]) -> tuple[list[
         row = status_row or samples.row(backend, device)
         if status_row is not None:
             skip[base_name] = status_row
+        if static and row.status == MEASURED:
+            row.loss_diff = loss_diff(dynamic_losses.get(base_name, []), static_losses.get(base_name, []))
         if cell.variant == "cpu" and row.status == MEASURED:
             row.cpu_ops = None  # the CPU backend has nothing to fall back from
         rows.append(row)
@@ -620,6 +644,8 @@ def main(argv: list[str] | None = None, say: Callable[[str], None] = print) -> i
         say("")
         say(f"method: {METHOD}")
         for row in rows:
+            if row.loss_diff is not None:
+                say(f"static graph vs dynamic, {row.backend}: max |loss difference| {row.loss_diff:.2e} over the steps")
             if row.trace_overhead is not None:
                 say(f"trace overhead {row.backend}: {row.trace_overhead * 100:+.0f}% per step (callbacks on vs off)")
         say(STATIC_GRAPH)

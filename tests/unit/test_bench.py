@@ -182,3 +182,12 @@ def test_static_rows_compare_with_the_static_cpu_and_give_the_rebuild_cost() -> 
     assert len(lines) == 2
     assert "cpu: 60.0 ms" in lines[0] and "75% of the step" in lines[0]
     assert "lavapipe: 1200.0 ms" in lines[1]
+
+
+def test_loss_diff_of_static_and_dynamic_curves() -> None:
+    assert bench.loss_diff([2.0, 1.5, 1.0], [2.0, 1.25, 1.0]) == 0.25
+    assert bench.loss_diff([], [1.0]) is None
+    with pytest.raises(ValueError):
+        bench.Row("opencl static", bench.NOT_EXERCISED, "none", loss_diff=0.0)
+    row = bench.Row("cpu static", bench.MEASURED, total=bench.Stats.of([1.0]), loss_diff=0.5)
+    assert bench.Row.from_dict(json.loads(json.dumps(row.as_dict()))).loss_diff == 0.5
