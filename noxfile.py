@@ -121,7 +121,7 @@ def lint(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Training cost per backend (prep/exec per step, CPU fallbacks, ratio to CPU; `python -m mnnrepro.bench`),
     then cold/warm builds (bench/bench_build.py). Arguments after `--` go to the former:
-    `nox -s bench -- --repeat 5 --compare results/<run>/bench.json`. MNNREPRO_BENCH_BUILD=0 skips the latter."""
+    `nox -s bench -- --repeat 5 --compare results/<run>/bench.json`. BENCH_SKIP_BUILD=1 skips the latter."""
     session.run("python", "-m", "mnnrepro.bench", *session.posargs, env=_env())
-    if os.environ.get("MNNREPRO_BENCH_BUILD", "1") != "0":
+    if os.environ.get("BENCH_SKIP_BUILD", "") != "1":
         session.run("python", str(ROOT / "bench" / "bench_build.py"), env=_env())
