@@ -509,6 +509,18 @@ int main(int argc, char** argv) {
         fprintf(stderr, "mnist_driver: %s: %s\n", kind.c_str(), message.c_str());
         return code;
     };
+    // One "step" event per training step (both graph kinds); a non-finite loss ends the run.
+    auto emitStep = [&](int step, float loss, float lr, double forwardS, double stepS, int firstIndex) -> int {
+        log.emit("step", Json()
+                             .integer("step", step)
+                             .num("loss", loss)
+                             .num("lr", lr)
+                             .num("forward_ms", forwardS * 1e3)
+                             .num("step_ms", stepS * 1e3)
+                             .integer("first_index", firstIndex));
+        if (!std::isfinite(loss)) return fail(kNonFinite, "numeric", "loss is not finite at step " + std::to_string(step));
+        return int(kOk);
+    };
     {
         std::vector<std::string> args(argv, argv + argc);
         std::vector<std::string> steps;
@@ -818,16 +830,7 @@ int main(int argc, char** argv) {
                 std::copy(values[2 + 2 * k].begin(), values[2 + 2 * k].end(), history[k]->writeMap<float>());
             }
             double t2 = mnnrepro::monotonicSeconds();
-            log.emit("step", Json()
-                                 .integer("step", step)
-                                 .num("loss", lossValue)
-                                 .num("lr", lr)
-                                 .num("forward_ms", (t1 - t0) * 1e3)
-                                 .num("step_ms", (t2 - t1) * 1e3)
-                                 .integer("first_index", first));
-            if (!std::isfinite(lossValue)) {
-                return fail(kNonFinite, "numeric", "loss is not finite at step " + std::to_string(step));
-            }
+            if (int rc = emitStep(step, lossValue, lr, t1 - t0, t2 - t1, first)) return rc;
         }
     }
     for (int step = 0; step < (opt.staticGraph ? 0 : opt.steps); ++step) {
@@ -904,16 +907,7 @@ int main(int argc, char** argv) {
             std::string dir = opt.dumpDir + "/step" + std::to_string(step);
             if (!writeParams(dir + "/after", named, values, error)) return fail(kOutputError, "output", error);
         }
-        log.emit("step", Json()
-                             .integer("step", step)
-                             .num("loss", lossValue)
-                             .num("lr", lr)
-                             .num("forward_ms", (t1 - t0) * 1e3)
-                             .num("step_ms", (t2 - t1) * 1e3)
-                             .integer("first_index", indices[0]));
-        if (!std::isfinite(lossValue)) {
-            return fail(kNonFinite, "numeric", "loss is not finite at step " + std::to_string(step));
-        }
+        if (int rc = emitStep(step, lossValue, lr, t1 - t0, t2 - t1, indices[0])) return rc;
     }
 
     // 7. Evaluation on the test split.
