@@ -499,7 +499,7 @@ def measure(args: argparse.Namespace, say: Callable[[str], None]) -> tuple[list[
         Path(args.out) if args.out else settings.results_dir / (datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-bench")
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    runner = make_runner(settings, tree, out_dir, say)
+    runner = make_runner(settings, tree, say)
     builder = Builder(settings.cache_dir, runner, jobs=settings.jobs or None, say=say)
     core = builder.core(tree, CoreOptions(compat_cxx_flags=info.compat_cxx_flags))
     driver = builder.driver(core)

@@ -374,7 +374,7 @@ class MnnOracle:
             tree = self._tree(commit)
         except SourceError as exc:
             return Outcome(None, f"source: {exc.message}")
-        runner = session.make_runner(settings, tree, self.results, self.say)
+        runner = session.make_runner(settings, tree, self.say)
         builder = Builder(settings.cache_dir, runner, jobs=settings.jobs or None, say=self.say)
         t0 = time.monotonic()
         try:

@@ -120,10 +120,7 @@ def toolchain_fingerprint(runner: Runner) -> dict[str, str]:
         "for t in c++ cc cmake ninja ccache; do printf '%s=' $t; "
         "if command -v $t >/dev/null 2>&1; then $t --version 2>&1 | head -n 1; else echo MISSING; fi; done"
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        log = Path(tmp) / "probe.txt"
-        runner.run(["sh", "-c", probe], stdout_path=log, timeout_s=120)
-        lines = log.read_text(errors="replace").splitlines()
+    lines = runner.run(["sh", "-c", probe], timeout_s=120).output.splitlines()
     out = dict(line.split("=", 1) for line in lines if "=" in line)
     missing = [
         t

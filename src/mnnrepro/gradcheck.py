@@ -717,7 +717,7 @@ def generate_golden(
     settings.results_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f"golden-{ref}-", dir=settings.results_dir) as tmp:
         work = Path(tmp)
-        runner = make_runner(settings, tree, work, say)
+        runner = make_runner(settings, tree, say)
         builder = Builder(settings.cache_dir, runner, jobs=settings.jobs or None, say=say)
         core = builder.core(tree, options)
         driver = builder.driver(core)

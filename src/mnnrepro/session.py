@@ -6,7 +6,6 @@ import os
 import platform
 import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -36,7 +35,7 @@ SESSIONS: dict[str, tuple[str, ...]] = {
 }
 
 
-def make_runner(settings: Settings, tree: source.SourceTree, results: Path, say: Callable[[str], None]) -> Runner:
+def make_runner(settings: Settings, tree: source.SourceTree, say: Callable[[str], None]) -> Runner:
     """--runner docker|host|auto. auto: docker when an engine answers, else the host (and say why)."""
     if settings.runner in ("docker", "auto"):
         try:
@@ -128,7 +127,7 @@ def _run_ref(
         pinned_commit=matrix.ref_info(ref).commit or None,
     )
     say(f"source: {tree.describe()}")
-    runner = make_runner(settings, tree, results, say)
+    runner = make_runner(settings, tree, say)
     info = matrix.ref_info(ref)
     if info.commit and tree.commit and not (info.commit.startswith(tree.commit) or tree.commit.startswith(info.commit)):
         say(f"WARNING: {ref} resolved to {tree.commit}, matrix.toml pins {info.commit}")
@@ -210,10 +209,7 @@ def usable_gdb(runner: Runner, say: Callable[[str], None]) -> str | None:
     """gdb as the runner sees it, if it runs with Python (gdb_capture.py needs it); else None, said loudly:
     crashes are then still caught by signal and stage, but without a backtrace or signature."""
     probe = "command -v gdb && gdb -nx -batch -ex 'python print(\"mnnrepro-gdb-ok\")' 2>&1 | tail -n 3"
-    with tempfile.TemporaryDirectory() as tmp:
-        log = Path(tmp) / "gdb.txt"
-        runner.run(["sh", "-c", probe], stdout_path=log, timeout_s=60)
-        lines = log.read_text(errors="replace").splitlines()
+    lines = runner.run(["sh", "-c", probe], timeout_s=60).output.splitlines()
     if lines and "mnnrepro-gdb-ok" in lines[-1]:
         return lines[0].strip()
     say(

@@ -51,7 +51,7 @@ def built(shared_dir: Path) -> Built:
 
     with open(shared_dir / "gradients-build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        runner = make_runner(settings, tree, root, lambda _: None)
+        runner = make_runner(settings, tree, lambda _: None)
         builder = Builder(settings.cache_dir, runner, say=lambda _: None)
         core = builder.core(tree, CoreOptions(compat_cxx_flags=fixtures.load_matrix().ref_info(REF).compat_cxx_flags))
         return Built(settings, runner, builder.driver(core), builder.plugin(core, "vulkan-buffer"), root)
