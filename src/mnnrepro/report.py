@@ -444,7 +444,8 @@ def markdown(
             out += [
                 _row(
                     k["name"],
-                    "pass" if k.get("passed") else "**FAIL**",
+                    {"fail": "**FAIL**"}.get(k.get("status") or "", k.get("status") or "")
+                    or ("pass" if k.get("passed") else "**FAIL**"),
                     k.get("detail"),
                     k.get("value"),
                     k.get("limit"),

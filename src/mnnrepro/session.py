@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shutil
@@ -9,7 +10,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,11 @@ from .build import Builder, Core, CoreOptions
 from .cells import Cell, CellRun, Workload, run_cell
 from .contract import RunRecord
 from .docker_runner import DockerRunner
-from .errors import EXIT_MISMATCH, EnvironmentProblem
+from .errors import EXIT_MISMATCH, ConfigError, EnvironmentProblem
 from .judge import Check, Verdict, judge
+from .reference import PARAM_NAMES, PARAM_SHAPES
 from .runner import HostRunner, Runner
-from .settings import Settings
+from .settings import ICD_NAMES, Settings
 
 # Session name -> the variants it judges. A CPU baseline is added wherever a GPU variant is compared to it.
 SESSIONS: dict[str, tuple[str, ...]] = {
@@ -109,26 +111,37 @@ def _workload(matrix: fixtures.Matrix, settings: Settings) -> Workload:
     )
 
 
-def _run_ref(
-    ref: str,
-    variants: tuple[str, ...],
-    settings: Settings,
-    matrix: fixtures.Matrix,
-    results: Path,
-    say: Callable[[str], None],
-) -> tuple[dict[str, Any], list[tuple[CellRun, Verdict]]]:
-    """Build and run every cell of one ref; returns its header (fingerprint) and its judged rows."""
+@dataclass
+class Built:
+    """What a workload needs of one ref, built: the source tree, the runner, the core, driver and plugins."""
+
+    ref: str
+    tree: source.SourceTree
+    info: fixtures.RefInfo
+    runner: Runner
+    builder: Builder
+    core: Core
+    driver: Path
+    plugins: dict[str, Path]
+    build_s: float
+
+
+def build_ref(
+    ref: str, variants: tuple[str, ...], settings: Settings, matrix: fixtures.Matrix, say: Callable[[str], None]
+) -> Built:
+    """Resolve the source of one ref, pick the runner, build (or find in the cache) the core, the driver and
+    the plugins the variants need."""
+    info = matrix.ref_info(ref)
     tree = source.resolve(
         ref,
         source=settings.source if ref == (settings.ref or matrix.default_ref) else None,
         cache_dir=settings.cache_dir,
         git_url=settings.git_url,
         allow_clone=settings.clone,
-        pinned_commit=matrix.ref_info(ref).commit or None,
+        pinned_commit=info.commit or None,
     )
     say(f"source: {tree.describe()}")
     runner = make_runner(settings, tree, say)
-    info = matrix.ref_info(ref)
     if info.commit and tree.commit and not (info.commit.startswith(tree.commit) or tree.commit.startswith(info.commit)):
         say(f"WARNING: {ref} resolved to {tree.commit}, matrix.toml pins {info.commit}")
     if info.compat_reason:
@@ -138,7 +151,21 @@ def _run_ref(
     core: Core = builder.core(tree, CoreOptions(compat_cxx_flags=info.compat_cxx_flags))
     driver = builder.driver(core)
     plugins = {v: builder.plugin(core, v) for v in variants if v != "cpu"}
-    build_s = time.monotonic() - t0
+    return Built(ref, tree, info, runner, builder, core, driver, plugins, time.monotonic() - t0)
+
+
+def _run_ref(
+    ref: str,
+    variants: tuple[str, ...],
+    settings: Settings,
+    matrix: fixtures.Matrix,
+    results: Path,
+    say: Callable[[str], None],
+) -> tuple[dict[str, Any], list[tuple[CellRun, Verdict]]]:
+    """Build and run every cell of one ref; returns its header (fingerprint) and its judged rows."""
+    built = build_ref(ref, variants, settings, matrix, say)
+    tree, info, runner, builder, core = built.tree, built.info, built.runner, built.builder, built.core
+    driver, plugins, build_s = built.driver, built.plugins, built.build_s
     gdb_path = usable_gdb(runner, say) if settings.gdb else None
     vulkan = any(v.startswith("vulkan") for v in variants)
     icds = {n: icd.resolve(n, settings.cache_dir, runner.name) for n in settings.icds} if vulkan else {}
@@ -159,50 +186,145 @@ def _run_ref(
     }
     rows: list[tuple[CellRun, Verdict]] = []
     baseline: RunRecord | None = None
+    baseline_checks: list[Check] = []
     known = tuple(r for r in matrix.expectations if r.outcome == "reproduce")
-    golden_dir = gradcheck.GOLDEN_ROOT / ref
+    version = tree.version
+    header["mnn_version"] = version
+    committed = gradcheck.GOLDEN_ROOT / ref
+    # A ref without a committed golden is checked against the numpy reference (CPU cell) and the CPU run of
+    # this same build (GPU cells): never failed for a file a user cannot have.
+    golden_dir: Path | None = committed if (committed / "provenance.json").is_file() else None
+    header["golden"] = str(committed) if golden_dir else "none committed: numpy reference + this session's CPU run"
     for cell in cells_for(ref, variants, settings.icds):
-        # Cells that should train also dump gradients and start from the golden's initial parameters; image
-        # mode cells do not (a dump would move its crash from sgd_step to grad_dump, hiding the signature).
-        grads = cell.variant != "vulkan-image"
-        cell_workload = replace(workload, extra_args=gradcheck.driver_args(golden_dir)) if grads else workload
+        expectation = matrix.expectation(ref, cell.variant, cell.icd, version)
+        covered_by = expectation.covers(ref, version) or "" if expectation else ""
+        # Cells that should train also dump gradients and start from the golden's initial parameters; a cell
+        # expected to crash does not (a dump would move its crash from sgd_step to grad_dump, hiding the
+        # signature of the known bug).
+        grads = not (expectation is not None and expectation.outcome == "reproduce")
+        cell_dir = results / "cells" / cell.dirname
+        if not grads:
+            cell_workload = workload
+        elif golden_dir is not None:
+            cell_workload = replace(workload, extra_args=gradcheck.driver_args(golden_dir))
+        elif cell.variant == "cpu":
+            # No golden: the CPU cell saves its initial parameters; its dumps become this session's golden.
+            steps_arg = ",".join(str(s) for s in gradcheck.golden_steps(matrix))
+            cell_workload = replace(
+                workload, extra_args=("--dump-steps", steps_arg, "--save-init", str(cell_dir / "init"))
+            )
+        else:
+            session_golden = results / "golden" / ref
+            if not (session_golden / "provenance.json").is_file():
+                say(f"  {cell.id}: no gradient golden (the CPU cell made none); gradients not compared")
+                grads = False
+                cell_workload = workload
+            else:
+                cell_workload = replace(workload, extra_args=gradcheck.driver_args(session_golden))
+        timeout_s = float(settings.timeout_s or matrix.timeouts.get(cell.backend, 600))
         runs: list[tuple[CellRun, Verdict]] = []
         for rep in range(settings.repeat):
             label = f" (repeat {rep + 1}/{settings.repeat})" if settings.repeat > 1 else ""
             say(f"running {cell.id}{label} ...")
-            cell_dir = results / "cells" / cell.dirname
             run = run_cell(
                 cell,
                 driver=driver,
                 plugin=plugins.get(cell.variant),
                 icd=icds.get(cell.icd),
                 workload=cell_workload,
-                timeout_s=float(settings.timeout_s or matrix.timeouts.get(cell.backend, 600)),
+                timeout_s=timeout_s,
                 runner=runner,
                 result_dir=cell_dir / f"repeat-{rep + 1}" if settings.repeat > 1 else cell_dir,
                 use_gdb=gdb_path is not None,
                 gdb_path=gdb_path,
                 faults=settings.faults if cell.backend == "vulkan" else (),
             )
-            if cell.variant == "cpu" and rep == 0:
-                baseline = run.record
             extra: tuple[Check, ...] = ()
             if grads and run.completed.returncode == 0 and not run.completed.timed_out:
-                grad = gradcheck.check_run(run.result_dir, golden_dir, cell.backend, workload.precision, matrix=matrix)
-                extra = (Check("gradients", grad.passed, grad.summary(), None, str(run.result_dir / "gradcheck")),)
+                extra = (_gradient_check(run, cell, golden_dir, results, ref, workload.precision, matrix),)
             verdict = judge(
                 run,
-                matrix.expectation(ref, cell.variant, cell.icd),
+                expectation,
                 steps=workload.steps,
                 checks=matrix.checks,
                 baseline=baseline,
                 known_bugs=known,
                 extra_checks=extra,
+                baseline_checks=baseline_checks,
+                covered_by=covered_by,
             )
+            verdict.evidence["timeout_s"] = timeout_s
+            if cell.variant == "cpu" and rep == 0:
+                baseline, baseline_checks = run.record, verdict.checks
             say(f"  {verdict.verdict} ({'as expected' if verdict.matched else 'MISMATCH'}): {verdict.reason}")
             runs.append((run, verdict))
         rows.append(combine_repeats(runs))
     return header, rows
+
+
+def _gradient_check(
+    run: CellRun,
+    cell: Cell,
+    golden_dir: Path | None,
+    results: Path,
+    ref: str,
+    precision: str,
+    matrix: fixtures.Matrix,
+) -> Check:
+    """Gradients and updates of the first steps: against the committed golden where there is one; else the CPU
+    cell against the float64 numpy reference (and, passing, it becomes this session's golden) and every GPU
+    cell against that CPU run of the same build."""
+    if golden_dir is not None:
+        grad = gradcheck.check_run(run.result_dir, golden_dir, cell.backend, precision, matrix=matrix)
+        return Check("gradients", grad.passed, grad.summary(), None, str(run.result_dir / "gradcheck"))
+    if cell.variant == "cpu":
+        steps = gradcheck.golden_steps(matrix)
+        ref_report = gradcheck.check_reference(
+            gradcheck.Dumps(run.result_dir / "grads", run.result_dir / "init"),
+            steps,
+            sgd=gradcheck.sgd_config(run.record.start.get("config") or {}),
+            losses=run.record.losses,
+            artifacts=run.result_dir / "gradcheck",
+        )
+        detail = f"no committed golden for {ref}: vs the float64 numpy reference: {ref_report.summary()}"
+        if ref_report.passed:
+            dest = make_session_golden(run, steps, results / "golden" / ref, ref)
+            detail += f"; this run is the session's golden for the GPU cells ({dest})"
+        return Check("gradients", ref_report.passed, detail, None, str(run.result_dir / "gradcheck"))
+    session_golden = results / "golden" / ref
+    grad = gradcheck.check_run(run.result_dir, session_golden, cell.backend, precision, matrix=matrix)
+    return Check(
+        "gradients",
+        grad.passed,
+        f"no committed golden for {ref}: vs the CPU run of this build: {grad.summary()}",
+        None,
+        str(run.result_dir / "gradcheck"),
+    )
+
+
+def make_session_golden(run: CellRun, steps: list[int], dest: Path, ref: str) -> Path:
+    """A golden-format tree (gradcheck.Dumps + provenance.json) made from a CPU run that passed the numpy
+    reference check; lives in the results dir, never in fixtures/."""
+    staging = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    shutil.copytree(run.result_dir / "init", staging / "init")
+    for step in steps:
+        shutil.copytree(run.result_dir / "grads" / f"step{step}", staging / f"step{step}")
+    provenance = {
+        "format": gradcheck.GOLDEN_FORMAT,
+        "ref": ref,
+        "origin": "this session's CPU run (no committed golden); checked against the numpy reference first",
+        "run": str(run.result_dir),
+        "config": run.record.start.get("config") or {},
+        "steps": steps,
+        "losses": run.record.losses[: len(steps)],
+        "parameters": [{"name": n, "shape": list(PARAM_SHAPES[n])} for n in PARAM_NAMES],
+    }
+    (staging / "provenance.json").write_text(json.dumps(provenance, indent=1) + "\n")
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(staging, dest)
+    return dest
 
 
 def usable_gdb(runner: Runner, say: Callable[[str], None]) -> str | None:
@@ -240,16 +362,35 @@ def combine_repeats(runs: list[tuple[CellRun, Verdict]]) -> tuple[CellRun, Verdi
     return first_run, combined
 
 
+def check_session(name: str, settings: Settings) -> None:
+    """Configuration errors a session can know before anything is built or any directory is made."""
+    variants = SESSIONS[name]
+    if any(v.startswith("vulkan") for v in variants) and not settings.icds:
+        raise ConfigError(
+            f"session {name} judges Vulkan cells but no Vulkan ICD was given (--icd is empty)",
+            hint=f"name at least one: --icd {','.join(ICD_NAMES[:2])} (known: {', '.join(ICD_NAMES)})",
+        )
+
+
+def session_refs(name: str, settings: Settings, matrix: fixtures.Matrix) -> list[str]:
+    """`matrix` runs every ref of the ci and push tiers (or the one asked for); the others run one ref."""
+    if settings.ref:
+        return [settings.ref]
+    return matrix.refs_for(("ci", "push")) if name == "matrix" else [matrix.default_ref]
+
+
 def run_session(name: str, settings: Settings, *, say: Callable[[str], None] = print) -> int:
     variants = SESSIONS[name]
+    check_session(name, settings)
     matrix = fixtures.load_matrix()
-    # `matrix` runs every ref the data knows (or the one asked for); the others run one ref.
-    refs = [settings.ref] if settings.ref else (list(matrix.refs) if name == "matrix" else [matrix.default_ref])
+    refs = session_refs(name, settings, matrix)
+    for ref in refs:
+        source.validate_ref(ref)
+    fixtures.verify_mnist()
     results = _results_dir(settings, name)
     say(f"mnnrepro {__version__}: session {name}, results in {results}")
     for line in settings.describe():
         say(f"  {line}")
-    fixtures.verify_mnist()
     workload = _workload(matrix, settings)
     per_ref: dict[str, dict[str, Any]] = {}
     rows: list[tuple[CellRun, Verdict]] = []

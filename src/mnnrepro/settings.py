@@ -58,11 +58,17 @@ def _coerce(name: str, value: Any) -> Any:
             return Path(str(value)).expanduser() if value not in (None, "") else None
         if name in ("icds", "faults"):
             items = value if isinstance(value, (list, tuple)) else str(value).split(",")
-            return tuple(i.strip() for i in items if str(i).strip())
-        if name in ("steps", "jobs", "repeat", "timeout_s"):
-            number = int(value)
-            if number < (1 if name == "repeat" else 0):
+            stripped = [str(i).strip() for i in items]
+            if name == "icds" and any(not i for i in stripped) and any(stripped):
+                raise ValueError  # "lavapipe,," or ",swiftshader": a typo, not a choice
+            return tuple(i for i in stripped if i)
+        if name in BOUNDS:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
+            number = int(value)
+            lo, hi = BOUNDS[name]
+            if not lo <= number <= hi:
+                raise ConfigError(f"setting {name}={value!r} is out of range [{lo}, {hi}]")
             return number
         if name in ("gdb", "clone", "keep_containers"):
             if isinstance(value, bool):
@@ -88,6 +94,26 @@ def _apply(settings: Settings, values: dict[str, Any], where: str) -> Settings:
     return replace(settings, **coerced)
 
 
+ICD_NAMES = ("lavapipe", "swiftshader", "host", "bogus")  # icd.KNOWN (icd.py imports this module's neighbours)
+# Bounds that keep a number meaningful end to end (the driver takes 32-bit step counts; a runner's time limit
+# must fit a C int of milliseconds).
+BOUNDS = {"steps": (0, 100_000), "jobs": (0, 1024), "repeat": (1, 1000), "timeout_s": (0, 7 * 86_400)}
+
+
+def _check_icds(icds: tuple[str, ...]) -> None:
+    unknown = [i for i in icds if i not in ICD_NAMES]
+    if unknown:
+        raise ConfigError(
+            f"unknown ICD(s): {', '.join(repr(u) for u in unknown)}", hint=f"choose from {', '.join(ICD_NAMES)}"
+        )
+    duplicated = sorted({i for i in icds if icds.count(i) > 1})
+    if duplicated:
+        raise ConfigError(
+            f"ICD(s) named twice: {', '.join(duplicated)} (two cells would write one result directory)",
+            hint="name each ICD once; --repeat N runs a cell several times",
+        )
+
+
 def load(
     cli: dict[str, Any], *, environ: dict[str, str] | None = None, pyproject: Path = ROOT / "pyproject.toml"
 ) -> Settings:
@@ -97,13 +123,15 @@ def load(
         settings = _apply(settings, table, f"{pyproject} [tool.mnnrepro]")
     env = os.environ if environ is None else environ
     from_env = {k[len(ENV_PREFIX) :].lower(): v for k, v in env.items() if k.startswith(ENV_PREFIX)}
-    for internal in ("crash_dir", "it_refs", "container_as_root", "plant"):  # the suite's own variables, not settings
+    # The suite's own variables, not settings.
+    for internal in ("crash_dir", "it_refs", "container_as_root", "plant", "checkout"):
         from_env.pop(internal, None)
     settings = _apply(settings, from_env, "environment (MNNREPRO_*)")
     settings = _apply(settings, {k: v for k, v in cli.items() if v is not None}, "command line")
     from .faults import validate
 
     validate(settings.faults)
+    _check_icds(settings.icds)
     if settings.runner not in ("auto", "host", "docker"):
         raise ConfigError(f"runner {settings.runner!r} is not one of auto, host, docker")
     return settings

@@ -51,9 +51,23 @@ class SourceTree:
     origin: str  # "explicit" | "cache" | "clone" | "import"
     missing: tuple[str, ...] = ()  # files the snapshot it came from did not have
 
+    @property
+    def version(self) -> str | None:
+        """MNN's own version (include/MNN/MNNDefine.h), e.g. "3.3.0"; None when the header does not say."""
+        return mnn_version(self.path)
+
     def describe(self) -> str:
         commit = self.commit[:12] if self.commit else "unknown commit"
         return f"MNN {self.ref} ({commit}) from {self.origin}: {self.path}"
+
+
+def mnn_version(path: Path) -> str | None:
+    try:
+        text = (path / "include" / "MNN" / "MNNDefine.h").read_text(errors="replace")
+    except OSError:
+        return None
+    parts = [re.search(rf"#define\s+MNN_VERSION_{k}\s+(\d+)", text) for k in ("MAJOR", "MINOR", "PATCH")]
+    return ".".join(m.group(1) for m in parts if m) if all(parts) else None
 
 
 def check_tree(path: Path) -> None:

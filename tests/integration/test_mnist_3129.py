@@ -84,3 +84,29 @@ def test_missing_unversioned_libvulkan_is_not_exercised(run_session: Any) -> Non
     assert c["verdict"] == "NOT-EXERCISED"
     assert "libvulkan.so" in c["reason"], c["reason"]
     assert result["exit"] == 1
+
+
+@pytest.fixture(params=REFS)
+def short_run(request: pytest.FixtureRequest, run_session: Any) -> dict[str, Any]:
+    """The README's short example: a 3-step workload, where the absolute checks (accuracy, loss fall) measured at
+    30 steps do not apply; every cell is held to what does (and GPU cells to the CPU run of the same workload)."""
+    result: dict[str, Any] = run_session("vulkan", request.param, "--steps", "3", "--icd", "lavapipe")
+    result["ref"] = request.param
+    return result
+
+
+def test_a_short_workload_gives_the_same_verdicts(short_run: dict[str, Any]) -> None:
+    ref, summary = short_run["ref"], short_run["summary"]
+    assert summary, short_run["output"][-3000:]
+    verdicts = {c["cell"]: c["verdict"] for c in summary["cells"]}
+    assert verdicts == {
+        f"{ref}/cpu/-": "PASS",
+        f"{ref}/vulkan-image/lavapipe": "REPRODUCED",
+        f"{ref}/vulkan-buffer/lavapipe": "FIXED",
+    }, short_run["output"][-3000:]
+    assert short_run["exit"] == 0
+    cpu = cell(summary, f"{ref}/cpu/-")
+    status = {c["name"]: c["status"] for c in cpu["checks"]}
+    assert status["accuracy"] == "n/a" and status["loss_fell"] == "n/a" and status["gradients"] == "pass"
+    buffer = cell(summary, f"{ref}/vulkan-buffer/lavapipe")
+    assert {c["name"]: c["status"] for c in buffer["checks"]}["tracks_cpu"] == "pass"

@@ -217,18 +217,6 @@ def test_image_cell_is_judged_against_the_known_bug_row() -> None:
     assert buffer.outcome == "fixed"
 
 
-def test_short_runs_are_judged_against_the_cpu_run() -> None:
-    bug = "alibaba/MNN#3129"
-    # 3 steps: the loss need not fall and accuracy is low on the CPU as well -> the GPU cell trained fine.
-    assert bisect.relative_verdict("FAIL", "r", {"loss_fell", "accuracy"}, {"loss_fell", "accuracy"}, bug)[0] == "FIXED"
-    assert bisect.relative_verdict("FAIL", "r", {"loss_fell"}, {"loss_fell"}, "")[0] == "PASS"
-    # The CPU met it, or the GPU strays from the CPU: still FAIL.
-    assert bisect.relative_verdict("FAIL", "r", {"loss_fell"}, set(), bug) == ("FAIL", "r")
-    assert bisect.relative_verdict("FAIL", "r", {"loss_fell", "tracks_cpu"}, {"loss_fell"}, bug)[0] == "FAIL"
-    assert bisect.relative_verdict("FAIL", "r", {"completed"}, {"completed"}, bug)[0] == "FAIL"
-    assert bisect.relative_verdict("REPRODUCED", "r", set(), set(), bug)[0] == "REPRODUCED"
-
-
 def test_compat_flags_follow_the_pinned_commit(tmp_path: Path) -> None:
     from mnnrepro.settings import Settings
 

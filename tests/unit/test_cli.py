@@ -120,3 +120,69 @@ def test_every_run_flag_reaches_the_settings(monkeypatch: pytest.MonkeyPatch, tm
         False,
         1,
     )
+
+
+@pytest.mark.parametrize(
+    ("icds", "message"),
+    [
+        (",", "no Vulkan ICD was given"),
+        ("", "no Vulkan ICD was given"),
+        ("lavapipe,lavapipe", "ICD(s) named twice: lavapipe"),
+        ("lavapipe,,swiftshader", "is not a valid"),
+        ("lavapipe,nvidia", "unknown ICD(s): 'nvidia'"),
+    ],
+)
+def test_bad_icd_lists_are_configuration_errors_before_anything_is_made(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], icds: str, message: str
+) -> None:
+    results = tmp_path / "results"
+    code = main(["run", "vulkan_buffer", "--icd", icds, "--results-dir", str(results), "--cache-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "configuration error" in err and message in err
+    assert not results.exists()  # no empty results dir, no `latest` pointing at it
+
+
+def test_a_bad_ref_makes_no_results_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    results = tmp_path / "results"
+    code = main(["run", "cpu", "--ref", "a..b", "--results-dir", str(results), "--cache-dir", str(tmp_path)])
+    assert code == 2 and "not a valid git ref name" in capsys.readouterr().err
+    assert not results.exists()
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--steps", "4294967297"), ("--timeout", "3000000000"), ("--repeat", "0")])
+def test_numbers_out_of_range_are_configuration_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str
+) -> None:
+    code = main(["run", "cpu", flag, value, "--results-dir", str(tmp_path / "r"), "--cache-dir", str(tmp_path)])
+    assert code == 2 and "configuration error" in capsys.readouterr().err
+
+
+def test_matrix_json_lists_refs_with_their_tiers(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    assert main(["matrix", "--json", "--tier", "ci"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["ref_names"] == ["3.3.0", "47027e10"]
+    assert all(r["tier"] == "ci" and len(r["commit"]) == 40 for r in data["refs"])
+    assert main(["matrix", "--tier", "nightly"]) == 2
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from mnnrepro import __version__
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"mnnrepro {__version__}"
+
+
+def test_outside_a_checkout_the_message_says_how_to_point_at_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mnnrepro import fixtures
+
+    monkeypatch.setattr(fixtures, "ROOT", tmp_path)
+    code = main(["run", "cpu", "--cache-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 5 and "no mnnrepro checkout found" in err and "MNNREPRO_CHECKOUT" in err

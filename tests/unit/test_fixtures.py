@@ -106,8 +106,93 @@ def test_cpu_is_expected_to_pass_for_every_ref(ref: str) -> None:
     assert row is not None and row.outcome == "pass" and row.bug == ""
 
 
-def test_unknown_ref_on_vulkan_has_no_expectation() -> None:
-    assert load_matrix().expectation("9.9.9", "vulkan-image", "lavapipe") is None
+def test_a_ref_that_is_no_version_and_has_no_row_has_no_expectation() -> None:
+    assert load_matrix().expectation("some-branch", "vulkan-image", "lavapipe") is None
+
+
+@pytest.mark.parametrize(
+    ("ref", "version", "outcome", "covered_by"),
+    [
+        ("3.6.1", None, "fixed", ">=3.6.0"),  # a release after the upstream fix, no row of its own
+        ("9.9.9", None, "fixed", ">=3.6.0"),  # a future release: judged by the range, a changed outcome shows
+        ("3.5.0", None, "reproduce", ">=3.0.1,<3.6.0"),
+        ("v3.4.1", None, "reproduce", ">=3.0.1,<3.6.0"),
+        ("39be21c56", "3.6.0", "fixed", ">=3.6.0"),  # a commit: its tree's MNNDefine.h version
+        ("47027e10", "3.0.1", "reproduce", "47027e10"),
+    ],
+)
+def test_version_ranges_cover_releases_without_rows(
+    ref: str, version: str | None, outcome: str, covered_by: str
+) -> None:
+    row = load_matrix().expectation(ref, "vulkan-image", "lavapipe", version)
+    assert row is not None and row.outcome == outcome and row.bug == "alibaba/MNN#3129"
+    assert row.covers(ref, version) == covered_by
+
+
+def test_a_range_never_matches_a_ref_of_unknown_version() -> None:
+    assert load_matrix().expectation("main", "vulkan-buffer", "lavapipe") is None
+
+
+@pytest.mark.parametrize(
+    ("version", "pattern", "inside"),
+    [
+        ((3, 6, 0), ">=3.6.0", True),
+        ((3, 5, 9), ">=3.6.0", False),
+        ((3, 5, 0), ">=3.0.1,<3.6.0", True),
+        ((3, 6, 0), ">=3.0.1,<3.6.0", False),
+        ((3, 10, 0), ">3.9.0", True),  # numeric, not lexical: 3.10 > 3.9
+        ((3, 3, 0), "==3.3.0", True),
+        ((3, 3, 0), "!=3.3.0", False),
+    ],
+)
+def test_in_range(version: tuple[int, int, int], pattern: str, inside: bool) -> None:
+    from mnnrepro.fixtures import in_range
+
+    assert in_range(version, pattern) is inside
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ('refs = ["*"]', 'refs = [">=3.x"]', "is not a version constraint"),
+        ('refs = ["*"]', 'refs = "3.3.0"', "must be a list of non-empty strings"),
+        ("[training]", "[training]\nsteps = 0", "steps = 0: must be an integer in"),
+        ("[training]", '[training]\nprecision = "ultra"', "precision = 'ultra': must be one of high"),
+        ("[training]", "[training]\nbatch_size = 2.5", "batch_size = 2.5: must be an integer"),
+        ("[timeouts]", "[timeouts]\ncpu = -1", "cpu = -1: must be a number in"),
+        ("[timeouts]", "[timeouts]\ncpu = 0", "cpu = 0: must be a number in"),
+        ("[timeouts]", "[timeouts]\ncpu = true", "cpu = True: must be a number"),
+    ],
+)
+def test_values_are_type_and_range_checked_with_the_key_named(tmp_path: Path, old: str, new: str, message: str) -> None:
+    text = MINIMAL if "[timeouts]" in MINIMAL or old != "[timeouts]" else MINIMAL + "\n[timeouts]\n"
+    if old not in text:
+        text += f"\n{old}\n"
+    with pytest.raises(FixtureError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        load_matrix(write_matrix(tmp_path, text.replace(old, new, 1)))
+
+
+def test_a_commit_that_is_not_hex_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(FixtureError, match="commit = 5: must be a"):
+        load_matrix(write_matrix(tmp_path, MINIMAL + '\n[refs."1.0"]\ncommit = 5\n'))
+
+
+def test_an_unknown_tier_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(FixtureError, match="tier = 'nightly': must be one of ci, push, scheduled"):
+        load_matrix(write_matrix(tmp_path, MINIMAL + '\n[refs."1.0"]\ncommit = "abcdef0"\ntier = "nightly"\n'))
+
+
+def test_binary_garbage_is_a_fixture_error(tmp_path: Path) -> None:
+    path = tmp_path / "matrix.toml"
+    path.write_bytes(b"\xff\xfe\x00garbage\x80")
+    with pytest.raises(FixtureError, match="cannot read"):
+        load_matrix(path)
+
+
+def test_ci_refs_come_from_their_tier() -> None:
+    m = load_matrix()
+    assert m.refs_for(("ci",)) == ["3.3.0", "47027e10"]
+    assert "3.6.1" in m.refs_for(("scheduled",)) and "3.6.1" not in m.refs_for(("ci", "push"))
 
 
 def test_matrix_settings() -> None:
@@ -187,7 +272,7 @@ def test_a_reproduce_row_without_stage_is_rejected(tmp_path: Path) -> None:
 
 
 def test_an_unknown_outcome_is_rejected(tmp_path: Path) -> None:
-    with pytest.raises(FixtureError, match="outcome must be one of"):
+    with pytest.raises(FixtureError, match="outcome = 'works': must be one of"):
         load_matrix(write_matrix(tmp_path, MINIMAL.replace('outcome = "pass"', 'outcome = "works"')))
 
 

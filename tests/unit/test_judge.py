@@ -307,3 +307,108 @@ def test_a_reproduce_cell_that_trains_is_a_mismatch(tmp_path: Path) -> None:
     v = run_judge(cell_run(tmp_path, IMAGE, trained()), REPRODUCE, baseline=trained())
     assert v.verdict == J.FIXED  # it has a bug and passed every check
     assert v.matched is False
+
+
+# -- workloads of any length (absolute checks fit the workload they were measured on) -------------------------
+
+MEASURED_AT_30 = {**CHECKS, "absolute_min_steps": 30}
+
+
+def test_a_short_cpu_run_with_low_accuracy_passes_its_absolute_checks_do_not_apply(tmp_path: Path) -> None:
+    v = judge(
+        cell_run(tmp_path, CPU, trained(accuracy=0.36)), PASS_ROW, steps=STEPS, checks=MEASURED_AT_30, baseline=None
+    )
+    assert v.verdict == J.PASS and v.matched
+    status = {c.name: c.status for c in v.checks}
+    assert status["accuracy"] == "n/a" and status["loss_fell"] == "n/a"
+    assert "measured at 30 steps" in next(c.detail for c in v.checks if c.name == "accuracy")
+
+
+def test_a_short_run_still_fails_what_does_apply(tmp_path: Path) -> None:
+    losses = falling()
+    losses[2] = float("inf")
+    v = judge(cell_run(tmp_path, CPU, trained(losses)), PASS_ROW, steps=STEPS, checks=MEASURED_AT_30, baseline=None)
+    assert v.verdict == J.FAIL and "finite_loss" in failed_checks(v)
+
+
+def test_a_short_gpu_run_is_held_to_the_cpu_run_of_the_same_workload(tmp_path: Path) -> None:
+    cpu = trained(accuracy=0.36)
+    ok = judge(
+        cell_run(tmp_path, BUFFER, trained(accuracy=0.37)), FIXED_ROW, steps=STEPS, checks=MEASURED_AT_30, baseline=cpu
+    )
+    assert ok.verdict == J.FIXED and ok.matched
+    off = judge(
+        cell_run(tmp_path, BUFFER, trained(falling(0.5), accuracy=0.37)),
+        FIXED_ROW,
+        steps=STEPS,
+        checks=MEASURED_AT_30,
+        baseline=cpu,
+    )
+    assert off.verdict == J.FAIL and failed_checks(off) == {"tracks_cpu"}
+
+
+def test_too_few_steps_for_the_loss_window_is_not_applicable(tmp_path: Path) -> None:
+    v = judge(cell_run(tmp_path, CPU, trained(falling()[:3])), PASS_ROW, steps=3, checks=CHECKS, baseline=None)
+    assert {c.name: c.status for c in v.checks}["loss_fell"] == "n/a"
+    assert v.verdict == J.PASS  # 3 steps completed, finite, accuracy 0.75 >= 0.5 (no absolute_min_steps set)
+
+
+def test_the_default_workload_keeps_every_absolute_check(tmp_path: Path) -> None:
+    v = judge(
+        cell_run(tmp_path, CPU, trained(accuracy=0.3)),
+        PASS_ROW,
+        steps=STEPS,
+        checks={**CHECKS, "absolute_min_steps": STEPS},
+        baseline=None,
+    )
+    assert v.verdict == J.FAIL and failed_checks(v) == {"accuracy"}
+
+
+def test_an_absolute_check_the_cpu_misses_too_is_excused_for_a_gpu_cell(tmp_path: Path) -> None:
+    flat = [2.3] * STEPS
+    cpu_v = run_judge(cell_run(tmp_path, CPU, trained(flat)), PASS_ROW)
+    assert failed_checks(cpu_v) == {"loss_fell"}
+    v = judge(
+        cell_run(tmp_path, BUFFER, trained(flat)),
+        FIXED_ROW,
+        steps=STEPS,
+        checks=CHECKS,
+        baseline=trained(flat),
+        known_bugs=(REPRODUCE,),
+        baseline_checks=cpu_v.checks,
+    )
+    assert v.verdict == J.FIXED
+    assert {c.name: c.status for c in v.checks}["loss_fell"] == "excused"
+    # Not excused when the CPU met it: the same flat loss then fails the GPU cell.
+    passing_cpu = run_judge(cell_run(tmp_path, CPU, trained()), PASS_ROW)
+    v2 = judge(
+        cell_run(tmp_path, BUFFER, trained(flat)),
+        FIXED_ROW,
+        steps=STEPS,
+        checks=CHECKS,
+        baseline=trained(flat),
+        baseline_checks=passing_cpu.checks,
+    )
+    assert v2.verdict == J.FAIL and "loss_fell" in failed_checks(v2)
+
+
+def test_a_relative_check_is_never_excused(tmp_path: Path) -> None:
+    cpu_v = run_judge(cell_run(tmp_path, CPU, trained([2.3] * STEPS)), PASS_ROW)
+    v = judge(
+        cell_run(tmp_path, BUFFER, trained(falling(0.5))),
+        FIXED_ROW,
+        steps=STEPS,
+        checks=CHECKS,
+        baseline=trained(),
+        baseline_checks=cpu_v.checks,
+    )
+    assert "tracks_cpu" in failed_checks(v)
+
+
+def test_a_row_covering_by_version_range_is_named_in_the_reason(tmp_path: Path) -> None:
+    row = Expectation((">=3.6.0",), "vulkan-image", "*", "fixed", BUG)
+    run = cell_run(tmp_path, Cell("3.6.1", "vulkan-image", "lavapipe"), trained())
+    v = judge(run, row, steps=STEPS, checks=CHECKS, baseline=trained(), covered_by=">=3.6.0")
+    assert v.verdict == J.FIXED and v.matched
+    assert "the row for refs >=3.6.0" in v.reason
+    assert v.evidence["expectation_covers"] == ">=3.6.0"
