@@ -9,13 +9,48 @@ Extra arguments after `--` pass through: `nox -s vulkan_buffer -- --icd lavapipe
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
+from types import FrameType
 
 import nox
 
 ROOT = Path(__file__).parent
 nox.options.sessions = ["tests"]
 nox.options.reuse_venv = "yes"  # a session's environment is made once; `nox -R`/`--reuse-venv=no` to refresh
+
+
+# Interrupts (see src/mnnrepro/interrupts.py). On Ctrl-C the terminal signals nox and the suite alike; nox then
+# waits `interrupt_timeout` for its child before SIGTERM and, `terminate_timeout` later, SIGKILL, which would
+# leave the suite's drivers and containers behind: give the suite the time it needs to stop them (< 10 s).
+# A SIGTERM sent to nox alone (a CI runner cancelling a job) would kill nox and leave its child running:
+# forward it to nox's children, then unwind nox the same way as a Ctrl-C.
+INTERRUPT_TIMEOUT_S, TERMINATE_TIMEOUT_S = 15.0, 10.0
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields and int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _forward_sigterm(signum: int, _frame: FrameType | None) -> None:
+    for child in _children(os.getpid()):
+        try:
+            os.kill(child, signum)
+        except ProcessLookupError:
+            pass
+    raise KeyboardInterrupt
+
+
+if os.name == "posix":
+    signal.signal(signal.SIGTERM, _forward_sigterm)
 
 
 def _install(session: nox.Session, *extras: str) -> None:
@@ -26,7 +61,15 @@ def _install(session: nox.Session, *extras: str) -> None:
 def _mnnrepro(session: nox.Session, *args: str) -> None:
     # The Docker SDK is in every run session: the Docker runner is the default wherever an engine answers.
     _install(session, "docker")
-    session.run("python", "-m", "mnnrepro", *args, *session.posargs)
+    session.run(
+        "python",
+        "-m",
+        "mnnrepro",
+        *args,
+        *session.posargs,
+        interrupt_timeout=INTERRUPT_TIMEOUT_S,
+        terminate_timeout=TERMINATE_TIMEOUT_S,
+    )
 
 
 @nox.session(tags=["train"])
@@ -88,7 +131,16 @@ def doctor(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """Run the test suite (unit + integration) in parallel with pytest-xdist."""
     _install(session, "test")
-    session.run("python", "-m", "pytest", "-n", "auto", *session.posargs)
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "-n",
+        "auto",
+        *session.posargs,
+        interrupt_timeout=INTERRUPT_TIMEOUT_S,
+        terminate_timeout=TERMINATE_TIMEOUT_S,
+    )
 
 
 @nox.session(tags=["quick"])

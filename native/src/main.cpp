@@ -695,8 +695,12 @@ int main(int argc, char** argv) {
         !mnnrepro::loadMnistSplit(opt.data, "t10k", test, error)) {
         return fail(kDataError, "data", error);
     }
-    if (train.rows != 28 || train.cols != 28 || test.rows != 28 || test.cols != 28) {
-        return fail(kDataError, "data", "images are not 28x28");
+    for (const mnnrepro::MnistSplit* split : {&train, &test}) {
+        if (split->rows != 28 || split->cols != 28) {
+            return fail(kDataError, "data",
+                        split->imagesPath + ": images are " + std::to_string(split->rows) + "x" +
+                            std::to_string(split->cols) + ", the model wants 28x28");
+        }
     }
     log.emit("data", Json().integer("train", train.count).integer("test", test.count));
 
@@ -712,10 +716,17 @@ int main(int argc, char** argv) {
         for (auto& p : named) {
             std::vector<int> shape;
             std::vector<float> values;
-            if (!mnnrepro::readNpyF32(opt.initParams + "/" + p.first + ".npy", shape, values, error)) {
-                return fail(kDataError, "init_params", error);
+            const std::string path = opt.initParams + "/" + p.first + ".npy";
+            if (!mnnrepro::readNpyF32(path, shape, values, error)) return fail(kDataError, "init_params", error);
+            if (shape != dimsOf(p.second)) {
+                auto str = [](const std::vector<int>& d) {
+                    std::string s = "(";
+                    for (size_t k = 0; k < d.size(); ++k) s += (k ? ", " : "") + std::to_string(d[k]);
+                    return s + (d.size() == 1 ? ",)" : ")");
+                };
+                return fail(kDataError, "init_params",
+                            path + ": shape " + str(shape) + ", " + p.first + " wants " + str(dimsOf(p.second)));
             }
-            if (shape != dimsOf(p.second)) return fail(kDataError, "init_params", p.first + ": shape mismatch");
             initial.push_back(_Const(values.data(), shape, p.second->getInfo()->order, halide_type_of<float>()));
         }
     } else {

@@ -26,8 +26,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import cache
 from .errors import BuildError, EnvironmentProblem
-from .runner import Runner
+from .progress import Progress
+from .runner import Runner, run_with_lines
 from .source import SourceTree, content_key
 
 KEY_FORMAT = 1
@@ -214,7 +216,13 @@ class Builder:
 
     def _run(self, argv: list[str], log: Path, what: str) -> None:
         log.parent.mkdir(parents=True, exist_ok=True)
-        res = self.runner.run(argv, env=self._env(), stdout_path=log, timeout_s=3600)
+        # Minutes of cmake and ninja: a status line every 10 s ([n/m] from ninja); each line goes to the log only.
+        with Progress(what, say=self.say) as progress:
+            res = run_with_lines(
+                self.runner, argv, on_line=progress.feed, env=self._env(), stdout_path=log, timeout_s=3600
+            )
+            if res.returncode != 0:
+                progress.outcome = "timed out" if res.timed_out else f"failed (exit {res.returncode})"
         if res.returncode != 0:
             tail = log.read_text(errors="replace").splitlines()[-25:] if log.exists() else []
             body = "\n    ".join(tail)
@@ -262,13 +270,14 @@ class Builder:
         if previous is not None and previous[previous.index("-S") + 1] != str(core.source.path):
             # Same content at another path: CMake refuses a cache made for another source dir. Objects stay.
             (core.build_dir / "CMakeCache.txt").unlink(missing_ok=True)
-        self._run(argv, core.build_dir / "logs" / "configure.log", "cmake configure")
+        self._run(argv, core.build_dir / "logs" / "configure.log", f"{core.source.ref} cmake configure")
         marker.write_text(json.dumps(argv))
 
     # -- artifacts -------------------------------------------------------------------------------
     def core(self, source: SourceTree, options: CoreOptions) -> Core:
         key = self.core_key(source, options)
         core = Core(key, source, self.cache_dir / "build" / key[:24], self.cache_dir / "variants" / key[:24], options)
+        cache.use_build(self.cache_dir, key)  # .last-used; `cache prune` skips it while this process runs
         if self._complete(core.lib_dir):
             self.log.add("core", key, 0.0, cached=True)
             return core
@@ -283,7 +292,9 @@ class Builder:
             core.build_dir.mkdir(parents=True, exist_ok=True)
             self._configure(core, PLUGINS["vulkan-image"][2])
             self._run(
-                ninja_args(core.build_dir, CORE_TARGETS, self.jobs), core.build_dir / "logs" / "core.log", "core build"
+                ninja_args(core.build_dir, CORE_TARGETS, self.jobs),
+                core.build_dir / "logs" / "core.log",
+                f"{source.ref} core build",
             )
             staging = self._staging(core.lib_dir)
             for rel in CORE_LIBS:
@@ -308,6 +319,7 @@ class Builder:
         target, rel, mode_args = PLUGINS[kind]
         dest = core.variant_dir / "plugins" / kind
         lib = dest / Path(rel).name
+        cache.use_build(self.cache_dir, core.key)  # .last-used; `cache prune` skips it while this process runs
         if self._complete(dest):
             self.log.add(kind, core.key, 0.0, cached=True)
             return lib
@@ -328,7 +340,7 @@ class Builder:
             self._run(
                 ninja_args(core.build_dir, (target,), self.jobs),
                 core.build_dir / "logs" / f"{kind}.log",
-                f"{kind} plugin build",
+                f"{core.source.ref} {kind} plugin build",
             )
             staging = self._staging(dest)
             shutil.copy2(core.build_dir / rel, staging / Path(rel).name)
@@ -340,6 +352,7 @@ class Builder:
         nkey = native_key()
         dest = core.variant_dir / f"driver-{nkey[:16]}"
         exe = dest / "mnist_driver"
+        cache.use_build(self.cache_dir, core.key)  # .last-used; `cache prune` skips it while this process runs
         if self._complete(dest):
             self.log.add("driver", nkey, 0.0, cached=True)
             return exe
@@ -353,9 +366,9 @@ class Builder:
             self._run(
                 driver_configure_args(core.source.path, core.lib_dir, build_dir),
                 build_dir / "configure.log",
-                "driver configure",
+                f"{core.source.ref} driver configure",
             )
-            self._run(["ninja", "-C", str(build_dir)], build_dir / "build.log", "driver build")
+            self._run(["ninja", "-C", str(build_dir)], build_dir / "build.log", f"{core.source.ref} driver build")
             staging = self._staging(dest)
             shutil.copy2(build_dir / "mnist_driver", staging / "mnist_driver")
             self._publish(staging, dest, {"core": core.key, "native": nkey})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from . import faults as planted
 from .contract import RunRecord, read_events
 from .fixtures import MNIST
 from .icd import Icd
+from .progress import heartbeat
 from .runner import Completed, Runner
 
 GDB_SCRIPT = Path(__file__).with_name("gdb_capture.py")
@@ -96,6 +98,8 @@ def run_cell(
     gdb_path: str | None = None,  # gdb as the runner sees it; None: look it up on this host
     data_dir: Path = MNIST,
     faults: tuple[str, ...] = (),
+    say: Callable[[str], None] = print,
+    heartbeat_s: float = 30.0,
 ) -> CellRun:
     result_dir.mkdir(parents=True, exist_ok=True)
     for stale in ("crash.json", "backtrace.txt", "events.jsonl"):
@@ -120,9 +124,15 @@ def run_cell(
         full, fault_env = planted.hide_libvulkan(full, result_dir / ".fault", runner.name)
         env.update(fault_env)
     env["MNNREPRO_CRASH_DIR"] = str(result_dir)
-    completed = runner.run(
-        full, env=env, timeout_s=timeout_s, stdout_path=result_dir / "stdout.txt", stderr_path=result_dir / "stderr.txt"
-    )
+    events = result_dir / "events.jsonl"
+    with heartbeat(cell.id, say=say, detail=lambda: last_stage(events), interval_s=heartbeat_s):
+        completed = runner.run(
+            full,
+            env=env,
+            timeout_s=timeout_s,
+            stdout_path=result_dir / "stdout.txt",
+            stderr_path=result_dir / "stderr.txt",
+        )
     crash = None
     if (result_dir / "crash.json").is_file():
         crash = json.loads((result_dir / "crash.json").read_text())
@@ -146,3 +156,23 @@ def run_cell(
         )
     )
     return CellRun(cell, result_dir, completed, record, crash, full, bool(gdb))
+
+
+def last_stage(events: Path, tail_bytes: int = 8192) -> str | None:
+    """The driver's latest stage ("stage sgd_step, step 12"), from the end of its events.jsonl (heartbeats only)."""
+    try:
+        with open(events, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - tail_bytes))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue  # half written, or cut by the seek
+        if isinstance(event, dict) and event.get("event") == "stage" and "name" in event:
+            step = f", step {event['step']}" if "step" in event else ""
+            return f"stage {event['name']}{step}"
+    return None

@@ -8,7 +8,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from . import __version__, fixtures, source, swiftshader
+from . import __version__, fixtures, interrupts, source, swiftshader
 from .errors import ConfigError, MnnReproError
 from .session import SESSIONS, run_session
 from .settings import Settings, load
@@ -99,10 +99,27 @@ def parser() -> argparse.ArgumentParser:
     from . import bisect
 
     bisect.add_arguments(sub.add_parser("bisect", help="find the first commit where a cell's verdict changes"))
+    from . import cache
+
+    cc = sub.add_parser("cache", help="show what the cache holds (sizes, last use), or prune it to a budget")
+    cc.add_argument(
+        "action",
+        nargs="?",
+        choices=["show", "prune"],
+        default="show",
+        help="show (default); prune: remove least recently used entries (never pinned refs' sources, never one "
+        "in use by a running session) until the cache is under --budget",
+    )
+    cc.add_argument("--budget", default=cache.DEFAULT_BUDGET, help="size to keep under, e.g. 20G (default 30G)")
+    cc.add_argument("--dry-run", dest="dry_run", action="store_true", help="say what prune would remove; remove none")
+    cc.add_argument("--cache-dir", dest="cache_dir")
     ss = sub.add_parser("swiftshader", help="fetch and verify the pinned SwiftShader ICD")
     ss.add_argument("action", choices=["fetch"])
     ss.add_argument("--tarball", type=Path, help=f"a local {swiftshader.PACKAGE}@{swiftshader.VERSION} .tgz")
     ss.add_argument("--cache-dir", dest="cache_dir")
+    from . import replay
+
+    replay.add_arguments(sub.add_parser("ci", help="the GitHub Actions workflow: `ci replay --job JOB` runs it here"))
     return ap
 
 
@@ -131,7 +148,7 @@ def _matrix(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace, settings: Settings) -> int:
-    from .session import build_ref
+    from .session import build_ref, preflight_for
 
     variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
     bad = [v for v in variants if v not in fixtures.VARIANTS]
@@ -140,6 +157,7 @@ def _build(args: argparse.Namespace, settings: Settings) -> int:
     matrix = fixtures.load_matrix()
     ref = settings.ref or matrix.default_ref
     source.validate_ref(ref)
+    settings, _ = preflight_for(settings, variants, print)
     built = build_ref(ref, variants, settings, matrix, print)
     print(f"core [{built.core.key[:12]}]: {built.core.lib_dir}")
     print(f"driver: {built.driver}")
@@ -151,6 +169,11 @@ def _build(args: argparse.Namespace, settings: Settings) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    with interrupts.installed():
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
     if args.command == "signature":
         from . import signature
 
@@ -169,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
             return run_session(args.session, settings)
         if args.command == "matrix":
             return _matrix(args)
+        if args.command == "ci":
+            from . import replay
+
+            return replay.main(args)
         if args.command == "build":
             return _build(args, settings)
         if args.command == "bisect":
@@ -196,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 )
             return 0
+        if args.command == "cache":
+            from . import cache
+
+            return cache.main(args, settings)
         if args.command == "swiftshader":
             print(swiftshader.ensure(settings.cache_dir, tarball=args.tarball))
             return 0
@@ -221,6 +252,10 @@ def main(argv: list[str] | None = None) -> int:
     except MnnReproError as exc:
         print(exc.render(), file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("mnnrepro: interrupted; finished artifacts are kept, partial ones are discarded", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print(
+            f"mnnrepro: interrupted ({interrupts.signal_name(exc)}); finished artifacts are kept, partial ones "
+            "are discarded",
+            file=sys.stderr,
+        )
+        return interrupts.exit_code(exc)

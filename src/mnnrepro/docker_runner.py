@@ -8,14 +8,16 @@ at their time limit, and are always removed unless MNNREPRO_KEEP_CONTAINERS=1 (k
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .runner import Completed
+from .runner import Completed, OnLine
 
 # An environment entry that asks for this one command to run as root inside its throwaway container
 # (planted faults that remove files from the image). It is removed before the command sees its environment.
@@ -29,6 +31,7 @@ class DockerRunner:
     read_only: tuple[Path, ...] = ()
     read_write: tuple[Path, ...] = ()
     name: str = "docker"
+    streams_lines: bool = field(default=True, init=False, repr=False)
     keep_on_failure: bool = field(default_factory=lambda: os.environ.get("MNNREPRO_KEEP_CONTAINERS") == "1")
 
     @property
@@ -55,6 +58,7 @@ class DockerRunner:
         timeout_s: float | None = None,
         stdout_path: Path | None = None,
         stderr_path: Path | None = None,
+        on_line: OnLine | None = None,
     ) -> Completed:
         import requests
 
@@ -77,8 +81,16 @@ class DockerRunner:
             detach=True,
         )
         timed_out = False
+        code: int | None = None
+        follower: threading.Thread | None = None
         try:
             container.start()
+            if on_line is not None:
+                # Only for progress: the files below are still written from the container's full logs.
+                follower = threading.Thread(
+                    target=_follow, args=(container, on_line), name="container output", daemon=True
+                )
+                follower.start()
             try:
                 status = container.wait(timeout=timeout_s)
                 code = int(status.get("StatusCode", 1))
@@ -86,10 +98,18 @@ class DockerRunner:
                 timed_out = True
                 container.kill()
                 code = int(container.wait(timeout=30).get("StatusCode", 137))
+            except BaseException:
+                # Ctrl-C / SIGTERM (mnnrepro.interrupts): the container would run on without us; kill it, and
+                # the `finally` below removes it.
+                with contextlib.suppress(Exception):
+                    container.kill()
+                raise
             out = container.logs(stdout=True, stderr=stdout_path is None and stderr_path is None)
             err = container.logs(stdout=False, stderr=True) if (stdout_path or stderr_path) else b""
+            if follower is not None:
+                follower.join(timeout=10)  # the stream ends with the container; never wait on it for long
         finally:
-            failed = timed_out or "code" not in locals() or locals().get("code", 1) != 0
+            failed = timed_out or code != 0
             if not (self.keep_on_failure and failed):
                 try:
                     container.remove(force=True)
@@ -112,3 +132,18 @@ class DockerRunner:
             stderr_path=stderr_path,
             output=text,
         )
+
+
+def _follow(container: Any, on_line: OnLine) -> None:
+    """Pass the container's output (stdout and stderr, as they come) to on_line a line at a time."""
+    pending = b""
+    try:
+        for chunk in container.logs(stdout=True, stderr=True, stream=True, follow=True):
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for raw in lines:
+                on_line(raw.decode(errors="replace").rstrip("\r"))
+        if pending:
+            on_line(pending.decode(errors="replace").rstrip("\r"))
+    except Exception:
+        pass  # progress only: a dropped stream or a failing display costs the display, never the run

@@ -1,166 +1,91 @@
-"""`mnnrepro doctor`: checks and explains the environment, each problem with the command that fixes it."""
+"""`mnnrepro doctor`: the preflight checks of both runners, explained, each problem with the command that fixes it.
+
+It says which runner can produce a verdict and exits 6 when none can (or when the configured one cannot). The
+real-GPU cases met on NVIDIA machines are explained where they are found: a Vulkan manifest whose library lacks
+glvnd's libraries (vkCreateInstance -9), an NVIDIA OpenCL driver that no vendor file registers with the ICD
+loader MNN opens, no unversioned libvulkan.so (MNN silently uses the CPU). Device names come from the preflight's
+own vkCreateInstance; vulkaninfo, when installed, adds its view; nothing is decided on it.
+"""
 
 from __future__ import annotations
 
-import ctypes
-import glob
-import os
 import shutil
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 
-from . import fixtures, source, swiftshader
+from . import fixtures, icd, preflight, source, swiftshader
 from .errors import MnnReproError
+from .preflight import FAIL, OK, RUNNERS, WARN, Finding
+from .runner import HostRunner
 from .settings import Settings
 
-OK, WARN, FAIL = "ok", "warn", "FAIL"
+__all__ = ["FAIL", "OK", "WARN", "Diagnosis", "Finding", "check", "report"]
+
+Check = Callable[[], list[Finding]]
 
 
 @dataclass
-class Finding:
-    status: str
-    what: str
-    detail: str
-    fix: str = ""
+class Diagnosis:
+    sections: list[tuple[str, list[Finding]]]  # (title, findings), printed in this order
+    blocking: dict[str, list[Finding]]  # runner -> the failures that stop it; empty: it can produce a verdict
+    runner: str  # the runner setting: auto, host or docker
+    packages: tuple[str, ...] = ()  # every Debian package a host-runner finding asks for, failures and warnings
 
 
-def _cmd(argv: list[str], env: dict[str, str] | None = None, timeout: float = 60) -> tuple[int, str]:
-    try:
-        res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
-        return res.returncode, res.stdout + res.stderr
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return 127, str(exc)
+def _vulkaninfo(label: str, manifest: Path | None) -> list[Finding]:
+    """Device names through one ICD (None: the loader's own choice, as `--icd host`)."""
+    exe = shutil.which("vulkaninfo")
+    if exe is None:
+        return []
+    env = {"VK_ICD_FILENAMES": str(manifest), "VK_DRIVER_FILES": str(manifest)} if manifest else {}
+    done = HostRunner(kill_grace_s=1.0).run([exe, "--summary"], env=env, timeout_s=20)
+    names = [line.split("=", 1)[1].strip() for line in done.output.splitlines() if "deviceName" in line and "=" in line]
+    what = f"devices {label} (vulkaninfo)"
+    if done.returncode == 0 and names:
+        return [Finding(OK, what, ", ".join(dict.fromkeys(names)))]
+    tail = [line.strip() for line in done.output.splitlines() if line.strip()]
+    return [Finding(WARN, what, (tail[-1] if tail else f"exit status {done.returncode}")[:160])]
 
 
-def _vulkan_device(manifest: str | None) -> tuple[bool, str]:
+def _device_checks(settings: Settings) -> list[Check]:
+    """vulkaninfo's view, where it is installed; the preflight's own vkCreateInstance already names devices."""
     if shutil.which("vulkaninfo") is None:
-        return False, "vulkaninfo missing (apt-get install vulkan-tools) to list devices"
-    env = {"VK_ICD_FILENAMES": manifest, "VK_DRIVER_FILES": manifest} if manifest else {}
-    code, out = _cmd(["vulkaninfo", "--summary"], env)
-    names = [line.split("=", 1)[1].strip() for line in out.splitlines() if line.strip().startswith("deviceName")]
-    return (code == 0 and bool(names)), (
-        ", ".join(names)
-        if names
-        else out.strip().splitlines()[-1:][0][:160]
-        if out.strip()
-        else f"vulkaninfo exit {code}"
-    )
-
-
-def check(settings: Settings) -> list[Finding]:
-    f: list[Finding] = []
-    # Docker
-    try:
-        from . import image
-
-        client = image.connect()
-        f.append(Finding(OK, "docker engine", f"answers (server {client.version().get('Version', '?')})"))
-        tags = sorted(t for i in client.images.list(name=image.IMAGE_REPO) for t in i.tags)
-        f.append(
-            Finding(
-                OK if tags else WARN,
-                "toolchain image",
-                ", ".join(tags) or "not built yet",
-                "" if tags else "python -m mnnrepro image build (bootstraps the base if no registry)",
-            )
-        )
-    except MnnReproError as exc:
-        f.append(Finding(WARN, "docker engine", exc.message, "start dockerd (or use --runner host)"))
-    # Host toolchain (for --runner host)
-    missing = [t for t in ("c++", "cmake", "ninja", "gdb", "ccache") if shutil.which(t) is None]
-    f.append(
-        Finding(
-            OK if not missing else WARN,
-            "host toolchain",
-            "complete" if not missing else f"missing {missing}",
-            "apt-get install build-essential cmake ninja-build gdb ccache" if missing else "",
-        )
-    )
-    # The unversioned libvulkan.so that MNN dlopens
-    try:
-        ctypes.CDLL("libvulkan.so")
-        f.append(Finding(OK, "libvulkan.so (unversioned)", "loadable"))
-    except OSError as exc:
-        f.append(
-            Finding(
-                FAIL if settings.runner == "host" else WARN,
-                "libvulkan.so (unversioned)",
-                f"not loadable: MNN's Vulkan backend would silently use the CPU ({exc})",
-                "apt-get install libvulkan-dev (or: ln -s libvulkan.so.1 <libdir>/libvulkan.so)",
-            )
-        )
-    # ICDs
-    lvp = sorted(glob.glob("/usr/share/vulkan/icd.d/lvp_icd*.json"))
+        return []
+    todo: list[Check] = []
+    lvp = sorted(p for g in icd.LAVAPIPE_GLOBS for p in Path("/").glob(g.lstrip("/")))
     if lvp:
-        ok, names = _vulkan_device(lvp[0])
-        f.append(Finding(OK if ok else WARN, "ICD lavapipe", f"{lvp[0]}: {names}"))
-    else:
-        f.append(Finding(WARN, "ICD lavapipe", "not installed on the host", "apt-get install mesa-vulkan-drivers"))
-    ss = swiftshader.manifest_path(settings.cache_dir)
-    if ss.is_file():
-        ok, names = _vulkan_device(str(ss))
-        f.append(Finding(OK if ok else WARN, "ICD swiftshader", f"{ss}: {names}"))
-    else:
-        f.append(
-            Finding(
-                WARN,
-                "ICD swiftshader",
-                "not fetched yet",
-                "python -m mnnrepro swiftshader fetch (needs npm)"
-                if shutil.which("npm")
-                else "install npm, then python -m mnnrepro swiftshader fetch",
-            )
-        )
-    ok, names = _vulkan_device(None)
-    f.append(
+        todo.append(partial(_vulkaninfo, "lavapipe", lvp[0]))
+    if swiftshader.manifest_path(settings.cache_dir).is_file():
+        todo.append(partial(_vulkaninfo, "swiftshader", swiftshader.manifest_path(settings.cache_dir)))
+    todo.append(partial(_vulkaninfo, "host", None))
+    return todo
+
+
+def _gpu_note() -> list[Finding]:
+    driver = preflight.nvidia_driver()
+    if driver is None:
+        return []
+    return [
         Finding(
-            OK if ok else WARN,
-            "ICD host (installed drivers)",
-            names,
-            "" if ok else "a real GPU needs its vendor's Vulkan driver (e.g. NVIDIA 580 + nvidia_icd.json)",
+            OK,
+            "NVIDIA driver",
+            f"{driver} loaded; real-GPU cells (--icd host, opencl) need --runner host: containers get no GPU",
         )
-    )
-    # OpenCL
-    if shutil.which("clinfo"):
-        _, out = _cmd(["clinfo", "--list"])
-        _, gpu_out = _cmd(["clinfo", "--raw"])
-        types = {line.split()[-1] for line in gpu_out.splitlines() if "CL_DEVICE_TYPE" in line and "]" in line}
-        has_gpu = any("GPU" in t for t in types)
-        f.append(
-            Finding(
-                OK if has_gpu else WARN,
-                "OpenCL",
-                (out.strip().replace("\n", "; ")[:200] or "no platforms")
-                + f" | device types {sorted(types) or 'none'}",
-                ""
-                if has_gpu
-                else "MNN accepts only GPU-type OpenCL devices: `opencl` cells will be "
-                "NOT-EXERCISED here (PoCL is a CPU device)",
-            )
-        )
-    else:
-        f.append(Finding(WARN, "OpenCL", "clinfo missing", "apt-get install clinfo ocl-icd-libopencl1"))
-    # Disk
-    settings.cache_dir.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(settings.cache_dir).free / 2**30
-    f.append(
-        Finding(
-            OK if free >= 10 else (WARN if free >= 3 else FAIL),
-            "free disk",
-            f"{free:.1f} GiB at {settings.cache_dir}",
-            "" if free >= 10 else "free space (a ref needs ~3 GiB)",
-        )
-    )
-    # MNN sources
+    ]
+
+
+def _sources(settings: Settings) -> list[Finding]:
+    found = []
     for ref in fixtures.load_matrix().refs:
         try:
             tree = source.resolve(
                 ref, source=None, cache_dir=settings.cache_dir, git_url=settings.git_url, allow_clone=False
             )
-            f.append(Finding(OK, f"MNN source {ref}", tree.describe()))
+            found.append(Finding(OK, f"MNN source {ref}", tree.describe()))
         except MnnReproError as exc:
-            f.append(
+            found.append(
                 Finding(
                     WARN,
                     f"MNN source {ref}",
@@ -168,16 +93,78 @@ def check(settings: Settings) -> list[Finding]:
                     f"python -m mnnrepro source fetch --ref {ref} (or source import --git-dir DIR)",
                 )
             )
-    return f
+    return found
 
 
-def report(findings: list[Finding], say: Callable[[str], None] = print) -> int:
-    width = max(len(x.what) for x in findings)
-    for x in findings:
-        say(f"[{x.status:>4}] {x.what.ljust(width)}  {x.detail}")
-        if x.fix:
-            say(f"       {' ' * width}  fix: {x.fix}")
+def check(settings: Settings) -> Diagnosis:
+    """The same checks as a session's preflight, for both runners, plus what only explains (devices, GPUs)."""
+    host = preflight.checks(settings, icds=settings.icds, opencl=False, runner="host")
+    host.append(partial(preflight.check_opencl, requested=False))  # a warning here: no opencl cell is asked for
+    docker = preflight.checks(settings, icds=settings.icds, opencl=False, runner="docker")
+    docker.append(partial(preflight.check_opencl_in_docker, requested=False))
+    gpu: list[Check] = [_gpu_note]
+    if "host" not in settings.icds:  # not asked for: the machine's own drivers are explained, never blocking
+        gpu.append(partial(preflight.check_host_icd, severity=WARN))
+    gpu += _device_checks(settings)
+    results = preflight.gather_each([*host, *docker, *gpu, partial(_sources, settings)])
+
+    def flat(part: list[list[Finding]]) -> list[Finding]:
+        return [f for found in part for f in found]
+
+    host_f = flat(results[: len(host)])
+    docker_f = flat(results[len(host) : len(host) + len(docker)])
+    gpu_f = flat(results[len(host) + len(docker) : -1])
+    both = [f for f in host_f if f in docker_f]
+    packages = tuple(dict.fromkeys(p for f in host_f + gpu_f if f.status != OK for p in f.packages))
+    return Diagnosis(
+        sections=[
+            ("both runners", both),
+            ("docker runner", [f for f in docker_f if f not in both]),
+            ("host runner", [f for f in host_f if f not in both]),
+            ("real GPUs and devices (information)", gpu_f),
+            ("MNN sources", results[-1]),
+        ],
+        blocking={"host": [f for f in host_f if f.status == FAIL], "docker": [f for f in docker_f if f.status == FAIL]},
+        runner=settings.runner,
+        packages=packages,
+    )
+
+
+def report(diagnosis: Diagnosis, say: Callable[[str], None] = print) -> int:
+    """Print the findings in sections, then which runner can produce a verdict. Exit 6 when none can (or the
+    configured runner cannot), else 0."""
+    findings = [f for _, part in diagnosis.sections for f in part]
+    width = max((len(x.what) for x in findings), default=0)
+    for title, part in diagnosis.sections:
+        if not part:
+            continue
+        say(f"{title}:")
+        for x in part:
+            say(f"[{x.status:>4}] {x.what.ljust(width)}  {x.detail}")
+            if x.fix:
+                say(f"       {' ' * width}  fix: {x.fix}")
+        say("")
+    usable = [r for r in RUNNERS if not diagnosis.blocking[r]]
+    for r in RUNNERS:
+        stops = diagnosis.blocking[r]
+        say(
+            f"runner {r}: "
+            + (
+                "can produce a verdict"
+                if not stops
+                else "cannot produce a verdict: " + ", ".join(f.what for f in stops)
+            )
+        )
+    if diagnosis.packages:
+        say(f"every package the host runner asks for: apt-get install {' '.join(diagnosis.packages)}")
     fails = sum(x.status == FAIL for x in findings)
     warns = sum(x.status == WARN for x in findings)
-    say(f"\ndoctor: {fails} problem(s), {warns} warning(s)")
-    return 6 if fails else 0
+    wanted = diagnosis.runner
+    ok = wanted in usable if wanted in RUNNERS else bool(usable)
+    verdict = (
+        f"runner {wanted} {'can' if ok else 'cannot'} produce a verdict"
+        if wanted in RUNNERS
+        else f"runner auto: {' and '.join(usable) or 'no runner'} can produce a verdict"
+    )
+    say(f"\ndoctor: {fails} problem(s), {warns} warning(s); {verdict}")
+    return 0 if ok else 6

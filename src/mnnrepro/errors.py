@@ -46,5 +46,28 @@ class EnvironmentProblem(MnnReproError):
     title = "environment problem"
 
 
+class HostCommandError(MnnReproError):
+    """A command run on this machine (hostcmd.run) failed, timed out or could not start."""
+
+    exit_code = 6
+    title = "command failed"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str = "",
+        argv: tuple[str, ...] = (),
+        returncode: int | None = None,
+        timed_out: bool = False,
+        tail: str = "",
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.argv = argv
+        self.returncode = returncode  # None: timed out, or never started
+        self.timed_out = timed_out
+        self.tail = tail
+
+
 # Exit code of a whole session when it ran, but at least one cell missed its expectation.
 EXIT_MISMATCH = 1

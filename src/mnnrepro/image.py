@@ -21,6 +21,7 @@ from typing import Any
 from . import swiftshader
 from .errors import BuildError, EnvironmentProblem
 from .fixtures import ROOT
+from .progress import Progress
 
 DOCKER_DIR = ROOT / "docker"
 DEFAULT_BASE = "debian:bookworm-slim"
@@ -29,20 +30,22 @@ BOOTSTRAP_IMAGE = f"{BOOTSTRAP_REPO}:{BOOTSTRAP_TAG}"
 IMAGE_REPO = "mnnrepro/toolchain"
 
 
-def connect() -> Any:
-    """A Docker SDK client that has answered a ping, or EnvironmentProblem saying what to do."""
+def connect(timeout: float = 30) -> Any:
+    """A Docker SDK client that has answered a ping, or EnvironmentProblem saying what to do.
+
+    timeout: seconds for each request to the engine (preflight asks with a short one)."""
+    from .preflight import docker_sdk  # the SDK, never the repository's docker/ folder taken for it
+
+    docker = docker_sdk()
     try:
-        import docker
-    except ImportError as exc:
-        raise EnvironmentProblem("the Docker SDK for Python is not installed", hint="pip install docker") from exc
-    try:
-        client = docker.from_env(timeout=30)
+        client = docker.from_env(timeout=timeout)
         client.ping()
     except Exception as exc:
-        raise EnvironmentProblem(
-            f"no Docker engine answers ({type(exc).__name__}: {str(exc)[:160]})",
-            hint="start it (systemctl start docker, or `dockerd &` as root), or use --runner host",
-        ) from exc
+        text = str(exc)
+        hint = "start it (systemctl start docker, or `dockerd &` as root), or use --runner host"
+        if "Permission denied" in text:
+            hint = "the engine's socket is not yours: join the docker group (or run as root), or use --runner host"
+        raise EnvironmentProblem(f"no Docker engine answers ({type(exc).__name__}: {text[:160]})", hint=hint) from exc
     return client
 
 
@@ -185,14 +188,17 @@ def ensure_image(
             "SWIFTSHADER_SHA256": swiftshader.LIBRARY_SHA256,
             "HOST_CA": "yes" if ca else "none",
         }
-        with open(log, "w") as out:
+        # Minutes of apt and compiles: "step 3/9" every 10 s on the console, every line in the log.
+        with open(log, "w") as out, Progress("image build", say=say) as progress:
             error = None
             for chunk in client.api.build(path=str(ctx), tag=tag, buildargs=args, rm=True, forcerm=True, decode=True):
                 if "stream" in chunk:
                     out.write(chunk["stream"])
+                    progress.feed(chunk["stream"])
                 if "error" in chunk:
                     error = chunk["error"]
                     out.write(f"ERROR: {error}\n")
+                    progress.outcome = "failed"
         if error or not _has_image(client, tag):
             tail = "\n    ".join(log.read_text(errors="replace").splitlines()[-15:])
             raise BuildError(

@@ -60,9 +60,32 @@ def table(rows: list[tuple[CellRun, Verdict]]) -> str:
     return "\n".join(out)
 
 
+INTERRUPTED = "INTERRUPTED"
+
+
+def interrupted_cell(cell_id: str, ref: str, variant: str, icd: str, reason: str) -> dict[str, Any]:
+    """A planned cell that did not finish because the session was stopped: never a pass, never matched."""
+    return {
+        "cell": cell_id,
+        "ref": ref,
+        "variant": variant,
+        "icd": icd,
+        "verdict": INTERRUPTED,
+        "expected": "",
+        "matched": False,
+        "reason": reason,
+        "checks": [],
+        "evidence": {},
+        "losses": [],
+        "accuracy": None,
+        "placement": {},
+    }
+
+
 def summary(header: dict[str, Any], rows: list[tuple[CellRun, Verdict]]) -> dict[str, Any]:
     return {
         "format": SUMMARY_FORMAT,
+        "status": "complete",
         "header": header,
         "cells": [
             {
@@ -314,7 +337,7 @@ def junit(data: dict[str, Any]) -> ET.Element:
     counts = {"tests": str(len(cells)), "failures": str(n_failed), "errors": "0", "skipped": "0"}
     root = ET.Element("testsuites", {"name": "mnnrepro", "time": f"{total:.3f}", **counts})
     suite = ET.SubElement(root, "testsuite", {"name": _x(name), "time": f"{total:.3f}", **counts})
-    _properties(suite, [("format", data.get("format")), *fingerprint(data)])
+    _properties(suite, [("format", data.get("format")), ("status", data.get("status", "")), *fingerprint(data)])
     for c in cells:
         ev = c.get("evidence") or {}
         case = ET.SubElement(
@@ -383,6 +406,8 @@ def markdown(
         if not bad
         else f"{len(bad)} of {len(cells)} cell(s) did NOT match their expectation"
     )
+    if data.get("status") == INTERRUPTED:
+        outcome = f"INTERRUPTED; {outcome}"
     out = [f"## mnnrepro {h.get('session', '')}: MNN {refs}: {outcome}", ""]
     out += ["| run | |", "| --- | --- |", *(_row(k, v) for k, v in fingerprint(data)), ""]
     out += [

@@ -2,7 +2,8 @@
 
 Everything else calls ``Runner.run``: run a command with an environment, a working directory and a time
 limit; get back the exit status, the signal and where the output went. A hung process is killed with its
-whole process group and reported as timed out, never waited out.
+whole process group and reported as timed out, never waited out. A ``StreamingRunner`` also hands each
+output line to ``on_line`` as it arrives (progress), while the output still goes whole to its file.
 """
 
 from __future__ import annotations
@@ -10,11 +11,14 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import IO, Protocol, runtime_checkable
+
+OnLine = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -62,11 +66,51 @@ class Runner(Protocol):
     ) -> Completed: ...
 
 
+@runtime_checkable
+class StreamingRunner(Runner, Protocol):
+    """A runner that can also pass each output line to ``on_line`` as it arrives (HostRunner, DockerRunner)."""
+
+    streams_lines: bool
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        timeout_s: float | None = None,
+        stdout_path: Path | None = None,
+        stderr_path: Path | None = None,
+        on_line: OnLine | None = None,
+    ) -> Completed: ...
+
+
+def run_with_lines(
+    runner: Runner,
+    argv: Sequence[str],
+    *,
+    on_line: OnLine,
+    stdout_path: Path,
+    env: Mapping[str, str] | None = None,
+    timeout_s: float | None = None,
+) -> Completed:
+    """Run with the output in stdout_path and each of its lines to on_line: live where the runner streams,
+    otherwise read back from the file once the command has ended (test fakes, runners that cannot stream)."""
+    if isinstance(runner, StreamingRunner) and runner.streams_lines:
+        return runner.run(argv, env=env, timeout_s=timeout_s, stdout_path=stdout_path, on_line=on_line)
+    res = runner.run(argv, env=env, timeout_s=timeout_s, stdout_path=stdout_path)
+    if stdout_path.is_file():
+        for line in stdout_path.read_text(errors="replace").splitlines():
+            on_line(line)
+    return res
+
+
 @dataclass
 class HostRunner:
     """Runs commands directly on this machine."""
 
     name: str = "host"
+    streams_lines: bool = field(default=True, init=False, repr=False)
     kill_grace_s: float = 5.0
     base_env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
 
@@ -79,9 +123,12 @@ class HostRunner:
         timeout_s: float | None = None,
         stdout_path: Path | None = None,
         stderr_path: Path | None = None,
+        on_line: OnLine | None = None,
     ) -> Completed:
         full_env = dict(self.base_env)
         full_env.update(env or {})
+        if on_line is not None:
+            return self._run_streaming(argv, full_env, cwd, timeout_s, stdout_path, stderr_path, on_line)
         out = open(stdout_path, "wb") if stdout_path else subprocess.PIPE
         err = open(stderr_path, "wb") if stderr_path else (subprocess.STDOUT if not stdout_path else subprocess.PIPE)
         start = time.monotonic()
@@ -103,6 +150,13 @@ class HostRunner:
                 timed_out = True
                 _kill_group(proc, self.kill_grace_s)
                 captured, _ = proc.communicate()
+            except BaseException:
+                # Ctrl-C / SIGTERM (mnnrepro.interrupts): the child is in its own session, so nothing else
+                # would stop it; it must not outlive us.
+                _kill_group(proc, INTERRUPT_GRACE_S)
+                raise
+            finally:
+                _reap_group(proc)
         finally:
             for handle in (out, err):
                 if hasattr(handle, "close"):
@@ -118,6 +172,107 @@ class HostRunner:
             output=text,
         )
 
+    def _run_streaming(
+        self,
+        argv: Sequence[str],
+        full_env: dict[str, str],
+        cwd: Path | None,
+        timeout_s: float | None,
+        stdout_path: Path | None,
+        stderr_path: Path | None,
+        on_line: OnLine,
+    ) -> Completed:
+        """As run, but stdout (and stderr, unless it has its own file) comes through a pipe that a reader
+        thread tees to stdout_path (or the captured output) and to on_line, line by line."""
+        sink = open(stdout_path, "wb") if stdout_path else None
+        err = open(stderr_path, "wb") if stderr_path else None
+        captured: list[bytes] = []
+        start = time.monotonic()
+        timed_out = False
+        proc: subprocess.Popen[bytes] | None = None
+        try:
+            proc = subprocess.Popen(
+                list(argv),
+                env=full_env,
+                cwd=cwd,
+                stdout=subprocess.PIPE,
+                stderr=err if err else subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            assert proc.stdout is not None
+            reader = threading.Thread(
+                target=_tee, args=(proc.stdout, sink, captured, on_line), name="runner output", daemon=True
+            )
+            reader.start()
+            # Like communicate(timeout): the limit covers the process and the end of its output (a child left
+            # holding the pipe keeps the command running).
+            deadline = None if timeout_s is None else start + timeout_s
+            reader.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            try:
+                if reader.is_alive():
+                    raise subprocess.TimeoutExpired(list(argv), timeout_s or 0.0)
+                proc.wait(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                _kill_group(proc, self.kill_grace_s)
+                proc.wait()
+            reader.join()
+            proc.stdout.close()
+        except BaseException:
+            if proc is not None:  # interrupted while it ran: stop the whole group before unwinding
+                _kill_group(proc, INTERRUPT_GRACE_S)
+            raise
+        finally:
+            if proc is not None:
+                _reap_group(proc)
+            for handle in (sink, err):
+                if handle is not None:
+                    handle.close()
+        return Completed(
+            argv=tuple(argv),
+            returncode=proc.returncode,
+            duration_s=time.monotonic() - start,
+            timed_out=timed_out,
+            stdout_path=stdout_path,
+            stderr_path=stderr_path,
+            output="" if stdout_path else b"".join(captured).decode(errors="replace"),
+        )
+
+
+def _tee(pipe: IO[bytes], sink: IO[bytes] | None, captured: list[bytes], on_line: OnLine) -> None:
+    """Copy every line to the file (or the capture list) first, then show it; progress never costs output."""
+    calling = True
+    try:
+        for raw in iter(pipe.readline, b""):
+            if sink is not None:
+                sink.write(raw)
+                sink.flush()
+            else:
+                captured.append(raw)
+            if calling:
+                try:
+                    on_line(raw.decode(errors="replace").rstrip("\r\n"))
+                except Exception:
+                    calling = False  # a broken progress display stops; the command and its log go on
+    except (OSError, ValueError):
+        pass  # the caller was interrupted (Ctrl-C) and closed the file under us
+
+
+# On an interrupt the child's group gets SIGTERM, then SIGKILL after this long: the session must stop within 10 s.
+INTERRUPT_GRACE_S = 2.0
+
+
+def _reap_group(proc: subprocess.Popen[bytes]) -> None:
+    """Whatever the command left behind in its process group (a daemonized helper, gdb's inferior) goes with
+    it: no process of a run outlives the run."""
+    if proc.returncode is None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
 
 def _kill_group(proc: subprocess.Popen[bytes], grace_s: float) -> None:
     try:
@@ -128,4 +283,8 @@ def _kill_group(proc: subprocess.Popen[bytes], grace_s: float) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=grace_s)  # reap it: a zombie still holds its pid and process group
+    except subprocess.TimeoutExpired:
         pass

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import __version__, fixtures, gradcheck, icd, image, report, source
+from . import __version__, fixtures, gradcheck, icd, image, interrupts, preflight, report, source
 from .build import Builder, Core, CoreOptions
 from .cells import Cell, CellRun, Workload, run_cell
 from .contract import RunRecord
@@ -161,8 +161,11 @@ def _run_ref(
     matrix: fixtures.Matrix,
     results: Path,
     say: Callable[[str], None],
-) -> tuple[dict[str, Any], list[tuple[CellRun, Verdict]]]:
-    """Build and run every cell of one ref; returns its header (fingerprint) and its judged rows."""
+    header: dict[str, Any],
+    rows: list[tuple[CellRun, Verdict]],
+) -> None:
+    """Build and run every cell of one ref, filling in its header (fingerprint) and appending its judged rows
+    as they finish (an interrupt keeps what finished)."""
     built = build_ref(ref, variants, settings, matrix, say)
     tree, info, runner, builder, core = built.tree, built.info, built.runner, built.builder, built.core
     driver, plugins, build_s = built.driver, built.plugins, built.build_s
@@ -170,21 +173,22 @@ def _run_ref(
     vulkan = any(v.startswith("vulkan") for v in variants)
     icds = {n: icd.resolve(n, settings.cache_dir, runner.name) for n in settings.icds} if vulkan else {}
     workload = _workload(matrix, settings)
-    header: dict[str, Any] = {
-        "ref": ref,
-        "commit": tree.commit,
-        "source": str(tree.path),
-        "source_origin": tree.origin,
-        "compat": info.compat_reason,
-        "core_key": core.key,
-        "toolchain": builder.toolchain,
-        "runner": runner.name,
-        "image_digest": getattr(runner, "image_id", None),
-        "icds": {n: str(i.manifest) if i.manifest else "host default" for n, i in icds.items()},
-        "build_seconds": round(build_s, 1),
-        "builds": builder.log.events,
-    }
-    rows: list[tuple[CellRun, Verdict]] = []
+    header.update(
+        {
+            "ref": ref,
+            "commit": tree.commit,
+            "source": str(tree.path),
+            "source_origin": tree.origin,
+            "compat": info.compat_reason,
+            "core_key": core.key,
+            "toolchain": builder.toolchain,
+            "runner": runner.name,
+            "image_digest": getattr(runner, "image_id", None),
+            "icds": {n: str(i.manifest) if i.manifest else "host default" for n, i in icds.items()},
+            "build_seconds": round(build_s, 1),
+            "builds": builder.log.events,
+        }
+    )
     baseline: RunRecord | None = None
     baseline_checks: list[Check] = []
     known = tuple(r for r in matrix.expectations if r.outcome == "reproduce")
@@ -238,6 +242,7 @@ def _run_ref(
                 use_gdb=gdb_path is not None,
                 gdb_path=gdb_path,
                 faults=settings.faults if cell.backend == "vulkan" else (),
+                say=say,
             )
             extra: tuple[Check, ...] = ()
             if grads and run.completed.returncode == 0 and not run.completed.timed_out:
@@ -259,7 +264,6 @@ def _run_ref(
             say(f"  {verdict.verdict} ({'as expected' if verdict.matched else 'MISMATCH'}): {verdict.reason}")
             runs.append((run, verdict))
         rows.append(combine_repeats(runs))
-    return header, rows
 
 
 def _gradient_check(
@@ -372,6 +376,38 @@ def check_session(name: str, settings: Settings) -> None:
         )
 
 
+def resolve_runner(settings: Settings, say: Callable[[str], None]) -> str:
+    """--runner docker|host, or for auto: docker when an engine answers within seconds, else host (said)."""
+    if settings.runner != "auto":
+        return settings.runner
+    try:
+        image.connect(timeout=5)
+        return "docker"
+    except EnvironmentProblem as exc:
+        say(f"runner: host ({exc.message})")
+        return "host"
+
+
+def preflight_for(
+    settings: Settings, variants: tuple[str, ...], say: Callable[[str], None]
+) -> tuple[Settings, list[preflight.Finding]]:
+    """Every check that can fail before a build (issue: first contact), for the runner that will be used.
+    Returns the settings with the runner resolved; raises EnvironmentProblem naming every problem at once."""
+    kind = resolve_runner(settings, say)
+    vulkan = any(v.startswith("vulkan") for v in variants)
+    findings = preflight.run(
+        settings, icds=settings.icds if vulkan else (), opencl="opencl" in variants, runner=kind, say=say
+    )
+    try:
+        preflight.require(findings)
+    except EnvironmentProblem as exc:
+        if settings.runner == "auto" and kind == "host":
+            exc.message = "no Docker engine answers, and the host runner cannot run either: " + exc.message
+            exc.hint = exc.hint + "; or start a Docker engine (dockerd) and use the Docker runner"
+        raise
+    return replace(settings, runner=kind), findings
+
+
 def session_refs(name: str, settings: Settings, matrix: fixtures.Matrix) -> list[str]:
     """`matrix` runs every ref of the ci and push tiers (or the one asked for); the others run one ref."""
     if settings.ref:
@@ -387,6 +423,7 @@ def run_session(name: str, settings: Settings, *, say: Callable[[str], None] = p
     for ref in refs:
         source.validate_ref(ref)
     fixtures.verify_mnist()
+    settings, _ = preflight_for(settings, variants, say)
     results = _results_dir(settings, name)
     say(f"mnnrepro {__version__}: session {name}, results in {results}")
     for line in settings.describe():
@@ -394,11 +431,15 @@ def run_session(name: str, settings: Settings, *, say: Callable[[str], None] = p
     workload = _workload(matrix, settings)
     per_ref: dict[str, dict[str, Any]] = {}
     rows: list[tuple[CellRun, Verdict]] = []
-    for ref in refs:
-        ref_header, ref_rows = _run_ref(ref, variants, settings, matrix, results, say)
-        per_ref[ref] = ref_header
-        rows += ref_rows
-    first = per_ref[refs[0]]
+    stopped: BaseException | None = None
+    try:
+        for ref in refs:
+            per_ref[ref] = {"ref": ref}
+            _run_ref(ref, variants, settings, matrix, results, say, per_ref[ref], rows)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (interrupts.py): report what finished, then stop
+        stopped = exc
+        say(f"\n{interrupts.signal_name(exc)}: stopping; writing the reports of the cells that finished")
+    first = per_ref.get(refs[0], {"ref": refs[0]})
     header: dict[str, Any] = {
         "suite": __version__,
         "session": name,
@@ -410,15 +451,28 @@ def run_session(name: str, settings: Settings, *, say: Callable[[str], None] = p
         "checks": matrix.checks,
     }
     data = report.summary(header, rows)
-    written = report.write_all(results, data)
+    if stopped is not None:
+        done = {run.cell.id for run, _ in rows}
+        planned = [c for ref in refs for c in cells_for(ref, variants, settings.icds)]
+        reason = f"not finished: the session was interrupted ({interrupts.signal_name(stopped)})"
+        data["cells"] += [
+            report.interrupted_cell(c.id, c.ref, c.variant, c.icd, reason) for c in planned if c.id not in done
+        ]
+        data["status"] = report.INTERRUPTED
+        data["all_matched"] = False
+    with interrupts.held():  # reports are written whole, even under a second Ctrl-C
+        written = report.write_all(results, data)
     say("")
-    commits = ", ".join(f"{r} ({(h['commit'] or '?')[:10]})" for r, h in per_ref.items())
-    say(f"MNN {commits}, runner {first['runner']}, {workload.steps} steps x batch {workload.batch_size}")
+    commits = ", ".join(f"{r} ({(h.get('commit') or '?')[:10]})" for r, h in per_ref.items())
+    say(f"MNN {commits}, runner {first.get('runner', '?')}, {workload.steps} steps x batch {workload.batch_size}")
     say(report.table(rows))
     placement = report.placement_table(data)
     if placement:
         say("\nop placement (step 0):\n" + placement)
     say("\nreports: " + ", ".join(str(p) for p in written))
+    if stopped is not None:
+        say(f"session {name}: INTERRUPTED after {len(rows)} cell(s); the results dir keeps what finished")
+        return interrupts.exit_code(stopped)
     if data["all_matched"]:
         say(f"session {name}: every cell matched its expectation")
         return 0

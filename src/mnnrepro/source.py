@@ -3,6 +3,11 @@
 Order: ``--source DIR`` (or MNNREPRO_SOURCE) -> ``<cache>/src/<ref>`` -> shallow clone of ``ref`` from
 the configured git URL into that cache directory. ``import_from_git`` fills the cache from any local git
 repository (a bare mirror included), which is how machines without network access get a tree.
+
+The cache is shared by concurrent sessions: each ref has a lock (``cache.source_lock``); a new tree is made
+aside in a temporary directory beside the entry, validated (check_tree and provenance), then swapped in
+(old aside, new in, old deleted), so a failed or interrupted replacement keeps the old tree and a half
+clone never appears under ``src/``. Every git call has a time limit; network steps are retried.
 """
 
 from __future__ import annotations
@@ -15,9 +20,13 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import cache, hostcmd
 from .errors import ConfigError, SourceError
 
 PROVENANCE = ".mnnrepro-source.json"
@@ -32,6 +41,20 @@ REQUIRED = (
 # A ref is a tag, branch or commit; never an option, a path escape or shell syntax.
 _REF = re.compile(r"^(?!-)(?!.*\.\.)(?!.*//)[A-Za-z0-9][A-Za-z0-9._/+-]{0,99}(?<![./])")
 _SHA = re.compile(r"^[0-9a-f]{7,40}$")
+
+# Time limits (seconds) of git calls. A fetch of one MNN commit is ~100 MB: generous on a slow link, but a
+# server that accepts and never answers is given up on instead of waited out. Tests shorten them.
+NETWORK_TIMEOUT_S = 600.0
+NETWORK_RETRIES = 2  # further attempts of a failed or timed-out fetch (hostcmd.BACKOFF_S apart, doubling)
+LOCAL_TIMEOUT_S = 60.0  # rev-parse, ls-tree, cat-file, init
+BULK_TIMEOUT_S = 600.0  # git archive / checkout: local, but they write the whole tree (~600 MB for MNN)
+_GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}  # never wait on a password prompt; English messages
+# Fetch failures another attempt cannot fix.
+_PERMANENT = re.compile(
+    r"couldn't find remote ref|not our ref|unadvertised object|repository not found|"
+    r"does not appear to be a git repository|authentication failed|invalid refspec",
+    re.IGNORECASE,
+)
 
 
 def validate_ref(ref: str) -> str:
@@ -109,6 +132,7 @@ def resolve(
     git_url: str,
     allow_clone: bool = True,
     pinned_commit: str | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> SourceTree:
     """``pinned_commit``: the full commit fixtures/matrix.toml pins for ``ref``; a short id cannot be fetched
     shallowly, so a clone of ``47027e10`` fetches the pinned 40-digit commit and checks it matches."""
@@ -116,6 +140,7 @@ def resolve(
     if source is not None:
         return _tree(source.expanduser().resolve(), ref, "explicit")
     cached = cache_dir / "src" / ref
+    cache.use_source(cache_dir, ref)  # .last-used, and `cache prune` leaves it alone while this process runs
     if cached.exists():
         return _tree(cached, ref, "cache")
     if not allow_clone:
@@ -123,104 +148,196 @@ def resolve(
             f"no MNN source for {ref}: nothing at {cached} and cloning is off",
             hint=f"pass --source DIR, or run: python -m mnnrepro source fetch --ref {ref}",
         )
-    return clone(ref, git_url, cached, fetch=pinned_commit if pinned_commit and _SHA.match(ref) else None)
+    return clone(ref, git_url, cached, fetch=pinned_commit if pinned_commit and _SHA.match(ref) else None, say=say)
 
 
-def _git(args: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+Say = Callable[[str], None]
+
+
+def _git(
+    args: list[str],
+    *,
+    what: str,
+    timeout_s: float | None = None,
+    retries: int = 0,
+    check: bool = True,
+    input: str | None = None,
+    hint: str = "",
+    say: Say | None = None,
+) -> subprocess.CompletedProcess[str]:
     if shutil.which("git") is None:
         raise SourceError("git is not installed", hint="install git, or pass --source DIR")
-    return subprocess.run(["git", *args], cwd=cwd, text=True, capture_output=True)
+    return hostcmd.run(
+        ["git", *args],
+        timeout_s=LOCAL_TIMEOUT_S if timeout_s is None else timeout_s,
+        what=what,
+        env=_GIT_ENV,
+        retries=retries,
+        say=say,
+        check=check,
+        input=input,
+        hint=hint,
+        error=SourceError,
+        retry_if=lambda _rc, output: not _PERMANENT.search(output),
+    )
 
 
-def clone(ref: str, git_url: str, dest: Path, *, fetch: str | None = None) -> SourceTree:
+def _cache_root(dest: Path, ref: str) -> Path | None:
+    """The cache directory of ``dest`` when it is ``<cache>/src/<ref>`` (always, from the CLI and resolve)."""
+    parts = ("src", *ref.split("/"))
+    return dest.parents[len(parts) - 1] if dest.parts[-len(parts) :] == parts else None
+
+
+@contextmanager
+def _entry_lock(dest: Path, ref: str, say: Say | None) -> Iterator[None]:
+    """Exclusive hold on one source-cache entry: concurrent imports and clones of a ref take turns."""
+    root = _cache_root(dest, ref)
+    lock = cache.source_lock(root, ref) if root is not None else dest.parent / f".{dest.name}.lock"
+    with cache.exclusive(lock, say=say, what=f"writing the source tree of {ref}"):
+        yield
+
+
+def _staging(dest: Path, kind: str) -> Path:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{kind}-{dest.name}-", dir=dest.parent))
+
+
+def _install(new: Path, dest: Path, ref: str) -> None:
+    """Swap the validated tree ``new`` in at ``dest``: the old one aside, the new one in, the old one deleted.
+    On any failure before the new one is in place, the old one is put back."""
+    kept = "; the cached tree is kept" if dest.exists() else ""
+    absent = [rel for rel in REQUIRED if not (new / rel).is_file()]
+    if absent:
+        raise SourceError(
+            f"{ref} is not a usable MNN source tree (missing: {', '.join(absent)}){kept}",
+            hint="pick a commit of 47027e10 or later, or pass --source pointing at an MNN checkout",
+        )
+    prov = read_provenance(new)
+    if prov.get("ref") != ref or not isinstance(prov.get("commit"), str) or not prov.get("commit"):
+        raise SourceError(f"the new tree of {ref} has no valid provenance ({PROVENANCE}){kept}")
+    old: Path | None = None
+    try:
+        if dest.exists() or dest.is_symlink():
+            old = dest.with_name(f".old-{dest.name}-{uuid.uuid4().hex[:8]}")
+            os.rename(dest, old)
+        try:
+            os.rename(new, dest)
+        except BaseException:
+            if old is not None:
+                os.rename(old, dest)
+            raise
+    except OSError as exc:
+        raise SourceError(
+            f"could not put the new tree of {ref} in place at {dest} ({exc}); the old one is kept",
+            hint="check the cache directory's permissions and free space, then run the command again",
+        ) from exc
+    if old is not None:
+        if old.is_symlink():
+            old.unlink()
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def clone(
+    ref: str, git_url: str, dest: Path, *, fetch: str | None = None, force: bool = False, say: Say | None = None
+) -> SourceTree:
     """Shallow-clone ``ref`` (tag, branch or full commit id) into ``dest``, atomically. ``fetch`` names what to
-    fetch instead (the full commit a short ``ref`` abbreviates); the result must start with ``ref``."""
+    fetch instead (the full commit a short ``ref`` abbreviates); the result must start with ``ref``.
+
+    Under the ref's lock: when another process put a tree there meanwhile, that tree is returned (``force``
+    replaces it). The fetch has NETWORK_TIMEOUT_S and NETWORK_RETRIES; a failure leaves ``dest`` as it was."""
     validate_ref(ref)
     if fetch is not None:
         validate_ref(fetch)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".clone-{ref.replace('/', '_')}-", dir=dest.parent))
-    try:
-        steps = [
-            ["init", "-q", str(tmp)],
-            ["-C", str(tmp), "fetch", "-q", "--depth", "1", "--", git_url, ref],
-            ["-C", str(tmp), "checkout", "-q", "FETCH_HEAD"],
-        ]
-        for args in steps:
-            res = _git(args)
-            if res.returncode != 0:
-                tail = "\n    ".join(res.stderr.strip().splitlines()[-5:])
-                raise SourceError(
-                    f"could not fetch ref {ref!r} from {git_url}:\n    {tail}",
-                    hint="check the ref exists upstream (short commit ids cannot be fetched shallowly: give all "
-                    "40 hex digits), set --git-url to a reachable mirror, or pass --source DIR",
-                )
-        commit = _git(["-C", str(tmp), "rev-parse", "HEAD"]).stdout.strip()
-        if fetch is not None and not commit.startswith(ref):
-            raise SourceError(
-                f"fetched {fetch} for {ref!r} but got commit {commit}, which is not {ref}",
-                hint="fix the pinned commit for this ref in fixtures/matrix.toml",
+    with _entry_lock(dest, ref, say):
+        if dest.exists() and not force:
+            return _tree(dest, ref, "cache")
+        tmp = _staging(dest, "clone")
+        try:
+            _git(["init", "-q", str(tmp)], what=f"git init of a staging directory for {ref}")
+            _git(
+                ["-C", str(tmp), "fetch", "-q", "--depth", "1", "--", git_url, fetch or ref],
+                what=f"could not fetch ref {ref!r} from {git_url}",
+                timeout_s=NETWORK_TIMEOUT_S,
+                retries=NETWORK_RETRIES,
+                say=say,
+                hint="check the ref exists upstream (short commit ids cannot be fetched shallowly: give all "
+                "40 hex digits) and the server answers, set --git-url to a reachable mirror, or pass --source DIR",
             )
-        shutil.rmtree(tmp / ".git")
-        (tmp / PROVENANCE).write_text(json.dumps({"ref": ref, "commit": commit, "origin": git_url}, indent=1))
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            _git(
+                ["-C", str(tmp), "checkout", "-q", "FETCH_HEAD"],
+                what=f"could not check out {ref!r}",
+                timeout_s=BULK_TIMEOUT_S,
+            )
+            commit = _git(["-C", str(tmp), "rev-parse", "HEAD"], what=f"git rev-parse of {ref}").stdout.strip()
+            if fetch is not None and not commit.startswith(ref):
+                raise SourceError(
+                    f"fetched {fetch} for {ref!r} but got commit {commit}, which is not {ref}",
+                    hint="fix the pinned commit for this ref in fixtures/matrix.toml",
+                )
+            shutil.rmtree(tmp / ".git")
+            (tmp / PROVENANCE).write_text(json.dumps({"ref": ref, "commit": commit, "origin": git_url}, indent=1))
+            _install(tmp, dest, ref)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
     return _tree(dest, ref, "clone")
 
 
-def import_from_git(git_dir: Path, ref: str, cache_dir: Path, *, force: bool = False) -> SourceTree:
+def import_from_git(
+    git_dir: Path, ref: str, cache_dir: Path, *, force: bool = False, say: Say | None = None
+) -> SourceTree:
     """Export ``ref`` from a local git repository (bare or not) into the source cache.
 
     Blobs that the repository does not have (partial snapshots, LFS-less mirrors) are left out and listed
-    in the provenance file, so a build that needs one can say so instead of failing obscurely.
+    in the provenance file, so a build that needs one can say so instead of failing obscurely. ``force``
+    replaces a cached tree, but only with a valid one: until the new tree is in place the old one stays.
     """
     validate_ref(ref)
-    res = _git(["--git-dir", str(_git_dir(git_dir)), "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"])
+    gd = str(_git_dir(git_dir))
+    res = _git(
+        ["--git-dir", gd, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
+        what=f"git rev-parse of {ref} in {git_dir}",
+        check=False,
+    )
     if res.returncode != 0:
         raise SourceError(
             f"ref {ref!r} is not in the repository at {git_dir}",
             hint="git -C DIR tag / git -C DIR log show what it has",
         )
     commit = res.stdout.strip()
-    gd = str(_git_dir(git_dir))
-    listing = _git(["--git-dir", gd, "ls-tree", "-r", "-z", commit]).stdout.split("\0")
-    blobs = [(entry.split("\t", 1)[1], entry.split()[2]) for entry in listing if "\t" in entry and " blob " in entry]
-    check = subprocess.run(
-        ["git", "--git-dir", gd, "cat-file", "--batch-check"],
-        text=True,
-        capture_output=True,
+    dest = cache_dir / "src" / ref
+    if dest.exists() and not force:
+        raise SourceError(f"{dest} already exists", hint="pass --force to replace it")
+    listing = _git(["--git-dir", gd, "ls-tree", "-r", "-z", commit], what=f"git ls-tree of {ref}").stdout
+    blobs = [(e.split("\t", 1)[1], e.split()[2]) for e in listing.split("\0") if "\t" in e and " blob " in e]
+    check = _git(
+        ["--git-dir", gd, "cat-file", "--batch-check"],
+        what=f"git cat-file of {ref}'s blobs",
         input="".join(f"{sha}\n" for _, sha in blobs),
     )
     missing = [
         path for (path, _), line in zip(blobs, check.stdout.splitlines(), strict=True) if line.endswith(" missing")
     ]
-    dest = cache_dir / "src" / ref
-    if dest.exists():
-        if not force:
+    with _entry_lock(dest, ref, say):
+        if dest.exists() and not force:  # another process imported it meanwhile
             raise SourceError(f"{dest} already exists", hint="pass --force to replace it")
-        shutil.rmtree(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".import-{ref.replace('/', '_')}-", dir=dest.parent))
-    try:
-        args = ["--git-dir", gd, "archive", "--format=tar", commit, "--", "."]
-        args += [f":(exclude,literal){path}" for path in missing]
-        archive = subprocess.run(["git", *args], capture_output=True)
-        if archive.returncode != 0:
-            raise SourceError(f"git archive of {ref} failed: {archive.stderr.decode(errors='replace')[-500:]}")
-        tar_path = tmp / ".archive.tar"
-        tar_path.write_bytes(archive.stdout)
-        with tarfile.open(tar_path) as tar:
-            tar.extractall(tmp, filter="data")
-        tar_path.unlink()
-        prov = {"ref": ref, "commit": commit, "origin": f"import:{git_dir}", "missing": missing}
-        (tmp / PROVENANCE).write_text(json.dumps(prov, indent=1))
-        check_tree(tmp)
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        tmp = _staging(dest, "import")
+        try:
+            tar_path = tmp / ".archive.tar"
+            args = ["--git-dir", gd, "archive", "--format=tar", f"--output={tar_path}", commit, "--", "."]
+            args += [f":(exclude,literal){path}" for path in missing]
+            _git(args, what=f"git archive of {ref}", timeout_s=BULK_TIMEOUT_S)
+            with tarfile.open(tar_path) as tar:
+                tar.extractall(tmp, filter="data")
+            tar_path.unlink()
+            prov = {"ref": ref, "commit": commit, "origin": f"import:{git_dir}", "missing": missing}
+            (tmp / PROVENANCE).write_text(json.dumps(prov, indent=1))
+            _install(tmp, dest, ref)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
     return _tree(dest, ref, "import")
 
 
@@ -236,7 +353,7 @@ def content_key(tree: Path, cache_dir: Path) -> str:
         for name in sorted(files):
             full = Path(root, name)
             rel = full.relative_to(tree).as_posix()
-            if rel == PROVENANCE:
+            if rel in (PROVENANCE, cache.LAST_USED):
                 continue
             st = full.lstat()
             entries.append((rel, st.st_size, st.st_mtime_ns, full))

@@ -1,37 +1,139 @@
-"""doctor: every problem comes with a fix, and a missing libvulkan.so fails a host-runner setup."""
+"""doctor: the preflight of both runners, which runner can produce a verdict (exit 6 when none), every
+problem with a fix, and the real-GPU cases explained."""
 
 from __future__ import annotations
 
-import ctypes
+import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from mnnrepro import doctor
+from mnnrepro import doctor, preflight
+from mnnrepro.preflight import FAIL, OK, WARN, Finding, Load
 from mnnrepro.settings import Settings
 
 
-def test_missing_unversioned_libvulkan_is_a_problem_with_a_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = ctypes.CDLL
+def fake_checks(monkeypatch: pytest.MonkeyPatch, by_runner: dict[str, list[Finding]]) -> None:
+    """preflight.checks answers these findings per runner (plus a shared disk finding); no device checks."""
+    disk = Finding(OK, "free disk", "50.0 GiB")
 
-    def fake(name: str, *args: object, **kwargs: object) -> object:
-        if name == "libvulkan.so":
-            raise OSError("libvulkan.so: cannot open shared object file")
-        return real(name, *args, **kwargs)  # type: ignore[arg-type]
+    def checks(
+        settings: Settings, *, icds: tuple[str, ...], opencl: bool, runner: str
+    ) -> list[Callable[[], list[Finding]]]:
+        return [lambda: [disk], lambda: list(by_runner[runner])]
 
-    monkeypatch.setattr(ctypes, "CDLL", fake)
-    findings = doctor.check(Settings(cache_dir=tmp_path, runner="host"))
-    lib = next(f for f in findings if f.what.startswith("libvulkan.so"))
-    assert lib.status == doctor.FAIL
-    assert "libvulkan-dev" in lib.fix
+    monkeypatch.setattr(preflight, "checks", checks)
+    monkeypatch.setattr(preflight, "check_opencl", lambda requested: [])
+    monkeypatch.setattr(preflight, "check_opencl_in_docker", lambda requested: [])
+    monkeypatch.setattr(preflight, "check_host_icd", lambda severity: [])
+    monkeypatch.setattr(doctor, "_device_checks", lambda settings: [])
+    monkeypatch.setattr(doctor, "_sources", lambda settings: [])
+
+
+NO_ENGINE = Finding(FAIL, "docker engine", "no Docker engine answers", "start it")
+NO_LIBVULKAN = Finding(
+    FAIL, "libvulkan.so (unversioned)", "missing", "apt-get install libvulkan-dev", ("libvulkan-dev",)
+)
+
+
+def run_doctor(settings: Settings) -> tuple[int, list[str]]:
     lines: list[str] = []
-    assert doctor.report(findings, lines.append) == 6
-    assert any("fix: apt-get install libvulkan-dev" in line for line in lines)
+    return doctor.report(doctor.check(settings), lines.append), lines
+
+
+def test_no_runner_can_produce_a_verdict_exits_6(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_checks(monkeypatch, {"host": [NO_LIBVULKAN], "docker": [NO_ENGINE]})
+    code, lines = run_doctor(Settings(cache_dir=tmp_path))
+    assert code == 6
+    assert "runner host: cannot produce a verdict: libvulkan.so (unversioned)" in lines
+    assert "runner docker: cannot produce a verdict: docker engine" in lines
+    assert any(line.strip() == "fix: apt-get install libvulkan-dev" for line in lines)
+    assert any(line.endswith("no runner can produce a verdict") for line in lines)
+    # The shared finding is printed once, under "both runners".
+    assert sum("free disk" in line for line in lines) == 1
+    assert lines[0] == "both runners:"
+
+
+@pytest.mark.parametrize(("runner", "code"), [("auto", 0), ("host", 0), ("docker", 6)])
+def test_one_usable_runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, runner: str, code: int) -> None:
+    fake_checks(
+        monkeypatch, {"host": [Finding(WARN, "ccache", "missing", "apt-get install ccache")], "docker": [NO_ENGINE]}
+    )
+    got, lines = run_doctor(Settings(cache_dir=tmp_path, runner=runner))
+    assert got == code
+    assert "runner host: can produce a verdict" in lines
+
+
+def test_the_real_doctor_shadowed_sdk_and_missing_libvulkan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """End to end on this machine's checks: a Docker SDK shadowed by the repository's docker/ folder and no
+    unversioned libvulkan.so leave no runner: exit 6, each with its real fix."""
+    monkeypatch.setattr(preflight, "docker_sdk", _shadowed)
+    monkeypatch.setattr(preflight, "VULKAN_LOADER", "libmnnrepro_no_vulkan.so")
+    code, lines = run_doctor(Settings(cache_dir=tmp_path, runner="auto"))
+    text = "\n".join(lines)
+    assert code == 6, text
+    assert "fix: pip install docker" in text
+    assert "start dockerd" not in text and "has no attribute 'from_env'" not in text
+    assert "fix: apt-get install libvulkan1 libvulkan-dev" in text
+    assert "silently uses the CPU" in text
+
+
+def _shadowed() -> object:
+    from mnnrepro.errors import EnvironmentProblem
+
+    raise EnvironmentProblem(
+        "the Docker SDK for Python is not installed (`import docker` found /repo/docker, not the SDK)",
+        hint="pip install docker",
+    )
 
 
 def test_every_warning_or_failure_names_a_fix(tmp_path: Path) -> None:
-    findings = doctor.check(Settings(cache_dir=tmp_path, runner="host"))
+    diagnosis = doctor.check(Settings(cache_dir=tmp_path, runner="host"))
+    findings = [f for _, part in diagnosis.sections for f in part]
     assert {f.what for f in findings} >= {"free disk", "ICD swiftshader", "host toolchain"}
     for f in findings:
-        if f.status != doctor.OK and f.what != "ICD host (installed drivers)" and not f.what.startswith("ICD lav"):
+        if f.status != OK:
             assert f.fix, f
+
+
+def test_real_gpu_cases_are_explained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The NVIDIA machine: a Vulkan manifest whose library lacks glvnd, and an OpenCL driver with no vendor file.
+    Neither blocks the default sessions (no --icd host, no opencl cell); both are said with their fixes."""
+    icd_dir = tmp_path / "icd.d"
+    icd_dir.mkdir()
+    (icd_dir / "nvidia_icd.json").write_text(json.dumps({"ICD": {"library_path": "libGLX_nvidia.so.0"}}))
+    vendors = tmp_path / "vendors"
+    vendors.mkdir()
+    proc = tmp_path / "nvidia-version"
+    proc.write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module  580.95.05  Thu Sep 25 2025\n")
+    monkeypatch.setattr(preflight, "VULKAN_ICD_DIRS", (str(icd_dir),))
+    monkeypatch.setattr(preflight, "OPENCL_VENDOR_DIR", vendors)
+    monkeypatch.setattr(preflight, "NVIDIA_PROC", proc)
+    monkeypatch.setattr(preflight, "MNN_OPENCL_PATHS", ("libOpenCL.so",))
+    for var in ("VK_DRIVER_FILES", "VK_ICD_FILENAMES", "OCL_ICD_VENDORS"):
+        monkeypatch.delenv(var, raising=False)
+    real = preflight.load_library
+    fakes = {
+        "libGLX_nvidia.so.0": Load(
+            "libGLX_nvidia.so.0", False, "libGLdispatch.so.0: cannot open", ("libGLdispatch.so.0", "libGLX.so.0")
+        ),
+        "libnvidia-opencl.so.1": Load("libnvidia-opencl.so.1", True),
+        "libOpenCL.so": Load("libOpenCL.so", True),
+    }
+    monkeypatch.setattr(preflight, "load_library", lambda name, timeout_s=8.0: fakes.get(name) or real(name))
+    monkeypatch.setattr(preflight, "opencl_platforms", lambda library: [])
+    monkeypatch.setattr(preflight, "vulkan_instance", lambda manifest: preflight.Instance(-9))
+    monkeypatch.setattr(preflight, "docker_sdk", _shadowed)
+    diagnosis = doctor.check(Settings(cache_dir=tmp_path, runner="host", icds=("bogus",)))
+    lines: list[str] = []
+    doctor.report(diagnosis, lines.append)
+    text = "\n".join(lines)
+    assert "vkCreateInstance returns -9 (VK_ERROR_INCOMPATIBLE_DRIVER)" in text
+    assert "fix: apt-get install libglvnd0 libglx0 libegl1" in text
+    assert f"fix: echo libnvidia-opencl.so.1 > {vendors / 'nvidia.icd'}" in text
+    assert "580.95.05 loaded; real-GPU cells (--icd host, opencl) need --runner host" in text
+    assert not diagnosis.blocking["host"], diagnosis.blocking["host"]  # explained, not blocking
+    assert "libglvnd0" in diagnosis.packages
+    gpu = dict(diagnosis.sections)["real GPUs and devices (information)"]
+    assert {f.status for f in gpu if f.what.startswith("ICD host")} == {WARN}

@@ -122,3 +122,17 @@ def test_a_fast_command_is_not_timed_out() -> None:
     res = HostRunner().run(["true"], timeout_s=5)
     assert (res.returncode, res.timed_out) == (0, False)
     assert 0 <= res.duration_s < 5
+
+
+@pytest.mark.parametrize("leaves_a_child", [False, True], ids=["hangs", "exits-leaving-a-child-on-the-pipe"])
+def test_a_hung_group_is_killed_at_the_limit_while_streaming(tmp_path: Path, leaves_a_child: bool) -> None:
+    pidfile, log = tmp_path / "pid", tmp_path / "log"
+    tail = "echo parent-exits" if leaves_a_child else "sleep 30"
+    script = f'echo $$ > {pidfile}; echo "[1/2] started"; sleep 30 & {tail}'
+    got: list[str] = []
+    start = time.monotonic()
+    res = HostRunner(kill_grace_s=0.5).run(["sh", "-c", script], timeout_s=1, stdout_path=log, on_line=got.append)
+    assert res.timed_out is True
+    assert time.monotonic() - start < 7
+    assert got[0] == "[1/2] started" and log.read_text().startswith("[1/2] started\n")
+    assert wait_until_gone(int(pidfile.read_text())) == []  # the background sleep went with its group

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+import socket
 import subprocess
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from mnnrepro import source
-from mnnrepro.errors import ConfigError, SourceError
+from mnnrepro import cache, hostcmd, source
+from mnnrepro.errors import ConfigError, HostCommandError, SourceError
 
 MakeTree = Callable[[Path], Path]
 
@@ -253,3 +258,193 @@ def test_clone_of_an_unknown_ref_raises_and_leaves_nothing(tmp_path: Path, mnn_g
     with pytest.raises(SourceError, match=r"could not fetch ref '9\.9'"):
         source.clone("9.9", f"file://{mnn_git_repo}", dest)
     assert list(dest.parent.iterdir()) == []
+
+
+# -- replacing a cached tree: validated first, swapped atomically, safe under concurrency -------------------
+
+
+def retag(repo: Path, tag: str) -> str:
+    """Move ``tag`` to a new commit whose tree is not an MNN tree (a required file removed)."""
+    subprocess.run(["git", "-C", str(repo), "rm", "-q", source.REQUIRED[-1]], check=True)
+    subprocess.run(["git", "-C", str(repo), "commit", "-q", "-m", "drop"], check=True)
+    subprocess.run(["git", "-C", str(repo), "tag", "-f", tag], check=True, capture_output=True)
+    return rev_parse(repo, "HEAD")
+
+
+def test_import_force_with_an_invalid_new_tree_keeps_the_old_one(tmp_path: Path, mnn_git_repo: Path) -> None:
+    cache_dir = tmp_path / "cache"
+    old = source.import_from_git(mnn_git_repo, "1.0", cache_dir)
+    assert retag(mnn_git_repo, "1.0") != old.commit
+    with pytest.raises(SourceError, match="not a usable MNN source tree") as info:
+        source.import_from_git(mnn_git_repo, "1.0", cache_dir, force=True)
+    assert "the cached tree is kept" in info.value.message
+    kept = source.resolve("1.0", source=None, cache_dir=cache_dir, git_url="x", allow_clone=False)
+    assert kept.commit == old.commit and "v1.0" in (kept.path / "CMakeLists.txt").read_text()
+    source.check_tree(kept.path)
+    assert [p.name for p in (cache_dir / "src").iterdir()] == ["1.0"]  # no staging or set-aside directory
+
+
+def test_a_swap_that_fails_midway_puts_the_old_tree_back(
+    tmp_path: Path, mnn_git_repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache_dir = tmp_path / "cache"
+    old = source.import_from_git(mnn_git_repo, "1.0", cache_dir)
+    real = os.rename
+    moved: list[str] = []
+
+    def rename(src: str | Path, dst: str | Path) -> None:
+        if Path(src).name.startswith(".import-"):  # the new tree moving in: the old one is already aside
+            raise OSError(28, "No space left on device")
+        moved.append(Path(dst).name)
+        real(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    (mnn_git_repo / "CMakeLists.txt").write_text("# new\n")
+    subprocess.run(["git", "-C", str(mnn_git_repo), "commit", "-q", "-am", "three"], check=True)
+    subprocess.run(["git", "-C", str(mnn_git_repo), "tag", "-f", "1.0"], check=True, capture_output=True)
+    with pytest.raises(SourceError, match="the old one is kept"):
+        source.import_from_git(mnn_git_repo, "1.0", cache_dir, force=True)
+    assert moved[0].startswith(".old-1.0-") and moved[1] == "1.0"  # set aside, then put back
+    monkeypatch.undo()
+    assert source.read_provenance(cache_dir / "src" / "1.0")["commit"] == old.commit
+    assert [p.name for p in (cache_dir / "src").iterdir()] == ["1.0"]
+
+
+def _import_force(repo: str, cache_dir: str, barrier: Any, results: Any) -> None:
+    barrier.wait(timeout=60)
+    try:
+        tree = source.import_from_git(Path(repo), "1.0", Path(cache_dir), force=True)
+        results.put(f"ok {tree.commit}")
+    except BaseException as exc:  # anything at all is a failure of the test, reported by the parent
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+@pytest.mark.parametrize("n", [8])
+def test_concurrent_import_force_all_succeed_and_leave_one_valid_tree(
+    tmp_path: Path, mnn_git_repo: Path, n: int
+) -> None:
+    cache_dir = tmp_path / "cache"
+    source.import_from_git(mnn_git_repo, "1.0", cache_dir)  # each import replaces an existing tree
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(n), ctx.Queue()
+    procs = [
+        ctx.Process(target=_import_force, args=(str(mnn_git_repo), str(cache_dir), barrier, results)) for _ in range(n)
+    ]
+    for p in procs:
+        p.start()
+    outcomes = [results.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+    tagged = rev_parse(mnn_git_repo, "1.0^{commit}")
+    assert outcomes == [f"ok {tagged}"] * n
+    assert [p.exitcode for p in procs] == [0] * n
+    dest = cache_dir / "src" / "1.0"
+    source.check_tree(dest)
+    assert source.read_provenance(dest)["commit"] == tagged
+    assert [p.name for p in (cache_dir / "src").iterdir()] == ["1.0"]
+
+
+# -- clone: time limits, retries, nothing half-made in the cache ------------------------------------------
+
+
+@pytest.fixture
+def silent_server() -> Iterator[tuple[int, list[socket.socket]]]:
+    """A TCP server on 127.0.0.1 (ephemeral port) that accepts connections and never answers; stopped and
+    its connections closed at teardown."""
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    srv.settimeout(0.1)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            accepted.append(conn)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield srv.getsockname()[1], accepted
+    stop.set()
+    thread.join(timeout=5)
+    for conn in accepted:
+        conn.close()
+    srv.close()
+
+
+@pytest.mark.parametrize("scheme", ["git", "http"])
+def test_clone_from_a_server_that_never_answers_times_out_and_leaves_nothing(
+    tmp_path: Path,
+    isolated_git: None,
+    monkeypatch: pytest.MonkeyPatch,
+    silent_server: tuple[int, list[socket.socket]],
+    scheme: str,
+) -> None:
+    for var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.setattr(source, "NETWORK_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(source, "NETWORK_RETRIES", 1)
+    monkeypatch.setattr(hostcmd, "BACKOFF_S", 0.05)
+    port, accepted = silent_server
+    dest = tmp_path / "cache" / "src" / "3.3.0"
+    said: list[str] = []
+    t0 = time.monotonic()
+    with pytest.raises(SourceError, match=r"could not fetch ref '3\.3\.0'") as info:
+        source.clone("3.3.0", f"{scheme}://127.0.0.1:{port}/MNN.git", dest, say=said.append)
+    elapsed = time.monotonic() - t0
+    assert "timed out after 1 s (2 attempts)" in info.value.message
+    assert isinstance(info.value.__cause__, HostCommandError) and info.value.__cause__.timed_out
+    assert len(said) == 1 and "attempt 2 of 2" in said[0]
+    assert len(accepted) >= 2  # it did reach the server, twice: a hang, not a refused connection
+    assert elapsed < 2 * (1.0 + hostcmd.REAP_S)
+    assert list(dest.parent.iterdir()) == []  # neither the tree nor a half clone
+
+
+def test_clone_does_not_retry_an_unknown_ref(
+    tmp_path: Path, mnn_git_repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hostcmd, "BACKOFF_S", 30.0)  # a retry would be seen as a 30 s wait
+    said: list[str] = []
+    t0 = time.monotonic()
+    with pytest.raises(SourceError, match="couldn't find remote ref"):
+        source.clone("9.9", f"file://{mnn_git_repo}", tmp_path / "cache" / "src" / "9.9", say=said.append)
+    assert said == [] and time.monotonic() - t0 < 20
+
+
+def test_clone_of_a_short_commit_fetches_the_pinned_full_commit(tmp_path: Path, mnn_git_repo: Path) -> None:
+    full = rev_parse(mnn_git_repo, "1.0^{commit}")
+    tree = source.clone(full[:8], f"file://{mnn_git_repo}", tmp_path / "src" / full[:8], fetch=full)
+    assert tree.commit == full and tree.origin == "clone"
+
+
+def test_clone_returns_a_tree_another_process_already_made(tmp_path: Path, make_mnn_tree: MakeTree) -> None:
+    dest = make_mnn_tree(tmp_path / "cache" / "src" / "3.3.0")
+    tree = source.clone("3.3.0", "file:///nowhere/at/all", dest)  # no fetch: it would fail
+    assert (tree.origin, tree.path) == ("cache", dest)
+
+
+def test_clone_force_replaces_only_with_a_valid_tree(tmp_path: Path, mnn_git_repo: Path) -> None:
+    dest = tmp_path / "cache" / "src" / "1.0"
+    first = source.clone("1.0", f"file://{mnn_git_repo}", dest)
+    retag(mnn_git_repo, "1.0")
+    with pytest.raises(SourceError, match="the cached tree is kept"):
+        source.clone("1.0", f"file://{mnn_git_repo}", dest, force=True)
+    assert source.read_provenance(dest)["commit"] == first.commit
+    assert [p.name for p in dest.parent.iterdir()] == ["1.0"]
+
+
+def test_resolve_marks_the_cached_tree_used_without_changing_its_key(tmp_path: Path, make_mnn_tree: MakeTree) -> None:
+    cached = make_mnn_tree(tmp_path / "src" / "3.3.0")
+    key = source.content_key(cached, tmp_path / "h1")
+    source.resolve("3.3.0", source=None, cache_dir=tmp_path, git_url="x", allow_clone=False)
+    assert (cached / cache.LAST_USED).is_file()
+    assert source.content_key(cached, tmp_path / "h2") == key
+    with cache.exclusive(cache.source_use(tmp_path, "3.3.0"), wait=False) as free:
+        assert not free  # held by this process: a prune skips the tree

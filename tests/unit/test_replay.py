@@ -1,0 +1,351 @@
+"""The workflow replay's pure parts: expressions, if:, matrices, uses: mapping, file commands, artifacts, caches.
+
+Nothing here starts a container; `python -m mnnrepro ci replay` itself is exercised by hand (see the module).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mnnrepro import replay
+from mnnrepro.fixtures import ROOT
+from mnnrepro.replay import (
+    ReplayError,
+    Strict,
+    evaluate,
+    evaluate_if,
+    expand,
+    expand_matrix,
+    expand_value,
+    find_cache,
+    local_action,
+    parse_env_file,
+    parse_path_file,
+    plan_upload,
+    select_matrix,
+)
+
+
+def ctx(status: str = "success", **extra: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "github": Strict("github", {"event_name": "push", "run_id": "42"}),
+        "env": Strict("env", {"REF": "3.3.0"}),
+        "matrix": Strict("matrix", {"ref": "3.3.0", "icd": "lavapipe", "session": "vulkan_buffer"}),
+        "runner": Strict("runner", {"temp": "/__w/_temp"}),
+        "steps": Strict("steps", {"cache": Strict("steps.cache", {"outputs": {"cache-hit": "true"}})}),
+        "needs": Strict(
+            "needs",
+            {
+                "setup": Strict(
+                    "needs.setup",
+                    {"outputs": {"refs": '["3.3.0", "47027e10"]', "commits": '{"3.3.0": "5047919a"}'}},
+                )
+            },
+        ),
+        "__status": status,
+    }
+    base.update(extra)
+    return base
+
+
+# -- expressions ---------------------------------------------------------------------------------------------
+
+
+def test_expand_replaces_each_expression() -> None:
+    text = "nox -s ${{ matrix.session }} -- --ref ${{ matrix.ref }} in ${{ runner.temp }}/x (${{ github.run_id }})"
+    assert expand(text, ctx()) == "nox -s vulkan_buffer -- --ref 3.3.0 in /__w/_temp/x (42)"
+
+
+def test_expand_writes_values_as_github_does() -> None:
+    assert expand("${{ 1 }} ${{ true }} ${{ null }}|${{ 1.5 }}", ctx()) == "1 true |1.5"
+    assert expand("${{ format('{0}-{1}', env.REF, 'x') }}", ctx()) == "3.3.0-x"
+
+
+def test_a_closing_brace_pair_inside_a_string_literal_is_text() -> None:
+    assert expand("${{ format('{{0}}}}') }}!", ctx()) == "{0}}!"
+
+
+def test_an_unknown_context_is_an_error_naming_it() -> None:
+    with pytest.raises(ReplayError, match=r"unknown context 'secrets'"):
+        expand("token ${{ secrets.TOKEN }}", ctx())
+
+
+def test_an_unknown_property_of_a_strict_context_is_an_error_not_empty() -> None:
+    with pytest.raises(ReplayError, match=r"matrix\.sesion"):
+        expand("${{ matrix.sesion }}", ctx())
+    with pytest.raises(ReplayError, match=r"env\.COMMIT"):
+        expand("${{ env.COMMIT }}", ctx())
+    with pytest.raises(ReplayError, match=r"steps\.nosuchstep"):
+        expand("${{ steps.nosuchstep.outputs.x }}", ctx())
+
+
+def test_an_unset_step_output_is_empty_as_on_github() -> None:
+    assert expand("[${{ steps.cache.outputs.cache-matched-key }}]", ctx()) == "[]"
+    assert expand("${{ steps.cache.outputs.cache-hit }}", ctx()) == "true"
+
+
+def test_an_unknown_function_is_an_error_naming_it() -> None:
+    with pytest.raises(ReplayError, match=r"unknown function toUpper\(\)"):
+        evaluate("toUpper('a')", ctx())
+
+
+def test_syntax_errors_are_reported() -> None:
+    with pytest.raises(ReplayError, match="cannot parse"):
+        evaluate('matrix.ref == "3.3.0"', ctx())
+    with pytest.raises(ReplayError, match="unterminated"):
+        expand("${{ matrix.ref ", ctx())
+
+
+def test_fromjson_and_an_index_by_expression() -> None:
+    assert evaluate("fromJSON(needs.setup.outputs.commits)[matrix.ref]", ctx()) == "5047919a"
+    assert evaluate("fromJSON(needs.setup.outputs.refs)[1]", ctx()) == "47027e10"
+
+
+def test_a_lone_expression_keeps_its_type() -> None:
+    assert expand_value("${{ fromJSON(needs.setup.outputs.refs) }}", ctx()) == ["3.3.0", "47027e10"]
+    assert expand_value(" ${{ fromJSON(needs.setup.outputs.refs) }}", ctx()) != ["3.3.0", "47027e10"]
+
+
+def test_string_comparison_is_case_insensitive_and_types_coerce() -> None:
+    assert evaluate("'LavaPipe' == matrix.icd", ctx()) is True
+    assert evaluate("'1' == 1", ctx()) is True
+    assert evaluate("'' == 0", ctx()) is True
+    assert evaluate("'a' != 'A'", ctx()) is False
+    assert evaluate("contains(fromJSON(needs.setup.outputs.refs), '3.3.0')", ctx()) is True
+
+
+def test_and_or_return_their_operands() -> None:
+    assert evaluate("'' || 'fallback'", ctx()) == "fallback"
+    assert evaluate("'a' && 'b'", ctx()) == "b"
+    assert evaluate("!('a' && '')", ctx()) is True
+
+
+# -- if: -----------------------------------------------------------------------------------------------------
+
+
+def test_if_without_a_status_function_needs_success() -> None:
+    assert evaluate_if(None, ctx()) is True
+    assert evaluate_if(None, ctx("failure")) is False
+    assert evaluate_if("matrix.icd == 'lavapipe'", ctx()) is True
+    assert evaluate_if("matrix.icd == 'lavapipe'", ctx("failure")) is False
+    assert evaluate_if("${{ matrix.icd == 'swiftshader' }}", ctx()) is False
+
+
+def test_if_with_status_functions() -> None:
+    assert evaluate_if("always()", ctx("failure")) is True
+    assert evaluate_if("failure()", ctx("failure")) is True
+    assert evaluate_if("failure()", ctx()) is False
+    assert evaluate_if("success()", ctx("failure")) is False
+    assert evaluate_if("cancelled()", ctx()) is False
+
+
+def test_if_on_outputs_and_events() -> None:
+    assert evaluate_if("steps.cache.outputs.cache-hit != 'true'", ctx()) is False
+    assert evaluate_if("steps.cache.outputs.cache-matched-key != ''", ctx()) is False
+    event = "github.event_name == 'schedule' || github.event_name == 'workflow_dispatch'"
+    assert evaluate_if(event, ctx()) is False
+    scheduled = ctx(github=Strict("github", {"event_name": "schedule"}))
+    assert evaluate_if(event, scheduled) is True
+
+
+def test_if_with_an_unknown_expression_is_an_error() -> None:
+    with pytest.raises(ReplayError, match="hashfile"):
+        evaluate_if("hashfile('x') != ''", ctx())
+
+
+# -- matrices ------------------------------------------------------------------------------------------------
+
+
+def test_matrix_product_in_key_order() -> None:
+    combos = expand_matrix({"matrix": {"ref": ["a", "b"], "icd": ["lavapipe", "swiftshader"]}}, ctx())
+    assert combos == [
+        {"ref": "a", "icd": "lavapipe"},
+        {"ref": "a", "icd": "swiftshader"},
+        {"ref": "b", "icd": "lavapipe"},
+        {"ref": "b", "icd": "swiftshader"},
+    ]
+
+
+def test_matrix_from_a_job_output() -> None:
+    combos = expand_matrix({"matrix": {"ref": "${{ fromJSON(needs.setup.outputs.refs) }}"}}, ctx())
+    assert combos == [{"ref": "3.3.0"}, {"ref": "47027e10"}]
+
+
+def test_matrix_include_and_exclude() -> None:
+    strategy = {
+        "matrix": {
+            "ref": ["a", "b"],
+            "icd": ["lavapipe", "swiftshader"],
+            "exclude": [{"ref": "b", "icd": "swiftshader"}],
+            "include": [{"icd": "lavapipe", "steps": 3}, {"ref": "c", "icd": "host"}],
+        }
+    }
+    combos = expand_matrix(strategy, ctx())
+    assert {"ref": "b", "icd": "swiftshader"} not in combos
+    assert {"ref": "a", "icd": "lavapipe", "steps": 3} in combos
+    assert {"ref": "b", "icd": "lavapipe", "steps": 3} in combos
+    assert {"ref": "a", "icd": "swiftshader"} in combos
+    assert combos[-1] == {"ref": "c", "icd": "host"}
+    assert len(combos) == 4
+
+
+def test_no_matrix_is_one_job_and_a_bad_axis_is_an_error() -> None:
+    assert expand_matrix(None, ctx()) == [{}]
+    with pytest.raises(ReplayError, match=r"matrix\.ref"):
+        expand_matrix({"matrix": {"ref": "3.3.0"}}, ctx())
+
+
+def test_select_matrix_narrows_by_the_given_values() -> None:
+    combos = expand_matrix({"matrix": {"ref": ["a", "b"], "icd": ["lavapipe", "swiftshader"]}}, ctx())
+    assert select_matrix(combos, {"ref": "b", "icd": "lavapipe"}, "reproduce") == [{"ref": "b", "icd": "lavapipe"}]
+    # A key this job's matrix lacks (session, for the build job) does not narrow it.
+    assert select_matrix(combos, {"ref": "a", "session": "x"}, "build") == combos[:2]
+    with pytest.raises(ReplayError, match="no combination"):
+        select_matrix(combos, {"ref": "z"}, "reproduce")
+
+
+def test_parse_matrix_arg() -> None:
+    assert replay.parse_matrix_arg("ref=3.3.0, icd=lavapipe") == {"ref": "3.3.0", "icd": "lavapipe"}
+    with pytest.raises(ReplayError, match="key=value"):
+        replay.parse_matrix_arg("ref")
+
+
+# -- file commands -------------------------------------------------------------------------------------------
+
+
+def test_env_file_lines_and_heredocs() -> None:
+    text = "A=1\nURL=x=y\n\nMULTI<<EOF\nline one\nline=two\nEOF\nB=\n"
+    assert parse_env_file(text) == {"A": "1", "URL": "x=y", "MULTI": "line one\nline=two", "B": ""}
+
+
+def test_env_file_errors() -> None:
+    with pytest.raises(ReplayError, match="no closing"):
+        parse_env_file("X<<EOF\nnever closed\n")
+    with pytest.raises(ReplayError, match="cannot read line"):
+        parse_env_file("just text\n", "GITHUB_OUTPUT")
+
+
+def test_path_file() -> None:
+    assert parse_path_file("/a/bin\n\n  /b/bin  \r\n") == ["/a/bin", "/b/bin"]
+
+
+# -- uses: ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("uses", "kind"),
+    [
+        ("actions/checkout@v5", "checkout"),
+        ("actions/setup-python@v6", "setup-python"),
+        ("actions/cache@v5", "cache"),
+        ("actions/cache/restore@v5", "cache-restore"),
+        ("actions/cache/save@v5", "cache-save"),
+        ("actions/upload-artifact@v6", "upload-artifact"),
+        ("actions/download-artifact@v7", "download-artifact"),
+    ],
+)
+def test_uses_maps_to_a_local_equivalent(uses: str, kind: str) -> None:
+    assert local_action(uses) == kind
+
+
+def test_uses_without_a_local_equivalent_or_with_unknown_inputs() -> None:
+    with pytest.raises(ReplayError, match="no local equivalent for uses: docker/build-push-action@v6"):
+        local_action("docker/build-push-action@v6")
+    with pytest.raises(ReplayError, match="repository"):
+        local_action("actions/checkout@v5", {"repository": "alibaba/MNN"})
+    with pytest.raises(ReplayError, match="no @version"):
+        local_action("actions/checkout")
+
+
+# -- artifacts and caches ------------------------------------------------------------------------------------
+
+
+def test_upload_plan_excludes_and_roots() -> None:
+    ws = "/w"
+    found = [
+        "/w/results/run1/summary.json",
+        "/w/results/run1/cells/a/events.jsonl",
+        "/w/results/latest/summary.json",
+        "/w/results/run1/.hidden/x",
+    ]
+    plan = plan_upload(["/w/results/", "!/w/results/latest", "!/w/results/latest/**"], found, include_hidden=False)
+    assert plan.root == f"{ws}/results"
+    assert plan.files == ("/w/results/run1/cells/a/events.jsonl", "/w/results/run1/summary.json")
+    with_hidden = plan_upload(["/w/results/", "!/w/results/latest"], found, include_hidden=True)
+    assert "/w/results/run1/.hidden/x" in with_hidden.files
+
+
+def test_upload_plan_wildcards_and_a_single_file() -> None:
+    found = [
+        "/h/.cache/mnnrepro/build/k1/logs/core.log",
+        "/h/.cache/mnnrepro/build/k1/CMakeCache.txt",
+        "/h/.cache/mnnrepro/build/k1-driver-n/configure.log",
+    ]
+    patterns = ["/h/.cache/mnnrepro/build/*/logs/", "/h/.cache/mnnrepro/build/*-driver-*/*.log"]
+    plan = plan_upload(patterns, found, include_hidden=False)
+    assert plan.root == "/h/.cache/mnnrepro/build"
+    assert plan.files == (
+        "/h/.cache/mnnrepro/build/k1-driver-n/configure.log",
+        "/h/.cache/mnnrepro/build/k1/logs/core.log",
+    )
+    single = plan_upload(["/t/mnn-build.tar"], ["/t/mnn-build.tar"], include_hidden=False)
+    assert single.root == "/t" and single.files == ("/t/mnn-build.tar",)
+
+
+def test_upload_plan_leaves_out_hidden_files_under_the_root() -> None:
+    found = ["/h/variants/k/lib/libMNN.so", "/h/variants/k/.complete.json"]
+    assert plan_upload(["/h/variants"], found, include_hidden=False).files == ("/h/variants/k/lib/libMNN.so",)
+
+
+def _cache_entry(store: Path, key: str, paths: list[str], created: float) -> None:
+    d = store / replay.cache_dir_name(key)
+    d.mkdir(parents=True)
+    (d / "cache.tar").write_bytes(b"")
+    (d / "meta.json").write_text(json.dumps({"key": key, "paths": paths, "created": created}))
+
+
+def test_find_cache_exact_then_newest_prefix_for_the_same_paths(tmp_path: Path) -> None:
+    now = time.time()
+    _cache_entry(tmp_path, "ccache-3.3.0-1", ["~/c"], now - 20)
+    _cache_entry(tmp_path, "ccache-3.3.0-2", ["~/c"], now - 10)
+    _cache_entry(tmp_path, "ccache-3.3.0-3", ["~/other"], now)
+    _cache_entry(tmp_path, "toolchain/with/slashes", ["/t"], now)
+    hit = find_cache(tmp_path, "ccache-3.3.0-1", ["ccache-"], ["~/c"])
+    assert hit is not None and hit[0] == "ccache-3.3.0-1"
+    prefix = find_cache(tmp_path, "ccache-3.3.0-9", ["nothing-", "ccache-3.3.0-"], ["~/c"])
+    assert prefix is not None and prefix[0] == "ccache-3.3.0-2"
+    assert find_cache(tmp_path, "ccache-x", [], ["~/c"]) is None
+    slashed = find_cache(tmp_path, "toolchain/with/slashes", [], ["/t"])
+    assert slashed is not None and slashed[1].parent == tmp_path
+
+
+# -- the workflow itself -------------------------------------------------------------------------------------
+
+
+def test_the_workflow_uses_only_what_the_replay_can_stand_in_for() -> None:
+    pytest.importorskip("yaml", reason="PyYAML comes with the `ci` extra")
+    wf = replay.load_workflow((ROOT / replay.WORKFLOW).read_text())
+    assert "schedule" in wf["on"] and "push" in wf["on"]
+    permissive: dict[str, Any] = {
+        name: {} for name in ("github", "env", "matrix", "runner", "steps", "job", "strategy", "vars", "inputs")
+    }
+    permissive["needs"] = {"setup": {"outputs": {"refs": '["3.3.0"]', "commits": '{"3.3.0": "c"}'}}}
+    permissive["__hash_files"] = lambda patterns: "h"
+    seen = 0
+    for name, job in wf["jobs"].items():
+        container = job.get("container")
+        image = container["image"] if isinstance(container, dict) else container
+        assert image in replay.DEBIAN_12 or (image is None and str(job["runs-on"]).startswith("ubuntu-")), name
+        for step in job["steps"]:
+            if "uses" in step:
+                local_action(step["uses"], step.get("with"))
+        for text in re.findall(r"\$\{\{(.*?)\}\}", json.dumps(job)):
+            evaluate(text, permissive)
+            seen += 1
+    assert seen > 20
