@@ -98,7 +98,7 @@ def vulkan(session: nox.Session) -> None:
 
 @nox.session(tags=["train"])
 def opencl(session: nox.Session) -> None:
-    """OpenCL plugin on a GPU-type OpenCL device; NOT-EXERCISED (with the reason) where there is none."""
+    """OpenCL plugin on a GPU-type OpenCL device; the preflight stops it (saying why) where there is none."""
     _mnnrepro(session, "run", "opencl")
 
 

@@ -216,10 +216,20 @@ class Builder:
 
     def _run(self, argv: list[str], log: Path, what: str) -> None:
         log.parent.mkdir(parents=True, exist_ok=True)
+        # What the command may write (all else is read-only in a container): its build dir (cmake -B, ninja -C)
+        # and the ccache dir. The log is written by the runner, outside the command.
+        build_dir = Path(argv[argv.index("-B" if "-B" in argv else "-C") + 1])
+        writable = (build_dir, self.cache_dir / "ccache")
         # Minutes of cmake and ninja: a status line every 10 s ([n/m] from ninja); each line goes to the log only.
         with Progress(what, say=self.say) as progress:
             res = run_with_lines(
-                self.runner, argv, on_line=progress.feed, env=self._env(), stdout_path=log, timeout_s=3600
+                self.runner,
+                argv,
+                on_line=progress.feed,
+                env=self._env(),
+                stdout_path=log,
+                timeout_s=3600,
+                writable=writable,
             )
             if res.returncode != 0:
                 progress.outcome = "timed out" if res.timed_out else f"failed (exit {res.returncode})"

@@ -54,7 +54,7 @@ KINDS = {
     "swiftshader": "swiftshader",
     "logs": "logs",
     "leftover": "leftovers (interrupted imports, clones, prunes)",
-    "other": "other (locks, hashes, ICD manifests)",
+    "other": "other",
 }
 _CORE = re.compile(r"^(?P<key>[0-9a-f]{24})(?:-driver-[0-9a-f]{16})?$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -182,8 +182,10 @@ def _mtime(path: Path) -> float | None:
 
 
 def _last_used(paths: Collection[Path]) -> float | None:
-    """The newest of each path's .last-used mark and the path's own time (entries never marked)."""
-    times = [t for p in paths for t in (_mtime(p / LAST_USED), _mtime(p)) if t is not None]
+    """The newest .last-used mark among ``paths``; for an entry never marked (made by an older suite, or
+    never used since), the newest of the paths' own times."""
+    marks = [t for p in paths if (t := _mtime(p / LAST_USED)) is not None]
+    times = marks or [t for p in paths if (t := _mtime(p)) is not None]
     return max(times) if times else None
 
 
@@ -277,7 +279,7 @@ def _build_entries(cache_dir: Path) -> Iterator[Entry]:
             ref = _configured_source(cache_dir / "build" / key) or "?"
         made = ["core"] if lib else []
         made += [p.name for p in _children(variant / "plugins") if (p / STAMP).is_file()]
-        made += [p.name for p in _children(variant) if p.name.startswith("driver-") and (p / STAMP).is_file()]
+        made += [p.name[:15] for p in _children(variant) if p.name.startswith("driver-") and (p / STAMP).is_file()]
         detail = f"{ref}" + (f" ({commit[:12]})" if commit else "") + ": " + (", ".join(made) or "incomplete")
         locks = (build_lock(cache_dir, key), cache_dir / "locks" / f"{key}-driver.lock", build_use(cache_dir, key))
         yield Entry("build", key, tuple(paths), sum(map(_size, paths)), _last_used(paths), detail, locks, True)
@@ -427,8 +429,9 @@ def prune(
         result.removed.append(e)
         result.after -= e.size
         say(f"  {verb} {e.kind} {e.name} ({human(e.size)}, used {_when(e.last_used)}) {e.detail}".rstrip())
-    state = "under" if result.after <= budget else "still over (the rest is pinned, in use or not prunable)"
-    say(f"{'would be' if dry_run else 'now'} {human(result.after)}: {state} the budget of {human(budget)}")
+    state = "under" if result.after <= budget else "still over"
+    rest = "" if result.after <= budget else " (what is left is pinned, in use, or not pruned: ccache, logs, ...)"
+    say(f"{'would be' if dry_run else 'now'} {human(result.after)}: {state} the budget of {human(budget)}{rest}")
     return result
 
 

@@ -1,7 +1,12 @@
 """Runs the native driver for one cell (ref x variant x ICD) and collects its files.
 
-Result directory of a cell: events.jsonl (the driver), stdout.txt/stderr.txt, cell.json (command line,
-environment that mattered, exit status, signal, duration), and on a crash crash.json + backtrace.txt.
+Result directory of a cell: events.jsonl (the driver), stdout.txt/stderr.txt, cell.json (command line, the
+whole environment the driver got and the cell's own part of it, the paths it could write, exit status, signal,
+duration, a container limit that ended it), and on a crash crash.json + backtrace.txt.
+
+The driver writes only its result dir and the directories its own options name (OUTPUT_OPTIONS); in a
+container nothing else is writable. ``--icd host`` on the host runner passes the caller's Vulkan/OpenCL loader
+variables (runner.loader_env) explicitly, recorded as ``env_from_caller``; every other variable is the suite's.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import json
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +24,11 @@ from .contract import RunRecord, read_events
 from .fixtures import MNIST
 from .icd import Icd
 from .progress import heartbeat
-from .runner import Completed, Runner
+from .runner import Completed, Runner, loader_env, run_writing
 
 GDB_SCRIPT = Path(__file__).with_name("gdb_capture.py")
+# Driver options that name a directory it writes (native/README.md), besides --out.
+OUTPUT_OPTIONS = ("--save-init", "--dump-dir")
 BACKEND_OF = {"cpu": "cpu", "vulkan-image": "vulkan", "vulkan-buffer": "vulkan", "opencl": "opencl"}
 
 
@@ -117,6 +125,8 @@ def run_cell(
     if plugin is not None:
         argv += ["--plugin", str(plugin)]
     env = dict(icd.env) if icd else {}
+    from_caller = loader_env() if icd is not None and icd.name == "host" and runner.name == "host" else {}
+    env.update(from_caller)
     gdb = (gdb_path or shutil.which("gdb")) if use_gdb else None
     full = [gdb, "-q", "-nx", "-batch", "-x", str(GDB_SCRIPT), "--args", *argv] if gdb else argv
     env.update(planted.driver_env(faults))
@@ -124,10 +134,13 @@ def run_cell(
         full, fault_env = planted.hide_libvulkan(full, result_dir / ".fault", runner.name)
         env.update(fault_env)
     env["MNNREPRO_CRASH_DIR"] = str(result_dir)
+    writable = [result_dir, *(Path(a) for o, a in pairwise(argv) if o in OUTPUT_OPTIONS)]
     events = result_dir / "events.jsonl"
     with heartbeat(cell.id, say=say, detail=lambda: last_stage(events), interval_s=heartbeat_s):
-        completed = runner.run(
+        completed = run_writing(
+            runner,
             full,
+            writable=writable,
             env=env,
             timeout_s=timeout_s,
             stdout_path=result_dir / "stdout.txt",
@@ -142,11 +155,16 @@ def run_cell(
             {
                 "cell": cell.id,
                 "argv": full,
-                "env": env,
+                # The whole environment (the runner's answer; a runner that does not say: the cell's own part).
+                "env": dict(completed.env) if completed.env is not None else env,
+                "cell_env": env,
+                "env_from_caller": from_caller,
+                "writable": [str(p) for p in writable],
                 "runner": runner.name,
                 "returncode": completed.returncode,
                 "signal": completed.signal_name,
                 "timed_out": completed.timed_out,
+                "killed_by": completed.killed_by,
                 "timeout_s": timeout_s,
                 "duration_s": round(completed.duration_s, 3),
                 "gdb": bool(gdb),

@@ -1,18 +1,36 @@
 """The container runner: the same small interface as HostRunner, one container per command.
 
 Host paths are mounted at the same paths inside the container, so command lines, build trees and result
-directories mean the same on both runners: the checkout read-only, the cache and results read-write, an
-explicit MNN source read-only. Containers have no network, run with the invoking user's uid:gid, are killed
-at their time limit, and are always removed unless MNNREPRO_KEEP_CONTAINERS=1 (kept on failure, for debugging).
+directories mean the same on both runners. Least privilege:
+
+- Read-only: everything a command reads (the checkout, the MNN source, the cache's published variants, the
+  results). Read-write: only the call's ``writable`` paths (a build its build dir and the ccache dir, a driver
+  run its cell's result dir) and the runner's own ``read_write`` (none in a session).
+- User: the invoking uid:gid; when invoked as root, the image's user (IMAGE_USER, docker/Dockerfile), with the
+  writable paths (and the read-only ones inside ``owned_trees``, the cache) handed to it first, entries not
+  already its own only; root on the host uses them either way. Directories the image keeps private (/root) are
+  replaced by a read-only skeleton of the mount points below them, so same-path mounts stay reachable.
+- All capabilities dropped but SYS_PTRACE (gdb), no-new-privileges, no network, PIDS_LIMIT tasks and
+  ``default_mem_limit()`` of memory without swap. A run the kernel's OOM killer stopped, or whose fork/thread
+  creation failed at the pid limit, says so in ``Completed.killed_by``; the judge reports it as such.
+- Killed at their time limit; always removed unless MNNREPRO_KEEP_CONTAINERS=1 (kept on failure, for
+  debugging). Each carries labels (LABEL, the session's pid, its start time and the host) and a name
+  mnnrepro-<pid>-<n>; ``remove_leftovers`` removes those of sessions that are no longer running.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
+import re
+import shutil
+import socket
+import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,31 +41,170 @@ from .runner import Completed, OnLine
 # (planted faults that remove files from the image). It is removed before the command sees its environment.
 AS_ROOT = "MNNREPRO_CONTAINER_AS_ROOT"
 
+# docker/Dockerfile: `useradd --uid 1000 mnn`, `USER 1000:1000`.
+IMAGE_USER = (1000, 1000)
+# Image directories a non-root user cannot traverse (Debian's /root is 0700): root's cache lies below it.
+PRIVATE_IN_IMAGE = (Path("/root"),)
+
+# Limits. Measured on 2 CPUs (ninja's default -j4) with cgroup v1 memory.max_usage_in_bytes and pids.current:
+# the 16 largest MNN 3.3.0 translation units (Vulkan AllShader*.cpp, CommonOptFunction.cpp, ...) compiled 4 at
+# a time peak at 1.2 GiB and 16 tasks; linking libMNN/Express/Train/Vulkan at 93 MiB; a 30-step driver run
+# under gdb at 110 MiB / 10 tasks (CPU) and 205 MiB / 14 tasks (Vulkan on lavapipe). The memory limit leaves
+# about 6x that for a 2-CPU build and grows with ninja's default job count (CPUs + 2) on larger machines; the
+# pid limit counts threads too (lavapipe and MNN start one per CPU) and only stops runaways.
+PIDS_LIMIT = 4096
+MEM_FLOOR = 8 << 30
+MEM_PER_JOB = 1 << 30
+
+LABEL = "mnnrepro"
+_names = itertools.count(1)
+
+
+def default_mem_limit() -> int:
+    """Bytes: MEM_FLOOR, or MEM_PER_JOB per ninja default job (CPUs + 2) where that is more."""
+    return max(MEM_FLOOR, MEM_PER_JOB * ((os.cpu_count() or 1) + 2))
+
+
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):g} GiB"
+
+
+# What fork/clone/thread creation failing with EAGAIN prints (sh, bash, ninja, gcc, Python, C++ std::thread):
+# inside a container that is the pid limit. A heuristic, so the verdict quotes the line it matched.
+FORK_FAILED = re.compile(
+    r"cannot fork|can't start new thread"
+    r"|(fork|clone|posix_spawn|pthread_create|std::system_error)[^\n]{0,80}Resource temporarily unavailable"
+    r"|what\(\):\s+Resource temporarily unavailable",
+    re.IGNORECASE,
+)
+
+
+def _start_ticks(pid: int) -> str | None:
+    """The process's start time (clock ticks since boot, /proc/PID/stat field 22): with the pid, it names one
+    process even after the pid is reused. None where it is not running (or /proc is unreadable)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2 :].split()[19]
+
+
+def session_labels() -> dict[str, str]:
+    pid = os.getpid()
+    return {
+        LABEL: "1",
+        f"{LABEL}.pid": str(pid),
+        f"{LABEL}.started": _start_ticks(pid) or "",
+        f"{LABEL}.host": socket.gethostname(),
+    }
+
+
+def remove_leftovers(client: Any, *, keep: bool = False, say: Callable[[str], None] = print) -> int:
+    """Remove this host's containers (labelled LABEL) whose mnnrepro process is gone (a killed session, or one
+    kept with --keep-containers); ``keep``: only count them. Returns how many there were."""
+    import docker
+
+    host = socket.gethostname()
+    try:
+        found = client.containers.list(all=True, filters={"label": [f"{LABEL}=1", f"{LABEL}.host={host}"]})
+    except docker.errors.APIError as exc:
+        say(f"could not list leftover containers: {exc}")
+        return 0
+    dead = []
+    for container in found:
+        labels = container.labels or {}
+        try:
+            pid = int(labels.get(f"{LABEL}.pid", ""))
+        except ValueError:
+            continue
+        started = labels.get(f"{LABEL}.started", "")
+        if _start_ticks(pid) is None or (started and _start_ticks(pid) != started):
+            dead.append(container)
+    if dead and keep:
+        say(
+            f"{len(dead)} container(s) of ended mnnrepro sessions kept (--keep-containers): "
+            f"docker ps -a -f label={LABEL}"
+        )
+        return len(dead)
+    for container in dead:
+        with contextlib.suppress(docker.errors.APIError):
+            container.remove(force=True)
+    if dead:
+        say(f"removed {len(dead)} leftover container(s) of ended mnnrepro sessions")
+    return len(dead)
+
+
+def hand_over(paths: Iterable[Path], uid: int, gid: int) -> int:
+    """chown every entry under paths (symlinks themselves, not their targets) to uid:gid where it is not
+    already; returns how many changed."""
+    changed = 0
+    for top in paths:
+        entries = [top]
+        for root, dirs, files in os.walk(top):
+            entries += [Path(root, name) for name in (*dirs, *files)]
+        for entry in entries:
+            try:
+                st = entry.lstat()
+                if (st.st_uid, st.st_gid) != (uid, gid):
+                    os.lchown(entry, uid, gid)
+                    changed += 1
+            except FileNotFoundError:
+                pass  # gone meanwhile (a build's temp file)
+    return changed
+
+
+def _below(path: Path, roots: Iterable[Path]) -> bool:
+    return any(path == root or path.is_relative_to(root) for root in roots)
+
 
 @dataclass
 class DockerRunner:
     client: Any
     image: str
     read_only: tuple[Path, ...] = ()
-    read_write: tuple[Path, ...] = ()
+    read_write: tuple[Path, ...] = ()  # read-write for every command (a session has none: see ``writable``)
+    owned_trees: tuple[Path, ...] = ()  # the suite's own (the cache): read-only mounts inside are handed over too
     name: str = "docker"
     streams_lines: bool = field(default=True, init=False, repr=False)
+    takes_writable: bool = field(default=True, init=False, repr=False)
     keep_on_failure: bool = field(default_factory=lambda: os.environ.get("MNNREPRO_KEEP_CONTAINERS") == "1")
+    mem_limit: int = field(default_factory=default_mem_limit)
+    pids_limit: int = PIDS_LIMIT
+    _skeleton: Path | None = field(default=None, init=False, repr=False)
 
     @property
     def image_id(self) -> str:
         """The image's content digest (its tag names the inputs; this names the result)."""
         return str(self.client.images.get(self.image).id)
 
-    def _volumes(self) -> dict[str, dict[str, str]]:
+    def _volumes(self, writable: Sequence[Path]) -> dict[str, dict[str, str]]:
         vols: dict[str, dict[str, str]] = {}
-        for path in self.read_write:
+        for path in (*self.read_write, *writable):
             path.mkdir(parents=True, exist_ok=True)
             vols[str(path)] = {"bind": str(path), "mode": "rw"}
         for path in self.read_only:
-            if str(path) not in vols:
+            if str(path) not in vols and path.exists():  # a missing one would be made by the engine, as root
                 vols[str(path)] = {"bind": str(path), "mode": "ro"}
         return vols
+
+    def _skeletons(self, vols: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        """For a non-root container: each PRIVATE_IN_IMAGE directory that mounts lie below, covered read-only by
+        a directory of empty mount points (0755), so the mounts are reachable and nothing else is there."""
+        out: dict[str, dict[str, str]] = {}
+        for private in PRIVATE_IN_IMAGE:
+            below = [Path(p) for p in vols if Path(p) != private and Path(p).is_relative_to(private)]
+            if not below or str(private) in vols:
+                continue
+            if self._skeleton is None:
+                self._skeleton = Path(tempfile.mkdtemp(prefix="mnnrepro-mountpoints-"))
+                weakref.finalize(self, shutil.rmtree, self._skeleton, True)
+            skeleton = self._skeleton / private.relative_to("/")
+            for path in below:
+                (skeleton / path.relative_to(private)).mkdir(parents=True, exist_ok=True)
+            for d in (self._skeleton, *self._skeleton.rglob("*")):
+                d.chmod(0o755)  # mkdtemp makes 0700; the container's user must traverse it
+            out[str(skeleton)] = {"bind": str(private), "mode": "ro"}  # host path: {container path, mode}
+        return out
 
     def run(
         self,
@@ -59,6 +216,7 @@ class DockerRunner:
         stdout_path: Path | None = None,
         stderr_path: Path | None = None,
         on_line: OnLine | None = None,
+        writable: Sequence[Path] = (),
     ) -> Completed:
         import requests
 
@@ -67,21 +225,43 @@ class DockerRunner:
         environment = dict(env or {})
         as_root = environment.pop(AS_ROOT, "") == "1"
         environment.setdefault("HOME", "/tmp")
-        user = "0:0" if as_root else f"{os.getuid()}:{os.getgid()}"
+        vols = self._volumes(writable)
+        caps = ["SYS_PTRACE"]  # gdb
+        if as_root:
+            user = "0:0"
+            caps.append("DAC_OVERRIDE")  # root without it could not write the invoking user's result dir
+        elif os.geteuid() == 0:
+            user = "{}:{}".format(*IMAGE_USER)
+            ro_owned = [Path(p) for p, v in vols.items() if v["mode"] == "ro" and _below(Path(p), self.owned_trees)]
+            hand_over([*self.read_write, *writable, *ro_owned], *IMAGE_USER)
+        else:
+            user = f"{os.getuid()}:{os.getgid()}"
+        if user != "0:0":
+            vols.update(self._skeletons(vols))
         start = time.monotonic()
         container = self.client.containers.create(
             self.image,
             list(argv),
+            name=f"{LABEL}-{os.getpid()}-{next(_names)}",
+            labels=session_labels(),
             environment=environment,
             working_dir=str(cwd) if cwd else None,
-            volumes=self._volumes(),
+            volumes=vols,
             user=user,
             network_mode="none",
+            cap_drop=["ALL"],
+            cap_add=caps,
+            security_opt=["no-new-privileges"],
+            pids_limit=self.pids_limit,
+            mem_limit=self.mem_limit,
+            memswap_limit=self.mem_limit,  # no swap: a runaway is killed, not thrashed into a hang
             init=True,
             detach=True,
         )
+        full_env = _container_env(container, environment)
         timed_out = False
         code: int | None = None
+        oom = False
         follower: threading.Thread | None = None
         try:
             container.start()
@@ -104,6 +284,10 @@ class DockerRunner:
                 with contextlib.suppress(Exception):
                     container.kill()
                 raise
+            if code != 0 and not timed_out:
+                # Set when the OOM killer ended any process of the container, not only its first one.
+                container.reload()
+                oom = bool(container.attrs.get("State", {}).get("OOMKilled"))
             out = container.logs(stdout=True, stderr=stdout_path is None and stderr_path is None)
             err = container.logs(stdout=False, stderr=True) if (stdout_path or stderr_path) else b""
             if follower is not None:
@@ -122,6 +306,11 @@ class DockerRunner:
         elif stdout_path and err:
             with open(stdout_path, "ab") as f:
                 f.write(err)
+        killed_by = None
+        if oom:
+            killed_by = f"the container's memory limit ({_gib(self.mem_limit)})"
+        elif failed and (line := _fork_failure(out[-65536:] + b"\n" + err[-65536:])):
+            killed_by = f"the container's pid limit ({self.pids_limit} tasks; fork failed: {line!r})"
         text = "" if stdout_path else out.decode(errors="replace")
         return Completed(
             argv=tuple(argv),
@@ -131,7 +320,26 @@ class DockerRunner:
             stdout_path=stdout_path,
             stderr_path=stderr_path,
             output=text,
+            env=full_env,
+            killed_by=killed_by,
         )
+
+
+def _fork_failure(output: bytes) -> str | None:
+    """The first line of output that says fork/thread creation failed (FORK_FAILED), if any."""
+    for line in output.decode(errors="replace").splitlines():
+        if FORK_FAILED.search(line):
+            return line.strip()[:160]
+    return None
+
+
+def _container_env(container: Any, fallback: Mapping[str, str]) -> dict[str, str]:
+    """The container's whole environment as the engine made it (the image's ENV, then ours), from its
+    configuration; the variables we set where the engine's answer lacks it."""
+    entries = ((getattr(container, "attrs", None) or {}).get("Config") or {}).get("Env")
+    if not entries:
+        return dict(fallback)
+    return dict(entry.split("=", 1) for entry in entries if "=" in entry)
 
 
 def _follow(container: Any, on_line: OnLine) -> None:

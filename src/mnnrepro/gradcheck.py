@@ -20,6 +20,11 @@ Metrics (o: obtained, g: golden): max_abs = max|o-g|; max_rel = max|o-g| / max|g
 tensor's scale (an element-wise relative error is meaningless for the many gradient elements near zero);
 cosine(o, g); nmse = sum((o-g)^2) / sum(g^2). Limits per backend and precision live in fixtures/matrix.toml
 [gradcheck]; NaN/Inf, a shape mismatch, a missing file or different inputs are failures of their own.
+
+A golden's last bits belong to the machine that made it (issue 10, item 6): its provenance records that machine's
+arithmetic fingerprint (mnnrepro.fingerprint: architecture, MNN's x86 kernel family, the CPU's RCPPS table).
+``golden_comparison`` says whether a CPU run here can be held to the golden's bits (same fingerprint, same
+thread count) or only to the stated fp32 tolerance.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from . import fixtures
+from . import fingerprint, fixtures
 from .contract import read_events
 from .errors import FixtureError
 from .reference import PARAM_NAMES, PARAM_SHAPES, SgdConfig, backward, batch_inputs, forward
@@ -577,6 +582,48 @@ def _finish(report: GradReport) -> GradReport:
     return report
 
 
+@dataclass(frozen=True)
+class GoldenComparison:
+    """Which comparison a CPU run against a golden can be held to, and why."""
+
+    bit_level: bool  # same arithmetic as the golden's machine and run: the golden's own bits are expected
+    reasons: tuple[str, ...]  # why not (empty when bit_level)
+    golden_machine: str
+    this_machine: str
+
+    def __str__(self) -> str:
+        if self.bit_level:
+            return (
+                f"bit-level comparison: this machine computes like the golden's ({self.this_machine}), "
+                "same thread count"
+            )
+        return (
+            "fp32-tolerance comparison ([gradcheck.tolerance.fp32] of fixtures/matrix.toml), not bit-level: "
+            + "; ".join(self.reasons)
+        )
+
+
+def golden_comparison(
+    golden_dir: Path, run_config: dict[str, Any], here: dict[str, Any] | None = None
+) -> GoldenComparison:
+    """Bit-level when this machine's arithmetic fingerprint (``here``, default: measured now) equals the one the
+    golden's provenance records and the run used the golden's thread count (MNN's per-thread split changes the
+    last bits); otherwise only the fp32 tolerance applies, with the reasons."""
+    provenance = _read_provenance(golden_dir) or {}
+    machine = provenance.get("machine")
+    here = fingerprint.probe() if here is None else here
+    reasons = fingerprint.differences(machine, here)
+    want, got = provenance.get("config", {}).get("threads"), run_config.get("threads")
+    if want is None or got is None or int(want) != int(got):
+        reasons.append(f"threads {want} in the golden's run, {got} in this one")
+    return GoldenComparison(
+        not reasons,
+        tuple(reasons),
+        fingerprint.describe(machine) if machine else "unrecorded",
+        fingerprint.describe(here),
+    )
+
+
 def driver_args(golden_dir: Path, steps: Sequence[int] | None = None) -> tuple[str, ...]:
     """Driver options for a run check_run can judge: dumps at the golden's steps, from the golden's init."""
     if steps is None:
@@ -772,6 +819,8 @@ def generate_golden(
             "driver_native_key": native_key(),
             "driver_argv": run.argv,
             "config": config,
+            # what makes this golden's last bits: a run elsewhere is held to the fp32 tolerance only
+            "machine": fingerprint.probe(),
             "steps": steps,
             "losses": losses[: len(steps)],
             "parameters": [{"name": n, "shape": list(PARAM_SHAPES[n])} for n in PARAM_NAMES],

@@ -19,7 +19,7 @@ from typing import Any
 from . import signature
 from .cells import CellRun
 from .contract import EXIT_MEANINGS, EXIT_NOT_EXERCISED, RunRecord
-from .fixtures import Expectation
+from .fixtures import Expectation, is_version_range
 
 REPRODUCED = "REPRODUCED"
 FIXED = "FIXED"
@@ -185,17 +185,20 @@ def judge(
         "result_dir": str(run.result_dir),
         "timeout_s": getattr(run, "timeout_s", None),
     }
-    if covered_by and covered_by != run.cell.ref:
+    by_range = bool(covered_by) and is_version_range(covered_by)
+    if by_range:
         evidence["expectation_covers"] = covered_by
 
     def verdict(v: str, reason: str, cs: list[Check] | None = None) -> Verdict:
         matched = bool(expected) and v == expected and v not in (NOT_EXERCISED, HANG)
         if not expectation:
             reason += " (no expectation for this cell in fixtures/matrix.toml)"
-        elif covered_by and covered_by != run.cell.ref:
+        elif by_range:
             reason += f" (expectation: the row for refs {covered_by})"
         return Verdict(v, matched, expected, reason, cs or [], evidence)
 
+    if completed.killed_by:  # a container limit ended it (docker_runner): neither a crash of MNN's nor a hang
+        return verdict(FAIL, f"killed by {completed.killed_by} at stage {evidence['stage']}")
     if completed.timed_out:
         return verdict(HANG, f"killed after {completed.duration_s:.0f}s at stage {evidence['stage']}")
     # Proof first: a run whose backend under test was not active is never judged on anything else.

@@ -847,7 +847,7 @@ def runner_image(say: Callable[[str], None]) -> str:
     if not image_exists(BASE_IMAGE):
         raise ReplayError(f"{BASE_IMAGE} is missing", hint="python -m mnnrepro image bootstrap (root)")
     base_id = _docker("image", "inspect", "-f", "{{.Id}}", BASE_IMAGE).strip()
-    key = hashlib.sha256(f"{base_id}:{' '.join(RUNNER_PACKAGES)}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"2:{base_id}:{' '.join(RUNNER_PACKAGES)}".encode()).hexdigest()[:16]
     tag = f"mnnrepro/replay-runner:{key}"
     if image_exists(tag):
         return tag
@@ -868,7 +868,8 @@ def runner_image(say: Callable[[str], None]) -> str:
         )
         if res.returncode != 0:
             raise ReplayError("installing the runner packages failed: " + res.stdout.decode(errors="replace")[-800:])
-        _docker("commit", "--change", f"LABEL {LABEL}=runner-image", c.id, tag)
+        changes = [f"LABEL {LABEL}=runner-image", "ENTRYPOINT []", 'CMD ["bash"]']
+        _docker("commit", *(x for change in changes for x in ("--change", change)), c.id, tag)
     return tag
 
 

@@ -3,7 +3,14 @@
 Everything else calls ``Runner.run``: run a command with an environment, a working directory and a time
 limit; get back the exit status, the signal and where the output went. A hung process is killed with its
 whole process group and reported as timed out, never waited out. A ``StreamingRunner`` also hands each
-output line to ``on_line`` as it arrives (progress), while the output still goes whole to its file.
+output line to ``on_line`` as it arrives (progress), while the output still goes whole to its file. A
+``ConfiningRunner`` takes ``writable``, the paths a command may write (DockerRunner mounts only these
+read-write; HostRunner takes them and leaves this machine's permissions as they are).
+
+A command run on this machine gets a closed environment: the caller's variables named in ALLOWED_ENV (and
+ALLOWED_ENV_PREFIXES) plus what the call passes, nothing else; so a VK_ICD_FILENAMES or LD_LIBRARY_PATH left in
+the caller's shell cannot change a host run behind the suite's back. ``loader_env`` is the caller's Vulkan and
+OpenCL loader settings, for ``--icd host`` to pass explicitly (mnnrepro.cells).
 """
 
 from __future__ import annotations
@@ -20,6 +27,28 @@ from typing import IO, Protocol, runtime_checkable
 
 OnLine = Callable[[str], None]
 
+# What a command on this machine inherits from the caller (HostRunner.base_env). Enough for compilers, cmake,
+# ninja, ccache and gdb to behave as usual; no loader or library path variables (LD_LIBRARY_PATH, VK_*, OCL_*):
+# those reach a command only when the suite passes them, so they are in the cell's own record.
+ALLOWED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR")
+ALLOWED_ENV_PREFIXES = ("LC_", "CCACHE_")
+# The Vulkan and OpenCL loaders' own settings (drivers, layers, debug output, device selection): passed only for
+# `--icd host`, the documented way to run on this machine's loader configuration.
+LOADER_ENV_PREFIXES = ("VK_", "OCL_ICD_")
+LOADER_ENV = ("OPENCL_LAYERS", "MESA_VK_DEVICE_SELECT", "DRI_PRIME")
+
+
+def closed_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The allowed part of the caller's environment (os.environ by default)."""
+    source = os.environ if environ is None else environ
+    return {k: v for k, v in source.items() if k in ALLOWED_ENV or k.startswith(ALLOWED_ENV_PREFIXES)}
+
+
+def loader_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The caller's Vulkan/OpenCL loader variables (os.environ by default), for `--icd host`."""
+    source = os.environ if environ is None else environ
+    return {k: v for k, v in source.items() if k in LOADER_ENV or k.startswith(LOADER_ENV_PREFIXES)}
+
 
 @dataclass(frozen=True)
 class Completed:
@@ -30,6 +59,9 @@ class Completed:
     stdout_path: Path | None = None
     stderr_path: Path | None = None
     output: str = ""  # captured stdout+stderr when no paths were given
+    env: Mapping[str, str] | None = None  # the whole environment the command got, where the runner knows it
+    # A container limit that ended the run, in words ("the container's memory limit (8 GiB)"); None otherwise.
+    killed_by: str | None = None
 
     @property
     def signal(self) -> int | None:
@@ -85,34 +117,12 @@ class StreamingRunner(Runner, Protocol):
     ) -> Completed: ...
 
 
-def run_with_lines(
-    runner: Runner,
-    argv: Sequence[str],
-    *,
-    on_line: OnLine,
-    stdout_path: Path,
-    env: Mapping[str, str] | None = None,
-    timeout_s: float | None = None,
-) -> Completed:
-    """Run with the output in stdout_path and each of its lines to on_line: live where the runner streams,
-    otherwise read back from the file once the command has ended (test fakes, runners that cannot stream)."""
-    if isinstance(runner, StreamingRunner) and runner.streams_lines:
-        return runner.run(argv, env=env, timeout_s=timeout_s, stdout_path=stdout_path, on_line=on_line)
-    res = runner.run(argv, env=env, timeout_s=timeout_s, stdout_path=stdout_path)
-    if stdout_path.is_file():
-        for line in stdout_path.read_text(errors="replace").splitlines():
-            on_line(line)
-    return res
+@runtime_checkable
+class ConfiningRunner(StreamingRunner, Protocol):
+    """A runner that takes ``writable``: the only paths the command may write (HostRunner, DockerRunner).
+    Call it through ``run_writing`` or ``run_with_lines``, which leave ``writable`` out for other runners."""
 
-
-@dataclass
-class HostRunner:
-    """Runs commands directly on this machine."""
-
-    name: str = "host"
-    streams_lines: bool = field(default=True, init=False, repr=False)
-    kill_grace_s: float = 5.0
-    base_env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    takes_writable: bool
 
     def run(
         self,
@@ -124,6 +134,80 @@ class HostRunner:
         stdout_path: Path | None = None,
         stderr_path: Path | None = None,
         on_line: OnLine | None = None,
+        writable: Sequence[Path] = (),
+    ) -> Completed: ...
+
+
+def run_writing(
+    runner: Runner,
+    argv: Sequence[str],
+    *,
+    writable: Sequence[Path],
+    env: Mapping[str, str] | None = None,
+    timeout_s: float | None = None,
+    stdout_path: Path | None = None,
+    stderr_path: Path | None = None,
+) -> Completed:
+    """runner.run, with ``writable`` where the runner takes it (a runner that does not, e.g. a test fake,
+    runs the command as it would anyway)."""
+    if isinstance(runner, ConfiningRunner) and runner.takes_writable:
+        return runner.run(
+            argv, env=env, timeout_s=timeout_s, stdout_path=stdout_path, stderr_path=stderr_path, writable=writable
+        )
+    return runner.run(argv, env=env, timeout_s=timeout_s, stdout_path=stdout_path, stderr_path=stderr_path)
+
+
+def run_with_lines(
+    runner: Runner,
+    argv: Sequence[str],
+    *,
+    on_line: OnLine,
+    stdout_path: Path,
+    env: Mapping[str, str] | None = None,
+    timeout_s: float | None = None,
+    writable: Sequence[Path] = (),
+) -> Completed:
+    """Run with the output in stdout_path and each of its lines to on_line: live where the runner streams,
+    otherwise read back from the file once the command has ended (test fakes, runners that cannot stream).
+    ``writable`` as in run_writing."""
+    if isinstance(runner, ConfiningRunner) and runner.takes_writable:
+        live = on_line if runner.streams_lines else None
+        res = runner.run(argv, env=env, timeout_s=timeout_s, stdout_path=stdout_path, on_line=live, writable=writable)
+        if live is not None:
+            return res
+    elif isinstance(runner, StreamingRunner) and runner.streams_lines:
+        return runner.run(argv, env=env, timeout_s=timeout_s, stdout_path=stdout_path, on_line=on_line)
+    else:
+        res = runner.run(argv, env=env, timeout_s=timeout_s, stdout_path=stdout_path)
+    if stdout_path.is_file():
+        for line in stdout_path.read_text(errors="replace").splitlines():
+            on_line(line)
+    return res
+
+
+@dataclass
+class HostRunner:
+    """Runs commands directly on this machine, in a closed environment (base_env: by default the caller's
+    ALLOWED_ENV variables) plus the call's own. ``writable`` is taken and ignored: this machine's permissions
+    apply."""
+
+    name: str = "host"
+    streams_lines: bool = field(default=True, init=False, repr=False)
+    takes_writable: bool = field(default=True, init=False, repr=False)
+    kill_grace_s: float = 5.0
+    base_env: Mapping[str, str] = field(default_factory=closed_env)
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        timeout_s: float | None = None,
+        stdout_path: Path | None = None,
+        stderr_path: Path | None = None,
+        on_line: OnLine | None = None,
+        writable: Sequence[Path] = (),
     ) -> Completed:
         full_env = dict(self.base_env)
         full_env.update(env or {})
@@ -170,6 +254,7 @@ class HostRunner:
             stdout_path=stdout_path,
             stderr_path=stderr_path,
             output=text,
+            env=full_env,
         )
 
     def _run_streaming(
@@ -237,6 +322,7 @@ class HostRunner:
             stdout_path=stdout_path,
             stderr_path=stderr_path,
             output="" if stdout_path else b"".join(captured).decode(errors="replace"),
+            env=full_env,
         )
 
 

@@ -8,6 +8,7 @@ import platform
 import shutil
 import sys
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -19,11 +20,11 @@ from . import __version__, fixtures, gradcheck, icd, image, interrupts, prefligh
 from .build import Builder, Core, CoreOptions
 from .cells import Cell, CellRun, Workload, run_cell
 from .contract import RunRecord
-from .docker_runner import DockerRunner
+from .docker_runner import DockerRunner, remove_leftovers
 from .errors import EXIT_MISMATCH, ConfigError, EnvironmentProblem
-from .judge import Check, Verdict, judge
+from .judge import ACCEPTS, FAIL, Check, Verdict, judge
 from .reference import PARAM_NAMES, PARAM_SHAPES
-from .runner import HostRunner, Runner
+from .runner import Completed, HostRunner, Runner
 from .settings import ICD_NAMES, Settings
 
 # Session name -> the variants it judges. A CPU baseline is added wherever a GPU variant is compared to it.
@@ -63,11 +64,14 @@ def make_runner(settings: Settings, tree: source.SourceTree, say: Callable[[str]
             say=say,
         )
         say(f"runner: docker, image {tag}")
+        remove_leftovers(client, keep=settings.keep_containers, say=say)
+        # Read-only: what commands read. Each call names what it writes (a build dir, a cell's result dir).
+        cache = settings.cache_dir
         return DockerRunner(
             client,
             tag,
-            read_only=(fixtures.ROOT, tree.path),
-            read_write=(settings.cache_dir, settings.results_dir),
+            read_only=(fixtures.ROOT, tree.path, settings.results_dir, cache / "variants", cache / "icd"),
+            owned_trees=(cache,),
             keep_on_failure=settings.keep_containers,
         )
     return HostRunner()
@@ -230,40 +234,59 @@ def _run_ref(
         for rep in range(settings.repeat):
             label = f" (repeat {rep + 1}/{settings.repeat})" if settings.repeat > 1 else ""
             say(f"running {cell.id}{label} ...")
-            run = run_cell(
-                cell,
-                driver=driver,
-                plugin=plugins.get(cell.variant),
-                icd=icds.get(cell.icd),
-                workload=cell_workload,
-                timeout_s=timeout_s,
-                runner=runner,
-                result_dir=cell_dir / f"repeat-{rep + 1}" if settings.repeat > 1 else cell_dir,
-                use_gdb=gdb_path is not None,
-                gdb_path=gdb_path,
-                faults=settings.faults if cell.backend == "vulkan" else (),
-                say=say,
-            )
-            extra: tuple[Check, ...] = ()
-            if grads and run.completed.returncode == 0 and not run.completed.timed_out:
-                extra = (_gradient_check(run, cell, golden_dir, results, ref, workload.precision, matrix),)
-            verdict = judge(
-                run,
-                expectation,
-                steps=workload.steps,
-                checks=matrix.checks,
-                baseline=baseline,
-                known_bugs=known,
-                extra_checks=extra,
-                baseline_checks=baseline_checks,
-                covered_by=covered_by,
-            )
+            rep_dir = cell_dir / f"repeat-{rep + 1}" if settings.repeat > 1 else cell_dir
+            try:
+                run = run_cell(
+                    cell,
+                    driver=driver,
+                    plugin=plugins.get(cell.variant),
+                    icd=icds.get(cell.icd),
+                    workload=cell_workload,
+                    timeout_s=timeout_s,
+                    runner=runner,
+                    result_dir=rep_dir,
+                    use_gdb=gdb_path is not None,
+                    gdb_path=gdb_path,
+                    faults=settings.faults if cell.backend == "vulkan" else (),
+                    say=say,
+                )
+                extra: tuple[Check, ...] = ()
+                if grads and run.completed.returncode == 0 and not run.completed.timed_out:
+                    extra = (_gradient_check(run, cell, golden_dir, results, ref, workload.precision, matrix),)
+                verdict = judge(
+                    run,
+                    expectation,
+                    steps=workload.steps,
+                    checks=matrix.checks,
+                    baseline=baseline,
+                    known_bugs=known,
+                    extra_checks=extra,
+                    baseline_checks=baseline_checks,
+                    covered_by=covered_by,
+                )
+            except Exception as exc:  # a malformed file of one cell must not end the session
+                run, verdict = unreadable_cell(cell, rep_dir, expectation, exc)
             verdict.evidence["timeout_s"] = timeout_s
             if cell.variant == "cpu" and rep == 0:
                 baseline, baseline_checks = run.record, verdict.checks
             say(f"  {verdict.verdict} ({'as expected' if verdict.matched else 'MISMATCH'}): {verdict.reason}")
             runs.append((run, verdict))
         rows.append(combine_repeats(runs))
+
+
+def unreadable_cell(
+    cell: Cell, result_dir: Path, expectation: fixtures.Expectation | None, exc: Exception
+) -> tuple[CellRun, Verdict]:
+    """A cell whose files could not be read or judged (a torn crash record, a corrupt dump or golden, events that
+    break the contract): FAIL with the reason, the traceback beside its files; the session goes on."""
+    result_dir.mkdir(parents=True, exist_ok=True)
+    trace = result_dir / "harness-error.txt"
+    trace.write_text("".join(traceback.format_exception(exc)))
+    reason = f"the cell's output could not be read or judged: {type(exc).__name__}: {str(exc)[:300]} (see {trace})"
+    run = CellRun(cell, result_dir, Completed(argv=(), returncode=-1, duration_s=0.0), RunRecord(), None, [], False)
+    expected = ACCEPTS.get(expectation.outcome, "") if expectation else ""
+    evidence = {"result_dir": str(result_dir), "harness_error": str(trace)}
+    return run, Verdict(FAIL, False, expected, reason, [], evidence)
 
 
 def _gradient_check(

@@ -6,7 +6,9 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,7 +17,7 @@ from mnnrepro.cells import Cell, Workload, run_cell
 from mnnrepro.fixtures import Expectation
 from mnnrepro.icd import Icd
 from mnnrepro.judge import judge
-from mnnrepro.runner import HostRunner
+from mnnrepro.runner import Completed, HostRunner
 from mnnrepro.session import cells_for
 
 WORKLOAD = Workload(steps=3, batch_size=8, seed=1, precision="high", test_limit=10)
@@ -178,3 +180,87 @@ int main(int argc, char **argv) {
     assert (v.verdict, v.matched) == (J.REPRODUCED, True)
     assert v.evidence["top_frames"][0] == "crash_in_sgd_step"
     assert v.evidence["backtrace"] == str(result / "backtrace.txt")
+
+
+# -- the environment and the writable paths of a driver run --------------------------------------------
+
+
+@pytest.fixture
+def caller_loader(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Loader (and other) variables left in the caller's shell."""
+    loader = {"VK_ICD_FILENAMES": "/caller/icd.json", "VK_LOADER_DEBUG": "all", "OCL_ICD_VENDORS": "/caller/v"}
+    for k, v in {**loader, "LD_LIBRARY_PATH": "/caller/lib", "MNNREPRO_PLANT": "crash@sgd_step:0"}.items():
+        monkeypatch.setenv(k, v)
+    return loader
+
+
+def test_a_run_gets_only_the_cells_own_loader_variables(
+    tmp_path: Path, fake_driver: Path, caller_loader: dict[str, str]
+) -> None:
+    icd = Icd("lavapipe", tmp_path / "lvp.json", {"VK_ICD_FILENAMES": str(tmp_path / "lvp.json")})
+    result = tmp_path / "r"
+    run_cell(
+        Cell("3.3.0", "vulkan-image", "lavapipe"),
+        driver=fake_driver,
+        plugin=None,
+        icd=icd,
+        workload=WORKLOAD,
+        timeout_s=30,
+        runner=HostRunner(),
+        result_dir=result,
+        use_gdb=False,
+    )
+    assert (result / "env.txt").read_text().strip() == f"{tmp_path / 'lvp.json'}|{result}"
+    meta = json.loads((result / "cell.json").read_text())
+    assert meta["env_from_caller"] == {}
+    assert meta["cell_env"] == {"VK_ICD_FILENAMES": str(tmp_path / "lvp.json"), "MNNREPRO_CRASH_DIR": str(result)}
+    for name in ("VK_LOADER_DEBUG", "OCL_ICD_VENDORS", "LD_LIBRARY_PATH", "MNNREPRO_PLANT"):
+        assert name not in meta["env"]
+    assert meta["env"]["PATH"] == os.environ["PATH"]  # the whole environment, not only the cell's part
+
+
+def test_icd_host_passes_the_callers_loader_variables_and_records_them(
+    tmp_path: Path, fake_driver: Path, caller_loader: dict[str, str]
+) -> None:
+    result = tmp_path / "r"
+    run_cell(
+        Cell("3.3.0", "vulkan-image", "host"),
+        driver=fake_driver,
+        plugin=None,
+        icd=Icd("host", None, {}),
+        workload=WORKLOAD,
+        timeout_s=30,
+        runner=HostRunner(),
+        result_dir=result,
+        use_gdb=False,
+    )
+    assert (result / "env.txt").read_text().strip() == f"/caller/icd.json|{result}"
+    meta = json.loads((result / "cell.json").read_text())
+    assert meta["env_from_caller"] == caller_loader
+    assert {k: meta["env"][k] for k in caller_loader} == caller_loader
+    assert "LD_LIBRARY_PATH" not in meta["env"] and "MNNREPRO_PLANT" not in meta["env"]
+
+
+def test_a_run_may_write_its_result_dir_and_the_directories_its_options_name(tmp_path: Path, fake_driver: Path) -> None:
+    seen: list[list[Path]] = []
+
+    class Recording(HostRunner):
+        def run(self, argv: Sequence[str], **kwargs: Any) -> Completed:
+            seen.append(list(kwargs["writable"]))
+            return super().run(argv, **kwargs)
+
+    result, init = tmp_path / "r", tmp_path / "golden" / "init"
+    workload = Workload(3, 8, 1, "high", 10, extra_args=("--dump-steps", "0,1", "--save-init", str(init)))
+    run_cell(
+        Cell("3.3.0", "cpu", "-"),
+        driver=fake_driver,
+        plugin=None,
+        icd=None,
+        workload=workload,
+        timeout_s=30,
+        runner=Recording(),
+        result_dir=result,
+        use_gdb=False,
+    )
+    assert seen == [[result, init]]
+    assert json.loads((result / "cell.json").read_text())["writable"] == [str(result), str(init)]

@@ -287,3 +287,48 @@ def test_the_table_puts_failures_first_and_can_be_shortened() -> None:
 def test_driver_args_for_a_golden(golden: Path) -> None:
     args = gradcheck.driver_args(golden)
     assert args == ("--dump-steps", "0,1", "--init-params", str(golden / "init"))
+
+
+# -- which comparison a CPU run gets (issue 10, item 6: portable goldens) -----------------------------------------
+
+MACHINE = {"format": 1, "arch": "x86_64", "mnn_x86_kernels": "avx2+fma", "rcpps": "sha256:86b782acf9498985"}
+
+
+def with_machine(golden: Path, machine: dict[str, object] | None, threads: int = 4) -> Path:
+    path = golden / "provenance.json"
+    provenance = json.loads(path.read_text())
+    provenance["config"]["threads"] = threads
+    provenance.pop("machine", None)
+    if machine is not None:
+        provenance["machine"] = machine
+    path.write_text(json.dumps(provenance))
+    return golden
+
+
+def test_same_machine_and_threads_get_the_bit_level_comparison(golden: Path) -> None:
+    result = gradcheck.golden_comparison(with_machine(golden, MACHINE), {"threads": 4}, here={**MACHINE, "cpu": "x"})
+    assert result.bit_level and result.reasons == ()
+    assert str(result).startswith("bit-level comparison")
+
+
+def test_another_rcpps_table_gets_the_fp32_tolerance_and_says_why(golden: Path) -> None:
+    here = {**MACHINE, "rcpps": "sha256:315610cdc419d6a7"}
+    result = gradcheck.golden_comparison(with_machine(golden, MACHINE), {"threads": 4}, here=here)
+    assert not result.bit_level
+    assert str(result).startswith("fp32-tolerance comparison")
+    assert "rcpps sha256:86b782acf9498985 on the golden's machine, sha256:315610cdc419d6a7 here" in str(result)
+
+
+def test_another_thread_count_or_no_recorded_machine_is_not_bit_level(golden: Path) -> None:
+    result = gradcheck.golden_comparison(with_machine(golden, MACHINE), {"threads": 1}, here=MACHINE)
+    assert not result.bit_level and result.reasons == ("threads 4 in the golden's run, 1 in this one",)
+    result = gradcheck.golden_comparison(with_machine(golden, None), {"threads": 4}, here=MACHINE)
+    assert not result.bit_level and result.reasons == ("the golden records no machine fingerprint",)
+    assert result.golden_machine == "unrecorded"
+
+
+def test_the_committed_3_3_0_golden_is_bit_level_only_where_rcpps_matches() -> None:
+    golden = gradcheck.GOLDEN_ROOT / "3.3.0"
+    assert gradcheck.golden_comparison(golden, {"threads": 4}, here=MACHINE).bit_level
+    amd = {**MACHINE, "rcpps": "sha256:315610cdc419d6a7"}
+    assert not gradcheck.golden_comparison(golden, {"threads": 4}, here=amd).bit_level

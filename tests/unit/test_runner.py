@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from mnnrepro.runner import Completed, HostRunner
+from mnnrepro.runner import Completed, HostRunner, closed_env, loader_env, run_with_lines, run_writing
 
 
 def live_members(pgid: int) -> list[int]:
@@ -136,3 +139,96 @@ def test_a_hung_group_is_killed_at_the_limit_while_streaming(tmp_path: Path, lea
     assert time.monotonic() - start < 7
     assert got[0] == "[1/2] started" and log.read_text().startswith("[1/2] started\n")
     assert wait_until_gone(int(pidfile.read_text())) == []  # the background sleep went with its group
+
+
+# -- the closed environment ------------------------------------------------------------------------
+
+
+def child_env(res: Completed) -> dict[str, str]:
+    """The environment `env -0` printed."""
+    return dict(e.split("=", 1) for e in res.output.split("\0") if "=" in e)
+
+
+def test_the_callers_environment_does_not_reach_a_command_unless_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VK_ICD_FILENAMES", "/caller/icd.json")
+    monkeypatch.setenv("LD_LIBRARY_PATH", "/caller/lib")
+    monkeypatch.setenv("MNNREPRO_PLANT", "crash@sgd_step:0")
+    monkeypatch.setenv("LC_ALL", "C")
+    monkeypatch.setenv("CCACHE_DISABLE", "1")
+    res = HostRunner().run(["env", "-0"], env={"VK_DRIVER_FILES": "/cell/icd.json"})
+    got = child_env(res)
+    assert "VK_ICD_FILENAMES" not in got and "LD_LIBRARY_PATH" not in got and "MNNREPRO_PLANT" not in got
+    assert got["VK_DRIVER_FILES"] == "/cell/icd.json"  # the call's own
+    assert (got["PATH"], got["LC_ALL"], got["CCACHE_DISABLE"]) == (os.environ["PATH"], "C", "1")
+    assert res.env == got  # what the runner reports is what the command had
+
+
+def test_the_streaming_path_gets_the_same_closed_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VK_LOADER_DEBUG", "all")
+    got: list[str] = []
+    res = HostRunner().run(["sh", "-c", 'echo "[$VK_LOADER_DEBUG]"'], stdout_path=tmp_path / "log", on_line=got.append)
+    assert got == ["[]"]
+    assert res.env is not None and "VK_LOADER_DEBUG" not in res.env
+
+
+def test_allow_list_and_loader_variables() -> None:
+    caller = {
+        "PATH": "/bin",
+        "HOME": "/h",
+        "LC_CTYPE": "C.UTF-8",
+        "TMPDIR": "/t",
+        "CCACHE_DIR": "/c",
+        "VK_ICD_FILENAMES": "/i.json",
+        "VK_LAYER_PATH": "/l",
+        "OCL_ICD_VENDORS": "/v",
+        "MESA_VK_DEVICE_SELECT": "10de:1",
+        "LD_LIBRARY_PATH": "/x",
+        "PYTHONPATH": "/p",
+        "DEBUGINFOD_URLS": "https://example",
+    }
+    assert closed_env(caller) == {
+        "PATH": "/bin",
+        "HOME": "/h",
+        "LC_CTYPE": "C.UTF-8",
+        "TMPDIR": "/t",
+        "CCACHE_DIR": "/c",
+    }
+    assert loader_env(caller) == {
+        "VK_ICD_FILENAMES": "/i.json",
+        "VK_LAYER_PATH": "/l",
+        "OCL_ICD_VENDORS": "/v",
+        "MESA_VK_DEVICE_SELECT": "10de:1",
+    }
+
+
+@dataclass
+class Recording(HostRunner):
+    """A HostRunner that records the writable paths it was given."""
+
+    seen: list[tuple[Path, ...]] = field(default_factory=list)
+
+    def run(self, argv: Sequence[str], **kwargs: Any) -> Completed:
+        self.seen.append(tuple(kwargs.get("writable", ("<not passed>",))))
+        return super().run(argv, **kwargs)
+
+
+def test_writable_reaches_runners_that_take_it_and_only_those(tmp_path: Path) -> None:
+    recording = Recording()
+    run_writing(recording, ["true"], writable=[tmp_path / "a"])
+    run_with_lines(recording, ["true"], on_line=lambda _: None, stdout_path=tmp_path / "log", writable=[tmp_path / "b"])
+    assert recording.seen == [(tmp_path / "a",), (tmp_path / "b",)]
+
+    class Plain:  # a fake without writable: it must still be callable
+        name = "plain"
+
+        def run(self, argv: Sequence[str], **kwargs: Any) -> Completed:
+            assert "writable" not in kwargs
+            return Completed(tuple(argv), 0, 0.0)
+
+    assert run_writing(Plain(), ["true"], writable=[tmp_path]).returncode == 0
+    assert (
+        run_with_lines(
+            Plain(), ["true"], on_line=lambda _: None, stdout_path=tmp_path / "l", writable=[tmp_path]
+        ).returncode
+        == 0
+    )

@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -342,6 +343,35 @@ def test_concurrent_import_force_all_succeed_and_leave_one_valid_tree(
     source.check_tree(dest)
     assert source.read_provenance(dest)["commit"] == tagged
     assert [p.name for p in (cache_dir / "src").iterdir()] == ["1.0"]
+
+
+def test_an_import_waits_while_another_process_writes_the_same_ref(tmp_path: Path, mnn_git_repo: Path) -> None:
+    cache_dir = tmp_path / "cache"
+    lock = cache.source_lock(cache_dir, "1.0")
+    lock.parent.mkdir(parents=True)
+    code = (
+        "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
+        "print('held', flush=True); time.sleep(120)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code, str(lock)], stdout=subprocess.PIPE, text=True)
+    said: list[str] = []
+    outcome: list[object] = []
+    worker = threading.Thread(
+        target=lambda: outcome.append(source.import_from_git(mnn_git_repo, "1.0", cache_dir, say=said.append))
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        worker.start()
+        worker.join(timeout=1.5)
+        assert worker.is_alive() and outcome == []  # waiting, not writing beside the other process
+        assert said == ["waiting for another mnnrepro process writing the source tree of 1.0 ..."]
+        assert not (cache_dir / "src" / "1.0").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    worker.join(timeout=30)
+    assert len(outcome) == 1 and isinstance(outcome[0], source.SourceTree)
+    source.check_tree(cache_dir / "src" / "1.0")
 
 
 # -- clone: time limits, retries, nothing half-made in the cache ------------------------------------------
