@@ -1,24 +1,26 @@
 """The properties of a machine that change MNN's CPU arithmetic (issue 10, item 6: portable goldens).
 
 A CPU golden (fixtures/golden/<ref>/) holds float32 gradients whose last bits belong to the machine that made
-it. Measured at 3.3.0 with one build (gcc 12.2, the suite's CMake options), the same driver arguments, and the
-golden's dumps compared bit for bit:
+it. Measured at 3.3.0 and 47027e10 with the suite's builds (gcc 12.2, its CMake options), the same driver
+arguments, and the dumps compared with the goldens bit for bit:
 
 - RCPPS. MNN's AVX2 and SSE softmax divide through two approximate reciprocals (``_mm256_rcp_ps`` /
-  ``_mm_rcp_ps``, source/backend/cpu/x86_x64/{avx,sse}/MathFunctions.cpp: the only approximate instructions in
-  libMNN.so). Intel and AMD implement them with different tables (they differ for 52% of the mantissas, by up to
-  2^-11 relative). The same binaries reproduce the 3.3.0 golden bit for bit on an Intel Xeon (family 6 model
-  207) and differ on an AMD EPYC (family 26), max_rel 6.5e-5 at step 0 and 8.5e-5 at step 1; on that AMD,
-  replacing only the softmax's RCPPS results by the Intel table (under gdb) gives the golden bit for bit again.
-  ``rcpps`` below hashes the instruction's result for every float mantissa in [1, 2), so CPUs with one table
-  compare equal whatever their names.
+  ``_mm_rcp_ps``, source/backend/cpu/x86_x64/{avx,sse}/MathFunctions.cpp: at 3.3.0 the only approximate
+  instructions in libMNN.so; 47027e10's -ffast-math code also divides through RCPPS). Intel and AMD implement it
+  with different tables (52% of the mantissas differ, by up to 2^-11 relative). The same binaries reproduce the
+  goldens bit for bit on an Intel Xeon (family 6 model 207) and differ on an AMD EPYC (family 26): max_rel 6.5e-5
+  at step 0, 8.5e-5 at step 1. On that AMD, replacing only the results of the RCPPS instructions the run executes
+  by the Intel table (under gdb) gives the goldens bit for bit again. ``rcpps`` hashes the instruction's result
+  for every float mantissa in [1, 2), so CPUs with one table compare equal whatever their names. (RSQRTPS is in
+  47027e10's libMNN.so too, but this workload never executes it.)
 - The kernel family. ``MNNFunctionInit`` (x86_x64/FunctionDispatcher.cpp, AVX2Functions.cpp) reads cpuid at
   run time: AVX2 kernels with AVX2, their FMA variants with FMA3, else SSE. Under QEMU (exact reciprocals) an
   AVX2+FMA, an AVX2-only and an SSE-only CPU model give three different results.
 - Not AVX-512: its kernels are compiled only with ``-DMNN_AVX512=ON``; the suite's builds leave it OFF and
   libMNN.so has no zmm instruction (the Intel and AMD machines above both have AVX-512). Not the number of cores,
-  pinning to one core, or cache sizes (2 vs 16 cores, 1 vs 2 MiB L2: same bits). The thread count passed to MNN
-  does change the last bits; it is a run setting, recorded in the golden's config and compared there.
+  pinning to one core, or cache sizes (2 vs 16 cores, 1 vs 2 MiB L2: same bits), nor the compiler (a gcc 13.3
+  build on the Intel machine gives the goldens' bits too). The thread count passed to MNN does change the last
+  bits; it is a run setting, recorded in the golden's config and compared there.
 
 Only ``ARITHMETIC_FIELDS`` are compared; ``cpu`` and ``cpu_id`` describe the machine for people. A field that is
 unknown on either side never matches: architectures other than x86-64 are not studied yet.
@@ -131,16 +133,21 @@ def rcpps_table(kernels: str, start: int = 0, stop: int = 1 << 23) -> NDArray[np
 
 def rcpps_digest(kernels: str) -> str:
     """sha256 (16 hex digits) of RCPPS over every float32 mantissa in [1, 2): the exponent only shifts the
-    result, so this names the whole table. UNKNOWN where it cannot be measured."""
+    result, so this names the whole table. With AVX2 kernels MNN runs both forms (the AVX2 softmax the ymm one,
+    -ffast-math divisions at older refs the xmm one): the ymm table's digest, and the xmm one's after it where
+    the two differ (on every CPU measured they are one table). UNKNOWN where it cannot be measured."""
     if kernels not in ("avx2+fma", "avx2", "sse"):
         return UNKNOWN
-    digest = hashlib.sha256()
+    forms = (kernels, "sse") if kernels != "sse" else ("sse",)
+    digests = [hashlib.sha256() for _ in forms]
     try:
         for start in range(0, 1 << 23, _CHUNK):
-            digest.update(rcpps_table(kernels, start, start + _CHUNK).view(np.uint32).astype("<u4").tobytes())
+            for form, digest in zip(forms, digests, strict=True):
+                digest.update(rcpps_table(form, start, start + _CHUNK).view(np.uint32).astype("<u4").tobytes())
     except (OSError, ValueError, AttributeError):  # not x86-64 Linux, or no executable memory here
         return UNKNOWN
-    return "sha256:" + digest.hexdigest()[:16]
+    names = [digest.hexdigest()[:16] for digest in digests]
+    return "sha256:" + names[0] + ("" if len(set(names)) == 1 else f"+xmm:{names[1]}")
 
 
 @functools.cache

@@ -8,6 +8,7 @@ as a shell would report it. Nothing downstream parses gdb's free text: the judge
 
 import json
 import os
+import sys
 
 import gdb  # type: ignore[import-not-found]  # provided by gdb itself
 
@@ -52,7 +53,13 @@ def main():
         "handle SIGUSR2 nostop noprint pass",
     ):
         gdb.execute(cmd)
-    gdb.execute("run")
+    try:
+        gdb.execute("run")
+    except gdb.error as exc:
+        # The program could not be started (missing, not executable, unreadable): never exit 0 for that.
+        sys.stderr.write("mnnrepro gdb_capture: cannot run the program: %s\n" % exc)
+        gdb.execute("quit 127")
+        return
     inferior = gdb.selected_inferior()
     if inferior.pid == 0:
         code = gdb.convenience_variable("_exitcode")

@@ -85,6 +85,26 @@ def test_the_ymm_and_xmm_forms_use_one_table_here() -> None:
     )
 
 
+def test_rcpps_digest_names_an_xmm_table_only_where_it_differs(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fake(kernels: str, start: int = 0, stop: int = 1 << 23) -> np.ndarray:
+        return np.full(stop - start, 0.5 if kernels == "sse" else 0.25, np.float32)
+
+    monkeypatch.setattr(fingerprint, "rcpps_table", fake)
+    both = fingerprint.rcpps_digest("avx2+fma")
+    assert both.startswith("sha256:") and "+xmm:" in both
+    sse = fingerprint.rcpps_digest("sse")
+    assert both.endswith("+xmm:" + sse.removeprefix("sha256:"))
+    monkeypatch.setattr(fingerprint, "rcpps_table", lambda kernels, start=0, stop=1 << 23: fake("sse", start, stop))
+    assert fingerprint.rcpps_digest("avx2+fma") == sse  # one table: one name
+    assert fingerprint.rcpps_digest("scalar") == UNKNOWN
+
+    def refused(kernels: str, start: int = 0, stop: int = 1 << 23) -> np.ndarray:
+        raise OSError("no executable memory")
+
+    monkeypatch.setattr(fingerprint, "rcpps_table", refused)
+    assert fingerprint.rcpps_digest("avx2+fma") == UNKNOWN  # never a match, never a crash
+
+
 def test_rcpps_table_refuses_a_ragged_range() -> None:
     with pytest.raises((ValueError, OSError)):
         fingerprint.rcpps_table("sse", 0, 12)
