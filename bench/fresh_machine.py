@@ -37,7 +37,6 @@ REGISTRY_FILES = (
     "/etc/apt/apt.conf.d/99artifact-registry",
     "/etc/pip.conf",
     "/etc/xdg/pip",
-    "/etc/ssl/certs/ca-certificates.crt",
     "/usr/local/share/ca-certificates",
 )
 

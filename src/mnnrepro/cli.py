@@ -168,6 +168,11 @@ def _build(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Progress lines must show as they happen, also when the output is a pipe (nox, CI logs, tee).
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(line_buffering=True)
     args = parser().parse_args(argv)
     with interrupts.installed():
         return _main(args)

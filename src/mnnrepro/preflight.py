@@ -571,13 +571,15 @@ def check_toolchain() -> list[Finding]:
     return findings
 
 
-def check_gdb() -> list[Finding]:
-    """gdb with Python runs gdb_capture.py; without it a crash still has its signal and stage, not its frames."""
+def check_gdb(severity: str = FAIL) -> list[Finding]:
+    """gdb with Python runs gdb_capture.py; without it a crash still has its signal and stage, not its frames.
+    A run that asked for gdb (the default) stops here without it; --no-gdb is the explicit way to go on."""
     exe = shutil.which("gdb")
     without = "crashes would have no backtrace and no signature (REPRODUCED cannot verify the crash site)"
+    opt_out = " (or run with --no-gdb to go on without backtraces)"
     if exe is None:
         also = " (cuda-gdb is there, but the suite needs gdb)" if shutil.which("cuda-gdb") else ""
-        return [Finding(WARN, "gdb", f"not installed{also}: {without}", "apt-get install gdb", ("gdb",))]
+        return [Finding(severity, "gdb", f"not installed{also}: {without}", "apt-get install gdb" + opt_out, ("gdb",))]
     done = HostRunner(kill_grace_s=1.0).run(
         [exe, "-nx", "-batch", "-ex", "python print('mnnrepro-gdb-ok')"], timeout_s=PROBE_TIMEOUT_S
     )
@@ -586,10 +588,10 @@ def check_gdb() -> list[Finding]:
     last = (done.output.strip().splitlines() or [f"exit status {done.returncode}"])[-1][:120]
     return [
         Finding(
-            WARN,
+            severity,
             "gdb",
             f"{exe} does not run Python ({last}): {without}",
-            "apt-get install gdb (Debian's gdb embeds Python)",
+            "apt-get install gdb (Debian's gdb embeds Python)" + opt_out,
             ("gdb",),
         )
     ]

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import __version__, fixtures, gradcheck, icd, image, interrupts, preflight, report, source
+from . import __version__, fixtures, gradcheck, icd, image, interrupts, preflight, report, source, swiftshader
 from .build import Builder, Core, CoreOptions
 from .cells import Cell, CellRun, Workload, run_cell
 from .contract import RunRecord
@@ -428,6 +428,9 @@ def preflight_for(
             exc.message = "no Docker engine answers, and the host runner cannot run either: " + exc.message
             exc.hint = exc.hint + "; or start a Docker engine (dockerd) and use the Docker runner"
         raise
+    if kind == "host" and vulkan and "swiftshader" in settings.icds:
+        # Fetched now, not after minutes of building (the Docker runner's image build fetches it, also first).
+        swiftshader.ensure(settings.cache_dir)
     return replace(settings, runner=kind), findings
 
 

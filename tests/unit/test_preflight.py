@@ -296,12 +296,13 @@ def test_missing_toolchain_fails_with_packages(tmp_path: Path, monkeypatch: pyte
     assert ccache.status == WARN
 
 
-def test_gdb_without_python_warns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gdb_without_python_stops_the_run_unless_opted_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake_bin(tmp_path, monkeypatch, {"gdb": 'echo "Python scripting is not supported in this copy of GDB."'})
     (f,) = preflight.check_gdb()
-    assert f.status == WARN
+    assert f.status == FAIL
     assert "Python scripting is not supported" in f.detail
-    assert "no backtrace" in f.detail
+    assert "no backtrace" in f.detail and "--no-gdb" in f.fix
+    assert preflight.check_gdb(WARN)[0].status == WARN
     fake_bin(tmp_path, monkeypatch, {"gdb": 'case "$*" in *python*) echo mnnrepro-gdb-ok;; esac'})
     (ok,) = preflight.check_gdb()
     assert ok.status == OK
@@ -310,7 +311,7 @@ def test_gdb_without_python_warns(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 def test_no_gdb_names_cuda_gdb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake_bin(tmp_path, monkeypatch, {"cuda-gdb": "exit 0"})
     (f,) = preflight.check_gdb()
-    assert f.status == WARN and f.packages == ("gdb",)
+    assert f.status == FAIL and f.packages == ("gdb",)
     assert "cuda-gdb" in f.detail
 
 
