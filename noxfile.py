@@ -118,7 +118,7 @@ def bisect(session: nox.Session) -> None:
 def golden(session: nox.Session) -> None:
     """Regenerate the CPU gradient golden: `nox -s golden -- --ref 3.3.0` (checked against numpy first)."""
     _install(session, "docker")
-    session.run("python", "-m", "mnnrepro.gradcheck", "golden", *session.posargs)
+    session.run("python", "-m", "mnnrepro", "golden", *session.posargs)
 
 
 @nox.session(tags=["quick"])
@@ -148,6 +148,33 @@ def unit(session: nox.Session) -> None:
     """Unit tests only: no MNN, no Docker, seconds."""
     _install(session, "test")
     session.run("python", "-m", "pytest", "-n", "auto", "tests/unit", *session.posargs)
+
+
+@nox.session(tags=["quick"])
+def faults(session: nox.Session) -> None:
+    """Fault battery, one table (quick tier: no MNN, ~1 min); `-- --tier full` adds real MNN runs and signals."""
+    _install(session, "test")
+    args = list(session.posargs)
+    tier = "quick"
+    if "--tier" in args:
+        at = args.index("--tier")
+        tier = args[at + 1] if at + 1 < len(args) else ""
+        del args[at : at + 2]
+    if tier not in ("quick", "full"):
+        session.error(f"--tier {tier!r}: quick or full")
+    # The full tier times real runs and signals them at random moments: one case at a time.
+    spread = ["-n", "auto", "-m", "not full"] if tier == "quick" else ["-n", "0"]
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "tests/faults",
+        *spread,
+        *args,
+        env={"FAULTS_TIER": tier},
+        interrupt_timeout=INTERRUPT_TIMEOUT_S,
+        terminate_timeout=TERMINATE_TIMEOUT_S,
+    )
 
 
 @nox.session(tags=["quick"])

@@ -42,7 +42,7 @@ PLUGINS = {
     "vulkan-buffer": ("MNN_Vulkan", "source/backend/vulkan/libMNN_Vulkan.so", ("-DMNN_VULKAN_IMAGE=OFF",)),
     "opencl": ("MNN_CL", "source/backend/opencl/libMNN_CL.so", ()),
 }
-STAMP = ".complete.json"
+STAMP = cache.STAMP
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
+from . import fixtures
 from .errors import ConfigError
+
+# The cache's layout markers, defined here (the lowest layer) and used by build.py and source.py.
+STAMP = ".complete.json"  # a published build artifact is complete (build.Builder._publish)
+PROVENANCE = ".mnnrepro-source.json"  # where a cached source tree came from (source.py)
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -219,7 +224,6 @@ def _read_json(path: Path) -> dict[str, object]:
 
 
 def _source_entries(cache_dir: Path, pinned: Collection[str]) -> Iterator[Entry]:
-    from .source import PROVENANCE
 
     def walk(d: Path, prefix: str) -> Iterator[Entry]:
         for child in _children(d):
@@ -259,7 +263,6 @@ def _source_entries(cache_dir: Path, pinned: Collection[str]) -> Iterator[Entry]
 
 
 def _build_entries(cache_dir: Path) -> Iterator[Entry]:
-    from .build import STAMP
 
     groups: dict[str, list[Path]] = {}
     for base in ("build", "variants"):
@@ -437,7 +440,6 @@ def prune(
 
 def main(args: argparse.Namespace, settings: Settings, *, say: Callable[[str], None] = print) -> int:
     """``python -m mnnrepro cache [show|prune] [--budget SIZE] [--dry-run]``."""
-    from . import fixtures
 
     budget = parse_size(args.budget)
     pinned = set(fixtures.load_matrix().refs)

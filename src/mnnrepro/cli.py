@@ -8,7 +8,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from . import __version__, fixtures, interrupts, source, swiftshader
+from . import __version__, fixtures, golden, gradcheck, interrupts, source, swiftshader
 from .errors import ConfigError, MnnReproError
 from .session import SESSIONS, run_session
 from .settings import Settings, load
@@ -72,6 +72,12 @@ def parser() -> argparse.ArgumentParser:
     mx = sub.add_parser("matrix", help="print the refs of fixtures/matrix.toml (for CI: --json)")
     mx.add_argument("--json", action="store_true", help="machine-readable: default_ref and refs with commit and tier")
     mx.add_argument("--tier", help="comma-separated tiers to list (ci, push, scheduled); default all")
+    gold = sub.add_parser("golden", help="(re)write fixtures/golden/<ref>/ from a CPU run checked against numpy")
+    _common(gold)
+    gold.add_argument("--runner", choices=["auto", "host", "docker"])
+    golden.add_arguments(gold)
+    gc = sub.add_parser("gradcheck", help="compare a run's gradient dumps with a golden, or a golden with numpy")
+    gradcheck.add_arguments(gc.add_subparsers(dest="action", required=True))
     src = sub.add_parser("source", help="manage MNN source trees in the cache")
     ssub = src.add_subparsers(dest="action", required=True)
     imp = ssub.add_parser("import", help="export REF from a local git repository (bare ok) into the cache")
@@ -197,6 +203,10 @@ def _main(args: argparse.Namespace) -> int:
             return run_session(args.session, settings)
         if args.command == "matrix":
             return _matrix(args)
+        if args.command == "golden":
+            return golden.main(args, settings)
+        if args.command == "gradcheck":
+            return gradcheck.main(args)
         if args.command == "ci":
             from . import replay
 

@@ -130,6 +130,53 @@ def verify_mnist(directory: Path = MNIST) -> dict[str, Any]:
     return dict(manifest)
 
 
+GOLDEN_MANIFEST = "MANIFEST.json"
+
+
+def _digest_tree(directory: Path) -> dict[str, dict[str, Any]]:
+    return {
+        p.relative_to(directory).as_posix(): {
+            "bytes": p.stat().st_size,
+            "sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
+        }
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != GOLDEN_MANIFEST
+    }
+
+
+def write_manifest(directory: Path) -> Path:
+    """MANIFEST.json of every file under a golden directory (sha256 and size), checked before each run."""
+    path = directory / GOLDEN_MANIFEST
+    path.write_text(json.dumps({"format": 1, "files": _digest_tree(directory)}, indent=1) + "\n")
+    return path
+
+
+def verify_golden_manifest(directory: Path) -> None:
+    """A golden must match its manifest exactly (no file missing, changed or extra): a truncated .npy, a bad
+    header or a corrupt provenance.json is caught before anything runs, naming the file."""
+    manifest_path = directory / GOLDEN_MANIFEST
+    hint = f"restore it: git checkout {directory.relative_to(ROOT) if directory.is_relative_to(ROOT) else directory}"
+    try:
+        files: dict[str, dict[str, Any]] = json.loads(manifest_path.read_bytes().decode("utf-8"))["files"]
+        if not isinstance(files, dict):
+            raise TypeError("files is not a table")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise FixtureError(f"{manifest_path} is missing or unreadable ({exc})", hint=hint) from exc
+    present = _digest_tree(directory)
+    for name in sorted(set(files) | set(present)):
+        want, got = files.get(name), present.get(name)
+        if want is None:
+            raise FixtureError(f"{directory / name}: not in the golden's manifest (an extra file)", hint=hint)
+        if got is None:
+            raise FixtureError(f"{directory / name} is missing from the golden", hint=hint)
+        if got != {"bytes": want.get("bytes"), "sha256": want.get("sha256")}:
+            raise FixtureError(
+                f"{directory / name} does not match the golden's manifest ({got['bytes']} bytes, sha256 "
+                f"{got['sha256'][:12]}...): corrupt or truncated",
+                hint=hint,
+            )
+
+
 @dataclass(frozen=True)
 class Expectation:
     refs: tuple[str, ...]

@@ -32,13 +32,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shutil
-import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +54,7 @@ KINDS = ("grad", "after")
 
 
 def regenerate_command(ref: str) -> str:
-    return f"PYTHONPATH=src python -m mnnrepro.gradcheck golden --ref {ref}"
+    return f"python -m mnnrepro golden --ref {ref}"
 
 
 # -- tolerances (fixtures/matrix.toml [gradcheck]) ---------------------------------------------------------
@@ -728,140 +724,11 @@ def sgd_config(config: dict[str, Any]) -> SgdConfig:
     )
 
 
-# -- making the golden (on request only) ------------------------------------------------------------------------
+# -- command line: mnnrepro gradcheck check|verify (making a golden: golden.py) -------------------------------------
 
 
-def generate_golden(
-    ref: str,
-    *,
-    steps: Sequence[int] | None = None,
-    settings: Any = None,
-    out_root: Path = GOLDEN_ROOT,
-    say: Callable[[str], None] = print,
-) -> Path:
-    """Run the CPU driver with dumps, check it against the numpy reference, and only then write
-    ``out_root/<ref>/`` (replacing what was there). Tests never call this: see ``regenerate_command``."""
-    from . import source
-    from .build import Builder, CoreOptions, native_key
-    from .cells import Cell, Workload, run_cell
-    from .session import make_runner
-    from .settings import load
-
-    settings = settings or load({})
-    matrix = fixtures.load_matrix()
-    steps = list(steps) if steps is not None else golden_steps(matrix)
-    if steps != list(range(len(steps))):
-        raise FixtureError(f"golden steps must be consecutive from 0, got {steps}")
-    manifest = fixtures.verify_mnist()
-    tree = source.resolve(
-        ref, source=settings.source, cache_dir=settings.cache_dir, git_url=settings.git_url, allow_clone=settings.clone
-    )
-    say(f"source: {tree.describe()}")
-    info = matrix.ref_info(ref)
-    options = CoreOptions(compat_cxx_flags=info.compat_cxx_flags)
-    training = matrix.training
-    # The driver writes under results_dir (writable in every runner); fixtures/ is read-only in a container.
-    settings.results_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f"golden-{ref}-", dir=settings.results_dir) as tmp:
-        work = Path(tmp)
-        runner = make_runner(settings, tree, say)
-        builder = Builder(settings.cache_dir, runner, jobs=settings.jobs or None, say=say)
-        core = builder.core(tree, options)
-        driver = builder.driver(core)
-        staging = work / "golden"
-        workload = Workload(
-            steps=len(steps),
-            batch_size=int(training.get("batch_size", 64)),
-            seed=int(training.get("seed", 1)),
-            precision="high",
-            test_limit=100,
-            extra_args=("--dump-steps", ",".join(map(str, steps)), "--save-init", str(staging / "init")),
-        )
-        say(f"running the CPU driver for {len(steps)} step(s) with dumps ...")
-        run = run_cell(
-            Cell(ref, "cpu", "-"),
-            driver=driver,
-            plugin=None,
-            icd=None,
-            workload=workload,
-            timeout_s=float(matrix.timeouts.get("cpu", 120)),
-            runner=runner,
-            result_dir=work / "run",
-            use_gdb=False,
-        )
-        if run.completed.returncode != 0 or run.record.backend.get("active") != "cpu":
-            raise FixtureError(
-                f"the CPU driver run failed (exit {run.completed.returncode}); nothing written",
-                hint=f"see {work / 'run'}/stderr.txt (kept only while this runs: rerun with the same command)",
-            )
-        config = dict(run.record.start.get("config") or {})
-        losses = run.record.losses
-        dumps = Dumps(work / "run" / "grads", staging / "init")
-        check = check_reference(dumps, steps, sgd=sgd_config(config), losses=losses)
-        say(check.table())
-        if not check.passed:
-            raise FixtureError(
-                "MNN's CPU gradients disagree with the numpy reference: no golden written",
-                hint="read the table above; a real disagreement is a finding, not something to regenerate away",
-            )
-        for step in steps:
-            src = work / "run" / "grads" / f"step{step}"
-            shutil.copytree(src, staging / f"step{step}")
-        provenance = {
-            "format": GOLDEN_FORMAT,
-            "ref": ref,
-            "commit": tree.commit or info.commit,
-            "mnn_version": run.record.start.get("mnn_version"),
-            "source": tree.describe(),
-            "compiler": builder.toolchain,
-            "cmake_options": options.cmake_defines(),
-            "core_key": core.key,
-            "driver_native_key": native_key(),
-            "driver_argv": run.argv,
-            "config": config,
-            # what makes this golden's last bits: a run elsewhere is held to the fp32 tolerance only
-            "machine": fingerprint.probe(),
-            "steps": steps,
-            "losses": losses[: len(steps)],
-            "parameters": [{"name": n, "shape": list(PARAM_SHAPES[n])} for n in PARAM_NAMES],
-            "data": {
-                "dir": "fixtures/mnist",
-                "manifest_sha256": {name: meta["sha256"] for name, meta in manifest["files"].items()},
-            },
-            "reference_check": check.to_dict()["summary"],
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "command": regenerate_command(ref) + (f" --steps {','.join(map(str, steps))}" if steps else ""),
-            "layout": "init/<param>.npy; step<N>/{grad,after}/<param>.npy, batch_indices.npy, dropout_mask.npy "
-            "(float32, as the driver dumps them; native/README.md)",
-        }
-        (staging / "provenance.json").write_text(json.dumps(provenance, indent=1) + "\n")
-        dest = out_root / ref
-        out_root.mkdir(parents=True, exist_ok=True)
-        fresh = Path(tempfile.mkdtemp(prefix=f".{ref}-new-", dir=out_root))
-        shutil.copytree(staging, fresh, dirs_exist_ok=True)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(fresh, dest)
-    size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
-    say(f"golden written: {dest} ({size} bytes); review and commit it")
-    return dest
-
-
-# -- command line: python -m mnnrepro.gradcheck ---------------------------------------------------------------------
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from .errors import MnnReproError
-
-    parser = argparse.ArgumentParser(prog="python -m mnnrepro.gradcheck", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    gen = sub.add_parser("golden", help="run the CPU driver and (re)write fixtures/golden/<ref>/")
-    gen.add_argument("--ref", required=True)
-    gen.add_argument("--steps", help="comma-separated dump steps, consecutive from 0 (default: matrix [gradcheck])")
-    gen.add_argument("--source", help="use this MNN tree as is")
-    gen.add_argument("--cache-dir")
-    gen.add_argument("--no-clone", action="store_true")
-    gen.add_argument("--out", type=Path, default=GOLDEN_ROOT, help="golden root (default fixtures/golden)")
+def add_arguments(sub: Any) -> None:
+    """`mnnrepro gradcheck check|verify` (making a golden is `mnnrepro golden`)."""
     chk = sub.add_parser("check", help="compare a driver run's dumps with the golden")
     chk.add_argument("result_dir", type=Path)
     chk.add_argument("--golden", type=Path, required=True)
@@ -869,28 +736,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     chk.add_argument("--precision", default="high")
     ver = sub.add_parser("verify", help="check a golden against the numpy reference (no MNN needed)")
     ver.add_argument("golden", type=Path)
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "golden":
-            from .settings import load
-
-            cli: dict[str, Any] = {"source": args.source, "cache_dir": args.cache_dir}
-            if args.no_clone:
-                cli["clone"] = False
-            steps = [int(s) for s in args.steps.split(",")] if args.steps else None
-            generate_golden(args.ref, steps=steps, settings=load(cli), out_root=args.out)
-            return 0
-        report = (
-            check_run(args.result_dir, args.golden, args.backend, args.precision)
-            if args.command == "check"
-            else verify_golden(args.golden)
-        )
-        print(report.table())
-        return 0 if report.passed else 1
-    except MnnReproError as exc:
-        print(exc.render(), file=sys.stderr)
-        return exc.exit_code
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def main(args: argparse.Namespace) -> int:
+    report = (
+        check_run(args.result_dir, args.golden, args.backend, args.precision)
+        if args.action == "check"
+        else verify_golden(args.golden)
+    )
+    print(report.table())
+    return 0 if report.passed else 1

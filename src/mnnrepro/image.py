@@ -30,12 +30,26 @@ BOOTSTRAP_IMAGE = f"{BOOTSTRAP_REPO}:{BOOTSTRAP_TAG}"
 IMAGE_REPO = "mnnrepro/toolchain"
 
 
+def docker_sdk() -> Any:
+    """The Docker SDK module, or EnvironmentProblem. Without the SDK, `import docker` run from the checkout
+    finds the repository's docker/ folder (the image) as a namespace package: no __file__, no from_env."""
+    try:
+        import docker
+    except ImportError as exc:
+        raise EnvironmentProblem("the Docker SDK for Python is not installed", hint="pip install docker") from exc
+    if getattr(docker, "__file__", None) is None or not hasattr(docker, "from_env"):
+        where = ", ".join(str(p) for p in getattr(docker, "__path__", [])) or "a module without from_env"
+        raise EnvironmentProblem(
+            f"the Docker SDK for Python is not installed (`import docker` found {where}, not the SDK)",
+            hint="pip install docker",
+        )
+    return docker
+
+
 def connect(timeout: float = 30) -> Any:
     """A Docker SDK client that has answered a ping, or EnvironmentProblem saying what to do.
 
     timeout: seconds for each request to the engine (preflight asks with a short one)."""
-    from .preflight import docker_sdk  # the SDK, never the repository's docker/ folder taken for it
-
     docker = docker_sdk()
     try:
         client = docker.from_env(timeout=timeout)

@@ -26,8 +26,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from . import icd, swiftshader
+from . import icd, image, swiftshader
 from .errors import EnvironmentProblem, MnnReproError
+from .image import docker_sdk as docker_sdk  # re-exported: checks call it through this module
 from .runner import HostRunner
 from .settings import Settings
 
@@ -758,25 +759,8 @@ def check_disk(cache_dir: Path) -> list[Finding]:
     return [Finding(status, "free disk", f"{free:.1f} GiB at {cache_dir}", fix)]
 
 
-def docker_sdk() -> Any:
-    """The Docker SDK module, or EnvironmentProblem. Without the SDK, `import docker` run from the checkout
-    finds the repository's docker/ folder (the image) as a namespace package: no __file__, no from_env."""
-    try:
-        import docker
-    except ImportError as exc:
-        raise EnvironmentProblem("the Docker SDK for Python is not installed", hint="pip install docker") from exc
-    if getattr(docker, "__file__", None) is None or not hasattr(docker, "from_env"):
-        where = ", ".join(str(p) for p in getattr(docker, "__path__", [])) or "a module without from_env"
-        raise EnvironmentProblem(
-            f"the Docker SDK for Python is not installed (`import docker` found {where}, not the SDK)",
-            hint="pip install docker",
-        )
-    return docker
-
-
 def check_docker(settings: Settings, *, timeout_s: float = 3.0) -> list[Finding]:
     """The SDK, the engine, and whether the toolchain image or a base to build it from is there."""
-    from . import image
 
     try:
         sdk = docker_sdk()
@@ -806,7 +790,6 @@ def _exists(client: Any, name: str) -> Any:
 
 
 def _check_image(client: Any, settings: Settings) -> list[Finding]:
-    from . import image
 
     if settings.host_ca is not None and not settings.host_ca.is_file():
         return [Finding(FAIL, "docker image", f"host CA bundle {settings.host_ca} does not exist", "fix --host-ca")]

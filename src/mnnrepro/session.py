@@ -449,6 +449,9 @@ def run_session(name: str, settings: Settings, *, say: Callable[[str], None] = p
     for ref in refs:
         source.validate_ref(ref)
     fixtures.verify_mnist()
+    for ref in refs:  # a corrupt or truncated golden is known now, not after the build
+        if (gradcheck.GOLDEN_ROOT / ref).is_dir():
+            fixtures.verify_golden_manifest(gradcheck.GOLDEN_ROOT / ref)
     settings, _ = preflight_for(settings, variants, say)
     results = _results_dir(settings, name)
     say(f"mnnrepro {__version__}: session {name}, results in {results}")

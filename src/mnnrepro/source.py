@@ -29,7 +29,7 @@ from pathlib import Path
 from . import cache, hostcmd
 from .errors import ConfigError, SourceError
 
-PROVENANCE = ".mnnrepro-source.json"
+PROVENANCE = cache.PROVENANCE
 # Files whose absence means "this is not an MNN tree the suite can build".
 REQUIRED = (
     "CMakeLists.txt",

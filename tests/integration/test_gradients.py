@@ -104,9 +104,7 @@ def assert_ran(run: Ran, backend: str) -> None:
 
 @pytest.fixture(scope="session")
 def golden_exists() -> Path:
-    assert (GOLDEN / "provenance.json").is_file(), (
-        f"no golden at {GOLDEN}: PYTHONPATH=src python -m mnnrepro.gradcheck golden --ref {REF}"
-    )
+    assert (GOLDEN / "provenance.json").is_file(), f"no golden at {GOLDEN}: python -m mnnrepro golden --ref {REF}"
     return GOLDEN
 
 

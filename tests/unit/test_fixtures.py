@@ -9,7 +9,7 @@ import pytest
 
 from mnnrepro import fixtures
 from mnnrepro.errors import FixtureError
-from mnnrepro.fixtures import load_matrix, verify_mnist
+from mnnrepro.fixtures import FIXTURES, load_matrix, verify_mnist
 
 TRAIN_IMAGES = "train-images-idx3-ubyte"
 
@@ -304,3 +304,50 @@ def test_every_expected_crash_stage_is_one_the_driver_writes() -> None:
     for row in rows:
         assert row.stage in stages
         assert row.signal.startswith("SIG")
+
+
+# -- golden manifests ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ref", ["3.3.0", "47027e10"])
+def test_committed_goldens_match_their_manifests(ref: str) -> None:
+    from mnnrepro.fixtures import verify_golden_manifest
+
+    verify_golden_manifest(FIXTURES / "golden" / ref)
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        ("truncate-npy", "does not match the golden's manifest"),
+        ("bad-npy-header", "does not match the golden's manifest"),
+        ("corrupt-provenance", "provenance.json does not match"),
+        ("missing-file", "is missing from the golden"),
+        ("extra-file", "not in the golden's manifest"),
+        ("garbage-manifest", "missing or unreadable"),
+    ],
+)
+def test_a_damaged_golden_is_rejected_naming_the_file(tmp_path: Path, fault: str, message: str) -> None:
+    import shutil
+
+    from mnnrepro.fixtures import verify_golden_manifest
+
+    golden = tmp_path / "3.3.0"
+    shutil.copytree(FIXTURES / "golden" / "3.3.0", golden)
+    npy = golden / "step0" / "grad" / "conv1.weight.npy"
+    if fault == "truncate-npy":
+        npy.write_bytes(npy.read_bytes()[:100])
+    elif fault == "bad-npy-header":
+        data = bytearray(npy.read_bytes())
+        data[10:20] = b"XXXXXXXXXX"
+        npy.write_bytes(bytes(data))
+    elif fault == "corrupt-provenance":
+        (golden / "provenance.json").write_text("{ not json")
+    elif fault == "missing-file":
+        npy.unlink()
+    elif fault == "extra-file":
+        (golden / "step0" / "stray.npy").write_bytes(b"x")
+    else:
+        (golden / "MANIFEST.json").write_bytes(b"\xff\xfe garbage")
+    with pytest.raises(FixtureError, match=message):
+        verify_golden_manifest(golden)

@@ -239,7 +239,7 @@ def test_a_missing_golden_fails_and_says_how_to_make_it(tmp_path: Path, golden: 
     report = check_run(run, tmp_path / "golden" / "1.2.3", "vulkan", "high")
     assert not report.passed
     assert report.problems[0].what == "missing golden"
-    assert "python -m mnnrepro.gradcheck golden --ref 1.2.3" in report.summary()
+    assert "python -m mnnrepro golden --ref 1.2.3" in report.summary()
 
 
 def test_other_batches_or_config_make_the_run_incomparable(tmp_path: Path, golden: Path) -> None:

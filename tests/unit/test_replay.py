@@ -349,3 +349,24 @@ def test_the_workflow_uses_only_what_the_replay_can_stand_in_for() -> None:
             evaluate(text, permissive)
             seen += 1
     assert seen > 20
+
+
+# -- the report ----------------------------------------------------------------------------------------------
+
+
+def test_the_table_and_what_fails_the_replay() -> None:
+    ok = replay.JobResult("checks", "success", steps=[replay.StepResult("checks", "nox -s lint", 0, 12.34)])
+    tolerated = replay.StepResult("reproduce (3.3.0)", "flaky", 1, 1.0, counts=False)
+    broken = replay.StepResult("reproduce (3.3.0)", "nox -s vulkan_buffer", 1, 2.0)
+    mixed = replay.JobResult("reproduce (3.3.0)", "failure", steps=[tolerated, broken])
+    skipped = replay.JobResult(
+        "newest", "skipped", steps=[replay.StepResult("newest", "(job skipped by if:)", None, 0)]
+    )
+    lines = replay.table([ok, mixed, skipped])
+    assert lines[0].split() == ["job", "step", "rc", "seconds"]
+    assert any("nox -s lint" in line and line.split()[-2:] == ["0", "12.3"] for line in lines)
+    assert any("flaky" in line and " 1*" in line for line in lines)
+    assert any("newest" in line and "skip" in line for line in lines)
+    problems = replay.failed([ok, mixed, skipped], ["checks", "reproduce", "newest"])
+    assert problems == ["reproduce (3.3.0): nox -s vulkan_buffer (rc 1)", "newest: skipped by its if: (see --event)"]
+    assert replay.failed([ok], ["checks"]) == []

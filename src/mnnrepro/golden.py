@@ -1,0 +1,166 @@
+"""Making a CPU gradient golden (`mnnrepro golden --ref REF`), on request only: tests never regenerate one.
+
+The CPU driver runs with dumps through the same preflight and builds as every session; its gradients are
+checked against the independent float64 numpy reference (mnnrepro.reference) first, and only then is
+``fixtures/golden/<ref>/`` written, with its provenance, the machine fingerprint that makes its last bits, and a
+sha256 manifest that every run checks before it starts (fixtures.verify_golden_manifest).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from . import fingerprint, fixtures, gradcheck
+from .build import native_key
+from .cells import Cell, CellRun, Workload, run_cell
+from .errors import ConfigError, FixtureError
+from .reference import PARAM_NAMES, PARAM_SHAPES
+from .session import Built, build_ref, preflight_for
+from .settings import Settings
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Beside the common --ref/--source/--cache-dir options (cli._common)."""
+    p.add_argument("--steps", help="comma-separated dump steps, consecutive from 0 (default: matrix [gradcheck])")
+    p.add_argument("--out", type=Path, default=gradcheck.GOLDEN_ROOT, help="golden root (default fixtures/golden)")
+
+
+def main(args: argparse.Namespace, settings: Settings) -> int:
+    if not settings.ref:
+        raise ConfigError("mnnrepro golden needs --ref (the golden of which MNN ref to write)")
+    steps = [int(s) for s in args.steps.split(",")] if args.steps else None
+    generate_golden(settings.ref, steps=steps, settings=settings, out_root=args.out)
+    return 0
+
+
+def _cpu_run(
+    built: Built, steps: list[int], work: Path, matrix: fixtures.Matrix, say: Callable[[str], None]
+) -> CellRun:
+    training = matrix.training
+    workload = Workload(
+        steps=len(steps),
+        batch_size=int(training.get("batch_size", 64)),
+        seed=int(training.get("seed", 1)),
+        precision="high",
+        test_limit=100,
+        extra_args=("--dump-steps", ",".join(map(str, steps)), "--save-init", str(work / "golden" / "init")),
+    )
+    say(f"running the CPU driver for {len(steps)} step(s) with dumps ...")
+    run = run_cell(
+        Cell(built.ref, "cpu", "-"),
+        driver=built.driver,
+        plugin=None,
+        icd=None,
+        workload=workload,
+        timeout_s=float(matrix.timeouts.get("cpu", 120)),
+        runner=built.runner,
+        result_dir=work / "run",
+        use_gdb=False,
+        say=say,
+    )
+    if run.completed.returncode != 0 or run.record.backend.get("active") != "cpu":
+        raise FixtureError(
+            f"the CPU driver run failed (exit {run.completed.returncode}); nothing written",
+            hint=f"see {work / 'run'}/stderr.txt (kept only while this runs: rerun with the same command)",
+        )
+    return run
+
+
+def _provenance(
+    built: Built, run: CellRun, steps: list[int], check: gradcheck.GradReport, manifest: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "format": gradcheck.GOLDEN_FORMAT,
+        "ref": built.ref,
+        "commit": built.tree.commit or built.info.commit,
+        "mnn_version": run.record.start.get("mnn_version"),
+        "source": built.tree.describe(),
+        "compiler": built.builder.toolchain,
+        "cmake_options": built.core.options.cmake_defines(),
+        "core_key": built.core.key,
+        "driver_native_key": native_key(),
+        "driver_argv": run.argv,
+        "config": dict(run.record.start.get("config") or {}),
+        # what makes this golden's last bits: a run elsewhere is held to the fp32 tolerance only
+        "machine": fingerprint.probe(),
+        "steps": steps,
+        "losses": run.record.losses[: len(steps)],
+        "parameters": [{"name": n, "shape": list(PARAM_SHAPES[n])} for n in PARAM_NAMES],
+        "data": {
+            "dir": "fixtures/mnist",
+            "manifest_sha256": {name: meta["sha256"] for name, meta in manifest["files"].items()},
+        },
+        "reference_check": check.to_dict()["summary"],
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": gradcheck.regenerate_command(built.ref) + f" --steps {','.join(map(str, steps))}",
+        "layout": "init/<param>.npy; step<N>/{grad,after}/<param>.npy, batch_indices.npy, dropout_mask.npy "
+        "(float32, as the driver dumps them; native/README.md)",
+    }
+
+
+def _publish(staging: Path, out_root: Path, ref: str) -> Path:
+    """Swap the new golden in whole: a failure leaves the old one."""
+    fixtures.write_manifest(staging)
+    dest = out_root / ref
+    out_root.mkdir(parents=True, exist_ok=True)
+    fresh = Path(tempfile.mkdtemp(prefix=f".{ref}-new-", dir=out_root))
+    shutil.copytree(staging, fresh, dirs_exist_ok=True)
+    old = out_root / f".{ref}-old"
+    shutil.rmtree(old, ignore_errors=True)
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(fresh, dest)
+    shutil.rmtree(old, ignore_errors=True)
+    return dest
+
+
+def generate_golden(
+    ref: str,
+    *,
+    steps: Sequence[int] | None = None,
+    settings: Settings,
+    out_root: Path = gradcheck.GOLDEN_ROOT,
+    say: Callable[[str], None] = print,
+) -> Path:
+    """Run the CPU driver with dumps, check it against the numpy reference, and only then write
+    ``out_root/<ref>/`` (replacing what was there)."""
+    matrix = fixtures.load_matrix()
+    steps = list(steps) if steps is not None else gradcheck.golden_steps(matrix)
+    if steps != list(range(len(steps))):
+        raise FixtureError(f"golden steps must be consecutive from 0, got {steps}")
+    manifest = fixtures.verify_mnist()
+    settings, _ = preflight_for(settings, ("cpu",), say)
+    built = build_ref(ref, ("cpu",), settings, matrix, say)
+    # The driver writes under results_dir (writable in every runner); fixtures/ is read-only in a container.
+    settings.results_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"golden-{ref}-", dir=settings.results_dir) as tmp:
+        work = Path(tmp)
+        run = _cpu_run(built, steps, work, matrix, say)
+        check = gradcheck.check_reference(
+            gradcheck.Dumps(work / "run" / "grads", work / "golden" / "init"),
+            steps,
+            sgd=gradcheck.sgd_config(dict(run.record.start.get("config") or {})),
+            losses=run.record.losses,
+        )
+        say(check.table())
+        if not check.passed:
+            raise FixtureError(
+                "MNN's CPU gradients disagree with the numpy reference: no golden written",
+                hint="read the table above; a real disagreement is a finding, not something to regenerate away",
+            )
+        for step in steps:
+            shutil.copytree(work / "run" / "grads" / f"step{step}", work / "golden" / f"step{step}")
+        provenance = _provenance(built, run, steps, check, manifest)
+        (work / "golden" / "provenance.json").write_text(json.dumps(provenance, indent=1) + "\n")
+        dest = _publish(work / "golden", out_root, ref)
+    size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
+    say(f"golden written: {dest} ({size} bytes); review and commit it")
+    return dest

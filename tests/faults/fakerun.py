@@ -1,0 +1,166 @@
+"""The fault battery's entry point: ``python tests/faults/fakerun.py PLAN.json ARGS...`` is ``python -m mnnrepro
+ARGS...`` with a few of the session's seams replaced as PLAN.json says, in a process of its own (so a real
+signal, a real exit code and real leftovers can be observed from outside).
+
+Modes ("mode" in the plan):
+  fake     no MNN: ``session.build_ref`` resolves the source as usual (a bad --ref or an unreachable server is
+           still the real code's to catch) and returns tests/faults/fake_driver.py as the driver on the host
+           runner, with fake plugins; ``icd.resolve`` gives lavapipe and swiftshader fake manifests; no gdb;
+           the preflight is skipped. Everything else (settings, matrix, fixtures, judge, reports, interrupts)
+           is the suite's own.
+  cached   the real MNN driver and plugins the Docker runner built earlier (paths in the plan), run on the host
+           runner with the real preflight, gdb and ICDs: the host runner's behaviour without building MNN.
+  build    the real ``build`` command on a fake MNN source tree (a tiny CMake project): the preflight is skipped
+           and the native driver is not built (it needs MNN's headers); the core build is real.
+  plain    nothing replaced but the module constants under "patch".
+
+"patch" sets module constants first, e.g. {"mnnrepro.source.NETWORK_TIMEOUT_S": 2}: time limits a test shortens.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+FAKE_DRIVER = HERE / "fake_driver.py"
+FAKE_TOOLCHAIN = {"c++": "fake", "cc": "fake", "cmake": "fake", "ninja": "fake", "runner": "host"}
+
+
+def _patch_constants(patches: dict[str, Any]) -> None:
+    for dotted, value in patches.items():
+        module_name, _, attr = dotted.rpartition(".")
+        module = importlib.import_module(module_name)
+        if not hasattr(module, attr):
+            raise SystemExit(f"fakerun: {module_name} has no {attr} to patch")
+        setattr(module, attr, value)
+
+
+def _no_preflight() -> None:
+    from mnnrepro import session
+    from mnnrepro.settings import Settings
+
+    def preflight_for(settings: Settings, variants: tuple[str, ...], say: Callable[[str], None]) -> Any:
+        say("preflight: skipped by the fault battery (fakerun.py)")
+        return replace(settings, runner="host" if settings.runner == "auto" else settings.runner), []
+
+    session.preflight_for = preflight_for
+
+
+def _resolve_tree(ref: str, settings: Any, matrix: Any) -> Any:
+    from mnnrepro import source
+
+    info = matrix.ref_info(ref)
+    return source.resolve(
+        ref,
+        source=settings.source if ref == (settings.ref or matrix.default_ref) else None,
+        cache_dir=settings.cache_dir,
+        git_url=settings.git_url,
+        allow_clone=settings.clone,
+        pinned_commit=info.commit or None,
+    )
+
+
+def _fake(plan: dict[str, Any]) -> None:
+    from mnnrepro import icd, session
+    from mnnrepro.build import Builder, Core, CoreOptions
+    from mnnrepro.runner import HostRunner
+
+    root = Path(plan["fake_root"])
+    root.mkdir(parents=True, exist_ok=True)
+    driver_plan = root / "driver-plan.json"
+    driver_plan.write_text(json.dumps(plan.get("driver_plan") or {}))
+    wrapper = root / "mnist_driver"
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE_DRIVER}" --fake-plan "{driver_plan}" "$@"\n')
+    wrapper.chmod(0o755)
+    real_resolve = icd.resolve
+
+    def fake_icd(name: str, cache_dir: Path, runner: str = "host") -> icd.Icd:
+        if name not in ("lavapipe", "swiftshader"):
+            return real_resolve(name, cache_dir, runner)
+        manifest = root / "icd" / f"{name}.json"
+        manifest.parent.mkdir(parents=True, exist_ok=True)
+        manifest.write_text(json.dumps({"file_format_version": "1.0.0", "ICD": {"library_path": "/fake/lib.so"}}))
+        return icd.Icd(name, manifest, {"VK_ICD_FILENAMES": str(manifest), "VK_DRIVER_FILES": str(manifest)})
+
+    def build_ref(ref: str, variants: tuple[str, ...], settings: Any, matrix: Any, say: Callable[[str], None]) -> Any:
+        tree = _resolve_tree(ref, settings, matrix)
+        say(f"source: {tree.describe()}")
+        say("build: the fault battery's fake driver (tests/faults/fake_driver.py); nothing is built")
+        runner = HostRunner()
+        builder = Builder(settings.cache_dir, runner, say=say)
+        builder._toolchain = dict(FAKE_TOOLCHAIN)
+        key = "fa" * 32
+        core = Core(key, tree, root / "build", root / "variants", CoreOptions())
+        plugins = {}
+        for variant in variants:
+            if variant != "cpu":
+                lib = root / "plugins" / variant / "libMNN_Vulkan.so"
+                lib.parent.mkdir(parents=True, exist_ok=True)
+                lib.write_bytes(b"")
+                plugins[variant] = lib
+        return session.Built(ref, tree, matrix.ref_info(ref), runner, builder, core, wrapper, plugins, 0.0)
+
+    icd.resolve = fake_icd
+    session.build_ref = build_ref
+    session.usable_gdb = lambda runner, say: None
+    _no_preflight()
+
+
+def _cached(plan: dict[str, Any]) -> None:
+    from mnnrepro import session
+    from mnnrepro.build import Builder, Core, CoreOptions
+    from mnnrepro.runner import HostRunner
+
+    cached = plan["cached"]
+
+    def build_ref(ref: str, variants: tuple[str, ...], settings: Any, matrix: Any, say: Callable[[str], None]) -> Any:
+        tree = _resolve_tree(ref, settings, matrix)
+        say(f"source: {tree.describe()}")
+        say(f"build: the Docker runner's cached core [{cached['core_key'][:12]}], run on the host runner")
+        runner = HostRunner()
+        builder = Builder(settings.cache_dir, runner, say=say)
+        info = matrix.ref_info(ref)
+        options = CoreOptions(compat_cxx_flags=info.compat_cxx_flags)
+        core = Core(cached["core_key"], tree, Path(cached["build_dir"]), Path(cached["variant_dir"]), options)
+        plugins = {v: Path(cached["plugins"][v]) for v in variants if v != "cpu"}
+        return session.Built(ref, tree, info, runner, builder, core, Path(cached["driver"]), plugins, 0.0)
+
+    session.build_ref = build_ref
+
+
+def _build(plan: dict[str, Any]) -> None:
+    from mnnrepro.build import Builder, Core
+
+    def driver(self: Builder, core: Core) -> Path:
+        self.say("native driver: not built by the fault battery (a fake MNN tree has no headers for it)")
+        return core.variant_dir / "no-driver"
+
+    Builder.driver = driver  # type: ignore[method-assign]
+    _no_preflight()
+
+
+def main() -> int:
+    plan = json.loads(Path(sys.argv[1]).read_text())
+    _patch_constants(plan.get("patch") or {})
+    mode = plan.get("mode", "plain")
+    if mode == "fake":
+        _fake(plan)
+    elif mode == "cached":
+        _cached(plan)
+    elif mode == "build":
+        _build(plan)
+    elif mode != "plain":
+        raise SystemExit(f"fakerun: unknown mode {mode!r}")
+    from mnnrepro import cli
+
+    return cli.main(sys.argv[2:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
