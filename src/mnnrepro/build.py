@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import cache
+from . import cache, variants
 from .errors import BuildError, EnvironmentProblem
 from .progress import Progress
 from .runner import Runner, run_with_lines
@@ -36,12 +36,8 @@ KEY_FORMAT = 1
 NATIVE_DIR = Path(__file__).resolve().parents[2] / "native"
 CORE_TARGETS = ("MNN", "MNN_Express", "MNNTrain")
 CORE_LIBS = ("libMNN.so", "express/libMNN_Express.so", "tools/train/libMNNTrain.so")
-PLUGINS = {
-    # kind: (ninja target, library inside the build dir, cmake -D for the mode)
-    "vulkan-image": ("MNN_Vulkan", "source/backend/vulkan/libMNN_Vulkan.so", ("-DMNN_VULKAN_IMAGE=ON",)),
-    "vulkan-buffer": ("MNN_Vulkan", "source/backend/vulkan/libMNN_Vulkan.so", ("-DMNN_VULKAN_IMAGE=OFF",)),
-    "opencl": ("MNN_CL", "source/backend/opencl/libMNN_CL.so", ()),
-}
+# kind: (ninja target, library inside the build dir, cmake -D for the mode), from the variants table.
+PLUGINS = {v.name: (v.plugin_target, v.plugin_lib, v.cmake) for v in variants.TABLE if v.has_plugin}
 STAMP = cache.STAMP
 
 
@@ -333,13 +329,12 @@ class Builder:
         if self._complete(dest):
             self.log.add(kind, core.key, 0.0, cached=True)
             return lib
-        if kind == "vulkan-buffer":
-            shader = "source/backend/vulkan/buffer/compiler/AllShader.cpp"
-            if not (core.source.path / shader).is_file():
+        for needed in variants.get(kind).requires:
+            if not (core.source.path / needed).is_file():
                 raise BuildError(
-                    f"{shader} is missing from the MNN tree at {core.source.path}: buffer mode cannot link",
-                    hint="regenerate it with MNN's source/backend/vulkan/buffer/compiler/makeshader.py "
-                    "(needs glslangValidator), or use a full checkout",
+                    f"{needed} is missing from the MNN tree at {core.source.path}: {kind} cannot link",
+                    hint=f"regenerate it with MNN's {Path(needed).parent}/makeshader.py (needs glslangValidator), "
+                    "or use a full checkout",
                 )
         with self._lock(core.key[:24]):
             if self._complete(dest):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import faults as planted
+from . import variants
 from .contract import RunRecord, read_events
 from .fixtures import MNIST
 from .icd import Icd
@@ -29,7 +30,7 @@ from .runner import Completed, Runner, loader_env, run_writing
 GDB_SCRIPT = Path(__file__).with_name("gdb_capture.py")
 # Driver options that name a directory it writes (native/README.md), besides --out.
 OUTPUT_OPTIONS = ("--save-init", "--dump-dir")
-BACKEND_OF = {"cpu": "cpu", "vulkan-image": "vulkan", "vulkan-buffer": "vulkan", "opencl": "opencl"}
+BACKEND_OF = {v.name: v.backend for v in variants.TABLE}
 
 
 @dataclass(frozen=True)

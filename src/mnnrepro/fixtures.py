@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import variants
 from .errors import FixtureError
 
 CHECKOUT_ENV = "MNNREPRO_CHECKOUT"
@@ -58,7 +59,7 @@ FIXTURES = ROOT / "fixtures"
 MNIST = FIXTURES / "mnist"
 MATRIX = FIXTURES / "matrix.toml"
 
-VARIANTS = ("cpu", "vulkan-image", "vulkan-buffer", "opencl")
+VARIANTS = variants.NAMES
 OUTCOMES = ("reproduce", "fixed", "pass")
 # Where a ref runs: "ci" in .ci/run and on every push, "push" on every push, "scheduled" in the scheduled
 # workflow only (so adding refs never pushes a cold .ci/run past its budget).

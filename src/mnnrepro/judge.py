@@ -13,6 +13,7 @@ Verdicts (one meaning each, see README):
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,9 @@ FAIL = "FAIL"
 NOT_EXERCISED = "NOT-EXERCISED"
 HANG = "HANG"
 UNEXPECTED_CRASH = "UNEXPECTED-CRASH"
+
+# Verdicts that fail every report, whatever the expectation says: the backend was not judged at all.
+NEVER_PASS = (NOT_EXERCISED, HANG)
 
 # What each expected outcome accepts.
 ACCEPTS = {"reproduce": REPRODUCED, "fixed": FIXED, "pass": PASS}
@@ -271,3 +275,24 @@ def _known_signature(expectation: Expectation | None, known_bugs: tuple[Expectat
         if row.bug == expectation.bug and row.outcome == "reproduce":
             return row
     return None
+
+
+def combine_repeats(runs: list[tuple[CellRun, Verdict]]) -> tuple[CellRun, Verdict]:
+    """One row for N repeats of a cell: matched only if every repeat matched; the rate and determinism are
+    evidence. The row's verdict is the first repeat's when all agree, else the most frequent one."""
+    first_run, first = runs[0]
+    if len(runs) == 1:
+        return first_run, first
+    counts = Counter(v.verdict for _, v in runs)
+    verdict = first.verdict if len(counts) == 1 else counts.most_common(1)[0][0]
+    losses = [tuple(r.record.losses) for r, _ in runs if r.record.losses]
+    deterministic = len(set(losses)) <= 1 if losses else None
+    rate = ", ".join(f"{v} {n}/{len(runs)}" for v, n in counts.most_common())
+    evidence = dict(first.evidence)
+    evidence["repeats"] = {"n": len(runs), "verdicts": dict(counts), "identical_losses": deterministic}
+    reason = (
+        f"{rate}; losses {'identical' if deterministic else 'differ' if deterministic is False else 'n/a'} "
+        f"across repeats; first: {first.reason}"
+    )
+    combined = Verdict(verdict, all(v.matched for _, v in runs), first.expected, reason, first.checks, evidence)
+    return first_run, combined

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .cells import CellRun
-from .judge import HANG, NOT_EXERCISED, Verdict
+from .judge import NEVER_PASS, Verdict
 
 SUMMARY_FORMAT = 1
 SUMMARY_FILE = "summary.json"
@@ -29,7 +29,6 @@ LOSS_PLOT_FILE = "loss.png"
 STEP_SUMMARY_ENV = "GITHUB_STEP_SUMMARY"
 
 # Verdicts that fail a report even where an expectation would accept them (none does today: belt and braces).
-NEVER_PASS = (NOT_EXERCISED, HANG)
 
 
 def table(rows: list[tuple[CellRun, Verdict]]) -> str:

@@ -9,20 +9,31 @@ import shutil
 import sys
 import time
 import traceback
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import __version__, fixtures, gradcheck, icd, image, interrupts, preflight, report, source, swiftshader
+from . import (
+    __version__,
+    fixtures,
+    gradcheck,
+    icd,
+    image,
+    interrupts,
+    preflight,
+    report,
+    source,
+    swiftshader,
+    variants,
+)
 from .build import Builder, Core, CoreOptions
 from .cells import Cell, CellRun, Workload, run_cell
 from .contract import RunRecord
 from .docker_runner import DockerRunner, remove_leftovers
 from .errors import EXIT_MISMATCH, ConfigError, EnvironmentProblem
-from .judge import ACCEPTS, FAIL, Check, Verdict, judge
+from .judge import ACCEPTS, FAIL, Check, Verdict, combine_repeats, judge
 from .reference import PARAM_NAMES, PARAM_SHAPES
 from .runner import Completed, HostRunner, Runner
 from .settings import ICD_NAMES, Settings
@@ -91,16 +102,16 @@ def _results_dir(settings: Settings, name: str) -> Path:
     return path
 
 
-def cells_for(ref: str, variants: tuple[str, ...], icds: tuple[str, ...]) -> list[Cell]:
+def cells_for(ref: str, names: tuple[str, ...], icds: tuple[str, ...]) -> list[Cell]:
+    """The CPU baseline first (wherever a GPU variant is compared with it), then each variant: once per ICD
+    where it takes one, else once."""
     cells = []
-    needs_cpu = any(v != "cpu" for v in variants)
-    if needs_cpu or "cpu" in variants:
-        cells.append(Cell(ref, "cpu", "-"))
-    for variant in variants:
-        if variant.startswith("vulkan"):
-            cells += [Cell(ref, variant, name) for name in icds]
-        elif variant == "opencl":
-            cells.append(Cell(ref, variant, "-"))
+    if variants.BASELINE in names or any(n != variants.BASELINE for n in names):
+        cells.append(Cell(ref, variants.BASELINE, "-"))
+    for name in names:
+        if name == variants.BASELINE:
+            continue
+        cells += [Cell(ref, name, i) for i in icds] if variants.get(name).per_icd else [Cell(ref, name, "-")]
     return cells
 
 
@@ -131,7 +142,7 @@ class Built:
 
 
 def build_ref(
-    ref: str, variants: tuple[str, ...], settings: Settings, matrix: fixtures.Matrix, say: Callable[[str], None]
+    ref: str, names: tuple[str, ...], settings: Settings, matrix: fixtures.Matrix, say: Callable[[str], None]
 ) -> Built:
     """Resolve the source of one ref, pick the runner, build (or find in the cache) the core, the driver and
     the plugins the variants need."""
@@ -154,13 +165,13 @@ def build_ref(
     t0 = time.monotonic()
     core: Core = builder.core(tree, CoreOptions(compat_cxx_flags=info.compat_cxx_flags))
     driver = builder.driver(core)
-    plugins = {v: builder.plugin(core, v) for v in variants if v != "cpu"}
+    plugins = {v: builder.plugin(core, v) for v in names if variants.get(v).has_plugin}
     return Built(ref, tree, info, runner, builder, core, driver, plugins, time.monotonic() - t0)
 
 
 def _run_ref(
     ref: str,
-    variants: tuple[str, ...],
+    names: tuple[str, ...],
     settings: Settings,
     matrix: fixtures.Matrix,
     results: Path,
@@ -170,11 +181,11 @@ def _run_ref(
 ) -> None:
     """Build and run every cell of one ref, filling in its header (fingerprint) and appending its judged rows
     as they finish (an interrupt keeps what finished)."""
-    built = build_ref(ref, variants, settings, matrix, say)
+    built = build_ref(ref, names, settings, matrix, say)
     tree, info, runner, builder, core = built.tree, built.info, built.runner, built.builder, built.core
     driver, plugins, build_s = built.driver, built.plugins, built.build_s
     gdb_path = usable_gdb(runner, say) if settings.gdb else None
-    vulkan = any(v.startswith("vulkan") for v in variants)
+    vulkan = variants.takes_icds(names)
     icds = {n: icd.resolve(n, settings.cache_dir, runner.name) for n in settings.icds} if vulkan else {}
     workload = _workload(matrix, settings)
     header.update(
@@ -203,7 +214,7 @@ def _run_ref(
     # this same build (GPU cells): never failed for a file a user cannot have.
     golden_dir: Path | None = committed if (committed / "provenance.json").is_file() else None
     header["golden"] = str(committed) if golden_dir else "none committed: numpy reference + this session's CPU run"
-    for cell in cells_for(ref, variants, settings.icds):
+    for cell in cells_for(ref, names, settings.icds):
         expectation = matrix.expectation(ref, cell.variant, cell.icd, version)
         covered_by = expectation.covers(ref, version) or "" if expectation else ""
         # Cells that should train also dump gradients and start from the golden's initial parameters; a cell
@@ -368,31 +379,9 @@ def usable_gdb(runner: Runner, say: Callable[[str], None]) -> str | None:
     return None
 
 
-def combine_repeats(runs: list[tuple[CellRun, Verdict]]) -> tuple[CellRun, Verdict]:
-    """One row for N repeats of a cell: matched only if every repeat matched; the rate and determinism are
-    evidence. The row's verdict is the first repeat's when all agree, else the most frequent one."""
-    first_run, first = runs[0]
-    if len(runs) == 1:
-        return first_run, first
-    counts = Counter(v.verdict for _, v in runs)
-    verdict = first.verdict if len(counts) == 1 else counts.most_common(1)[0][0]
-    losses = [tuple(r.record.losses) for r, _ in runs if r.record.losses]
-    deterministic = len(set(losses)) <= 1 if losses else None
-    rate = ", ".join(f"{v} {n}/{len(runs)}" for v, n in counts.most_common())
-    evidence = dict(first.evidence)
-    evidence["repeats"] = {"n": len(runs), "verdicts": dict(counts), "identical_losses": deterministic}
-    reason = (
-        f"{rate}; losses {'identical' if deterministic else 'differ' if deterministic is False else 'n/a'} "
-        f"across repeats; first: {first.reason}"
-    )
-    combined = Verdict(verdict, all(v.matched for _, v in runs), first.expected, reason, first.checks, evidence)
-    return first_run, combined
-
-
 def check_session(name: str, settings: Settings) -> None:
     """Configuration errors a session can know before anything is built or any directory is made."""
-    variants = SESSIONS[name]
-    if any(v.startswith("vulkan") for v in variants) and not settings.icds:
+    if variants.takes_icds(SESSIONS[name]) and not settings.icds:
         raise ConfigError(
             f"session {name} judges Vulkan cells but no Vulkan ICD was given (--icd is empty)",
             hint=f"name at least one: --icd {','.join(ICD_NAMES[:2])} (known: {', '.join(ICD_NAMES)})",
@@ -412,14 +401,14 @@ def resolve_runner(settings: Settings, say: Callable[[str], None]) -> str:
 
 
 def preflight_for(
-    settings: Settings, variants: tuple[str, ...], say: Callable[[str], None]
+    settings: Settings, names: tuple[str, ...], say: Callable[[str], None]
 ) -> tuple[Settings, list[preflight.Finding]]:
     """Every check that can fail before a build (issue: first contact), for the runner that will be used.
     Returns the settings with the runner resolved; raises EnvironmentProblem naming every problem at once."""
     kind = resolve_runner(settings, say)
-    vulkan = any(v.startswith("vulkan") for v in variants)
+    vulkan = variants.takes_icds(names)
     findings = preflight.run(
-        settings, icds=settings.icds if vulkan else (), opencl="opencl" in variants, runner=kind, say=say
+        settings, icds=settings.icds if vulkan else (), opencl="opencl" in names, runner=kind, say=say
     )
     try:
         preflight.require(findings)
@@ -442,7 +431,7 @@ def session_refs(name: str, settings: Settings, matrix: fixtures.Matrix) -> list
 
 
 def run_session(name: str, settings: Settings, *, say: Callable[[str], None] = print) -> int:
-    variants = SESSIONS[name]
+    names = SESSIONS[name]
     check_session(name, settings)
     matrix = fixtures.load_matrix()
     refs = session_refs(name, settings, matrix)
@@ -452,7 +441,7 @@ def run_session(name: str, settings: Settings, *, say: Callable[[str], None] = p
     for ref in refs:  # a corrupt or truncated golden is known now, not after the build
         if (gradcheck.GOLDEN_ROOT / ref).is_dir():
             fixtures.verify_golden_manifest(gradcheck.GOLDEN_ROOT / ref)
-    settings, _ = preflight_for(settings, variants, say)
+    settings, _ = preflight_for(settings, names, say)
     results = _results_dir(settings, name)
     say(f"mnnrepro {__version__}: session {name}, results in {results}")
     for line in settings.describe():
@@ -464,7 +453,7 @@ def run_session(name: str, settings: Settings, *, say: Callable[[str], None] = p
     try:
         for ref in refs:
             per_ref[ref] = {"ref": ref}
-            _run_ref(ref, variants, settings, matrix, results, say, per_ref[ref], rows)
+            _run_ref(ref, names, settings, matrix, results, say, per_ref[ref], rows)
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (interrupts.py): report what finished, then stop
         stopped = exc
         say(f"\n{interrupts.signal_name(exc)}: stopping; writing the reports of the cells that finished")
@@ -482,7 +471,7 @@ def run_session(name: str, settings: Settings, *, say: Callable[[str], None] = p
     data = report.summary(header, rows)
     if stopped is not None:
         done = {run.cell.id for run, _ in rows}
-        planned = [c for ref in refs for c in cells_for(ref, variants, settings.icds)]
+        planned = [c for ref in refs for c in cells_for(ref, names, settings.icds)]
         reason = f"not finished: the session was interrupted ({interrupts.signal_name(stopped)})"
         data["cells"] += [
             report.interrupted_cell(c.id, c.ref, c.variant, c.icd, reason) for c in planned if c.id not in done
