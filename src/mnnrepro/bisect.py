@@ -25,7 +25,9 @@ import fnmatch
 import hashlib
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -33,7 +35,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .errors import EXIT_MISMATCH, MnnReproError, SourceError
+from . import fixtures, hostcmd, icd, session, source
+from .build import Builder, CoreOptions
+from .cells import Cell, run_cell
+from .errors import EXIT_MISMATCH, BuildError, MnnReproError, SourceError
+from .judge import judge
+from .session import _results_dir
 from .settings import Settings
 
 STATE_FORMAT = 1
@@ -101,11 +108,18 @@ class Result:
 
 
 # -- git --------------------------------------------------------------------------------------------------
+GIT_LOCAL_TIMEOUT_S = 600.0  # rev-list/archive of a whole tree: local, but hundreds of MB
+GIT_NETWORK_TIMEOUT_S = 1800.0  # a full-history clone of MNN
+
+
 def git(git_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run(["git", "--git-dir", str(git_dir), *args], capture_output=True, text=True)
-    if check and res.returncode != 0:
-        raise SourceError(f"git {' '.join(args)} failed in {git_dir}: {res.stderr.strip()[-400:]}")
-    return res
+    return hostcmd.run(
+        ["git", "--git-dir", str(git_dir), *args],
+        timeout_s=GIT_LOCAL_TIMEOUT_S,
+        what=f"git {' '.join(args)} in {git_dir}",
+        check=check,
+        error=SourceError,
+    )
 
 
 def repo_git_dir(path: Path) -> Path:
@@ -317,7 +331,6 @@ class MnnOracle:
     def __init__(
         self, git_dir: Path, variant: str, settings: Settings, results: Path, say: Callable[[str], None]
     ) -> None:
-        from . import fixtures
 
         self.git_dir = git_dir
         self.variant = variant
@@ -329,14 +342,11 @@ class MnnOracle:
         self._gdb: dict[str, str | None] = {}
 
     def _tree(self, commit: str) -> Any:
-        from . import source
 
         cached = self.settings.cache_dir / "src" / commit
         if (cached / source.PROVENANCE).is_file():
             return source.resolve(commit, source=None, cache_dir=self.settings.cache_dir, git_url="", allow_clone=False)
         if cached.exists():  # a leftover without provenance: not ours to trust
-            import shutil
-
             shutil.rmtree(cached)
         return source.import_from_git(self.git_dir, commit, self.settings.cache_dir)
 
@@ -349,11 +359,6 @@ class MnnOracle:
         return ()
 
     def __call__(self, commit: str) -> Outcome:
-        from . import icd, session
-        from .build import Builder, CoreOptions
-        from .cells import Cell, run_cell
-        from .errors import BuildError
-        from .judge import judge
 
         settings = self.settings
         try:
@@ -422,17 +427,30 @@ def default_git_dir(settings: Settings, say: Callable[[str], None]) -> Path:
     if local.is_dir():
         return repo_git_dir(local)
     dest = settings.cache_dir / "git" / (hashlib.sha256(url.encode()).hexdigest()[:12] + ".git")
+    hint = "pass --git-dir with a local clone of MNN"
     if (dest / "HEAD").is_file():
         say(f"updating {dest} from {url}")
-        res = subprocess.run(
-            ["git", "--git-dir", str(dest), "fetch", "-q", "--tags", url, "+refs/heads/*:refs/heads/*"]
+        argv = ["git", "--git-dir", str(dest), "fetch", "-q", "--tags", url, "+refs/heads/*:refs/heads/*"]
+        hostcmd.run(
+            argv, timeout_s=GIT_NETWORK_TIMEOUT_S, what=f"fetch {url}", retries=2, say=say, hint=hint, error=SourceError
         )
-    else:
-        say(f"cloning {url} (bare, full history) into {dest}; pass --git-dir to use an existing clone")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        res = subprocess.run(["git", "clone", "-q", "--bare", url, str(dest)])
-    if res.returncode != 0:
-        raise SourceError(f"could not clone or fetch {url}", hint="pass --git-dir with a local clone of MNN")
+        return dest
+    say(f"cloning {url} (bare, full history) into {dest}; pass --git-dir to use an existing clone")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    try:  # cloned aside, then moved in: an interrupted clone leaves nothing that looks like a repository
+        hostcmd.run(
+            ["git", "clone", "-q", "--bare", url, str(staging / "repo")],
+            timeout_s=GIT_NETWORK_TIMEOUT_S,
+            what=f"clone {url}",
+            retries=2,
+            say=say,
+            hint=hint,
+            error=SourceError,
+        )
+        os.replace(staging / "repo", dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return dest
 
 
@@ -455,7 +473,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace, settings: Settings, *, say: Callable[[str], None] = print) -> int:
     """The ``bisect`` subcommand, with the MNN build-and-run oracle."""
-    from .session import _results_dir
 
     if len(settings.icds) != 1:
         raise BisectError(f"bisect judges one cell: give one --icd, not {','.join(settings.icds)}")

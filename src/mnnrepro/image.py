@@ -12,13 +12,12 @@ import hashlib
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import swiftshader
+from . import hostcmd, swiftshader
 from .errors import BuildError, EnvironmentProblem
 from .fixtures import ROOT
 from .progress import Progress
@@ -28,6 +27,7 @@ DEFAULT_BASE = "debian:bookworm-slim"
 BOOTSTRAP_REPO, BOOTSTRAP_TAG = "mnnrepro/debian", "bookworm-bootstrap"
 BOOTSTRAP_IMAGE = f"{BOOTSTRAP_REPO}:{BOOTSTRAP_TAG}"
 IMAGE_REPO = "mnnrepro/toolchain"
+DEBOOTSTRAP_TIMEOUT_S = 1800.0  # a minimal bookworm: ~2-3 min here; generous for slow mirrors
 
 
 def docker_sdk() -> Any:
@@ -107,17 +107,18 @@ def bootstrap_base(client: Any, *, mirror: str | None = None, say: Callable[[str
     work = Path(tempfile.mkdtemp(prefix="mnnrepro-rootfs-"))
     try:
         say(f"bootstrapping Debian bookworm from {url} (one time, a few minutes)")
-        res = subprocess.run(
-            ["debootstrap", "--variant=minbase", "bookworm", str(work / "root"), url], capture_output=True, text=True
+        hostcmd.run(
+            ["debootstrap", "--variant=minbase", "bookworm", str(work / "root"), url],
+            timeout_s=DEBOOTSTRAP_TIMEOUT_S,
+            what=f"debootstrap bookworm from {url}",
+            retries=1,
+            say=say,
+            hint="check the mirror is reachable over http, or set MNNREPRO_DEBIAN_MIRROR",
+            error=EnvironmentProblem,
         )
-        if res.returncode != 0:
-            raise EnvironmentProblem(
-                f"debootstrap failed: {(res.stderr or res.stdout)[-600:]}",
-                hint="check the mirror is reachable over http, or set MNNREPRO_DEBIAN_MIRROR",
-            )
         shutil.rmtree(work / "root" / "var" / "cache" / "apt" / "archives", ignore_errors=True)
         tar = work / "rootfs.tar"
-        subprocess.run(["tar", "-C", str(work / "root"), "-cf", str(tar), "."], check=True)
+        hostcmd.run(["tar", "-C", str(work / "root"), "-cf", str(tar), "."], timeout_s=600, what="pack the rootfs")
         with open(tar, "rb") as f:
             client.images.client.api.import_image_from_data(f.read(), repository=BOOTSTRAP_REPO, tag=BOOTSTRAP_TAG)
     finally:

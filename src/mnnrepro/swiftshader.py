@@ -16,7 +16,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from .errors import EnvironmentProblem
+from . import hostcmd
+from .errors import EnvironmentProblem, MnnReproError
 
 PACKAGE = "@sparticuz/chromium"
 VERSION = "143.0.4"
@@ -49,10 +50,10 @@ def registry() -> str:
         return explicit.rstrip("/") + "/"
     if shutil.which("npm"):
         try:
-            res = subprocess.run(["npm", "config", "get", "registry"], capture_output=True, text=True, timeout=30)
+            res = hostcmd.run(["npm", "config", "get", "registry"], timeout_s=30, what="npm config", check=False)
             if res.returncode == 0 and res.stdout.strip().startswith("http"):
                 return res.stdout.strip().rstrip("/") + "/"
-        except (OSError, subprocess.TimeoutExpired):
+        except MnnReproError:
             pass
     return DEFAULT_REGISTRY
 
@@ -97,7 +98,7 @@ def _brotli_decompress(data: bytes) -> bytes:
             "cannot decompress swiftshader.tar.br: neither the brotli CLI nor module is present",
             hint="pip install brotli (a dependency of mnnrepro), or apt-get install brotli",
         )
-    return subprocess.run([exe, "-d", "-c"], input=data, capture_output=True, check=True).stdout
+    return subprocess.run([exe, "-d", "-c"], input=data, capture_output=True, check=True, timeout=300).stdout
 
 
 def ensure(cache_dir: Path, *, tarball: Path | None = None) -> Path:
