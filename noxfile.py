@@ -196,10 +196,10 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Training cost per backend (prep/exec per step, CPU fallbacks, ratio to CPU; `python -m mnnrepro.bench`),
+    """Training cost per backend (prep/exec per step, CPU fallbacks, ratio to CPU; `python -m mnnrepro bench`),
     then cold/warm builds (bench/bench_build.py). Arguments after `--` go to the former:
     `nox -s bench -- --repeat 5 --compare results/<run>/bench.json`. BENCH_SKIP_BUILD=1 skips the latter."""
     _install(session, "docker")
-    session.run("python", "-m", "mnnrepro.bench", *session.posargs)
+    session.run("python", "-m", "mnnrepro", "bench", *session.posargs)
     if os.environ.get("BENCH_SKIP_BUILD", "") != "1":
         session.run("python", str(ROOT / "bench" / "bench_build.py"))

@@ -1,6 +1,6 @@
 """`nox -s bench` (issue 6): the cost of training per backend, per step, split into preparation and execution.
 
-``python -m mnnrepro.bench [--repeat 3] [--steps 20] [--icd lavapipe,swiftshader,host] [--compare OLD.json]``
+``python -m mnnrepro bench [--repeat 3] [--steps 20] [--icd lavapipe,swiftshader,host] [--compare OLD.json]``
 
 Backends: the CPU, Vulkan buffer mode on every ICD asked for (``host`` counts only when its device is not a
 CPU-type device, read from the driver's ``backend.device.type``), and OpenCL (needs a GPU-type OpenCL device;
@@ -43,20 +43,22 @@ import json
 import math
 import os
 import statistics
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from . import fixtures, icd, source
-from .build import Builder, CoreOptions
-from .cells import Cell, Workload, run_cell
+from .build import Builder, Core, CoreOptions
+from .cells import Cell, CellRun, Workload, run_cell
 from .contract import EVENTS_VERSION, RunRecord
+from .errors import ConfigError
+from .icd import Icd
+from .runner import Runner
 from .session import make_runner
-from .settings import load
+from .settings import Settings
 
 SCHEMA = "mnnrepro-bench/1"
 WARMUP_STEPS = 1  # step 0: first resize and pipeline compilation
@@ -296,6 +298,15 @@ class Samples:
     def add_untraced(self, steps: Sequence[dict[str, Any]]) -> None:
         self.untraced += [v for s, v in sorted(step_totals(steps).items()) if s >= WARMUP_STEPS]
 
+    def add_run(self, run: CellRun, traced: bool) -> None:
+        """A traced run's prep/exec split (and its CPU-fallback ops, from the first), or an untraced run's totals."""
+        if traced:
+            self.add_traced(read_timing(run.result_dir / "events.jsonl"), run.record.steps)
+            if self.cpu_ops is None:
+                self.cpu_ops = cpu_fallback_ops(run.record)
+        else:
+            self.add_untraced(run.record.steps)
+
     def row(self, backend: str, device: str) -> Row:
         if not self.total and not self.untraced:
             return Row(backend, FAILED, "no step after warm-up was measured", device)
@@ -482,8 +493,43 @@ def _device_type(record: RunRecord) -> str:
     return str(device.get("type") or "")
 
 
-def measure(args: argparse.Namespace, say: Callable[[str], None]) -> tuple[list[Row], dict[str, Any]]:
-    settings = load({"runner": args.runner, "ref": args.ref, "icds": args.icd})
+def _out_dir(args: argparse.Namespace, settings: Settings) -> Path:
+    if args.out:
+        return Path(args.out)
+    return settings.results_dir / (datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-bench")
+
+
+def _workload(matrix: fixtures.Matrix, steps: int) -> Workload:
+    """The matrix's [training] workload, with the bench's number of steps."""
+    training = dict(matrix.training)
+    return Workload(
+        steps=steps,
+        batch_size=int(training.get("batch_size", 64)),
+        seed=int(training.get("seed", 1)),
+        precision=str(training.get("precision", "high")),
+        test_limit=100,
+    )
+
+
+@dataclass(frozen=True)
+class _Rig:
+    """What every run of one bench shares: the source, the runner, the built core and driver, the workload."""
+
+    args: argparse.Namespace
+    ref: str
+    tree: source.SourceTree
+    out_dir: Path
+    cache_dir: Path
+    runner: Runner
+    builder: Builder
+    core: Core
+    driver: Path
+    workload: Workload
+    say: Callable[[str], None]
+
+
+def _prepare(args: argparse.Namespace, settings: Settings, say: Callable[[str], None]) -> _Rig:
+    """Resolve the source, make the runner and build (or find in the cache) the core and the driver."""
     matrix = fixtures.load_matrix()
     ref = settings.ref or matrix.default_ref
     info = matrix.ref_info(ref)
@@ -495,173 +541,234 @@ def measure(args: argparse.Namespace, say: Callable[[str], None]) -> tuple[list[
         allow_clone=settings.clone,
         pinned_commit=info.commit or None,
     )
-    out_dir = (
-        Path(args.out) if args.out else settings.results_dir / (datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-bench")
-    )
+    out_dir = _out_dir(args, settings)
     out_dir.mkdir(parents=True, exist_ok=True)
     runner = make_runner(settings, tree, say)
     builder = Builder(settings.cache_dir, runner, jobs=settings.jobs or None, say=say)
     core = builder.core(tree, CoreOptions(compat_cxx_flags=info.compat_cxx_flags))
     driver = builder.driver(core)
-    training = dict(matrix.training)
-    workload = Workload(
-        steps=args.steps,
-        batch_size=int(training.get("batch_size", 64)),
-        seed=int(training.get("seed", 1)),
-        precision=str(training.get("precision", "high")),
-        test_limit=100,
-    )
+    workload = _workload(matrix, args.steps)
+    return _Rig(args, ref, tree, out_dir, settings.cache_dir, runner, builder, core, driver, workload, say)
+
+
+@dataclass(frozen=True)
+class _Target:
+    """The runs of one row: a cell with the dynamic or the static graph, and the plugin and ICD it loads."""
+
+    cell: Cell
+    static: bool
+    plugin: Path | None = None
+    icd: Icd | None = None
+
+    @property
+    def base_name(self) -> str:
+        return self.cell.variant if self.cell.icd == "-" else f"{self.cell.variant}/{self.cell.icd}"
+
+    @property
+    def backend(self) -> str:
+        return self.base_name + (STATIC if self.static else "")
+
+
+def plan(ref: str, icds: Sequence[str], with_static: bool) -> list[_Target]:
+    """The rows to measure, in table order: CPU, Vulkan buffer mode per ICD, OpenCL; then the same with the
+    static graph."""
     cells: list[Cell] = [Cell(ref, "cpu", "-")]
-    cells += [Cell(ref, "vulkan-buffer", name) for name in settings.icds]
+    cells += [Cell(ref, "vulkan-buffer", name) for name in icds]
     cells.append(Cell(ref, "opencl", "-"))
-    plan = [(c, False) for c in cells] + ([] if args.no_static else [(c, True) for c in cells])
+    return [_Target(c, False) for c in cells] + ([_Target(c, True) for c in cells] if with_static else [])
+
+
+def measure(
+    args: argparse.Namespace, settings: Settings, say: Callable[[str], None]
+) -> tuple[list[Row], dict[str, Any]]:
+    rig = _prepare(args, settings, say)
     load_before = _loadavg()
     say(
-        f"bench: MNN {ref} ({(tree.commit or '?')[:10]}), runner {runner.name}, {args.steps} steps x batch "
-        f"{workload.batch_size}, {args.repeat} repetition(s) traced + untraced, load {load_before}"
+        f"bench: MNN {rig.ref} ({(rig.tree.commit or '?')[:10]}), runner {rig.runner.name}, {args.steps} steps x "
+        f"batch {rig.workload.batch_size}, {args.repeat} repetition(s) traced + untraced, load {load_before}"
     )
-    rows: list[Row] = []
-    skip: dict[str, Row] = {}
-    dynamic_losses: dict[str, list[float]] = {}
-    static_losses: dict[str, list[float]] = {}
-    for cell, static in plan:
-        base_name = cell.variant if cell.icd == "-" else f"{cell.variant}/{cell.icd}"
-        backend = base_name + (STATIC if static else "")
-        if base_name in skip:  # not exercised / failed with the dynamic graph: the static one is not tried
-            rows.append(Row(backend, skip[base_name].status, skip[base_name].reason, skip[base_name].device))
-            continue
-        plugin = builder.plugin(core, cell.variant) if cell.variant != "cpu" else None
-        the_icd = icd.resolve(cell.icd, settings.cache_dir, runner.name) if cell.backend == "vulkan" else None
-        samples = Samples()
-        device = ""
-        status_row: Row | None = None
-        for rep in range(args.repeat):
-            for traced in (True, False) if not args.no_untraced else (True,):
-                label = "traced" if traced else "untraced"
-                say(f"  {backend} repetition {rep + 1}/{args.repeat} ({label}) ...")
-                extra: tuple[str, ...] = ("--static-graph",) if static else ()
-                extra += () if traced else ("--no-trace-ops",)
-                wl = Workload(**{**workload.__dict__, "extra_args": extra})
-                run = run_cell(
-                    cell,
-                    driver=driver,
-                    plugin=plugin,
-                    icd=the_icd,
-                    workload=wl,
-                    timeout_s=float(args.timeout),
-                    runner=runner,
-                    result_dir=out_dir / "cells" / cell.dirname / f"{'static-' if static else ''}{label}-{rep + 1}",
-                    use_gdb=False,
-                )
-                record = run.record
-                device = record.device_name or device
-                if record.exercised is False:
-                    reason = str(record.backend.get("reason") or "backend not active")
-                    status_row = Row(backend, NOT_EXERCISED, reason, device)
-                elif cell.icd == "host" and _device_type(record).upper().endswith("CPU"):
-                    status_row = Row(
-                        backend,
-                        NOT_EXERCISED,
-                        f"host ICD's device is a CPU-type device ({device}), not a real GPU",
-                        device,
-                    )
-                elif run.completed.returncode != 0 or not record.done:
-                    status_row = Row(backend, FAILED, f"driver exit {run.completed.returncode}: {record.error}", device)
-                if status_row is not None:
-                    break
-                if traced and rep == 0:
-                    (static_losses if static else dynamic_losses)[base_name] = record.losses
-                if traced:
-                    samples.add_traced(read_timing(run.result_dir / "events.jsonl"), record.steps)
-                    if samples.cpu_ops is None:
-                        samples.cpu_ops = cpu_fallback_ops(record)
-                else:
-                    samples.add_untraced(record.steps)
-            if status_row is not None:
-                break
-            samples.repeats += 1
-        row = status_row or samples.row(backend, device)
-        if status_row is not None:
-            skip[base_name] = status_row
-        if static and row.status == MEASURED:
-            row.loss_diff = loss_diff(dynamic_losses.get(base_name, []), static_losses.get(base_name, []))
-        if cell.variant == "cpu" and row.status == MEASURED:
-            row.cpu_ops = None  # the CPU backend has nothing to fall back from
-        rows.append(row)
-        say(f"  {backend}: {row.status} {row.reason}".rstrip())
+    rows = _measure_rows(rig, plan(rig.ref, settings.icds, not args.no_static))
     rows.insert(2 + len(settings.icds), Row("vulkan-image", NOT_MEASURED, IMAGE_MODE_NOTE))
     add_ratios(rows)
-    meta = {
+    return rows, _meta(rig, load_before)
+
+
+def _measure_rows(rig: _Rig, targets: Sequence[_Target]) -> list[Row]:
+    """One row per target. A backend the dynamic graph found not exercised (or failing) is not tried again."""
+    rows: list[Row] = []
+    skip: dict[str, Row] = {}
+    losses: dict[tuple[str, bool], list[float]] = {}  # (base name, static): the first traced run's losses
+    for target in targets:
+        name = target.base_name
+        if name in skip:  # not exercised / failed with the dynamic graph: the static one is not tried
+            rows.append(Row(target.backend, skip[name].status, skip[name].reason, skip[name].device))
+            continue
+        samples, device, stopped = _repetitions(rig, target, losses)
+        row = stopped or samples.row(target.backend, device)
+        if stopped is not None:
+            skip[name] = stopped
+        if target.static and row.status == MEASURED:
+            row.loss_diff = loss_diff(losses.get((name, False), []), losses.get((name, True), []))
+        if target.cell.variant == "cpu" and row.status == MEASURED:
+            row.cpu_ops = None  # the CPU backend has nothing to fall back from
+        rows.append(row)
+        rig.say(f"  {target.backend}: {row.status} {row.reason}".rstrip())
+    return rows
+
+
+def _repetitions(
+    rig: _Rig, target: _Target, losses: dict[tuple[str, bool], list[float]]
+) -> tuple[Samples, str, Row | None]:
+    """Run a target --repeat times (traced, then untraced), pooling the samples; the device's name; and the row
+    of the run that stopped the repetitions (not exercised, failed), if one did."""
+    cell = target.cell
+    plugin = rig.builder.plugin(rig.core, cell.variant) if cell.variant != "cpu" else None
+    the_icd = icd.resolve(cell.icd, rig.cache_dir, rig.runner.name) if cell.backend == "vulkan" else None
+    target = replace(target, plugin=plugin, icd=the_icd)
+    samples = Samples()
+    device = ""
+    for rep in range(rig.args.repeat):
+        for traced in (True, False) if not rig.args.no_untraced else (True,):
+            run = _run_once(rig, target, traced, rep)
+            device = run.record.device_name or device
+            stopped = stop_row(target.backend, run, device)
+            if stopped is not None:
+                return samples, device, stopped
+            if traced and rep == 0:
+                losses[target.base_name, target.static] = run.record.losses
+            samples.add_run(run, traced)
+        samples.repeats += 1
+    return samples, device, None
+
+
+def _run_once(rig: _Rig, target: _Target, traced: bool, rep: int) -> CellRun:
+    """One driver process: --steps steps of the target, with op callbacks (traced) or without."""
+    label = "traced" if traced else "untraced"
+    rig.say(f"  {target.backend} repetition {rep + 1}/{rig.args.repeat} ({label}) ...")
+    extra: tuple[str, ...] = ("--static-graph",) if target.static else ()
+    extra += () if traced else ("--no-trace-ops",)
+    run_name = f"{'static-' if target.static else ''}{label}-{rep + 1}"
+    return run_cell(
+        target.cell,
+        driver=rig.driver,
+        plugin=target.plugin,
+        icd=target.icd,
+        workload=Workload(**{**rig.workload.__dict__, "extra_args": extra}),
+        timeout_s=float(rig.args.timeout_s),
+        runner=rig.runner,
+        result_dir=rig.out_dir / "cells" / target.cell.dirname / run_name,
+        use_gdb=False,
+    )
+
+
+def stop_row(backend: str, run: CellRun, device: str) -> Row | None:
+    """The row of a run that ends the measurement of its backend: the backend was not active, the host ICD's
+    device is a CPU-type device, or the driver failed. None: the run counts."""
+    record = run.record
+    if record.exercised is False:
+        reason = str(record.backend.get("reason") or "backend not active")
+        return Row(backend, NOT_EXERCISED, reason, device)
+    if run.cell.icd == "host" and _device_type(record).upper().endswith("CPU"):
+        return Row(
+            backend,
+            NOT_EXERCISED,
+            f"host ICD's device is a CPU-type device ({device}), not a real GPU",
+            device,
+        )
+    if run.completed.returncode != 0 or not record.done:
+        return Row(backend, FAILED, f"driver exit {run.completed.returncode}: {record.error}", device)
+    return None
+
+
+def _meta(rig: _Rig, load_before: list[float]) -> dict[str, Any]:
+    """The result's header (bench.json): what was measured, where, how, and the load around it."""
+    return {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "ref": ref,
-        "commit": tree.commit,
-        "runner": runner.name,
-        "steps": args.steps,
+        "ref": rig.ref,
+        "commit": rig.tree.commit,
+        "runner": rig.runner.name,
+        "steps": rig.args.steps,
         "warmup_steps": WARMUP_STEPS,
-        "batch_size": workload.batch_size,
-        "repeats": args.repeat,
+        "batch_size": rig.workload.batch_size,
+        "repeats": rig.args.repeat,
         "load": {"before": load_before, "after": _loadavg(), "cpus": os.cpu_count()},
         "method": METHOD,
         "static_graph": STATIC_GRAPH,
-        "out_dir": str(out_dir),
+        "out_dir": str(rig.out_dir),
     }
-    return rows, meta
 
 
-def main(argv: list[str] | None = None, say: Callable[[str], None] = print) -> int:
-    ap = argparse.ArgumentParser(prog="python -m mnnrepro.bench", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--ref", default=None)
-    ap.add_argument("--icd", default="lavapipe,swiftshader,host", help="Vulkan ICDs (buffer mode) to time")
-    ap.add_argument("--steps", type=int, default=20, help="steps per run (step 0 is warm-up, excluded)")
-    ap.add_argument("--repeat", type=int, default=3, help="driver runs per backend (each traced and untraced)")
-    ap.add_argument("--runner", default="host", choices=["host", "docker", "auto"])
-    ap.add_argument("--timeout", type=int, default=600, help="seconds per driver run")
-    ap.add_argument("--no-untraced", action="store_true", help="skip the --no-trace-ops runs")
-    ap.add_argument("--no-static", action="store_true", help="skip the --static-graph runs")
-    ap.add_argument("--out", default=None, help="directory for the runs (default results/<time>-bench)")
-    ap.add_argument("--json", default=None, help="write the result here too (default OUT/bench.json)")
-    ap.add_argument("--compare", default=None, metavar="OLD.json", help="print the change from an older result")
-    ap.add_argument("--from-json", default=None, help="no runs: print (and --compare) an existing result")
-    args = ap.parse_args(argv)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """`mnnrepro bench` (the ``nox -s bench`` session)."""
+    p.add_argument("--ref", default=None)
+    p.add_argument(
+        "--icd",
+        dest="icds",
+        metavar="ICD",
+        default="lavapipe,swiftshader,host",
+        help="Vulkan ICDs (buffer mode) to time",
+    )
+    p.add_argument("--steps", type=int, default=20, help="steps per run (step 0 is warm-up, excluded)")
+    p.add_argument("--repeat", type=int, default=3, help="driver runs per backend (each traced and untraced)")
+    p.add_argument("--runner", default="host", choices=["host", "docker", "auto"])
+    p.add_argument(
+        "--timeout", dest="timeout_s", metavar="TIMEOUT", type=int, default=600, help="seconds per driver run"
+    )
+    p.add_argument("--no-untraced", action="store_true", help="skip the --no-trace-ops runs")
+    p.add_argument("--no-static", action="store_true", help="skip the --static-graph runs")
+    p.add_argument("--out", default=None, help="directory for the runs (default results/<time>-bench)")
+    p.add_argument("--json", default=None, help="write the result here too (default OUT/bench.json)")
+    p.add_argument("--compare", default=None, metavar="OLD.json", help="print the change from an older result")
+    p.add_argument("--from-json", default=None, help="no runs: print (and --compare) an existing result")
+
+
+def main(args: argparse.Namespace, settings: Settings, *, say: Callable[[str], None] = print) -> int:
+    """The ``bench`` subcommand: measure and write the result (or read one with --from-json), print it, and
+    with --compare the change from an older one."""
     if args.steps <= WARMUP_STEPS or args.repeat < 1:
-        ap.error(f"--steps must be > {WARMUP_STEPS} and --repeat >= 1")
+        raise ConfigError(f"--steps must be > {WARMUP_STEPS} and --repeat >= 1")
     if args.from_json:
         data = json.loads(Path(args.from_json).read_text())
-        rows = rows_from_json(data)
+        say(table(rows_from_json(data)))
     else:
-        started = time.monotonic()
-        rows, meta = measure(args, say)
-        meta["seconds"] = round(time.monotonic() - started, 1)
-        data = to_json(rows, meta)
-        out_dir = Path(meta["out_dir"])
-        paths = [out_dir / "bench.json"] + ([Path(args.json)] if args.json else [])
-        for path in paths:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(data, indent=1) + "\n")
-        png = plot(rows, out_dir / "bench.png", f"MNN {meta['ref']}: time per training step, load {meta['load']}")
-        say("")
-        say(table(rows))
-        say("")
-        say(f"method: {METHOD}")
-        for row in rows:
-            if row.loss_diff is not None:
-                say(f"static graph vs dynamic, {row.backend}: max |loss difference| {row.loss_diff:.2e} over the steps")
-            if row.trace_overhead is not None:
-                say(f"trace overhead {row.backend}: {row.trace_overhead * 100:+.0f}% per step (callbacks on vs off)")
-        say(STATIC_GRAPH)
-        for line in rebuild_cost(rows):
-            say(line)
-        say(
-            f"load average (1, 5, 15 min) before {meta['load']['before']}, after {meta['load']['after']}, "
-            f"{meta['load']['cpus']} CPUs"
-        )
-        say("written: " + ", ".join(str(p) for p in [*paths, png]))
-    if args.from_json:
-        say(table(rows))
+        data = _measure_and_write(args, settings, say)
     if args.compare:
         say(compare(data, json.loads(Path(args.compare).read_text())))
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _measure_and_write(args: argparse.Namespace, settings: Settings, say: Callable[[str], None]) -> dict[str, Any]:
+    """Measure; write bench.json (and --json) and bench.png into the run's directory; print the result."""
+    started = time.monotonic()
+    rows, meta = measure(args, settings, say)
+    meta["seconds"] = round(time.monotonic() - started, 1)
+    data = to_json(rows, meta)
+    out_dir = Path(meta["out_dir"])
+    paths = [out_dir / "bench.json"] + ([Path(args.json)] if args.json else [])
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=1) + "\n")
+    png = plot(rows, out_dir / "bench.png", f"MNN {meta['ref']}: time per training step, load {meta['load']}")
+    say_result(rows, meta, [*paths, png], say)
+    return data
+
+
+def say_result(rows: Sequence[Row], meta: dict[str, Any], written: Sequence[Path], say: Callable[[str], None]) -> None:
+    """The table, the method, the static-vs-dynamic and tracing notes, the load, and the files written."""
+    say("")
+    say(table(rows))
+    say("")
+    say(f"method: {METHOD}")
+    for row in rows:
+        if row.loss_diff is not None:
+            say(f"static graph vs dynamic, {row.backend}: max |loss difference| {row.loss_diff:.2e} over the steps")
+        if row.trace_overhead is not None:
+            say(f"trace overhead {row.backend}: {row.trace_overhead * 100:+.0f}% per step (callbacks on vs off)")
+    say(STATIC_GRAPH)
+    for line in rebuild_cost(rows):
+        say(line)
+    say(
+        f"load average (1, 5, 15 min) before {meta['load']['before']}, after {meta['load']['after']}, "
+        f"{meta['load']['cpus']} CPUs"
+    )
+    say("written: " + ", ".join(str(p) for p in written))

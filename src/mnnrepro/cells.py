@@ -113,24 +113,10 @@ def run_cell(
     result_dir.mkdir(parents=True, exist_ok=True)
     for stale in ("crash.json", "backtrace.txt", "events.jsonl"):
         (result_dir / stale).unlink(missing_ok=True)
-    argv = [
-        str(driver),
-        "--backend",
-        cell.backend,
-        "--data",
-        str(data_dir),
-        "--out",
-        str(result_dir),
-        *workload.driver_args(),
-    ]
-    if plugin is not None:
-        argv += ["--plugin", str(plugin)]
-    env = dict(icd.env) if icd else {}
-    from_caller = loader_env() if icd is not None and icd.name == "host" and runner.name == "host" else {}
-    env.update(from_caller)
+    argv = driver_argv(cell, driver, plugin, workload, result_dir, data_dir)
+    env, from_caller = _cell_env(icd, runner, faults)
     gdb = (gdb_path or shutil.which("gdb")) if use_gdb else None
     full = [gdb, "-q", "-nx", "-batch", "-x", str(GDB_SCRIPT), "--args", *argv] if gdb else argv
-    env.update(planted.driver_env(faults))
     if "hide-libvulkan" in faults:
         full, fault_env = planted.hide_libvulkan(full, result_dir / ".fault", runner.name)
         env.update(fault_env)
@@ -147,34 +133,82 @@ def run_cell(
             stdout_path=result_dir / "stdout.txt",
             stderr_path=result_dir / "stderr.txt",
         )
-    crash = None
-    if (result_dir / "crash.json").is_file():
-        crash = json.loads((result_dir / "crash.json").read_text())
-    record = read_events(result_dir / "events.jsonl")
-    (result_dir / "cell.json").write_text(
-        json.dumps(
-            {
-                "cell": cell.id,
-                "argv": full,
-                # The whole environment (the runner's answer; a runner that does not say: the cell's own part).
-                "env": dict(completed.env) if completed.env is not None else env,
-                "cell_env": env,
-                "env_from_caller": from_caller,
-                "writable": [str(p) for p in writable],
-                "runner": runner.name,
-                "returncode": completed.returncode,
-                "signal": completed.signal_name,
-                "timed_out": completed.timed_out,
-                "killed_by": completed.killed_by,
-                "timeout_s": timeout_s,
-                "duration_s": round(completed.duration_s, 3),
-                "gdb": bool(gdb),
-                "faults": list(faults),
-            },
-            indent=1,
-        )
+    crash = _read_crash(result_dir)
+    run = CellRun(cell, result_dir, completed, read_events(events), crash, full, bool(gdb))
+    _write_cell_json(
+        run, env=env, from_caller=from_caller, writable=writable, runner=runner.name, timeout_s=timeout_s, faults=faults
     )
-    return CellRun(cell, result_dir, completed, record, crash, full, bool(gdb))
+    return run
+
+
+def driver_argv(
+    cell: Cell, driver: Path, plugin: Path | None, workload: Workload, result_dir: Path, data_dir: Path
+) -> list[str]:
+    """The driver's command line (without gdb): backend, data, result dir, workload, and the plugin to load."""
+    argv = [
+        str(driver),
+        "--backend",
+        cell.backend,
+        "--data",
+        str(data_dir),
+        "--out",
+        str(result_dir),
+        *workload.driver_args(),
+    ]
+    if plugin is not None:
+        argv += ["--plugin", str(plugin)]
+    return argv
+
+
+def _cell_env(icd: Icd | None, runner: Runner, faults: tuple[str, ...]) -> tuple[dict[str, str], dict[str, str]]:
+    """The cell's own environment (the ICD's, the caller's loader variables for the host ICD on the host runner,
+    a planted fault's), and the caller's part of it."""
+    env = dict(icd.env) if icd else {}
+    from_caller = loader_env() if icd is not None and icd.name == "host" and runner.name == "host" else {}
+    env.update(from_caller)
+    env.update(planted.driver_env(faults))
+    return env, from_caller
+
+
+def _read_crash(result_dir: Path) -> dict[str, Any] | None:
+    """crash.json (gdb_capture.py wrote it on a crash), or None."""
+    if (result_dir / "crash.json").is_file():
+        data: dict[str, Any] = json.loads((result_dir / "crash.json").read_text())
+        return data
+    return None
+
+
+def _write_cell_json(
+    run: CellRun,
+    *,
+    env: dict[str, str],
+    from_caller: dict[str, str],
+    writable: list[Path],
+    runner: str,
+    timeout_s: float,
+    faults: tuple[str, ...],
+) -> None:
+    """cell.json: the command line, the environment, the paths it could write, and how it ended."""
+    completed = run.completed
+    cell_json = {
+        "cell": run.cell.id,
+        "argv": run.argv,
+        # The whole environment (the runner's answer; a runner that does not say: the cell's own part).
+        "env": dict(completed.env) if completed.env is not None else env,
+        "cell_env": env,
+        "env_from_caller": from_caller,
+        "writable": [str(p) for p in writable],
+        "runner": runner,
+        "returncode": completed.returncode,
+        "signal": completed.signal_name,
+        "timed_out": completed.timed_out,
+        "killed_by": completed.killed_by,
+        "timeout_s": timeout_s,
+        "duration_s": round(completed.duration_s, 3),
+        "gdb": run.gdb,
+        "faults": list(faults),
+    }
+    (run.result_dir / "cell.json").write_text(json.dumps(cell_json, indent=1))
 
 
 def last_stage(events: Path, tail_bytes: int = 8192) -> str | None:

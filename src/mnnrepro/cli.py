@@ -1,12 +1,14 @@
-"""Command line: ``python -m mnnrepro run SESSION``, ``source import|fetch``, ``swiftshader fetch``."""
+"""Command line: ``python -m mnnrepro run SESSION``, ``bench``, ``source import|fetch``, ``swiftshader fetch``."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
+from typing import TypeAlias
 
 from . import __version__, fixtures, golden, gradcheck, interrupts, source, swiftshader
 from .errors import ConfigError, MnnReproError
@@ -21,10 +23,35 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", dest="cache_dir", help="source/build/ccache cache (default ~/.cache/mnnrepro)")
 
 
+# What add_subparsers returns (argparse has no public name for it).
+Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="mnnrepro", description="Reproduce and guard MNN GPU training bugs.")
     ap.add_argument("--version", action="version", version=f"mnnrepro {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
+    for add in (
+        _add_run,
+        _add_build,
+        _add_matrix,
+        _add_golden,
+        _add_gradcheck,
+        _add_source,
+        _add_doctor,
+        _add_signature,
+        _add_image,
+        _add_bisect,
+        _add_bench,
+        _add_cache,
+        _add_swiftshader,
+        _add_ci,
+    ):
+        add(sub)
+    return ap
+
+
+def _add_run(sub: Subcommands) -> None:
     run = sub.add_parser("run", help="build what a session needs, run its cells, print the verdict table")
     run.add_argument("session", choices=sorted(SESSIONS))
     _common(run)
@@ -59,6 +86,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--no-clone", dest="clone", action="store_const", const=False, help="fail instead of cloning a missing source"
     )
+
+
+def _add_build(sub: Subcommands) -> None:
     bld = sub.add_parser("build", help="build (or find in the cache) the core, driver and plugins of a ref")
     _common(bld)
     bld.add_argument(
@@ -69,15 +99,27 @@ def parser() -> argparse.ArgumentParser:
     bld.add_argument(
         "--no-clone", dest="clone", action="store_const", const=False, help="fail instead of cloning a missing source"
     )
+
+
+def _add_matrix(sub: Subcommands) -> None:
     mx = sub.add_parser("matrix", help="print the refs of fixtures/matrix.toml (for CI: --json)")
     mx.add_argument("--json", action="store_true", help="machine-readable: default_ref and refs with commit and tier")
     mx.add_argument("--tier", help="comma-separated tiers to list (ci, push, scheduled); default all")
+
+
+def _add_golden(sub: Subcommands) -> None:
     gold = sub.add_parser("golden", help="(re)write fixtures/golden/<ref>/ from a CPU run checked against numpy")
     _common(gold)
     gold.add_argument("--runner", choices=["auto", "host", "docker"])
     golden.add_arguments(gold)
+
+
+def _add_gradcheck(sub: Subcommands) -> None:
     gc = sub.add_parser("gradcheck", help="compare a run's gradient dumps with a golden, or a golden with numpy")
     gradcheck.add_arguments(gc.add_subparsers(dest="action", required=True))
+
+
+def _add_source(sub: Subcommands) -> None:
     src = sub.add_parser("source", help="manage MNN source trees in the cache")
     ssub = src.add_subparsers(dest="action", required=True)
     imp = ssub.add_parser("import", help="export REF from a local git repository (bare ok) into the cache")
@@ -88,10 +130,19 @@ def parser() -> argparse.ArgumentParser:
     _common(fetch)
     show = ssub.add_parser("show", help="print which tree a run would use")
     _common(show)
+
+
+def _add_doctor(sub: Subcommands) -> None:
     doc = sub.add_parser("doctor", help="check the environment and say how to fix each problem")
     doc.add_argument("--cache-dir", dest="cache_dir")
+
+
+def _add_signature(sub: Subcommands) -> None:
     sg = sub.add_parser("signature", help="print the crash signature of a cell's result directory (for matrix.toml)")
     sg.add_argument("cell_dir", type=Path)
+
+
+def _add_image(sub: Subcommands) -> None:
     img = sub.add_parser("image", help="the docker build-and-run image")
     img.add_argument(
         "action",
@@ -102,9 +153,27 @@ def parser() -> argparse.ArgumentParser:
     img.add_argument("--host-ca", dest="host_ca")
     img.add_argument("--debian-mirror", dest="debian_mirror")
     img.add_argument("--cache-dir", dest="cache_dir")
+
+
+def _add_bisect(sub: Subcommands) -> None:
     from . import bisect
 
     bisect.add_arguments(sub.add_parser("bisect", help="find the first commit where a cell's verdict changes"))
+
+
+def _add_bench(sub: Subcommands) -> None:
+    from . import bench
+
+    bench.add_arguments(
+        sub.add_parser(
+            "bench",
+            help="training cost per backend: time per step split into preparation and execution (nox -s bench)",
+            description=(bench.__doc__ or "").split("\n\n")[0],
+        )
+    )
+
+
+def _add_cache(sub: Subcommands) -> None:
     from . import cache
 
     cc = sub.add_parser("cache", help="show what the cache holds (sizes, last use), or prune it to a budget")
@@ -119,14 +188,19 @@ def parser() -> argparse.ArgumentParser:
     cc.add_argument("--budget", default=cache.DEFAULT_BUDGET, help="size to keep under, e.g. 20G (default 30G)")
     cc.add_argument("--dry-run", dest="dry_run", action="store_true", help="say what prune would remove; remove none")
     cc.add_argument("--cache-dir", dest="cache_dir")
+
+
+def _add_swiftshader(sub: Subcommands) -> None:
     ss = sub.add_parser("swiftshader", help="fetch and verify the pinned SwiftShader ICD")
     ss.add_argument("action", choices=["fetch"])
     ss.add_argument("--tarball", type=Path, help=f"a local {swiftshader.PACKAGE}@{swiftshader.VERSION} .tgz")
     ss.add_argument("--cache-dir", dest="cache_dir")
+
+
+def _add_ci(sub: Subcommands) -> None:
     from . import replay
 
     replay.add_arguments(sub.add_parser("ci", help="the GitHub Actions workflow: `ci replay --job JOB` runs it here"))
-    return ap
 
 
 def _matrix(args: argparse.Namespace) -> int:
@@ -186,84 +260,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     if args.command == "signature":
-        from . import signature
-
-        if not (args.cell_dir / "crash.json").is_file():
-            print(f"mnnrepro: no crash.json in {args.cell_dir}", file=sys.stderr)
-            return 2
-        print(signature.toml_line(signature.of_cell_dir(args.cell_dir)))
-        return 0
+        return _signature(args)
     try:
         if args.command not in ("source", "signature"):
             fixtures.require_checkout()
         # Every Settings field that this subcommand has a flag for (so a new flag cannot be silently dropped).
         keys = [f.name for f in fields(Settings)]
         settings = load({k: getattr(args, k) for k in keys if hasattr(args, k)})
-        if args.command == "run":
-            return run_session(args.session, settings)
-        if args.command == "matrix":
-            return _matrix(args)
-        if args.command == "golden":
-            return golden.main(args, settings)
-        if args.command == "gradcheck":
-            return gradcheck.main(args)
-        if args.command == "ci":
-            from . import replay
-
-            return replay.main(args)
-        if args.command == "build":
-            return _build(args, settings)
-        if args.command == "bisect":
-            from . import bisect
-
-            return bisect.main(args, settings)
-        if args.command == "doctor":
-            from . import doctor
-
-            return doctor.report(doctor.check(settings))
-        if args.command == "image":
-            from . import image
-
-            client = image.connect()
-            if args.action == "bootstrap":
-                print(image.bootstrap_base(client, mirror=settings.debian_mirror or None))
-            else:
-                print(
-                    image.ensure_image(
-                        client,
-                        base=settings.base_image,
-                        cache_dir=settings.cache_dir,
-                        host_ca=settings.host_ca,
-                        mirror=settings.debian_mirror or None,
-                    )
-                )
-            return 0
-        if args.command == "cache":
-            from . import cache
-
-            return cache.main(args, settings)
-        if args.command == "swiftshader":
-            print(swiftshader.ensure(settings.cache_dir, tarball=args.tarball))
-            return 0
-        from .fixtures import load_matrix
-
-        ref = settings.ref or load_matrix().default_ref
-        if args.action == "import":
-            tree = source.import_from_git(args.git_dir, ref, settings.cache_dir, force=args.force)
-            if tree.missing:
-                print(
-                    f"note: {len(tree.missing)} file(s) absent from the repository were left out: "
-                    + ", ".join(tree.missing[:5])
-                    + (" ..." if len(tree.missing) > 5 else "")
-                )
-        elif args.action == "fetch":
-            tree = source.clone(ref, settings.git_url, settings.cache_dir / "src" / ref)
-        else:
-            tree = source.resolve(
-                ref, source=settings.source, cache_dir=settings.cache_dir, git_url=settings.git_url, allow_clone=False
-            )
-        print(tree.describe())
-        return 0
+        return _dispatch(args, settings)
     except MnnReproError as exc:
         print(exc.render(), file=sys.stderr)
         return exc.exit_code
@@ -274,3 +278,108 @@ def _main(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return interrupts.exit_code(exc)
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    """The subcommand's handler, with the resolved settings (`source` where no other one matches)."""
+    handlers: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
+        "run": lambda a, s: run_session(a.session, s),
+        "matrix": lambda a, s: _matrix(a),
+        "golden": golden.main,
+        "gradcheck": lambda a, s: gradcheck.main(a),
+        "ci": _ci,
+        "build": _build,
+        "bisect": _bisect,
+        "bench": _bench,
+        "doctor": _doctor,
+        "image": _image,
+        "cache": _cache,
+        "swiftshader": _swiftshader,
+    }
+    return handlers.get(args.command, _source)(args, settings)
+
+
+def _signature(args: argparse.Namespace) -> int:
+    from . import signature
+
+    if not (args.cell_dir / "crash.json").is_file():
+        print(f"mnnrepro: no crash.json in {args.cell_dir}", file=sys.stderr)
+        return 2
+    print(signature.toml_line(signature.of_cell_dir(args.cell_dir)))
+    return 0
+
+
+def _ci(args: argparse.Namespace, settings: Settings) -> int:
+    from . import replay
+
+    return replay.main(args)
+
+
+def _bisect(args: argparse.Namespace, settings: Settings) -> int:
+    from . import bisect
+
+    return bisect.main(args, settings)
+
+
+def _bench(args: argparse.Namespace, settings: Settings) -> int:
+    from . import bench
+
+    return bench.main(args, settings)
+
+
+def _doctor(args: argparse.Namespace, settings: Settings) -> int:
+    from . import doctor
+
+    return doctor.report(doctor.check(settings))
+
+
+def _image(args: argparse.Namespace, settings: Settings) -> int:
+    from . import image
+
+    client = image.connect()
+    if args.action == "bootstrap":
+        print(image.bootstrap_base(client, mirror=settings.debian_mirror or None))
+    else:
+        print(
+            image.ensure_image(
+                client,
+                base=settings.base_image,
+                cache_dir=settings.cache_dir,
+                host_ca=settings.host_ca,
+                mirror=settings.debian_mirror or None,
+            )
+        )
+    return 0
+
+
+def _cache(args: argparse.Namespace, settings: Settings) -> int:
+    from . import cache
+
+    return cache.main(args, settings)
+
+
+def _swiftshader(args: argparse.Namespace, settings: Settings) -> int:
+    print(swiftshader.ensure(settings.cache_dir, tarball=args.tarball))
+    return 0
+
+
+def _source(args: argparse.Namespace, settings: Settings) -> int:
+    from .fixtures import load_matrix
+
+    ref = settings.ref or load_matrix().default_ref
+    if args.action == "import":
+        tree = source.import_from_git(args.git_dir, ref, settings.cache_dir, force=args.force)
+        if tree.missing:
+            print(
+                f"note: {len(tree.missing)} file(s) absent from the repository were left out: "
+                + ", ".join(tree.missing[:5])
+                + (" ..." if len(tree.missing) > 5 else "")
+            )
+    elif args.action == "fetch":
+        tree = source.clone(ref, settings.git_url, settings.cache_dir / "src" / ref)
+    else:
+        tree = source.resolve(
+            ref, source=settings.source, cache_dir=settings.cache_dir, git_url=settings.git_url, allow_clone=False
+        )
+    print(tree.describe())
+    return 0

@@ -218,14 +218,40 @@ class DockerRunner:
         on_line: OnLine | None = None,
         writable: Sequence[Path] = (),
     ) -> Completed:
-        import requests
-
-        import docker
-
         environment = dict(env or {})
         as_root = environment.pop(AS_ROOT, "") == "1"
         environment.setdefault("HOME", "/tmp")
         vols = self._volumes(writable)
+        user, caps = self._identity(as_root, vols, writable)
+        if user != "0:0":
+            vols.update(self._skeletons(vols))
+        start = time.monotonic()
+        container = self._create(argv, environment, cwd, vols, user, caps)
+        full_env = _container_env(container, environment)
+        ended = _Ended()
+        try:
+            self._execute(container, ended, timeout_s, on_line, separate=bool(stdout_path or stderr_path))
+        finally:
+            self._remove(container, ended.failed)
+        _write_streams(ended, stdout_path, stderr_path)
+        assert ended.code is not None  # set by _execute, which raised otherwise
+        return Completed(
+            argv=tuple(argv),
+            returncode=ended.code,
+            duration_s=time.monotonic() - start,
+            timed_out=ended.timed_out,
+            stdout_path=stdout_path,
+            stderr_path=stderr_path,
+            output="" if stdout_path else ended.out.decode(errors="replace"),
+            env=full_env,
+            killed_by=self._killed_by(ended),
+        )
+
+    def _identity(
+        self, as_root: bool, vols: dict[str, dict[str, str]], writable: Sequence[Path]
+    ) -> tuple[str, list[str]]:
+        """The container's user and added capabilities. Invoked as root: the image's user, with the paths it
+        writes (and the read-only ones in owned_trees) handed over first."""
         caps = ["SYS_PTRACE"]  # gdb
         if as_root:
             user = "0:0"
@@ -236,10 +262,19 @@ class DockerRunner:
             hand_over([*self.read_write, *writable, *ro_owned], *IMAGE_USER)
         else:
             user = f"{os.getuid()}:{os.getgid()}"
-        if user != "0:0":
-            vols.update(self._skeletons(vols))
-        start = time.monotonic()
-        container = self.client.containers.create(
+        return user, caps
+
+    def _create(
+        self,
+        argv: Sequence[str],
+        environment: dict[str, str],
+        cwd: Path | None,
+        vols: dict[str, dict[str, str]],
+        user: str,
+        caps: list[str],
+    ) -> Any:
+        """The container of one command, created (not started) with the least privilege it needs."""
+        return self.client.containers.create(
             self.image,
             list(argv),
             name=f"{LABEL}-{os.getpid()}-{next(_names)}",
@@ -258,71 +293,94 @@ class DockerRunner:
             init=True,
             detach=True,
         )
-        full_env = _container_env(container, environment)
-        timed_out = False
-        code: int | None = None
-        oom = False
-        follower: threading.Thread | None = None
-        try:
-            container.start()
-            if on_line is not None:
-                # Only for progress: the files below are still written from the container's full logs.
-                follower = threading.Thread(
-                    target=_follow, args=(container, on_line), name="container output", daemon=True
-                )
-                follower.start()
+
+    def _execute(
+        self, container: Any, ended: _Ended, timeout_s: float | None, on_line: OnLine | None, *, separate: bool
+    ) -> None:
+        """Start the container, wait for it (killed at timeout_s), and read its output into ``ended``: stdout
+        and stderr apart when ``separate``, else together."""
+        container.start()
+        follower = _start_follower(container, on_line)
+        ended.code, ended.timed_out = _wait(container, timeout_s)
+        if ended.code != 0 and not ended.timed_out:
+            # Set when the OOM killer ended any process of the container, not only its first one.
+            container.reload()
+            ended.oom = bool(container.attrs.get("State", {}).get("OOMKilled"))
+        ended.out = container.logs(stdout=True, stderr=not separate)
+        ended.err = container.logs(stdout=False, stderr=True) if separate else b""
+        if follower is not None:
+            follower.join(timeout=10)  # the stream ends with the container; never wait on it for long
+
+    def _remove(self, container: Any, failed: bool) -> None:
+        """Remove the container, unless it failed and MNNREPRO_KEEP_CONTAINERS asks to keep it."""
+        import docker
+
+        if not (self.keep_on_failure and failed):
             try:
-                status = container.wait(timeout=timeout_s)
-                code = int(status.get("StatusCode", 1))
-            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
-                timed_out = True
-                container.kill()
-                code = int(container.wait(timeout=30).get("StatusCode", 137))
-            except BaseException:
-                # Ctrl-C / SIGTERM (mnnrepro.interrupts): the container would run on without us; kill it, and
-                # the `finally` below removes it.
-                with contextlib.suppress(Exception):
-                    container.kill()
-                raise
-            if code != 0 and not timed_out:
-                # Set when the OOM killer ended any process of the container, not only its first one.
-                container.reload()
-                oom = bool(container.attrs.get("State", {}).get("OOMKilled"))
-            out = container.logs(stdout=True, stderr=stdout_path is None and stderr_path is None)
-            err = container.logs(stdout=False, stderr=True) if (stdout_path or stderr_path) else b""
-            if follower is not None:
-                follower.join(timeout=10)  # the stream ends with the container; never wait on it for long
-        finally:
-            failed = timed_out or code != 0
-            if not (self.keep_on_failure and failed):
-                try:
-                    container.remove(force=True)
-                except docker.errors.APIError:
-                    pass
-        if stdout_path:
-            stdout_path.write_bytes(out)
-        if stderr_path:
-            stderr_path.write_bytes(err)
-        elif stdout_path and err:
-            with open(stdout_path, "ab") as f:
-                f.write(err)
-        killed_by = None
-        if oom:
-            killed_by = f"the container's memory limit ({_gib(self.mem_limit)})"
-        elif failed and (line := _fork_failure(out[-65536:] + b"\n" + err[-65536:])):
-            killed_by = f"the container's pid limit ({self.pids_limit} tasks; fork failed: {line!r})"
-        text = "" if stdout_path else out.decode(errors="replace")
-        return Completed(
-            argv=tuple(argv),
-            returncode=code,
-            duration_s=time.monotonic() - start,
-            timed_out=timed_out,
-            stdout_path=stdout_path,
-            stderr_path=stderr_path,
-            output=text,
-            env=full_env,
-            killed_by=killed_by,
-        )
+                container.remove(force=True)
+            except docker.errors.APIError:
+                pass
+
+    def _killed_by(self, ended: _Ended) -> str | None:
+        """The container limit that ended the command, in words, if one did."""
+        if ended.oom:
+            return f"the container's memory limit ({_gib(self.mem_limit)})"
+        if ended.failed and (line := _fork_failure(ended.out[-65536:] + b"\n" + ended.err[-65536:])):
+            return f"the container's pid limit ({self.pids_limit} tasks; fork failed: {line!r})"
+        return None
+
+
+@dataclass
+class _Ended:
+    """How a container's command ended, filled in as it is learned (the cleanup reads it after an error too)."""
+
+    code: int | None = None
+    timed_out: bool = False
+    oom: bool = False
+    out: bytes = b""
+    err: bytes = b""
+
+    @property
+    def failed(self) -> bool:
+        return self.timed_out or self.code != 0
+
+
+def _start_follower(container: Any, on_line: OnLine | None) -> threading.Thread | None:
+    if on_line is None:
+        return None
+    # Only for progress: the files below are still written from the container's full logs.
+    follower = threading.Thread(target=_follow, args=(container, on_line), name="container output", daemon=True)
+    follower.start()
+    return follower
+
+
+def _wait(container: Any, timeout_s: float | None) -> tuple[int, bool]:
+    """The container's exit status, and whether it was killed at its time limit."""
+    import requests
+
+    try:
+        status = container.wait(timeout=timeout_s)
+        return int(status.get("StatusCode", 1)), False
+    except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+        container.kill()
+        return int(container.wait(timeout=30).get("StatusCode", 137)), True
+    except BaseException:
+        # Ctrl-C / SIGTERM (mnnrepro.interrupts): the container would run on without us; kill it, and
+        # the `finally` of DockerRunner.run removes it.
+        with contextlib.suppress(Exception):
+            container.kill()
+        raise
+
+
+def _write_streams(ended: _Ended, stdout_path: Path | None, stderr_path: Path | None) -> None:
+    """The command's output into its files: stderr into stderr_path, or after stdout where there is none."""
+    if stdout_path:
+        stdout_path.write_bytes(ended.out)
+    if stderr_path:
+        stderr_path.write_bytes(ended.err)
+    elif stdout_path and ended.err:
+        with open(stdout_path, "ab") as f:
+            f.write(ended.err)
 
 
 def _fork_failure(output: bytes) -> str | None:

@@ -346,33 +346,64 @@ PRECISIONS = ("high", "normal", "low")
 
 def load_matrix(path: Path = MATRIX) -> Matrix:
     """Read and check fixtures/matrix.toml: every key known, every value of the right type and range."""
-    try:
-        data = tomllib.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise FixtureError(f"cannot read {path}: {exc}", hint="git checkout fixtures/matrix.toml") from exc
+    data = _read_toml(path)
     _reject_unknown(
         str(path), data, {"format", "default_ref", "training", "checks", "timeouts", "refs", "expect", "gradcheck"}
     )
     if data.get("format") != 1:
         raise FixtureError(f"{path}: format {data.get('format')!r} is not 1")
-    training = _table(f"{path} [training]", data.get("training", {}))
+    training = _training_table(path, data.get("training", {}))
+    checks = _checks_table(path, data.get("checks", {}))
+    timeouts = _timeouts_table(path, data.get("timeouts", {}))
+    refs = _refs_table(path, data.get("refs", {}))
+    default_ref = _string(f"{path} default_ref", data.get("default_ref", "3.3.0"))
+    rows = tuple(_expectation(f"{path} [[expect]] #{i + 1}", row) for i, row in enumerate(data.get("expect", [])))
+    gradcheck = _gradcheck_table(path, data["gradcheck"]) if "gradcheck" in data else {}
+    return Matrix(default_ref, training, checks, timeouts, refs, rows, gradcheck)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise FixtureError(f"cannot read {path}: {exc}", hint="git checkout fixtures/matrix.toml") from exc
+
+
+def _training_table(path: Path, value: Any) -> dict[str, Any]:
+    """[training]: steps, batch size, seed, precision and test limit of a driver run."""
+    training = _table(f"{path} [training]", value)
     _reject_unknown(f"{path} [training]", training, {"steps", "batch_size", "seed", "precision", "test_limit"})
     for key, (lo, hi) in TRAINING_LIMITS.items():
         if key in training:
             _number(f"{path} [training] {key}", training[key], lo, hi, integer=True)
     if "precision" in training:
         _string(f"{path} [training] precision", training["precision"], allowed=PRECISIONS)
-    checks = _table(f"{path} [checks]", data.get("checks", {}))
+    return training
+
+
+def _checks_table(path: Path, value: Any) -> dict[str, Any]:
+    """[checks]: the judge's limits (CHECK_LIMITS)."""
+    checks = _table(f"{path} [checks]", value)
     _reject_unknown(f"{path} [checks]", checks, set(CHECK_LIMITS))
-    for key, value in checks.items():
+    for key, number in checks.items():
         lo, hi, integer = CHECK_LIMITS[key]
-        _number(f"{path} [checks] {key}", value, lo, hi, integer=integer)
-    timeouts = _table(f"{path} [timeouts]", data.get("timeouts", {}))
+        _number(f"{path} [checks] {key}", number, lo, hi, integer=integer)
+    return checks
+
+
+def _timeouts_table(path: Path, value: Any) -> dict[str, Any]:
+    """[timeouts]: seconds per driver run, per backend."""
+    timeouts = _table(f"{path} [timeouts]", value)
     _reject_unknown(f"{path} [timeouts]", timeouts, {"cpu", "vulkan", "opencl"})
-    for key, value in timeouts.items():
-        _number(f"{path} [timeouts] {key}", value, 1, 86_400)
+    for key, seconds in timeouts.items():
+        _number(f"{path} [timeouts] {key}", seconds, 1, 86_400)
+    return timeouts
+
+
+def _refs_table(path: Path, value: Any) -> dict[str, RefInfo]:
+    """[refs.NAME]: each ref's pinned commit, compatibility flags and CI tier."""
     refs = {}
-    for name, table in _table(f"{path} [refs]", data.get("refs", {})).items():
+    for name, table in _table(f"{path} [refs]", value).items():
         where = f"{path} [refs.{name}]"
         table = _table(where, table)
         _reject_unknown(where, table, {"commit", "compat_cxx_flags", "compat_reason", "tier"})
@@ -386,43 +417,40 @@ def load_matrix(path: Path = MATRIX) -> Matrix:
             _string(f"{where} compat_reason", table.get("compat_reason", ""), empty=True),
             _string(f"{where} tier", table.get("tier", "scheduled"), allowed=TIERS),
         )
-    default_ref = _string(f"{path} default_ref", data.get("default_ref", "3.3.0"))
-    rows = []
-    for i, row in enumerate(data.get("expect", [])):
-        where = f"{path} [[expect]] #{i + 1}"
-        row = _table(where, row)
-        _reject_unknown(
-            where, row, {"refs", "variant", "icd", "outcome", "bug", "signal", "stage", "step", "signature", "evidence"}
-        )
-        row_refs = _strings(f"{where} refs", row.get("refs", ["*"]))
-        for pattern in row_refs:
-            if is_version_range(pattern):
-                try:
-                    parse_range(pattern)
-                except ValueError as exc:
-                    raise FixtureError(f"{where} refs: {exc}") from None
-        outcome = _string(f"{where} outcome", row.get("outcome"), allowed=OUTCOMES)
-        variant = _string(f"{where} variant", row.get("variant", "*"))
-        if variant not in (*VARIANTS, "*"):
-            raise FixtureError(f"{where} variant = {variant!r}: must be one of {', '.join(VARIANTS)} or *")
-        if outcome == "reproduce" and not (row.get("signal") and row.get("stage")):
-            raise FixtureError(f"{where}: a 'reproduce' row needs signal and stage")
-        step = row.get("step")
-        if step is not None:
-            _number(f"{where} step", step, 0, 100_000, integer=True)
-        rows.append(
-            Expectation(
-                row_refs,
-                variant,
-                _string(f"{where} icd", row.get("icd", "*")),
-                outcome,
-                _string(f"{where} bug", row.get("bug", ""), empty=True),
-                _string(f"{where} signal", row.get("signal", ""), empty=True),
-                _string(f"{where} stage", row.get("stage", ""), empty=True),
-                step,
-                _strings(f"{where} signature", row.get("signature", [])),
-                _strings(f"{where} evidence", row.get("evidence", [])),
-            )
-        )
-    gradcheck = _gradcheck_table(path, data["gradcheck"]) if "gradcheck" in data else {}
-    return Matrix(default_ref, training, checks, timeouts, refs, tuple(rows), gradcheck)
+    return refs
+
+
+def _expectation(where: str, value: Any) -> Expectation:
+    """One [[expect]] row: which cells it covers and the outcome (for a crash: its signal and stage) expected."""
+    row = _table(where, value)
+    _reject_unknown(
+        where, row, {"refs", "variant", "icd", "outcome", "bug", "signal", "stage", "step", "signature", "evidence"}
+    )
+    row_refs = _strings(f"{where} refs", row.get("refs", ["*"]))
+    for pattern in row_refs:
+        if is_version_range(pattern):
+            try:
+                parse_range(pattern)
+            except ValueError as exc:
+                raise FixtureError(f"{where} refs: {exc}") from None
+    outcome = _string(f"{where} outcome", row.get("outcome"), allowed=OUTCOMES)
+    variant = _string(f"{where} variant", row.get("variant", "*"))
+    if variant not in (*VARIANTS, "*"):
+        raise FixtureError(f"{where} variant = {variant!r}: must be one of {', '.join(VARIANTS)} or *")
+    if outcome == "reproduce" and not (row.get("signal") and row.get("stage")):
+        raise FixtureError(f"{where}: a 'reproduce' row needs signal and stage")
+    step = row.get("step")
+    if step is not None:
+        _number(f"{where} step", step, 0, 100_000, integer=True)
+    return Expectation(
+        row_refs,
+        variant,
+        _string(f"{where} icd", row.get("icd", "*")),
+        outcome,
+        _string(f"{where} bug", row.get("bug", ""), empty=True),
+        _string(f"{where} signal", row.get("signal", ""), empty=True),
+        _string(f"{where} stage", row.get("stage", ""), empty=True),
+        step,
+        _strings(f"{where} signature", row.get("signature", [])),
+        _strings(f"{where} evidence", row.get("evidence", [])),
+    )

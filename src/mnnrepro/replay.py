@@ -61,7 +61,7 @@ BASE_IMAGE = "mnnrepro/debian:bookworm-bootstrap"
 # The Debian 12 images a `container:` may name; the bootstrapped one stands in for them (no registry here).
 DEBIAN_12 = {"debian:12", "debian:bookworm", "debian:12-slim", "debian:bookworm-slim"}
 # What GitHub's ubuntu runner images have and a Debian 12 container lacks, for `runs-on` jobs.
-RUNNER_PACKAGES = ("docker.io", "git", "python3", "python3-venv", "ca-certificates", "sudo")
+RUNNER_PACKAGES = ("docker.io", "git", "python3", "python3-venv", "ca-certificates", "sudo", "npm")
 RUNS_ON_PREFIX = "ubuntu-"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 REPO_NAME = "mnnrepro"

@@ -396,6 +396,20 @@ def markdown(
     data: dict[str, Any], *, base: Path | None = None, loss_plot: str | None = None, note: str | None = None
 ) -> str:
     """The run as Markdown: header fingerprint, verdict table, each cell's evidence and checks."""
+    cells = data["cells"]
+    out = _md_title(data) + _md_verdicts(cells, base) + _md_placement(data)
+    if loss_plot:
+        out += ["", f"![loss per step, every cell that trained]({loss_plot})"]
+    if note:
+        out += ["", note]
+    out += ["", "### Cells", ""]
+    for c in cells:
+        out += _md_cell(c, base)
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _md_title(data: dict[str, Any]) -> list[str]:
+    """The heading (session, refs, how many cells matched) and the run's fingerprint table."""
     h = data["header"]
     cells = data["cells"]
     bad = [c for c in cells if failed(c)]
@@ -409,7 +423,12 @@ def markdown(
         outcome = f"INTERRUPTED; {outcome}"
     out = [f"## mnnrepro {h.get('session', '')}: MNN {refs}: {outcome}", ""]
     out += ["| run | |", "| --- | --- |", *(_row(k, v) for k, v in fingerprint(data)), ""]
-    out += [
+    return out
+
+
+def _md_verdicts(cells: list[dict[str, Any]], base: Path | None) -> list[str]:
+    """The verdict table, one row per cell, and where the backtraces are."""
+    out = [
         "### Verdicts",
         "",
         "| cell | verdict | expected | match | signal | stage | device | reason |",
@@ -433,51 +452,64 @@ def markdown(
     if traces:
         out += ["", "Backtraces:", ""]
         out += [f"- {c['cell']}: `{_relative(c['evidence']['backtrace'], base)}`" for c in traces]
+    return out
+
+
+def _md_placement(data: dict[str, Any]) -> list[str]:
+    """The op placement table (step 0), where any cell traced its ops."""
     placement = placement_rows(data)
-    if placement:
-        out += [
-            "",
-            "### Op placement (step 0)",
-            "",
-            "Where each op of the training step ran, read from MNN's executor callbacks; a backend switch "
-            "between consecutive ops implies at least one host-device copy.",
-            "",
-            "| " + " | ".join(PLACEMENT_HEAD) + " |",
-            "|" + " --- |" * len(PLACEMENT_HEAD),
-        ]
-        out += [_row(*r) for r in placement]
-    if loss_plot:
-        out += ["", f"![loss per step, every cell that trained]({loss_plot})"]
-    if note:
-        out += ["", note]
-    out += ["", "### Cells", ""]
-    for c in cells:
-        mark = "MISMATCH" if failed(c) else "ok"
-        out += [
-            f"<details{' open' if failed(c) else ''}><summary>{_html(c['cell'])}: {_html(c['verdict'])} "
-            f"(expected {_html(c.get('expected') or 'nothing')}, {mark})</summary>",
-            "",
-        ]
-        out += [f"- {_md(line)}" for line in evidence_lines(c, base) if not line.startswith("command: ")]
-        command = (c.get("evidence") or {}).get("command")
-        if command:
-            out += ["", "```", " ".join(str(a) for a in command), "```"]
-        checks = c.get("checks") or []
-        if checks:
-            out += ["", "| check | result | detail | value | limit |", "| --- | --- | --- | --- | --- |"]
-            out += [
-                _row(
-                    k["name"],
-                    {"fail": "**FAIL**"}.get(k.get("status") or "", k.get("status") or "")
-                    or ("pass" if k.get("passed") else "**FAIL**"),
-                    k.get("detail"),
-                    k.get("value"),
-                    k.get("limit"),
-                )
-                for k in checks
-            ]
-        out += ["", "</details>", ""]
-    return "\n".join(out).rstrip() + "\n"
+    if not placement:
+        return []
+    return [
+        "",
+        "### Op placement (step 0)",
+        "",
+        "Where each op of the training step ran, read from MNN's executor callbacks; a backend switch "
+        "between consecutive ops implies at least one host-device copy.",
+        "",
+        "| " + " | ".join(PLACEMENT_HEAD) + " |",
+        "|" + " --- |" * len(PLACEMENT_HEAD),
+        *(_row(*r) for r in placement),
+    ]
+
+
+def _md_cell(c: dict[str, Any], base: Path | None) -> list[str]:
+    """One cell's evidence, command line and checks, folded (open where it did not match)."""
+    mark = "MISMATCH" if failed(c) else "ok"
+    out = [
+        f"<details{' open' if failed(c) else ''}><summary>{_html(c['cell'])}: {_html(c['verdict'])} "
+        f"(expected {_html(c.get('expected') or 'nothing')}, {mark})</summary>",
+        "",
+    ]
+    out += [f"- {_md(line)}" for line in evidence_lines(c, base) if not line.startswith("command: ")]
+    command = (c.get("evidence") or {}).get("command")
+    if command:
+        out += ["", "```", " ".join(str(a) for a in command), "```"]
+    out += _md_checks(c.get("checks") or [])
+    out += ["", "</details>", ""]
+    return out
+
+
+def _md_checks(checks: list[dict[str, Any]]) -> list[str]:
+    """A cell's checks as a table (none: no lines)."""
+    if not checks:
+        return []
+    return [
+        "",
+        "| check | result | detail | value | limit |",
+        "| --- | --- | --- | --- | --- |",
+        *(
+            _row(
+                k["name"],
+                {"fail": "**FAIL**"}.get(k.get("status") or "", k.get("status") or "")
+                or ("pass" if k.get("passed") else "**FAIL**"),
+                k.get("detail"),
+                k.get("value"),
+                k.get("limit"),
+            )
+            for k in checks
+        ),
+    ]
 
 
 def _html(value: Any) -> str:
@@ -512,16 +544,29 @@ def write_loss_plot(path: Path, data: dict[str, Any]) -> str | None:
     except ImportError:
         return "loss.png not written: matplotlib is missing (pip install matplotlib)"
 
-    h = data["header"]
     cpu = {c["ref"]: c for c in cells if c["variant"] == "cpu"}
-    gpu = [c for c in cells if c["variant"] != "cpu"]
-    compared = [c for c in gpu if c["ref"] in cpu]
+    compared = [c for c in cells if c["variant"] != "cpu" and c["ref"] in cpu]
     fig = Figure(figsize=(10, 7.5 if compared else 5.5), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)  # Agg, without pyplot's global state
     if compared:
         top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(3, 2))
     else:
         top, bottom = fig.subplots(1, 1), None
+    _plot_losses(top, cells, cpu)
+    if bottom is not None:
+        _plot_cpu_differences(bottom, compared, cpu, data["header"].get("checks") or {})
+    (bottom or top).set_xlabel("step")
+    fig.suptitle(_loss_plot_title(data), fontsize=11)
+    notes = _loss_plot_notes(data, cells)
+    if notes:
+        top.text(0.01, 0.02, "\n".join(notes), transform=top.transAxes, fontsize=8, color="firebrick", va="bottom")
+    fig.savefig(path, format="png")
+    return None
+
+
+def _plot_losses(ax: Any, cells: list[dict[str, Any]], cpu: dict[str, dict[str, Any]]) -> None:
+    """Loss per step of each cell: the CPU baselines (one per ref) in black and greys, each GPU cell its own
+    line and markers, a crash's signal at its last loss."""
     styles = ["--", "-.", ":", (0, (5, 1, 1, 1))]
     markers = ["o", "s", "^", "D", "v", "P"]
     for i, c in enumerate(sorted(cells, key=lambda c: (c["variant"] != "cpu", c["cell"]))):
@@ -531,10 +576,10 @@ def write_loss_plot(path: Path, data: dict[str, Any]) -> str | None:
         if c["variant"] == "cpu":
             k = list(cpu).index(c["ref"])  # one CPU baseline per ref: black, then greys, solid then dashed
             shade, dash = ("black", "dimgray", "darkgray")[k % 3], ("-", "--")[k // 3 % 2]
-            top.plot(range(len(losses)), losses, color=shade, linestyle=dash, linewidth=2.5, label=label, zorder=1)
+            ax.plot(range(len(losses)), losses, color=shade, linestyle=dash, linewidth=2.5, label=label, zorder=1)
         else:
             j = i % len(markers)
-            top.plot(
+            ax.plot(
                 range(len(losses)),
                 losses,
                 linestyle=styles[j % len(styles)],
@@ -546,37 +591,43 @@ def write_loss_plot(path: Path, data: dict[str, Any]) -> str | None:
                 zorder=2,
             )
         if ev.get("signal") and losses:  # trained some steps, then crashed: mark where
-            top.annotate(str(ev["signal"]), (len(losses) - 1, losses[-1]), color="red", fontsize=8)
-    top.set_ylabel("loss (cross-entropy)")
-    top.set_title("loss per training step", fontsize=10)
-    top.grid(alpha=0.3)
-    top.legend(fontsize=8, loc="best")
-    if bottom is not None:
-        checks = h.get("checks") or {}
-        for c in compared:
-            base = [float(x) for x in cpu[c["ref"]]["losses"]]
-            diff = [float(a) - b for a, b in zip(c["losses"], base, strict=False)]
-            bottom.plot(range(len(diff)), diff, marker=".", linewidth=1.2, label=c["cell"])
-            if "loss_abs_tolerance" in checks:  # the judge's limit: abs + rel * |cpu loss|
-                limit = [checks["loss_abs_tolerance"] + checks.get("loss_rel_tolerance", 0.0) * abs(b) for b in base]
-                bottom.fill_between(range(len(limit)), [-x for x in limit], limit, color="grey", alpha=0.08)
-        bottom.axhline(0.0, color="black", linewidth=1)
-        bottom.set_ylabel("loss - CPU loss")
-        bottom.set_title("difference from the CPU baseline of the same ref and seed", fontsize=10)
-        bottom.grid(alpha=0.3)
-        bottom.legend(fontsize=8, loc="best")
-    (bottom or top).set_xlabel("step")
-    refs = refs_line(data)
+            ax.annotate(str(ev["signal"]), (len(losses) - 1, losses[-1]), color="red", fontsize=8)
+    ax.set_ylabel("loss (cross-entropy)")
+    ax.set_title("loss per training step", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+
+
+def _plot_cpu_differences(
+    ax: Any, compared: list[dict[str, Any]], cpu: dict[str, dict[str, Any]], checks: dict[str, Any]
+) -> None:
+    """Each GPU cell's loss minus the CPU loss of its ref, over the judge's band where the matrix sets one."""
+    for c in compared:
+        base = [float(x) for x in cpu[c["ref"]]["losses"]]
+        diff = [float(a) - b for a, b in zip(c["losses"], base, strict=False)]
+        ax.plot(range(len(diff)), diff, marker=".", linewidth=1.2, label=c["cell"])
+        if "loss_abs_tolerance" in checks:  # the judge's limit: abs + rel * |cpu loss|
+            limit = [checks["loss_abs_tolerance"] + checks.get("loss_rel_tolerance", 0.0) * abs(b) for b in base]
+            ax.fill_between(range(len(limit)), [-x for x in limit], limit, color="grey", alpha=0.08)
+    ax.axhline(0.0, color="black", linewidth=1)
+    ax.set_ylabel("loss - CPU loss")
+    ax.set_title("difference from the CPU baseline of the same ref and seed", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+
+
+def _loss_plot_title(data: dict[str, Any]) -> str:
+    """Refs, session and every device that ran."""
     every = [c.get("evidence") or {} for c in data["cells"]]
     names = list(dict.fromkeys(str(ev["device"]) for ev in every if ev.get("device")))
-    title = f"MNN {refs}, session {h.get('session', '?')}: loss per step\n" + textwrap.fill(
+    return f"MNN {refs_line(data)}, session {data['header'].get('session', '?')}: loss per step\n" + textwrap.fill(
         "devices: " + ("; ".join(names) or "?"), width=110
     )
-    fig.suptitle(title, fontsize=11)
+
+
+def _loss_plot_notes(data: dict[str, Any], cells: list[dict[str, Any]]) -> list[str]:
+    """What the curves do not show: cells without losses (and why), NaN/Inf gaps."""
     notes = [f"no losses: {c['cell']} [{c['verdict']}: {_why(c)}]" for c in data["cells"] if not c.get("losses")]
     if any(not math.isfinite(float(x)) for c in cells for x in c["losses"]):
         notes.append("NaN/Inf losses are gaps in the curves")
-    if notes:
-        top.text(0.01, 0.02, "\n".join(notes), transform=top.transAxes, fontsize=8, color="firebrick", va="bottom")
-    fig.savefig(path, format="png")
-    return None
+    return notes

@@ -25,6 +25,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
@@ -32,13 +33,18 @@ FAKE_DRIVER = HERE / "fake_driver.py"
 FAKE_TOOLCHAIN = {"c++": "fake", "cc": "fake", "cmake": "fake", "ninja": "fake", "runner": "host"}
 
 
+def _replace(owner: ModuleType | type, name: str, value: object) -> None:
+    """Swap one of the suite's seams, by name (its signature stays the suite's business); a seam that was renamed
+    stops the battery with a clear message instead of silently running the real thing."""
+    if not hasattr(owner, name):
+        raise SystemExit(f"fakerun: {owner.__name__} has no {name} to replace: update tests/faults/fakerun.py")
+    setattr(owner, name, value)
+
+
 def _patch_constants(patches: dict[str, Any]) -> None:
     for dotted, value in patches.items():
         module_name, _, attr = dotted.rpartition(".")
-        module = importlib.import_module(module_name)
-        if not hasattr(module, attr):
-            raise SystemExit(f"fakerun: {module_name} has no {attr} to patch")
-        setattr(module, attr, value)
+        _replace(importlib.import_module(module_name), attr, value)
 
 
 def _no_preflight() -> None:
@@ -49,7 +55,7 @@ def _no_preflight() -> None:
         say("preflight: skipped by the fault battery (fakerun.py)")
         return replace(settings, runner="host" if settings.runner == "auto" else settings.runner), []
 
-    session.preflight_for = preflight_for
+    _replace(session, "preflight_for", preflight_for)
 
 
 def _resolve_tree(ref: str, settings: Any, matrix: Any) -> Any:
@@ -106,9 +112,9 @@ def _fake(plan: dict[str, Any]) -> None:
                 plugins[variant] = lib
         return session.Built(ref, tree, matrix.ref_info(ref), runner, builder, core, wrapper, plugins, 0.0)
 
-    icd.resolve = fake_icd
-    session.build_ref = build_ref
-    session.usable_gdb = lambda runner, say: None
+    _replace(icd, "resolve", fake_icd)
+    _replace(session, "build_ref", build_ref)
+    _replace(session, "usable_gdb", lambda runner, say: None)
     _no_preflight()
 
 
@@ -131,7 +137,7 @@ def _cached(plan: dict[str, Any]) -> None:
         plugins = {v: Path(cached["plugins"][v]) for v in variants if v != "cpu"}
         return session.Built(ref, tree, info, runner, builder, core, Path(cached["driver"]), plugins, 0.0)
 
-    session.build_ref = build_ref
+    _replace(session, "build_ref", build_ref)
 
 
 def _build(plan: dict[str, Any]) -> None:
@@ -141,7 +147,7 @@ def _build(plan: dict[str, Any]) -> None:
         self.say("native driver: not built by the fault battery (a fake MNN tree has no headers for it)")
         return core.variant_dir / "no-driver"
 
-    Builder.driver = driver  # type: ignore[method-assign]
+    _replace(Builder, "driver", driver)
     _no_preflight()
 
 

@@ -265,10 +265,6 @@ def test_hidden_libvulkan_is_not_exercised(ws: Workspace, finish: Finish) -> Non
 # -- fixtures: golden, MNIST, matrix.toml, pyproject --------------------------------------------------------------
 
 GOLDEN_NPY = "fixtures/golden/3.3.0/step0/grad/conv1.weight.npy"
-BUG_TORN_PROVENANCE = (
-    "bug: session._run_ref calls gradcheck.driver_args(golden_dir) outside the per-cell try; _read_provenance's "
-    "json.loads raises JSONDecodeError: a traceback (exit 1, no summary.json) instead of FAIL cells or exit 5"
-)
 BUG_PYPROJECT_SYNTAX = (
     "bug: settings.load calls tomllib.loads(pyproject) unguarded: a TOMLDecodeError traceback (exit 1) instead "
     "of a configuration error (exit 2)"
@@ -299,12 +295,7 @@ def _provenance_not_a_golden(path: Path) -> None:
     [
         ("golden .npy truncated", GOLDEN_NPY, _truncate),
         ("golden .npy with a bad header", GOLDEN_NPY, _bad_header),
-        pytest.param(
-            "golden provenance.json torn (not JSON)",
-            "fixtures/golden/3.3.0/provenance.json",
-            _torn_provenance,
-            marks=pytest.mark.xfail(strict=True, reason=BUG_TORN_PROVENANCE),
-        ),
+        ("golden provenance.json torn (not JSON)", "fixtures/golden/3.3.0/provenance.json", _torn_provenance),
         ("golden provenance.json of another format", "fixtures/golden/3.3.0/provenance.json", _provenance_not_a_golden),
     ],
     ids=["golden-npy-truncated", "golden-npy-bad-header", "golden-provenance-torn", "golden-provenance-format"],

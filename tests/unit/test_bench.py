@@ -5,14 +5,18 @@ Synthetic driver events only; no MNN.
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from mnnrepro import bench
+from mnnrepro import bench, cli
+from mnnrepro.cells import Cell, CellRun
 from mnnrepro.contract import RunRecord
+from mnnrepro.runner import Completed
+from mnnrepro.settings import Settings
 
 
 def timing(step: int, phase: str, ms: float, first: float, ops: int = 10) -> dict[str, Any]:
@@ -142,13 +146,60 @@ def test_compare_prints_change_per_backend() -> None:
     assert not any(ch.isdigit() for ch in lines["opencl"])
 
 
+def bench_args(*argv: str) -> argparse.Namespace:
+    return cli.parser().parse_args(["bench", *argv])
+
+
 def test_main_from_json_with_compare(tmp_path: Path) -> None:
     path = tmp_path / "old.json"
     path.write_text(json.dumps(bench.to_json(_rows(), {"ref": "3.3.0"})))
     said: list[str] = []
-    assert bench.main(["--from-json", str(path), "--compare", str(path)], say=said.append) == 0
+    args = bench_args("--from-json", str(path), "--compare", str(path))
+    assert bench.main(args, Settings(), say=said.append) == 0
     out = "\n".join(said)
     assert "vulkan-buffer/lavapipe" in out and "(+0%)" in out and "NOT-EXERCISED" in out
+
+
+def test_bench_is_a_subcommand_of_the_one_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(bench.to_json(_rows(), {"ref": "3.3.0"})))
+    assert cli.main(["bench", "--from-json", str(path)]) == 0
+    assert "vulkan-buffer/lavapipe" in capsys.readouterr().out
+    args = bench_args("--icd", "lavapipe", "--timeout", "60", "--steps", "5", "--repeat", "2")
+    assert (args.icds, args.timeout_s, args.steps, args.repeat, args.runner) == ("lavapipe", 60, 5, 2, "host")
+
+
+def test_too_few_steps_is_a_configuration_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(bench.to_json(_rows(), {"ref": "3.3.0"})))
+    assert cli.main(["bench", "--from-json", str(path), "--steps", "1"]) == 2
+    assert "--steps must be > 1" in capsys.readouterr().err
+
+
+def test_plan_lists_dynamic_then_static_rows() -> None:
+    names = [t.backend for t in bench.plan("3.3.0", ("lavapipe", "host"), True)]
+    dynamic = ["cpu", "vulkan-buffer/lavapipe", "vulkan-buffer/host", "opencl"]
+    assert names == dynamic + [n + " static" for n in dynamic]
+    assert [t.backend for t in bench.plan("3.3.0", ("lavapipe",), False)] == ["cpu", "vulkan-buffer/lavapipe", "opencl"]
+
+
+def _run(icd: str, backend: dict[str, Any], returncode: int = 0, done: bool = True) -> CellRun:
+    record = RunRecord(backend=backend, done=done)
+    completed = Completed(argv=("driver",), returncode=returncode, duration_s=1.0)
+    return CellRun(Cell("3.3.0", "vulkan-buffer", icd), Path("/nowhere"), completed, record, None, [], False)
+
+
+def test_stop_row_says_why_a_backend_is_not_measured() -> None:
+    gpu = {"exercised": True, "device": {"type": "DISCRETE_GPU", "name": "gpu"}}
+    assert bench.stop_row("vulkan-buffer/host", _run("host", gpu), "gpu") is None
+    off = bench.stop_row("opencl", _run("-", {"exercised": False, "reason": "no GPU"}), "")
+    assert off is not None and (off.status, off.reason) == (bench.NOT_EXERCISED, "no GPU")
+    cpu_type = {"exercised": True, "device": {"type": "CPU"}}
+    host = bench.stop_row("vulkan-buffer/host", _run("host", cpu_type), "llvmpipe")
+    assert host is not None and host.status == bench.NOT_EXERCISED and "CPU-type device (llvmpipe)" in host.reason
+    assert bench.stop_row("vulkan-buffer/lavapipe", _run("lavapipe", cpu_type), "llvmpipe") is None
+    crashed = bench.stop_row("vulkan-buffer/lavapipe", _run("lavapipe", gpu, returncode=-11, done=False), "gpu")
+    assert crashed is not None and crashed.status == bench.FAILED and "driver exit -11" in crashed.reason
 
 
 def test_plot_writes_a_png(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from mnnrepro import judge as J
-from mnnrepro.cells import Cell, Workload, run_cell
+from mnnrepro.cells import Cell, Workload, driver_argv, run_cell
 from mnnrepro.fixtures import Expectation
 from mnnrepro.icd import Icd
 from mnnrepro.judge import judge
@@ -264,3 +264,12 @@ def test_a_run_may_write_its_result_dir_and_the_directories_its_options_name(tmp
     )
     assert seen == [[result, init]]
     assert json.loads((result / "cell.json").read_text())["writable"] == [str(result), str(init)]
+
+
+def test_driver_argv_names_the_backend_data_result_dir_and_plugin(tmp_path: Path) -> None:
+    cell = Cell("3.3.0", "vulkan-buffer", "lavapipe")
+    argv = driver_argv(cell, Path("/d/mnist_driver"), Path("/v/libMNN_Vulkan.so"), WORKLOAD, tmp_path, Path("/m"))
+    assert argv[:7] == ["/d/mnist_driver", "--backend", "vulkan", "--data", "/m", "--out", str(tmp_path)]
+    assert argv[7:-2] == WORKLOAD.driver_args()
+    assert argv[-2:] == ["--plugin", "/v/libMNN_Vulkan.so"]
+    assert "--plugin" not in driver_argv(Cell("3.3.0", "cpu", "-"), Path("d"), None, WORKLOAD, tmp_path, Path("m"))

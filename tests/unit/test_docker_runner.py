@@ -342,3 +342,39 @@ def test_make_runner_removes_leftovers_and_mounts_the_cache_read_only(
     cache = tmp_path / "cache"
     assert set(runner.read_only) == {fixtures.ROOT, tree.path, tmp_path / "results", cache / "variants", cache / "icd"}
     assert runner.owned_trees == (cache,)
+
+
+@dataclass
+class SlowContainer(FakeContainer):
+    """Outlives its time limit (the engine's wait times out) until killed; or, with `interrupt`, the wait is
+    interrupted (Ctrl-C)."""
+
+    interrupt: bool = False
+    killed: bool = False
+
+    def wait(self, timeout: float | None = None) -> dict[str, int]:
+        if self.killed:
+            return {"StatusCode": 137}
+        if self.interrupt:
+            raise KeyboardInterrupt
+        import requests
+
+        raise requests.exceptions.ReadTimeout
+
+    def kill(self) -> None:
+        self.killed = True
+
+
+def test_a_container_past_its_time_limit_is_killed_and_removed(tmp_path: Path) -> None:
+    container = SlowContainer(out=b"partial\n")
+    res = DockerRunner(FakeDocker(container), "img").run(["driver"], timeout_s=1, stdout_path=tmp_path / "out.txt")
+    assert res.timed_out and res.returncode == 137 and container.killed and container.removed
+    assert (tmp_path / "out.txt").read_bytes() == b"partial\n"
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_an_interrupted_run_kills_its_container_and_keeps_it_only_when_asked(keep: bool) -> None:
+    container = SlowContainer(interrupt=True)
+    with pytest.raises(KeyboardInterrupt):
+        DockerRunner(FakeDocker(container), "img", keep_on_failure=keep).run(["driver"], timeout_s=1)
+    assert container.killed and container.removed is not keep
