@@ -84,6 +84,27 @@ class SourceTree:
         return f"MNN {self.ref} ({commit}) from {self.origin}: {self.path}"
 
 
+def safe_extractall(tar: tarfile.TarFile, dest: Path) -> None:
+    """Extract a `git archive` tar: regular files, directories and links that stay inside ``dest``. The
+    "data" filter where Python has it (3.11.4+); on older ones (Debian 12 ships 3.11.2) the same rules checked
+    here, member by member."""
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(dest, filter="data")
+        return
+    root = dest.resolve()
+    for member in tar.getmembers():
+        target = (root / member.name).resolve()
+        if not target.is_relative_to(root) or not (member.isfile() or member.isdir() or member.issym()):
+            raise SourceError(f"refusing archive member {member.name!r} (outside the tree or not a file)")
+        if member.issym():
+            link = (target.parent / member.linkname).resolve()
+            if os.path.isabs(member.linkname) or not link.is_relative_to(root):
+                raise SourceError(f"refusing symlink {member.name!r} -> {member.linkname!r} (outside the tree)")
+        if member.isfile():
+            member.mode &= 0o755  # no setuid, no group/world write
+    tar.extractall(dest)  # every member checked above
+
+
 def mnn_version(path: Path) -> str | None:
     try:
         text = (path / "include" / "MNN" / "MNNDefine.h").read_text(errors="replace")
@@ -330,7 +351,7 @@ def import_from_git(
             args += [f":(exclude,literal){path}" for path in missing]
             _git(args, what=f"git archive of {ref}", timeout_s=BULK_TIMEOUT_S)
             with tarfile.open(tar_path) as tar:
-                tar.extractall(tmp, filter="data")
+                safe_extractall(tar, tmp)
             tar_path.unlink()
             prov = {"ref": ref, "commit": commit, "origin": f"import:{git_dir}", "missing": missing}
             (tmp / PROVENANCE).write_text(json.dumps(prov, indent=1))

@@ -126,7 +126,12 @@ def ensure(cache_dir: Path, *, tarball: Path | None = None) -> Path:
             raise EnvironmentProblem(f"{MEMBER}: sha256 does not match the pin")
         staging = Path(tempfile.mkdtemp(prefix=".swiftshader-", dir=_parent(install_dir(cache_dir))))
         with tarfile.open(fileobj=io.BytesIO(_brotli_decompress(br)), mode="r:") as tar:
-            tar.extract(LIBRARY, staging, filter="data")
+            # Read the one member by name and write it ourselves: no path from the archive is ever used (and
+            # Debian 12's Python 3.11.2 predates extraction filters).
+            member = tar.extractfile(LIBRARY)
+            if member is None:
+                raise EnvironmentProblem(f"{LIBRARY} is not a regular file in swiftshader.tar.br")
+            (staging / LIBRARY).write_bytes(member.read())
         lib = staging / LIBRARY
         if _sha256(lib.read_bytes()) != LIBRARY_SHA256:
             raise EnvironmentProblem(f"{LIBRARY}: sha256 does not match the pin {LIBRARY_SHA256}")

@@ -125,6 +125,10 @@ def test_real_gpu_cases_are_explained(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setattr(preflight, "opencl_platforms", lambda library: [])
     monkeypatch.setattr(preflight, "vulkan_instance", lambda manifest: preflight.Instance(-9))
     monkeypatch.setattr(preflight, "docker_sdk", _shadowed)
+    # Only the GPU explanations are under test: the host's own toolchain and loader are whatever this machine has.
+    monkeypatch.setattr(preflight, "check_toolchain", lambda: [])
+    monkeypatch.setattr(preflight, "check_gdb", lambda severity=preflight.FAIL: [])
+    monkeypatch.setattr(preflight, "check_vulkan_loader", lambda severity=preflight.FAIL: [])
     diagnosis = doctor.check(Settings(cache_dir=tmp_path, runner="host", icds=("bogus",)))
     lines: list[str] = []
     doctor.report(diagnosis, lines.append)

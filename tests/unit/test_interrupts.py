@@ -15,11 +15,16 @@ from mnnrepro.runner import HostRunner
 
 
 def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
+    """A live (not zombie) process in the group. Zombies do not count: where PID 1 does not reap (a container
+    whose init is `sleep`), an orphan killed by us stays a zombie forever without running anything."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
 def _wait_for(path: Path, timeout_s: float = 10.0) -> str:
