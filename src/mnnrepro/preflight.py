@@ -454,21 +454,20 @@ def check_icd(name: str, settings: Settings, runner: str, *, severity: str = FAI
 
 
 def _swiftshader_fetchable(label: str, severity: str) -> Finding:
-    missing = []
-    if shutil.which("npm") is None:
-        missing.append("npm")
-    if importlib.util.find_spec("brotli") is None and shutil.which("brotli") is None:
-        missing.append("brotli")
+    """Fetching needs no npm (one HTTPS GET from the npm registry), only a brotli decoder: the brotli module
+    (a dependency of the suite) or the brotli CLI."""
     pin = f"{swiftshader.PACKAGE}@{swiftshader.VERSION}"
-    if missing:
+    if importlib.util.find_spec("brotli") is None and shutil.which("brotli") is None:
         return Finding(
             severity,
             label,
-            f"SwiftShader is not cached and cannot be fetched: {' and '.join(missing)} missing",
-            f"{_apt(missing)} (npm fetches {pin} from its registry)",
-            tuple(missing),
+            "SwiftShader is not cached and cannot be unpacked: no brotli decoder (module or CLI)",
+            "pip install brotli (a dependency of mnnrepro), or apt-get install brotli",
+            ("brotli",),
         )
-    return Finding(OK, label, f"not cached yet: will be fetched ({pin}, sha256-pinned) before the build")
+    return Finding(
+        OK, label, f"not cached yet: will be fetched ({pin}, sha256-pinned, from {swiftshader.registry()}) first"
+    )
 
 
 def check_host_icd(*, severity: str = FAIL) -> list[Finding]:

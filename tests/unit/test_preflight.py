@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -170,21 +171,18 @@ def test_missing_lavapipe_fails_on_the_host_but_not_in_docker(tmp_path: Path, mo
     assert docker.status == OK  # docker/Dockerfile guarantees it
 
 
-def test_swiftshader_not_cached_is_fetched_if_npm_is_there(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_swiftshader_not_cached_needs_only_a_brotli_decoder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No npm: the pinned package is one HTTPS GET; unpacking needs the brotli module (a dependency) or CLI."""
     settings = Settings(cache_dir=tmp_path / "cache")
     assert not swiftshader.manifest_path(settings.cache_dir).exists()
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.setenv("PATH", str(bin_dir))  # no npm, no brotli CLI
+    (with_module,) = preflight.check_icd("swiftshader", settings, "host")
+    assert with_module.status == OK and "will be fetched" in with_module.detail
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)  # no brotli module either
     (without,) = preflight.check_icd("swiftshader", settings, "host")
-    assert without.status == FAIL
-    assert "npm" in without.packages
-    npm = bin_dir / "npm"
-    npm.write_text("#!/bin/sh\nexit 0\n")
-    npm.chmod(0o755)
-    (with_npm,) = preflight.check_icd("swiftshader", settings, "host")
-    assert "npm" not in with_npm.packages
-    assert "will be fetched" in with_npm.detail or "brotli" in with_npm.detail
+    assert without.status == FAIL and without.packages == ("brotli",) and "npm" not in without.fix
     assert not swiftshader.manifest_path(settings.cache_dir).exists()  # preflight never fetches
 
 
@@ -488,12 +486,13 @@ def test_the_toolchain_image_states(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert preflight.check_docker(settings)[-1].status == OK
     assert tag in preflight.check_docker(settings)[-1].detail
 
-    # Base present, image not built, SwiftShader not cached and no npm: the image build could not start.
+    # Base present, image not built, SwiftShader not cached and no brotli decoder: the image build cannot start.
     docker_with(monkeypatch, FakeClient({settings.base_image: "sha256:base"}))
     fake_bin(tmp_path, monkeypatch, {})
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     last = preflight.check_docker(settings)[-1]
     assert last.status == FAIL
-    assert "npm" in last.packages
+    assert "brotli" in last.packages
 
     # No base either: it will be pulled (or bootstrapped); a warning, not a failure.
     docker_with(monkeypatch, FakeClient({}))
