@@ -478,8 +478,10 @@ def run_session(name: str, settings: Settings, *, say: Callable[[str], None] = p
         ]
         data["status"] = report.INTERRUPTED
         data["all_matched"] = False
-    with interrupts.held():  # reports are written whole, even under a second Ctrl-C
+    with interrupts.held() as late:  # reports are written whole, even under a Ctrl-C meanwhile
         written = report.write_all(results, data)
+    if late and stopped is None:  # every cell had finished: the reports are complete, the exit says the signal
+        stopped = interrupts.Interrupted(late[0])
     say("")
     commits = ", ".join(f"{r} ({(h.get('commit') or '?')[:10]})" for r, h in per_ref.items())
     say(f"MNN {commits}, runner {first.get('runner', '?')}, {workload.steps} steps x batch {workload.batch_size}")

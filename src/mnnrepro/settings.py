@@ -119,7 +119,12 @@ def load(
 ) -> Settings:
     settings = Settings()
     if pyproject.is_file():
-        table = tomllib.loads(pyproject.read_text()).get("tool", {}).get("mnnrepro", {})
+        try:
+            table = tomllib.loads(pyproject.read_bytes().decode("utf-8")).get("tool", {}).get("mnnrepro", {})
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read {pyproject}: {exc}", hint="fix the [tool.mnnrepro] table's syntax") from exc
+        if not isinstance(table, dict):
+            raise ConfigError(f"{pyproject}: [tool.mnnrepro] must be a table")
         settings = _apply(settings, table, f"{pyproject} [tool.mnnrepro]")
     env = os.environ if environ is None else environ
     from_env = {k[len(ENV_PREFIX) :].lower(): v for k, v in env.items() if k.startswith(ENV_PREFIX)}

@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -799,7 +799,9 @@ def signal_row(
                 problems.append(f"summary status {summary.get('status')!r}, want INTERRUPTED")
             if not (run_dir / "junit.xml").is_file():
                 problems.append("no junit.xml")
-            if summary.get("all_matched"):
+            # Every cell had finished and matched: a true result, and the exit (128+N) still says the signal.
+            # Anything else that claims all matched after a signal is a false green.
+            if summary.get("all_matched") and summary.get("status") != "complete":
                 row.false_green = True
     elif ran.signal_sent and ran.returncode == -int(signum):
         if "results in" in ran.stdout:
@@ -841,3 +843,20 @@ def cli_row(
     row.lost = markers.lost()
     row.leftovers = list(ran.leftovers)
     return row
+
+
+def run_signalled(
+    run: Callable[[Send], Ran], rng: random.Random, signum: signal.Signals, group: bool, lo: float, hi: float
+) -> Ran:
+    """``run`` with ``signum`` at a random moment in [lo, hi] s; when the run ended before it (a machine faster
+    than ``hi`` assumed), again with the moment drawn from the part of that run's duration that has passed."""
+    ran: Ran | None = None
+    for attempt in range(1, 4):
+        ran = run(Send(signum, rng.uniform(lo, hi), group))
+        if ran.signal_sent:
+            if attempt > 1:
+                ran.signal_sent += f" (attempt {attempt}: the earlier runs ended before their signal)"
+            return ran
+        hi = max(lo + 0.1, min(hi, ran.duration_s * 0.8))
+    assert ran is not None
+    return ran

@@ -51,6 +51,7 @@ from .battery import (
     previous_results,
     reap_orphans,
     run_containers,
+    run_signalled,
     run_tracked,
     seeded,
     session_row,
@@ -309,8 +310,8 @@ def test_a_signal_at_a_random_moment_of_a_real_run(
     signum: signal.Signals,
     group: bool,
 ) -> None:
-    delay = seeded(seed, request.node.nodeid).uniform(0.5, 40.0)
-    ran = fws.session(runner, send=Send(signum, delay, group))
+    rng = seeded(seed, request.node.nodeid)
+    ran = run_signalled(lambda send: fws.session(runner, send=send), rng, signum, group, 0.5, 40.0)
     how = "Ctrl-C (SIGINT to the group)" if group else "SIGTERM (to the session)"
     row, known = signal_row(f"{how} at a random moment", runner, ran, fws.results, fws.markers, signum)
     container_labels_ok(row, ran, runner)
@@ -324,7 +325,7 @@ def test_a_killed_docker_session_leaves_a_container_the_next_one_removes(fws: Fu
     killed = fws.session("docker", send=send, keep_containers=True)
     left = [x for x in killed.leftovers if x.startswith("container ")]
     procs = [x for x in killed.leftovers if not x.startswith("container ")]
-    nxt = fws.session("docker", "--steps", "1", session="cpu")
+    nxt = fws.session("docker", session="cpu")
     still = run_containers(fws.cached.client, killed.pids)
     row = Row("SIGKILL of a Docker session; then the next session", "docker")
     row.outcome = f"killed: {killed.returncode}, {len(left)} container(s) left; next session exit {nxt.returncode}"
@@ -491,17 +492,13 @@ def test_nox_vulkan_signalled_at_a_random_moment(
     signum: signal.Signals,
     group: bool,
 ) -> None:
-    delay = seeded(seed, request.node.nodeid).uniform(0.5, 40.0)
     posargs = ["--ref", REF, "--icd", "lavapipe", "--steps", "3", "--results-dir", str(fws.results)]
     argv = [*nox_argv, "-s", "vulkan", "-R", "--", *posargs]
-    ran = run_tracked(
-        argv,
-        env=base_env(),
-        timeout_s=LIMIT_S,
-        send=Send(signum, delay, group),
-        docker=fws.cached.client,
-        abort=BUILDING,
-    )
+
+    def run(send: Send) -> Ran:
+        return run_tracked(argv, env=base_env(), timeout_s=LIMIT_S, send=send, docker=fws.cached.client, abort=BUILDING)
+
+    ran = run_signalled(run, seeded(seed, request.node.nodeid), signum, group, 0.5, 40.0)
     how = "Ctrl-C (SIGINT to nox's group)" if group else "SIGTERM to nox alone"
     row, found = session_row(
         f"nox -s vulkan: {how}", "docker", ran, fws.results, fws.markers, exits=range(1, 256), green=True
