@@ -71,6 +71,46 @@ class Verdict:
     evidence: dict[str, Any] = field(default_factory=dict)
 
 
+def _cpu_checks(
+    losses: list[float], acc: float | None, checks: dict[str, float], baseline: RunRecord | None
+) -> list[Check]:
+    """A GPU cell against the CPU run of the same ref and workload: every step's loss, and the accuracy."""
+    out: list[Check] = []
+    if baseline is None or not baseline.losses or not baseline.done:
+        out.append(Check("tracks_cpu", False, "no complete CPU baseline run of the same ref and workload"))
+    else:
+        abs_tol, rel_tol = checks.get("loss_abs_tolerance", 0.02), checks.get("loss_rel_tolerance", 0.01)
+        pairs = list(zip(losses, baseline.losses, strict=False))  # lengths compared below
+        worst_i, worst, worst_excess = -1, 0.0, -math.inf
+        for i, (a, b) in enumerate(pairs):
+            diff = abs(a - b)
+            excess = diff - (abs_tol + rel_tol * abs(b))
+            if excess > worst_excess:
+                worst_i, worst, worst_excess = i, diff, excess
+        ok = bool(pairs) and len(pairs) == len(baseline.losses) and worst_excess <= 0
+        out.append(
+            Check(
+                "tracks_cpu",
+                ok,
+                f"max |loss - cpu| {worst:.6f} at step {worst_i} (limit {abs_tol} + {rel_tol}*|cpu|)",
+                round(worst, 6),
+                abs_tol,
+            )
+        )
+        gap_limit = checks.get("max_accuracy_gap", 0.03)
+        gap = abs((acc or 0.0) - (baseline.accuracy or 0.0))
+        out.append(
+            Check(
+                "accuracy_vs_cpu",
+                gap <= gap_limit,
+                f"|{acc} - cpu {baseline.accuracy}| = {gap:.4f} <= {gap_limit}",
+                round(gap, 4),
+                gap_limit,
+            )
+        )
+    return out
+
+
 def training_checks(
     run: RunRecord, *, steps: int, checks: dict[str, float], baseline: RunRecord | None, compare_to_baseline: bool
 ) -> list[Check]:
@@ -118,39 +158,90 @@ def training_checks(
     else:
         out.append(Check("accuracy", acc is not None and acc >= limit, f"test accuracy {acc} >= {limit}", acc, limit))
     if compare_to_baseline:
-        if baseline is None or not baseline.losses or not baseline.done:
-            out.append(Check("tracks_cpu", False, "no complete CPU baseline run of the same ref and workload"))
-        else:
-            abs_tol, rel_tol = checks.get("loss_abs_tolerance", 0.02), checks.get("loss_rel_tolerance", 0.01)
-            pairs = list(zip(losses, baseline.losses, strict=False))  # lengths compared below
-            worst_i, worst, worst_excess = -1, 0.0, -math.inf
-            for i, (a, b) in enumerate(pairs):
-                diff = abs(a - b)
-                excess = diff - (abs_tol + rel_tol * abs(b))
-                if excess > worst_excess:
-                    worst_i, worst, worst_excess = i, diff, excess
-            ok = bool(pairs) and len(pairs) == len(baseline.losses) and worst_excess <= 0
-            out.append(
-                Check(
-                    "tracks_cpu",
-                    ok,
-                    f"max |loss - cpu| {worst:.6f} at step {worst_i} (limit {abs_tol} + {rel_tol}*|cpu|)",
-                    round(worst, 6),
-                    abs_tol,
-                )
-            )
-            gap_limit = checks.get("max_accuracy_gap", 0.03)
-            gap = abs((acc or 0.0) - (baseline.accuracy or 0.0))
-            out.append(
-                Check(
-                    "accuracy_vs_cpu",
-                    gap <= gap_limit,
-                    f"|{acc} - cpu {baseline.accuracy}| = {gap:.4f} <= {gap_limit}",
-                    round(gap, 4),
-                    gap_limit,
-                )
-            )
+        out += _cpu_checks(losses, acc, checks, baseline)
     return out
+
+
+def _evidence(run: CellRun, covered_by: str) -> dict[str, Any]:
+    """What every verdict carries: the command, how it ended, where, on which backend and device."""
+    rec, completed, last = run.record, run.completed, run.record.last_stage
+    device = rec.backend.get("device") or {}
+    evidence: dict[str, Any] = {
+        "command": run.argv,
+        "exit_code": completed.returncode,
+        "signal": completed.signal_name,
+        "duration_s": round(completed.duration_s, 2),
+        "stage": last.label() if last else None,
+        "requested_backend": rec.backend.get("requested", run.cell.backend),
+        "active_backend": rec.backend.get("active"),
+        "device": rec.device_name,
+        "driver": device.get("driver_info") or device.get("driver_name"),
+        "backtrace": str(run.backtrace_path) if run.backtrace_path else None,
+        "top_frames": [f.get("function") for f in (run.crash or {}).get("frames", [])[:6]],
+        "result_dir": str(run.result_dir),
+        "timeout_s": getattr(run, "timeout_s", None),
+    }
+    if covered_by and is_version_range(covered_by):
+        evidence["expectation_covers"] = covered_by
+    return evidence
+
+
+def _crash(
+    run: CellRun, expectation: Expectation | None, known_bugs: tuple[Expectation, ...], evidence: dict[str, Any]
+) -> tuple[str, str]:
+    """A run ended by a signal: REPRODUCED when it matches a known bug's row (signal, stage, step, signature),
+    else UNEXPECTED-CRASH saying what differed."""
+    sig, last = run.completed.signal_name, run.record.last_stage
+    where = f"{sig} at stage {evidence['stage']}"
+    observed = signature.of_crash(run.crash) if run.crash else None
+    evidence["signature"] = list(observed) if observed is not None else None
+    candidates = [expectation] if expectation and expectation.outcome == "reproduce" else []
+    known = _known_signature(expectation, known_bugs)
+    if known:
+        candidates.append(known)
+    mismatch = ""
+    for row in candidates:
+        if not (sig == row.signal and last is not None and last.name == row.stage and row.step in (None, last.step)):
+            mismatch = f"expected {row.signal} at {row.stage}[step {row.step}]"
+            continue
+        if row.signature and observed is not None and not signature.matches(observed, row.signature):
+            mismatch = f"frames {' < '.join(observed) or '(none in MNN)'} are not {' < '.join(row.signature)}"
+            continue
+        note = "" if observed is not None or not row.signature else " (signature not verified: no backtrace)"
+        return REPRODUCED, f"{where}: the known bug {row.bug}{note}"
+    return UNEXPECTED_CRASH, where + (f" ({mismatch})" if mismatch else "")
+
+
+def _ended_early(run: CellRun, evidence: dict[str, Any]) -> tuple[str, str] | None:
+    """Verdicts decided before any training check: a container limit, a time limit, no proof of the backend,
+    a driver error. None when the run trained (or crashed: see _crash)."""
+    rec, completed = run.record, run.completed
+    if completed.killed_by:  # a container limit ended it (docker_runner): neither a crash of MNN's nor a hang
+        return FAIL, f"killed by {completed.killed_by} at stage {evidence['stage']}"
+    if completed.timed_out:
+        return HANG, f"killed after {completed.duration_s:.0f}s at stage {evidence['stage']}"
+    # Proof first: a run whose backend under test was not active is never judged on anything else.
+    if completed.returncode == EXIT_NOT_EXERCISED or rec.exercised is False:
+        return NOT_EXERCISED, rec.backend.get("reason") or "driver reported the backend was not active"
+    if rec.exercised is None and completed.signal is None:
+        return (
+            NOT_EXERCISED if completed.returncode == 0 else FAIL,
+            f"driver gave no backend proof (exit {completed.returncode}); see {run.result_dir}/stderr.txt",
+        )
+    if completed.signal is None and completed.returncode != 0:
+        meaning = EXIT_MEANINGS.get(completed.returncode, "unknown exit code")
+        message = (rec.error or {}).get("message", "")
+        return FAIL, f"driver exit {completed.returncode} ({meaning}) {message}".strip()
+    return None
+
+
+def _excuse(cs: list[Check], baseline_checks: tuple[Check, ...] | list[Check]) -> None:
+    """An absolute check that the CPU run of the same ref and workload fails too is no fault of the GPU's."""
+    cpu_failed = {c.name for c in baseline_checks if c.status == "fail"}
+    for c in cs:
+        if c.status == "fail" and c.name in ABSOLUTE_CHECKS and c.name in cpu_failed:
+            c.passed, c.status = True, "excused"
+            c.detail += "; excused: the CPU run of the same ref and workload misses it too"
 
 
 def judge(
@@ -170,91 +261,27 @@ def judge(
     failed too is excused for a GPU cell. ``covered_by``: the expectation row's entry that covers this ref
     when it is not the ref itself (a version range), said in the reason."""
     rec = run.record
-    completed = run.completed
     expected = ACCEPTS.get(expectation.outcome, "") if expectation else ""
-    last = rec.last_stage
-    evidence: dict[str, Any] = {
-        "command": run.argv,
-        "exit_code": completed.returncode,
-        "signal": completed.signal_name,
-        "duration_s": round(completed.duration_s, 2),
-        "stage": last.label() if last else None,
-        "requested_backend": rec.backend.get("requested", run.cell.backend),
-        "active_backend": rec.backend.get("active"),
-        "device": rec.device_name,
-        "driver": (rec.backend.get("device") or {}).get("driver_info")
-        or (rec.backend.get("device") or {}).get("driver_name"),
-        "backtrace": str(run.backtrace_path) if run.backtrace_path else None,
-        "top_frames": [f.get("function") for f in (run.crash or {}).get("frames", [])[:6]],
-        "result_dir": str(run.result_dir),
-        "timeout_s": getattr(run, "timeout_s", None),
-    }
-    by_range = bool(covered_by) and is_version_range(covered_by)
-    if by_range:
-        evidence["expectation_covers"] = covered_by
+    evidence = _evidence(run, covered_by)
 
     def verdict(v: str, reason: str, cs: list[Check] | None = None) -> Verdict:
-        matched = bool(expected) and v == expected and v not in (NOT_EXERCISED, HANG)
+        matched = bool(expected) and v == expected and v not in NEVER_PASS
         if not expectation:
             reason += " (no expectation for this cell in fixtures/matrix.toml)"
-        elif by_range:
+        elif "expectation_covers" in evidence:
             reason += f" (expectation: the row for refs {covered_by})"
         return Verdict(v, matched, expected, reason, cs or [], evidence)
 
-    if completed.killed_by:  # a container limit ended it (docker_runner): neither a crash of MNN's nor a hang
-        return verdict(FAIL, f"killed by {completed.killed_by} at stage {evidence['stage']}")
-    if completed.timed_out:
-        return verdict(HANG, f"killed after {completed.duration_s:.0f}s at stage {evidence['stage']}")
-    # Proof first: a run whose backend under test was not active is never judged on anything else.
-    if completed.returncode == EXIT_NOT_EXERCISED or rec.exercised is False:
-        reason = rec.backend.get("reason") or "driver reported the backend was not active"
-        return verdict(NOT_EXERCISED, reason)
-    if rec.exercised is None and completed.signal is None:
-        return verdict(
-            NOT_EXERCISED if completed.returncode == 0 else FAIL,
-            f"driver gave no backend proof (exit {completed.returncode}); see {run.result_dir}/stderr.txt",
-        )
-    sig = completed.signal_name
-    if sig is not None:
-        where = f"{sig} at stage {evidence['stage']}"
-        observed = signature.of_crash(run.crash) if run.crash else None
-        evidence["signature"] = list(observed) if observed is not None else None
-        candidates = []
-        if expectation and expectation.outcome == "reproduce":
-            candidates.append(expectation)
-        known = _known_signature(expectation, known_bugs)
-        if known:
-            candidates.append(known)
-        mismatch = ""
-        for row in candidates:
-            if not (
-                sig == row.signal
-                and last is not None
-                and last.name == row.stage
-                and (row.step is None or last.step == row.step)
-            ):
-                mismatch = f"expected {row.signal} at {row.stage}[step {row.step}]"
-                continue
-            if row.signature and observed is not None and not signature.matches(observed, row.signature):
-                mismatch = f"frames {' < '.join(observed) or '(none in MNN)'} are not {' < '.join(row.signature)}"
-                continue
-            note = "" if observed is not None or not row.signature else " (signature not verified: no backtrace)"
-            return verdict(REPRODUCED, f"{where}: the known bug {row.bug}{note}")
-        return verdict(UNEXPECTED_CRASH, where + (f" ({mismatch})" if mismatch else ""))
-    if completed.returncode != 0:
-        meaning = EXIT_MEANINGS.get(completed.returncode, "unknown exit code")
-        message = (rec.error or {}).get("message", "")
-        return verdict(FAIL, f"driver exit {completed.returncode} ({meaning}) {message}".strip())
-    cs = training_checks(
-        rec, steps=steps, checks=checks, baseline=baseline, compare_to_baseline=run.cell.backend != "cpu"
-    )
+    early = _ended_early(run, evidence)
+    if early is not None:
+        return verdict(*early)
+    if run.completed.signal_name is not None:
+        return verdict(*_crash(run, expectation, known_bugs, evidence))
+    gpu = run.cell.backend != "cpu"
+    cs = training_checks(rec, steps=steps, checks=checks, baseline=baseline, compare_to_baseline=gpu)
     cs += list(extra_checks)  # e.g. gradients against the CPU golden (gradcheck.py)
-    if run.cell.backend != "cpu":
-        cpu_failed = {c.name for c in baseline_checks if c.status == "fail"}
-        for c in cs:
-            if c.status == "fail" and c.name in ABSOLUTE_CHECKS and c.name in cpu_failed:
-                c.passed, c.status = True, "excused"
-                c.detail += "; excused: the CPU run of the same ref and workload misses it too"
+    if gpu:
+        _excuse(cs, baseline_checks)
     failed = [c for c in cs if not c.passed]
     if failed:
         return verdict(FAIL, "; ".join(f"{c.name}: {c.detail}" for c in failed), cs)
@@ -262,9 +289,7 @@ def judge(
         f"trained {len(rec.losses)} steps on {rec.device_name or rec.backend.get('active')}, "
         f"loss {rec.losses[0]:.3f}->{rec.losses[-1]:.3f}, accuracy {rec.accuracy}"
     )
-    if expectation and expectation.bug:
-        return verdict(FIXED, summary, cs)
-    return verdict(PASS, summary, cs)
+    return verdict(FIXED if expectation and expectation.bug else PASS, summary, cs)
 
 
 def _known_signature(expectation: Expectation | None, known_bugs: tuple[Expectation, ...]) -> Expectation | None:

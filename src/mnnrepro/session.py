@@ -10,7 +10,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -169,6 +169,143 @@ def build_ref(
     return Built(ref, tree, info, runner, builder, core, driver, plugins, time.monotonic() - t0)
 
 
+@dataclass
+class CellPlan:
+    """How one cell runs: its expectation (and the row entry covering the ref), whether it dumps and checks
+    gradients, and the workload with the driver arguments that follow."""
+
+    cell: Cell
+    expectation: fixtures.Expectation | None
+    covered_by: str
+    grads: bool
+    workload: Workload
+    timeout_s: float
+
+
+@dataclass
+class MnistRef:
+    """The MNIST training workload on one built ref: plans each cell, runs it (with repeats), judges it
+    against its expectation, the CPU baseline of the same build and the gradient golden."""
+
+    built: Built
+    settings: Settings
+    matrix: fixtures.Matrix
+    results: Path
+    say: Callable[[str], None]
+    gdb_path: str | None = None
+    icds: dict[str, icd.Icd] = field(default_factory=dict)
+    baseline: RunRecord | None = None
+    baseline_checks: list[Check] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.workload = _workload(self.matrix, self.settings)
+        self.known = tuple(r for r in self.matrix.expectations if r.outcome == "reproduce")
+        self.version = self.built.tree.version
+        committed = gradcheck.GOLDEN_ROOT / self.built.ref
+        # A ref without a committed golden is checked against the numpy reference (CPU cell) and the CPU run of
+        # this same build (GPU cells): never failed for a file a user cannot have.
+        self.golden_dir: Path | None = committed if (committed / "provenance.json").is_file() else None
+
+    def header(self) -> dict[str, Any]:
+        b = self.built
+        return {
+            "ref": b.ref,
+            "commit": b.tree.commit,
+            "mnn_version": self.version,
+            "source": str(b.tree.path),
+            "source_origin": b.tree.origin,
+            "compat": b.info.compat_reason,
+            "core_key": b.core.key,
+            "toolchain": b.builder.toolchain,
+            "runner": b.runner.name,
+            "image_digest": getattr(b.runner, "image_id", None),
+            "icds": {n: str(i.manifest) if i.manifest else "host default" for n, i in self.icds.items()},
+            "build_seconds": round(b.build_s, 1),
+            "builds": b.builder.log.events,
+            "golden": str(self.golden_dir) if self.golden_dir else "none committed: numpy reference + this run's CPU",
+        }
+
+    def plan(self, cell: Cell) -> CellPlan:
+        ref, wl = self.built.ref, self.workload
+        expectation = self.matrix.expectation(ref, cell.variant, cell.icd, self.version)
+        covered_by = (expectation.covers(ref, self.version) or "") if expectation else ""
+        timeout_s = float(self.settings.timeout_s or self.matrix.timeouts.get(cell.backend, 600))
+        # Cells that should train also dump gradients and start from the golden's initial parameters; a cell
+        # expected to crash does not (a dump would move its crash from sgd_step to grad_dump, hiding the
+        # signature of the known bug).
+        if expectation is not None and expectation.outcome == "reproduce":
+            return CellPlan(cell, expectation, covered_by, False, wl, timeout_s)
+        if self.golden_dir is not None:
+            args = gradcheck.driver_args(self.golden_dir)
+        elif cell.variant == variants.BASELINE:
+            # No golden: the CPU cell saves its initial parameters; its dumps become this session's golden.
+            steps = ",".join(str(s) for s in gradcheck.golden_steps(self.matrix))
+            init = self.results / "cells" / cell.dirname / "init"
+            args = ("--dump-steps", steps, "--save-init", str(init))
+        elif (self.results / "golden" / ref / "provenance.json").is_file():
+            args = gradcheck.driver_args(self.results / "golden" / ref)
+        else:
+            self.say(f"  {cell.id}: no gradient golden (the CPU cell made none); gradients not compared")
+            return CellPlan(cell, expectation, covered_by, False, wl, timeout_s)
+        return CellPlan(cell, expectation, covered_by, True, replace(wl, extra_args=args), timeout_s)
+
+    def run_once(self, plan: CellPlan, result_dir: Path) -> tuple[CellRun, Verdict]:
+        b, cell = self.built, plan.cell
+        try:
+            run = run_cell(
+                cell,
+                driver=b.driver,
+                plugin=b.plugins.get(cell.variant),
+                icd=self.icds.get(cell.icd),
+                workload=plan.workload,
+                timeout_s=plan.timeout_s,
+                runner=b.runner,
+                result_dir=result_dir,
+                use_gdb=self.gdb_path is not None,
+                gdb_path=self.gdb_path,
+                faults=self.settings.faults if cell.backend == "vulkan" else (),
+                say=self.say,
+            )
+            extra: tuple[Check, ...] = ()
+            if plan.grads and run.completed.returncode == 0 and not run.completed.timed_out:
+                extra = (
+                    _gradient_check(
+                        run, cell, self.golden_dir, self.results, b.ref, self.workload.precision, self.matrix
+                    ),
+                )
+            verdict = judge(
+                run,
+                plan.expectation,
+                steps=self.workload.steps,
+                checks=self.matrix.checks,
+                baseline=self.baseline,
+                known_bugs=self.known,
+                extra_checks=extra,
+                baseline_checks=self.baseline_checks,
+                covered_by=plan.covered_by,
+            )
+        except Exception as exc:  # a malformed file of one cell must not end the session
+            run, verdict = unreadable_cell(cell, result_dir, plan.expectation, exc)
+        verdict.evidence["timeout_s"] = plan.timeout_s
+        return run, verdict
+
+    def run(self, cell: Cell) -> tuple[CellRun, Verdict]:
+        """Every repeat of one cell, combined into one row (judge.combine_repeats)."""
+        plan = self.plan(cell)
+        repeat = self.settings.repeat
+        runs: list[tuple[CellRun, Verdict]] = []
+        for rep in range(repeat):
+            self.say(f"running {cell.id}{f' (repeat {rep + 1}/{repeat})' if repeat > 1 else ''} ...")
+            cell_dir = self.results / "cells" / cell.dirname
+            run, verdict = self.run_once(plan, cell_dir / f"repeat-{rep + 1}" if repeat > 1 else cell_dir)
+            if cell.variant == variants.BASELINE and rep == 0:
+                self.baseline, self.baseline_checks = run.record, verdict.checks
+            mark = "as expected" if verdict.matched else "MISMATCH"
+            self.say(f"  {verdict.verdict} ({mark}): {verdict.reason}")
+            runs.append((run, verdict))
+        return combine_repeats(runs)
+
+
 def _run_ref(
     ref: str,
     names: tuple[str, ...],
@@ -182,107 +319,13 @@ def _run_ref(
     """Build and run every cell of one ref, filling in its header (fingerprint) and appending its judged rows
     as they finish (an interrupt keeps what finished)."""
     built = build_ref(ref, names, settings, matrix, say)
-    tree, info, runner, builder, core = built.tree, built.info, built.runner, built.builder, built.core
-    driver, plugins, build_s = built.driver, built.plugins, built.build_s
-    gdb_path = usable_gdb(runner, say) if settings.gdb else None
-    vulkan = variants.takes_icds(names)
-    icds = {n: icd.resolve(n, settings.cache_dir, runner.name) for n in settings.icds} if vulkan else {}
-    workload = _workload(matrix, settings)
-    header.update(
-        {
-            "ref": ref,
-            "commit": tree.commit,
-            "source": str(tree.path),
-            "source_origin": tree.origin,
-            "compat": info.compat_reason,
-            "core_key": core.key,
-            "toolchain": builder.toolchain,
-            "runner": runner.name,
-            "image_digest": getattr(runner, "image_id", None),
-            "icds": {n: str(i.manifest) if i.manifest else "host default" for n, i in icds.items()},
-            "build_seconds": round(build_s, 1),
-            "builds": builder.log.events,
-        }
-    )
-    baseline: RunRecord | None = None
-    baseline_checks: list[Check] = []
-    known = tuple(r for r in matrix.expectations if r.outcome == "reproduce")
-    version = tree.version
-    header["mnn_version"] = version
-    committed = gradcheck.GOLDEN_ROOT / ref
-    # A ref without a committed golden is checked against the numpy reference (CPU cell) and the CPU run of
-    # this same build (GPU cells): never failed for a file a user cannot have.
-    golden_dir: Path | None = committed if (committed / "provenance.json").is_file() else None
-    header["golden"] = str(committed) if golden_dir else "none committed: numpy reference + this session's CPU run"
+    mnist = MnistRef(built, settings, matrix, results, say)
+    mnist.gdb_path = usable_gdb(built.runner, say) if settings.gdb else None
+    if variants.takes_icds(names):
+        mnist.icds = {n: icd.resolve(n, settings.cache_dir, built.runner.name) for n in settings.icds}
+    header.update(mnist.header())
     for cell in cells_for(ref, names, settings.icds):
-        expectation = matrix.expectation(ref, cell.variant, cell.icd, version)
-        covered_by = expectation.covers(ref, version) or "" if expectation else ""
-        # Cells that should train also dump gradients and start from the golden's initial parameters; a cell
-        # expected to crash does not (a dump would move its crash from sgd_step to grad_dump, hiding the
-        # signature of the known bug).
-        grads = not (expectation is not None and expectation.outcome == "reproduce")
-        cell_dir = results / "cells" / cell.dirname
-        if not grads:
-            cell_workload = workload
-        elif golden_dir is not None:
-            cell_workload = replace(workload, extra_args=gradcheck.driver_args(golden_dir))
-        elif cell.variant == "cpu":
-            # No golden: the CPU cell saves its initial parameters; its dumps become this session's golden.
-            steps_arg = ",".join(str(s) for s in gradcheck.golden_steps(matrix))
-            cell_workload = replace(
-                workload, extra_args=("--dump-steps", steps_arg, "--save-init", str(cell_dir / "init"))
-            )
-        else:
-            session_golden = results / "golden" / ref
-            if not (session_golden / "provenance.json").is_file():
-                say(f"  {cell.id}: no gradient golden (the CPU cell made none); gradients not compared")
-                grads = False
-                cell_workload = workload
-            else:
-                cell_workload = replace(workload, extra_args=gradcheck.driver_args(session_golden))
-        timeout_s = float(settings.timeout_s or matrix.timeouts.get(cell.backend, 600))
-        runs: list[tuple[CellRun, Verdict]] = []
-        for rep in range(settings.repeat):
-            label = f" (repeat {rep + 1}/{settings.repeat})" if settings.repeat > 1 else ""
-            say(f"running {cell.id}{label} ...")
-            rep_dir = cell_dir / f"repeat-{rep + 1}" if settings.repeat > 1 else cell_dir
-            try:
-                run = run_cell(
-                    cell,
-                    driver=driver,
-                    plugin=plugins.get(cell.variant),
-                    icd=icds.get(cell.icd),
-                    workload=cell_workload,
-                    timeout_s=timeout_s,
-                    runner=runner,
-                    result_dir=rep_dir,
-                    use_gdb=gdb_path is not None,
-                    gdb_path=gdb_path,
-                    faults=settings.faults if cell.backend == "vulkan" else (),
-                    say=say,
-                )
-                extra: tuple[Check, ...] = ()
-                if grads and run.completed.returncode == 0 and not run.completed.timed_out:
-                    extra = (_gradient_check(run, cell, golden_dir, results, ref, workload.precision, matrix),)
-                verdict = judge(
-                    run,
-                    expectation,
-                    steps=workload.steps,
-                    checks=matrix.checks,
-                    baseline=baseline,
-                    known_bugs=known,
-                    extra_checks=extra,
-                    baseline_checks=baseline_checks,
-                    covered_by=covered_by,
-                )
-            except Exception as exc:  # a malformed file of one cell must not end the session
-                run, verdict = unreadable_cell(cell, rep_dir, expectation, exc)
-            verdict.evidence["timeout_s"] = timeout_s
-            if cell.variant == "cpu" and rep == 0:
-                baseline, baseline_checks = run.record, verdict.checks
-            say(f"  {verdict.verdict} ({'as expected' if verdict.matched else 'MISMATCH'}): {verdict.reason}")
-            runs.append((run, verdict))
-        rows.append(combine_repeats(runs))
+        rows.append(mnist.run(cell))
 
 
 def unreadable_cell(
