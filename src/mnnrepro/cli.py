@@ -10,9 +10,24 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TypeAlias
 
-from . import __version__, fixtures, golden, gradcheck, interrupts, source, swiftshader
+from . import (
+    __version__,
+    bench,
+    bisect,
+    cache,
+    doctor,
+    fixtures,
+    golden,
+    gradcheck,
+    image,
+    interrupts,
+    replay,
+    signature,
+    source,
+    swiftshader,
+)
 from .errors import ConfigError, MnnReproError
-from .session import SESSIONS, run_session
+from .session import SESSIONS, build_ref, preflight_for, run_session
 from .settings import Settings, load
 
 
@@ -156,13 +171,11 @@ def _add_image(sub: Subcommands) -> None:
 
 
 def _add_bisect(sub: Subcommands) -> None:
-    from . import bisect
 
     bisect.add_arguments(sub.add_parser("bisect", help="find the first commit where a cell's verdict changes"))
 
 
 def _add_bench(sub: Subcommands) -> None:
-    from . import bench
 
     bench.add_arguments(
         sub.add_parser(
@@ -174,7 +187,6 @@ def _add_bench(sub: Subcommands) -> None:
 
 
 def _add_cache(sub: Subcommands) -> None:
-    from . import cache
 
     cc = sub.add_parser("cache", help="show what the cache holds (sizes, last use), or prune it to a budget")
     cc.add_argument(
@@ -198,7 +210,6 @@ def _add_swiftshader(sub: Subcommands) -> None:
 
 
 def _add_ci(sub: Subcommands) -> None:
-    from . import replay
 
     replay.add_arguments(sub.add_parser("ci", help="the GitHub Actions workflow: `ci replay --job JOB` runs it here"))
 
@@ -228,7 +239,6 @@ def _matrix(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace, settings: Settings) -> int:
-    from .session import build_ref, preflight_for
 
     variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
     bad = [v for v in variants if v not in fixtures.VARIANTS]
@@ -300,7 +310,6 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _signature(args: argparse.Namespace) -> int:
-    from . import signature
 
     if not (args.cell_dir / "crash.json").is_file():
         print(f"mnnrepro: no crash.json in {args.cell_dir}", file=sys.stderr)
@@ -310,31 +319,26 @@ def _signature(args: argparse.Namespace) -> int:
 
 
 def _ci(args: argparse.Namespace, settings: Settings) -> int:
-    from . import replay
 
     return replay.main(args)
 
 
 def _bisect(args: argparse.Namespace, settings: Settings) -> int:
-    from . import bisect
 
     return bisect.main(args, settings)
 
 
 def _bench(args: argparse.Namespace, settings: Settings) -> int:
-    from . import bench
 
     return bench.main(args, settings)
 
 
 def _doctor(args: argparse.Namespace, settings: Settings) -> int:
-    from . import doctor
 
     return doctor.report(doctor.check(settings))
 
 
 def _image(args: argparse.Namespace, settings: Settings) -> int:
-    from . import image
 
     client = image.connect()
     if args.action == "bootstrap":
@@ -353,7 +357,6 @@ def _image(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cache(args: argparse.Namespace, settings: Settings) -> int:
-    from . import cache
 
     return cache.main(args, settings)
 
@@ -364,9 +367,8 @@ def _swiftshader(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _source(args: argparse.Namespace, settings: Settings) -> int:
-    from .fixtures import load_matrix
 
-    ref = settings.ref or load_matrix().default_ref
+    ref = settings.ref or fixtures.load_matrix().default_ref
     if args.action == "import":
         tree = source.import_from_git(args.git_dir, ref, settings.cache_dir, force=args.force)
         if tree.missing:

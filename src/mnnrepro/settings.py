@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .faults import validate
 from .fixtures import ROOT
 
 UPSTREAM_GIT_URL = "https://github.com/alibaba/MNN.git"
@@ -133,8 +134,6 @@ def load(
         from_env.pop(internal, None)
     settings = _apply(settings, from_env, "environment (MNNREPRO_*)")
     settings = _apply(settings, {k: v for k, v in cli.items() if v is not None}, "command line")
-    from .faults import validate
-
     validate(settings.faults)
     _check_icds(settings.icds)
     if settings.runner not in ("auto", "host", "docker"):

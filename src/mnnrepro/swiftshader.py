@@ -14,6 +14,9 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from . import hostcmd
@@ -65,10 +68,6 @@ def tarball_url(base: str | None = None) -> str:
 
 def _download(url: str, *, attempts: int = 3, timeout_s: float = 120) -> bytes:
     """GET with a time limit and a few retries with backoff; EnvironmentProblem naming the URL at the end."""
-    import time
-    import urllib.error
-    import urllib.request
-
     last = ""
     for attempt in range(attempts):
         try:
