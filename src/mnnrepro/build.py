@@ -200,10 +200,16 @@ class Builder:
         self._ccache = value
 
     # -- environment -----------------------------------------------------------------------------
+    @property
+    def ccache_dir(self) -> Path:
+        """One ccache per runner: the Docker runner's container user and a host build running as another user
+        at the same time must never share ccache's directories (seen: EACCES on the other's tmp files)."""
+        return self.cache_dir / ("ccache" if self.runner.name == "host" else f"ccache-{self.runner.name}")
+
     def _env(self) -> dict[str, str]:
         # ccache: hash_dir off and paths made relative to the cache root, so a second build dir hits.
         return {
-            "CCACHE_DIR": str(self.cache_dir / "ccache"),
+            "CCACHE_DIR": str(self.ccache_dir),
             "CCACHE_BASEDIR": str(self.cache_dir),
             "CCACHE_NOHASHDIR": "1",
             "CCACHE_COMPILERCHECK": "content",
@@ -215,7 +221,7 @@ class Builder:
         # What the command may write (all else is read-only in a container): its build dir (cmake -B, ninja -C)
         # and the ccache dir. The log is written by the runner, outside the command.
         build_dir = Path(argv[argv.index("-B" if "-B" in argv else "-C") + 1])
-        writable = (build_dir, self.cache_dir / "ccache")
+        writable = (build_dir, self.ccache_dir)
         # Minutes of cmake and ninja: a status line every 10 s ([n/m] from ninja); each line goes to the log only.
         with Progress(what, say=self.say) as progress:
             res = run_with_lines(

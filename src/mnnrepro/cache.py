@@ -305,9 +305,10 @@ def _plain(kind: str, name: str, path: Path, detail: str = "") -> Entry:
 def inventory(cache_dir: Path, pinned: Collection[str] = ()) -> list[Entry]:
     """Everything under ``cache_dir``, one Entry per thing `cache prune` would remove (or could not)."""
     entries = [*_source_entries(cache_dir, pinned), *_build_entries(cache_dir)]
-    known = {"src", "build", "variants", "ccache", "bisect", "git", "swiftshader", "logs"}
-    if (cache_dir / "ccache").exists():
-        entries.append(_plain("ccache", "ccache", cache_dir / "ccache", "bounded by CCACHE_MAXSIZE (build.py)"))
+    ccaches = sorted(p.name for p in _children(cache_dir) if p.name == "ccache" or p.name.startswith("ccache-"))
+    known = {"src", "build", "variants", "bisect", "git", "swiftshader", "logs", *ccaches}
+    for name in ccaches:  # one per runner (build.Builder.ccache_dir)
+        entries.append(_plain("ccache", name, cache_dir / name, "bounded by CCACHE_MAXSIZE (build.py)"))
     for f in _children(cache_dir / "bisect"):
         if f.suffix == ".json" and not f.name.startswith("."):
             state = _read_json(f)

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -360,3 +361,11 @@ def test_concurrent_invocations_build_once_and_agree(
     assert results[0].key == results[1].key
     ninja_runs = sum(1 for f in fakes for c in f.calls if c[0] == "ninja")
     assert ninja_runs == 1  # the second waited on the lock, then found the finished entry
+
+
+def test_each_runner_has_its_own_ccache(tmp_path: Path) -> None:
+    """The Docker runner's container user and a host build (another user) must not share ccache's directories."""
+    host = Builder(tmp_path, SimpleNamespace(name="host"), say=lambda _: None)
+    docker = Builder(tmp_path, SimpleNamespace(name="docker"), say=lambda _: None)
+    assert host.ccache_dir == tmp_path / "ccache" and docker.ccache_dir == tmp_path / "ccache-docker"
+    assert docker._env()["CCACHE_DIR"] == str(tmp_path / "ccache-docker")
