@@ -59,17 +59,18 @@ def sh(argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
 
 
 class Fresh:
-    def __init__(self, runner: str, work: Path) -> None:
+    def __init__(self, runner: str, work: Path, home: Path | None = None) -> None:
         self.runner = runner
         self.work = work
         self.clone = work / "mnnrepro"
-        self.home = work / "home"
+        self.home = home or work / "home"
         self.name = f"mnnrepro-fresh-{uuid.uuid4().hex[:8]}"
         self.log = work / "log.txt"
         self.rows: list[dict[str, object]] = []
 
     def start(self) -> None:
-        self.home.mkdir(parents=True)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.home.mkdir(parents=True, exist_ok=True)
         sh(["git", "clone", "-q", str(ROOT), str(self.clone)], check=True)
         mounts = [f"{self.clone}:{self.clone}", f"{self.home}:{self.home}"]
         mounts += [f"{p}:{p}:ro" for p in REGISTRY_FILES if Path(p).exists()]
@@ -116,9 +117,10 @@ def main() -> int:
     ap.add_argument("--refs", default="", help="refs to import (default: the ci tier of fixtures/matrix.toml)")
     ap.add_argument("--work", type=Path, default=None, help="work dir (default /tmp/mnnrepro-fresh-<id>)")
     ap.add_argument("--keep", action="store_true", help="keep the container")
+    ap.add_argument("--home", type=Path, help="reuse this $HOME (its MNN build cache) instead of a fresh one")
     args = ap.parse_args()
     work = args.work or Path(f"/tmp/mnnrepro-fresh-{uuid.uuid4().hex[:6]}")
-    fresh = Fresh(args.runner, work)
+    fresh = Fresh(args.runner, work, args.home)
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     refs = args.refs.split(",") if args.refs else None
     if refs is None:
