@@ -226,13 +226,16 @@ class DockerRunner:
         if user != "0:0":
             vols.update(self._skeletons(vols))
         start = time.monotonic()
-        container = self._create(argv, environment, cwd, vols, user, caps)
-        full_env = _container_env(container, environment)
+        name = f"{LABEL}-{os.getpid()}-{next(_names)}"
         ended = _Ended()
+        container: Any = None
         try:
+            # Created inside the try: an interrupt while the engine creates it still removes it, by name.
+            container = self._create(name, argv, environment, cwd, vols, user, caps)
+            full_env = _container_env(container, environment)
             self._execute(container, ended, timeout_s, on_line, separate=bool(stdout_path or stderr_path))
         finally:
-            self._remove(container, ended.failed)
+            self._remove(container, name, ended.failed)
         _write_streams(ended, stdout_path, stderr_path)
         assert ended.code is not None  # set by _execute, which raised otherwise
         return Completed(
@@ -266,6 +269,7 @@ class DockerRunner:
 
     def _create(
         self,
+        name: str,
         argv: Sequence[str],
         environment: dict[str, str],
         cwd: Path | None,
@@ -277,7 +281,7 @@ class DockerRunner:
         return self.client.containers.create(
             self.image,
             list(argv),
-            name=f"{LABEL}-{os.getpid()}-{next(_names)}",
+            name=name,
             labels=session_labels(),
             environment=environment,
             working_dir=str(cwd) if cwd else None,
@@ -311,15 +315,17 @@ class DockerRunner:
         if follower is not None:
             follower.join(timeout=10)  # the stream ends with the container; never wait on it for long
 
-    def _remove(self, container: Any, failed: bool) -> None:
-        """Remove the container, unless it failed and MNNREPRO_KEEP_CONTAINERS asks to keep it."""
+    def _remove(self, container: Any, name: str, failed: bool) -> None:
+        """Remove the container, unless it failed and MNNREPRO_KEEP_CONTAINERS asks to keep it. When creation
+        was interrupted there is no handle: the engine may have made it all the same, so it is looked up by name."""
         import docker
 
-        if not (self.keep_on_failure and failed):
-            try:
-                container.remove(force=True)
-            except docker.errors.APIError:
-                pass
+        if self.keep_on_failure and failed and container is not None:
+            return
+        try:
+            (container or self.client.containers.get(name)).remove(force=True)
+        except docker.errors.APIError:  # NotFound included: never created
+            pass
 
     def _killed_by(self, ended: _Ended) -> str | None:
         """The container limit that ended the command, in words, if one did."""

@@ -11,8 +11,8 @@ setup job's outputs and the build job's artifact the way it does on GitHub. What
   the job's `options:`; the job's workspace, temp and home are inside the container (/__w, /github/home).
 - `runs-on: ubuntu-*` -> that image with RUNNER_PACKAGES pre-installed (GitHub's ubuntu images have them: the
   replay says so when it makes that image); the job's workspace, temp and home are host directories mounted at
-  the same paths and the host's Docker socket is mounted, so the suite's same-path mounts hold. The Docker
-  daemon is the host's: images already there are found, not built.
+  the same paths (TMPDIR too: a runner's /tmp is the host's) and the host's Docker socket is mounted, so the
+  suite's same-path mounts hold. The Docker daemon is the host's: images already there are found, not built.
 - Every job container gets this machine's apt sources, pip configuration and CA bundle (read-only mounts), so
   the job's own `apt-get`/`pip` steps reach the same registries; MNN_GIT_URL points at --mirror when given.
 - `uses:` -> actions/checkout: a `git clone` of this repository's HEAD (--worktree: the working tree, tracked and
@@ -1116,7 +1116,7 @@ class JobRun:
         self.post_names: list[str] = []
         self.summary: list[str] = []
         self.container: Container | None = None
-        self.home = self.workspace = self.temp = self.tool_cache = ""
+        self.home = self.workspace = self.temp = self.tool_cache = self.tmpdir = ""
         self.log_path = replay.run_dir / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', label)}.log"
 
     # -- output --------------------------------------------------------------------------------------------
@@ -1193,6 +1193,8 @@ class JobRun:
             "RUNNER_TOOL_CACHE": self.tool_cache,
             "HOME": self.home,
         }
+        if self.tmpdir:
+            env["TMPDIR"] = self.tmpdir
         if self.replay.opts.mirror is not None:
             env["MNN_GIT_URL"] = MIRROR_IN_CONTAINER
             # The mirror belongs to whoever owns it on this machine; git refuses foreign repositories otherwise.
@@ -1224,7 +1226,10 @@ class JobRun:
             self.workspace = str(work / "work" / REPO_NAME / REPO_NAME)
             self.temp = str(work / "work" / "_temp")
             self.tool_cache = str(work / "tool-cache")
-            for d in (self.home, self.workspace, self.temp, self.tool_cache):
+            # On a runner the job's /tmp is the host's, so the Docker daemon sees what the job puts there (the
+            # suite's mount-point skeletons); here TMPDIR is a host directory at the same path instead.
+            self.tmpdir = str(work / "tmp")
+            for d in (self.home, self.workspace, self.temp, self.tool_cache, self.tmpdir):
                 Path(d).mkdir(parents=True, exist_ok=True)
                 mounts.append((d, d, False))
         else:

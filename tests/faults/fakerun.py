@@ -41,6 +41,18 @@ def _replace(owner: ModuleType | type, name: str, value: object) -> None:
     setattr(owner, name, value)
 
 
+def _replace_seam(owner: ModuleType, name: str, value: object) -> None:
+    """``_replace``, and the same in every module of the suite that imported the original by name (``from
+    .session import build_ref``), so no caller keeps the real one."""
+    original = getattr(owner, name, None)
+    _replace(owner, name, value)
+    import mnnrepro.cli  # noqa: F401 - loads the modules that bind the seams by name
+
+    for module_name, module in list(sys.modules.items()):
+        if module_name.startswith("mnnrepro") and module is not owner and getattr(module, name, None) is original:
+            setattr(module, name, value)
+
+
 def _patch_constants(patches: dict[str, Any]) -> None:
     for dotted, value in patches.items():
         module_name, _, attr = dotted.rpartition(".")
@@ -55,7 +67,7 @@ def _no_preflight() -> None:
         say("preflight: skipped by the fault battery (fakerun.py)")
         return replace(settings, runner="host" if settings.runner == "auto" else settings.runner), []
 
-    _replace(session, "preflight_for", preflight_for)
+    _replace_seam(session, "preflight_for", preflight_for)
 
 
 def _resolve_tree(ref: str, settings: Any, matrix: Any) -> Any:
@@ -112,9 +124,14 @@ def _fake(plan: dict[str, Any]) -> None:
                 plugins[variant] = lib
         return session.Built(ref, tree, matrix.ref_info(ref), runner, builder, core, wrapper, plugins, 0.0)
 
-    _replace(icd, "resolve", fake_icd)
-    _replace(session, "build_ref", build_ref)
-    _replace(session, "usable_gdb", lambda runner, say: None)
+    def refuse(self: Builder, *args: object, **kwargs: object) -> Any:
+        raise SystemExit("fakerun: the fake mode reached a real build: a seam of the session was renamed")
+
+    for method in ("core", "plugin", "driver"):
+        _replace(Builder, method, refuse)
+    _replace_seam(icd, "resolve", fake_icd)
+    _replace_seam(session, "build_ref", build_ref)
+    _replace_seam(session, "usable_gdb", lambda runner, say: None)
     _no_preflight()
 
 
@@ -137,7 +154,7 @@ def _cached(plan: dict[str, Any]) -> None:
         plugins = {v: Path(cached["plugins"][v]) for v in variants if v != "cpu"}
         return session.Built(ref, tree, info, runner, builder, core, Path(cached["driver"]), plugins, 0.0)
 
-    _replace(session, "build_ref", build_ref)
+    _replace_seam(session, "build_ref", build_ref)
 
 
 def _build(plan: dict[str, Any]) -> None:

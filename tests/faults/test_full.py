@@ -28,7 +28,6 @@ import pytest
 
 from .battery import (
     BUFFER,
-    BUG_HELD_SIGNAL,
     CLEAN,
     CPU,
     IMAGE,
@@ -45,6 +44,7 @@ from .battery import (
     docker_client,
     fake_mnn_tree,
     fakerun,
+    known_bug,
     leftover_processes,
     mnnrepro,
     now_ticks,
@@ -253,6 +253,9 @@ def test_a_planted_fault_in_a_real_run(
     row, _ = session_row(
         fault, runner, ran, fws.results, fws.markers, exits=exits, expect=expect, faulted=faulted, green=green
     )
+    if "plant-hang" in args and "forward[step 1]" not in row.message:
+        # HANG all the same, but the time limit came before the planted hang: a slow machine, not the plant.
+        row.notes = "; ".join(filter(None, [row.notes, "killed before the planted hang at forward[1]"]))
     container_labels_ok(row, ran, runner)
     finish(row)
 
@@ -321,7 +324,7 @@ def test_a_signal_at_a_random_moment_of_a_real_run(
 def test_a_killed_docker_session_leaves_a_container_the_next_one_removes(fws: FullWorkspace, finish: Finish) -> None:
     """SIGKILL cannot be handled: the container of the running cell outlives its session. The next session
     removes it (docker_runner.remove_leftovers: labelled, its session's pid gone)."""
-    send = Send(signal.SIGKILL, 3.0, True, after=r"running 3\.3\.0/vulkan-image")
+    send = Send(signal.SIGKILL, 3.0, True, after=r"running 3\.3\.0/vulkan-buffer")
     killed = fws.session("docker", send=send, keep_containers=True)
     left = [x for x in killed.leftovers if x.startswith("container ")]
     procs = [x for x in killed.leftovers if not x.startswith("container ")]
@@ -335,7 +338,9 @@ def test_a_killed_docker_session_leaves_a_container_the_next_one_removes(fws: Fu
     unclear = []
     if not killed.signal_sent:
         unclear.append("the session ended before the SIGKILL")
-    if left and not said:
+    if not left:
+        unclear.append("the SIGKILL left no container behind: nothing proved")
+    elif not said:
         unclear.append("the next session did not say it removed the leftover container")
     if nxt.returncode != 0:
         unclear.append(f"the next session exited {nxt.returncode}")
@@ -383,6 +388,43 @@ def test_a_killed_docker_build_publishes_nothing_and_leaves_no_container(
         row.unclear = "; ".join(filter(None, [row.unclear, "the build ended before the signal"]))
     container_labels_ok(row, killed, "docker")
     row.leftovers += again.leftovers
+    finish(row)
+
+
+# was: BUG_CREATED_CONTAINER (fixed: the container is created inside the try and removed by name)
+def test_an_interrupt_as_the_engine_creates_a_container_leaves_none(fws: FullWorkspace, finish: Finish) -> None:
+    """Found by the nox rows (a Ctrl-C at 2.45 s left `mnnrepro-<pid>-3 (created)`), made deterministic: the
+    engine creates the container and the interrupt is raised as the create call returns, which is where
+    interrupts.py's handler raises when a SIGINT arrives during the call."""
+    import docker.models.containers
+
+    from mnnrepro import interrupts
+    from mnnrepro.docker_runner import DockerRunner
+
+    cached = fws.cached
+    runner = DockerRunner(cached.client, cached.image)
+    real = docker.models.containers.ContainerCollection.create
+
+    def create(self: Any, *args: Any, **kwargs: Any) -> Any:
+        real(self, *args, **kwargs)
+        raise interrupts.Interrupted(signal.SIGINT)
+
+    row = Row("Ctrl-C as the engine creates a container (in-process)", "docker")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(docker.models.containers.ContainerCollection, "create", create)
+        try:
+            runner.run(["true"], timeout_s=60)
+            row.outcome = "returned (no interrupt)"
+            row.unclear = "the planted interrupt did not reach DockerRunner.run"
+        except KeyboardInterrupt as exc:
+            row.outcome = f"{type(exc).__name__} raised to the caller"
+    left = run_containers(cached.client, [os.getpid()])
+    row.leftovers = [f"container {describe_container(c)}" for c in left]
+    row.message = f"{len(left)} container(s) of this process left: {', '.join(c.name for c in left) or 'none'}"
+    for c in left:
+        with contextlib.suppress(Exception):
+            c.remove(force=True)
+    row.lost = fws.markers.lost()
     finish(row)
 
 
@@ -512,8 +554,6 @@ def test_nox_vulkan_signalled_at_a_random_moment(
             problems.append(f"stopped {ran.stopped_after_s:.1f} s after the signal (limit {STOP_LIMIT_S:g} s)")
         if ran.returncode == 0:
             problems.append("nox exited 0 after the signal")
-            if found and found[1].get("status") == "complete":
-                known = BUG_HELD_SIGNAL
         if found and found[1].get("status") not in (INTERRUPTED, "complete"):
             problems.append(f"summary status {found[1].get('status')!r}")
         suite = re.search(r"session vulkan: INTERRUPTED[^\n]*|mnnrepro: interrupted[^\n]*", ran.output)
@@ -525,4 +565,4 @@ def test_nox_vulkan_signalled_at_a_random_moment(
     stopped = f"; stopped {ran.stopped_after_s:.1f} s after it" if ran.stopped_after_s is not None else ""
     row.notes = "; ".join(filter(None, [f"{ran.signal_sent}{stopped}", row.notes]))
     container_labels_ok(row, ran, "docker")
-    finish(row, known_bug=known)
+    finish(row, known_bug=known or known_bug(row))

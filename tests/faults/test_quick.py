@@ -265,10 +265,6 @@ def test_hidden_libvulkan_is_not_exercised(ws: Workspace, finish: Finish) -> Non
 # -- fixtures: golden, MNIST, matrix.toml, pyproject --------------------------------------------------------------
 
 GOLDEN_NPY = "fixtures/golden/3.3.0/step0/grad/conv1.weight.npy"
-BUG_PYPROJECT_SYNTAX = (
-    "bug: settings.load calls tomllib.loads(pyproject) unguarded: a TOMLDecodeError traceback (exit 1) instead "
-    "of a configuration error (exit 2)"
-)
 
 
 def _truncate(path: Path) -> None:
