@@ -257,13 +257,25 @@ def _build(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def console() -> int:
+    """The process entry point (`python -m mnnrepro`, the `mnnrepro` script): signal handlers for the whole
+    process, not only while main runs (see interrupts.install_for_process)."""
+    interrupts.install_for_process()
+    try:
+        return main(keep_handlers=True)
+    except KeyboardInterrupt as exc:  # a signal after the command had finished: the exit still says so
+        return interrupts.exit_code(exc)
+
+
+def main(argv: list[str] | None = None, *, keep_handlers: bool = False) -> int:
     # Progress lines must show as they happen, also when the output is a pipe (nox, CI logs, tee).
     for stream in (sys.stdout, sys.stderr):
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:
             reconfigure(line_buffering=True)
     args = parser().parse_args(argv)
+    if keep_handlers:  # the process's own handlers (python -m mnnrepro) stay installed
+        return _main(args)
     with interrupts.installed():
         return _main(args)
 

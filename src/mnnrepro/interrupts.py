@@ -23,8 +23,24 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
+_stopping = False  # the first signal is being handled: later ones do not interrupt the cleanup it started
+
+
 def _raise(signum: int, _frame: FrameType | None) -> None:
+    global _stopping
+    if _stopping:
+        return
+    _stopping = True
     raise Interrupted(signum)
+
+
+def install_for_process() -> None:
+    """`python -m mnnrepro`: the handlers stay until the process exits, so a signal between the end of the
+    command and the exit still ends in 128 + N (__main__ catches it), never in a death by the default handler."""
+    global _stopping
+    _stopping = False
+    for sig in HANDLED:
+        signal.signal(sig, _raise)
 
 
 def signal_name(exc: BaseException) -> str:
@@ -39,6 +55,8 @@ def exit_code(exc: BaseException) -> int:
 @contextmanager
 def installed() -> Iterator[None]:
     """SIGINT/SIGTERM raise Interrupted inside the block; the previous handlers come back after it."""
+    global _stopping
+    _stopping = False
     previous: dict[int, Any] = {}
     try:
         for sig in HANDLED:

@@ -180,9 +180,14 @@ def main() -> int:
         _build(plan)
     elif mode != "plain":
         raise SystemExit(f"fakerun: unknown mode {mode!r}")
-    from mnnrepro import cli
+    from mnnrepro import cli, interrupts
 
-    return cli.main(sys.argv[2:])
+    # As `python -m mnnrepro` does (cli.console): the process keeps its handlers until it exits.
+    interrupts.install_for_process()
+    try:
+        return cli.main(sys.argv[2:], keep_handlers=True)
+    except KeyboardInterrupt as exc:
+        return interrupts.exit_code(exc)
 
 
 if __name__ == "__main__":
