@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import subprocess
 from pathlib import Path
 
 from .errors import ConfigError, EnvironmentProblem
@@ -35,6 +36,23 @@ def validate(faults: tuple[str, ...]) -> tuple[str, ...]:
     if unknown:
         raise ConfigError(f"unknown fault(s): {', '.join(unknown)}", hint=f"known: {', '.join(KNOWN)}")
     return faults
+
+
+def check_can_plant(faults: tuple[str, ...], runner: str) -> None:
+    """Before anything is built: a planted fault that this machine cannot plant is an environment problem, not
+    a failed cell (hide-libvulkan on the host runner needs root and a private mount namespace; an unprivileged
+    container has no CAP_SYS_ADMIN for one)."""
+    if "hide-libvulkan" not in faults or runner != "host":
+        return
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        raise EnvironmentProblem("the hide-libvulkan fault needs root and unshare(1) on the host runner")
+    probe = subprocess.run(["unshare", "--mount", "true"], capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:
+        raise EnvironmentProblem(
+            "the hide-libvulkan fault needs a private mount namespace, which this machine does not allow "
+            f"(unshare --mount: {probe.stderr.strip()[:160]}); a container without CAP_SYS_ADMIN cannot plant it",
+            hint="plant it with the Docker runner (--runner docker), or run where unshare --mount works",
+        )
 
 
 def hide_libvulkan(argv: list[str], scratch: Path, runner: str = "host") -> tuple[list[str], dict[str, str]]:

@@ -17,6 +17,7 @@ from typing import Any
 
 from . import (
     __version__,
+    faults,
     fixtures,
     gradcheck,
     icd,
@@ -449,6 +450,7 @@ def preflight_for(
     """Every check that can fail before a build (issue: first contact), for the runner that will be used.
     Returns the settings with the runner resolved; raises EnvironmentProblem naming every problem at once."""
     kind = resolve_runner(settings, say)
+    faults.check_can_plant(settings.faults, kind)
     vulkan = variants.takes_icds(names)
     findings = preflight.run(
         settings, icds=settings.icds if vulkan else (), opencl="opencl" in names, runner=kind, say=say

@@ -80,6 +80,8 @@ def test_missing_unversioned_libvulkan_is_not_exercised(run_session: Any) -> Non
     if os.geteuid() != 0:
         pytest.skip("hiding libvulkan.so on the host runner needs root (mount namespace)")
     result = run_session("vulkan_buffer", REFS[0], "--icd", "lavapipe", "--fault", "hide-libvulkan")
+    if result["exit"] == 6 and "private mount namespace" in result["output"]:
+        pytest.skip("this machine cannot plant hide-libvulkan on the host runner (no mount namespace)")
     c = cell(result["summary"], f"{REFS[0]}/vulkan-buffer/lavapipe")
     assert c["verdict"] == "NOT-EXERCISED"
     assert "libvulkan.so" in c["reason"], c["reason"]
