@@ -1,3 +1,3 @@
-from .cli import console
+from .cli import console, exit_now
 
-raise SystemExit(console())
+exit_now(console())

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
-from typing import TypeAlias
+from typing import NoReturn, TypeAlias
 
 from . import (
     __version__,
@@ -262,9 +263,18 @@ def console() -> int:
     process, not only while main runs (see interrupts.install_for_process)."""
     interrupts.install_for_process()
     try:
-        return main(keep_handlers=True)
+        code = main(keep_handlers=True)
     except KeyboardInterrupt as exc:  # a signal after the command had finished: the exit still says so
-        return interrupts.exit_code(exc)
+        code = interrupts.exit_code(exc)
+    return code
+
+
+def exit_now(code: int) -> NoReturn:
+    """Leave without interpreter finalization, which restores the default signal handlers: a SIGTERM in that
+    last moment would otherwise kill the process outright after its work and reports were complete."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def main(argv: list[str] | None = None, *, keep_handlers: bool = False) -> int:

@@ -191,4 +191,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from mnnrepro.cli import exit_now
+
+    exit_now(main())
