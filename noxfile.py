@@ -131,9 +131,8 @@ def doctor(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """Run the test suite (unit + integration + the fault battery's quick tier) in parallel with pytest-xdist."""
     _install(session, "test")
-    # The battery's signals at random moments run in `nox -s faults` only: on a loaded 2-core machine about one
-    # run in four of that subset still fails for a timing reason not yet found (said in CHANGELOG), and the test
-    # suite must not be red by chance.
+    # The battery's signals at random moments run in `nox -s faults` only (see CHANGELOG): their last flake was
+    # fixed late, and the test suite must not be red by chance while that fix earns a record.
     deselect = ["-k", "not random_moment and not reports_are_written"] if not session.posargs else []
     session.run(
         "python",
