@@ -179,7 +179,6 @@ def _evidence(run: CellRun, covered_by: str) -> dict[str, Any]:
         "backtrace": str(run.backtrace_path) if run.backtrace_path else None,
         "top_frames": [f.get("function") for f in (run.crash or {}).get("frames", [])[:6]],
         "result_dir": str(run.result_dir),
-        "timeout_s": getattr(run, "timeout_s", None),
     }
     if covered_by and is_version_range(covered_by):
         evidence["expectation_covers"] = covered_by
