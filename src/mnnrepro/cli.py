@@ -392,7 +392,7 @@ def _source(args: argparse.Namespace, settings: Settings) -> int:
 
     ref = settings.ref or fixtures.load_matrix().default_ref
     if args.action == "import":
-        tree = source.import_from_git(args.git_dir, ref, settings.cache_dir, force=args.force)
+        tree = source.import_from_git(args.git_dir, ref, settings.cache_dir, force=args.force, say=print)
         if tree.missing:
             print(
                 f"note: {len(tree.missing)} file(s) absent from the repository were left out: "

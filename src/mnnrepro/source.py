@@ -330,7 +330,14 @@ def import_from_git(
     commit = res.stdout.strip()
     dest = cache_dir / "src" / ref
     if dest.exists() and not force:
-        raise SourceError(f"{dest} already exists", hint="pass --force to replace it")
+        if read_provenance(dest).get("commit") == commit:  # the same commit again: nothing to do
+            if say:
+                say(f"{ref} ({commit[:12]}) is already in the source cache: {dest}")
+            return _tree(dest, ref, "import")
+        raise SourceError(
+            f"{dest} already exists and is not {ref} = {commit[:12]} of {git_dir}",
+            hint="pass --force to replace it",
+        )
     listing = _git(["--git-dir", gd, "ls-tree", "-r", "-z", commit], what=f"git ls-tree of {ref}").stdout
     blobs = [(e.split("\t", 1)[1], e.split()[2]) for e in listing.split("\0") if "\t" in e and " blob " in e]
     check = _git(
@@ -343,6 +350,8 @@ def import_from_git(
     ]
     with _entry_lock(dest, ref, say):
         if dest.exists() and not force:  # another process imported it meanwhile
+            if read_provenance(dest).get("commit") == commit:
+                return _tree(dest, ref, "import")
             raise SourceError(f"{dest} already exists", hint="pass --force to replace it")
         tmp = _staging(dest, "import")
         try:

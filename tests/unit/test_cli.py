@@ -44,6 +44,12 @@ def test_import_then_show(tmp_path: Path, mnn_git_repo: Path, capsys: pytest.Cap
     assert "from import" in capsys.readouterr().out
     assert main(["source", "show", "--ref", "1.0", "--cache-dir", str(cache)]) == 0
     assert "from cache" in capsys.readouterr().out
+    # The same commit again (a re-run of a set-up script): nothing to do, and said so.
+    assert main(["source", "import", "--git-dir", str(mnn_git_repo), "--ref", "1.0", "--cache-dir", str(cache)]) == 0
+    assert "already in the source cache" in capsys.readouterr().out
+    # Another commit under the same name: refused without --force, the cached tree kept.
+    prov = cache / "src" / "1.0" / ".mnnrepro-source.json"
+    prov.write_text(prov.read_text().replace('"commit": "', '"commit": "0000'))
     assert main(["source", "import", "--git-dir", str(mnn_git_repo), "--ref", "1.0", "--cache-dir", str(cache)]) == 3
     assert "already exists" in capsys.readouterr().err
 
