@@ -8,6 +8,7 @@ Extra arguments after `--` pass through: `nox -s vulkan_buffer -- --icd lavapipe
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 from pathlib import Path
@@ -54,8 +55,21 @@ if os.name == "posix":
 
 
 def _install(session: nox.Session, *extras: str) -> None:
-    """The project itself (editable: fixtures/, native/ and docker/ are read from this checkout) + extras."""
-    session.install("-q", "-e", f".[{','.join(extras)}]" if extras else ".")
+    """The project itself (editable: fixtures/, native/ and docker/ are read from this checkout) + extras.
+
+    pip resolves everything again on every call (seconds of a warm session's start): skipped when this
+    environment already holds this install, recorded by a stamp of pyproject.toml, the extras and the checkout's
+    path; an edit of the code needs no reinstall (editable), a change of the dependencies makes a new stamp."""
+    spec = f".[{','.join(extras)}]" if extras else "."
+    location = getattr(session.virtualenv, "location", None)
+    stamp = Path(location) / ".mnnrepro-installed" if location else None
+    want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + f"\0{spec}\0{ROOT}".encode()).hexdigest()
+    if stamp is not None and stamp.is_file() and stamp.read_text() == want:
+        session.log(f"{spec}: installed already (pyproject.toml unchanged)")
+        return
+    session.install("-q", "-e", spec)
+    if stamp is not None:
+        stamp.write_text(want)
 
 
 def _mnnrepro(session: nox.Session, *args: str) -> None:

@@ -50,14 +50,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import fixtures, icd, source
-from .build import Builder, Core, CoreOptions
+from . import fixtures, prepare
 from .cells import Cell, CellRun, Workload, run_cell
 from .contract import EVENTS_VERSION, RunRecord
 from .errors import ConfigError
 from .icd import Icd
 from .runner import Runner
-from .session import make_runner
 from .settings import Settings
 
 SCHEMA = "mnnrepro-bench/1"
@@ -499,56 +497,39 @@ def _out_dir(args: argparse.Namespace, settings: Settings) -> Path:
     return settings.results_dir / (datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-bench")
 
 
-def _workload(matrix: fixtures.Matrix, steps: int) -> Workload:
-    """The matrix's [training] workload, with the bench's number of steps."""
-    training = dict(matrix.training)
-    return Workload(
-        steps=steps,
-        batch_size=int(training.get("batch_size", 64)),
-        seed=int(training.get("seed", 1)),
-        precision=str(training.get("precision", "high")),
-        test_limit=100,
-    )
-
-
 @dataclass(frozen=True)
 class _Rig:
-    """What every run of one bench shares: the source, the runner, the built core and driver, the workload."""
+    """What every run of one bench shares: the prepared ref (source, runner, core, driver, plugins, ICDs,
+    time limits) and the bench's workload."""
 
     args: argparse.Namespace
-    ref: str
-    tree: source.SourceTree
+    prepared: prepare.Prepared
     out_dir: Path
-    cache_dir: Path
-    runner: Runner
-    builder: Builder
-    core: Core
-    driver: Path
     workload: Workload
     say: Callable[[str], None]
 
+    @property
+    def ref(self) -> str:
+        return self.prepared.built.ref
+
+    @property
+    def runner(self) -> Runner:
+        return self.prepared.built.runner
+
+
+BENCH_VARIANTS = ("cpu", "vulkan-buffer", "opencl")
+
 
 def _prepare(args: argparse.Namespace, settings: Settings, say: Callable[[str], None]) -> _Rig:
-    """Resolve the source, make the runner and build (or find in the cache) the core and the driver."""
+    """The one preparation step (no gdb: timings are of the driver alone), and the bench's workload: the
+    matrix's, with --steps and 100 test images."""
     matrix = fixtures.load_matrix()
-    ref = settings.ref or matrix.default_ref
-    info = matrix.ref_info(ref)
-    tree = source.resolve(
-        ref,
-        source=settings.source,
-        cache_dir=settings.cache_dir,
-        git_url=settings.git_url,
-        allow_clone=settings.clone,
-        pinned_commit=info.commit or None,
-    )
+    settings, _ = prepare.preflight_for(replace(settings, gdb=False), BENCH_VARIANTS, say)
+    prepared = prepare.prepare(settings.ref or matrix.default_ref, BENCH_VARIANTS, settings, matrix, say)
     out_dir = _out_dir(args, settings)
     out_dir.mkdir(parents=True, exist_ok=True)
-    runner = make_runner(settings, tree, say)
-    builder = Builder(settings.cache_dir, runner, jobs=settings.jobs or None, say=say)
-    core = builder.core(tree, CoreOptions(compat_cxx_flags=info.compat_cxx_flags))
-    driver = builder.driver(core)
-    workload = _workload(matrix, args.steps)
-    return _Rig(args, ref, tree, out_dir, settings.cache_dir, runner, builder, core, driver, workload, say)
+    workload = replace(prepared.workload, steps=args.steps, test_limit=100)
+    return _Rig(args, prepared, out_dir, workload, say)
 
 
 @dataclass(frozen=True)
@@ -584,7 +565,8 @@ def measure(
     rig = _prepare(args, settings, say)
     load_before = _loadavg()
     say(
-        f"bench: MNN {rig.ref} ({(rig.tree.commit or '?')[:10]}), runner {rig.runner.name}, {args.steps} steps x "
+        f"bench: MNN {rig.ref} ({(rig.prepared.built.tree.commit or '?')[:10]}), runner {rig.runner.name}, "
+        f"{args.steps} steps x "
         f"batch {rig.workload.batch_size}, {args.repeat} repetition(s) traced + untraced, load {load_before}"
     )
     rows = _measure_rows(rig, plan(rig.ref, settings.icds, not args.no_static))
@@ -622,9 +604,8 @@ def _repetitions(
     """Run a target --repeat times (traced, then untraced), pooling the samples; the device's name; and the row
     of the run that stopped the repetitions (not exercised, failed), if one did."""
     cell = target.cell
-    plugin = rig.builder.plugin(rig.core, cell.variant) if cell.variant != "cpu" else None
-    the_icd = icd.resolve(cell.icd, rig.cache_dir, rig.runner.name) if cell.backend == "vulkan" else None
-    target = replace(target, plugin=plugin, icd=the_icd)
+    built = rig.prepared.built
+    target = replace(target, plugin=built.plugins.get(cell.variant), icd=rig.prepared.icds.get(cell.icd))
     samples = Samples()
     device = ""
     for rep in range(rig.args.repeat):
@@ -650,11 +631,11 @@ def _run_once(rig: _Rig, target: _Target, traced: bool, rep: int) -> CellRun:
     run_name = f"{'static-' if target.static else ''}{label}-{rep + 1}"
     return run_cell(
         target.cell,
-        driver=rig.driver,
+        driver=rig.prepared.built.driver,
         plugin=target.plugin,
         icd=target.icd,
         workload=Workload(**{**rig.workload.__dict__, "extra_args": extra}),
-        timeout_s=float(rig.args.timeout_s),
+        timeout_s=rig.prepared.timeout_for(target.cell.backend),
         runner=rig.runner,
         result_dir=rig.out_dir / "cells" / target.cell.dirname / run_name,
         use_gdb=False,
@@ -685,7 +666,7 @@ def _meta(rig: _Rig, load_before: list[float]) -> dict[str, Any]:
     return {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "ref": rig.ref,
-        "commit": rig.tree.commit,
+        "commit": rig.prepared.built.tree.commit,
         "runner": rig.runner.name,
         "steps": rig.args.steps,
         "warmup_steps": WARMUP_STEPS,

@@ -30,17 +30,15 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import fixtures, hostcmd, icd, session, source
-from .build import Builder, CoreOptions
+from . import fixtures, hostcmd, prepare, source
 from .cells import Cell, run_cell
 from .errors import EXIT_MISMATCH, BuildError, MnnReproError, SourceError
 from .judge import judge
-from .session import _results_dir
 from .settings import Settings
 
 STATE_FORMAT = 1
@@ -335,11 +333,11 @@ class MnnOracle:
         self.git_dir = git_dir
         self.variant = variant
         self.icd_name = settings.icds[0]
-        self.settings = settings
+        # Commits come from the source cache (imported by _tree), never cloned by the preparation.
+        self.settings = replace(settings, clone=False)
         self.results = results
         self.say = say
         self.matrix = fixtures.load_matrix()
-        self._gdb: dict[str, str | None] = {}
 
     def _tree(self, commit: str) -> Any:
 
@@ -350,67 +348,48 @@ class MnnOracle:
             shutil.rmtree(cached)
         return source.import_from_git(self.git_dir, commit, self.settings.cache_dir)
 
-    def _compat(self, commit: str) -> tuple[str, ...]:
-        for info in self.matrix.refs.values():
-            if info.commit and commit.startswith(info.commit):  # a ref the matrix pins, with its measures
-                if info.compat_cxx_flags:
-                    self.say(f"    compatibility measure: {info.compat_reason}")
-                return tuple(info.compat_cxx_flags)
-        return ()
-
     def __call__(self, commit: str) -> Outcome:
-
-        settings = self.settings
         try:
-            tree = self._tree(commit)
+            self._tree(commit)
         except SourceError as exc:
             return Outcome(None, f"source: {exc.message}")
-        runner = session.make_runner(settings, tree, self.say)
-        builder = Builder(settings.cache_dir, runner, jobs=settings.jobs or None, say=self.say)
-        t0 = time.monotonic()
-        try:
-            core = builder.core(tree, CoreOptions(compat_cxx_flags=self._compat(commit)))
-            driver = builder.driver(core)
-            plugin = builder.plugin(core, self.variant)
+        try:  # the one preparation step: a commit the matrix pins gets its compatibility measures there
+            prepared = prepare.prepare(commit, (self.variant,), self.settings, self.matrix, self.say)
         except BuildError as exc:
             return Outcome(None, "does not build: " + exc.message.splitlines()[0][:200])
-        built = time.monotonic() - t0
-        if runner.name not in self._gdb:
-            self._gdb[runner.name] = session.usable_gdb(runner, self.say) if settings.gdb else None
-        gdb_path = self._gdb[runner.name]
-        workload = session._workload(self.matrix, settings)
+        built = prepared.built.build_s
         checks = dict(self.matrix.checks)
         expectation = expectation_for(self.matrix, self.variant, self.icd_name)
         known = tuple(r for r in self.matrix.expectations if r.outcome == "reproduce")
         step_dir = self.results / "steps" / commit[:12]
+        steps = prepared.workload.steps
 
         def run(variant: str, icd_name: str) -> Any:
             cell = Cell(commit[:12], variant, icd_name)
-            backend_timeout = self.matrix.timeouts.get(cell.backend, 600)
             return run_cell(
                 cell,
-                driver=driver,
-                plugin=plugin if variant != "cpu" else None,
-                icd=icd.resolve(icd_name, settings.cache_dir, runner.name) if icd_name != "-" else None,
-                workload=workload,
-                timeout_s=float(settings.timeout_s or backend_timeout),
-                runner=runner,
+                driver=prepared.built.driver,
+                plugin=prepared.built.plugins.get(variant),
+                icd=prepared.icds.get(icd_name),
+                workload=prepared.workload,
+                timeout_s=prepared.timeout_for(cell.backend),
+                runner=prepared.built.runner,
                 result_dir=step_dir / cell.dirname,
-                use_gdb=gdb_path is not None,
-                gdb_path=gdb_path,
+                use_gdb=prepared.gdb_path is not None,
+                gdb_path=prepared.gdb_path,
             )
 
         gpu = run(self.variant, self.icd_name)
         if gpu.completed.returncode != 0 or gpu.completed.timed_out:
-            v = judge(gpu, expectation, steps=workload.steps, checks=checks, baseline=None, known_bugs=known)
+            v = judge(gpu, expectation, steps=steps, checks=checks, baseline=None, known_bugs=known)
             return Outcome(v.verdict, f"build {built:.0f}s; {v.reason}")
         cpu = run("cpu", "-")
         # The judge holds a short run to the CPU run of the same commit and workload (baseline_checks).
-        cpu_v = judge(cpu, None, steps=workload.steps, checks=checks, baseline=None)
+        cpu_v = judge(cpu, None, steps=steps, checks=checks, baseline=None)
         v = judge(
             gpu,
             expectation,
-            steps=workload.steps,
+            steps=steps,
             checks=checks,
             baseline=cpu.record,
             known_bugs=known,
@@ -479,8 +458,9 @@ def main(args: argparse.Namespace, settings: Settings, *, say: Callable[[str], N
     git_dir = repo_git_dir(args.git_dir) if args.git_dir else default_git_dir(settings, say)
     rng = plan(git_dir, args.good, args.bad)
     variant = MODES[args.mode]
+    settings, _ = prepare.preflight_for(settings, (variant,), say)  # before any commit is built
     cell = f"{variant}/{settings.icds[0]}/steps={settings.steps}"
-    results = _results_dir(settings, "bisect")
+    results = prepare.results_dir(settings, "bisect")
     log = results / "bisect.log"
 
     def tee(line: str) -> None:

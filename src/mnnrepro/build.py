@@ -29,7 +29,7 @@ from pathlib import Path
 from . import cache, variants
 from .errors import BuildError, EnvironmentProblem
 from .progress import Progress
-from .runner import Runner, run_with_lines
+from .runner import Runner
 from .source import SourceTree, content_key
 
 KEY_FORMAT = 1
@@ -224,8 +224,7 @@ class Builder:
         writable = (build_dir, self.ccache_dir)
         # Minutes of cmake and ninja: a status line every 10 s ([n/m] from ninja); each line goes to the log only.
         with Progress(what, say=self.say) as progress:
-            res = run_with_lines(
-                self.runner,
+            res = self.runner.run(
                 argv,
                 on_line=progress.feed,
                 env=self._env(),

@@ -25,7 +25,7 @@ from .contract import RunRecord, read_events
 from .fixtures import MNIST
 from .icd import Icd
 from .progress import heartbeat
-from .runner import Completed, Runner, loader_env, run_writing
+from .runner import Completed, Runner, loader_env
 
 GDB_SCRIPT = Path(__file__).with_name("gdb_capture.py")
 # Driver options that name a directory it writes (native/README.md), besides --out.
@@ -124,8 +124,7 @@ def run_cell(
     writable = [result_dir, *(Path(a) for o, a in pairwise(argv) if o in OUTPUT_OPTIONS)]
     events = result_dir / "events.jsonl"
     with heartbeat(cell.id, say=say, detail=lambda: last_stage(events), interval_s=heartbeat_s):
-        completed = run_writing(
-            runner,
+        completed = runner.run(
             full,
             writable=writable,
             env=env,

@@ -22,13 +22,14 @@ from . import (
     gradcheck,
     image,
     interrupts,
+    prepare,
     replay,
     signature,
     source,
     swiftshader,
 )
 from .errors import ConfigError, MnnReproError
-from .session import SESSIONS, build_ref, preflight_for, run_session
+from .session import SESSIONS, run_session
 from .settings import Settings, load
 
 
@@ -162,8 +163,9 @@ def _add_image(sub: Subcommands) -> None:
     img = sub.add_parser("image", help="the docker build-and-run image")
     img.add_argument(
         "action",
-        choices=["bootstrap", "build"],
-        help="bootstrap: make the Debian base with debootstrap; build: build the image if needed",
+        choices=["bootstrap", "build", "key"],
+        help="bootstrap: make the Debian base with debootstrap; build: build the image if needed; key: the tag "
+        "(content key) the image has for today's inputs, building nothing",
     )
     img.add_argument("--base-image", dest="base_image")
     img.add_argument("--host-ca", dest="host_ca")
@@ -248,8 +250,8 @@ def _build(args: argparse.Namespace, settings: Settings) -> int:
     matrix = fixtures.load_matrix()
     ref = settings.ref or matrix.default_ref
     source.validate_ref(ref)
-    settings, _ = preflight_for(settings, variants, print)
-    built = build_ref(ref, variants, settings, matrix, print)
+    settings, _ = prepare.preflight_for(settings, variants, print, build_only=True)
+    built = prepare.build_ref(ref, variants, settings, matrix, print)
     print(f"core [{built.core.key[:12]}]: {built.core.lib_dir}")
     print(f"driver: {built.driver}")
     for variant, lib in built.plugins.items():
@@ -365,6 +367,8 @@ def _image(args: argparse.Namespace, settings: Settings) -> int:
     client = image.connect()
     if args.action == "bootstrap":
         print(image.bootstrap_base(client, mirror=settings.debian_mirror or None))
+    elif args.action == "key":
+        print(image.image_tag(client, settings.base_image, settings.host_ca))
     else:
         print(
             image.ensure_image(

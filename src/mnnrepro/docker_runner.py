@@ -21,6 +21,7 @@ directories mean the same on both runners. Least privilege:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import os
 import re
@@ -165,11 +166,10 @@ class DockerRunner:
     read_write: tuple[Path, ...] = ()  # read-write for every command (a session has none: see ``writable``)
     owned_trees: tuple[Path, ...] = ()  # the suite's own (the cache): read-only mounts inside are handed over too
     name: str = "docker"
-    streams_lines: bool = field(default=True, init=False, repr=False)
-    takes_writable: bool = field(default=True, init=False, repr=False)
     keep_on_failure: bool = field(default_factory=lambda: os.environ.get("MNNREPRO_KEEP_CONTAINERS") == "1")
     mem_limit: int = field(default_factory=default_mem_limit)
     pids_limit: int = PIDS_LIMIT
+    home_dir: Path | None = None  # where the mount-point skeletons live (the cache); else a temporary directory
     _skeleton: Path | None = field(default=None, init=False, repr=False)
 
     @property
@@ -195,16 +195,25 @@ class DockerRunner:
             below = [Path(p) for p in vols if Path(p) != private and Path(p).is_relative_to(private)]
             if not below or str(private) in vols:
                 continue
-            if self._skeleton is None:
-                self._skeleton = Path(tempfile.mkdtemp(prefix="mnnrepro-mountpoints-"))
-                weakref.finalize(self, shutil.rmtree, self._skeleton, True)
-            skeleton = self._skeleton / private.relative_to("/")
+            skeleton = self._skeleton_root(below) / private.relative_to("/")
             for path in below:
                 (skeleton / path.relative_to(private)).mkdir(parents=True, exist_ok=True)
-            for d in (self._skeleton, *self._skeleton.rglob("*")):
+            for d in (skeleton.parent, *skeleton.parent.rglob("*")):
                 d.chmod(0o755)  # mkdtemp makes 0700; the container's user must traverse it
             out[str(skeleton)] = {"bind": str(private), "mode": "ro"}  # host path: {container path, mode}
         return out
+
+    def _skeleton_root(self, below: Sequence[Path]) -> Path:
+        """Under home_dir, named by the mount points it holds (the same set reuses it; nothing to clean up, even
+        when the process leaves with os._exit); without a home_dir, a temporary directory removed with the
+        runner."""
+        if self.home_dir is not None:
+            key = hashlib.sha256("\0".join(sorted(map(str, below))).encode()).hexdigest()[:16]
+            return self.home_dir / "mountpoints" / key
+        if self._skeleton is None:
+            self._skeleton = Path(tempfile.mkdtemp(prefix="mnnrepro-mountpoints-"))
+            weakref.finalize(self, shutil.rmtree, self._skeleton, True)
+        return self._skeleton
 
     def run(
         self,

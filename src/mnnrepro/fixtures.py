@@ -242,7 +242,14 @@ class Matrix:
         return [name for name, info in self.refs.items() if info.tier in tiers]
 
     def ref_info(self, ref: str) -> RefInfo:
-        return self.refs.get(ref) or RefInfo(ref, "")
+        """The matrix's entry of a ref: by name, or (a bisect step) by the commit it pins; else a bare entry."""
+        if ref in self.refs:
+            return self.refs[ref]
+        if len(ref) >= 7 and all(c in "0123456789abcdef" for c in ref):
+            for info in self.refs.values():
+                if info.commit and (ref.startswith(info.commit) or info.commit.startswith(ref)):
+                    return info
+        return RefInfo(ref, "")
 
 
 def _reject_unknown(where: str, table: dict[str, Any], allowed: set[str]) -> None:

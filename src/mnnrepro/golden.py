@@ -14,16 +14,16 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import fingerprint, fixtures, gradcheck
+from . import fingerprint, fixtures, gradcheck, prepare
 from .build import native_key
-from .cells import Cell, CellRun, Workload, run_cell
+from .cells import Cell, CellRun, run_cell
 from .errors import ConfigError, FixtureError
 from .reference import PARAM_NAMES, PARAM_SHAPES
-from .session import Built, build_ref, preflight_for
 from .settings import Settings
 
 
@@ -41,14 +41,12 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _cpu_run(
-    built: Built, steps: list[int], work: Path, matrix: fixtures.Matrix, say: Callable[[str], None]
-) -> CellRun:
-    training = matrix.training
-    workload = Workload(
+def _cpu_run(prepared: prepare.Prepared, steps: list[int], work: Path, say: Callable[[str], None]) -> CellRun:
+    built = prepared.built
+    # The matrix's workload (batch, seed) for the golden's steps, at high precision, with dumps.
+    workload = replace(
+        prepared.workload,
         steps=len(steps),
-        batch_size=int(training.get("batch_size", 64)),
-        seed=int(training.get("seed", 1)),
         precision="high",
         test_limit=100,
         extra_args=("--dump-steps", ",".join(map(str, steps)), "--save-init", str(work / "golden" / "init")),
@@ -60,7 +58,7 @@ def _cpu_run(
         plugin=None,
         icd=None,
         workload=workload,
-        timeout_s=float(matrix.timeouts.get("cpu", 120)),
+        timeout_s=prepared.timeout_for("cpu"),
         runner=built.runner,
         result_dir=work / "run",
         use_gdb=False,
@@ -75,7 +73,7 @@ def _cpu_run(
 
 
 def _provenance(
-    built: Built, run: CellRun, steps: list[int], check: gradcheck.GradReport, manifest: dict[str, Any]
+    built: prepare.Built, run: CellRun, steps: list[int], check: gradcheck.GradReport, manifest: dict[str, Any]
 ) -> dict[str, Any]:
     return {
         "format": gradcheck.GOLDEN_FORMAT,
@@ -137,13 +135,14 @@ def generate_golden(
     if steps != list(range(len(steps))):
         raise FixtureError(f"golden steps must be consecutive from 0, got {steps}")
     manifest = fixtures.verify_mnist()
-    settings, _ = preflight_for(settings, ("cpu",), say)
-    built = build_ref(ref, ("cpu",), settings, matrix, say)
+    settings, _ = prepare.preflight_for(settings, ("cpu",), say)
+    prepared = prepare.prepare(ref, ("cpu",), replace(settings, gdb=False), matrix, say)
+    built = prepared.built
     # The driver writes under results_dir (writable in every runner); fixtures/ is read-only in a container.
     settings.results_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f"golden-{ref}-", dir=settings.results_dir) as tmp:
         work = Path(tmp)
-        run = _cpu_run(built, steps, work, matrix, say)
+        run = _cpu_run(prepared, steps, work, say)
         check = gradcheck.check_reference(
             gradcheck.Dumps(work / "run" / "grads", work / "golden" / "init"),
             steps,

@@ -169,6 +169,19 @@ def image_key(base_id: str, ca: bytes | None) -> str:
     return h.hexdigest()
 
 
+def image_tag(client: Any, base: str, host_ca: Path | None) -> str:
+    """The tag the toolchain image has for these inputs (its content key), without building anything; the
+    base must be present (``mnnrepro image key``: a CI cache key known before the image is)."""
+    if not _has_image(client, base) and base == DEFAULT_BASE and _has_image(client, BOOTSTRAP_IMAGE):
+        base = BOOTSTRAP_IMAGE  # what ensure_base uses where the default cannot be pulled
+    if not _has_image(client, base):
+        raise EnvironmentProblem(
+            f"base image {base!r} is not present: the image key names its id",
+            hint="python -m mnnrepro image bootstrap (or docker pull/load the base)",
+        )
+    return f"{IMAGE_REPO}:{image_key(client.images.get(base).id, _host_ca(host_ca))[:16]}"
+
+
 def ensure_image(
     client: Any,
     *,
@@ -180,9 +193,8 @@ def ensure_image(
 ) -> str:
     """The toolchain image's tag, building it only when docker/, the pins, the base or the CA changed."""
     base_name = ensure_base(client, base, mirror=mirror, say=say)
-    base_id = client.images.get(base_name).id
+    tag = image_tag(client, base_name, host_ca)
     ca = _host_ca(host_ca)
-    tag = f"{IMAGE_REPO}:{image_key(base_id, ca)[:16]}"
     if _has_image(client, tag):
         return tag
     manifest = swiftshader.ensure(cache_dir)

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Protocol, runtime_checkable
+from typing import IO, Protocol
 
 OnLine = Callable[[str], None]
 
@@ -84,45 +84,11 @@ class Completed:
 
 
 class Runner(Protocol):
+    """How the suite runs a build or the driver (HostRunner, DockerRunner). ``on_line`` gets each output line
+    as it arrives (progress); ``writable`` names the only paths the command may write (in a container all else
+    is read-only). Test fakes accept and may ignore both (``**kwargs``)."""
+
     name: str
-
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        env: Mapping[str, str] | None = None,
-        cwd: Path | None = None,
-        timeout_s: float | None = None,
-        stdout_path: Path | None = None,
-        stderr_path: Path | None = None,
-    ) -> Completed: ...
-
-
-@runtime_checkable
-class StreamingRunner(Runner, Protocol):
-    """A runner that can also pass each output line to ``on_line`` as it arrives (HostRunner, DockerRunner)."""
-
-    streams_lines: bool
-
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        env: Mapping[str, str] | None = None,
-        cwd: Path | None = None,
-        timeout_s: float | None = None,
-        stdout_path: Path | None = None,
-        stderr_path: Path | None = None,
-        on_line: OnLine | None = None,
-    ) -> Completed: ...
-
-
-@runtime_checkable
-class ConfiningRunner(StreamingRunner, Protocol):
-    """A runner that takes ``writable``: the only paths the command may write (HostRunner, DockerRunner).
-    Call it through ``run_writing`` or ``run_with_lines``, which leave ``writable`` out for other runners."""
-
-    takes_writable: bool
 
     def run(
         self,
@@ -138,53 +104,6 @@ class ConfiningRunner(StreamingRunner, Protocol):
     ) -> Completed: ...
 
 
-def run_writing(
-    runner: Runner,
-    argv: Sequence[str],
-    *,
-    writable: Sequence[Path],
-    env: Mapping[str, str] | None = None,
-    timeout_s: float | None = None,
-    stdout_path: Path | None = None,
-    stderr_path: Path | None = None,
-) -> Completed:
-    """runner.run, with ``writable`` where the runner takes it (a runner that does not, e.g. a test fake,
-    runs the command as it would anyway)."""
-    if isinstance(runner, ConfiningRunner) and runner.takes_writable:
-        return runner.run(
-            argv, env=env, timeout_s=timeout_s, stdout_path=stdout_path, stderr_path=stderr_path, writable=writable
-        )
-    return runner.run(argv, env=env, timeout_s=timeout_s, stdout_path=stdout_path, stderr_path=stderr_path)
-
-
-def run_with_lines(
-    runner: Runner,
-    argv: Sequence[str],
-    *,
-    on_line: OnLine,
-    stdout_path: Path,
-    env: Mapping[str, str] | None = None,
-    timeout_s: float | None = None,
-    writable: Sequence[Path] = (),
-) -> Completed:
-    """Run with the output in stdout_path and each of its lines to on_line: live where the runner streams,
-    otherwise read back from the file once the command has ended (test fakes, runners that cannot stream).
-    ``writable`` as in run_writing."""
-    if isinstance(runner, ConfiningRunner) and runner.takes_writable:
-        live = on_line if runner.streams_lines else None
-        res = runner.run(argv, env=env, timeout_s=timeout_s, stdout_path=stdout_path, on_line=live, writable=writable)
-        if live is not None:
-            return res
-    elif isinstance(runner, StreamingRunner) and runner.streams_lines:
-        return runner.run(argv, env=env, timeout_s=timeout_s, stdout_path=stdout_path, on_line=on_line)
-    else:
-        res = runner.run(argv, env=env, timeout_s=timeout_s, stdout_path=stdout_path)
-    if stdout_path.is_file():
-        for line in stdout_path.read_text(errors="replace").splitlines():
-            on_line(line)
-    return res
-
-
 @dataclass
 class HostRunner:
     """Runs commands directly on this machine, in a closed environment (base_env: by default the caller's
@@ -192,8 +111,6 @@ class HostRunner:
     apply."""
 
     name: str = "host"
-    streams_lines: bool = field(default=True, init=False, repr=False)
-    takes_writable: bool = field(default=True, init=False, repr=False)
     kill_grace_s: float = 5.0
     base_env: Mapping[str, str] = field(default_factory=closed_env)
 

@@ -11,32 +11,26 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from . import (
     __version__,
-    faults,
     fixtures,
     gradcheck,
-    icd,
-    image,
     interrupts,
-    preflight,
+    prepare,
     report,
     source,
-    swiftshader,
     variants,
 )
-from .build import Builder, Core, CoreOptions
 from .cells import Cell, CellRun, Workload, run_cell
 from .contract import RunRecord
-from .docker_runner import DockerRunner, remove_leftovers
-from .errors import EXIT_MISMATCH, ConfigError, EnvironmentProblem
+from .errors import EXIT_MISMATCH, ConfigError
 from .judge import ACCEPTS, FAIL, Check, Verdict, combine_repeats, judge
+from .prepare import Prepared
 from .reference import PARAM_NAMES, PARAM_SHAPES
-from .runner import Completed, HostRunner, Runner
+from .runner import Completed
 from .settings import ICD_NAMES, Settings
 
 # Session name -> the variants it judges. A CPU baseline is added wherever a GPU variant is compared to it.
@@ -50,59 +44,6 @@ SESSIONS: dict[str, tuple[str, ...]] = {
 }
 
 
-def make_runner(settings: Settings, tree: source.SourceTree, say: Callable[[str], None]) -> Runner:
-    """--runner docker|host|auto. auto: docker when an engine answers, else the host (and say why)."""
-    if settings.runner in ("docker", "auto"):
-        try:
-            client = image.connect()
-        except EnvironmentProblem as exc:
-            if settings.runner == "docker":
-                raise
-            missing = [t for t in ("c++", "cmake", "ninja") if shutil.which(t) is None]
-            if missing:
-                raise EnvironmentProblem(
-                    f"no usable runner: {exc.message}; and the host lacks {', '.join(missing)}",
-                    hint="start a Docker engine (dockerd), or apt-get install build-essential cmake ninja-build "
-                    "ccache gdb mesa-vulkan-drivers libvulkan-dev",
-                ) from exc
-            say(f"runner: host ({exc.message})")
-            return HostRunner()
-        tag = image.ensure_image(
-            client,
-            base=settings.base_image,
-            cache_dir=settings.cache_dir,
-            host_ca=settings.host_ca,
-            mirror=settings.debian_mirror or None,
-            say=say,
-        )
-        say(f"runner: docker, image {tag}")
-        remove_leftovers(client, keep=settings.keep_containers, say=say)
-        # Read-only: what commands read. Each call names what it writes (a build dir, a cell's result dir).
-        cache = settings.cache_dir
-        return DockerRunner(
-            client,
-            tag,
-            read_only=(fixtures.ROOT, tree.path, settings.results_dir, cache / "variants", cache / "icd"),
-            owned_trees=(cache,),
-            keep_on_failure=settings.keep_containers,
-        )
-    return HostRunner()
-
-
-def _results_dir(settings: Settings, name: str) -> Path:
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = settings.results_dir / f"{stamp}-{name}-{os.getpid()}"
-    path.mkdir(parents=True, exist_ok=True)
-    latest = settings.results_dir / "latest"
-    try:
-        if latest.is_symlink() or latest.exists():
-            latest.unlink()
-        latest.symlink_to(path.name)
-    except OSError:
-        pass
-    return path
-
-
 def cells_for(ref: str, names: tuple[str, ...], icds: tuple[str, ...]) -> list[Cell]:
     """The CPU baseline first (wherever a GPU variant is compared with it), then each variant: once per ICD
     where it takes one, else once."""
@@ -114,60 +55,6 @@ def cells_for(ref: str, names: tuple[str, ...], icds: tuple[str, ...]) -> list[C
             continue
         cells += [Cell(ref, name, i) for i in icds] if variants.get(name).per_icd else [Cell(ref, name, "-")]
     return cells
-
-
-def _workload(matrix: fixtures.Matrix, settings: Settings) -> Workload:
-    training = dict(matrix.training)
-    return Workload(
-        steps=settings.steps or int(training.get("steps", 30)),
-        batch_size=int(training.get("batch_size", 64)),
-        seed=int(training.get("seed", 1)),
-        precision=str(training.get("precision", "high")),
-        test_limit=int(training.get("test_limit", 0)),
-    )
-
-
-@dataclass
-class Built:
-    """What a workload needs of one ref, built: the source tree, the runner, the core, driver and plugins."""
-
-    ref: str
-    tree: source.SourceTree
-    info: fixtures.RefInfo
-    runner: Runner
-    builder: Builder
-    core: Core
-    driver: Path
-    plugins: dict[str, Path]
-    build_s: float
-
-
-def build_ref(
-    ref: str, names: tuple[str, ...], settings: Settings, matrix: fixtures.Matrix, say: Callable[[str], None]
-) -> Built:
-    """Resolve the source of one ref, pick the runner, build (or find in the cache) the core, the driver and
-    the plugins the variants need."""
-    info = matrix.ref_info(ref)
-    tree = source.resolve(
-        ref,
-        source=settings.source if ref == (settings.ref or matrix.default_ref) else None,
-        cache_dir=settings.cache_dir,
-        git_url=settings.git_url,
-        allow_clone=settings.clone,
-        pinned_commit=info.commit or None,
-    )
-    say(f"source: {tree.describe()}")
-    runner = make_runner(settings, tree, say)
-    if info.commit and tree.commit and not (info.commit.startswith(tree.commit) or tree.commit.startswith(info.commit)):
-        say(f"WARNING: {ref} resolved to {tree.commit}, matrix.toml pins {info.commit}")
-    if info.compat_reason:
-        say(f"compatibility measure for {ref}: {info.compat_reason}")
-    builder = Builder(settings.cache_dir, runner, jobs=settings.jobs or None, say=say)
-    t0 = time.monotonic()
-    core: Core = builder.core(tree, CoreOptions(compat_cxx_flags=info.compat_cxx_flags))
-    driver = builder.driver(core)
-    plugins = {v: builder.plugin(core, v) for v in names if variants.get(v).has_plugin}
-    return Built(ref, tree, info, runner, builder, core, driver, plugins, time.monotonic() - t0)
 
 
 @dataclass
@@ -188,18 +75,19 @@ class MnistRef:
     """The MNIST training workload on one built ref: plans each cell, runs it (with repeats), judges it
     against its expectation, the CPU baseline of the same build and the gradient golden."""
 
-    built: Built
+    prepared: Prepared
     settings: Settings
     matrix: fixtures.Matrix
     results: Path
     say: Callable[[str], None]
-    gdb_path: str | None = None
-    icds: dict[str, icd.Icd] = field(default_factory=dict)
     baseline: RunRecord | None = None
     baseline_checks: list[Check] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.workload = _workload(self.matrix, self.settings)
+        self.built = self.prepared.built
+        self.gdb_path = self.prepared.gdb_path
+        self.icds = self.prepared.icds
+        self.workload = self.prepared.workload
         self.known = tuple(r for r in self.matrix.expectations if r.outcome == "reproduce")
         self.version = self.built.tree.version
         committed = gradcheck.GOLDEN_ROOT / self.built.ref
@@ -222,6 +110,7 @@ class MnistRef:
             "image_digest": getattr(b.runner, "image_id", None),
             "icds": {n: str(i.manifest) if i.manifest else "host default" for n, i in self.icds.items()},
             "build_seconds": round(b.build_s, 1),
+            "prepare_seconds": {k: round(v, 2) for k, v in self.prepared.seconds.items()},
             "builds": b.builder.log.events,
             "golden": str(self.golden_dir) if self.golden_dir else "none committed: numpy reference + this run's CPU",
         }
@@ -230,7 +119,7 @@ class MnistRef:
         ref, wl = self.built.ref, self.workload
         expectation = self.matrix.expectation(ref, cell.variant, cell.icd, self.version)
         covered_by = (expectation.covers(ref, self.version) or "") if expectation else ""
-        timeout_s = float(self.settings.timeout_s or self.matrix.timeouts.get(cell.backend, 600))
+        timeout_s = self.prepared.timeout_for(cell.backend)
         # Cells that should train also dump gradients and start from the golden's initial parameters; a cell
         # expected to crash does not (a dump would move its crash from sgd_step to grad_dump, hiding the
         # signature of the known bug).
@@ -252,6 +141,7 @@ class MnistRef:
 
     def run_once(self, plan: CellPlan, result_dir: Path) -> tuple[CellRun, Verdict]:
         b, cell = self.built, plan.cell
+        started = time.monotonic()
         try:
             run = run_cell(
                 cell,
@@ -288,6 +178,11 @@ class MnistRef:
         except Exception as exc:  # a malformed file of one cell must not end the session
             run, verdict = unreadable_cell(cell, result_dir, plan.expectation, exc)
         verdict.evidence["timeout_s"] = plan.timeout_s
+        # Where the cell's seconds went (bench/warm_profile.py): the run as the harness saw it, then the judging.
+        verdict.evidence["seconds"] = {
+            "run": round(run.completed.duration_s, 2),
+            "judge": round(time.monotonic() - started - run.completed.duration_s, 2),
+        }
         return run, verdict
 
     def run(self, cell: Cell) -> tuple[CellRun, Verdict]:
@@ -319,11 +214,7 @@ def _run_ref(
 ) -> None:
     """Build and run every cell of one ref, filling in its header (fingerprint) and appending its judged rows
     as they finish (an interrupt keeps what finished)."""
-    built = build_ref(ref, names, settings, matrix, say)
-    mnist = MnistRef(built, settings, matrix, results, say)
-    mnist.gdb_path = usable_gdb(built.runner, say) if settings.gdb else None
-    if variants.takes_icds(names):
-        mnist.icds = {n: icd.resolve(n, settings.cache_dir, built.runner.name) for n in settings.icds}
+    mnist = MnistRef(prepare.prepare(ref, names, settings, matrix, say), settings, matrix, results, say)
     header.update(mnist.header())
     for cell in cells_for(ref, names, settings.icds):
         rows.append(mnist.run(cell))
@@ -409,20 +300,6 @@ def make_session_golden(run: CellRun, steps: list[int], dest: Path, ref: str) ->
     return dest
 
 
-def usable_gdb(runner: Runner, say: Callable[[str], None]) -> str | None:
-    """gdb as the runner sees it, if it runs with Python (gdb_capture.py needs it); else None, said loudly:
-    crashes are then still caught by signal and stage, but without a backtrace or signature."""
-    probe = "command -v gdb && gdb -nx -batch -ex 'python print(\"mnnrepro-gdb-ok\")' 2>&1 | tail -n 3"
-    lines = runner.run(["sh", "-c", probe], timeout_s=60).output.splitlines()
-    if lines and "mnnrepro-gdb-ok" in lines[-1]:
-        return lines[0].strip()
-    say(
-        f"WARNING: no usable gdb with Python for the {runner.name} runner "
-        f"({(lines[-1] if lines else 'not installed')[:120]}): crashes will have no backtrace or signature"
-    )
-    return None
-
-
 def check_session(name: str, settings: Settings) -> None:
     """Configuration errors a session can know before anything is built or any directory is made."""
     if variants.takes_icds(SESSIONS[name]) and not settings.icds:
@@ -430,42 +307,6 @@ def check_session(name: str, settings: Settings) -> None:
             f"session {name} judges Vulkan cells but no Vulkan ICD was given (--icd is empty)",
             hint=f"name at least one: --icd {','.join(ICD_NAMES[:2])} (known: {', '.join(ICD_NAMES)})",
         )
-
-
-def resolve_runner(settings: Settings, say: Callable[[str], None]) -> str:
-    """--runner docker|host, or for auto: docker when an engine answers within seconds, else host (said)."""
-    if settings.runner != "auto":
-        return settings.runner
-    try:
-        image.connect(timeout=5)
-        return "docker"
-    except EnvironmentProblem as exc:
-        say(f"runner: host ({exc.message})")
-        return "host"
-
-
-def preflight_for(
-    settings: Settings, names: tuple[str, ...], say: Callable[[str], None]
-) -> tuple[Settings, list[preflight.Finding]]:
-    """Every check that can fail before a build (issue: first contact), for the runner that will be used.
-    Returns the settings with the runner resolved; raises EnvironmentProblem naming every problem at once."""
-    kind = resolve_runner(settings, say)
-    faults.check_can_plant(settings.faults, kind)
-    vulkan = variants.takes_icds(names)
-    findings = preflight.run(
-        settings, icds=settings.icds if vulkan else (), opencl="opencl" in names, runner=kind, say=say
-    )
-    try:
-        preflight.require(findings)
-    except EnvironmentProblem as exc:
-        if settings.runner == "auto" and kind == "host":
-            exc.message = "no Docker engine answers, and the host runner cannot run either: " + exc.message
-            exc.hint = exc.hint + "; or start a Docker engine (dockerd) and use the Docker runner"
-        raise
-    if kind == "host" and vulkan and "swiftshader" in settings.icds:
-        # Fetched now, not after minutes of building (the Docker runner's image build fetches it, also first).
-        swiftshader.ensure(settings.cache_dir)
-    return replace(settings, runner=kind), findings
 
 
 def session_refs(name: str, settings: Settings, matrix: fixtures.Matrix) -> list[str]:
@@ -476,6 +317,7 @@ def session_refs(name: str, settings: Settings, matrix: fixtures.Matrix) -> list
 
 
 def run_session(name: str, settings: Settings, *, say: Callable[[str], None] = print) -> int:
+    started = time.monotonic()
     names = SESSIONS[name]
     check_session(name, settings)
     matrix = fixtures.load_matrix()
@@ -486,12 +328,13 @@ def run_session(name: str, settings: Settings, *, say: Callable[[str], None] = p
     for ref in refs:  # a corrupt or truncated golden is known now, not after the build
         if (gradcheck.GOLDEN_ROOT / ref).is_dir():
             fixtures.verify_golden_manifest(gradcheck.GOLDEN_ROOT / ref)
-    settings, _ = preflight_for(settings, names, say)
-    results = _results_dir(settings, name)
+    settings, _ = prepare.preflight_for(settings, names, say)
+    checked = time.monotonic() - started  # settings, fixtures and goldens verified, preflight
+    results = prepare.results_dir(settings, name)
     say(f"mnnrepro {__version__}: session {name}, results in {results}")
     for line in settings.describe():
         say(f"  {line}")
-    workload = _workload(matrix, settings)
+    workload = prepare.workload_of(matrix, settings)
     per_ref: dict[str, dict[str, Any]] = {}
     rows: list[tuple[CellRun, Verdict]] = []
     stopped: BaseException | None = None
@@ -512,6 +355,7 @@ def run_session(name: str, settings: Settings, *, say: Callable[[str], None] = p
         "python": sys.version.split()[0],
         "workload": workload.__dict__,
         "checks": matrix.checks,
+        "seconds": {"checks_and_preflight": round(checked, 2), "until_reports": round(time.monotonic() - started, 2)},
     }
     data = report.summary(header, rows)
     if stopped is not None:

@@ -208,8 +208,11 @@ def docker_client() -> Any | None:
 
 
 def run_containers(client: Any, pids: Iterable[int]) -> list[Any]:
-    """Containers (any state) that a process among ``pids`` started: by the pid label, or by the name."""
+    """Containers (any state) that a process among ``pids`` of this host started: by the pid label, or by the
+    name; a container labelled with another host (a session in another PID namespace sharing this engine, e.g.
+    a fresh-machine container with the Docker socket) is not ours, whatever its pid."""
     wanted = {str(p) for p in pids}
+    host = socket.gethostname()
     try:
         found = client.containers.list(all=True, filters={"name": "mnnrepro-"})
         found += client.containers.list(all=True, filters={"label": "mnnrepro=1"})
@@ -218,6 +221,8 @@ def run_containers(client: Any, pids: Iterable[int]) -> list[Any]:
     out: dict[str, Any] = {}
     for c in found:
         labels = c.labels or {}
+        if labels.get("mnnrepro.host", host) != host:
+            continue
         name = str(c.name or "")
         m = re.fullmatch(r"mnnrepro-(\d+)-\d+", name)
         if labels.get("mnnrepro.pid") in wanted or (m and m.group(1) in wanted):

@@ -3,7 +3,7 @@ ARGS...`` with a few of the session's seams replaced as PLAN.json says, in a pro
 signal, a real exit code and real leftovers can be observed from outside).
 
 Modes ("mode" in the plan):
-  fake     no MNN: ``session.build_ref`` resolves the source as usual (a bad --ref or an unreachable server is
+  fake     no MNN: ``prepare.build_ref`` resolves the source as usual (a bad --ref or an unreachable server is
            still the real code's to catch) and returns tests/faults/fake_driver.py as the driver on the host
            runner, with fake plugins; ``icd.resolve`` gives lavapipe and swiftshader fake manifests; no gdb;
            the preflight is skipped. Everything else (settings, matrix, fixtures, judge, reports, interrupts)
@@ -60,14 +60,14 @@ def _patch_constants(patches: dict[str, Any]) -> None:
 
 
 def _no_preflight() -> None:
-    from mnnrepro import session
+    from mnnrepro import prepare
     from mnnrepro.settings import Settings
 
     def preflight_for(settings: Settings, variants: tuple[str, ...], say: Callable[[str], None]) -> Any:
         say("preflight: skipped by the fault battery (fakerun.py)")
         return replace(settings, runner="host" if settings.runner == "auto" else settings.runner), []
 
-    _replace_seam(session, "preflight_for", preflight_for)
+    _replace_seam(prepare, "preflight_for", preflight_for)
 
 
 def _resolve_tree(ref: str, settings: Any, matrix: Any) -> Any:
@@ -85,7 +85,7 @@ def _resolve_tree(ref: str, settings: Any, matrix: Any) -> Any:
 
 
 def _fake(plan: dict[str, Any]) -> None:
-    from mnnrepro import icd, session
+    from mnnrepro import icd, prepare
     from mnnrepro.build import Builder, Core, CoreOptions
     from mnnrepro.runner import HostRunner
 
@@ -122,7 +122,7 @@ def _fake(plan: dict[str, Any]) -> None:
                 lib.parent.mkdir(parents=True, exist_ok=True)
                 lib.write_bytes(b"")
                 plugins[variant] = lib
-        return session.Built(ref, tree, matrix.ref_info(ref), runner, builder, core, wrapper, plugins, 0.0)
+        return prepare.Built(ref, tree, matrix.ref_info(ref), runner, builder, core, wrapper, plugins, 0.0)
 
     def refuse(self: Builder, *args: object, **kwargs: object) -> Any:
         raise SystemExit("fakerun: the fake mode reached a real build: a seam of the session was renamed")
@@ -130,13 +130,13 @@ def _fake(plan: dict[str, Any]) -> None:
     for method in ("core", "plugin", "driver"):
         _replace(Builder, method, refuse)
     _replace_seam(icd, "resolve", fake_icd)
-    _replace_seam(session, "build_ref", build_ref)
-    _replace_seam(session, "usable_gdb", lambda runner, say: None)
+    _replace_seam(prepare, "build_ref", build_ref)
+    _replace_seam(prepare, "usable_gdb", lambda runner, say: None)
     _no_preflight()
 
 
 def _cached(plan: dict[str, Any]) -> None:
-    from mnnrepro import session
+    from mnnrepro import prepare
     from mnnrepro.build import Builder, Core, CoreOptions
     from mnnrepro.runner import HostRunner
 
@@ -152,9 +152,9 @@ def _cached(plan: dict[str, Any]) -> None:
         options = CoreOptions(compat_cxx_flags=info.compat_cxx_flags)
         core = Core(cached["core_key"], tree, Path(cached["build_dir"]), Path(cached["variant_dir"]), options)
         plugins = {v: Path(cached["plugins"][v]) for v in variants if v != "cpu"}
-        return session.Built(ref, tree, info, runner, builder, core, Path(cached["driver"]), plugins, 0.0)
+        return prepare.Built(ref, tree, info, runner, builder, core, Path(cached["driver"]), plugins, 0.0)
 
-    _replace_seam(session, "build_ref", build_ref)
+    _replace_seam(prepare, "build_ref", build_ref)
 
 
 def _build(plan: dict[str, Any]) -> None:

@@ -22,7 +22,6 @@ import pytest
 
 from mnnrepro import fixtures
 from mnnrepro.reference import PARAM_NAMES, PARAM_SHAPES
-from mnnrepro.runner import run_writing
 
 from .test_gradients import Built
 from .test_gradients import built as built  # the session fixture: the driver is built once, shared
@@ -277,7 +276,7 @@ def run_driver(built: Built, name: str, case: Case | None) -> Outcome:
     out = root / "out"
     out.mkdir(parents=True, exist_ok=True)
     # The Docker runner mounts results read-only but for the paths a command may write.
-    completed = run_writing(built.runner, driver_argv(built.driver, data, init, out), writable=[out], timeout_s=300)
+    completed = built.runner.run(driver_argv(built.driver, data, init, out), writable=[out], timeout_s=300)
     events = out / "events.jsonl"
     lines = events.read_text().splitlines() if events.is_file() else []
     errors = [e for e in map(json.loads, lines) if e.get("event") == "error"]

@@ -57,7 +57,7 @@ def built(shared_dir: Path) -> Built:
     root.mkdir(exist_ok=True)
     settings = load({"results_dir": str(root), "clone": False})
     tree = source.resolve(REF, source=None, cache_dir=settings.cache_dir, git_url=settings.git_url, allow_clone=False)
-    from mnnrepro.session import make_runner
+    from mnnrepro.prepare import make_runner
 
     with open(shared_dir / "gradients-build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

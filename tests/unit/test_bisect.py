@@ -217,12 +217,12 @@ def test_image_cell_is_judged_against_the_known_bug_row() -> None:
     assert buffer.outcome == "fixed"
 
 
-def test_compat_flags_follow_the_pinned_commit(tmp_path: Path) -> None:
-    from mnnrepro.settings import Settings
-
-    said: list[str] = []
-    oracle = bisect.MnnOracle(tmp_path, "vulkan-image", Settings(cache_dir=tmp_path), tmp_path, said.append)
-    assert oracle._compat("47027e10992473eb4da4c536542fbefd6e5fcc1c") == ("-include", "cstring")
-    assert said and "cstring" in said[0]
-    assert oracle._compat("5047919a1ae594d090ee54c7ea3403a9dee8cad4") == ()
-    assert oracle._compat("0" * 40) == ()
+def test_compat_flags_follow_the_pinned_commit() -> None:
+    """A bisect step names a full commit: the matrix entry that pins it (with its compatibility measures) is
+    found by the commit, so the one preparation step builds it as the named ref is built."""
+    matrix = fixtures.load_matrix()
+    assert matrix.ref_info("47027e10992473eb4da4c536542fbefd6e5fcc1c").compat_cxx_flags == ("-include", "cstring")
+    assert matrix.ref_info("47027e10992473eb4da4c536542fbefd6e5fcc1c").name == "47027e10"
+    assert matrix.ref_info("5047919a1ae594d090ee54c7ea3403a9dee8cad4").compat_cxx_flags == ()
+    assert matrix.ref_info("0" * 40).compat_cxx_flags == ()
+    assert matrix.ref_info("0" * 40).name == "0" * 40

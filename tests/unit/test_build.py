@@ -169,6 +169,7 @@ class FakeToolchain:
         timeout_s: float | None = None,
         stdout_path: Path | None = None,
         stderr_path: Path | None = None,
+        **kwargs: Any,
     ) -> Completed:
         args = list(argv)
         self.calls.append(args)

@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -278,6 +279,7 @@ class FakeToolchain:
         timeout_s: float | None = None,
         stdout_path: Path | None = None,
         stderr_path: Path | None = None,
+        **kwargs: Any,
     ) -> Completed:
         args = list(argv)
         if stdout_path is not None:

@@ -323,7 +323,7 @@ def test_kept_containers_are_only_counted_with_keep_containers() -> None:
 def test_make_runner_removes_leftovers_and_mounts_the_cache_read_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mnnrepro import fixtures, image, session
+    from mnnrepro import fixtures, image, prepare
     from mnnrepro.settings import Settings
     from mnnrepro.source import SourceTree
 
@@ -334,7 +334,7 @@ def test_make_runner_removes_leftovers_and_mounts_the_cache_read_only(
     settings = Settings(cache_dir=tmp_path / "cache", results_dir=tmp_path / "results", runner="docker")
     tree = SourceTree(tmp_path / "cache" / "src" / "3.3.0", "3.3.0", None, "cache")
     said: list[str] = []
-    runner = session.make_runner(settings, tree, said.append)
+    runner = prepare.make_runner(settings, tree, said.append)
     assert isinstance(runner, DockerRunner)
     assert fake.containers.existing[0].removed
     assert "removed 1 leftover container(s) of ended mnnrepro sessions" in said

@@ -78,6 +78,19 @@ def test_image_key_changes_with_base_and_ca() -> None:
     assert a != image.image_key("sha256:one", b"-----BEGIN CERTIFICATE-----")
 
 
+def test_image_key_command_names_the_tag_ensure_image_would_use_and_builds_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    client = FakeClient({image.BOOTSTRAP_IMAGE}, pull_ok=False)
+    tag = image.image_tag(client, image.DEFAULT_BASE, None)  # the default falls back to the bootstrapped base
+    assert tag == f"{image.IMAGE_REPO}:{image.image_key('sha256:' + image.BOOTSTRAP_IMAGE, None)[:16]}"
+    client.images.present.add(tag)  # present: ensure_image returns the same tag and builds nothing
+    monkeypatch.setattr(image.swiftshader, "ensure", lambda *a, **k: pytest.fail("ensure_image built"))
+    assert image.ensure_image(client, base=image.DEFAULT_BASE, cache_dir=tmp_path, say=lambda _: None) == tag
+    with pytest.raises(EnvironmentProblem, match="not present"):
+        image.image_tag(FakeClient(set(), pull_ok=False), image.DEFAULT_BASE, None)
+
+
 def test_debian_mirror_is_read_from_deb822_sources(tmp_path: Path) -> None:
     (tmp_path / "sources.list.d").mkdir()
     (tmp_path / "sources.list.d" / "debian.sources").write_text(

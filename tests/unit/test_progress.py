@@ -19,7 +19,7 @@ from mnnrepro.build import PLUGINS, Builder, CoreOptions
 from mnnrepro.cells import Cell, Workload, last_stage, run_cell
 from mnnrepro.errors import BuildError
 from mnnrepro.progress import Progress, elapsed_text, heartbeat
-from mnnrepro.runner import Completed, HostRunner, OnLine, run_with_lines
+from mnnrepro.runner import Completed, HostRunner, OnLine
 from mnnrepro.source import SourceTree
 
 MakeTree = Callable[[Path], Path]
@@ -256,21 +256,6 @@ def test_a_failing_line_callback_costs_the_display_not_the_log(tmp_path: Path) -
     assert log.read_text().split() == [str(i) for i in range(1, 51)]
 
 
-def test_a_runner_that_cannot_stream_has_its_log_read_back(tmp_path: Path) -> None:
-    class Plain:
-        name = "plain"
-
-        def run(self, argv: Sequence[str], **kwargs: Any) -> Completed:
-            assert "on_line" not in kwargs
-            kwargs["stdout_path"].write_text("[1/2] a\n[2/2] b\n")
-            return Completed(tuple(argv), 0, 0.0)
-
-    got: list[str] = []
-    res = run_with_lines(Plain(), ["ninja"], on_line=got.append, stdout_path=tmp_path / "log")
-    assert res.returncode == 0
-    assert got == ["[1/2] a", "[2/2] b"]
-
-
 # -- DockerRunner streaming (fake engine) ----------------------------------------------------------
 
 
@@ -347,7 +332,6 @@ class StreamingToolchain:
 
     clock: FakeClock
     name: str = "fake"
-    streams_lines: bool = True
     fail: str = ""
 
     def run(
@@ -360,6 +344,7 @@ class StreamingToolchain:
         stdout_path: Path | None = None,
         stderr_path: Path | None = None,
         on_line: OnLine | None = None,
+        **kwargs: Any,
     ) -> Completed:
         assert stdout_path is not None and on_line is not None
         args = list(argv)

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from mnnrepro.runner import Completed, HostRunner, closed_env, loader_env, run_with_lines, run_writing
+from mnnrepro.runner import Completed, HostRunner, closed_env, loader_env
 
 
 def live_members(pgid: int) -> list[int]:
@@ -201,34 +198,12 @@ def test_allow_list_and_loader_variables() -> None:
     }
 
 
-@dataclass
-class Recording(HostRunner):
-    """A HostRunner that records the writable paths it was given."""
-
-    seen: list[tuple[Path, ...]] = field(default_factory=list)
-
-    def run(self, argv: Sequence[str], **kwargs: Any) -> Completed:
-        self.seen.append(tuple(kwargs.get("writable", ("<not passed>",))))
-        return super().run(argv, **kwargs)
-
-
-def test_writable_reaches_runners_that_take_it_and_only_those(tmp_path: Path) -> None:
-    recording = Recording()
-    run_writing(recording, ["true"], writable=[tmp_path / "a"])
-    run_with_lines(recording, ["true"], on_line=lambda _: None, stdout_path=tmp_path / "log", writable=[tmp_path / "b"])
-    assert recording.seen == [(tmp_path / "a",), (tmp_path / "b",)]
-
-    class Plain:  # a fake without writable: it must still be callable
-        name = "plain"
-
-        def run(self, argv: Sequence[str], **kwargs: Any) -> Completed:
-            assert "writable" not in kwargs
-            return Completed(tuple(argv), 0, 0.0)
-
-    assert run_writing(Plain(), ["true"], writable=[tmp_path]).returncode == 0
-    assert (
-        run_with_lines(
-            Plain(), ["true"], on_line=lambda _: None, stdout_path=tmp_path / "l", writable=[tmp_path]
-        ).returncode
-        == 0
+def test_the_runner_interface_is_one_call_with_on_line_and_writable(tmp_path: Path) -> None:
+    """The one Runner protocol: HostRunner takes writable and streams each line as it arrives."""
+    lines: list[str] = []
+    res = HostRunner().run(
+        ["sh", "-c", "echo one; echo two"], stdout_path=tmp_path / "log", on_line=lines.append, writable=[tmp_path]
     )
+    assert res.returncode == 0
+    assert lines == ["one", "two"]
+    assert (tmp_path / "log").read_text().split() == ["one", "two"]

@@ -1,0 +1,231 @@
+"""The one preparation step of every command (run, golden, build, bench, bisect).
+
+``preflight_for`` first (every check that can fail before a build, for the runner that will be used), then
+``prepare``: the source tree of a ref, the runner, the built core, driver and plugins, gdb as that runner sees
+it, the resolved ICDs, the matrix's workload and the time limit of each backend. Workloads (the MNIST session,
+the golden, the bench, the bisect oracle) take a ``Prepared`` and never set any of it up themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from . import faults, fixtures, icd, image, preflight, source, swiftshader, variants
+from .build import Builder, Core, CoreOptions
+from .cells import Workload
+from .docker_runner import DockerRunner, remove_leftovers
+from .errors import EnvironmentProblem
+from .runner import HostRunner, Runner
+from .settings import Settings
+
+Say = Callable[[str], None]
+DEFAULT_TIMEOUT_S = 600.0  # a backend without a [timeouts] entry in matrix.toml
+
+
+def resolve_runner(settings: Settings, say: Say) -> str:
+    """--runner docker|host, or for auto: docker when an engine answers within seconds, else host (said)."""
+    if settings.runner != "auto":
+        return settings.runner
+    try:
+        image.connect(timeout=5)
+        return "docker"
+    except EnvironmentProblem as exc:
+        say(f"runner: host ({exc.message})")
+        return "host"
+
+
+def preflight_for(
+    settings: Settings, names: tuple[str, ...], say: Say, *, build_only: bool = False
+) -> tuple[Settings, list[preflight.Finding]]:
+    """Every check that can fail before a build (issue: first contact), for the runner that will be used.
+    ``build_only`` (mnnrepro build): what building needs, not what running needs (ICDs, OpenCL loader, gdb).
+    Returns the settings with the runner resolved; raises EnvironmentProblem naming every problem at once."""
+    kind = resolve_runner(settings, say)
+    faults.check_can_plant(settings.faults, kind)
+    vulkan = variants.takes_icds(names) and not build_only
+    checked = replace(settings, gdb=False) if build_only else settings
+    findings = preflight.run(
+        checked, icds=settings.icds if vulkan else (), opencl="opencl" in names and not build_only, runner=kind, say=say
+    )
+    try:
+        preflight.require(findings)
+    except EnvironmentProblem as exc:
+        if settings.runner == "auto" and kind == "host":
+            exc.message = "no Docker engine answers, and the host runner cannot run either: " + exc.message
+            exc.hint = exc.hint + "; or start a Docker engine (dockerd) and use the Docker runner"
+        raise
+    if kind == "host" and vulkan and "swiftshader" in settings.icds:
+        # Fetched now, not after minutes of building (the Docker runner's image build fetches it, also first).
+        swiftshader.ensure(settings.cache_dir)
+    return replace(settings, runner=kind), findings
+
+
+def make_runner(settings: Settings, tree: source.SourceTree, say: Say) -> Runner:
+    """--runner docker|host|auto. auto: docker when an engine answers, else the host (and say why)."""
+    if settings.runner in ("docker", "auto"):
+        try:
+            client = image.connect()
+        except EnvironmentProblem as exc:
+            if settings.runner == "docker":
+                raise
+            missing = [t for t in ("c++", "cmake", "ninja") if shutil.which(t) is None]
+            if missing:
+                raise EnvironmentProblem(
+                    f"no usable runner: {exc.message}; and the host lacks {', '.join(missing)}",
+                    hint="start a Docker engine (dockerd), or apt-get install build-essential cmake ninja-build "
+                    "ccache gdb mesa-vulkan-drivers libvulkan-dev",
+                ) from exc
+            say(f"runner: host ({exc.message})")
+            return HostRunner()
+        tag = image.ensure_image(
+            client,
+            base=settings.base_image,
+            cache_dir=settings.cache_dir,
+            host_ca=settings.host_ca,
+            mirror=settings.debian_mirror or None,
+            say=say,
+        )
+        say(f"runner: docker, image {tag}")
+        remove_leftovers(client, keep=settings.keep_containers, say=say)
+        # Read-only: what commands read. Each call names what it writes (a build dir, a cell's result dir).
+        cache = settings.cache_dir
+        return DockerRunner(
+            client,
+            tag,
+            read_only=(fixtures.ROOT, tree.path, settings.results_dir, cache / "variants", cache / "icd"),
+            owned_trees=(cache,),
+            keep_on_failure=settings.keep_containers,
+            home_dir=cache / "container-home",
+        )
+    return HostRunner()
+
+
+def results_dir(settings: Settings, name: str) -> Path:
+    """results/<UTC time>-<name>-<pid>, and results/latest pointing at it."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = settings.results_dir / f"{stamp}-{name}-{os.getpid()}"
+    path.mkdir(parents=True, exist_ok=True)
+    latest = settings.results_dir / "latest"
+    try:
+        if latest.is_symlink() or latest.exists():
+            latest.unlink()
+        latest.symlink_to(path.name)
+    except OSError:
+        pass
+    return path
+
+
+def workload_of(matrix: fixtures.Matrix, settings: Settings) -> Workload:
+    """The matrix's [training] workload, with --steps when given."""
+    training = dict(matrix.training)
+    return Workload(
+        steps=settings.steps or int(training.get("steps", 30)),
+        batch_size=int(training.get("batch_size", 64)),
+        seed=int(training.get("seed", 1)),
+        precision=str(training.get("precision", "high")),
+        test_limit=int(training.get("test_limit", 0)),
+    )
+
+
+@dataclass
+class Built:
+    """What a workload needs of one ref, built: the source tree, the runner, the core, driver and plugins."""
+
+    ref: str
+    tree: source.SourceTree
+    info: fixtures.RefInfo
+    runner: Runner
+    builder: Builder
+    core: Core
+    driver: Path
+    plugins: dict[str, Path]
+    build_s: float
+
+
+def build_ref(ref: str, names: tuple[str, ...], settings: Settings, matrix: fixtures.Matrix, say: Say) -> Built:
+    """Resolve the source of one ref (a name of the matrix, a tag, or a commit already in the source cache),
+    pick the runner, build (or find in the cache) the core, the driver and the plugins the variants need."""
+    info = matrix.ref_info(ref)
+    tree = source.resolve(
+        ref,
+        source=settings.source if ref == (settings.ref or matrix.default_ref) else None,
+        cache_dir=settings.cache_dir,
+        git_url=settings.git_url,
+        allow_clone=settings.clone,
+        pinned_commit=info.commit or None,
+    )
+    say(f"source: {tree.describe()}")
+    runner = make_runner(settings, tree, say)
+    if info.commit and tree.commit and not (info.commit.startswith(tree.commit) or tree.commit.startswith(info.commit)):
+        say(f"WARNING: {ref} resolved to {tree.commit}, matrix.toml pins {info.commit}")
+    if info.compat_reason:
+        say(f"compatibility measure for {ref}: {info.compat_reason}")
+    builder = Builder(settings.cache_dir, runner, jobs=settings.jobs or None, say=say)
+    t0 = time.monotonic()
+    core: Core = builder.core(tree, CoreOptions(compat_cxx_flags=info.compat_cxx_flags))
+    driver = builder.driver(core)
+    plugins = {v: builder.plugin(core, v) for v in names if variants.get(v).has_plugin}
+    return Built(ref, tree, info, runner, builder, core, driver, plugins, time.monotonic() - t0)
+
+
+# gdb as each runner (and image) sees it, probed once per process: a bisect prepares many commits.
+_GDB_SEEN: dict[str, str | None] = {}
+
+
+def usable_gdb(runner: Runner, say: Say) -> str | None:
+    """gdb as the runner sees it, if it runs with Python (gdb_capture.py needs it); else None, said loudly:
+    crashes are then still caught by signal and stage, but without a backtrace or signature."""
+    key = f"{runner.name}:{getattr(runner, 'image_id', '')}"
+    if key in _GDB_SEEN:
+        return _GDB_SEEN[key]
+    probe = "command -v gdb && gdb -nx -batch -ex 'python print(\"mnnrepro-gdb-ok\")' 2>&1 | tail -n 3"
+    lines = runner.run(["sh", "-c", probe], timeout_s=60).output.splitlines()
+    found = lines[0].strip() if lines and "mnnrepro-gdb-ok" in lines[-1] else None
+    if found is None:
+        say(
+            f"WARNING: no usable gdb with Python for the {runner.name} runner "
+            f"({(lines[-1] if lines else 'not installed')[:120]}): crashes will have no backtrace or signature"
+        )
+    _GDB_SEEN[key] = found
+    return found
+
+
+@dataclass
+class Prepared:
+    """Everything a workload needs of one ref: the build, gdb, the ICDs, the workload and the time limits."""
+
+    built: Built
+    gdb_path: str | None
+    icds: dict[str, icd.Icd]
+    workload: Workload
+    timeouts: dict[str, float] = field(default_factory=dict)  # backend -> seconds, resolved
+    seconds: dict[str, float] = field(default_factory=dict)  # what the preparation spent, by part (profile)
+
+    def timeout_for(self, backend: str) -> float:
+        return self.timeouts.get(backend, DEFAULT_TIMEOUT_S)
+
+
+def prepare(ref: str, names: tuple[str, ...], settings: Settings, matrix: fixtures.Matrix, say: Say) -> Prepared:
+    """Build what ``names`` need of ``ref`` (after ``preflight_for``) and resolve everything else a workload
+    reads: gdb (unless --no-gdb), the ICDs of the variants that take one, the workload, the time limits (--timeout
+    over matrix.toml's [timeouts] over DEFAULT_TIMEOUT_S, per backend)."""
+    t0 = time.monotonic()
+    built = build_ref(ref, names, settings, matrix, say)
+    t1 = time.monotonic()
+    gdb_path = usable_gdb(built.runner, say) if settings.gdb else None
+    t2 = time.monotonic()
+    icds = (
+        {n: icd.resolve(n, settings.cache_dir, built.runner.name) for n in settings.icds}
+        if variants.takes_icds(names)
+        else {}
+    )
+    backends = {variants.get(n).backend for n in names} | {variants.get(variants.BASELINE).backend}
+    timeouts = {b: float(settings.timeout_s or matrix.timeouts.get(b, DEFAULT_TIMEOUT_S)) for b in backends}
+    seconds = {"build_or_cache_check": t1 - t0, "gdb_probe": t2 - t1, "icds": time.monotonic() - t2}
+    return Prepared(built, gdb_path, icds, workload_of(matrix, settings), timeouts, seconds)
