@@ -103,6 +103,13 @@ def _add_run(sub: Subcommands) -> None:
     run.add_argument(
         "--no-clone", dest="clone", action="store_const", const=False, help="fail instead of cloning a missing source"
     )
+    run.add_argument(
+        "--no-reuse",
+        dest="reuse",
+        action="store_const",
+        const=False,
+        help="run the CPU baseline again instead of taking the stored run of the same build and workload",
+    )
 
 
 def _add_build(sub: Subcommands) -> None:

@@ -21,13 +21,14 @@ from . import (
     interrupts,
     prepare,
     report,
+    reuse,
     source,
     variants,
 )
 from .cells import Cell, CellRun, Workload, run_cell
 from .contract import RunRecord
 from .errors import EXIT_MISMATCH, ConfigError
-from .judge import ACCEPTS, FAIL, Check, Verdict, combine_repeats, judge
+from .judge import ACCEPTS, FAIL, PASS, Check, Verdict, combine_repeats, judge
 from .prepare import Prepared
 from .reference import PARAM_NAMES, PARAM_SHAPES
 from .runner import Completed
@@ -139,24 +140,56 @@ class MnistRef:
             return CellPlan(cell, expectation, covered_by, False, wl, timeout_s)
         return CellPlan(cell, expectation, covered_by, True, replace(wl, extra_args=args), timeout_s)
 
+    def reuse_key(self, plan: CellPlan) -> tuple[str, dict[str, Any]] | None:
+        """The content key of a CPU baseline that may be taken from the cache (reuse.py); None where no run is."""
+        settings, b = self.settings, self.built
+        if plan.cell.variant != variants.BASELINE or not settings.reuse or settings.repeat != 1 or settings.faults:
+            return None
+        manifests = [fixtures.MNIST / "MANIFEST.json"]
+        if self.golden_dir is not None:
+            manifests.append(self.golden_dir / "MANIFEST.json")
+        parts = reuse.key_parts(
+            core_key=b.core.key,
+            driver=b.driver,
+            runner=b.runner.name,
+            image=getattr(b.runner, "image_id", None),
+            argv=plan.workload.driver_args(),
+            results=self.results,
+            manifests=manifests,
+        )
+        return reuse.key_of(parts), parts
+
+    def execute(self, plan: CellPlan, result_dir: Path, key: str | None) -> tuple[CellRun, dict[str, Any] | None]:
+        """The cell's run: from the cache where its key has one, else the driver's."""
+        b, cell = self.built, plan.cell
+        if key is not None:
+            loaded = reuse.load(b.core.variant_dir / "reuse", key, cell, result_dir)
+            if loaded is not None:
+                self.say(f"  reused the stored run of this build and workload [{key[:12]}] (--no-reuse runs it)")
+                return loaded
+        run = run_cell(
+            cell,
+            driver=b.driver,
+            plugin=b.plugins.get(cell.variant),
+            icd=self.icds.get(cell.icd),
+            workload=plan.workload,
+            timeout_s=plan.timeout_s,
+            runner=b.runner,
+            result_dir=result_dir,
+            use_gdb=self.gdb_path is not None,
+            gdb_path=self.gdb_path,
+            faults=self.settings.faults if cell.backend == "vulkan" else (),
+            say=self.say,
+        )
+        return run, None
+
     def run_once(self, plan: CellPlan, result_dir: Path) -> tuple[CellRun, Verdict]:
         b, cell = self.built, plan.cell
         started = time.monotonic()
+        keyed = self.reuse_key(plan)
+        reused: dict[str, Any] | None = None
         try:
-            run = run_cell(
-                cell,
-                driver=b.driver,
-                plugin=b.plugins.get(cell.variant),
-                icd=self.icds.get(cell.icd),
-                workload=plan.workload,
-                timeout_s=plan.timeout_s,
-                runner=b.runner,
-                result_dir=result_dir,
-                use_gdb=self.gdb_path is not None,
-                gdb_path=self.gdb_path,
-                faults=self.settings.faults if cell.backend == "vulkan" else (),
-                say=self.say,
-            )
+            run, reused = self.execute(plan, result_dir, keyed[0] if keyed else None)
             extra: tuple[Check, ...] = ()
             if plan.grads and run.completed.returncode == 0 and not run.completed.timed_out:
                 extra = (
@@ -177,12 +210,16 @@ class MnistRef:
             )
         except Exception as exc:  # a malformed file of one cell must not end the session
             run, verdict = unreadable_cell(cell, result_dir, plan.expectation, exc)
+        if keyed is not None and reused is None and verdict.verdict == PASS and verdict.matched:
+            try:
+                reuse.save(b.core.variant_dir / "reuse", keyed[0], keyed[1], run)
+            except OSError as exc:  # a full disk costs the next session a run, never this session's verdicts
+                self.say(f"  WARNING: could not store the run for reuse: {exc}")
         verdict.evidence["timeout_s"] = plan.timeout_s
+        verdict.evidence["reused"] = reused  # the stored run judged today (its key, where and when it ran), or None
         # Where the cell's seconds went (bench/warm_profile.py): the run as the harness saw it, then the judging.
-        verdict.evidence["seconds"] = {
-            "run": round(run.completed.duration_s, 2),
-            "judge": round(time.monotonic() - started - run.completed.duration_s, 2),
-        }
+        ran = 0.0 if reused else run.completed.duration_s
+        verdict.evidence["seconds"] = {"run": round(ran, 2), "judge": round(time.monotonic() - started - ran, 2)}
         return run, verdict
 
     def run(self, cell: Cell) -> tuple[CellRun, Verdict]:

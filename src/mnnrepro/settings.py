@@ -43,6 +43,7 @@ class Settings:
     gdb: bool = True
     clone: bool = True  # may a missing source be cloned?
     faults: tuple[str, ...] = ()  # planted faults (faults.py), for proving the suite notices them
+    reuse: bool = True  # take the CPU baseline of the same build and workload from the cache (reuse.py)
 
     def describe(self) -> list[str]:
         return [f"{f.name} = {getattr(self, f.name)}" for f in fields(self)]
@@ -71,7 +72,7 @@ def _coerce(name: str, value: Any) -> Any:
             if not lo <= number <= hi:
                 raise ConfigError(f"setting {name}={value!r} is out of range [{lo}, {hi}]")
             return number
-        if name in ("gdb", "clone", "keep_containers"):
+        if name in ("gdb", "clone", "keep_containers", "reuse"):
             if isinstance(value, bool):
                 return value
             text = str(value).lower()
