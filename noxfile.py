@@ -99,6 +99,12 @@ def vulkan_image(session: nox.Session) -> None:
 
 
 @nox.session(tags=["train", "vulkan"])
+def vulkan_fp16(session: nox.Session) -> None:
+    """Vulkan buffer mode at precision low (fp16 where the device has it) on lavapipe and SwiftShader: expect PASS."""
+    _mnnrepro(session, "run", "vulkan_fp16")
+
+
+@nox.session(tags=["train", "vulkan"])
 def vulkan_buffer(session: nox.Session) -> None:
     """Vulkan buffer mode (-DMNN_VULKAN_IMAGE=OFF) on lavapipe and SwiftShader: expect FIXED."""
     _mnnrepro(session, "run", "vulkan_buffer")

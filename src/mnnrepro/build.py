@@ -325,6 +325,8 @@ class Builder:
         return core
 
     def plugin(self, core: Core, kind: str) -> Path:
+        if kind in variants.VARIANTS and variants.get(kind).build_as:  # runs another variant's plugin
+            kind = variants.get(kind).build_as
         if kind not in PLUGINS:
             raise BuildError(f"unknown plugin kind {kind!r}; known: {', '.join(PLUGINS)}")
         target, rel, mode_args = PLUGINS[kind]

@@ -74,7 +74,11 @@ def save(store: Path, key: str, parts: dict[str, Any], run: CellRun) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=store))
     try:
         shutil.copytree(run.result_dir, staging / "run", symlinks=True)
-        stored = {"parts": parts, "from": str(run.result_dir), "stored": datetime.now(UTC).isoformat(timespec="seconds")}
+        stored = {
+            "parts": parts,
+            "from": str(run.result_dir),
+            "stored": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
         (staging / STORED).write_text(json.dumps(stored, indent=1) + "\n")
         shutil.rmtree(dest, ignore_errors=True)
         os.replace(staging, dest)

@@ -41,6 +41,7 @@ SESSIONS: dict[str, tuple[str, ...]] = {
     "vulkan_buffer": ("vulkan-buffer",),
     "vulkan": ("vulkan-image", "vulkan-buffer"),
     "matrix": ("vulkan-image", "vulkan-buffer"),  # every ref in fixtures/matrix.toml
+    "vulkan_fp16": ("vulkan-buffer-low",),  # buffer mode at precision low
     "opencl": ("opencl",),  # needs a GPU-type OpenCL device; PoCL (CPU type) gives NOT-EXERCISED
 }
 
@@ -118,6 +119,8 @@ class MnistRef:
 
     def plan(self, cell: Cell) -> CellPlan:
         ref, wl = self.built.ref, self.workload
+        if variants.get(cell.variant).precision:
+            wl = replace(wl, precision=variants.get(cell.variant).precision)
         expectation = self.matrix.expectation(ref, cell.variant, cell.icd, self.version)
         covered_by = (expectation.covers(ref, self.version) or "") if expectation else ""
         timeout_s = self.prepared.timeout_for(cell.backend)
@@ -194,7 +197,7 @@ class MnistRef:
             if plan.grads and run.completed.returncode == 0 and not run.completed.timed_out:
                 extra = (
                     _gradient_check(
-                        run, cell, self.golden_dir, self.results, b.ref, self.workload.precision, self.matrix
+                        run, cell, self.golden_dir, self.results, b.ref, plan.workload.precision, self.matrix
                     ),
                 )
             verdict = judge(

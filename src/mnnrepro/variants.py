@@ -20,6 +20,8 @@ class Variant:
     cmake: tuple[str, ...] = ()  # -D options of this mode (local to the plugin's CMakeLists: the core is shared)
     per_icd: bool = False  # one cell per Vulkan ICD (lavapipe, swiftshader, host, ...)
     requires: tuple[str, ...] = ()  # source files the plugin build needs (size-limited mirrors omit some)
+    build_as: str = ""  # a variant whose plugin this one runs (a mode that differs only at run time): no new build
+    precision: str = ""  # the driver's --precision for this variant ("" -> the matrix's [training] precision)
 
     @property
     def has_plugin(self) -> bool:
@@ -47,6 +49,19 @@ TABLE: tuple[Variant, ...] = (
         requires=("source/backend/vulkan/buffer/compiler/AllShader.cpp",),
     ),
     Variant("opencl", "opencl", "MNN_CL", "source/backend/opencl/libMNN_CL.so"),
+    # Buffer mode at BackendConfig precision low (fp16 where the device has it): the buffer plugin, judged with
+    # the fp16 gradient tolerances of [gradcheck.arithmetic]. Added as the worked example of a new variant.
+    Variant(
+        "vulkan-buffer-low",
+        "vulkan",
+        "MNN_Vulkan",
+        "source/backend/vulkan/libMNN_Vulkan.so",
+        ("-DMNN_VULKAN_IMAGE=OFF",),
+        per_icd=True,
+        requires=("source/backend/vulkan/buffer/compiler/AllShader.cpp",),
+        build_as="vulkan-buffer",
+        precision="low",
+    ),
 )
 VARIANTS: dict[str, Variant] = {v.name: v for v in TABLE}
 NAMES: tuple[str, ...] = tuple(VARIANTS)

@@ -257,6 +257,9 @@ def test_switching_plugin_mode_reconfigures_only_when_needed(
     fake.calls.clear()
     assert b.plugin(core, "vulkan-image") == image
     assert fake.calls == []
+    # A variant that differs only at run time (precision low) runs the buffer plugin: nothing is built.
+    assert b.plugin(core, "vulkan-buffer-low") == buffer
+    assert fake.calls == []
 
 
 def test_unknown_plugin_kind_is_a_build_error(builder: tuple[Builder, FakeToolchain], tree: SourceTree) -> None:
