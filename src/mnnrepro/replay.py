@@ -31,6 +31,7 @@ Containers carry the label `mnnrepro.replay` and are always removed.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import importlib
 import json
@@ -955,8 +956,6 @@ class Replay:
         replay (as /home/runner is on GitHub, so cached paths such as runner.temp mean the same next time);
         emptied before each job, and held by one replay at a time."""
         if self._runner_lock is None:
-            import fcntl
-
             self.opts.state_dir.mkdir(parents=True, exist_ok=True)
             lock = open(self.opts.state_dir / "runner.lock", "w")  # held for the replay's life
             try:
