@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from mnnrepro import image
+from mnnrepro import image, swiftshader
 from mnnrepro.errors import EnvironmentProblem
 
 docker = pytest.importorskip("docker")
@@ -85,7 +85,7 @@ def test_image_key_command_names_the_tag_ensure_image_would_use_and_builds_nothi
     tag = image.image_tag(client, image.DEFAULT_BASE, None)  # the default falls back to the bootstrapped base
     assert tag == f"{image.IMAGE_REPO}:{image.image_key('sha256:' + image.BOOTSTRAP_IMAGE, None)[:16]}"
     client.images.present.add(tag)  # present: ensure_image returns the same tag and builds nothing
-    monkeypatch.setattr(image.swiftshader, "ensure", lambda *a, **k: pytest.fail("ensure_image built"))
+    monkeypatch.setattr(swiftshader, "ensure", lambda *a, **k: pytest.fail("ensure_image built"))
     assert image.ensure_image(client, base=image.DEFAULT_BASE, cache_dir=tmp_path, say=lambda _: None) == tag
     with pytest.raises(EnvironmentProblem, match="not present"):
         image.image_tag(FakeClient(set(), pull_ok=False), image.DEFAULT_BASE, None)
