@@ -163,14 +163,31 @@ class MnistRef:
         return reuse.key_of(parts), parts
 
     def execute(self, plan: CellPlan, result_dir: Path, key: str | None) -> tuple[CellRun, dict[str, Any] | None]:
-        """The cell's run: from the cache where its key has one, else the driver's."""
+        """The cell's run: from the cache where its key has one, else the driver's. gdb (seconds of start and
+        symbol loading) only where a crash is expected or nothing is; a cell expected to train that crashes
+        anyway runs once more under gdb for its backtrace and signature."""
         b, cell = self.built, plan.cell
         if key is not None:
             loaded = reuse.load(b.core.variant_dir / "reuse", key, cell, result_dir)
             if loaded is not None:
                 self.say(f"  reused the stored run of this build and workload [{key[:12]}] (--no-reuse runs it)")
                 return loaded
-        run = run_cell(
+        trains = plan.expectation is not None and plan.expectation.outcome in ("pass", "fixed")
+        run = self._drive(plan, result_dir, gdb=not trains)
+        crashed = run.completed.signal is not None and not run.completed.timed_out and not run.completed.killed_by
+        if trains and crashed and self.gdb_path is not None:
+            self.say(f"  {cell.id}: {run.completed.signal_name} without gdb; once more under gdb for the backtrace")
+            again = self._drive(plan, result_dir / "gdb-rerun", gdb=True)
+            if again.crash is not None:
+                for name in ("crash.json", "backtrace.txt"):
+                    if (again.result_dir / name).is_file():
+                        shutil.copy2(again.result_dir / name, result_dir / name)
+                run = replace(run, crash=again.crash, gdb=True)
+        return run, None
+
+    def _drive(self, plan: CellPlan, result_dir: Path, *, gdb: bool) -> CellRun:
+        b, cell = self.built, plan.cell
+        return run_cell(
             cell,
             driver=b.driver,
             plugin=b.plugins.get(cell.variant),
@@ -179,12 +196,11 @@ class MnistRef:
             timeout_s=plan.timeout_s,
             runner=b.runner,
             result_dir=result_dir,
-            use_gdb=self.gdb_path is not None,
+            use_gdb=gdb and self.gdb_path is not None,
             gdb_path=self.gdb_path,
             faults=self.settings.faults if cell.backend == "vulkan" else (),
             say=self.say,
         )
-        return run, None
 
     def run_once(self, plan: CellPlan, result_dir: Path) -> tuple[CellRun, Verdict]:
         b, cell = self.built, plan.cell
@@ -219,6 +235,8 @@ class MnistRef:
             except OSError as exc:  # a full disk costs the next session a run, never this session's verdicts
                 self.say(f"  WARNING: could not store the run for reuse: {exc}")
         verdict.evidence["timeout_s"] = plan.timeout_s
+        if (result_dir / "gdb-rerun").is_dir():  # crashed without gdb: the backtrace is from a rerun under gdb
+            verdict.evidence["gdb_rerun"] = str(result_dir / "gdb-rerun")
         verdict.evidence["reused"] = reused  # the stored run judged today (its key, where and when it ran), or None
         # Where the cell's seconds went (bench/warm_profile.py): the run as the harness saw it, then the judging.
         ran = 0.0 if reused else run.completed.duration_s

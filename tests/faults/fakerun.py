@@ -63,7 +63,7 @@ def _no_preflight() -> None:
     from mnnrepro import prepare
     from mnnrepro.settings import Settings
 
-    def preflight_for(settings: Settings, variants: tuple[str, ...], say: Callable[[str], None]) -> Any:
+    def preflight_for(settings: Settings, variants: tuple[str, ...], say: Callable[[str], None], **_: Any) -> Any:
         say("preflight: skipped by the fault battery (fakerun.py)")
         return replace(settings, runner="host" if settings.runner == "auto" else settings.runner), []
 
