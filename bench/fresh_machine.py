@@ -72,9 +72,14 @@ class Fresh:
         self.work.mkdir(parents=True, exist_ok=True)
         self.home.mkdir(parents=True, exist_ok=True)
         sh(["git", "clone", "-q", str(ROOT), str(self.clone)], check=True)
-        mounts = [f"{self.clone}:{self.clone}", f"{self.home}:{self.home}"]
+        # Same paths inside and out (the Docker runner mounts the paths the suite names): the clone, $HOME (the
+        # cache) and the temporary directory (pytest's tmp_path, where the integration tests put their results).
+        self.tmp = self.work / "tmp"
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        mounts = [f"{self.clone}:{self.clone}", f"{self.home}:{self.home}", f"{self.tmp}:{self.tmp}"]
         mounts += [f"{p}:{p}:ro" for p in REGISTRY_FILES if Path(p).exists()]
         args = ["docker", "run", "-d", "--name", self.name, "--label", "mnnrepro.fresh=1", "-e", f"HOME={self.home}"]
+        args += ["-e", f"TMPDIR={self.tmp}"]
         if self.runner == "docker":
             mounts.append("/var/run/docker.sock:/var/run/docker.sock")
         else:  # gdb in the host runner needs ptrace
