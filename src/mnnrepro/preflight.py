@@ -26,7 +26,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from . import icd, image, swiftshader
+from . import fixtures, icd, image, swiftshader
 from .errors import EnvironmentProblem, MnnReproError
 from .image import docker_sdk as docker_sdk  # re-exported: checks call it through this module
 from .runner import HostRunner
@@ -773,7 +773,7 @@ def check_docker(settings: Settings, *, timeout_s: float = 3.0) -> list[Finding]
     try:
         version = client.version().get("Version", "?")
         findings.append(Finding(OK, "docker engine", f"answers (server {version})"))
-        return findings + _check_image(client, settings)
+        return findings + _check_image(client, settings) + check_same_paths(client, settings)
     except MnnReproError as exc:
         return [*findings, Finding(FAIL, "docker image", exc.message, exc.hint)]
     except Exception as exc:  # the SDK raises requests' and its own errors alike
@@ -829,6 +829,61 @@ def _check_image(client: Any, settings: Settings) -> list[Finding]:
             )
         ]
     return [Finding(OK, "docker image", f"{building}; SwiftShader will be fetched first")]
+
+
+CONTAINER_MARKERS = (Path("/.dockerenv"), Path("/run/.containerenv"))
+
+
+def in_container() -> bool:
+    return any(m.exists() for m in CONTAINER_MARKERS)
+
+
+def check_same_paths(client: Any, settings: Settings, *, force: bool = False) -> list[Finding]:
+    """Inside a container that drives the host's engine (a mounted Docker socket), the paths the suite mounts must
+    be the same paths on the host: each directory (the checkout, the cache, the results) gets a marker file, and a
+    container of a local image must read the same markers at the same paths. Outside a container: nothing to do."""
+    if not (force or in_container()):
+        return []
+    img = next((n for n in (settings.base_image, image.BOOTSTRAP_IMAGE) if _exists(client, n) is not None), None)
+    if img is None:
+        return [Finding(WARN, "same-path mounts", "no local image to probe them with yet (checked on the next run)")]
+    dirs = [fixtures.ROOT, settings.cache_dir, settings.results_dir]
+    token = os.urandom(8).hex()
+    markers = []
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True)
+        markers.append(d / f".mnnrepro-same-path-{token}")
+        markers[-1].write_text(token + "\n")  # one line each: the probe's output is split on whitespace
+    try:
+        script = " ; ".join(f"cat '{m}' 2>/dev/null || echo missing" for m in markers)
+        out = client.containers.run(
+            img,
+            ["sh", "-c", script],
+            volumes={str(d): {"bind": str(d), "mode": "ro"} for d in dirs},
+            remove=True,
+            network_disabled=True,
+        )
+        seen = out.decode(errors="replace").split() if isinstance(out, bytes) else str(out).split()
+    except Exception as exc:  # the SDK raises requests' and its own errors alike
+        return [Finding(WARN, "same-path mounts", f"could not probe them: {type(exc).__name__}: {str(exc)[:160]}")]
+    finally:
+        for m in markers:
+            m.unlink(missing_ok=True)
+    seen += ["missing"] * (len(dirs) - len(seen))
+    differ = [str(d) for d, got in zip(dirs, seen, strict=False) if got != token]
+    if differ:
+        return [
+            Finding(
+                FAIL,
+                "same-path mounts",
+                "this suite runs in a container, and the Docker engine sees other files at "
+                + ", ".join(differ)
+                + " (the runner mounts the suite's paths into its containers by name)",
+                "mount each of them into this container at its host path (docker run -v P:P), and set TMPDIR to "
+                "such a directory for the tests",
+            )
+        ]
+    return [Finding(OK, "same-path mounts", "the checkout, the cache and the results are the same paths on the host")]
 
 
 # --- the whole preflight -----------------------------------------------------------------------------------

@@ -463,6 +463,8 @@ class FakeClient:
 
 def docker_with(monkeypatch: pytest.MonkeyPatch, client: Any) -> None:
     monkeypatch.setattr(preflight, "docker_sdk", lambda: types.SimpleNamespace(__version__="7", __file__="/x/d/i.py"))
+    # These fakes have no containers to probe same-path mounts with (test_same_path_mounts_... covers that).
+    monkeypatch.setattr(preflight, "in_container", lambda: False)
 
     def connect(timeout: float = 30) -> Any:
         if isinstance(client, Exception):
@@ -554,3 +556,44 @@ def test_require_passes_warnings_and_dedups_packages() -> None:
     assert exc.value.hint.startswith("apt-get install p q r;")
     assert "fix: echo c > /etc/c" in exc.value.message
     assert exc.value.message.startswith("3 problem(s)")
+
+
+# -- same-path mounts (the suite inside a container, driving the host's engine) ------------------------------
+class _Images:
+    def get(self, name: str) -> Any:
+        return object()
+
+
+class _Containers:
+    def __init__(self, host: dict[str, str]) -> None:
+        self.host = host  # what the engine sees: host path -> a marker's content ("" = another directory)
+
+    def run(self, image_name: str, argv: list[str], **kw: Any) -> bytes:
+        out = []
+        for part in argv[-1].split(" ; "):
+            path = part.split("'")[1]
+            parent = str(Path(path).parent)
+            out.append(Path(path).read_text() if self.host.get(parent) == "same" else "missing\n")
+        return "".join(out).encode()  # as `cat` prints them: each marker's own line
+
+
+class _Client:
+    def __init__(self, host: dict[str, str]) -> None:
+        self.images = _Images()
+        self.containers = _Containers(host)
+
+
+def test_same_path_mounts_are_probed_inside_a_container_and_a_private_path_is_named(tmp_path: Path) -> None:
+    from mnnrepro import fixtures
+
+    settings = Settings(cache_dir=tmp_path / "cache", results_dir=tmp_path / "results")
+    shared = {str(fixtures.ROOT): "same", str(tmp_path / "cache"): "same", str(tmp_path / "results"): "same"}
+    ok = preflight.check_same_paths(_Client(shared), settings, force=True)
+    assert [f.status for f in ok] == [preflight.OK]
+    private = dict(shared, **{str(tmp_path / "results"): ""})  # the results dir is this container's own
+    bad = preflight.check_same_paths(_Client(private), settings, force=True)
+    assert [f.status for f in bad] == [preflight.FAIL]
+    assert str(tmp_path / "results") in bad[0].detail and str(tmp_path / "cache") not in bad[0].detail
+    assert "TMPDIR" in bad[0].fix
+    assert not list((tmp_path / "results").glob(".mnnrepro-same-path-*"))  # markers removed
+    assert preflight.check_same_paths(_Client(private), settings) == [] or preflight.in_container()
