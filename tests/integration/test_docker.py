@@ -36,6 +36,8 @@ def mnnrepro(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
 def test_docker_and_host_runners_give_the_same_verdicts(run_session: Any) -> None:
     engine()
     host = run_session("vulkan", REFS[0], "--runner", "host")
+    if host["exit"] == EnvironmentProblem.exit_code and not host["summary"]:  # e.g. a fresh container with only Docker
+        pytest.skip("the host runner cannot run here (its preflight stopped it): " + host["output"][-300:])
     docker = run_session("vulkan", REFS[0], "--runner", "docker")
     assert host["summary"]["header"]["runner"] == "host"
     assert docker["summary"]["header"]["runner"] == "docker"
