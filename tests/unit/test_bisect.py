@@ -6,6 +6,7 @@ import json
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -226,3 +227,53 @@ def test_compat_flags_follow_the_pinned_commit() -> None:
     assert matrix.ref_info("5047919a1ae594d090ee54c7ea3403a9dee8cad4").compat_cxx_flags == ()
     assert matrix.ref_info("0" * 40).compat_cxx_flags == ()
     assert matrix.ref_info("0" * 40).name == "0" * 40
+
+
+CRASHING_DRIVER = """#!/bin/sh
+out=""; backend=""
+for a in "$@"; do [ "$prev" = "--out" ] && out="$a"; [ "$prev" = "--backend" ] && backend="$a"; prev="$a"; done
+printf '{"v": 1, "event": "start", "t": 0}\\n' > "$out/events.jsonl"
+printf '{"v": 1, "event": "backend", "t": 0.1, "requested": "%s", "active": "%s", "exercised": true}\\n' \
+  "$backend" "$backend" >> "$out/events.jsonl"
+printf '{"v": 1, "event": "stage", "t": 0.2, "name": "sgd_step", "step": 0}\\n' >> "$out/events.jsonl"
+kill -SEGV $$
+"""
+
+
+def test_the_mnn_oracle_runs_the_prepared_commit_and_judges_its_cell(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MnnOracle on the one preparation step (prepare.prepare), faked: the commit's cell runs the prepared driver
+    with the prepared ICD and time limit, and a crash at #3129's stage is judged against its row."""
+    from mnnrepro import prepare
+    from mnnrepro.cells import Workload
+    from mnnrepro.icd import Icd
+    from mnnrepro.runner import HostRunner
+    from mnnrepro.settings import Settings
+
+    driver = tmp_path / "mnist_driver"
+    driver.write_text(CRASHING_DRIVER)
+    driver.chmod(0o755)
+    asked: list[tuple[str, tuple[str, ...]]] = []
+
+    def fake_prepare(ref: str, names: tuple[str, ...], settings: Settings, matrix: object, say: object) -> object:
+        asked.append((ref, names))
+        unused: Any = None  # the oracle reads only the runner, driver, plugins and build time of the build
+        built = prepare.Built(
+            ref, unused, unused, HostRunner(), unused, unused, driver, {"vulkan-image": tmp_path / "p.so"}, 1.0
+        )
+        icd = Icd("lavapipe", tmp_path / "lvp.json", {"VK_ICD_FILENAMES": str(tmp_path / "lvp.json")})
+        return prepare.Prepared(built, None, {"lavapipe": icd}, Workload(3, 8, 1, "high", 10), {"vulkan": 30.0})
+
+    monkeypatch.setattr(prepare, "prepare", fake_prepare)
+    settings = Settings(cache_dir=tmp_path / "cache", icds=("lavapipe",), gdb=False)
+    oracle = bisect.MnnOracle(tmp_path, "vulkan-image", settings, tmp_path / "results", lambda _: None)
+    monkeypatch.setattr(oracle, "_tree", lambda commit: None)
+    outcome = oracle("ab" * 20)
+    assert asked == [("ab" * 20, ("vulkan-image",))]
+    assert outcome.verdict == "REPRODUCED", outcome.detail
+    assert oracle.settings.clone is False  # commits come from the source cache, never cloned
+    cell_json = json.loads(
+        (tmp_path / "results" / "steps" / ("ab" * 6) / "abababababab__vulkan-image__lavapipe" / "cell.json").read_text()
+    )
+    assert cell_json["timeout_s"] == 30.0 and cell_json["cell_env"]["VK_ICD_FILENAMES"] == str(tmp_path / "lvp.json")
