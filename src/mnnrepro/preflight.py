@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from . import fixtures, icd, image, swiftshader
+from .docker_runner import DockerRunner
 from .errors import EnvironmentProblem, MnnReproError
 from .image import docker_sdk as docker_sdk  # re-exported: checks call it through this module
 from .runner import HostRunner
@@ -854,16 +855,10 @@ def check_same_paths(client: Any, settings: Settings, *, force: bool = False) ->
         d.mkdir(parents=True, exist_ok=True)
         markers.append(d / f".mnnrepro-same-path-{token}")
         markers[-1].write_text(token + "\n")  # one line each: the probe's output is split on whitespace
-    try:
+    try:  # through the Docker runner: its labels, least privilege, time limit and cleanup
+        runner = DockerRunner(client, img, read_only=tuple(dirs), home_dir=settings.cache_dir / "container-home")
         script = " ; ".join(f"cat '{m}' 2>/dev/null || echo missing" for m in markers)
-        out = client.containers.run(
-            img,
-            ["sh", "-c", script],
-            volumes={str(d): {"bind": str(d), "mode": "ro"} for d in dirs},
-            remove=True,
-            network_disabled=True,
-        )
-        seen = out.decode(errors="replace").split() if isinstance(out, bytes) else str(out).split()
+        seen = runner.run(["sh", "-c", script], timeout_s=60).output.split()
     except Exception as exc:  # the SDK raises requests' and its own errors alike
         return [Finding(WARN, "same-path mounts", f"could not probe them: {type(exc).__name__}: {str(exc)[:160]}")]
     finally:

@@ -564,36 +564,43 @@ class _Images:
         return object()
 
 
-class _Containers:
-    def __init__(self, host: dict[str, str]) -> None:
-        self.host = host  # what the engine sees: host path -> a marker's content ("" = another directory)
+def _engine_seeing(host: dict[str, str]) -> type:
+    """A Docker runner whose containers see the directories marked "same" as this process does, others not."""
 
-    def run(self, image_name: str, argv: list[str], **kw: Any) -> bytes:
-        out = []
-        for part in argv[-1].split(" ; "):
-            path = part.split("'")[1]
-            parent = str(Path(path).parent)
-            out.append(Path(path).read_text() if self.host.get(parent) == "same" else "missing\n")
-        return "".join(out).encode()  # as `cat` prints them: each marker's own line
+    class Runner:
+        def __init__(self, client: Any, image_name: str, **kw: Any) -> None:
+            self.mounts = kw["read_only"]
+
+        def run(self, argv: list[str], **kw: Any) -> Any:
+            from mnnrepro.runner import Completed
+
+            out = []
+            for part in argv[-1].split(" ; "):
+                path = Path(part.split("'")[1])
+                mounted = any(path.parent == m for m in self.mounts)
+                out.append(path.read_text() if mounted and host.get(str(path.parent)) == "same" else "missing\n")
+            return Completed(tuple(argv), 0, 0.1, output="".join(out))  # as `cat` prints: each its own line
+
+    return Runner
 
 
-class _Client:
-    def __init__(self, host: dict[str, str]) -> None:
-        self.images = _Images()
-        self.containers = _Containers(host)
-
-
-def test_same_path_mounts_are_probed_inside_a_container_and_a_private_path_is_named(tmp_path: Path) -> None:
+def test_same_path_mounts_are_probed_inside_a_container_and_a_private_path_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from mnnrepro import fixtures
 
+    client = types.SimpleNamespace(images=_Images())
     settings = Settings(cache_dir=tmp_path / "cache", results_dir=tmp_path / "results")
     shared = {str(fixtures.ROOT): "same", str(tmp_path / "cache"): "same", str(tmp_path / "results"): "same"}
-    ok = preflight.check_same_paths(_Client(shared), settings, force=True)
+    monkeypatch.setattr(preflight, "DockerRunner", _engine_seeing(shared))
+    ok = preflight.check_same_paths(client, settings, force=True)
     assert [f.status for f in ok] == [preflight.OK]
     private = dict(shared, **{str(tmp_path / "results"): ""})  # the results dir is this container's own
-    bad = preflight.check_same_paths(_Client(private), settings, force=True)
+    monkeypatch.setattr(preflight, "DockerRunner", _engine_seeing(private))
+    bad = preflight.check_same_paths(client, settings, force=True)
     assert [f.status for f in bad] == [preflight.FAIL]
     assert str(tmp_path / "results") in bad[0].detail and str(tmp_path / "cache") not in bad[0].detail
     assert "TMPDIR" in bad[0].fix
     assert not list((tmp_path / "results").glob(".mnnrepro-same-path-*"))  # markers removed
-    assert preflight.check_same_paths(_Client(private), settings) == [] or preflight.in_container()
+    monkeypatch.setattr(preflight, "in_container", lambda: False)
+    assert preflight.check_same_paths(client, settings) == []  # outside a container: nothing to probe
