@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from . import fixtures, icd, image, swiftshader
-from .docker_runner import DockerRunner
+from .docker_runner import AS_ROOT, DockerRunner
 from .errors import EnvironmentProblem, MnnReproError
 from .image import docker_sdk as docker_sdk  # re-exported: checks call it through this module
 from .runner import HostRunner
@@ -858,7 +858,9 @@ def check_same_paths(client: Any, settings: Settings, *, force: bool = False) ->
     try:  # through the Docker runner: its labels, least privilege, time limit and cleanup
         runner = DockerRunner(client, img, read_only=tuple(dirs), home_dir=settings.cache_dir / "container-home")
         script = " ; ".join(f"cat '{m}' 2>/dev/null || echo missing" for m in markers)
-        seen = runner.run(["sh", "-c", script], timeout_s=60).output.split()
+        # As root in the container (AS_ROOT): the probe reads what the invoking user owns, whatever its mode (a
+        # 0700 results directory, as pytest makes them, is handed over only when a cell writes it).
+        seen = runner.run(["sh", "-c", script], env={AS_ROOT: "1"}, timeout_s=60).output.split()
     except Exception as exc:  # the SDK raises requests' and its own errors alike
         return [Finding(WARN, "same-path mounts", f"could not probe them: {type(exc).__name__}: {str(exc)[:160]}")]
     finally:

@@ -572,13 +572,18 @@ def _engine_seeing(host: dict[str, str]) -> type:
             self.mounts = kw["read_only"]
 
         def run(self, argv: list[str], **kw: Any) -> Any:
+            from mnnrepro.docker_runner import AS_ROOT
             from mnnrepro.runner import Completed
 
+            as_root = (kw.get("env") or {}).get(AS_ROOT) == "1"
             out = []
             for part in argv[-1].split(" ; "):
                 path = Path(part.split("'")[1])
                 mounted = any(path.parent == m for m in self.mounts)
-                out.append(path.read_text() if mounted and host.get(str(path.parent)) == "same" else "missing\n")
+                # The image's user cannot read a 0700 directory of the invoking root (pytest makes them so).
+                readable = as_root or path.parent.stat().st_mode & 0o005
+                seen = mounted and host.get(str(path.parent)) == "same" and readable
+                out.append(path.read_text() if seen else "missing\n")
             return Completed(tuple(argv), 0, 0.1, output="".join(out))  # as `cat` prints: each its own line
 
     return Runner
@@ -591,6 +596,7 @@ def test_same_path_mounts_are_probed_inside_a_container_and_a_private_path_is_na
 
     client = types.SimpleNamespace(images=_Images())
     settings = Settings(cache_dir=tmp_path / "cache", results_dir=tmp_path / "results")
+    (tmp_path / "results").mkdir(mode=0o700)  # as pytest's tmp_path: private to its owner
     shared = {str(fixtures.ROOT): "same", str(tmp_path / "cache"): "same", str(tmp_path / "results"): "same"}
     monkeypatch.setattr(preflight, "DockerRunner", _engine_seeing(shared))
     ok = preflight.check_same_paths(client, settings, force=True)
