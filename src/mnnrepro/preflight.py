@@ -850,12 +850,12 @@ def check_same_paths(client: Any, settings: Settings, *, force: bool = False) ->
         return [Finding(WARN, "same-path mounts", "no local image to probe them with yet (checked on the next run)")]
     dirs = [fixtures.ROOT, settings.cache_dir, settings.results_dir]
     token = os.urandom(8).hex()
-    markers = []
-    for d in dirs:
-        d.mkdir(parents=True, exist_ok=True)
-        markers.append(d / f".mnnrepro-same-path-{token}")
-        markers[-1].write_text(token + "\n")  # one line each: the probe's output is split on whitespace
+    markers: list[Path] = []
     try:  # through the Docker runner: its labels, least privilege, time limit and cleanup
+        for d in dirs:  # a read-only checkout cannot take a marker: said below, never a crash of the preflight
+            d.mkdir(parents=True, exist_ok=True)
+            markers.append(d / f".mnnrepro-same-path-{token}")
+            markers[-1].write_text(token + "\n")  # one line each: the probe's output is split on whitespace
         runner = DockerRunner(client, img, read_only=tuple(dirs), home_dir=settings.cache_dir / "container-home")
         script = " ; ".join(f"cat '{m}' 2>/dev/null || echo missing" for m in markers)
         # As root in the container (AS_ROOT): the probe reads what the invoking user owns, whatever its mode (a
