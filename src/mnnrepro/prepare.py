@@ -148,18 +148,24 @@ class Built:
     build_s: float
 
 
-def build_ref(ref: str, names: tuple[str, ...], settings: Settings, matrix: fixtures.Matrix, say: Say) -> Built:
-    """Resolve the source of one ref (a name of the matrix, a tag, or a commit already in the source cache),
-    pick the runner, build (or find in the cache) the core, the driver and the plugins the variants need."""
-    info = matrix.ref_info(ref)
-    tree = source.resolve(
+def resolve_tree(ref: str, settings: Settings, matrix: fixtures.Matrix) -> source.SourceTree:
+    """The source tree of one ref (a name of the matrix, a tag, or a commit already in the source cache): --source
+    applies to the session's own ref only; the commit the matrix pins is the one wanted."""
+    return source.resolve(
         ref,
         source=settings.source if ref == (settings.ref or matrix.default_ref) else None,
         cache_dir=settings.cache_dir,
         git_url=settings.git_url,
         allow_clone=settings.clone,
-        pinned_commit=info.commit or None,
+        pinned_commit=matrix.ref_info(ref).commit or None,
     )
+
+
+def build_ref(ref: str, names: tuple[str, ...], settings: Settings, matrix: fixtures.Matrix, say: Say) -> Built:
+    """Resolve the source of one ref, pick the runner, build (or find in the cache) the core, the driver and the
+    plugins the variants need."""
+    info = matrix.ref_info(ref)
+    tree = resolve_tree(ref, settings, matrix)
     say(f"source: {tree.describe()}")
     runner = make_runner(settings, tree, say)
     if info.commit and tree.commit and not (info.commit.startswith(tree.commit) or tree.commit.startswith(info.commit)):

@@ -8,7 +8,7 @@ whether its cells run once per Vulkan ICD. The CPU variant is the baseline every
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,15 @@ class Variant:
         return bool(self.plugin_target)
 
 
+_BUFFER = Variant(
+    "vulkan-buffer",
+    "vulkan",
+    "MNN_Vulkan",
+    "source/backend/vulkan/libMNN_Vulkan.so",
+    ("-DMNN_VULKAN_IMAGE=OFF",),
+    per_icd=True,
+    requires=("source/backend/vulkan/buffer/compiler/AllShader.cpp",),
+)
 TABLE: tuple[Variant, ...] = (
     Variant("cpu", "cpu"),
     # MNN_VULKAN_IMAGE is local to source/backend/vulkan/CMakeLists.txt: switching it rebuilds only the plugin.
@@ -39,29 +48,11 @@ TABLE: tuple[Variant, ...] = (
         ("-DMNN_VULKAN_IMAGE=ON",),
         per_icd=True,
     ),
-    Variant(
-        "vulkan-buffer",
-        "vulkan",
-        "MNN_Vulkan",
-        "source/backend/vulkan/libMNN_Vulkan.so",
-        ("-DMNN_VULKAN_IMAGE=OFF",),
-        per_icd=True,
-        requires=("source/backend/vulkan/buffer/compiler/AllShader.cpp",),
-    ),
+    _BUFFER,
     Variant("opencl", "opencl", "MNN_CL", "source/backend/opencl/libMNN_CL.so"),
     # Buffer mode at BackendConfig precision low (fp16 where the device has it): the buffer plugin, judged with
     # the fp16 gradient tolerances of [gradcheck.arithmetic]. Added as the worked example of a new variant.
-    Variant(
-        "vulkan-buffer-low",
-        "vulkan",
-        "MNN_Vulkan",
-        "source/backend/vulkan/libMNN_Vulkan.so",
-        ("-DMNN_VULKAN_IMAGE=OFF",),
-        per_icd=True,
-        requires=("source/backend/vulkan/buffer/compiler/AllShader.cpp",),
-        build_as="vulkan-buffer",
-        precision="low",
-    ),
+    replace(_BUFFER, name="vulkan-buffer-low", build_as=_BUFFER.name, precision="low"),
 )
 VARIANTS: dict[str, Variant] = {v.name: v for v in TABLE}
 NAMES: tuple[str, ...] = tuple(VARIANTS)

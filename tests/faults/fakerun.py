@@ -71,17 +71,9 @@ def _no_preflight() -> None:
 
 
 def _resolve_tree(ref: str, settings: Any, matrix: Any) -> Any:
-    from mnnrepro import source
+    from mnnrepro import prepare
 
-    info = matrix.ref_info(ref)
-    return source.resolve(
-        ref,
-        source=settings.source if ref == (settings.ref or matrix.default_ref) else None,
-        cache_dir=settings.cache_dir,
-        git_url=settings.git_url,
-        allow_clone=settings.clone,
-        pinned_commit=info.commit or None,
-    )
+    return prepare.resolve_tree(ref, settings, matrix)  # as the real preparation resolves it
 
 
 def _fake(plan: dict[str, Any]) -> None:
