@@ -129,6 +129,12 @@ def matrix(session: nox.Session) -> None:
 
 
 @nox.session(tags=["vulkan"])
+def ops(session: nox.Session) -> None:
+    """MNN's own op and gradient tests on cpu, vulkan-image and vulkan-buffer (`-- --variants/--select/--icd/--ref`)."""
+    _mnnrepro(session, "ops", "run")
+
+
+@nox.session(tags=["vulkan"])
 def bisect(session: nox.Session) -> None:
     """First commit where a cell's verdict changes: `nox -s bisect -- --mode image --good REF --bad REF`."""
     _mnnrepro(session, "bisect")

@@ -128,9 +128,9 @@ void EventLog::stage(const char* name, int step) {
     emit("stage", j);
     // The stage is also echoed to stderr so a human watching a crash sees where it was.
     if (step >= 0) {
-        fprintf(stderr, "[mnist_driver] stage %s step %d\n", name, step);
+        fprintf(stderr, "[%s] stage %s step %d\n", mProgram, name, step);
     } else {
-        fprintf(stderr, "[mnist_driver] stage %s\n", name);
+        fprintf(stderr, "[%s] stage %s\n", mProgram, name);
     }
     fflush(stderr);
 }

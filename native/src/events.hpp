@@ -34,10 +34,12 @@ public:
     // Writes {"v":1,"event":name,"t":seconds_since_start,...fields} and flushes.
     void emit(const char* name, const Json& fields);
     void stage(const char* name, int step = -1);
+    void setProgram(const char* name) { mProgram = name; }  // the prefix of stage lines on stderr
     ~EventLog();
 
 private:
     FILE* mFile = nullptr;
+    const char* mProgram = "mnist_driver";
 };
 
 double monotonicSeconds();

@@ -6,6 +6,7 @@ Layout under the cache directory (every key is a content hash):
     variants/<core>/lib/               libMNN, libMNN_Express, libMNNTrain (+ .complete.json)
     variants/<core>/plugins/<kind>/    libMNN_Vulkan.so (vulkan-image, vulkan-buffer) or libMNN_CL.so
     variants/<core>/driver-<native>/   mnist_driver, linked against ../lib
+    variants/<core>/optest-<native>/   mnn_optest (MNN's own test/op, test/grad; issue 13), tests.txt, build.json
 
 MNN_VULKAN_IMAGE is local to source/backend/vulkan/CMakeLists.txt, so switching it in the shared build dir
 recompiles only the plugin; the core objects keep their command lines and ninja leaves them alone.
@@ -26,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import cache, variants
+from . import cache, optest, variants
 from .errors import BuildError, EnvironmentProblem
 from .progress import Progress
 from .runner import Runner
@@ -34,6 +35,7 @@ from .source import SourceTree, content_key
 
 KEY_FORMAT = 1
 NATIVE_DIR = Path(__file__).resolve().parents[2] / "native"
+OPTEST_PARTS = ("optest", "src")  # mnn_optest's own sources and the driver's it shares (backend, events, probe)
 CORE_TARGETS = ("MNN", "MNN_Express", "MNNTrain")
 CORE_LIBS = ("libMNN.so", "express/libMNN_Express.so", "tools/train/libMNNTrain.so")
 # kind: (ninja target, library inside the build dir, cmake -D for the mode), from the variants table.
@@ -83,6 +85,29 @@ def ninja_args(build_dir: Path, targets: tuple[str, ...], jobs: int | None) -> l
     return args + list(targets)
 
 
+def optest_configure_args(
+    source: Path, lib_dir: Path, build_dir: Path, *, defines: list[str], exclude: list[str], ccache: bool
+) -> list[str]:
+    args = [
+        "cmake",
+        "-G",
+        "Ninja",
+        "-S",
+        str(NATIVE_DIR / "optest"),
+        "-B",
+        str(build_dir),
+        "-DCMAKE_BUILD_TYPE=RelWithDebInfo",
+        f"-DMNN_SOURCE_DIR={source}",
+        f"-DMNN_LIB_DIR={lib_dir}",
+        "-DMNNREPRO_OPTEST_RPATH=$ORIGIN/../lib",
+        f"-DMNNREPRO_MNN_DEFINES={';'.join(defines)}",
+        f"-DMNNREPRO_TEST_EXCLUDE={';'.join(exclude)}",
+    ]
+    if ccache:
+        args += ["-DCMAKE_CXX_COMPILER_LAUNCHER=ccache"]
+    return args
+
+
 def driver_configure_args(source: Path, lib_dir: Path, build_dir: Path) -> list[str]:
     return [
         "cmake",
@@ -103,10 +128,16 @@ def _digest(obj: object) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
-def native_key() -> str:
+def native_key(parts: tuple[str, ...] = ("CMakeLists.txt", "src")) -> str:
+    """Hash of the build inputs under native/ (the driver's by default; ``OPTEST_PARTS`` for mnn_optest)."""
     h = hashlib.sha256()
     # Build inputs only: a README edit must not rebuild the driver.
-    for path in sorted([NATIVE_DIR / "CMakeLists.txt", *(NATIVE_DIR / "src").rglob("*")]):
+    files = [
+        p
+        for part in parts
+        for p in ([NATIVE_DIR / part] if (NATIVE_DIR / part).is_file() else (NATIVE_DIR / part).rglob("*"))
+    ]
+    for path in sorted(files):
         if path.is_file():
             h.update(path.relative_to(NATIVE_DIR).as_posix().encode() + b"\0" + path.read_bytes())
     return h.hexdigest()
@@ -216,7 +247,7 @@ class Builder:
             "CCACHE_MAXSIZE": "5G",
         }
 
-    def _run(self, argv: list[str], log: Path, what: str) -> None:
+    def _run(self, argv: list[str], log: Path, what: str, *, check: bool = True) -> int:
         log.parent.mkdir(parents=True, exist_ok=True)
         # What the command may write (all else is read-only in a container): its build dir (cmake -B, ninja -C)
         # and the ccache dir. The log is written by the runner, outside the command.
@@ -234,13 +265,14 @@ class Builder:
             )
             if res.returncode != 0:
                 progress.outcome = "timed out" if res.timed_out else f"failed (exit {res.returncode})"
-        if res.returncode != 0:
+        if res.returncode != 0 and check:
             tail = log.read_text(errors="replace").splitlines()[-25:] if log.exists() else []
             body = "\n    ".join(tail)
             raise BuildError(
                 f"{what} failed (exit {res.returncode}): {' '.join(argv)}\n    {body}",
                 hint=f"full log: {log}; nothing built earlier was removed",
             )
+        return res.returncode
 
     @contextmanager
     def _lock(self, name: str) -> Iterator[None]:
@@ -386,3 +418,56 @@ class Builder:
             self._publish(staging, dest, {"core": core.key, "native": nkey})
             self.log.add("driver", nkey, time.monotonic() - start, cached=False)
         return exe
+
+    def optest(self, core: Core) -> optest.Binary:
+        """mnn_optest of this core: MNN's own test/op and test/grad sources with our entry point (native/optest).
+        A test source that does not compile or link against this release's libraries is left out and said, with
+        its tests and the first error (optest.failed_sources); anything else failing is a BuildError."""
+        nkey = native_key(OPTEST_PARTS)
+        dest = core.variant_dir / f"optest-{nkey[:16]}"
+        cache.use_build(self.cache_dir, core.key)
+        if self._complete(dest):
+            self.log.add("optest", nkey, 0.0, cached=True)
+            return optest.Binary.load(dest)
+        with self._lock(core.key[:24] + "-optest"):
+            if self._complete(dest):
+                return optest.Binary.load(dest)
+            self.say(f"building mnn_optest (MNN's test/op, test/grad) against core [{core.key[:12]}]")
+            start = time.monotonic()
+            build_dir = self.cache_dir / "build" / f"{core.key[:24]}-optest-{nkey[:16]}"
+            defines = optest.core_defines(core.build_dir)
+            excluded: dict[str, str] = {}
+            for attempt in range(optest.MAX_EXCLUDE_ROUNDS + 1):
+                argv = optest_configure_args(
+                    core.source.path,
+                    core.lib_dir,
+                    build_dir,
+                    defines=defines,
+                    exclude=sorted(excluded),
+                    ccache=self.ccache,
+                )
+                self._run(argv, build_dir / "configure.log", f"{core.source.ref} mnn_optest configure")
+                log = build_dir / f"build-{attempt}.log"
+                args = ["ninja", "-C", str(build_dir), "-k", "0", *(["-j", str(self.jobs)] if self.jobs else [])]
+                if self._run(args, log, f"{core.source.ref} mnn_optest build", check=False) == 0:
+                    break
+                failed = optest.failed_sources(log.read_text(errors="replace"))
+                if not failed or attempt == optest.MAX_EXCLUDE_ROUNDS:
+                    self._run(args, log, f"{core.source.ref} mnn_optest build")  # raises BuildError with the tail
+                for rel, why in failed.items():
+                    self.say(f"mnn_optest: leaving out test/{rel}: {why}")
+                excluded.update(failed)
+            listing = self.runner.run(
+                [str(build_dir / "mnn_optest"), "--list"],
+                env={"LD_LIBRARY_PATH": str(core.lib_dir)},  # its RPATH is $ORIGIN/../lib, true once published
+                writable=(build_dir,),
+                timeout_s=120,
+            )
+            if listing.returncode != 0:
+                raise BuildError(f"mnn_optest --list failed (exit {listing.returncode}): {listing.output[-2000:]}")
+            staging = self._staging(dest)
+            shutil.copy2(build_dir / "mnn_optest", staging / "mnn_optest")
+            binary = optest.Binary.write(staging, listing.output, excluded, core.source.path)
+            self._publish(staging, dest, {"core": core.key, "native": nkey, "excluded": excluded})
+            self.log.add("optest", nkey, time.monotonic() - start, cached=False)
+        return binary.moved(dest)

@@ -22,6 +22,9 @@ from . import (
     gradcheck,
     image,
     interrupts,
+    opjudge,
+    opreport,
+    opsession,
     prepare,
     replay,
     signature,
@@ -50,6 +53,7 @@ def parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
     for add in (
         _add_run,
+        _add_ops,
         _add_build,
         _add_matrix,
         _add_golden,
@@ -110,6 +114,54 @@ def _add_run(sub: Subcommands) -> None:
         const=False,
         help="run the CPU baseline again instead of taking the stored run of the same build and workload",
     )
+
+
+def _add_ops(sub: Subcommands) -> None:
+    ops = sub.add_parser(
+        "ops",
+        help="MNN's own op and gradient tests on every backend, judged against fixtures/ops/expectations.toml",
+    )
+    ops.add_argument("action", nargs="?", default="run", choices=["run", "compare"])
+    ops.add_argument("summaries", nargs="*", type=Path, help="compare: two summary.json files (or result dirs)")
+    _common(ops)
+    ops.add_argument("--variants", help="comma-separated (default: cpu,vulkan-image,vulkan-buffer; cpu always runs)")
+    ops.add_argument("--select", help="comma-separated test-name prefixes (default: the expectations' op/,grad/)")
+    ops.add_argument("--precision", choices=["high", "normal", "low"], help="BackendConfig precision (default high)")
+    ops.add_argument("--test-jobs", dest="test_jobs", type=int, help="test processes at once (default: CPUs)")
+    ops.add_argument("--icd", dest="icds", help="comma-separated Vulkan ICDs: lavapipe,swiftshader,host,bogus")
+    ops.add_argument("--timeout", dest="timeout_s", type=int, help="seconds per test (default: the expectations')")
+    ops.add_argument("--results-dir", dest="results_dir")
+    ops.add_argument("--runner", choices=["auto", "host", "docker"])
+    ops.add_argument("--jobs", type=int, help="parallel compile jobs (default: ninja's)")
+    ops.add_argument("--fault", dest="faults", help="hide-libvulkan, plant-crash, plant-hang")
+    ops.add_argument("--no-gdb", dest="gdb", action="store_const", const=False, help="no gdb rerun of a crash")
+    ops.add_argument("--no-clone", dest="clone", action="store_const", const=False)
+    ops.add_argument("--out", type=Path, help="compare: write the Markdown here too")
+
+
+def _ops(args: argparse.Namespace, settings: Settings) -> int:
+    if args.action == "run":
+        if args.summaries:
+            raise ConfigError("ops run takes no positional arguments", hint="ops compare A B")
+        return opsession.run_ops(settings)
+    if len(args.summaries) != 2:
+        raise ConfigError("ops compare needs two summary.json files (or results directories)")
+    loaded = []
+    for path in args.summaries:
+        file = path / "summary.json" if path.is_dir() else path
+        try:
+            data = json.loads(file.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read {file}: {exc}") from exc
+        if data.get("session") != "ops":
+            raise ConfigError(f"{file} is not the summary of an ops session")
+        loaded.append(data)
+    rows = opjudge.compare(loaded[0], loaded[1])
+    text = opreport.comparison(loaded[0], loaded[1], rows)
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+    return 0
 
 
 def _add_build(sub: Subcommands) -> None:
@@ -325,6 +377,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     """The subcommand's handler, with the resolved settings (`source` where no other one matches)."""
     handlers: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
         "run": lambda a, s: run_session(a.session, s),
+        "ops": _ops,
         "matrix": lambda a, s: _matrix(a),
         "golden": golden.main,
         "gradcheck": lambda a, s: gradcheck.main(a),

@@ -44,6 +44,11 @@ class Settings:
     clone: bool = True  # may a missing source be cloned?
     faults: tuple[str, ...] = ()  # planted faults (faults.py), for proving the suite notices them
     reuse: bool = True  # take the CPU baseline of the same build and workload from the cache (reuse.py)
+    # The ops session (MNN's own tests, issue 13):
+    select: tuple[str, ...] = ()  # test-name prefixes; () -> fixtures/ops/expectations.toml's selection
+    variants: tuple[str, ...] = ()  # () -> cpu, vulkan-image, vulkan-buffer
+    precision: str = ""  # "" -> high
+    test_jobs: int = 0  # test processes at once; 0 -> the CPUs this process may use
 
     def describe(self) -> list[str]:
         return [f"{f.name} = {getattr(self, f.name)}" for f in fields(self)]
@@ -58,7 +63,7 @@ def _coerce(name: str, value: Any) -> Any:
     try:
         if name in ("source", "cache_dir", "results_dir", "host_ca"):
             return Path(str(value)).expanduser() if value not in (None, "") else None
-        if name in ("icds", "faults"):
+        if name in ("icds", "faults", "select", "variants"):
             items = value if isinstance(value, (list, tuple)) else str(value).split(",")
             stripped = [str(i).strip() for i in items]
             if name == "icds" and any(not i for i in stripped) and any(stripped):
@@ -99,7 +104,13 @@ def _apply(settings: Settings, values: dict[str, Any], where: str) -> Settings:
 ICD_NAMES = ("lavapipe", "swiftshader", "host", "bogus")  # icd.KNOWN (icd.py imports this module's neighbours)
 # Bounds that keep a number meaningful end to end (the driver takes 32-bit step counts; a runner's time limit
 # must fit a C int of milliseconds).
-BOUNDS = {"steps": (0, 100_000), "jobs": (0, 1024), "repeat": (1, 1000), "timeout_s": (0, 7 * 86_400)}
+BOUNDS = {
+    "steps": (0, 100_000),
+    "jobs": (0, 1024),
+    "repeat": (1, 1000),
+    "timeout_s": (0, 7 * 86_400),
+    "test_jobs": (0, 1024),
+}
 
 
 def _check_icds(icds: tuple[str, ...]) -> None:
@@ -137,6 +148,8 @@ def load(
     settings = _apply(settings, {k: v for k, v in cli.items() if v is not None}, "command line")
     validate(settings.faults)
     _check_icds(settings.icds)
+    if settings.precision not in ("", "high", "normal", "low"):
+        raise ConfigError(f"precision {settings.precision!r} is not one of high, normal, low")
     if settings.runner not in ("auto", "host", "docker"):
         raise ConfigError(f"runner {settings.runner!r} is not one of auto, host, docker")
     return settings

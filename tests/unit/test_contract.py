@@ -161,7 +161,7 @@ def test_exit_codes_match_the_driver_enum() -> None:
 
 def test_the_driver_emits_every_event_the_reader_uses() -> None:
     text = MAIN_CPP.read_text()
-    emitted = set(re.findall(r'log\.emit\("(\w+)"', text))
+    emitted = set(re.findall(r'log\.emit\("(\w+)"', text + (NATIVE_DIR / "src" / "backend.cpp").read_text()))
     assert {"start", "backend", "step", "test", "error", "done"} <= emitted
     stages = set(re.findall(r'log\.stage\("(\w+)"', text))
     assert {"forward", "sgd_step", "test", "done"} <= stages
@@ -180,3 +180,26 @@ def test_ops_events_give_placement_per_phase(tmp_path: Path) -> None:
         "forward": {"ops": {"cpu": 2, "vulkan": 2}, "cpu_ops": {"Convolution": 2}, "backend_switches": 2}
     }
     assert record.placement(1)["forward"]["cpu_ops"] == {}
+
+
+OPTEST_MAIN = NATIVE_DIR / "optest" / "main.cpp"
+
+
+def test_mnn_optest_exit_codes_and_events_match_the_reader() -> None:
+    from mnnrepro import optest
+
+    text = OPTEST_MAIN.read_text()
+    body = re.search(r"enum ExitCode \{(.*?)\};", text, re.S)
+    assert body is not None
+    enum = {name: int(value) for name, value in re.findall(r"(k\w+)\s*=\s*(\d+)", body.group(1))}
+    assert enum == {
+        "kPassed": optest.EXIT_PASSED,
+        "kFailed": optest.EXIT_FAILED,
+        "kUsage": optest.EXIT_USAGE,
+        "kNotExercised": optest.EXIT_NOT_EXERCISED,
+        "kOutputError": optest.EXIT_OUTPUT,
+        "kNoSuchTest": optest.EXIT_NO_SUCH_TEST,
+    }
+    emitted = set(re.findall(r'log\.emit\("(\w+)"', text))
+    assert {"start", "test", "done"} <= emitted
+    assert "setupBackend(log" in text  # the backend event and NOT-EXERCISED, as the driver's

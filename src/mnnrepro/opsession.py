@@ -1,0 +1,214 @@
+"""The ops session (issue 13): MNN's own op and gradient tests on every backend, one ref, judged against
+``fixtures/ops/expectations.toml``.
+
+Same pipeline as the MNIST workload: settings -> preflight_for -> prepare (core, plugins; plus mnn_optest) ->
+per cell (ref, variant, ICD) a sweep (optest.sweep: one runner call, one process per test) -> judge (opjudge.py,
+each GPU result beside the CPU result of the same build) -> reports (opreport.py). The CPU cell runs first.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from . import __version__, fixtures, interrupts, opjudge, opreport, optest, prepare, signature, source, variants
+from .cells import Cell
+from .errors import ConfigError
+from .settings import ICD_NAMES, Settings
+
+DEFAULT_VARIANTS = ("cpu", "vulkan-image", "vulkan-buffer")
+EXIT_MISMATCH = 1
+Say = Callable[[str], None]
+
+
+def check(settings: Settings) -> tuple[str, ...]:
+    """Configuration errors known before anything is built: unknown variants, Vulkan without an ICD."""
+    names = settings.variants or DEFAULT_VARIANTS
+    unknown = [n for n in names if n not in variants.VARIANTS]
+    if unknown:
+        raise ConfigError(f"unknown variant(s) {', '.join(unknown)}", hint=f"known: {', '.join(variants.NAMES)}")
+    if variants.takes_icds(names) and not settings.icds:
+        raise ConfigError(
+            "the ops session judges Vulkan cells but no Vulkan ICD was given (--icd is empty)",
+            hint=f"name at least one: --icd {','.join(ICD_NAMES[:2])}",
+        )
+    # The CPU cell is every GPU result's comparison: always run, first.
+    return (variants.BASELINE, *[n for n in names if n != variants.BASELINE])
+
+
+def jobs(settings: Settings) -> int:
+    return settings.test_jobs or len(os.sched_getaffinity(0))
+
+
+def run_ops(settings: Settings, *, say: Say = print) -> int:
+    started = time.monotonic()
+    names = check(settings)
+    matrix = fixtures.load_matrix()
+    expectations = opjudge.load_expectations()
+    ref = settings.ref or matrix.default_ref
+    source.validate_ref(ref)
+    selection = settings.select or expectations.selection
+    settings, _ = prepare.preflight_for(settings, names, say)
+    results = prepare.results_dir(settings, "ops")
+    say(f"mnnrepro {__version__}: session ops, results in {results}")
+    for line in settings.describe():
+        say(f"  {line}")
+    prepared = prepare.prepare(ref, names, settings, matrix, say)
+    built = prepared.built
+    t0 = time.monotonic()
+    binary = built.builder.optest(built.core)
+    optest_s = time.monotonic() - t0
+    tests = optest.select(binary.tests, selection)
+    not_built = {t: why for t, why in binary.excluded_tests.items() if optest.select((t,), selection)}
+    version = built.tree.version
+    say(f"mnn_optest: {len(binary.tests)} tests registered, {len(tests)} selected by {', '.join(selection)}")
+    timeout_s = float(settings.timeout_s or expectations.timeout_s)
+    header: dict[str, Any] = {
+        "suite": __version__,
+        "session": "ops",
+        "ref": ref,
+        "commit": built.tree.commit,
+        "mnn_version": version,
+        "runner": built.runner.name,
+        "selection": list(selection),
+        "precision": settings.precision or "high",
+        "jobs": jobs(settings),
+        "timeout_s": timeout_s,
+        "host": platform.platform(),
+        "python": sys.version.split()[0],
+        "registered": len(binary.tests),
+        "not_built": binary.excluded,
+    }
+    cells: list[dict[str, Any]] = []
+    cpu_outcomes: dict[str, optest.Outcome] = {}
+    stopped: BaseException | None = None
+    plan = [Cell(ref, n, i) for n in names for i in (settings.icds if variants.get(n).per_icd else ("-",))]
+    try:
+        for cell in plan:
+            cell_started = time.monotonic()
+            results_of, ran = _cell(
+                cell, prepared, binary, tests, not_built, expectations, cpu_outcomes, settings, results, say
+            )
+            if cell.variant == variants.BASELINE:
+                cpu_outcomes = ran
+            cells.append(
+                {
+                    "cell": cell.id,
+                    "ref": ref,
+                    "variant": cell.variant,
+                    "icd": cell.icd,
+                    "seconds": round(time.monotonic() - cell_started, 1),
+                    "device": _device(ran),
+                    "tests": [r.as_dict() for r in results_of],
+                }
+            )
+    except KeyboardInterrupt as exc:
+        stopped = exc
+        say(f"\n{interrupts.signal_name(exc)}: stopping; writing the reports of the cells that finished")
+    _suspects(cells)
+    for c in cells:
+        c["counts"] = opjudge.counts([opjudge.TestResult(**t) for t in c["tests"]])
+        c["mismatched"] = sum(not t["matched"] for t in c["tests"])
+    header["seconds"] = {
+        "prepare": round(sum(prepared.seconds.values()), 1),
+        "optest_build_or_cache_check": round(optest_s, 1),
+        "total": round(time.monotonic() - started, 1),
+    }
+    data = {**header, "cells": cells}
+    data["all_matched"] = stopped is None and bool(cells) and all(c["mismatched"] == 0 for c in cells)
+    data["status"] = "INTERRUPTED" if stopped else ("MATCHED" if data["all_matched"] else "MISMATCHED")
+    if stopped is not None:
+        done = {c["cell"] for c in cells}
+        data["not_run"] = [c.id for c in plan if c.id not in done]
+    with interrupts.held():
+        written = opreport.write_all(results, data)
+    say("")
+    say(opreport.table(data))
+    say("\nreports: " + ", ".join(str(p) for p in written))
+    if stopped is not None:
+        return interrupts.exit_code(stopped)
+    if data["all_matched"]:
+        say("session ops: every test matched its expectation")
+        return 0
+    say(f"session ops: {sum(c['mismatched'] for c in cells)} test result(s) did not match their expectation")
+    return EXIT_MISMATCH
+
+
+def _cell(
+    cell: Cell,
+    prepared: prepare.Prepared,
+    binary: optest.Binary,
+    tests: list[str],
+    not_built: dict[str, str],
+    expectations: opjudge.Expectations,
+    cpu_outcomes: dict[str, optest.Outcome],
+    settings: Settings,
+    results_root: Path,
+    say: Say,
+) -> tuple[list[opjudge.TestResult], dict[str, optest.Outcome]]:
+    built = prepared.built
+    version = built.tree.version
+    results: list[opjudge.TestResult] = []
+    to_run: list[str] = []
+    for test in tests:
+        row = expectations.of(cell.ref, version, cell.variant, cell.icd, test)
+        if row is not None and row.status == "SKIP":
+            results.append(opjudge.skipped(test, row.reason, row))
+        else:
+            to_run.append(test)
+    results += [opjudge.skipped(t, why) for t, why in not_built.items()]
+    say(f"{cell.id}: {len(to_run)} tests, {jobs(settings)} at a time, {len(tests) - len(to_run)} skipped")
+    spec = optest.SweepSpec(
+        cell=cell,
+        binary=binary,
+        tests=to_run,
+        runner=built.runner,
+        plugin=built.plugins.get(variants.get(cell.variant).build_as or cell.variant),
+        icd=prepared.icds.get(cell.icd),
+        precision=variants.get(cell.variant).precision or settings.precision or "high",
+        timeout_s=float(settings.timeout_s or expectations.timeout_s),
+        jobs=jobs(settings),
+        result_dir=results_root / cell.dirname,  # one directory per test below it
+        gdb_path=prepared.gdb_path,
+        faults=settings.faults,
+    )
+    ran = optest.sweep(spec, say=say)
+    for test, outcome in ran.items():
+        row = expectations.of(cell.ref, version, cell.variant, cell.icd, test)
+        sig = signature.of_crash(outcome.crash) if outcome.crash else ()
+        results.append(opjudge.judge(outcome, cpu_outcomes.get(test), cell.backend, row, sig))
+    results.sort(key=lambda r: r.test)
+    return results, ran
+
+
+def _device(ran: dict[str, optest.Outcome]) -> str:
+    from .contract import read_events
+
+    for outcome in ran.values():
+        if outcome.directory is not None:
+            record = read_events(outcome.directory / "events.jsonl")
+            if record.backend:
+                return record.device_name or str(record.backend.get("active", ""))
+    return ""
+
+
+def _suspects(cells: list[dict[str, Any]]) -> None:
+    """Driver suspects: per variant, a failure on one ICD while another ICD passes the test."""
+    by_variant: dict[str, dict[str, list[opjudge.TestResult]]] = {}
+    objects: dict[tuple[str, str], list[opjudge.TestResult]] = {}
+    for c in cells:
+        if c["icd"] == "-":
+            continue
+        results = [opjudge.TestResult(**t) for t in c["tests"]]
+        objects[(c["variant"], c["icd"])] = results
+        by_variant.setdefault(c["variant"], {})[c["icd"]] = results
+    for by_icd in by_variant.values():
+        opjudge.mark_driver_suspects(by_icd)
+    for c in cells:
+        if (c["variant"], c["icd"]) in objects:
+            c["tests"] = [r.as_dict() for r in objects[(c["variant"], c["icd"])]]
