@@ -19,7 +19,8 @@ SELECT = "op/relu,grad/relu,op/Conv2DBackPropTest,grad/scale,op/cumsum"
 ICDS = "lavapipe"
 
 
-@pytest.fixture(scope="module", params=REFS)
+# The first ref of the ci tier (3.3.0): the one fixtures/ops/expectations.toml has rows for (issue 13 in progress).
+@pytest.fixture(scope="module", params=REFS[:1])
 def ops(request: pytest.FixtureRequest, run_session: Any) -> dict[str, Any]:
     result: dict[str, Any] = run_session("ops", request.param, "--select", SELECT, "--icd", ICDS)
     return result
