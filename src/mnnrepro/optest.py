@@ -22,7 +22,7 @@ from .cells import GDB_SCRIPT, Cell
 from .contract import read_events
 from .icd import Icd
 from .progress import Progress
-from .runner import Runner
+from .runner import Completed, Runner
 
 BATCH_SCRIPT = Path(__file__).with_name("optest_batch.py")
 MAX_EXCLUDE_ROUNDS = 3
@@ -131,15 +131,8 @@ class Outcome:
 
 
 def _signal_name(code: int) -> str | None:
-    import signal as _signal
-
-    number = -code if code < 0 else code - 128 if 128 < code < 128 + 65 else None
-    if number is None:
-        return None
-    try:
-        return _signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
+    """The signal that ended a test process (a negative code, or 128+N from gdb), by the runner's one rule."""
+    return Completed(argv=(), returncode=code, duration_s=0.0).signal_name
 
 
 def failure_message(directory: Path, limit: int = 240) -> str:
