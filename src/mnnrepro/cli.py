@@ -121,11 +121,14 @@ def _add_ops(sub: Subcommands) -> None:
         "ops",
         help="MNN's own op and gradient tests on every backend, judged against fixtures/ops/expectations.toml",
     )
-    ops.add_argument("action", nargs="?", default="run", choices=["run", "compare"])
+    ops.add_argument("action", nargs="?", default="run", choices=["run", "list", "compare"])
     ops.add_argument("summaries", nargs="*", type=Path, help="compare: two summary.json files (or result dirs)")
     _common(ops)
     ops.add_argument("--variants", help="comma-separated (default: cpu,vulkan-image,vulkan-buffer; cpu always runs)")
-    ops.add_argument("--select", help="comma-separated test-name prefixes (default: the expectations' op/,grad/)")
+    ops.add_argument(
+        "--select",
+        help="comma-separated: `op/` every test under op/, `op/conv*` a glob, else one exact name (default: op/,grad/)",
+    )
     ops.add_argument("--precision", choices=["high", "normal", "low"], help="BackendConfig precision (default high)")
     ops.add_argument("--test-jobs", dest="test_jobs", type=int, help="test processes at once (default: CPUs)")
     ops.add_argument("--icd", dest="icds", help="comma-separated Vulkan ICDs: lavapipe,swiftshader,host,bogus")
@@ -144,6 +147,8 @@ def _ops(args: argparse.Namespace, settings: Settings) -> int:
         if args.summaries:
             raise ConfigError("ops run takes no positional arguments", hint="ops compare A B")
         return opsession.run_ops(settings)
+    if args.action == "list":
+        return opsession.list_tests(settings)
     if len(args.summaries) != 2:
         raise ConfigError("ops compare needs two summary.json files (or results directories)")
     loaded = []

@@ -45,6 +45,26 @@ def jobs(settings: Settings) -> int:
     return settings.test_jobs or len(os.sched_getaffinity(0))
 
 
+def _no_such_test(missing: list[str], ref: str, say: Say) -> int:
+    say(f"error: --select {','.join(missing)}: no test of {ref} matches (`op/` selects every test under op/,")
+    say("  `op/conv*` is a glob, any other pattern names one test exactly; `mnnrepro ops list` shows them)")
+    return 2
+
+
+def list_tests(settings: Settings, *, say: Say = print) -> int:
+    """The tests the ref's tree registers (read from its sources, nothing built), those of --select only."""
+    matrix = fixtures.load_matrix()
+    ref = settings.ref or matrix.default_ref
+    source.validate_ref(ref)
+    names = optest.declared_names(prepare.resolve_tree(ref, settings, matrix).path)
+    patterns = settings.select or ("op/", "grad/", "speed/")
+    if missing := optest.unmatched(names, patterns):
+        return _no_such_test(missing, ref, say)
+    for name in optest.select(names, patterns):
+        say(name)
+    return 0
+
+
 def run_ops(settings: Settings, *, say: Say = print) -> int:
     started = time.monotonic()
     names = check(settings)
@@ -54,6 +74,9 @@ def run_ops(settings: Settings, *, say: Say = print) -> int:
     source.validate_ref(ref)
     selection = settings.select or expectations.selection
     settings, _ = prepare.preflight_for(settings, names, say)
+    tree = prepare.resolve_tree(ref, settings, matrix)
+    if missing := optest.unmatched(optest.declared_names(tree.path), selection):
+        return _no_such_test(missing, ref, say)
     results = prepare.results_dir(settings, "ops")
     say(f"mnnrepro {__version__}: session ops, results in {results}")
     for line in settings.describe():
@@ -63,6 +86,9 @@ def run_ops(settings: Settings, *, say: Say = print) -> int:
     t0 = time.monotonic()
     binary = built.builder.optest(built.core)
     optest_s = time.monotonic() - t0
+    known = binary.tests + tuple(binary.excluded_tests)
+    if missing := optest.unmatched(known, selection):
+        return _no_such_test(missing, ref, say)
     tests = optest.select(binary.tests, selection)
     not_built = {t: why for t, why in binary.excluded_tests.items() if optest.select((t,), selection)}
     version = built.tree.version

@@ -9,6 +9,7 @@ signature): passing then makes them FLAKE (opjudge.py). The judge reads only the
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 import shutil
@@ -102,9 +103,34 @@ class Binary:
         return replace(self, path=directory / "mnn_optest")
 
 
-def select(names: tuple[str, ...], prefixes: tuple[str, ...]) -> list[str]:
-    """The tests a selection names: every test whose full name starts with one of the prefixes, or equals one."""
-    return [n for n in names if any(n == p or n.startswith(p) for p in prefixes)]
+def matches(name: str, pattern: str) -> bool:
+    """One selection pattern: `op/` (ends in /) is every test under it, `op/conv*` a glob, `op/relu` that test
+    only (never `op/relu6`: upstream's prefix match is what this binary exists to avoid)."""
+    if pattern.endswith("/"):
+        return name.startswith(pattern)
+    if any(c in pattern for c in "*?["):
+        return fnmatch.fnmatchcase(name, pattern)
+    return name == pattern
+
+
+def select(names: tuple[str, ...], patterns: tuple[str, ...]) -> list[str]:
+    """The tests a selection names, in registry order."""
+    return [n for n in names if any(matches(n, p) for p in patterns)]
+
+
+def unmatched(names: tuple[str, ...], patterns: tuple[str, ...]) -> list[str]:
+    """The patterns that name no test at all (a typo, or a test this ref does not have)."""
+    return [p for p in patterns if not any(matches(n, p) for n in names)]
+
+
+def declared_names(tree: Path) -> tuple[str, ...]:
+    """The test names the tree's test sources register, read before anything is built: a selection that names
+    none of them is an error before the build (the built binary's list is the authority afterwards)."""
+    names: set[str] = set()
+    for sub in ("op", "grad", "speed"):
+        for path in sorted((tree / "test" / sub).rglob("*.cpp")):
+            names.update(registered_names(path))
+    return tuple(sorted(names))
 
 
 def dirname(test: str) -> str:

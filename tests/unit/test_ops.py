@@ -201,7 +201,18 @@ def test_binary_lists_and_excluded_tests(tmp_path: Path) -> None:
     binary = optest.Binary.write(tmp_path, "op/a\nThe device supports: x\nop/b/c\n", {"op/FooTest.cpp": "x"}, src)
     assert binary.tests == ("op/a", "op/b/c") and "op/foo" in binary.excluded_tests
     assert optest.Binary.load(tmp_path) == binary
-    assert optest.select(binary.tests, ("op/b",)) == ["op/b/c"]
+    assert optest.select(binary.tests, ("op/b/",)) == ["op/b/c"]
+    assert optest.declared_names(src) == ("op/foo",)
+
+
+def test_a_selection_names_exact_tests_prefixes_ending_in_slash_or_globs() -> None:
+    names = ("op/relu", "op/relu6", "op/Deconvolution", "op/DeconvolutionInt8", "grad/relu", "grad/relu6")
+    # Upstream's prefix match would run op/relu6 for op/relu and op/DeconvolutionInt8 for op/Deconvolution.
+    assert optest.select(names, ("op/relu", "op/Deconvolution")) == ["op/relu", "op/Deconvolution"]
+    assert optest.select(names, ("grad/",)) == ["grad/relu", "grad/relu6"]
+    assert optest.select(names, ("op/relu*",)) == ["op/relu", "op/relu6"]
+    assert optest.select(names, ("op/b",)) == []
+    assert optest.unmatched(names, ("op/", "op/relux", "grad/relu6", "speed/")) == ["op/relux", "speed/"]
 
 
 def _summary(statuses: dict[str, str], ref: str) -> dict[str, Any]:
