@@ -372,8 +372,8 @@ class Builder:
             if not (core.source.path / needed).is_file():
                 raise BuildError(
                     f"{needed} is missing from the MNN tree at {core.source.path}: {kind} cannot link",
-                    hint=f"regenerate it with MNN's {Path(needed).parent}/makeshader.py (needs glslangValidator), "
-                    "or use a full checkout",
+                    hint="import the ref again (python -m mnnrepro source import --git-dir DIR --ref REF): an "
+                    "import generates it with MNN's own makeshader.py and a pinned glslang (shaders.py)",
                 )
         with self._lock(core.key[:24]):
             if self._complete(dest):

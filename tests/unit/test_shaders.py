@@ -1,0 +1,104 @@
+"""shaders.py: the generated shader sources a mirror leaves out, made with MNN's generator, checked, never half."""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from mnnrepro import shaders
+from mnnrepro.errors import SourceError
+
+# A stand-in for MNN's makeshader.py with its habits: compiles each shader with glslangValidator from PATH,
+# ignores the exit codes, writes AllShader.cpp, rewrites the committed map in its own order, leaves a cache.
+FAKE_GENERATOR = textwrap.dedent(
+    """
+    import os, subprocess
+    names = ["glsl_b_comp", "glsl_a_comp"]
+    cpp = ""
+    for n in names:
+        subprocess.run(["glslangValidator", "-V", n + ".comp", "-o", "tempspv"])
+        cpp += "const unsigned char " + n + "[] = {0x03};\\n"
+    if os.environ.get("SKIP_WRITE") != "1":
+        open("AllShader.cpp", "w").write(cpp)
+    open("VulkanShaderMap.cpp", "w").write("rewritten")
+    os.makedirs(".cache/shader", exist_ok=True)
+    """
+)
+MAP = 'mMaps.insert(std::make_pair("glsl_a_comp", x));\nmMaps.insert(std::make_pair("glsl_b_comp", y));\n'
+
+
+def _tree(tmp_path: Path, map_text: str = MAP) -> Path:
+    tree = tmp_path / "mnn"
+    compiler = tree / shaders.COMPILER
+    compiler.mkdir(parents=True)
+    (compiler.parent / "shaders").mkdir()
+    (compiler / "makeshader.py").write_text(FAKE_GENERATOR)
+    (compiler / "VulkanShaderMap.cpp").write_text(map_text)
+    (compiler.parent / "shaders" / "AllShader.h").write_text("committed header")
+    return tree
+
+
+@pytest.fixture
+def fake_glslang(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    exe = tmp_path / "tool" / "glslangValidator"
+    exe.parent.mkdir()
+    exe.write_text('#!/bin/sh\ncase "$*" in *"$FAIL_ON"*) [ -n "$FAIL_ON" ] && exit 2;; esac\nexit 0\n')
+    exe.chmod(0o755)
+    monkeypatch.setattr(shaders, "glslang", lambda cache_dir, say: exe)
+    return exe
+
+
+def test_needed_only_when_the_generator_is_there_and_its_output_is_not(tmp_path: Path) -> None:
+    assert not shaders.needed(tmp_path)  # 3.3.0 and older: no generator in the tree, nothing to make
+    tree = _tree(tmp_path)
+    assert shaders.needed(tree)
+    (tree / shaders.GENERATED).write_text("x")
+    assert not shaders.needed(tree)
+
+
+def test_generate_makes_the_file_and_keeps_the_committed_sources(tmp_path: Path, fake_glslang: Path) -> None:
+    tree = _tree(tmp_path)
+    said: list[str] = []
+    done = shaders.generate(tree, tmp_path / "cache", said.append)
+    assert done["shaders"] == 2 and done["file"] == shaders.GENERATED
+    assert "glsl_a_comp" in (tree / shaders.GENERATED).read_text()
+    compiler = tree / shaders.COMPILER
+    assert (compiler / "VulkanShaderMap.cpp").read_text() == MAP
+    assert (compiler.parent / "shaders" / "AllShader.h").read_text() == "committed header"
+    assert not (compiler / ".cache").exists()
+    assert any("is missing: generating" in line for line in said)
+
+
+def test_a_shader_that_fails_to_compile_fails_the_generation(
+    tmp_path: Path, fake_glslang: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # makeshader.py exits 0 whatever glslang said: the recording wrapper is what catches it.
+    monkeypatch.setenv("FAIL_ON", "glsl_a_comp")
+    tree = _tree(tmp_path)
+    with pytest.raises(SourceError, match=r"1 shader\(s\) failed to compile, first: 2 -V glsl_a_comp.comp"):
+        shaders.generate(tree, tmp_path / "cache", lambda _: None)
+    assert not (tree / shaders.GENERATED).exists()  # nothing half-made
+    assert (tree / shaders.COMPILER / "VulkanShaderMap.cpp").read_text() == MAP
+
+
+def test_a_shader_of_the_committed_map_left_out_fails_the_generation(tmp_path: Path, fake_glslang: Path) -> None:
+    tree = _tree(tmp_path, MAP + 'mMaps.insert(std::make_pair("glsl_c_comp", z));\n')
+    with pytest.raises(SourceError, match=r"1 shader\(s\) of VulkanShaderMap.cpp not generated, first: glsl_c_comp"):
+        shaders.generate(tree, tmp_path / "cache", lambda _: None)
+    assert not (tree / shaders.GENERATED).exists()
+
+
+def test_no_output_fails_the_generation(tmp_path: Path, fake_glslang: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SKIP_WRITE", "1")
+    with pytest.raises(SourceError, match="could not generate"):
+        shaders.generate(_tree(tmp_path), tmp_path / "cache", lambda _: None)
+
+
+def test_no_xxd_is_a_clear_error_before_anything_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setattr(shaders, "glslang", lambda cache_dir, say: pytest.fail("installed glslang anyway"))
+    with pytest.raises(SourceError, match="needs xxd"):
+        shaders.generate(_tree(tmp_path), tmp_path / "cache", lambda _: None)
