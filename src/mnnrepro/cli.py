@@ -22,6 +22,7 @@ from . import (
     gradcheck,
     image,
     interrupts,
+    issue,
     opjudge,
     opreport,
     opsession,
@@ -67,6 +68,7 @@ def parser() -> argparse.ArgumentParser:
         _add_cache,
         _add_swiftshader,
         _add_ci,
+        _add_report,
     ):
         add(sub)
     return ap
@@ -394,8 +396,28 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         "image": _image,
         "cache": _cache,
         "swiftshader": _swiftshader,
+        "report": _report,
     }
     return handlers.get(args.command, _source)(args, settings)
+
+
+def _add_report(sub: Subcommands) -> None:
+    rep = sub.add_parser("report", help="an issue-ready Markdown report of a crash a session found")
+    rep.add_argument("--issue", dest="results", type=Path, required=True, help="a session's results directory")
+    rep.add_argument("--cell", help="the crashed cell (default: the first crash), e.g. 3.3.0/vulkan-image/lavapipe")
+    rep.add_argument("--test", help="ops results: the crashed MNN test (default: the first)")
+    rep.add_argument("--bisect", type=Path, help="a bisect's results directory (or bisect.json) to add")
+    rep.add_argument("--out", type=Path, help="write it here (default: ISSUE.md in the results directory)")
+
+
+def _report(args: argparse.Namespace, settings: Settings) -> int:
+    crash = issue.pick(issue.crashes(issue.load(args.results)), cell=args.cell, test=args.test)
+    text = issue.render(crash, bisect=args.bisect)
+    out = args.out or (args.results / "ISSUE.md" if args.results.is_dir() else args.results.with_name("ISSUE.md"))
+    out.write_text(text)
+    print(text, end="")
+    print(f"(written to {out}: {text.count(chr(10))} lines)", file=sys.stderr)
+    return 0
 
 
 def _signature(args: argparse.Namespace) -> int:

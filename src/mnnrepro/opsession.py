@@ -107,6 +107,7 @@ def run_ops(settings: Settings, *, say: Say = print) -> int:
         "timeout_s": timeout_s,
         "host": platform.platform(),
         "python": sys.version.split()[0],
+        "toolchain": built.builder.toolchain,
         "registered": len(binary.tests),
         "not_built": binary.excluded,
     }

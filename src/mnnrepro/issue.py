@@ -1,0 +1,362 @@
+"""An issue-ready Markdown report of one crash (issue 14): ``mnnrepro report --issue RESULTS_DIR``.
+
+Reads only what a session wrote (summary.json of a training session or of the ops session; bisect.json of a
+bisect, where given) and writes one file a maintainer can paste into an upstream issue: a one-line title, the
+environment (MNN commit and the CMake flags that matter, compiler, Vulkan/OpenCL driver and device), the exact
+commands to reproduce (the nox command, and MNN's own test binary where the crash is one of MNN's tests), the
+crash signature and top frames, where the ops of the failing phase ran, and the bisect result when there is one.
+Nothing of the machine it ran on: no paths (checked before writing), under MAX_LINES lines.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import variants
+from .build import CoreOptions
+from .errors import ConfigError
+
+MAX_LINES = 150
+MAX_FRAMES = 12
+# What a report may never contain: an absolute path of the machine it ran on.
+_PATH = re.compile(r"(?<![\w.:/-])/(?:root|home|work|tmp|var|opt|usr|srv|mnt|check|cache|src|results)\b[^\s`|)]*")
+# MNN's MNNForwardType values that upstream's run_test.out takes as its second argument.
+_FORWARD_TYPE = {"cpu": 0, "opencl": 3, "vulkan": 7}
+_PRECISION = {"normal": 0, "high": 1, "low": 2}  # BackendConfig::PrecisionMode
+# The build options of the suite's core that decide which code runs (the rest only select what is built).
+_CORE_FLAGS = ("-DCMAKE_BUILD_TYPE", "-DMNN_BUILD_TRAIN", "-DMNN_SEP_BUILD", "-DMNN_VULKAN", "-DMNN_OPENCL")
+
+
+@dataclass
+class Crash:
+    """One crash, whichever session found it."""
+
+    session: str
+    ref: str
+    commit: str
+    variant: str
+    icd: str
+    signal: str
+    where: str  # a stage of the training run, or an MNN test name
+    signature: list[str]
+    frames: list[str]
+    device: str = ""
+    driver: str = ""
+    placement: dict[str, Any] = field(default_factory=dict)
+    known: str = ""  # the upstream issue the expectation names, when the crash is a known one
+    test: str = ""  # ops: the MNN test
+    cell: str = ""
+    toolchain: dict[str, str] = field(default_factory=dict)
+    host: str = ""
+    suite: str = ""
+    workload: dict[str, Any] = field(default_factory=dict)
+    precision: str = "high"
+    cpu: str = ""  # the CPU backend's result of the same case in the same results (PASS, FAIL, ...; "" unknown)
+
+
+def load(path: Path) -> dict[str, Any]:
+    file = path / "summary.json" if path.is_dir() else path
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read {file}: {exc}", hint="pass a results directory of a session") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file} is not a session summary")
+    return data
+
+
+def crashes(data: dict[str, Any]) -> list[Crash]:
+    """Every crash of a session summary, GPU cells first in the order they ran."""
+    if data.get("session") == "ops":
+        return _ops_crashes(data)
+    if "cells" not in data or "header" not in data:
+        raise ConfigError("not a summary.json of an mnnrepro session")
+    h = data["header"]
+    found = []
+    for c in data["cells"]:
+        ev = c.get("evidence") or {}
+        if not ev.get("signal"):
+            continue
+        rh = (h.get("refs") or {}).get(c["ref"], h)
+        expected = c.get("expected") == "REPRODUCED" and c.get("matched")
+        found.append(
+            Crash(
+                session=str(h.get("session", "")),
+                ref=c["ref"],
+                commit=str(rh.get("commit") or ""),
+                variant=c["variant"],
+                icd=c.get("icd", "-"),
+                signal=str(ev["signal"]),
+                where=str(ev.get("stage") or "?"),
+                signature=[str(s) for s in ev.get("signature") or []],
+                frames=frames_from(Path(str(ev.get("result_dir") or "")) / "crash.json")
+                or [str(f) for f in ev.get("top_frames") or []][:MAX_FRAMES],
+                device=str(ev.get("device") or ""),
+                driver=str(ev.get("driver") or ""),
+                placement=c.get("placement") or {},
+                known=_known(c.get("reason", "")) if expected else "",
+                cell=c["cell"],
+                toolchain=dict(rh.get("toolchain") or {}),
+                host=str(h.get("host", "")),
+                suite=str(h.get("suite", "")),
+                workload=dict(h.get("workload") or {}),
+                precision=str((h.get("workload") or {}).get("precision") or "high"),
+                cpu=next(
+                    (str(b["verdict"]) for b in data["cells"] if b["ref"] == c["ref"] and b["variant"] == "cpu"), ""
+                ),
+            )
+        )
+    return found
+
+
+def _known(reason: str) -> str:
+    m = re.search(r"[\w.-]+/[\w.-]+#\d+", reason)
+    return m.group(0) if m else ""
+
+
+def _ops_crashes(data: dict[str, Any]) -> list[Crash]:
+    found = []
+    cpu = {
+        t["test"]: str(t.get("status", ""))
+        for c in data.get("cells", [])
+        if c.get("variant") == "cpu"
+        for t in c.get("tests", [])
+    }
+    for c in data.get("cells", []):
+        for t in c.get("tests", []):
+            if t.get("status") != "CRASH":
+                continue
+            signal = str(t.get("reason", "")).split(" ", 1)[0]
+            found.append(
+                Crash(
+                    session="ops",
+                    ref=str(data.get("ref", "")),
+                    commit=str(data.get("commit", "")),
+                    variant=c["variant"],
+                    icd=c.get("icd", "-"),
+                    signal=signal if signal.startswith("SIG") else "crash",
+                    where=t["test"],
+                    signature=[str(s) for s in t.get("signature") or []],
+                    frames=_test_frames(t),
+                    device=str(c.get("device") or ""),
+                    placement={"test": {"ops": t.get("placement") or {}, "cpu_ops": t.get("cpu_ops") or {}}},
+                    known=str(t.get("upstream") or ""),
+                    test=t["test"],
+                    cell=c["cell"],
+                    toolchain=dict(data.get("toolchain") or {}),
+                    host=str(data.get("host", "")),
+                    suite=str(data.get("suite", "")),
+                    precision=str(data.get("precision") or "high"),
+                    cpu=cpu.get(t["test"], ""),
+                )
+            )
+    return found
+
+
+_TREE_DIRS = ("source/", "express/", "include/", "test/", "tools/", "transformers/", "3rd_party/", "native/")
+
+
+def _where(file: str) -> str:
+    """A frame's file relative to the MNN tree (or to mnnrepro, for its own native code); "" if neither."""
+    for d in _TREE_DIRS:
+        i = file.find(d)
+        if i >= 0 and (i == 0 or file[i - 1] == "/"):
+            return file[i:]
+    return ""
+
+
+def frames_from(crash_json: Path) -> list[str]:
+    """``function (file:line)`` of the crashing thread's top frames, from a gdb capture's crash.json."""
+    try:
+        data = json.loads(crash_json.read_text())
+    except (OSError, ValueError):
+        return []
+    frames = data.get("frames")
+    if isinstance(frames, str):  # an older capture stored the list's repr
+        try:
+            frames = ast.literal_eval(frames)
+        except (ValueError, SyntaxError):
+            return []
+    out = []
+    for f in frames if isinstance(frames, list) else []:
+        if not isinstance(f, dict):
+            continue
+        name = str(f.get("function") or "??")
+        where = _where(str(f.get("file") or ""))
+        out.append(f"{name} ({where}:{f.get('line')})" if where else name)
+    return out[:MAX_FRAMES]
+
+
+def _test_frames(t: dict[str, Any]) -> list[str]:
+    """The top frames of a crashed MNN test: its gdb rerun's crash.json, beside its results."""
+    directory = t.get("directory")
+    for name in ("rerun/crash.json", "crash.json"):
+        if directory and (frames := frames_from(Path(str(directory)) / name)):
+            return frames
+    return [str(s) for s in t.get("signature") or []]
+
+
+def pick(found: list[Crash], *, cell: str | None = None, test: str | None = None) -> Crash:
+    chosen = [c for c in found if (cell is None or c.cell == cell) and (test is None or c.test == test)]
+    if not chosen:
+        listed = ", ".join(sorted({c.cell + (f" {c.test}" if c.test else "") for c in found})) or "none"
+        raise ConfigError(f"no crash matches (crashes in these results: {listed})")
+    return chosen[0]
+
+
+def _mode_flags(variant: str) -> list[str]:
+    v = variants.get(variants.get(variant).build_as or variant)
+    return list(v.cmake)
+
+
+def cmake_flags(variant: str) -> list[str]:
+    core = [d for d in CoreOptions().cmake_defines() if d.split("=", 1)[0] in _CORE_FLAGS]
+    return [*core, *_mode_flags(variant)]
+
+
+def _backend(variant: str) -> str:
+    return variants.get(variant).backend
+
+
+def _mode_words(variant: str) -> str:
+    flags = " ".join(_mode_flags(variant))
+    if "MNN_VULKAN_IMAGE=ON" in flags:
+        return "Vulkan backend, image mode (`MNN_VULKAN_IMAGE=ON`, MNN's default)"
+    if "MNN_VULKAN_IMAGE=OFF" in flags:
+        return "Vulkan backend, buffer mode (`MNN_VULKAN_IMAGE=OFF`)"
+    return f"{_backend(variant)} backend"
+
+
+def title(c: Crash) -> str:
+    top = c.signature[0] if c.signature else (c.frames[0] if c.frames else "?")
+    what = f"`{c.test}`" if c.test else f"training, {c.where}"
+    mode = "image mode" if "IMAGE=ON" in " ".join(_mode_flags(c.variant)) else "buffer mode"
+    backend = f"Vulkan {mode}" if _backend(c.variant) == "vulkan" else _backend(c.variant)
+    return f"[{backend}] {c.signal} in {top} ({what}, MNN {c.ref})"
+
+
+def _nox(c: Crash) -> str:
+    if c.session == "ops":
+        icd = f" --icd {c.icd}" if c.icd != "-" else ""
+        return f"nox -s ops -- --ref {c.ref} --variants {c.variant} --select {c.test}{icd}"
+    icd = f" --icd {c.icd}" if c.icd != "-" else ""
+    return f"nox -s {c.session} -- --ref {c.ref}{icd}"
+
+
+def _upstream_commands(c: Crash) -> list[str]:
+    """Building MNN and running the case without mnnrepro (MNN's own test binary for an MNN test)."""
+    flags = " ".join(cmake_flags(c.variant))
+    lines = [f"# in a checkout of MNN at {c.commit[:12] or c.ref}"]
+    if c.test:
+        lines.append(f"cmake -B build -G Ninja {flags} -DMNN_BUILD_TEST=ON")
+        lines.append("cmake --build build --target run_test.out")
+        fwd = _FORWARD_TYPE.get(_backend(c.variant), 0)
+        prec = _PRECISION.get(c.precision, 1)
+        lines.append(f"cd build && ./run_test.out {c.test} {fwd} {prec} 1")
+        lines.append(f"# upstream's runner matches by prefix (and runs every test whose name starts with {c.test}),")
+        lines.append("# and quietly uses the CPU when the Vulkan runtime cannot be created: check the log says Vulkan")
+    else:
+        w = c.workload
+        lines.append(f"cmake -B build -G Ninja {flags}")
+        lines.append("cmake --build build")
+        lines.append("# mnnrepro's MNIST training driver (native/ of mnnrepro), against that build:")
+        plugin = "build/source/backend/vulkan/libMNN_Vulkan.so" if _backend(c.variant) == "vulkan" else ""
+        lines.append(
+            f"mnist_driver --backend {_backend(c.variant)} --data MNIST_DIR --out OUT --steps {w.get('steps', 30)} "
+            f"--batch-size {w.get('batch_size', 64)} --seed {w.get('seed', 1)} --precision {c.precision}"
+            + (f" --plugin {plugin}" if plugin else "")
+        )
+    return lines
+
+
+def _placement(c: Crash) -> list[str]:
+    rows = []
+    for phase, p in sorted(c.placement.items()):
+        ops = p.get("ops") or {}
+        if not ops:
+            continue
+        cpu_ops = ", ".join(f"{k} x{v}" for k, v in sorted((p.get("cpu_ops") or {}).items()))
+        where = ", ".join(f"{b}: {n}" for b, n in sorted(ops.items()))
+        rows.append(f"| {phase} | {where} | {cpu_ops or '-'} |")
+    if not rows:
+        return ["No op of the failing phase completed before the crash (it happens while MNN creates the kernels)."]
+    return ["| phase | ops by backend | ops on the CPU |", "| --- | --- | --- |", *rows]
+
+
+def _bisect(path: Path | None) -> list[str]:
+    if path is None:
+        return []
+    file = path / "bisect.json" if path.is_dir() else path
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read {file}: {exc}") from exc
+    rng = data.get("range") or {}
+    out = ["## Bisect", ""]
+    out.append(
+        f"Between `{str(rng.get('old', '?'))[:12]}` ({data.get('old_verdict')}) and "
+        f"`{str(rng.get('new', '?'))[:12]}` ({data.get('new_verdict')}), cell `{data.get('cell')}`, "
+        f"{len(data.get('steps') or [])} builds:"
+    )
+    if data.get("first"):
+        out.append(f"the first commit with the newer verdict is `{data['first']}` (parent `{data.get('parent')}`).")
+    elif data.get("candidates"):
+        out.append("one of: " + ", ".join(f"`{c[:12]}`" for c in data["candidates"]) + " (some did not build).")
+    return [*out, ""]
+
+
+def _cpu_sentence(c: Crash) -> str:
+    case = "test" if c.test else "run"
+    if c.cpu == "PASS":
+        return f"The same {case} on the CPU backend of the same build passes."
+    if c.cpu:
+        return f"The same {case} on the CPU backend of the same build is {c.cpu} too: the bug may not be Vulkan's."
+    return f"(These results have no CPU run of the same {case} to compare with.)"
+
+
+def render(c: Crash, *, bisect: Path | None = None) -> str:
+    env = [
+        ("MNN", f"{c.ref} (commit `{c.commit[:12] or '?'}`)"),
+        ("backend", _mode_words(c.variant)),
+        ("CMake flags that matter", "`" + " ".join(cmake_flags(c.variant)) + "`"),
+    ]
+    if c.toolchain.get("c++"):
+        env.append(("compiler", c.toolchain["c++"]))
+    if c.device or c.icd != "-":
+        env.append(("device", ", ".join(x for x in (c.device, c.driver) if x) + f" (ICD: {c.icd})"))
+    if c.host:
+        env.append(("OS", c.host))
+    if c.precision:
+        env.append(("precision", f"BackendConfig precision {c.precision}"))
+    lines = [f"# {title(c)}", ""]
+    if c.test:
+        lines.append(f"MNN's own test `{c.test}` crashes with {c.signal} on the {_mode_words(c.variant)}.")
+    else:
+        w = c.workload
+        lines.append(
+            f"Training (MNIST LeNet, {w.get('steps', '?')} SGD steps of batch {w.get('batch_size', '?')}) on the "
+            f"{_mode_words(c.variant)} is killed by {c.signal} at `{c.where}`."
+        )
+    lines.append(_cpu_sentence(c))
+    if c.known:
+        lines.append(f"The crash signature is that of {c.known}.")
+    lines += ["", "## Environment", "", "| | |", "| --- | --- |"]
+    lines += [f"| {k} | {v} |" for k, v in env]
+    lines += ["", "## To reproduce", "", "With mnnrepro (builds MNN in a container, runs the case, judges it):", ""]
+    lines += ["```sh", _nox(c), "```", "", "With MNN alone:", "", "```sh", *_upstream_commands(c), "```", ""]
+    lines += ["## Crash", "", f"{c.signal} in `{c.where}`. Signature (the top frames inside MNN):", "", "```"]
+    lines += [*c.signature, "```", "", "Top frames:", "", "```", *c.frames, "```", ""]
+    lines += ["## Where the ops ran", "", *_placement(c), ""]
+    lines += _bisect(bisect)
+    lines.append(f"_Found by mnnrepro {c.suite} ({c.session} session, cell `{c.cell}`)._")
+    text = "\n".join(lines) + "\n"
+    if leaked := _PATH.findall(text):
+        raise ConfigError(f"the report would contain a path of this machine: {leaked[0]}")
+    if text.count("\n") > MAX_LINES:
+        raise ConfigError(f"the report is {text.count(chr(10))} lines, over {MAX_LINES}")
+    return text

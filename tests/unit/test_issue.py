@@ -1,0 +1,131 @@
+"""issue.py: an issue-ready report of one crash, from what a session wrote; nothing of the machine in it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mnnrepro import issue
+from mnnrepro.errors import ConfigError
+
+FRAMES = [
+    {
+        "function": "MNN::ConvolutionCommon::getConvParameters",
+        "file": "../../src/3.3.0/source/core/Conv.cpp",
+        "line": 7,
+    },
+    {"function": "MNN::VulkanDeconvolution::VulkanDeconvolution", "file": "/root/x/source/backend/v.cpp", "line": 38},
+    {"function": "main", "file": "/work/main/native/src/main.cpp", "line": 9},
+    {"function": "__libc_start_main", "file": "", "line": None},
+]
+SIG = ["MNN::ConvolutionCommon::getConvParameters", "MNN::VulkanDeconvolution::VulkanDeconvolution"]
+
+
+def _mnist(tmp_path: Path, cpu_verdict: str = "PASS") -> dict[str, Any]:
+    cell_dir = tmp_path / "cells" / "image"
+    cell_dir.mkdir(parents=True)
+    (cell_dir / "crash.json").write_text(json.dumps({"signal": "SIGSEGV", "frames": FRAMES}))
+    header = {
+        "session": "vulkan_image",
+        "suite": "0.1.0",
+        "host": "Linux-x86_64",
+        "workload": {"steps": 30, "batch_size": 64, "seed": 1, "precision": "high"},
+        "refs": {"3.3.0": {"commit": "5047919a1ae594d0", "toolchain": {"c++": "g++ 12.2.0"}}},
+    }
+    cells = [
+        {"cell": "3.3.0/cpu/-", "ref": "3.3.0", "variant": "cpu", "icd": "-", "verdict": cpu_verdict, "evidence": {}},
+        {
+            "cell": "3.3.0/vulkan-image/lavapipe",
+            "ref": "3.3.0",
+            "variant": "vulkan-image",
+            "icd": "lavapipe",
+            "verdict": "REPRODUCED",
+            "expected": "REPRODUCED",
+            "matched": True,
+            "reason": "SIGSEGV at stage sgd_step[step 0]: the known bug alibaba/MNN#3129",
+            "placement": {"forward": {"ops": {"cpu": 5, "vulkan": 20}, "cpu_ops": {"Cast": 2}}},
+            "evidence": {
+                "signal": "SIGSEGV",
+                "stage": "sgd_step[step 0]",
+                "signature": SIG,
+                "top_frames": SIG,
+                "device": "llvmpipe",
+                "result_dir": str(cell_dir),
+                "command": ["/root/.cache/mnnrepro/variants/x/mnist_driver", "--out", str(cell_dir)],
+            },
+        },
+    ]
+    return {"format": 1, "header": header, "cells": cells}
+
+
+def test_a_training_crash_reads_as_an_upstream_issue(tmp_path: Path) -> None:
+    crash = issue.pick(issue.crashes(_mnist(tmp_path)))
+    text = issue.render(crash)
+    first = text.splitlines()[0]
+    assert first.startswith("# [Vulkan image mode] SIGSEGV in MNN::ConvolutionCommon::getConvParameters")
+    assert "MNN 3.3.0" in first and "sgd_step[step 0]" in first
+    assert "-DMNN_VULKAN_IMAGE=ON" in text and "-DMNN_BUILD_TRAIN=ON" in text and "g++ 12.2.0" in text
+    assert "nox -s vulkan_image -- --ref 3.3.0 --icd lavapipe" in text
+    assert "alibaba/MNN#3129" in text and "CPU backend of the same build passes" in text
+    # Frames relative to the MNN tree (or to mnnrepro's native/), never the machine's paths.
+    assert "MNN::VulkanDeconvolution::VulkanDeconvolution (source/backend/v.cpp:38)" in text
+    assert "main (native/src/main.cpp:9)" in text
+    assert "/root" not in text and "/work" not in text and str(tmp_path) not in text
+    assert "| forward | cpu: 5, vulkan: 20 | Cast x2 |" in text
+    assert text.count("\n") <= issue.MAX_LINES
+
+
+def test_a_cpu_failure_of_the_same_case_is_said(tmp_path: Path) -> None:
+    text = issue.render(issue.pick(issue.crashes(_mnist(tmp_path, cpu_verdict="FAIL"))))
+    assert "is FAIL too: the bug may not be Vulkan's" in text
+
+
+def test_an_ops_crash_names_the_test_and_upstreams_own_runner(tmp_path: Path) -> None:
+    tdir = tmp_path / "op__Conv2DBackPropTest"
+    (tdir / "rerun").mkdir(parents=True)
+    (tdir / "rerun" / "crash.json").write_text(json.dumps({"frames": FRAMES}))
+    test = {"test": "op/Conv2DBackPropTest", "status": "CRASH", "reason": "SIGSEGV in op/Conv2DBackPropTest"}
+    data = {
+        "session": "ops",
+        "ref": "3.3.0",
+        "commit": "5047919a1ae5",
+        "precision": "high",
+        "cells": [
+            {"cell": "3.3.0/cpu/-", "variant": "cpu", "icd": "-", "tests": [{**test, "status": "PASS"}]},
+            {
+                "cell": "3.3.0/vulkan-image/lavapipe",
+                "variant": "vulkan-image",
+                "icd": "lavapipe",
+                "device": "llvmpipe",
+                "tests": [
+                    {"test": "op/relu", "status": "PASS"},
+                    {**test, "signature": SIG, "upstream": "alibaba/MNN#3129", "directory": str(tdir)},
+                ],
+            },
+        ],
+    }
+    crash = issue.pick(issue.crashes(data), test="op/Conv2DBackPropTest")
+    text = issue.render(crash)
+    assert "`op/Conv2DBackPropTest`" in text.splitlines()[0]
+    assert "--select op/Conv2DBackPropTest --icd lavapipe" in text
+    assert "./run_test.out op/Conv2DBackPropTest 7 1 1" in text  # MNN_FORWARD_VULKAN, Precision_High
+    assert "CPU backend of the same build passes" in text and str(tmp_path) not in text
+    with pytest.raises(ConfigError, match="no crash matches .*op/Conv2DBackPropTest"):
+        issue.pick(issue.crashes(data), test="op/relu")
+
+
+def test_a_report_that_would_leak_a_path_is_refused(tmp_path: Path) -> None:
+    data = _mnist(tmp_path)
+    data["cells"][1]["evidence"]["stage"] = "sgd_step in /home/someone/app"
+    with pytest.raises(ConfigError, match="path of this machine: /home/someone/app"):
+        issue.render(issue.pick(issue.crashes(data)))
+
+
+def test_results_without_a_crash_say_so(tmp_path: Path) -> None:
+    data = _mnist(tmp_path)
+    data["cells"] = data["cells"][:1]
+    with pytest.raises(ConfigError, match="crashes in these results: none"):
+        issue.pick(issue.crashes(data))
