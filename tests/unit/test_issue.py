@@ -113,7 +113,7 @@ def test_an_ops_crash_names_the_test_and_upstreams_own_runner(tmp_path: Path) ->
     assert "--select op/Conv2DBackPropTest --icd lavapipe" in text
     assert "./run_test.out op/Conv2DBackPropTest 7 1 1" in text  # MNN_FORWARD_VULKAN, Precision_High
     assert "CPU backend of the same build passes" in text and str(tmp_path) not in text
-    with pytest.raises(ConfigError, match="no crash matches .*op/Conv2DBackPropTest"):
+    with pytest.raises(ConfigError, match=r"no crash matches .*op/Conv2DBackPropTest"):
         issue.pick(issue.crashes(data), test="op/relu")
 
 
