@@ -226,7 +226,15 @@ def counts(results: list[TestResult]) -> dict[str, int]:
 
 
 # -- what changed between two runs (two refs, or two runs of one) ------------------------------------------------
-CHANGES = ("newly failing", "newly crashing", "newly falling back", "newly passing", "other change")
+CHANGES = (
+    "newly failing",
+    "newly crashing",
+    "newly falling back",
+    "newly passing",
+    "other change",
+    "new test",
+    "test gone",
+)
 BAD = ("FAIL", "CRASH", "TIMEOUT", "CPU-FAIL", "NOT-EXERCISED")
 
 
@@ -253,12 +261,13 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, str]]:
         }
 
     before, after = index(a), index(b)
+    # Tests one release has and the other not, in the cells both runs have.
+    cells = {k[:2] for k in before} & {k[:2] for k in after}
     rows = []
-    for key in sorted(set(before) & set(after)):
-        kind = change_kind(before[key], after[key])
+    for key in sorted(k for k in set(before) | set(after) if k[:2] in cells):
+        was, now = before.get(key, "-"), after.get(key, "-")
+        kind = "new test" if was == "-" else "test gone" if now == "-" else change_kind(was, now)
         if kind:
             variant, icd, test = key
-            rows.append(
-                {"kind": kind, "variant": variant, "icd": icd, "test": test, "before": before[key], "after": after[key]}
-            )
+            rows.append({"kind": kind, "variant": variant, "icd": icd, "test": test, "before": was, "after": now})
     return rows

@@ -122,7 +122,7 @@ def comparison(a: dict[str, Any], b: dict[str, Any], rows: list[dict[str, str]])
         group = [r for r in rows if r["kind"] == kind]
         if not group:
             continue
-        out += [f"## {kind} ({len(group)})", "", "| variant | icd | test | before | after |", "| --- |" * 5]
+        out += [f"## {kind} ({len(group)})", "", "| variant | icd | test | before | after |", "|" + " --- |" * 5]
         out += [f"| {r['variant']} | {r['icd']} | {_md(r['test'])} | {r['before']} | {r['after']} |" for r in group]
         out.append("")
     return "\n".join(out)

@@ -221,16 +221,26 @@ def _summary(statuses: dict[str, str], ref: str) -> dict[str, Any]:
 
 
 def test_compare_names_each_kind() -> None:
-    a = _summary({"op/a": "PASS", "op/b": "FAIL", "op/c": "PASS", "op/d": "PASS", "op/e": "PASS"}, "3.3.0")
-    b = _summary({"op/a": "FAIL", "op/b": "PASS", "op/c": "CRASH", "op/d": "FALLBACK", "op/e": "PASS"}, "3.6.1")
+    a = _summary(
+        {"op/a": "PASS", "op/b": "FAIL", "op/c": "PASS", "op/d": "PASS", "op/e": "PASS", "op/f": "PASS"}, "3.3.0"
+    )
+    b = _summary(
+        {"op/a": "FAIL", "op/b": "PASS", "op/c": "CRASH", "op/d": "FALLBACK", "op/e": "PASS", "op/g": "FAIL"}, "3.6.1"
+    )
+    # A cell only one run has is not compared (nothing to say about its tests).
+    b["cells"].append({"variant": "vulkan-buffer", "icd": "lavapipe", "tests": [{"test": "op/a", "status": "FAIL"}]})
     kinds = {r["test"]: r["kind"] for r in opjudge.compare(a, b)}
     assert kinds == {
         "op/a": "newly failing",
         "op/b": "newly passing",
         "op/c": "newly crashing",
         "op/d": "newly falling back",
+        "op/f": "test gone",
+        "op/g": "new test",
     }
-    assert "newly crashing (1)" in opreport.comparison(a, b, opjudge.compare(a, b))
+    text = opreport.comparison(a, b, opjudge.compare(a, b))
+    assert "newly crashing (1)" in text and "| vulkan-image | lavapipe | op/g | - | FAIL |" in text
+    assert "| --- | --- | --- | --- | --- |" in text
 
 
 def test_reports_render_counts_and_mismatches(tmp_path: Path) -> None:
