@@ -44,6 +44,7 @@
 #include "events.hpp"
 #include "idx.hpp"
 #include "npy.hpp"
+#include "tensorstore.hpp"
 #include "probe.hpp"
 
 using namespace MNN;
@@ -74,6 +75,7 @@ struct Options {
     std::string out;
     std::string initParams;
     std::string saveInit;
+    std::string saveGraph;
     std::string dumpDir;
     std::set<int> dumpSteps;
     int steps = 30;
@@ -103,6 +105,8 @@ void usage() {
             "  --dropout P           dropout ratio (default 0.5, as upstream's Lenet)\n"
             "  --init-params DIR     start from DIR/<param>.npy instead of the seeded init\n"
             "  --save-init DIR       write the initial parameters as DIR/<param>.npy\n"
+            "  --save-graph DIR      save the first SGD step's gradient graph (what sgd->step computes first) as\n"
+            "                        DIR/graph.mnn with its inputs (DIR/inputs), then stop (the reducer's input)\n"
             "  --dump-steps A,B,..   steps whose gradients and updated parameters are written\n"
             "  --dump-dir DIR        where dumps go (default OUT/grads)\n"
             "  --allow-fallback      keep going when MNN fell back to the CPU (diagnosis only)\n"
@@ -159,6 +163,9 @@ bool parseArgs(int argc, char** argv, Options& o, std::string& error) {
         } else if (a == "--save-init") {
             if (!(s = need("--save-init"))) return false;
             o.saveInit = s;
+        } else if (a == "--save-graph") {
+            if (!(s = need("--save-graph"))) return false;
+            o.saveGraph = s;
         } else if (a == "--dump-dir") {
             if (!(s = need("--dump-dir"))) return false;
             o.dumpDir = s;
@@ -740,6 +747,44 @@ int main(int argc, char** argv) {
             }
         }
         emitOps(opt.dumpSteps.count(step) ? "grad_dump" : "forward", step);
+        if (!opt.saveGraph.empty()) {
+            // The graph sgd->step computes first (SGD::onGetNextParameter: OpGrad::grad of the loss over the
+            // trainable parameters, then prepareCompute and readMap of every gradient), saved before anything of
+            // it runs: the phase where alibaba/MNN#3129 crashes. Every leaf is a constant or a trainable
+            // parameter with its value in the file; the reducer turns what it cuts away into inputs.
+            log.stage("save_graph", step);
+            std::set<VARP> trainable;
+            for (auto& p : named) trainable.insert(p.second);
+            auto grads = OpGrad::grad(loss, trainable);
+            std::vector<VARP> outputs;
+            for (auto& p : named) {
+                auto it = grads.find(p.second);
+                if (it == grads.end()) continue;
+                it->second->setName("grad/" + p.first);
+                outputs.push_back(it->second);
+            }
+            if (outputs.empty()) return fail(kMnnError, "mnn", "no gradient to save");
+            mkdir(opt.saveGraph.c_str(), 0755);
+            // Graph inputs that hold data (the dropout mask) go to the tensor store beside the graph, by name.
+            std::vector<VARP> inputs;
+            for (auto& expr : Variable::getExecuteOrder(outputs)) {
+                if (expr->get() != nullptr || expr->inputType() != VARP::INPUT) continue;
+                VARP v = Variable::create(expr, 0);
+                if (expr->outputName(0).empty()) v->setName("input" + std::to_string(inputs.size()));
+                inputs.push_back(v);
+            }
+            const std::string file = opt.saveGraph + "/graph.mnn";
+            Variable::save(outputs, file.c_str());
+            mnnrepro::Store store;
+            store.open(opt.saveGraph + "/inputs", true, error);
+            for (auto& v : inputs) {
+                if (!store.write(v->expr().first->outputName(0), v, error)) return fail(kOutputError, "output", error);
+            }
+            log.emit("graph_saved", Json().str("phase", "sgd_step:gradients").integer("step", step).str("path", file)
+                                        .integer("outputs", (long long)outputs.size()));
+            log.stage("done");
+            return kOk;
+        }
         log.stage("sgd_step", step);
         maybePlant("sgd_step", step);
         gTime.reset(mnnrepro::monotonicSeconds());

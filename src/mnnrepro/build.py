@@ -35,6 +35,7 @@ from .source import SourceTree, content_key
 
 KEY_FORMAT = 1
 NATIVE_DIR = Path(__file__).resolve().parents[2] / "native"
+DRIVER_EXES = ("mnist_driver", "mnn_graph")  # native/CMakeLists.txt: the MNIST driver and the reducer's graph tool
 OPTEST_PARTS = ("optest", "src")  # mnn_optest's own sources and the driver's it shares (backend, events, probe)
 CORE_TARGETS = ("MNN", "MNN_Express", "MNNTrain")
 CORE_LIBS = ("libMNN.so", "express/libMNN_Express.so", "tools/train/libMNNTrain.so")
@@ -128,7 +129,7 @@ def _digest(obj: object) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
-def native_key(parts: tuple[str, ...] = ("CMakeLists.txt", "src")) -> str:
+def native_key(parts: tuple[str, ...] = ("CMakeLists.txt", "src", "graph")) -> str:
     """Hash of the build inputs under native/ (the driver's by default; ``OPTEST_PARTS`` for mnn_optest)."""
     h = hashlib.sha256()
     # Build inputs only: a README edit must not rebuild the driver.
@@ -414,7 +415,8 @@ class Builder:
             )
             self._run(["ninja", "-C", str(build_dir)], build_dir / "build.log", f"{core.source.ref} driver build")
             staging = self._staging(dest)
-            shutil.copy2(build_dir / "mnist_driver", staging / "mnist_driver")
+            for name in DRIVER_EXES:
+                shutil.copy2(build_dir / name, staging / name)
             self._publish(staging, dest, {"core": core.key, "native": nkey})
             self.log.add("driver", nkey, time.monotonic() - start, cached=False)
         return exe

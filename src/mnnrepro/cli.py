@@ -27,6 +27,7 @@ from . import (
     opreport,
     opsession,
     prepare,
+    redsession,
     replay,
     signature,
     source,
@@ -69,6 +70,7 @@ def parser() -> argparse.ArgumentParser:
         _add_swiftshader,
         _add_ci,
         _add_report,
+        _add_reduce,
     ):
         add(sub)
     return ap
@@ -397,6 +399,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         "cache": _cache,
         "swiftshader": _swiftshader,
         "report": _report,
+        "reduce": lambda a, s: redsession.run_reduce(s, graph=a.graph, budget_s=a.budget, resume=a.resume),
     }
     return handlers.get(args.command, _source)(args, settings)
 
@@ -408,6 +411,27 @@ def _add_report(sub: Subcommands) -> None:
     rep.add_argument("--test", help="ops results: the crashed MNN test (default: the first)")
     rep.add_argument("--bisect", type=Path, help="a bisect's results directory (or bisect.json) to add")
     rep.add_argument("--out", type=Path, help="write it here (default: ISSUE.md in the results directory)")
+
+
+def _add_reduce(sub: Subcommands) -> None:
+    red = sub.add_parser(
+        "reduce",
+        help="reduce a crash to a minimal graph: capture the crashing phase's graph, delta-debug it, check it alone",
+    )
+    _common(red)
+    red.add_argument(
+        "--variant", dest="variants", default="vulkan-image", help="the GPU variant (default vulkan-image)"
+    )
+    red.add_argument("--icd", dest="icds", help="the one Vulkan ICD: lavapipe, swiftshader, host")
+    red.add_argument("--graph", type=Path, help="reduce this graph (DIR/graph.mnn + DIR/inputs/) instead of MNIST's")
+    red.add_argument("--budget", type=float, help="seconds the search may take (default 900); then the best so far")
+    red.add_argument("--resume", type=Path, help="a reduce run's results directory: go on from its reduce.json")
+    red.add_argument("--test-jobs", dest="test_jobs", type=int, help="candidate processes at once (default: CPUs)")
+    red.add_argument("--timeout", dest="timeout_s", type=int, help="seconds per candidate (default 120)")
+    red.add_argument("--runner", choices=["auto", "host", "docker"])
+    red.add_argument("--jobs", type=int, help="parallel compile jobs (default: ninja's)")
+    red.add_argument("--no-gdb", dest="gdb", action="store_const", const=False, help="judge by signal only")
+    red.add_argument("--no-clone", dest="clone", action="store_const", const=False)
 
 
 def _report(args: argparse.Namespace, settings: Settings) -> int:

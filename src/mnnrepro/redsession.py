@@ -1,0 +1,203 @@
+"""The reduce session (issue 14): ``mnnrepro reduce --variant V --icd I [--graph DIR]``.
+
+Same preparation as the other workloads (settings -> preflight_for -> prepare: core, driver and mnn_graph, the
+variant's plugin, gdb, the ICD), then: capture (the driver on the CPU backend saves the crashing phase's graph,
+unless --graph names one), the reducer (reduce.py), and the reduced graph checked on its own: it must still fail
+on the backend under test and pass on the CPU. Writes summary.json (session "reduce") and repro/ (graph.mnn,
+inputs/) into the results directory; a second run with the same --results-dir resumes from reduce.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from . import __version__, fixtures, prepare, reduce, source, variants
+from .contract import read_events
+from .errors import ConfigError
+from .settings import Settings
+
+Say = Callable[[str], None]
+DEFAULT_BUDGET_S = 900.0
+CANDIDATE_TIMEOUT_S = 120.0
+
+
+def check(settings: Settings) -> tuple[str, str]:
+    """The one variant and the one ICD a reduction runs on, known before anything is built."""
+    names = settings.variants or ("vulkan-image",)
+    if len(names) != 1 or names[0] not in variants.VARIANTS or names[0] == variants.BASELINE:
+        raise ConfigError(
+            f"reduce runs on one GPU variant, not {','.join(names)}",
+            hint=f"--variant one of {', '.join(n for n in variants.NAMES if n != variants.BASELINE)}",
+        )
+    icd = ""
+    if variants.get(names[0]).per_icd:
+        if len(settings.icds) != 1:
+            raise ConfigError("reduce runs on one Vulkan ICD", hint="--icd lavapipe (or swiftshader, host)")
+        icd = settings.icds[0]
+    return names[0], icd
+
+
+def capture(prepared: prepare.Prepared, results: Path, say: Say) -> Path:
+    """The driver, on the CPU backend of the same build, saves the gradient graph of the first SGD step."""
+    built = prepared.built
+    out = results / "graph"
+    if (out / "graph.mnn").is_file() and (out / "inputs" / "manifest.tsv").is_file():
+        say(f"graph already captured: {out}")
+        return out
+    w = prepared.workload
+    argv = [str(built.driver), "--backend", "cpu", "--data", str(fixtures.MNIST), "--out", str(results / "capture")]
+    argv += ["--steps", "1", "--batch-size", str(w.batch_size), "--seed", str(w.seed), "--precision", w.precision]
+    argv += ["--save-graph", str(out)]
+    say("capturing the first SGD step's gradient graph on the CPU backend (mnist_driver --save-graph)")
+    res = built.runner.run(
+        argv,
+        timeout_s=300,
+        writable=[results],
+        stdout_path=results / "capture.log",
+        stderr_path=results / "capture.err",
+    )
+    if res.returncode != 0 or not (out / "graph.mnn").is_file():
+        raise reduce.ReduceError(f"the capture failed (exit {res.returncode}; see {results}/capture.err)")
+    return out
+
+
+def run_reduce(
+    settings: Settings,
+    *,
+    graph: Path | None = None,
+    budget_s: float | None = None,
+    resume: Path | None = None,
+    say: Say = print,
+) -> int:
+    started = time.monotonic()
+    variant, icd = check(settings)
+    if graph is not None:
+        graph = reduce.load_graph_dir(graph)
+    matrix = fixtures.load_matrix()
+    ref = settings.ref or matrix.default_ref
+    source.validate_ref(ref)
+    settings, _ = prepare.preflight_for(settings, (variants.BASELINE, variant), say)
+    if resume is not None and not (resume / "reduce.json").is_file():
+        raise ConfigError(f"--resume {resume}: no reduce.json there", hint="name the results directory of a reduce run")
+    results = resume or prepare.results_dir(settings, "reduce")
+    say(f"mnnrepro {__version__}: reduce {ref}/{variant}/{icd or '-'}, results in {results}")
+    prepared = prepare.prepare(ref, (variants.BASELINE, variant), settings, matrix, say)
+    built = prepared.built
+    tool = built.driver.with_name("mnn_graph")
+    graph_dir = graph or capture(prepared, results, say)
+    spec = reduce.Spec(
+        tool=tool,
+        graph=graph_dir,
+        work=results,
+        runner=built.runner,
+        backend=variants.get(variant).backend,
+        plugin=built.plugins.get(variant),
+        env=dict(prepared.icds[icd].env) if icd else {},
+        gdb=prepared.gdb_path,
+        jobs=settings.test_jobs or len(os.sched_getaffinity(0)),
+        timeout_s=float(settings.timeout_s or CANDIDATE_TIMEOUT_S),
+        precision=variants.get(variant).precision or prepared.workload.precision,
+    )
+    budget = float(budget_s or DEFAULT_BUDGET_S)
+    reducer = reduce.Reducer(spec, budget_s=budget, say=say)
+    reducer.prepare()
+    ops_total = len(reducer.op_indices())
+    target = reducer.establish(None)
+    say(f"the whole graph ({ops_total} ops) fails: {target.describe()}; reducing (budget {budget:.0f} s)")
+    t0 = time.monotonic()
+    keep = reducer.reduce()
+    seconds = round(time.monotonic() - t0, 1)
+    exhausted = reducer.out_of_time()
+    repro = results / "repro"
+    shutil.rmtree(repro, ignore_errors=True)
+    cdir = results / "candidates" / reduce.key_of(keep)
+    repro.mkdir()
+    shutil.copy2(cdir / "graph.mnn", repro / "graph.mnn")
+    shutil.copytree(cdir / "inputs", repro / "inputs")
+    table = reduce.ops_table(reducer.ops, keep)
+    checks = verify(spec, target, repro, results, say)
+    summary: dict[str, Any] = {
+        "format": 1,
+        "session": "reduce",
+        "suite": __version__,
+        "ref": ref,
+        "commit": built.tree.commit,
+        "mnn_version": built.tree.version,
+        "variant": variant,
+        "icd": icd or "-",
+        "runner": built.runner.name,
+        "toolchain": built.builder.toolchain,
+        "host": platform.platform(),
+        "python": sys.version.split()[0],
+        "target": {"kind": target.kind, "signal": target.signal, "signature": list(target.signature)},
+        "original_ops": ops_total,
+        "reduced_ops": len(keep),
+        "keep": list(keep),
+        "ops": table,
+        "candidate_runs": reducer.runs,
+        "candidates_judged": len(reducer.trials),
+        "reduce_seconds": seconds,
+        "budget_s": budget,
+        "budget_exhausted": exhausted,
+        "total_seconds": round(time.monotonic() - started, 1),
+        "checks": checks,
+        "device": checks.get("device", ""),
+        "graph": "graph/" if graph is None else "(given with --graph)",
+    }
+    (results / "summary.json").write_text(json.dumps(summary, indent=1))
+    say(f"reduced {ops_total} -> {len(keep)} op(s) in {seconds} s, {reducer.runs} candidate run(s)")
+    for row in table:
+        say(f"  [{row['index']}] {row['type']} {row['name']}: {', '.join(row['inputs'])}")
+    say(f"repro: {repro}; summary: {results / 'summary.json'}")
+    ok = checks["backend"] == "fails" and checks["cpu"] == "passes"
+    if not ok:
+        say(f"the reduced graph did not check out on its own: {checks}")
+    return 0 if ok and not exhausted else 1
+
+
+def verify(spec: reduce.Spec, target: reduce.Target, repro: Path, results: Path, say: Say) -> dict[str, str]:
+    """The reduced graph on its own (not the reducer's run, no gdb): it fails the target's way on the backend
+    ("fails"), and passes on the CPU ("passes")."""
+    out: dict[str, str] = {}
+    for name, backend, plugin, env in (
+        ("backend", spec.backend, spec.plugin, spec.env),
+        ("cpu", "cpu", None, {}),
+    ):
+        run_dir = results / "verify" / name
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.mkdir(parents=True)
+        argv = [str(spec.tool), "run", "--graph", str(repro / "graph.mnn"), "--inputs", str(repro / "inputs")]
+        argv += ["--out", str(run_dir), "--backend", backend, "--expect", str(results / "values")]
+        argv += ["--atol", str(spec.atol), "--rtol", str(spec.rtol), "--precision", spec.precision]
+        if plugin is not None:
+            argv += ["--plugin", str(plugin)]
+        res = spec.runner.run(
+            argv,
+            env=env,
+            timeout_s=spec.timeout_s,
+            writable=[results],
+            stdout_path=run_dir / "stdout.txt",
+            stderr_path=run_dir / "stderr.txt",
+        )
+        record = read_events(run_dir / "events.jsonl")
+        if name == "backend" and record.backend:
+            out["device"] = record.device_name or str(record.backend.get("active", ""))
+        how = res.signal_name or ("differs" if res.returncode == 1 else f"exit {res.returncode}")
+        if res.returncode == 4:
+            out[name] = "NOT-EXERCISED"
+        elif res.returncode == 0:
+            out[name] = "passes"
+        elif name == "backend" and how == (target.signal if target.kind == "crash" else "differs"):
+            out[name] = "fails"
+        else:
+            out[name] = f"fails otherwise ({how})"
+        say(f"  the reduced graph alone on {backend}: {out[name]} (exit {res.returncode})")
+    return out

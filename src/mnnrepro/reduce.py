@@ -1,0 +1,370 @@
+"""From a crash to a minimal graph that still crashes (issue 14): ``mnnrepro reduce``.
+
+Capture: the MNIST driver saves the graph of the phase that crashes (``--save-graph``: the gradient graph that
+``sgd->step`` computes first, alibaba/MNN#3129's phase) on the CPU backend of the same build, with the values of
+its graph inputs; or the user hands one in (``--graph DIR``: an MNN graph file ``graph.mnn`` of Variable::save and
+``inputs/``, a tensor store). ``mnn_graph values`` computes every op's outputs on the CPU once.
+
+Reduce: a candidate is a set of the graph's ops (indices of ``mnn_graph info``). ``mnn_graph cut`` makes it a
+graph of its own (an input of a kept op whose producer is gone becomes a graph input fed with the CPU's value,
+never a constant: a constant can change which kernel MNN picks), and ``mnn_graph run`` runs it on the backend
+under test, under gdb, in its own process, through the suite's runner, with a time limit (the batch runner of the
+op sweep: ``jobs`` candidates at a time). A candidate is *interesting* when it fails the way the original did: the
+same signal with the same crash signature (the top frames inside MNN); or, for a numerical bug, outputs that differ
+from the CPU's beyond the tolerance. The search: the shortest prefix of the execution order that is interesting
+(binary search: cuts the graph after the failing region), then delta debugging (ddmin) of that op set down to a
+set where no single op can go. Every trial is recorded in ``reduce.json`` (by candidate): a second run resumes
+from it; a time budget stops the search with the smallest interesting candidate found so far.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import signature as sig
+from .cells import GDB_SCRIPT
+from .errors import ConfigError, MnnReproError
+from .optest import BATCH_SCRIPT, _signal_name
+from .runner import Runner
+
+Say = Callable[[str], None]
+FORMAT = 1
+
+
+class ReduceError(MnnReproError):
+    exit_code = 5
+
+
+@dataclass(frozen=True)
+class Op:
+    index: int
+    kind: str  # an MNN op type, or INPUT / CONST / TRAINABLE
+    name: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+    @property
+    def leaf(self) -> bool:
+        return self.kind in ("INPUT", "CONST", "TRAINABLE")
+
+
+def parse_info(text: str) -> list[Op]:
+    """``mnn_graph info``'s lines (MNN may print other lines on stdout: only ``index<TAB>...`` lines count)."""
+    ops = []
+    for line in text.splitlines():
+        f = line.split("\t")
+        if len(f) < 5 or not f[0].isdigit():
+            continue
+        ops.append(Op(int(f[0]), f[1], f[2], tuple(x for x in f[3].split("|") if x), tuple(f[4].split("|"))))
+    if not ops or [o.index for o in ops] != list(range(len(ops))):
+        raise ReduceError("mnn_graph info listed no ops (or not in order): is the graph file an MNN graph?")
+    return ops
+
+
+@dataclass(frozen=True)
+class Target:
+    """What makes a candidate interesting."""
+
+    kind: str  # "crash" (signal + signature) or "differs" (outputs beyond tolerance, no crash)
+    signal: str = ""
+    signature: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        if self.kind == "differs":
+            return "outputs differ from the CPU's beyond the tolerance"
+        return f"{self.signal} in {' < '.join(self.signature) or '(no MNN frame)'}"
+
+
+@dataclass
+class Trial:
+    key: str
+    ops: int
+    interesting: bool
+    outcome: str  # "SIGSEGV", "differs", "ok", "timeout", "exit N"
+    signature: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def key_of(keep: Sequence[int]) -> str:
+    return hashlib.sha256(",".join(map(str, sorted(keep))).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Spec:
+    """Where and how candidates run."""
+
+    tool: Path  # mnn_graph
+    graph: Path  # directory: graph.mnn, inputs/
+    work: Path  # results: values/, candidates/, reduce.json
+    runner: Runner
+    backend: str
+    plugin: Path | None
+    env: dict[str, str]
+    gdb: str | None
+    jobs: int
+    timeout_s: float
+    precision: str = "high"
+    atol: float = 1e-3
+    rtol: float = 1e-2
+
+
+class Reducer:
+    def __init__(self, spec: Spec, *, budget_s: float, say: Say = print) -> None:
+        self.spec = spec
+        self.say = say
+        self.deadline = time.monotonic() + budget_s
+        self.state_path = spec.work / "reduce.json"
+        self.trials: dict[str, Trial] = {}
+        self.ops: list[Op] = []
+        self.target: Target | None = None
+        self.runs = 0  # candidate processes started by this run (not the ones resumed from reduce.json)
+        self.graph_sha = hashlib.sha256((spec.graph / "graph.mnn").read_bytes()).hexdigest()
+        self._load_state()
+
+    # -- state ------------------------------------------------------------------------------------------------
+    def _load_state(self) -> None:
+        if not self.state_path.is_file():
+            return
+        try:
+            data = json.loads(self.state_path.read_text())
+        except ValueError as exc:
+            raise ReduceError(f"{self.state_path} is not JSON ({exc}): delete it to start again") from exc
+        if data.get("graph_sha256") != self.graph_sha:
+            raise ReduceError(f"{self.state_path} records another graph: use another --results-dir, or delete it")
+        self.trials = {k: Trial(**v) for k, v in data.get("trials", {}).items()}
+        if data.get("target"):
+            t = data["target"]
+            self.target = Target(t["kind"], t.get("signal", ""), tuple(t.get("signature", ())))
+        self.say(f"resuming: {len(self.trials)} candidate(s) already judged ({self.state_path})")
+
+    def save(self, **extra: Any) -> None:
+        data = {
+            "format": FORMAT,
+            "graph_sha256": self.graph_sha,
+            "target": asdict(self.target) if self.target else None,
+            "trials": {k: asdict(v) for k, v in self.trials.items()},
+            **extra,
+        }
+        tmp = self.state_path.with_name(f".{self.state_path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, self.state_path)
+
+    # -- the graph ---------------------------------------------------------------------------------------------
+    def _tool(self, args: list[str], what: str, *, timeout_s: float = 600.0) -> str:
+        out = self.spec.work / f"{args[0]}.log"
+        res = self.spec.runner.run(
+            [str(self.spec.tool), *args], timeout_s=timeout_s, stdout_path=out, writable=[self.spec.work]
+        )
+        if res.returncode != 0:
+            raise ReduceError(f"{what}: mnn_graph {args[0]} exited {res.returncode} (see {out})")
+        return out.read_text(errors="replace")
+
+    def prepare(self) -> None:
+        g = self.spec.graph
+        self.ops = parse_info(self._tool(["info", "--graph", str(g / "graph.mnn")], "listing the graph"))
+        values = self.spec.work / "values"
+        if not (values / "manifest.tsv").is_file():
+            self.say(f"computing every op's outputs on the CPU ({len(self.op_indices())} ops)")
+            self._tool(
+                ["values", "--graph", str(g / "graph.mnn"), "--inputs", str(g / "inputs"), "--out", str(values)],
+                "computing the graph on the CPU (if the CPU crashes too, the bug is not the GPU backend's)",
+            )
+
+    def op_indices(self) -> list[int]:
+        return [o.index for o in self.ops if not o.leaf]
+
+    # -- one batch of candidates -------------------------------------------------------------------------------
+    def _argv(self, keep: Sequence[int], cdir: Path) -> list[str]:
+        s = self.spec
+        cut = [str(s.tool), "cut", "--graph", str(s.graph / "graph.mnn"), "--inputs", str(s.graph / "inputs")]
+        cut += ["--values", str(s.work / "values"), "--keep", str(cdir / "keep.txt"), "--out", str(cdir)]
+        run = [str(s.tool), "run", "--graph", str(cdir / "graph.mnn"), "--inputs", str(cdir / "inputs")]
+        run += ["--out", str(cdir / "run"), "--backend", s.backend, "--precision", s.precision]
+        run += ["--expect", str(s.work / "values"), "--atol", str(s.atol), "--rtol", str(s.rtol)]
+        if s.plugin is not None:
+            run += ["--plugin", str(s.plugin)]
+        if s.gdb:
+            run = [s.gdb, "-q", "-nx", "-batch", "-x", str(GDB_SCRIPT), "--args", *run]
+        # The cut cannot crash the way the run does (it computes nothing); its failure is exit 99, not a verdict.
+        return ["sh", "-c", f"{shlex.join(cut)} >/dev/null || exit 99; exec {shlex.join(run)}"]
+
+    def judge(self, candidates: list[tuple[int, ...]]) -> list[Trial]:
+        """Each candidate's trial (from reduce.json, or run now: the new ones in one runner call)."""
+        fresh = [c for c in dict.fromkeys(candidates) if key_of(c) not in self.trials]
+        if fresh:
+            entries = []
+            for keep in fresh:
+                cdir = self.spec.work / "candidates" / key_of(keep)
+                cdir.mkdir(parents=True, exist_ok=True)
+                (cdir / "keep.txt").write_text("\n".join(map(str, keep)) + "\n")
+                for stale in ("result.json", "crash.json"):
+                    (cdir / stale).unlink(missing_ok=True)
+                entries.append(
+                    {
+                        "name": key_of(keep),
+                        "dir": str(cdir),
+                        "argv": self._argv(keep, cdir),
+                        "env": {"MNNREPRO_CRASH_DIR": str(cdir)},
+                        "timeout_s": self.spec.timeout_s,
+                    }
+                )
+            plan = self.spec.work / "plan.json"
+            plan.write_text(json.dumps({"jobs": self.spec.jobs, "tests": entries}, indent=1))
+            budget = self.spec.timeout_s * (len(entries) / self.spec.jobs + 1) + 60
+            self.spec.runner.run(
+                ["python3", str(BATCH_SCRIPT), str(plan)],
+                env=self.spec.env,
+                writable=[self.spec.work],
+                timeout_s=budget,
+                stdout_path=self.spec.work / "batch.log",
+            )
+            self.runs += len(fresh)
+            for keep in fresh:
+                self.trials[key_of(keep)] = self._read(keep)
+            self.save()
+        return [self.trials[key_of(c)] for c in candidates]
+
+    def _read(self, keep: Sequence[int]) -> Trial:
+        cdir = self.spec.work / "candidates" / key_of(keep)
+        try:
+            res = json.loads((cdir / "result.json").read_text())
+        except (OSError, ValueError):
+            return Trial(key_of(keep), len(keep), False, "interrupted")
+        seconds = float(res.get("duration_s", 0.0))
+        if res.get("timed_out"):
+            return Trial(key_of(keep), len(keep), False, "timeout", seconds=seconds)
+        code = int(res.get("returncode", 0))
+        if code == 99:
+            raise ReduceError(f"mnn_graph cut failed for candidate {key_of(keep)} (see {cdir}/stderr.txt)")
+        signal = _signal_name(code)
+        frames: tuple[str, ...] = ()
+        if signal and (cdir / "crash.json").is_file():
+            frames = sig.of_cell_dir(cdir)
+        outcome = signal or ("differs" if code == 1 else "ok" if code == 0 else f"exit {code}")
+        if code == 4:
+            raise ReduceError(
+                f"NOT-EXERCISED: the {self.spec.backend} backend was not active for candidate {key_of(keep)} "
+                f"(see {cdir}/stderr.txt): no candidate can be judged"
+            )
+        return Trial(key_of(keep), len(keep), self.interesting(outcome, frames), outcome, list(frames), seconds)
+
+    def interesting(self, outcome: str, frames: Sequence[str]) -> bool:
+        t = self.target
+        if t is None:
+            return False
+        if t.kind == "differs":
+            return outcome == "differs"
+        # Without gdb (--no-gdb) there is no signature to compare: the signal alone decides.
+        return outcome == t.signal and (not t.signature or sig.matches(tuple(frames), t.signature))
+
+    # -- the search --------------------------------------------------------------------------------------------
+    def out_of_time(self) -> bool:
+        return time.monotonic() > self.deadline
+
+    def first_interesting(self, candidates: list[tuple[int, ...]]) -> tuple[int, ...] | None:
+        """The first interesting candidate, judging ``jobs`` at a time in order (stops at the first batch with one)."""
+        n = max(1, self.spec.jobs)
+        for i in range(0, len(candidates), n):
+            if self.out_of_time():
+                return None
+            batch = candidates[i : i + n]
+            for c, t in zip(batch, self.judge(batch), strict=True):
+                if t.interesting:
+                    return c
+        return None
+
+    def establish(self, expected: Target | None) -> Target:
+        """Run the whole graph: it must fail; how it fails is the target (``expected``, when given, must match)."""
+        full = tuple(self.op_indices())
+        probe = self.trials.get(key_of(full)) or self.judge([full])[0]
+        if self.target is None:
+            if expected is not None:
+                self.target = expected
+            elif probe.outcome.startswith("SIG"):
+                self.target = Target("crash", probe.outcome, tuple(probe.signature))
+            elif probe.outcome == "differs":
+                self.target = Target("differs")
+        probe.interesting = self.interesting(probe.outcome, probe.signature)
+        if not probe.interesting:
+            wanted = self.target.describe() if self.target else "a crash or outputs that differ from the CPU's"
+            raise ReduceError(
+                f"the whole graph does not fail the way wanted on {self.spec.backend}: {probe.outcome} "
+                f"{' < '.join(probe.signature)} (wanted: {wanted}): nothing to reduce"
+            )
+        assert self.target is not None
+        self.save()
+        return self.target
+
+    def reduce(self) -> tuple[int, ...]:
+        current = tuple(self.op_indices())
+        # 1. The shortest interesting prefix of the execution order: everything after the failing region goes.
+        lo, hi = 0, len(current)  # prefix `hi` is interesting; find the smallest
+        while hi - lo > 1 and not self.out_of_time():
+            mid = (lo + hi) // 2
+            if self.judge([current[:mid]])[0].interesting:
+                hi = mid
+            else:
+                lo = mid
+        current = current[:hi]
+        self.say(f"  prefix: {len(current)} of {len(self.op_indices())} ops")
+        # 2. ddmin: subsets, then complements, at doubling granularity, down to 1-minimal.
+        n = 2
+        while len(current) >= 2 and not self.out_of_time():
+            size = -(-len(current) // n)
+            chunks = [current[i : i + size] for i in range(0, len(current), size)]
+            subsets = [c for c in chunks if c]
+            complements = [tuple(x for x in current if x not in set(c)) for c in subsets]
+            found = self.first_interesting(subsets)
+            if found is not None:
+                current, n = found, 2
+            else:
+                found = self.first_interesting([c for c in complements if c])
+                if found is not None:
+                    current, n = found, max(n - 1, 2)
+                elif n >= len(current):
+                    break
+                else:
+                    n = min(len(current), 2 * n)
+            self.say(f"  ddmin: {len(current)} ops ({self.runs} candidate runs so far)")
+            self.save()
+        return current
+
+
+def ops_table(ops: list[Op], keep: Sequence[int]) -> list[dict[str, Any]]:
+    """The reduced graph op by op: type, name, inputs (graph inputs where a producer was cut away)."""
+    kept = set(keep)
+    produced_by = {t: o for o in ops for t in o.outputs}
+    rows = []
+    for i in sorted(kept):
+        o = ops[i]
+        ins = []
+        for t in o.inputs:
+            p = produced_by.get(t)
+            ins.append(
+                f"{t} (trainable)"
+                if p and p.kind == "TRAINABLE"
+                else f"{t} (constant)"
+                if p and p.kind == "CONST"
+                else t
+                if p and p.index in kept
+                else f"{t} (input: CPU value)"
+            )
+        rows.append({"index": i, "type": o.kind, "name": o.name, "inputs": ins, "outputs": list(o.outputs)})
+    return rows
+
+
+def load_graph_dir(path: Path) -> Path:
+    if not (path / "graph.mnn").is_file() or not (path / "inputs" / "manifest.tsv").is_file():
+        raise ConfigError(
+            f"{path} is not a graph directory (graph.mnn and inputs/manifest.tsv)",
+            hint="a graph saved by the driver's --save-graph, or by mnn_graph cut",
+        )
+    return path

@@ -1,0 +1,123 @@
+"""reduce.py: the search over op sets, run for real through the host runner and the batch runner, against a
+stand-in for mnn_graph that crashes (SIGSEGV) whenever the candidate keeps every op of a planted culprit set."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from mnnrepro import reduce
+from mnnrepro.runner import HostRunner
+
+# info: 2 leaves, then ops 2..N+1; the bug needs every op in CULPRITS (a crash in creating one kernel may need its
+# producer kept too); a candidate with all of them "crashes" by killing itself with SIGSEGV.
+FAKE_TOOL = textwrap.dedent(
+    """\
+    #!{python}
+    import os, signal, sys
+    args = dict(zip(sys.argv[2::2], sys.argv[3::2]))
+    cmd = sys.argv[1]
+    n = int(os.environ["FAKE_OPS"])
+    culprits = set(map(int, os.environ["FAKE_CULPRITS"].split(",")))
+    if cmd == "info":
+        print("The device supports: (MNN talks on stdout too)")
+        print("0\\tCONST\\tc\\t\\tc")
+        print("1\\tTRAINABLE\\tw\\t\\tw")
+        for i in range(2, n + 2):
+            print(f"{{i}}\\tBinaryOp\\top{{i}}\\t{{'c' if i == 2 else f't{{i - 1}}'}}|w\\tt{{i}}")
+    elif cmd == "values":
+        os.makedirs(args["--out"], exist_ok=True)
+        open(os.path.join(args["--out"], "manifest.tsv"), "w").close()
+    elif cmd == "cut":
+        os.makedirs(args["--out"] + "/inputs", exist_ok=True)
+        keep = open(args["--keep"]).read().split()
+        open(args["--out"] + "/graph.mnn", "w").write(",".join(keep))
+        open(args["--out"] + "/inputs/manifest.tsv", "w").close()
+    elif cmd == "run":
+        keep = set(map(int, open(args["--graph"]).read().split(",")))
+        if os.environ.get("FAKE_COUNT"):
+            with open(os.environ["FAKE_COUNT"], "a") as f:
+                f.write("run\\n")
+        if culprits <= keep:
+            os.kill(os.getpid(), signal.SIGSEGV)
+        sys.exit(0)
+    """
+)
+
+
+def _spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ops: int, culprits: str) -> reduce.Spec:
+    tool = tmp_path / "mnn_graph"
+    tool.write_text(FAKE_TOOL.format(python=sys.executable))
+    tool.chmod(0o755)
+    graph = tmp_path / "graph"
+    (graph / "inputs").mkdir(parents=True)
+    (graph / "graph.mnn").write_text("the original graph")
+    (graph / "inputs" / "manifest.tsv").write_text("")
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {"FAKE_OPS": str(ops), "FAKE_CULPRITS": culprits, "FAKE_COUNT": str(tmp_path / "runs.txt")}
+    runner = HostRunner(base_env={**os.environ, **env})
+    return reduce.Spec(tool, graph, work, runner, "vulkan", None, env, None, jobs=2, timeout_s=30)
+
+
+def test_the_search_finds_the_culprits_and_only_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = _spec(tmp_path, monkeypatch, ops=40, culprits="17,18")
+    r = reduce.Reducer(spec, budget_s=300, say=lambda _: None)
+    r.prepare()
+    assert r.op_indices() == list(range(2, 42))
+    target = r.establish(None)
+    assert target.kind == "crash" and target.signal == "SIGSEGV"
+    assert r.reduce() == (17, 18)
+    state = json.loads((spec.work / "reduce.json").read_text())
+    assert state["target"]["signal"] == "SIGSEGV" and len(state["trials"]) == r.runs
+    runs = r.runs
+    assert runs < 40  # far fewer than one run per op subset; each candidate once (results are recorded)
+
+    # A second reducer on the same results resumes: every candidate is already judged, nothing runs again.
+    before = (tmp_path / "runs.txt").read_text().count("run")
+    again = reduce.Reducer(spec, budget_s=300, say=lambda _: None)
+    again.prepare()
+    again.establish(None)
+    assert again.reduce() == (17, 18) and again.runs == 0
+    assert (tmp_path / "runs.txt").read_text().count("run") == before
+
+
+def test_a_graph_that_does_not_fail_is_an_error_not_a_reduction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = _spec(tmp_path, monkeypatch, ops=5, culprits="99")
+    r = reduce.Reducer(spec, budget_s=60, say=lambda _: None)
+    r.prepare()
+    with pytest.raises(reduce.ReduceError, match=r"does not fail the way wanted.*nothing to reduce"):
+        r.establish(None)
+
+
+def test_the_budget_stops_the_search_with_the_best_so_far(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = _spec(tmp_path, monkeypatch, ops=40, culprits="30")
+    r = reduce.Reducer(spec, budget_s=300, say=lambda _: None)
+    r.prepare()
+    r.establish(None)
+    r.deadline = 0.0  # out of time at once
+    keep = r.reduce()
+    assert set(keep) >= {30} and r.out_of_time()
+
+
+def test_a_state_file_of_another_graph_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = _spec(tmp_path, monkeypatch, ops=5, culprits="3")
+    (spec.work / "reduce.json").write_text(json.dumps({"graph_sha256": "0" * 64, "trials": {}}))
+    with pytest.raises(reduce.ReduceError, match="records another graph"):
+        reduce.Reducer(spec, budget_s=60, say=lambda _: None)
+
+
+def test_parse_info_skips_chatter_and_refuses_nothing() -> None:
+    ops = reduce.parse_info("MNN says hi\n0\tCONST\tc\t\tc\n1\tReLU\tr\tc\tr\n")
+    assert [o.kind for o in ops] == ["CONST", "ReLU"] and ops[1].inputs == ("c",) and ops[0].leaf
+    with pytest.raises(reduce.ReduceError):
+        reduce.parse_info("The device supports: nothing\n")
+    table = reduce.ops_table(ops, [1])
+    assert table == [{"index": 1, "type": "ReLU", "name": "r", "inputs": ["c (constant)"], "outputs": ["r"]}]
