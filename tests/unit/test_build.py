@@ -183,7 +183,7 @@ class FakeToolchain:
             (out / "build.ninja").write_text("")
         elif args[0] == "ninja":
             out = Path(args[2])
-            rels = [*build.CORE_LIBS, *(p[1] for p in PLUGINS.values()), "mnist_driver"]
+            rels = [*build.CORE_LIBS, *(p[1] for p in PLUGINS.values()), *build.DRIVER_EXES]
             for rel in rels:
                 (out / rel).parent.mkdir(parents=True, exist_ok=True)
                 (out / rel).write_bytes(b"built")

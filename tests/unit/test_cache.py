@@ -289,7 +289,7 @@ class FakeToolchain:
             out.mkdir(parents=True, exist_ok=True)
             (out / "build.ninja").write_text("")
         elif args[0] == "ninja":
-            for rel in [*build.CORE_LIBS, *(p[1] for p in build.PLUGINS.values()), "mnist_driver"]:
+            for rel in [*build.CORE_LIBS, *(p[1] for p in build.PLUGINS.values()), *build.DRIVER_EXES]:
                 write(Path(args[2]) / rel, 5)
         return Completed(tuple(args), 0, 0.0)
 

@@ -355,7 +355,7 @@ class StreamingToolchain:
             (out / "build.ninja").write_text("")
         else:
             lines = [ninja(i, 12) for i in range(1, 13)]
-            for rel in [*build.CORE_LIBS, *(p[1] for p in PLUGINS.values()), "mnist_driver"]:
+            for rel in [*build.CORE_LIBS, *(p[1] for p in PLUGINS.values()), *build.DRIVER_EXES]:
                 (Path(args[2]) / rel).parent.mkdir(parents=True, exist_ok=True)
                 (Path(args[2]) / rel).write_bytes(b"built")
         with open(stdout_path, "w") as log:
