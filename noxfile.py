@@ -129,6 +129,12 @@ def matrix(session: nox.Session) -> None:
 
 
 @nox.session(tags=["vulkan"])
+def reduce(session: nox.Session) -> None:
+    """Reduce a crash to a minimal graph and a standalone reproducer (`-- --ref R --variant V --icd I [--graph DIR]`)."""
+    _mnnrepro(session, "reduce")
+
+
+@nox.session(tags=["vulkan"])
 def ops(session: nox.Session) -> None:
     """MNN's own op and gradient tests on cpu, vulkan-image and vulkan-buffer (`-- --variants/--select/--icd/--ref`)."""
     _mnnrepro(session, "ops", "run")

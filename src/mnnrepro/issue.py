@@ -11,6 +11,7 @@ Nothing of the machine it ran on: no paths (checked before writing), under MAX_L
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -57,6 +58,7 @@ class Crash:
     workload: dict[str, Any] = field(default_factory=dict)
     precision: str = "high"
     cpu: str = ""  # the CPU backend's result of the same case in the same results (PASS, FAIL, ...; "" unknown)
+    reduced: dict[str, Any] = field(default_factory=dict)  # a reduce session's summary (the reduced graph)
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -74,6 +76,8 @@ def crashes(data: dict[str, Any]) -> list[Crash]:
     """Every crash of a session summary, GPU cells first in the order they ran."""
     if data.get("session") == "ops":
         return _ops_crashes(data)
+    if data.get("session") == "reduce":
+        return [_reduce_crash(data)]
     if "cells" not in data or "header" not in data:
         raise ConfigError("not a summary.json of an mnnrepro session")
     h = data["header"]
@@ -112,6 +116,32 @@ def crashes(data: dict[str, Any]) -> list[Crash]:
             )
         )
     return found
+
+
+def _reduce_crash(data: dict[str, Any]) -> Crash:
+    target = data.get("target") or {}
+    keep = data.get("keep") or []
+    work = Path(str(data.get("results_dir", "")))
+    key = hashlib.sha256(",".join(map(str, sorted(keep))).encode()).hexdigest()[:16]
+    checks = data.get("checks") or {}
+    return Crash(
+        session="reduce",
+        ref=str(data.get("ref", "")),
+        commit=str(data.get("commit", "")),
+        variant=str(data.get("variant", "")),
+        icd=str(data.get("icd", "-")),
+        signal=str(target.get("signal") or "outputs differ"),
+        where=f"the first SGD step's gradient graph, reduced to {data.get('reduced_ops')} op(s)",
+        signature=[str(x) for x in target.get("signature") or []],
+        frames=frames_from(work / "candidates" / key / "crash.json") or [str(x) for x in target.get("signature") or []],
+        device=str(data.get("device", "")),
+        cell=f"{data.get('ref')}/{data.get('variant')}/{data.get('icd')}",
+        toolchain=dict(data.get("toolchain") or {}),
+        host=str(data.get("host", "")),
+        suite=str(data.get("suite", "")),
+        cpu="PASS" if checks.get("cpu") == "passes" else str(checks.get("cpu", "")),
+        reduced=data,
+    )
 
 
 def _known(reason: str) -> str:
@@ -234,13 +264,20 @@ def _mode_words(variant: str) -> str:
 
 def title(c: Crash) -> str:
     top = c.signature[0] if c.signature else (c.frames[0] if c.frames else "?")
-    what = f"`{c.test}`" if c.test else f"training, {c.where}"
+    if c.reduced:
+        kinds = [str(r.get("type")) for r in c.reduced.get("ops") or []]
+        what = f"{', '.join(kinds[:3])}{' ...' if len(kinds) > 3 else ''}: reduced from a training step"
+    else:
+        what = f"`{c.test}`" if c.test else f"training, {c.where}"
     mode = "image mode" if "IMAGE=ON" in " ".join(_mode_flags(c.variant)) else "buffer mode"
     backend = f"Vulkan {mode}" if _backend(c.variant) == "vulkan" else _backend(c.variant)
     return f"[{backend}] {c.signal} in {top} ({what}, MNN {c.ref})"
 
 
 def _nox(c: Crash) -> str:
+    if c.session == "reduce":
+        icd = f" --icd {c.icd}" if c.icd != "-" else ""
+        return f"nox -s reduce -- --ref {c.ref} --variant {c.variant}{icd}"
     if c.session == "ops":
         icd = f" --icd {c.icd}" if c.icd != "-" else ""
         return f"nox -s ops -- --ref {c.ref} --variants {c.variant} --select {c.test}{icd}"
@@ -252,7 +289,15 @@ def _upstream_commands(c: Crash) -> list[str]:
     """Building MNN and running the case without mnnrepro (MNN's own test binary for an MNN test)."""
     flags = " ".join(cmake_flags(c.variant))
     lines = [f"# in a checkout of MNN at {c.commit[:12] or c.ref}"]
-    if c.test:
+    if c.reduced:
+        plugin = " ../build/source/backend/vulkan/libMNN_Vulkan.so" if _backend(c.variant) == "vulkan" else ""
+        lines.append(f"cmake -B build -G Ninja {flags}")
+        lines.append("cmake --build build")
+        lines.append("# repro/ (attached): repro.cpp, CMakeLists.txt, graph.mnn, inputs/, expected/")
+        lines.append("cmake -S repro -B repro/build -DMNN_SOURCE_DIR=$PWD -DMNN_BUILD_DIR=$PWD/build")
+        lines.append("cmake --build repro/build")
+        lines.append(f"cd repro && ./build/repro {_backend(c.variant)}{plugin}   # {c.signal}; on cpu it passes")
+    elif c.test:
         lines.append(f"cmake -B build -G Ninja {flags} -DMNN_BUILD_TEST=ON")
         lines.append("cmake --build build --target run_test.out")
         fwd = _FORWARD_TYPE.get(_backend(c.variant), 0)
@@ -319,6 +364,29 @@ def _cpu_sentence(c: Crash) -> str:
     return f"(These results have no CPU run of the same {case} to compare with.)"
 
 
+def _reduced(r: dict[str, Any]) -> list[str]:
+    out = ["## The reduced graph", ""]
+    out.append(
+        f"{r.get('original_ops')} ops -> {r.get('reduced_ops')}, {r.get('candidate_runs')} candidate runs (each in its"
+        f" own process, under gdb), {r.get('reduce_seconds')} s. An input whose producer was cut away holds the value"
+        " the CPU backend computed for it (an input, not a constant, so MNN picks the same kernel)."
+    )
+    out += ["", "| # | op | inputs | outputs |", "| --- | --- | --- | --- |"]
+    for row in r.get("ops") or []:
+        ins = ", ".join(f"`{x}`" for x in row.get("inputs", []))
+        outs = ", ".join(f"`{x}`" for x in row.get("outputs", []))
+        out.append(f"| {row.get('index')} | {row.get('type')} | {ins} | {outs} |")
+    k = r.get("checks") or {}
+    out += [
+        "",
+        f"Checked on its own: the reduced graph {k.get('backend')} on the GPU backend and {k.get('cpu')} on the CPU; "
+        f"the standalone `repro.cpp` built {k.get('standalone_build')}, {k.get('standalone')} on the GPU backend "
+        f"and {k.get('standalone_cpu')} on the CPU.",
+        "",
+    ]
+    return out
+
+
 def render(c: Crash, *, bisect: Path | None = None) -> str:
     env = [
         ("MNN", f"{c.ref} (commit `{c.commit[:12] or '?'}`)"),
@@ -334,7 +402,13 @@ def render(c: Crash, *, bisect: Path | None = None) -> str:
     if c.precision:
         env.append(("precision", f"BackendConfig precision {c.precision}"))
     lines = [f"# {title(c)}", ""]
-    if c.test:
+    if c.reduced:
+        lines.append(
+            f"A graph of {c.reduced.get('reduced_ops')} op(s), cut by delta debugging from the "
+            f"{c.reduced.get('original_ops')} ops of MNIST training's first SGD step (its gradient graph), crashes "
+            f"with {c.signal} on the {_mode_words(c.variant)}."
+        )
+    elif c.test:
         lines.append(f"MNN's own test `{c.test}` crashes with {c.signal} on the {_mode_words(c.variant)}.")
     else:
         w = c.workload
@@ -351,7 +425,10 @@ def render(c: Crash, *, bisect: Path | None = None) -> str:
     lines += ["```sh", _nox(c), "```", "", "With MNN alone:", "", "```sh", *_upstream_commands(c), "```", ""]
     lines += ["## Crash", "", f"{c.signal} in `{c.where}`. Signature (the top frames inside MNN):", "", "```"]
     lines += [*c.signature, "```", "", "Top frames:", "", "```", *c.frames, "```", ""]
-    lines += ["## Where the ops ran", "", *_placement(c), ""]
+    if c.reduced:
+        lines += _reduced(c.reduced)
+    else:
+        lines += ["## Where the ops ran", "", *_placement(c), ""]
     lines += _bisect(bisect)
     lines.append(f"_Found by mnnrepro {c.suite} ({c.session} session, cell `{c.cell}`)._")
     text = "\n".join(lines) + "\n"

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import __version__, fixtures, prepare, reduce, source, variants
+from . import __version__, build, fixtures, prepare, reduce, source, variants
 from .contract import read_events
 from .errors import ConfigError
 from .settings import Settings
@@ -87,7 +87,7 @@ def run_reduce(
     settings, _ = prepare.preflight_for(settings, (variants.BASELINE, variant), say)
     if resume is not None and not (resume / "reduce.json").is_file():
         raise ConfigError(f"--resume {resume}: no reduce.json there", hint="name the results directory of a reduce run")
-    results = resume or prepare.results_dir(settings, "reduce")
+    results = (resume or prepare.results_dir(settings, "reduce")).resolve()
     say(f"mnnrepro {__version__}: reduce {ref}/{variant}/{icd or '-'}, results in {results}")
     prepared = prepare.prepare(ref, (variants.BASELINE, variant), settings, matrix, say)
     built = prepared.built
@@ -112,18 +112,13 @@ def run_reduce(
     ops_total = len(reducer.op_indices())
     target = reducer.establish(None)
     say(f"the whole graph ({ops_total} ops) fails: {target.describe()}; reducing (budget {budget:.0f} s)")
-    t0 = time.monotonic()
     keep = reducer.reduce()
-    seconds = round(time.monotonic() - t0, 1)
+    seconds = round(reducer.seconds, 1)
     exhausted = reducer.out_of_time()
-    repro = results / "repro"
-    shutil.rmtree(repro, ignore_errors=True)
-    cdir = results / "candidates" / reduce.key_of(keep)
-    repro.mkdir()
-    shutil.copy2(cdir / "graph.mnn", repro / "graph.mnn")
-    shutil.copytree(cdir / "inputs", repro / "inputs")
     table = reduce.ops_table(reducer.ops, keep)
+    repro = emit(results, keep, table)
     checks = verify(spec, target, repro, results, say)
+    checks.update(verify_standalone(prepared, spec, target, repro, results, say))
     summary: dict[str, Any] = {
         "format": 1,
         "session": "reduce",
@@ -142,8 +137,8 @@ def run_reduce(
         "reduced_ops": len(keep),
         "keep": list(keep),
         "ops": table,
-        "candidate_runs": reducer.runs,
-        "candidates_judged": len(reducer.trials),
+        "candidate_runs": len(reducer.trials),  # every candidate ran once, in this run or one it resumes
+        "candidate_runs_this_time": reducer.runs,
         "reduce_seconds": seconds,
         "budget_s": budget,
         "budget_exhausted": exhausted,
@@ -151,16 +146,88 @@ def run_reduce(
         "checks": checks,
         "device": checks.get("device", ""),
         "graph": "graph/" if graph is None else "(given with --graph)",
+        "results_dir": str(results),
     }
     (results / "summary.json").write_text(json.dumps(summary, indent=1))
-    say(f"reduced {ops_total} -> {len(keep)} op(s) in {seconds} s, {reducer.runs} candidate run(s)")
+    say(f"reduced {ops_total} -> {len(keep)} op(s) in {seconds} s, {len(reducer.trials)} candidate run(s)")
     for row in table:
         say(f"  [{row['index']}] {row['type']} {row['name']}: {', '.join(row['inputs'])}")
     say(f"repro: {repro}; summary: {results / 'summary.json'}")
     ok = checks["backend"] == "fails" and checks["cpu"] == "passes"
+    ok = ok and checks.get("standalone") == "fails" and checks.get("standalone_cpu") == "passes"
     if not ok:
         say(f"the reduced graph did not check out on its own: {checks}")
     return 0 if ok and not exhausted else 1
+
+
+REPRO_SOURCES = build.NATIVE_DIR / "repro"
+
+
+def emit(results: Path, keep: tuple[int, ...], table: list[dict[str, Any]]) -> Path:
+    """results/repro/: the reduced graph and its inputs, the CPU's values of its outputs (expected/), and the
+    standalone reproducer (repro.cpp, CMakeLists.txt: MNN only) with how to build and run it."""
+    repro = results / "repro"
+    shutil.rmtree(repro, ignore_errors=True)
+    cdir = results / "candidates" / reduce.key_of(keep)
+    repro.mkdir()
+    shutil.copy2(cdir / "graph.mnn", repro / "graph.mnn")
+    shutil.copytree(cdir / "inputs", repro / "inputs")
+    for name in ("repro.cpp", "CMakeLists.txt"):
+        shutil.copy2(REPRO_SOURCES / name, repro / name)
+    outputs = {o for row in table for o in row["outputs"]}
+    consumed = {i.split(" ", 1)[0] for row in table for i in row["inputs"]}
+    (repro / "expected").mkdir()
+    lines = []
+    for line in (results / "values" / "manifest.tsv").read_text().splitlines():
+        f = line.split("\t")
+        if f[0] in outputs - consumed:
+            shutil.copy2(results / "values" / f[4], repro / "expected" / f[4])
+            lines.append(line)
+    (repro / "expected" / "manifest.tsv").write_text("".join(f"{x}\n" for x in lines))
+    return repro
+
+
+def verify_standalone(
+    prepared: prepare.Prepared, spec: reduce.Spec, target: reduce.Target, repro: Path, results: Path, say: Say
+) -> dict[str, str]:
+    """Build repro/ against the same MNN build, the way its README says, and run it: on the backend it must fail
+    the target's way (or say NOT-EXERCISED), on the CPU it must pass."""
+    built = prepared.built
+    bdir = results / "repro-build"
+    shutil.rmtree(bdir, ignore_errors=True)
+    configure = ["cmake", "-G", "Ninja", "-S", str(repro), "-B", str(bdir), f"-DMNN_SOURCE_DIR={built.tree.path}"]
+    steps = [[*configure, f"-DMNN_BUILD_DIR={built.core.lib_dir}"], ["ninja", "-C", str(bdir)]]
+    for argv in steps:
+        res = built.runner.run(argv, timeout_s=600, writable=[results], stdout_path=results / "repro-build.log")
+        if res.returncode != 0:
+            say(f"  the standalone reproducer did not build (see {results / 'repro-build.log'})")
+            return {"standalone_build": "failed"}
+    out = {"standalone_build": "ok"}
+    for name, backend, plugin, env in (
+        ("standalone", spec.backend, spec.plugin, spec.env),
+        ("standalone_cpu", "cpu", None, {}),
+    ):
+        argv = [str(bdir / "repro"), backend, *([str(plugin)] if plugin else [])]
+        res = built.runner.run(
+            ["sh", "-c", 'cd "$1" && shift && exec "$@"', "sh", str(repro), *argv],
+            env=env,
+            timeout_s=spec.timeout_s,
+            writable=[results],
+            stdout_path=results / f"{name}.log",
+        )
+        how = res.signal_name or ("differs" if res.returncode == 1 else f"exit {res.returncode}")
+        wanted = target.signal if target.kind == "crash" else "differs"
+        out[name] = (
+            "NOT-EXERCISED"
+            if res.returncode == 4
+            else "passes"
+            if res.returncode == 0
+            else "fails"
+            if how == wanted
+            else f"fails otherwise ({how})"
+        )
+        say(f"  the standalone reproducer (repro.cpp) on {backend}: {out[name]}")
+    return out
 
 
 def verify(spec: reduce.Spec, target: reduce.Target, repro: Path, results: Path, say: Say) -> dict[str, str]:

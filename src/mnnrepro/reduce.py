@@ -126,6 +126,7 @@ class Reducer:
         self.ops: list[Op] = []
         self.target: Target | None = None
         self.runs = 0  # candidate processes started by this run (not the ones resumed from reduce.json)
+        self.seconds = 0.0  # the search's wall time, over every run that worked on this reduce.json
         self.graph_sha = hashlib.sha256((spec.graph / "graph.mnn").read_bytes()).hexdigest()
         self._load_state()
 
@@ -140,6 +141,7 @@ class Reducer:
         if data.get("graph_sha256") != self.graph_sha:
             raise ReduceError(f"{self.state_path} records another graph: use another --results-dir, or delete it")
         self.trials = {k: Trial(**v) for k, v in data.get("trials", {}).items()}
+        self.seconds = float(data.get("seconds", 0.0))
         if data.get("target"):
             t = data["target"]
             self.target = Target(t["kind"], t.get("signal", ""), tuple(t.get("signature", ())))
@@ -150,6 +152,7 @@ class Reducer:
             "format": FORMAT,
             "graph_sha256": self.graph_sha,
             "target": asdict(self.target) if self.target else None,
+            "seconds": round(self.seconds, 1),
             "trials": {k: asdict(v) for k, v in self.trials.items()},
             **extra,
         }
@@ -304,6 +307,14 @@ class Reducer:
         return self.target
 
     def reduce(self) -> tuple[int, ...]:
+        started = time.monotonic()
+        try:
+            return self._reduce()
+        finally:
+            self.seconds += time.monotonic() - started
+            self.save()
+
+    def _reduce(self) -> tuple[int, ...]:
         current = tuple(self.op_indices())
         # 1. The shortest interesting prefix of the execution order: everything after the failing region goes.
         lo, hi = 0, len(current)  # prefix `hi` is interesting; find the smallest

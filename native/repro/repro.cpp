@@ -1,0 +1,154 @@
+// A standalone reproducer written by mnnrepro's reducer (issue 14): runs one saved MNN graph (graph.mnn, from
+// Variable::save) with its input values (inputs/manifest.tsv and one raw file per tensor) on a backend, and says
+// whether the backend was really used. Needs nothing but MNN (libMNN, libMNN_Express); build with the
+// CMakeLists.txt beside it:
+//   cmake -S . -B build -DMNN_SOURCE_DIR=/path/to/MNN -DMNN_BUILD_DIR=/path/to/MNN/build && cmake --build build
+//   ./build/repro vulkan [path/to/libMNN_Vulkan.so]     (a plugin only where MNN was built with MNN_SEP_BUILD)
+//   ./build/repro cpu
+// Exit: 0 the graph ran (the bug did not show), a signal (the crash), 1 outputs differ from expected/ (when the
+// directory is there), 3 bad input, 4 NOT-EXERCISED (MNN fell back to another backend: nothing was tested).
+#include <MNN/MNNForwardType.h>
+#include <MNN/expr/Executor.hpp>
+#include <MNN/expr/Expr.hpp>
+#include <MNN/expr/ExprCreator.hpp>
+#include <dlfcn.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <map>
+#include <memory>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "MNN_generated.h"
+#include "RuntimeAttr.hpp"  // MNN-internal (express/): the backend the executor really chose
+
+using namespace MNN;
+using namespace MNN::Express;
+
+namespace {
+
+struct Value {
+    std::string dtype, format, file;
+    std::vector<int> dims;
+};
+
+std::map<std::string, Value> readManifest(const std::string& dir) {
+    std::map<std::string, Value> out;
+    std::ifstream in(dir + "/manifest.tsv");
+    std::string line;
+    while (std::getline(in, line)) {
+        std::vector<std::string> f;
+        std::stringstream ss(line);
+        std::string part;
+        while (std::getline(ss, part, '\t')) f.push_back(part);
+        f.resize(5);
+        Value v{f[1], f[2], f[4], {}};
+        std::stringstream ds(f[3]);
+        while (std::getline(ds, part, ',')) v.dims.push_back(atoi(part.c_str()));
+        out[f[0]] = v;
+    }
+    return out;
+}
+
+halide_type_t typeOf(const std::string& s) {
+    if (s == "i32") return halide_type_of<int32_t>();
+    if (s == "u8") return halide_type_of<uint8_t>();
+    if (s == "i8") return halide_type_of<int8_t>();
+    return halide_type_of<float>();
+}
+
+VARP inputOf(const std::string& dir, const std::string& name, const Value& v) {
+    const bool c4 = v.format == "NC4HW4";
+    auto var = _Input(v.dims, c4 || v.format == "NCHW" ? NCHW : NHWC, typeOf(v.dtype));
+    size_t n = 1;
+    for (int d : v.dims) n *= size_t(d);
+    std::ifstream in(dir + "/" + v.file, std::ios::binary);
+    std::vector<char> data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (data.size() != n * (typeOf(v.dtype).bits / 8)) {
+        fprintf(stderr, "repro: %s/%s has %zu bytes, %s needs %zu\n", dir.c_str(), v.file.c_str(), data.size(),
+                name.c_str(), n * (typeOf(v.dtype).bits / 8));
+        exit(3);
+    }
+    if (!data.empty()) memcpy(var->writeMap<void>(), data.data(), data.size());
+    return c4 ? _Convert(var, NC4HW4) : var;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    const std::string backend = argc > 1 ? argv[1] : "vulkan";
+    const MNNForwardType wanted = backend == "cpu" ? MNN_FORWARD_CPU
+                                  : backend == "opencl" ? MNN_FORWARD_OPENCL
+                                                        : MNN_FORWARD_VULKAN;
+    if (argc > 2 && dlopen(argv[2], RTLD_NOW | RTLD_GLOBAL) == nullptr) {
+        fprintf(stderr, "repro: cannot load %s: %s\n", argv[2], dlerror());
+        return 4;
+    }
+    // MNN falls back to the CPU silently when it cannot create the runtime: read back what it chose.
+    auto exe = Executor::getGlobalExecutor();
+    BackendConfig config;
+    config.precision = BackendConfig::Precision_High;
+    exe->setGlobalExecutorConfig(wanted, config, 1);
+    if (exe->getAttr()->firstType != wanted) {
+        fprintf(stderr, "repro: NOT-EXERCISED: MNN runs on backend %d, not %s\n", int(exe->getAttr()->firstType),
+                backend.c_str());
+        return 4;
+    }
+    fprintf(stderr, "repro: running graph.mnn on %s\n", backend.c_str());
+
+    // The graph, op by op again from each op's description: the inputs of the saved graph get their values.
+    auto all = Variable::loadMap("graph.mnn");
+    if (all.empty()) return fprintf(stderr, "repro: cannot read graph.mnn\n"), 3;
+    std::vector<VARP> outputs;
+    for (auto& kv : Variable::getInputAndOutput(all).second) outputs.push_back(kv.second);
+    auto values = readManifest("inputs");
+    std::map<std::pair<const Expr*, int>, VARP> made;
+    std::vector<VARP> results;
+    for (auto& expr : Variable::getExecuteOrder(outputs)) {
+        if (expr->get() == nullptr) {
+            VARP v = Variable::create(expr, 0);
+            if (expr->inputType() == VARP::INPUT) {
+                auto it = values.find(expr->outputName(0));
+                if (it == values.end()) return fprintf(stderr, "repro: no value for %s\n", expr->outputName(0).c_str()), 3;
+                v = inputOf("inputs", it->first, it->second);
+            }
+            made[{expr.get(), 0}] = v;
+            continue;
+        }
+        std::vector<VARP> ins;
+        for (auto& in : expr->inputs()) ins.push_back(in.get() ? made[{in->expr().first.get(), in->expr().second}] : nullptr);
+        std::unique_ptr<OpT> op(expr->get()->UnPack());
+        auto copy = Expr::create(op.get(), ins, expr->outputSize());
+        for (int k = 0; k < expr->outputSize(); ++k) {
+            VARP v = Variable::create(copy, k);
+            v->setName(expr->outputName(k));
+            made[{expr.get(), k}] = v;
+        }
+    }
+    for (auto& o : outputs) results.push_back(made[{o->expr().first.get(), o->expr().second}]);
+    Variable::prepareCompute(results);
+    auto expected = readManifest("expected");
+    int differ = 0;
+    for (auto& r : results) {
+        VARP plain = r->getInfo() && r->getInfo()->order == NC4HW4 ? _Convert(r, NCHW) : r;
+        const auto* ptr = plain->readMap<float>();
+        if (ptr == nullptr) return fprintf(stderr, "repro: %s was not computed\n", r->name().c_str()), 1;
+        auto it = expected.find(r->name());
+        if (it == expected.end() || it->second.dtype != "f32") continue;
+        std::ifstream in("expected/" + it->second.file, std::ios::binary);
+        std::vector<float> want(size_t(r->getInfo()->size));
+        in.read(reinterpret_cast<char*>(want.data()), std::streamsize(want.size() * sizeof(float)));
+        double worst = 0;
+        for (size_t i = 0; i < want.size(); ++i) worst = std::max(worst, double(std::fabs(ptr[i] - want[i])));
+        fprintf(stderr, "repro: %s: max |difference| from the CPU's %g\n", r->name().c_str(), worst);
+        differ += worst > 1e-3 ? 1 : 0;
+    }
+    fprintf(stderr, "repro: %s\n", differ ? "outputs differ from the CPU's" : "ran, no difference: the bug did not show");
+    return differ ? 1 : 0;
+}
