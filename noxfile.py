@@ -130,7 +130,7 @@ def matrix(session: nox.Session) -> None:
 
 @nox.session(tags=["vulkan"])
 def reduce(session: nox.Session) -> None:
-    """Reduce a crash to a minimal graph and a standalone reproducer (`-- --ref R --variant V --icd I [--graph DIR]`)."""
+    """Reduce a crash to a minimal graph and a standalone reproducer (`-- --ref R --variant V --icd I`)."""
     _mnnrepro(session, "reduce")
 
 

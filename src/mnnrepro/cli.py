@@ -426,6 +426,7 @@ def _add_reduce(sub: Subcommands) -> None:
     red.add_argument("--graph", type=Path, help="reduce this graph (DIR/graph.mnn + DIR/inputs/) instead of MNIST's")
     red.add_argument("--budget", type=float, help="seconds the search may take (default 900); then the best so far")
     red.add_argument("--resume", type=Path, help="a reduce run's results directory: go on from its reduce.json")
+    red.add_argument("--results-dir", dest="results_dir", help="where results/<time>-reduce-<pid>/ goes")
     red.add_argument("--test-jobs", dest="test_jobs", type=int, help="candidate processes at once (default: CPUs)")
     red.add_argument("--timeout", dest="timeout_s", type=int, help="seconds per candidate (default 120)")
     red.add_argument("--runner", choices=["auto", "host", "docker"])

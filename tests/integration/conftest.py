@@ -86,7 +86,8 @@ SessionRun = dict[str, Any]
 @pytest.fixture(scope="session")
 def run_session(shared_dir: Path) -> Callable[..., SessionRun]:
     """run_session("vulkan", "3.3.0", "--icd", "lavapipe") -> {"exit": int, "summary": dict, "output": str}.
-    The session "ops" runs `mnnrepro ops run` (MNN's own tests, issue 13) with the same options."""
+    The session "ops" runs `mnnrepro ops run` (MNN's own tests, issue 13), "reduce" `mnnrepro reduce` (issue 14),
+    with the same options."""
 
     def run(session: str, ref: str, *extra: str) -> SessionRun:
         need_source(ref)
@@ -102,7 +103,7 @@ def run_session(shared_dir: Path) -> Callable[..., SessionRun]:
                         sys.executable,
                         "-m",
                         "mnnrepro",
-                        *(["ops", "run"] if session == "ops" else ["run", session]),
+                        *({"ops": ["ops", "run"], "reduce": ["reduce"]}.get(session) or ["run", session]),
                         "--ref",
                         ref,
                         "--results-dir",

@@ -14,9 +14,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 # A few tests of each kind: a plain op, a gradient, a backward op that crashes in image mode (alibaba/MNN#3129's
 # family), a test that fails on the CPU backend too, and one that falls back or fails on Vulkan.
 SELECT = "op/relu,grad/relu,op/Conv2DBackPropTest,grad/scale,op/cumsum"
-# lavapipe only while fixtures/ops/expectations.toml has no SwiftShader rows (issue 13: the SwiftShader sweep of
-# 3.3.0 was not finished when this landed); the fault cases below need no second ICD.
-ICDS = "lavapipe"
+# Both software ICDs (fixtures/ops/expectations.toml has 3.3.0 rows for each); the fault cases need only one.
+ICDS = "lavapipe,swiftshader"
 
 
 # The first ref of the ci tier (3.3.0): the one fixtures/ops/expectations.toml has rows for (issue 13 in progress).
