@@ -399,7 +399,11 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         "cache": _cache,
         "swiftshader": _swiftshader,
         "report": _report,
-        "reduce": lambda a, s: redsession.run_reduce(s, graph=a.graph, budget_s=a.budget, resume=a.resume),
+        "reduce": lambda a, s: (
+            redsession.check_at(s, a.check)
+            if a.check
+            else redsession.run_reduce(s, graph=a.graph, budget_s=a.budget, resume=a.resume)
+        ),
     }
     return handlers.get(args.command, _source)(args, settings)
 
@@ -427,6 +431,9 @@ def _add_reduce(sub: Subcommands) -> None:
     red.add_argument("--budget", type=float, help="seconds the search may take (default 900); then the best so far")
     red.add_argument("--resume", type=Path, help="a reduce run's results directory: go on from its reduce.json")
     red.add_argument("--results-dir", dest="results_dir", help="where results/<time>-reduce-<pid>/ goes")
+    red.add_argument(
+        "--check", type=Path, help="a finished reduce run's results: run its reduced graph at --ref (e.g. the fix)"
+    )
     red.add_argument("--test-jobs", dest="test_jobs", type=int, help="candidate processes at once (default: CPUs)")
     red.add_argument("--timeout", dest="timeout_s", type=int, help="seconds per candidate (default 120)")
     red.add_argument("--runner", choices=["auto", "host", "docker"])

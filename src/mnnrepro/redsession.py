@@ -230,6 +230,51 @@ def verify_standalone(
     return out
 
 
+def check_at(settings: Settings, results: Path, *, say: Say = print) -> int:
+    """A reduction's reduced graph (``results``/repro) at another ref (a fix, a later release): built with that
+    ref's MNN, run on the backend and on the CPU, with where each op ran (a fix that sends the op to the CPU is
+    another answer than a fixed GPU kernel). Exit 0 when it passes on both, 1 when it still fails."""
+    variant, icd = check(settings)
+    repro = results / "repro"
+    if not (repro / "graph.mnn").is_file() or not (results / "summary.json").is_file():
+        raise ConfigError(f"{results} is not the results directory of a finished reduce run (no repro/graph.mnn)")
+    before = json.loads((results / "summary.json").read_text())
+    matrix = fixtures.load_matrix()
+    ref = settings.ref or matrix.default_ref
+    settings, _ = prepare.preflight_for(settings, (variants.BASELINE, variant), say)
+    prepared = prepare.prepare(ref, (variants.BASELINE, variant), settings, matrix, say)
+    built = prepared.built
+    out_dir = results / f"at-{ref.replace('/', '_')}"
+    out_dir.mkdir(exist_ok=True)
+    spec = reduce.Spec(
+        tool=built.driver.with_name("mnn_graph"),
+        graph=repro,
+        work=out_dir,
+        runner=built.runner,
+        backend=variants.get(variant).backend,
+        plugin=built.plugins.get(variant),
+        env=dict(prepared.icds[icd].env) if icd else {},
+        gdb=None,
+        jobs=1,
+        timeout_s=float(settings.timeout_s or CANDIDATE_TIMEOUT_S),
+    )
+    (out_dir / "values").mkdir(exist_ok=True)
+    shutil.copytree(results / "values", out_dir / "values", dirs_exist_ok=True)
+    t = before.get("target") or {}
+    target = reduce.Target(str(t.get("kind", "crash")), str(t.get("signal", "")), tuple(t.get("signature") or ()))
+    say(f"the reduced graph of {before.get('ref')} ({before.get('reduced_ops')} op(s)) at {ref}:")
+    checks = verify(spec, target, repro, out_dir, say)
+    placement = {}
+    for name in ("backend", "cpu"):
+        record = read_events(out_dir / "verify" / name / "events.jsonl")
+        placement[name] = record.ops[-1].get("by_backend", {}) if record.ops else {}
+    say(f"  where its ops ran on the {variant} run: {placement['backend'] or 'none completed'}")
+    data: dict[str, Any] = {"ref": ref, "commit": built.tree.commit, "variant": variant, "icd": icd or "-"}
+    data.update(checks=checks, placement=placement)
+    (out_dir / "check.json").write_text(json.dumps(data, indent=1))
+    return 0 if checks.get("backend") == "passes" and checks.get("cpu") == "passes" else 1
+
+
 def verify(spec: reduce.Spec, target: reduce.Target, repro: Path, results: Path, say: Say) -> dict[str, str]:
     """The reduced graph on its own (not the reducer's run, no gdb): it fails the target's way on the backend
     ("fails"), and passes on the CPU ("passes")."""
