@@ -188,7 +188,7 @@ def _ops_crashes(data: dict[str, Any]) -> list[Crash]:
     return found
 
 
-_TREE_DIRS = ("source/", "express/", "include/", "test/", "tools/", "transformers/", "3rd_party/", "native/")
+_TREE_DIRS = ("source/", "express/", "include/MNN/", "test/", "tools/", "transformers/", "3rd_party/", "native/")
 
 
 def _where(file: str) -> str:
@@ -329,7 +329,7 @@ def _placement(c: Crash) -> list[str]:
         where = ", ".join(f"{b}: {n}" for b, n in sorted(ops.items()))
         rows.append(f"| {phase} | {where} | {cpu_ops or '-'} |")
     if not rows:
-        return ["No op of the failing phase completed before the crash (it happens while MNN creates the kernels)."]
+        return ["No op placement was recorded before the crash."]
     return ["| phase | ops by backend | ops on the CPU |", "| --- | --- | --- |", *rows]
 
 
@@ -423,8 +423,12 @@ def render(c: Crash, *, bisect: Path | None = None) -> str:
     lines += [f"| {k} | {v} |" for k, v in env]
     lines += ["", "## To reproduce", "", "With mnnrepro (builds MNN in a container, runs the case, judges it):", ""]
     lines += ["```sh", _nox(c), "```", "", "With MNN alone:", "", "```sh", *_upstream_commands(c), "```", ""]
-    lines += ["## Crash", "", f"{c.signal} in `{c.where}`. Signature (the top frames inside MNN):", "", "```"]
-    lines += [*c.signature, "```", "", "Top frames:", "", "```", *c.frames, "```", ""]
+    lines += ["## Crash", ""]
+    if c.signature:
+        lines += [f"{c.signal} in `{c.where}`. Signature (the top frames inside MNN):", "", "```", *c.signature, "```"]
+    else:
+        lines.append(f"{c.signal} in `{c.where}`, with no frame inside MNN's libraries at the top of the stack.")
+    lines += ["", "Top frames:", "", "```", *c.frames, "```", ""]
     if c.reduced:
         lines += _reduced(c.reduced)
     else:

@@ -235,6 +235,7 @@ def check_at(settings: Settings, results: Path, *, say: Say = print) -> int:
     ref's MNN, run on the backend and on the CPU, with where each op ran (a fix that sends the op to the CPU is
     another answer than a fixed GPU kernel). Exit 0 when it passes on both, 1 when it still fails."""
     variant, icd = check(settings)
+    results = results.resolve()
     repro = results / "repro"
     if not (repro / "graph.mnn").is_file() or not (results / "summary.json").is_file():
         raise ConfigError(f"{results} is not the results directory of a finished reduce run (no repro/graph.mnn)")
@@ -264,6 +265,7 @@ def check_at(settings: Settings, results: Path, *, say: Say = print) -> int:
     target = reduce.Target(str(t.get("kind", "crash")), str(t.get("signal", "")), tuple(t.get("signature") or ()))
     say(f"the reduced graph of {before.get('ref')} ({before.get('reduced_ops')} op(s)) at {ref}:")
     checks = verify(spec, target, repro, out_dir, say)
+    checks.update(verify_standalone(prepared, spec, target, repro, out_dir, say))
     placement = {}
     for name in ("backend", "cpu"):
         record = read_events(out_dir / "verify" / name / "events.jsonl")
@@ -272,7 +274,8 @@ def check_at(settings: Settings, results: Path, *, say: Say = print) -> int:
     data: dict[str, Any] = {"ref": ref, "commit": built.tree.commit, "variant": variant, "icd": icd or "-"}
     data.update(checks=checks, placement=placement)
     (out_dir / "check.json").write_text(json.dumps(data, indent=1))
-    return 0 if checks.get("backend") == "passes" and checks.get("cpu") == "passes" else 1
+    passes = all(checks.get(k) == "passes" for k in ("backend", "cpu", "standalone", "standalone_cpu"))
+    return 0 if passes else 1
 
 
 def verify(spec: reduce.Spec, target: reduce.Target, repro: Path, results: Path, say: Say) -> dict[str, str]:
