@@ -384,6 +384,22 @@ def _reduced(r: dict[str, Any]) -> list[str]:
         f"and {k.get('standalone_cpu')} on the CPU.",
         "",
     ]
+    for check in sorted(Path(str(r.get("results_dir", ""))).glob("at-*/check.json")):
+        try:
+            at = json.loads(check.read_text())
+        except (OSError, ValueError):
+            continue
+        ck = at.get("checks") or {}
+        ran = at.get("placement", {}).get("backend") or {}
+        where = "; ".join(
+            f"{b}: {', '.join(f'{t} x{n}' for t, n in sorted(ops.items()))}" for b, ops in sorted(ran.items())
+        )
+        out += [
+            f"At {at.get('ref')} (`{str(at.get('commit', ''))[:12]}`) the same graph {ck.get('backend')} on the GPU "
+            f"backend ({where or 'no op recorded'}) and {ck.get('cpu')} on the CPU; the standalone reproducer "
+            f"{ck.get('standalone')}.",
+            "",
+        ]
     return out
 
 
