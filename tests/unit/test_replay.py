@@ -335,7 +335,9 @@ def test_the_workflow_uses_only_what_the_replay_can_stand_in_for() -> None:
     permissive: dict[str, Any] = {
         name: {} for name in ("github", "env", "matrix", "runner", "steps", "job", "strategy", "vars", "inputs")
     }
-    permissive["needs"] = {"setup": {"outputs": {"refs": '["3.3.0"]', "commits": '{"3.3.0": "c"}'}}}
+    permissive["needs"] = {
+        "setup": {"outputs": {"refs": '["3.3.0"]', "commits": '{"3.3.0": "c"}', "ops_refs": '["3.3.0"]'}}
+    }
     permissive["__hash_files"] = lambda patterns: "h"
     seen = 0
     for name, job in wf["jobs"].items():
