@@ -81,6 +81,74 @@ VARP inputOf(const std::string& dir, const std::string& name, const Value& v) {
 
 }  // namespace
 
+// The reduced graph in `dir`, op by op again from each op's description, its inputs fed, on whatever backend the
+// global executor has: 0 ran without a difference, 1 an output was not computed or differs from expected/, 3 bad
+// input. A crash is the bug showing.
+static int runGraph(const std::string& dir) {
+    auto all = Variable::loadMap((dir + "/graph.mnn").c_str());
+    if (all.empty()) return fprintf(stderr, "repro: cannot read graph.mnn\n"), 3;
+    std::vector<VARP> outputs;
+    for (auto& kv : Variable::getInputAndOutput(all).second) outputs.push_back(kv.second);
+    auto values = readManifest(dir + "/inputs");
+    std::map<std::pair<const Expr*, int>, VARP> made;
+    std::vector<VARP> results;
+    for (auto& expr : Variable::getExecuteOrder(outputs)) {
+        if (expr->get() == nullptr) {
+            VARP v = Variable::create(expr, 0);
+            if (expr->inputType() == VARP::INPUT) {
+                auto it = values.find(expr->outputName(0));
+                if (it == values.end()) return fprintf(stderr, "repro: no value for %s\n", expr->outputName(0).c_str()), 3;
+                v = inputOf(dir + "/inputs", it->first, it->second);
+            }
+            made[{expr.get(), 0}] = v;
+            continue;
+        }
+        std::vector<VARP> ins;
+        for (auto& in : expr->inputs()) ins.push_back(in.get() ? made[{in->expr().first.get(), in->expr().second}] : nullptr);
+        std::unique_ptr<OpT> op(expr->get()->UnPack());
+        auto copy = Expr::create(op.get(), ins, expr->outputSize());
+        for (int k = 0; k < expr->outputSize(); ++k) {
+            VARP v = Variable::create(copy, k);
+            v->setName(expr->outputName(k));
+            made[{expr.get(), k}] = v;
+        }
+    }
+    for (auto& o : outputs) results.push_back(made[{o->expr().first.get(), o->expr().second}]);
+    Variable::prepareCompute(results);
+    auto expected = readManifest(dir + "/expected");
+    int differ = 0;
+    for (auto& r : results) {
+        VARP plain = r->getInfo() && r->getInfo()->order == NC4HW4 ? _Convert(r, NCHW) : r;
+        const auto* ptr = plain->readMap<float>();
+        if (ptr == nullptr) return fprintf(stderr, "repro: %s was not computed\n", r->name().c_str()), 1;
+        auto it = expected.find(r->name());
+        if (it == expected.end() || it->second.dtype != "f32") continue;
+        std::ifstream in(dir + "/expected/" + it->second.file, std::ios::binary);
+        std::vector<float> want(size_t(r->getInfo()->size));
+        in.read(reinterpret_cast<char*>(want.data()), std::streamsize(want.size() * sizeof(float)));
+        double worst = 0;
+        for (size_t i = 0; i < want.size(); ++i) worst = std::max(worst, double(std::fabs(ptr[i] - want[i])));
+        fprintf(stderr, "repro: %s: max |difference| from the CPU's %g\n", r->name().c_str(), worst);
+        differ += worst > 1e-3 ? 1 : 0;
+    }
+    fprintf(stderr, "repro: %s\n", differ ? "outputs differ from the CPU's" : "ran, no difference: the bug did not show");
+    return differ ? 1 : 0;
+}
+
+#if __has_include("MNNTestSuite.h")
+// Dropped into MNN's test/ (the file as it is): a test of upstream's own suite, on the backend run_test.out was
+// given; the graph directory is $MNN_REPRO_DIR (default: repro/ in the working directory).
+#include "MNNTestSuite.h"
+
+class ReducedGraphTest : public MNNTestCase {
+public:
+    bool run(int precision) override {
+        const char* dir = getenv("MNN_REPRO_DIR");
+        return runGraph(dir ? dir : "repro") == 0;
+    }
+};
+MNNTestSuiteRegister(ReducedGraphTest, "repro/reduced_graph");
+#else
 int main(int argc, char** argv) {
     const std::string backend = argc > 1 ? argv[1] : "vulkan";
     const MNNForwardType wanted = backend == "cpu" ? MNN_FORWARD_CPU
@@ -101,54 +169,6 @@ int main(int argc, char** argv) {
         return 4;
     }
     fprintf(stderr, "repro: running graph.mnn on %s\n", backend.c_str());
-
-    // The graph, op by op again from each op's description: the inputs of the saved graph get their values.
-    auto all = Variable::loadMap("graph.mnn");
-    if (all.empty()) return fprintf(stderr, "repro: cannot read graph.mnn\n"), 3;
-    std::vector<VARP> outputs;
-    for (auto& kv : Variable::getInputAndOutput(all).second) outputs.push_back(kv.second);
-    auto values = readManifest("inputs");
-    std::map<std::pair<const Expr*, int>, VARP> made;
-    std::vector<VARP> results;
-    for (auto& expr : Variable::getExecuteOrder(outputs)) {
-        if (expr->get() == nullptr) {
-            VARP v = Variable::create(expr, 0);
-            if (expr->inputType() == VARP::INPUT) {
-                auto it = values.find(expr->outputName(0));
-                if (it == values.end()) return fprintf(stderr, "repro: no value for %s\n", expr->outputName(0).c_str()), 3;
-                v = inputOf("inputs", it->first, it->second);
-            }
-            made[{expr.get(), 0}] = v;
-            continue;
-        }
-        std::vector<VARP> ins;
-        for (auto& in : expr->inputs()) ins.push_back(in.get() ? made[{in->expr().first.get(), in->expr().second}] : nullptr);
-        std::unique_ptr<OpT> op(expr->get()->UnPack());
-        auto copy = Expr::create(op.get(), ins, expr->outputSize());
-        for (int k = 0; k < expr->outputSize(); ++k) {
-            VARP v = Variable::create(copy, k);
-            v->setName(expr->outputName(k));
-            made[{expr.get(), k}] = v;
-        }
-    }
-    for (auto& o : outputs) results.push_back(made[{o->expr().first.get(), o->expr().second}]);
-    Variable::prepareCompute(results);
-    auto expected = readManifest("expected");
-    int differ = 0;
-    for (auto& r : results) {
-        VARP plain = r->getInfo() && r->getInfo()->order == NC4HW4 ? _Convert(r, NCHW) : r;
-        const auto* ptr = plain->readMap<float>();
-        if (ptr == nullptr) return fprintf(stderr, "repro: %s was not computed\n", r->name().c_str()), 1;
-        auto it = expected.find(r->name());
-        if (it == expected.end() || it->second.dtype != "f32") continue;
-        std::ifstream in("expected/" + it->second.file, std::ios::binary);
-        std::vector<float> want(size_t(r->getInfo()->size));
-        in.read(reinterpret_cast<char*>(want.data()), std::streamsize(want.size() * sizeof(float)));
-        double worst = 0;
-        for (size_t i = 0; i < want.size(); ++i) worst = std::max(worst, double(std::fabs(ptr[i] - want[i])));
-        fprintf(stderr, "repro: %s: max |difference| from the CPU's %g\n", r->name().c_str(), worst);
-        differ += worst > 1e-3 ? 1 : 0;
-    }
-    fprintf(stderr, "repro: %s\n", differ ? "outputs differ from the CPU's" : "ran, no difference: the bug did not show");
-    return differ ? 1 : 0;
+    return runGraph(".");
 }
+#endif
