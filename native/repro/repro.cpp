@@ -126,10 +126,18 @@ static int runGraph(const std::string& dir) {
         std::ifstream in(dir + "/expected/" + it->second.file, std::ios::binary);
         std::vector<float> want(size_t(r->getInfo()->size));
         in.read(reinterpret_cast<char*>(want.data()), std::streamsize(want.size() * sizeof(float)));
-        double worst = 0;
-        for (size_t i = 0; i < want.size(); ++i) worst = std::max(worst, double(std::fabs(ptr[i] - want[i])));
-        fprintf(stderr, "repro: %s: max |difference| from the CPU's %g\n", r->name().c_str(), worst);
-        differ += worst > 1e-3 ? 1 : 0;
+        // max|o-g| / max|g| and nmse against the CPU's values, held to fp32 gradient-check limits (1e-3, 1e-6).
+        double worst = 0, scale = 0, dd = 0, gg = 0;
+        bool finite = true;
+        for (size_t i = 0; i < want.size(); ++i) {
+            const double d = std::fabs(double(ptr[i]) - want[i]);
+            finite = finite && std::isfinite(ptr[i]);
+            worst = std::max(worst, d), scale = std::max(scale, double(std::fabs(want[i])));
+            dd += d * d, gg += double(want[i]) * want[i];
+        }
+        const double rel = scale > 0 ? worst / scale : worst, nmse = gg > 0 ? dd / gg : dd;
+        fprintf(stderr, "repro: %s: max_rel %g, nmse %g against the CPU's values\n", r->name().c_str(), rel, nmse);
+        differ += (!finite || rel > 1e-3 || nmse > 1e-6) ? 1 : 0;
     }
     fprintf(stderr, "repro: %s\n", differ ? "outputs differ from the CPU's" : "ran, no difference: the bug did not show");
     return differ ? 1 : 0;

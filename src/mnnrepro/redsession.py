@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import __version__, build, fixtures, prepare, reduce, source, variants
+from . import __version__, build, fixtures, gradcheck, prepare, reduce, source, variants
 from .contract import read_events
 from .errors import ConfigError
 from .settings import Settings
@@ -106,6 +106,8 @@ def run_reduce(
         timeout_s=float(settings.timeout_s or CANDIDATE_TIMEOUT_S),
         precision=variants.get(variant).precision or prepared.workload.precision,
     )
+    limit = gradcheck.tolerance_for(spec.backend, spec.precision, 0, matrix)
+    spec.limits = (limit.max_rel, limit.min_cosine, limit.max_nmse)
     budget = float(budget_s or DEFAULT_BUDGET_S)
     reducer = reduce.Reducer(spec, budget_s=budget, say=say)
     reducer.prepare()
@@ -133,6 +135,7 @@ def run_reduce(
         "host": platform.platform(),
         "python": sys.version.split()[0],
         "target": {"kind": target.kind, "signal": target.signal, "signature": list(target.signature)},
+        "limits": {"max_rel": spec.limits[0], "min_cosine": spec.limits[1], "max_nmse": spec.limits[2]},
         "original_ops": ops_total,
         "reduced_ops": len(keep),
         "keep": list(keep),
@@ -291,7 +294,7 @@ def verify(spec: reduce.Spec, target: reduce.Target, repro: Path, results: Path,
         run_dir.mkdir(parents=True)
         argv = [str(spec.tool), "run", "--graph", str(repro / "graph.mnn"), "--inputs", str(repro / "inputs")]
         argv += ["--out", str(run_dir), "--backend", backend, "--expect", str(results / "values")]
-        argv += ["--atol", str(spec.atol), "--rtol", str(spec.rtol), "--precision", spec.precision]
+        argv += [*spec.limit_args(), "--precision", spec.precision]
         if plugin is not None:
             argv += ["--plugin", str(plugin)]
         res = spec.runner.run(

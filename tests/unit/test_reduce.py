@@ -44,13 +44,15 @@ FAKE_TOOL = textwrap.dedent(
             with open(os.environ["FAKE_COUNT"], "a") as f:
                 f.write("run\\n")
         if culprits <= keep:
+            if os.environ.get("FAKE_MODE") == "differs":
+                sys.exit(1)  # mnn_graph run: an output beyond the limits
             os.kill(os.getpid(), signal.SIGSEGV)
         sys.exit(0)
     """
 )
 
 
-def _spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ops: int, culprits: str) -> reduce.Spec:
+def _spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ops: int, culprits: str, mode: str = "") -> reduce.Spec:
     tool = tmp_path / "mnn_graph"
     tool.write_text(FAKE_TOOL.format(python=sys.executable))
     tool.chmod(0o755)
@@ -60,7 +62,7 @@ def _spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ops: int, culprits: s
     (graph / "inputs" / "manifest.tsv").write_text("")
     work = tmp_path / "work"
     work.mkdir()
-    env = {"FAKE_OPS": str(ops), "FAKE_CULPRITS": culprits, "FAKE_COUNT": str(tmp_path / "runs.txt")}
+    env = {"FAKE_OPS": str(ops), "FAKE_CULPRITS": culprits, "FAKE_COUNT": str(tmp_path / "runs.txt"), "FAKE_MODE": mode}
     runner = HostRunner(base_env={**os.environ, **env})
     return reduce.Spec(tool, graph, work, runner, "vulkan", None, env, None, jobs=2, timeout_s=30)
 
@@ -85,6 +87,15 @@ def test_the_search_finds_the_culprits_and_only_them(tmp_path: Path, monkeypatch
     again.establish(None)
     assert again.reduce() == (17, 18) and again.runs == 0
     assert (tmp_path / "runs.txt").read_text().count("run") == before
+
+
+def test_a_numerical_difference_reduces_like_a_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = _spec(tmp_path, monkeypatch, ops=30, culprits="9", mode="differs")
+    r = reduce.Reducer(spec, budget_s=300, say=lambda _: None)
+    r.prepare()
+    assert r.establish(None).kind == "differs"
+    assert r.reduce() == (9,)
+    assert "--max-rel" in r._argv((9,), spec.work)[2]  # the gradient-check limits go to every run
 
 
 def test_a_graph_that_does_not_fail_is_an_error_not_a_reduction(
