@@ -6,7 +6,7 @@ Statuses of one test in one cell (ref, variant, ICD):
     NOT-EXERCISED                  the backend under test was not the one MNN used: always a failure of the session
     FALLBACK                       passed, but every op it ran ran on the CPU: not a GPU result, counted apart
     FLAKE                          failed or crashed, then passed when run again
-    CPU-FAIL                       fails on the GPU and on the CPU backend of the same build: not a GPU bug
+    CPU-FAIL                       fails the same way on the CPU backend of the same build: not a GPU bug
     SKIP                           not run: listed as a skip in the expectations, or its source was not built
     UNEXPECTED-PASS                listed as failing, now passes: the expectation is stale, so the session fails
 
@@ -163,7 +163,11 @@ def status_of(outcome: Outcome, cpu: Outcome | None, backend: str) -> tuple[str,
     rerun = outcome.rerun
     if status in ("FAIL", "CRASH") and rerun is not None and rerun.status in ("PASS", "FALLBACK"):
         return "FLAKE", status, f"{status} ({reason}), then passed when run again"
-    if backend != "cpu" and status in FAILING and cpu is not None and cpu.status in (*FAILING, "FLAKE"):
+    # Not a GPU bug when the CPU backend of the same build fails the same way (wrong values and wrong values, a
+    # crash and a crash), and did not pass when run again: a CPU that crashed once (a flaky test) or fails
+    # otherwise explains nothing about a wrong value on the GPU.
+    cpu_passed_later = cpu is not None and cpu.rerun is not None and cpu.rerun.status in ("PASS", "FALLBACK")
+    if backend != "cpu" and status in FAILING and cpu is not None and cpu.status == status and not cpu_passed_later:
         return "CPU-FAIL", status, f"{status} here and {cpu.status} on the CPU backend of this build ({cpu.reason})"
     return status, first, reason
 
