@@ -208,7 +208,7 @@ int values(const Options& o) {
         !rebuild(g, allOps(g), inputs, nullptr, b, error)) {
         return fprintf(stderr, "mnn_graph: %s\n", error.c_str()), kData;
     }
-    out.open(o.out, true, error);
+    if (!out.open(o.out, true, error)) return fprintf(stderr, "mnn_graph: %s\n", error.c_str()), kOutput;
     for (int i : allOps(g)) {
         for (int k = 0; k < g.nodes[i].expr->outputSize(); ++k) {
             if (!out.write(g.nodes[i].expr->outputName(k), b.made[Key(g.nodes[i].expr.get(), k)], error)) {
@@ -241,11 +241,16 @@ int cut(const Options& o) {
     if (keep.empty()) return fprintf(stderr, "mnn_graph: --keep names no op\n"), kData;
     if (!rebuild(g, keep, inputs, &vals, b, error)) return fprintf(stderr, "mnn_graph: %s\n", error.c_str()), kData;
     mkdir(o.out.c_str(), 0755);
-    out.open(o.out + "/inputs", true, error);
+    if (!out.open(o.out + "/inputs", true, error)) return fprintf(stderr, "mnn_graph: %s\n", error.c_str()), kOutput;
     for (auto& in : b.inputs) {
         if (!out.write(in.first, in.second, error)) return fprintf(stderr, "mnn_graph: %s\n", error.c_str()), kOutput;
     }
-    Variable::save(b.outputs, (o.out + "/graph.mnn").c_str());
+    const std::string file = o.out + "/graph.mnn";
+    Variable::save(b.outputs, file.c_str());
+    struct stat st;
+    if (stat(file.c_str(), &st) != 0 || st.st_size == 0) {
+        return fprintf(stderr, "mnn_graph: %s was not written\n", file.c_str()), kOutput;
+    }
     printf("%zu ops, %zu inputs, %zu outputs\n", keep.size(), b.inputs.size(), b.outputs.size());
     return kOk;
 }

@@ -3,8 +3,8 @@
 // whether the backend was really used. Needs nothing but MNN (libMNN, libMNN_Express); build with the
 // CMakeLists.txt beside it:
 //   cmake -S . -B build -DMNN_SOURCE_DIR=/path/to/MNN -DMNN_BUILD_DIR=/path/to/MNN/build && cmake --build build
-//   ./build/repro vulkan [path/to/libMNN_Vulkan.so]     (a plugin only where MNN was built with MNN_SEP_BUILD)
-//   ./build/repro cpu
+//   ./build/repro vulkan [path/to/libMNN_Vulkan.so|-] [high|normal|low] [max_rel min_cosine max_nmse]
+//   ./build/repro cpu          (a plugin only where MNN was built with MNN_SEP_BUILD; limits: see gLimits)
 // Exit: 0 the graph ran (the bug did not show), a signal (the crash), 1 outputs differ from expected/ (when the
 // directory is there), 3 bad input, 4 NOT-EXERCISED (MNN fell back to another backend: nothing was tested).
 #include <MNN/MNNForwardType.h>
@@ -32,6 +32,12 @@ using namespace MNN;
 using namespace MNN::Express;
 
 namespace {
+
+// Outputs held against expected/ (the CPU's values): max|o-g| / max|g|, cosine and sum((o-g)^2) / sum(g^2), the
+// metrics of mnnrepro's gradient check; the defaults are its fp32 first-step limits.
+struct Limits {
+    double maxRel = 1e-3, minCosine = 0.999999, maxNmse = 1e-6;
+} gLimits;
 
 struct Value {
     std::string dtype, format, file;
@@ -126,18 +132,19 @@ static int runGraph(const std::string& dir) {
         std::ifstream in(dir + "/expected/" + it->second.file, std::ios::binary);
         std::vector<float> want(size_t(r->getInfo()->size));
         in.read(reinterpret_cast<char*>(want.data()), std::streamsize(want.size() * sizeof(float)));
-        // max|o-g| / max|g| and nmse against the CPU's values, held to fp32 gradient-check limits (1e-3, 1e-6).
-        double worst = 0, scale = 0, dd = 0, gg = 0;
+        double worst = 0, scale = 0, dd = 0, gg = 0, oo = 0, og = 0;
         bool finite = true;
         for (size_t i = 0; i < want.size(); ++i) {
-            const double d = std::fabs(double(ptr[i]) - want[i]);
-            finite = finite && std::isfinite(ptr[i]);
-            worst = std::max(worst, d), scale = std::max(scale, double(std::fabs(want[i])));
-            dd += d * d, gg += double(want[i]) * want[i];
+            const double o = ptr[i], g = want[i], d = std::fabs(o - g);
+            finite = finite && std::isfinite(o);
+            worst = std::max(worst, d), scale = std::max(scale, std::fabs(g));
+            dd += d * d, gg += g * g, oo += o * o, og += o * g;
         }
         const double rel = scale > 0 ? worst / scale : worst, nmse = gg > 0 ? dd / gg : dd;
-        fprintf(stderr, "repro: %s: max_rel %g, nmse %g against the CPU's values\n", r->name().c_str(), rel, nmse);
-        differ += (!finite || rel > 1e-3 || nmse > 1e-6) ? 1 : 0;
+        const double cosine = oo > 0 && gg > 0 ? og / std::sqrt(oo * gg) : (oo == gg ? 1.0 : 0.0);
+        fprintf(stderr, "repro: %s: max_rel %g, cosine %.9f, nmse %g against the CPU's values\n", r->name().c_str(),
+                rel, cosine, nmse);
+        differ += (!finite || rel > gLimits.maxRel || cosine < gLimits.minCosine || nmse > gLimits.maxNmse) ? 1 : 0;
     }
     fprintf(stderr, "repro: %s\n", differ ? "outputs differ from the CPU's" : "ran, no difference: the bug did not show");
     return differ ? 1 : 0;
@@ -162,14 +169,18 @@ int main(int argc, char** argv) {
     const MNNForwardType wanted = backend == "cpu" ? MNN_FORWARD_CPU
                                   : backend == "opencl" ? MNN_FORWARD_OPENCL
                                                         : MNN_FORWARD_VULKAN;
-    if (argc > 2 && dlopen(argv[2], RTLD_NOW | RTLD_GLOBAL) == nullptr) {
+    const std::string precision = argc > 3 ? argv[3] : "high";
+    if (argc > 6) gLimits = Limits{atof(argv[4]), atof(argv[5]), atof(argv[6])};
+    if (argc > 2 && std::string(argv[2]) != "-" && dlopen(argv[2], RTLD_NOW | RTLD_GLOBAL) == nullptr) {
         fprintf(stderr, "repro: cannot load %s: %s\n", argv[2], dlerror());
         return 4;
     }
     // MNN falls back to the CPU silently when it cannot create the runtime: read back what it chose.
     auto exe = Executor::getGlobalExecutor();
     BackendConfig config;
-    config.precision = BackendConfig::Precision_High;
+    config.precision = precision == "low"      ? BackendConfig::Precision_Low
+                       : precision == "normal" ? BackendConfig::Precision_Normal
+                                               : BackendConfig::Precision_High;
     exe->setGlobalExecutorConfig(wanted, config, 1);
     if (exe->getAttr()->firstType != wanted) {
         fprintf(stderr, "repro: NOT-EXERCISED: MNN runs on backend %d, not %s\n", int(exe->getAttr()->firstType),

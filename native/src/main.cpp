@@ -776,7 +776,7 @@ int main(int argc, char** argv) {
             const std::string file = opt.saveGraph + "/graph.mnn";
             Variable::save(outputs, file.c_str());
             mnnrepro::Store store;
-            store.open(opt.saveGraph + "/inputs", true, error);
+            if (!store.open(opt.saveGraph + "/inputs", true, error)) return fail(kOutputError, "output", error);
             for (auto& v : inputs) {
                 if (!store.write(v->expr().first->outputName(0), v, error)) return fail(kOutputError, "output", error);
             }

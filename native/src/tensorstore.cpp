@@ -50,8 +50,9 @@ bool Store::open(const std::string& dir, bool create, std::string& error) {
     mDir = dir;
     if (create) {
         mkdir(dir.c_str(), 0755);
-        std::ofstream(dir + "/manifest.tsv", std::ios::trunc);
-        return true;
+        std::ofstream out(dir + "/manifest.tsv", std::ios::trunc);
+        if (!out) error = dir + "/manifest.tsv: cannot write";
+        return bool(out);
     }
     std::ifstream in(dir + "/manifest.tsv");
     if (!in) {
@@ -69,6 +70,7 @@ bool Store::open(const std::string& dir, bool create, std::string& error) {
         std::stringstream ds(f[3]);
         while (std::getline(ds, part, ',')) s.dims.push_back(atoi(part.c_str()));
         mItems[f[0]] = s;
+        mNext++;
     }
     return true;
 }
@@ -112,7 +114,11 @@ bool Store::write(const std::string& name, VARP var, std::string& error) {
         error = name + ": could not compute";
         return false;
     }
-    const std::string file = "t" + std::to_string(mItems.size()) + ".bin";
+    if (mItems.count(name)) {
+        error = mDir + ": " + name + " is already in the store (two tensors of one name)";
+        return false;
+    }
+    const std::string file = "t" + std::to_string(mNext++) + ".bin";
     std::ofstream out(mDir + "/" + file, std::ios::binary | std::ios::trunc);
     out.write(static_cast<const char*>(ptr), std::streamsize(pinfo->size * (info->type.bits / 8)));
     std::ofstream man(mDir + "/manifest.tsv", std::ios::app);
@@ -126,9 +132,11 @@ bool Store::write(const std::string& name, VARP var, std::string& error) {
 }
 
 std::vector<double> Store::floats(const std::string& name) const {
+    // An empty result when the file does not hold the whole tensor (the caller reports a difference in size).
     const Stored& s = mItems.at(name);
     std::ifstream in(mDir + "/" + s.file, std::ios::binary);
     std::vector<char> data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (data.size() != count(s.dims) * (dtypeOf(s.dtype).bits / 8)) return {};
     return toDoubles(data.data(), count(s.dims), s.dtype);
 }
 

@@ -37,6 +37,7 @@ public:
 private:
     std::string mDir;
     std::map<std::string, Stored> mItems;
+    size_t mNext = 0;  // the next file's number (never reused: a file is never overwritten)
 };
 
 }  // namespace mnnrepro

@@ -443,7 +443,8 @@ def _add_reduce(sub: Subcommands) -> None:
 
 
 def _report(args: argparse.Namespace, settings: Settings) -> int:
-    crash = issue.pick(issue.crashes(issue.load(args.results)), cell=args.cell, test=args.test)
+    where = args.results if args.results.is_dir() else args.results.parent
+    crash = issue.pick(issue.crashes(issue.load(args.results), where), cell=args.cell, test=args.test)
     text = issue.render(crash, bisect=args.bisect)
     out = args.out or (args.results / "ISSUE.md" if args.results.is_dir() else args.results.with_name("ISSUE.md"))
     out.write_text(text)

@@ -24,6 +24,7 @@ from .errors import ConfigError
 
 MAX_LINES = 150
 MAX_FRAMES = 12
+MAX_OPS = 40  # rows of the reduced graph's table (a reduction the budget stopped early can be long)
 # What a report may never contain: an absolute path of the machine it ran on.
 _PATH = re.compile(r"(?<![\w.:/-])/(?:root|home|work|tmp|var|opt|usr|srv|mnt|check|cache|src|results)\b[^\s`|)]*")
 # MNN's MNNForwardType values that upstream's run_test.out takes as its second argument.
@@ -72,12 +73,13 @@ def load(path: Path) -> dict[str, Any]:
     return data
 
 
-def crashes(data: dict[str, Any]) -> list[Crash]:
-    """Every crash of a session summary, GPU cells first in the order they ran."""
+def crashes(data: dict[str, Any], where: Path | None = None) -> list[Crash]:
+    """Every crash of a session summary, GPU cells first in the order they ran. ``where``: the results directory
+    as it is now (a reduce run's files are looked up there, also when the results were moved or archived)."""
     if data.get("session") == "ops":
         return _ops_crashes(data)
     if data.get("session") == "reduce":
-        return [_reduce_crash(data)]
+        return [_reduce_crash(data, where)]
     if "cells" not in data or "header" not in data:
         raise ConfigError("not a summary.json of an mnnrepro session")
     h = data["header"]
@@ -118,10 +120,11 @@ def crashes(data: dict[str, Any]) -> list[Crash]:
     return found
 
 
-def _reduce_crash(data: dict[str, Any]) -> Crash:
+def _reduce_crash(data: dict[str, Any], where: Path | None) -> Crash:
     target = data.get("target") or {}
     keep = data.get("keep") or []
-    work = Path(str(data.get("results_dir", "")))
+    work = where if where is not None else Path(str(data.get("results_dir", "")))
+    data = {**data, "results_dir": str(work)}
     key = hashlib.sha256(",".join(map(str, sorted(keep))).encode()).hexdigest()[:16]
     checks = data.get("checks") or {}
     return Crash(
@@ -130,7 +133,7 @@ def _reduce_crash(data: dict[str, Any]) -> Crash:
         commit=str(data.get("commit", "")),
         variant=str(data.get("variant", "")),
         icd=str(data.get("icd", "-")),
-        signal=str(target.get("signal") or "outputs differ"),
+        signal=str(target.get("signal") or "wrong outputs"),
         where=f"the first SGD step's gradient graph, reduced to {data.get('reduced_ops')} op(s)",
         signature=[str(x) for x in target.get("signature") or []],
         frames=frames_from(work / "candidates" / key / "crash.json") or [str(x) for x in target.get("signature") or []],
@@ -141,6 +144,7 @@ def _reduce_crash(data: dict[str, Any]) -> Crash:
         suite=str(data.get("suite", "")),
         cpu="PASS" if checks.get("cpu") == "passes" else str(checks.get("cpu", "")),
         reduced=data,
+        precision=str(data.get("precision") or "high"),
     )
 
 
@@ -266,18 +270,22 @@ def title(c: Crash) -> str:
     top = c.signature[0] if c.signature else (c.frames[0] if c.frames else "?")
     if c.reduced:
         kinds = [str(r.get("type")) for r in c.reduced.get("ops") or []]
-        what = f"{', '.join(kinds[:3])}{' ...' if len(kinds) > 3 else ''}: reduced from a training step"
+        source = "a training step" if c.reduced.get("graph") != "given" else "a given graph"
+        what = f"{', '.join(kinds[:3])}{' ...' if len(kinds) > 3 else ''}: reduced from {source}"
     else:
         what = f"`{c.test}`" if c.test else f"training, {c.where}"
     mode = "image mode" if "IMAGE=ON" in " ".join(_mode_flags(c.variant)) else "buffer mode"
     backend = f"Vulkan {mode}" if _backend(c.variant) == "vulkan" else _backend(c.variant)
+    if not c.signal.startswith("SIG"):  # a numerical bug: no crash, no frame
+        return f"[{backend}] wrong outputs ({what}, MNN {c.ref})"
     return f"[{backend}] {c.signal} in {top} ({what}, MNN {c.ref})"
 
 
 def _nox(c: Crash) -> str:
     if c.session == "reduce":
         icd = f" --icd {c.icd}" if c.icd != "-" else ""
-        return f"nox -s reduce -- --ref {c.ref} --variant {c.variant}{icd}"
+        given = "" if c.reduced.get("graph") != "given" else " --graph GRAPH_DIR"
+        return f"nox -s reduce -- --ref {c.ref} --variant {c.variant}{icd}{given}"
     if c.session == "ops":
         icd = f" --icd {c.icd}" if c.icd != "-" else ""
         return f"nox -s ops -- --ref {c.ref} --variants {c.variant} --select {c.test}{icd}"
@@ -296,7 +304,10 @@ def _upstream_commands(c: Crash) -> list[str]:
         lines.append("# repro/ (attached): repro.cpp, CMakeLists.txt, graph.mnn, inputs/, expected/")
         lines.append("cmake -S repro -B repro/build -DMNN_SOURCE_DIR=$PWD -DMNN_BUILD_DIR=$PWD/build")
         lines.append("cmake --build repro/build")
-        lines.append(f"cd repro && ./build/repro {_backend(c.variant)}{plugin}   # {c.signal}; on cpu it passes")
+        lines.append(
+            f"cd repro && ./build/repro {_backend(c.variant)}{plugin or ' -'} {c.precision}   # {c.signal}; "
+            "on cpu it passes"
+        )
     elif c.test:
         lines.append(f"cmake -B build -G Ninja {flags} -DMNN_BUILD_TEST=ON")
         lines.append("cmake --build build --target run_test.out")
@@ -368,14 +379,19 @@ def _reduced(r: dict[str, Any]) -> list[str]:
     out = ["## The reduced graph", ""]
     out.append(
         f"{r.get('original_ops')} ops -> {r.get('reduced_ops')}, {r.get('candidate_runs')} candidate runs (each in its"
-        f" own process, under gdb), {r.get('reduce_seconds')} s. An input whose producer was cut away holds the value"
+        f" own process{', under gdb' if r.get('gdb', True) else ''}), {r.get('reduce_seconds')} s"
+        f"{'' if not r.get('budget_exhausted') else ' (the time budget ran out: the best so far, not minimal)'}."
+        " An input whose producer was cut away holds the value"
         " the CPU backend computed for it (an input, not a constant, so MNN picks the same kernel)."
     )
     out += ["", "| # | op | inputs | outputs |", "| --- | --- | --- | --- |"]
-    for row in r.get("ops") or []:
+    rows = r.get("ops") or []
+    for row in rows[:MAX_OPS]:
         ins = ", ".join(f"`{x}`" for x in row.get("inputs", []))
         outs = ", ".join(f"`{x}`" for x in row.get("outputs", []))
         out.append(f"| {row.get('index')} | {row.get('type')} | {ins} | {outs} |")
+    if len(rows) > MAX_OPS:
+        out.append(f"| ... | {len(rows) - MAX_OPS} more op(s): summary.json lists them all | | |")
     k = r.get("checks") or {}
     out += [
         "",
@@ -421,8 +437,18 @@ def render(c: Crash, *, bisect: Path | None = None) -> str:
     if c.reduced:
         lines.append(
             f"A graph of {c.reduced.get('reduced_ops')} op(s), cut by delta debugging from the "
-            f"{c.reduced.get('original_ops')} ops of MNIST training's first SGD step (its gradient graph), crashes "
-            f"with {c.signal} on the {_mode_words(c.variant)}."
+            f"{c.reduced.get('original_ops')} ops of "
+            + (
+                "MNIST training's first SGD step (its gradient graph)"
+                if c.reduced.get("graph") != "given"
+                else "a given graph"
+            )
+            + (
+                f", crashes with {c.signal}"
+                if c.signal.startswith("SIG")
+                else ", computes outputs that differ from the CPU's beyond the gradient-check limits"
+            )
+            + f" on the {_mode_words(c.variant)}."
         )
     elif c.test:
         lines.append(f"MNN's own test `{c.test}` crashes with {c.signal} on the {_mode_words(c.variant)}.")
@@ -439,12 +465,23 @@ def render(c: Crash, *, bisect: Path | None = None) -> str:
     lines += [f"| {k} | {v} |" for k, v in env]
     lines += ["", "## To reproduce", "", "With mnnrepro (builds MNN in a container, runs the case, judges it):", ""]
     lines += ["```sh", _nox(c), "```", "", "With MNN alone:", "", "```sh", *_upstream_commands(c), "```", ""]
-    lines += ["## Crash", ""]
-    if c.signature:
-        lines += [f"{c.signal} in `{c.where}`. Signature (the top frames inside MNN):", "", "```", *c.signature, "```"]
+    if not c.signal.startswith("SIG"):
+        lim = (c.reduced or {}).get("limits") or {}
+        lines += [
+            "## Wrong outputs",
+            "",
+            "No crash: outputs differ from the CPU backend's beyond "
+            f"max_rel {lim.get('max_rel')}, cosine {lim.get('min_cosine')}, nmse {lim.get('max_nmse')}.",
+            "",
+        ]
     else:
-        lines.append(f"{c.signal} in `{c.where}`, with no frame inside MNN's libraries at the top of the stack.")
-    lines += ["", "Top frames:", "", "```", *c.frames, "```", ""]
+        lines += ["## Crash", ""]
+        if c.signature:
+            lines += [f"{c.signal} in `{c.where}`. Signature (the top frames inside MNN):", "", "```", *c.signature]
+            lines.append("```")
+        else:
+            lines.append(f"{c.signal} in `{c.where}`, with no frame inside MNN's libraries at the top of the stack.")
+        lines += ["", "Top frames:", "", "```", *c.frames, "```", ""]
     if c.reduced:
         lines += _reduced(c.reduced)
     else:

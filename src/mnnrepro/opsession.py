@@ -57,7 +57,7 @@ def list_tests(settings: Settings, *, say: Say = print) -> int:
     ref = settings.ref or matrix.default_ref
     source.validate_ref(ref)
     names = optest.declared_names(prepare.resolve_tree(ref, settings, matrix).path)
-    patterns = settings.select or ("op/", "grad/", "speed/")
+    patterns = settings.select or ("op/", "grad/")
     if missing := optest.unmatched(names, patterns):
         return _no_such_test(missing, ref, say)
     for name in optest.select(names, patterns):

@@ -69,6 +69,19 @@ def capture(prepared: prepare.Prepared, results: Path, say: Say) -> Path:
     return out
 
 
+def adopt(graph: Path, results: Path, say: Say) -> Path:
+    """A user's graph directory, copied into the results (a container sees the results; --resume needs nothing
+    else)."""
+    out = results / "graph"
+    if (out / "graph.mnn").is_file():
+        if (out / "graph.mnn").read_bytes() != (graph / "graph.mnn").read_bytes():
+            raise ConfigError(f"{results} holds another graph than {graph}", hint="start a new reduction")
+        return out
+    shutil.copytree(graph, out)
+    say(f"graph: {graph} (copied to {out})")
+    return out
+
+
 def run_reduce(
     settings: Settings,
     *,
@@ -92,7 +105,7 @@ def run_reduce(
     prepared = prepare.prepare(ref, (variants.BASELINE, variant), settings, matrix, say)
     built = prepared.built
     tool = built.driver.with_name("mnn_graph")
-    graph_dir = graph or capture(prepared, results, say)
+    graph_dir = capture(prepared, results, say) if graph is None else adopt(graph, results, say)
     spec = reduce.Spec(
         tool=tool,
         graph=graph_dir,
@@ -116,7 +129,7 @@ def run_reduce(
     say(f"the whole graph ({ops_total} ops) fails: {target.describe()}; reducing (budget {budget:.0f} s)")
     keep = reducer.reduce()
     seconds = round(reducer.seconds, 1)
-    exhausted = reducer.out_of_time()
+    exhausted = not reducer.minimal
     table = reduce.ops_table(reducer.ops, keep)
     repro = emit(results, keep, table)
     checks = verify(spec, target, repro, results, say)
@@ -135,7 +148,9 @@ def run_reduce(
         "host": platform.platform(),
         "python": sys.version.split()[0],
         "target": {"kind": target.kind, "signal": target.signal, "signature": list(target.signature)},
+        "precision": spec.precision,
         "limits": {"max_rel": spec.limits[0], "min_cosine": spec.limits[1], "max_nmse": spec.limits[2]},
+        "gdb": bool(spec.gdb),
         "original_ops": ops_total,
         "reduced_ops": len(keep),
         "keep": list(keep),
@@ -148,7 +163,7 @@ def run_reduce(
         "total_seconds": round(time.monotonic() - started, 1),
         "checks": checks,
         "device": checks.get("device", ""),
-        "graph": "graph/" if graph is None else "(given with --graph)",
+        "graph": "mnist" if graph is None else "given",
         "results_dir": str(results),
     }
     (results / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -160,6 +175,11 @@ def run_reduce(
     ok = ok and checks.get("standalone") == "fails" and checks.get("standalone_cpu") == "passes"
     if not ok:
         say(f"the reduced graph did not check out on its own: {checks}")
+    if exhausted:
+        say(
+            f"the budget ({budget:.0f} s) ran out before the search finished: {len(keep)} op(s) is the best so far, "
+            f"not minimal; --resume {results} --budget S goes on"
+        )
     return 0 if ok and not exhausted else 1
 
 
@@ -200,23 +220,25 @@ def verify_standalone(
     shutil.rmtree(bdir, ignore_errors=True)
     configure = ["cmake", "-G", "Ninja", "-S", str(repro), "-B", str(bdir), f"-DMNN_SOURCE_DIR={built.tree.path}"]
     steps = [[*configure, f"-DMNN_BUILD_DIR={built.core.lib_dir}"], ["ninja", "-C", str(bdir)]]
-    for argv in steps:
-        res = built.runner.run(argv, timeout_s=600, writable=[results], stdout_path=results / "repro-build.log")
+    for i, argv in enumerate(steps):
+        log, err = results / f"repro-build-{i}.log", results / f"repro-build-{i}.err"
+        res = built.runner.run(argv, timeout_s=600, writable=[results], stdout_path=log, stderr_path=err)
         if res.returncode != 0:
-            say(f"  the standalone reproducer did not build (see {results / 'repro-build.log'})")
+            say(f"  the standalone reproducer did not build (see {log} and {err})")
             return {"standalone_build": "failed"}
     out = {"standalone_build": "ok"}
     for name, backend, plugin, env in (
         ("standalone", spec.backend, spec.plugin, spec.env),
         ("standalone_cpu", "cpu", None, {}),
     ):
-        argv = [str(bdir / "repro"), backend, *([str(plugin)] if plugin else [])]
+        argv = [str(bdir / "repro"), backend, str(plugin) if plugin else "-", spec.precision, *map(repr, spec.limits)]
         res = built.runner.run(
             ["sh", "-c", 'cd "$1" && shift && exec "$@"', "sh", str(repro), *argv],
             env=env,
             timeout_s=spec.timeout_s,
             writable=[results],
             stdout_path=results / f"{name}.log",
+            stderr_path=results / f"{name}.err",
         )
         how = res.signal_name or ("differs" if res.returncode == 1 else f"exit {res.returncode}")
         wanted = target.signal if target.kind == "crash" else "differs"
@@ -261,6 +283,13 @@ def check_at(settings: Settings, results: Path, *, say: Say = print) -> int:
         gdb=None,
         jobs=1,
         timeout_s=float(settings.timeout_s or CANDIDATE_TIMEOUT_S),
+        precision=str(before.get("precision") or "high"),
+    )
+    lim = before.get("limits") or {}
+    spec.limits = (
+        float(lim.get("max_rel", 1e-3)),
+        float(lim.get("min_cosine", 0.999999)),
+        float(lim.get("max_nmse", 1e-6)),
     )
     (out_dir / "values").mkdir(exist_ok=True)
     shutil.copytree(results / "values", out_dir / "values", dirs_exist_ok=True)
@@ -277,8 +306,15 @@ def check_at(settings: Settings, results: Path, *, say: Say = print) -> int:
     data: dict[str, Any] = {"ref": ref, "commit": built.tree.commit, "variant": variant, "icd": icd or "-"}
     data.update(checks=checks, placement=placement)
     (out_dir / "check.json").write_text(json.dumps(data, indent=1))
-    passes = all(checks.get(k) == "passes" for k in ("backend", "cpu", "standalone", "standalone_cpu"))
-    return 0 if passes else 1
+    # 0: passes everywhere at this ref; 1: the bug shows (fails the target's way); 2: neither (NOT-EXERCISED, a
+    # build or another failure): no answer about the bug at this ref.
+    looked = [checks.get(k) for k in ("backend", "cpu", "standalone", "standalone_cpu")]
+    if all(v == "passes" for v in looked):
+        return 0
+    if checks.get("backend") == "fails" or checks.get("standalone") == "fails":
+        return 1
+    say(f"  no answer at {ref}: {checks}")
+    return 2
 
 
 def verify(spec: reduce.Spec, target: reduce.Target, repro: Path, results: Path, say: Say) -> dict[str, str]:

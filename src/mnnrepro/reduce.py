@@ -131,6 +131,7 @@ class Reducer:
         self.target: Target | None = None
         self.runs = 0  # candidate processes started by this run (not the ones resumed from reduce.json)
         self.seconds = 0.0  # the search's wall time, over every run that worked on this reduce.json
+        self.minimal = False  # the search ran to its end (no single op of the result can go)
         self.graph_sha = hashlib.sha256((spec.graph / "graph.mnn").read_bytes()).hexdigest()
         self._load_state()
 
@@ -141,9 +142,11 @@ class Reducer:
         try:
             data = json.loads(self.state_path.read_text())
         except ValueError as exc:
-            raise ReduceError(f"{self.state_path} is not JSON ({exc}): delete it to start again") from exc
+            raise ReduceError(
+                f"{self.state_path} is not JSON ({exc}): start a new reduction (without --resume)"
+            ) from exc
         if data.get("graph_sha256") != self.graph_sha:
-            raise ReduceError(f"{self.state_path} records another graph: use another --results-dir, or delete it")
+            raise ReduceError(f"{self.state_path} records another graph: start a new reduction, without --resume")
         self.trials = {k: Trial(**v) for k, v in data.get("trials", {}).items()}
         self.seconds = float(data.get("seconds", 0.0))
         if data.get("target"):
@@ -166,12 +169,17 @@ class Reducer:
 
     # -- the graph ---------------------------------------------------------------------------------------------
     def _tool(self, args: list[str], what: str, *, timeout_s: float = 600.0) -> str:
-        out = self.spec.work / f"{args[0]}.log"
+        out, err = self.spec.work / f"{args[0]}.log", self.spec.work / f"{args[0]}.err"
         res = self.spec.runner.run(
-            [str(self.spec.tool), *args], timeout_s=timeout_s, stdout_path=out, writable=[self.spec.work]
+            [str(self.spec.tool), *args],
+            timeout_s=timeout_s,
+            stdout_path=out,
+            stderr_path=err,
+            writable=[self.spec.work],
         )
         if res.returncode != 0:
-            raise ReduceError(f"{what}: mnn_graph {args[0]} exited {res.returncode} (see {out})")
+            tail = err.read_text(errors="replace").strip().splitlines()[-3:] if err.is_file() else []
+            raise ReduceError(f"{what}: mnn_graph {args[0]} exited {res.returncode}: {' | '.join(tail)} (see {err})")
         return out.read_text(errors="replace")
 
     def prepare(self) -> None:
@@ -226,25 +234,38 @@ class Reducer:
             plan = self.spec.work / "plan.json"
             plan.write_text(json.dumps({"jobs": self.spec.jobs, "tests": entries}, indent=1))
             budget = self.spec.timeout_s * (len(entries) / self.spec.jobs + 1) + 60
-            self.spec.runner.run(
+            res = self.spec.runner.run(
                 ["python3", str(BATCH_SCRIPT), str(plan)],
                 env=self.spec.env,
                 writable=[self.spec.work],
                 timeout_s=budget,
                 stdout_path=self.spec.work / "batch.log",
+                stderr_path=self.spec.work / "batch.err",
             )
             self.runs += len(fresh)
+            unfinished = []
             for keep in fresh:
-                self.trials[key_of(keep)] = self._read(keep)
+                trial = self._read(keep)
+                if trial is None:  # no result.json: the batch was stopped before it; never recorded as a verdict
+                    unfinished.append(key_of(keep))
+                else:
+                    self.trials[key_of(keep)] = trial
             self.save()
+            if unfinished or res.returncode != 0:
+                raise ReduceError(
+                    f"the batch of candidates ended with exit {res.returncode}"
+                    + (" (time limit)" if res.timed_out else "")
+                    + f", {len(unfinished)} candidate(s) unfinished (see {self.spec.work}/batch.err); what finished is "
+                    f"recorded: --resume {self.spec.work} goes on from there"
+                )
         return [self.trials[key_of(c)] for c in candidates]
 
-    def _read(self, keep: Sequence[int]) -> Trial:
+    def _read(self, keep: Sequence[int]) -> Trial | None:
         cdir = self.spec.work / "candidates" / key_of(keep)
         try:
             res = json.loads((cdir / "result.json").read_text())
         except (OSError, ValueError):
-            return Trial(key_of(keep), len(keep), False, "interrupted")
+            return None
         seconds = float(res.get("duration_s", 0.0))
         if res.get("timed_out"):
             return Trial(key_of(keep), len(keep), False, "timeout", seconds=seconds)
@@ -254,7 +275,10 @@ class Reducer:
         signal = _signal_name(code)
         frames: tuple[str, ...] = ()
         if signal and (cdir / "crash.json").is_file():
-            frames = sig.of_cell_dir(cdir)
+            try:
+                frames = sig.of_cell_dir(cdir)
+            except (ValueError, KeyError, TypeError):  # a capture cut short: judged by the signal alone
+                frames = ()
         outcome = signal or ("differs" if code == 1 else "ok" if code == 0 else f"exit {code}")
         if code == 4:
             raise ReduceError(
@@ -311,6 +335,8 @@ class Reducer:
         return self.target
 
     def reduce(self) -> tuple[int, ...]:
+        """The smallest interesting op set found; ``self.minimal`` says whether the search finished (1-minimal) or
+        the budget stopped it first (the best so far)."""
         started = time.monotonic()
         try:
             return self._reduce()
@@ -345,11 +371,14 @@ class Reducer:
                 if found is not None:
                     current, n = found, max(n - 1, 2)
                 elif n >= len(current):
+                    self.minimal = True
                     break
                 else:
                     n = min(len(current), 2 * n)
             self.say(f"  ddmin: {len(current)} ops ({self.runs} candidate runs so far)")
             self.save()
+        if len(current) == 1 and not self.out_of_time():
+            self.minimal = True
         return current
 
 

@@ -104,7 +104,8 @@ def generate(tree: Path, cache_dir: Path, say: Say) -> dict[str, object]:
     wanted = set(_MAPPED.findall(committed_map.decode(errors="replace"))) if committed_map else set()
     exe = glslang(cache_dir, say)
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="mnnrepro-glslang-") as tmp:
+    # The recording wrapper lives beside the pinned glslang (a /tmp mounted noexec would stop every call).
+    with tempfile.TemporaryDirectory(prefix=".wrapper-", dir=exe.parent.parent.parent) as tmp:
         shim = Path(tmp) / "bin"
         shim.mkdir()
         failures = Path(tmp) / "failures"
@@ -137,9 +138,11 @@ def generate(tree: Path, cache_dir: Path, say: Say) -> dict[str, object]:
                     if absent
                     else "no shader generated"
                 )
+                output = (res.stdout or "").strip().splitlines()[-5:]
                 raise SourceError(
-                    f"could not generate {GENERATED} ({why})",
-                    hint="import a tree that has the file, or report the glslang failure with the output above",
+                    f"could not generate {GENERATED} ({why})"
+                    + ("; its output ended: " + " | ".join(output) if output else ""),
+                    hint="import a tree that has the file",
                 )
         except BaseException:
             (compiler / "AllShader.cpp").unlink(missing_ok=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from mnnrepro import reduce
-from mnnrepro.runner import HostRunner
+from mnnrepro.runner import Completed, HostRunner
 
 # info: 2 leaves, then ops 2..N+1; the bug needs every op in CULPRITS (a crash in creating one kernel may need its
 # producer kept too); a candidate with all of them "crashes" by killing itself with SIGSEGV.
@@ -132,3 +132,22 @@ def test_parse_info_skips_chatter_and_refuses_nothing() -> None:
         reduce.parse_info("The device supports: nothing\n")
     table = reduce.ops_table(ops, [1])
     assert table == [{"index": 1, "type": "ReLU", "name": "r", "inputs": ["c (constant)"], "outputs": ["r"]}]
+
+
+def test_a_batch_that_was_stopped_records_nothing_it_did_not_finish(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = _spec(tmp_path, monkeypatch, ops=6, culprits="3")
+    r = reduce.Reducer(spec, budget_s=60, say=lambda _: None)
+    r.prepare()
+    real = spec.runner.run
+
+    def killed(argv: list[str], **kw: object) -> Completed:
+        if "optest_batch.py" in " ".join(argv):  # the container killed before any candidate finished
+            return Completed(tuple(argv), 137, 0.1)
+        return real(argv, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(spec.runner, "run", killed)
+    with pytest.raises(reduce.ReduceError, match=r"exit 137, 1 candidate\(s\) unfinished.*--resume"):
+        r.establish(None)
+    assert r.trials == {}  # nothing a resumed run would take for a verdict
