@@ -278,6 +278,8 @@ def title(c: Crash) -> str:
     backend = f"Vulkan {mode}" if _backend(c.variant) == "vulkan" else _backend(c.variant)
     if not c.signal.startswith("SIG"):  # a numerical bug: no crash, no frame
         return f"[{backend}] wrong outputs ({what}, MNN {c.ref})"
+    if top == "?":  # no backtrace (no usable gdb where it ran)
+        return f"[{backend}] {c.signal} ({what}, MNN {c.ref})"
     return f"[{backend}] {c.signal} in {top} ({what}, MNN {c.ref})"
 
 
@@ -479,9 +481,13 @@ def render(c: Crash, *, bisect: Path | None = None) -> str:
         if c.signature:
             lines += [f"{c.signal} in `{c.where}`. Signature (the top frames inside MNN):", "", "```", *c.signature]
             lines.append("```")
-        else:
+        elif c.frames:
             lines.append(f"{c.signal} in `{c.where}`, with no frame inside MNN's libraries at the top of the stack.")
-        lines += ["", "Top frames:", "", "```", *c.frames, "```", ""]
+        else:
+            lines.append(f"{c.signal} in `{c.where}`; no backtrace was taken (no usable gdb where it ran).")
+        if c.frames:
+            lines += ["", "Top frames:", "", "```", *c.frames, "```"]
+        lines.append("")
     if c.reduced:
         lines += _reduced(c.reduced)
     else:

@@ -129,3 +129,12 @@ def test_results_without_a_crash_say_so(tmp_path: Path) -> None:
     data["cells"] = data["cells"][:1]
     with pytest.raises(ConfigError, match="crashes in these results: none"):
         issue.pick(issue.crashes(data))
+
+
+def test_a_crash_without_a_backtrace_says_so(tmp_path: Path) -> None:
+    data = _mnist(tmp_path)
+    ev = data["cells"][1]["evidence"]
+    ev["signature"], ev["top_frames"], ev["result_dir"] = [], [], str(tmp_path / "nowhere")
+    text = issue.render(issue.pick(issue.crashes(data)))
+    assert text.splitlines()[0].startswith("# [Vulkan image mode] SIGSEGV (training, sgd_step[step 0]")
+    assert "no backtrace was taken" in text and "Top frames" not in text
