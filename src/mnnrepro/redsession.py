@@ -82,6 +82,26 @@ def adopt(graph: Path, results: Path, say: Say) -> Path:
     return out
 
 
+def spec_for(
+    prepared: prepare.Prepared, variant: str, icd: str, settings: Settings, graph: Path, work: Path
+) -> reduce.Spec:
+    """Where and how a graph runs for one (build, variant, ICD): mnn_graph beside the driver, the variant's plugin,
+    the ICD's environment; one process at a time and no gdb until the caller says otherwise."""
+    built = prepared.built
+    return reduce.Spec(
+        tool=built.driver.with_name("mnn_graph"),
+        graph=graph,
+        work=work,
+        runner=built.runner,
+        backend=variants.get(variant).backend,
+        plugin=built.plugins.get(variant),
+        env=dict(prepared.icds[icd].env) if icd else {},
+        gdb=None,
+        jobs=1,
+        timeout_s=float(settings.timeout_s or CANDIDATE_TIMEOUT_S),
+    )
+
+
 def run_reduce(
     settings: Settings,
     *,
@@ -104,21 +124,11 @@ def run_reduce(
     say(f"mnnrepro {__version__}: reduce {ref}/{variant}/{icd or '-'}, results in {results}")
     prepared = prepare.prepare(ref, (variants.BASELINE, variant), settings, matrix, say)
     built = prepared.built
-    tool = built.driver.with_name("mnn_graph")
     graph_dir = capture(prepared, results, say) if graph is None else adopt(graph, results, say)
-    spec = reduce.Spec(
-        tool=tool,
-        graph=graph_dir,
-        work=results,
-        runner=built.runner,
-        backend=variants.get(variant).backend,
-        plugin=built.plugins.get(variant),
-        env=dict(prepared.icds[icd].env) if icd else {},
-        gdb=prepared.gdb_path,
-        jobs=settings.test_jobs or len(os.sched_getaffinity(0)),
-        timeout_s=float(settings.timeout_s or CANDIDATE_TIMEOUT_S),
-        precision=variants.get(variant).precision or prepared.workload.precision,
-    )
+    spec = spec_for(prepared, variant, icd, settings, graph_dir, results)
+    spec.gdb = prepared.gdb_path
+    spec.jobs = settings.test_jobs or len(os.sched_getaffinity(0))
+    spec.precision = variants.get(variant).precision or prepared.workload.precision
     limit = gradcheck.tolerance_for(spec.backend, spec.precision, 0, matrix)
     spec.limits = (limit.max_rel, limit.min_cosine, limit.max_nmse)
     budget = float(budget_s or DEFAULT_BUDGET_S)
@@ -272,19 +282,8 @@ def check_at(settings: Settings, results: Path, *, say: Say = print) -> int:
     built = prepared.built
     out_dir = results / f"at-{ref.replace('/', '_')}"
     out_dir.mkdir(exist_ok=True)
-    spec = reduce.Spec(
-        tool=built.driver.with_name("mnn_graph"),
-        graph=repro,
-        work=out_dir,
-        runner=built.runner,
-        backend=variants.get(variant).backend,
-        plugin=built.plugins.get(variant),
-        env=dict(prepared.icds[icd].env) if icd else {},
-        gdb=None,
-        jobs=1,
-        timeout_s=float(settings.timeout_s or CANDIDATE_TIMEOUT_S),
-        precision=str(before.get("precision") or "high"),
-    )
+    spec = spec_for(prepared, variant, icd, settings, repro, out_dir)
+    spec.precision = str(before.get("precision") or "high")
     lim = before.get("limits") or {}
     spec.limits = (
         float(lim.get("max_rel", 1e-3)),
