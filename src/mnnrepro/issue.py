@@ -413,8 +413,9 @@ def _reduced(r: dict[str, Any]) -> list[str]:
             f"{b}: {', '.join(f'{t} x{n}' for t, n in sorted(ops.items()))}" for b, ops in sorted(ran.items())
         )
         out += [
-            f"At {at.get('ref')} (`{str(at.get('commit', ''))[:12]}`) the same graph {ck.get('backend')} on the GPU "
-            f"backend ({where or 'no op recorded'}) and {ck.get('cpu')} on the CPU; the standalone reproducer "
+            f"At {at.get('ref')} (`{str(at.get('commit', ''))[:12]}`, {ck.get('device') or at.get('icd')}) the same "
+            f"graph {ck.get('backend')} on the GPU backend ({where or 'no op recorded'}) and {ck.get('cpu')} on the "
+            "CPU; the standalone reproducer "
             f"{ck.get('standalone')}.",
             "",
         ]
