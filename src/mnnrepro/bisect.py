@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import fixtures, hostcmd, prepare, source
+from . import fixtures, hostcmd, prepare, redsession, reduce, source
 from .cells import Cell, run_cell
 from .errors import EXIT_MISMATCH, BuildError, MnnReproError, SourceError
 from .judge import judge
@@ -398,6 +398,54 @@ class MnnOracle:
         return Outcome(v.verdict, f"build {built:.0f}s; {v.reason}")
 
 
+class ReproOracle(MnnOracle):
+    """A reduced reproducer as the workload (``bisect --repro DIR``, DIR a reduce run's results): at each commit the
+    same preparation (core, driver with mnn_graph, the mode's plugin), then the reduced graph on the backend,
+    held to the reduction's target. REPRODUCED: it fails that way (the same signal, or outputs beyond the same
+    limits); PASS: it runs and matches the CPU's values; anything else (NOT-EXERCISED, another failure) is no
+    verdict, and the commit is skipped, never counted on either side."""
+
+    def __init__(
+        self, git_dir: Path, variant: str, settings: Settings, results: Path, say: Callable[[str], None], repro: Path
+    ) -> None:
+        super().__init__(git_dir, variant, settings, results, say)
+        self.repro = repro
+        self.summary = json.loads((repro / "summary.json").read_text())
+        t = self.summary.get("target") or {}
+        self.target = reduce.Target(
+            str(t.get("kind", "crash")), str(t.get("signal", "")), tuple(t.get("signature") or ())
+        )
+
+    def __call__(self, commit: str) -> Outcome:
+        try:
+            self._tree(commit)
+        except SourceError as exc:
+            return Outcome(None, f"source: {exc.message}")
+        try:
+            prepared = prepare.prepare(commit, (self.variant,), self.settings, self.matrix, self.say)
+        except BuildError as exc:
+            return Outcome(None, "does not build: " + exc.message.splitlines()[0][:200])
+        step_dir = self.results / "steps" / commit[:12]
+        step_dir.mkdir(parents=True, exist_ok=True)
+        spec = redsession.spec_for(prepared, self.variant, self.icd_name, self.settings, self.repro / "repro", step_dir)
+        spec.precision = str(self.summary.get("precision") or "high")
+        lim = self.summary.get("limits") or {}
+        spec.limits = (
+            float(lim.get("max_rel", spec.limits[0])),
+            float(lim.get("min_cosine", spec.limits[1])),
+            float(lim.get("max_nmse", spec.limits[2])),
+        )
+        got = redsession.verify(
+            spec, self.target, self.repro / "repro", step_dir, self.say, values=self.repro / "values", cpu=False
+        )["backend"]
+        built = f"build {prepared.built.build_s:.0f}s"
+        if got == "fails":
+            return Outcome("REPRODUCED", f"{built}; the reduced graph: {self.target.describe()}")
+        if got == "passes":
+            return Outcome("PASS", f"{built}; the reduced graph runs and matches the CPU's values")
+        return Outcome(None, f"{built}; the reduced graph: {got}")
+
+
 def default_git_dir(settings: Settings, say: Callable[[str], None]) -> Path:
     """--git-dir, else settings.git_url when it is a local repository (MNNREPRO_GIT_URL=/path/to/mirror),
     else a bare clone of git_url in the cache (fetched again on every bisect, so new refs are known)."""
@@ -448,6 +496,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=int, help="parallel compile jobs (default: ninja's)")
     p.add_argument("--no-gdb", dest="gdb", action="store_const", const=False, help="no backtrace on a crash")
     p.add_argument("--fresh", action="store_true", help="ignore (and replace) the recorded steps of this bisect")
+    p.add_argument(
+        "--repro",
+        type=Path,
+        help="a reduce run's results directory: bisect with its reduced graph instead of MNIST training",
+    )
 
 
 def main(args: argparse.Namespace, settings: Settings, *, say: Callable[[str], None] = print) -> int:
@@ -458,8 +511,16 @@ def main(args: argparse.Namespace, settings: Settings, *, say: Callable[[str], N
     git_dir = repo_git_dir(args.git_dir) if args.git_dir else default_git_dir(settings, say)
     rng = plan(git_dir, args.good, args.bad)
     variant = MODES[args.mode]
+    repro = getattr(args, "repro", None)
+    if repro is not None:
+        if not (repro / "summary.json").is_file() or not (repro / "repro" / "graph.mnn").is_file():
+            raise BisectError(f"--repro {repro}: not the results directory of a finished reduce run")
+        variant = str(json.loads((repro / "summary.json").read_text()).get("variant") or variant)
     settings, _ = prepare.preflight_for(settings, (variant,), say)  # before any commit is built
     cell = f"{variant}/{settings.icds[0]}/steps={settings.steps}"
+    if repro is not None:
+        digest = hashlib.sha256((repro / "repro" / "graph.mnn").read_bytes()).hexdigest()[:12]
+        cell = f"{variant}/{settings.icds[0]}/repro={digest}"
     results = prepare.results_dir(settings, "bisect")
     log = results / "bisect.log"
 
@@ -473,7 +534,11 @@ def main(args: argparse.Namespace, settings: Settings, *, say: Callable[[str], N
         state.unlink(missing_ok=True)
     tee(f"mnnrepro bisect: {git_dir}, good {args.good}, bad {args.bad}, results in {results}, state {state}")
     t0 = time.monotonic()
-    oracle = MnnOracle(git_dir, variant, settings, results, tee)
+    oracle = (
+        ReproOracle(git_dir, variant, settings, results, tee, repro)
+        if repro is not None
+        else MnnOracle(git_dir, variant, settings, results, tee)
+    )
     result = bisect(rng, oracle, state_file=state, cell=cell, say=tee)
     code = report(result, tee)
     tee(f"total {time.monotonic() - t0:.0f}s (steps recorded earlier are not counted again)")

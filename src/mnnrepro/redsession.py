@@ -316,19 +316,27 @@ def check_at(settings: Settings, results: Path, *, say: Say = print) -> int:
     return 2
 
 
-def verify(spec: reduce.Spec, target: reduce.Target, repro: Path, results: Path, say: Say) -> dict[str, str]:
+def verify(
+    spec: reduce.Spec,
+    target: reduce.Target,
+    repro: Path,
+    results: Path,
+    say: Say,
+    *,
+    values: Path | None = None,
+    cpu: bool = True,
+) -> dict[str, str]:
     """The reduced graph on its own (not the reducer's run, no gdb): it fails the target's way on the backend
-    ("fails"), and passes on the CPU ("passes")."""
+    ("fails"), and passes on the CPU ("passes"; ``cpu=False`` leaves that run out). ``values``: the CPU's values
+    the outputs are held to (default: results/values)."""
     out: dict[str, str] = {}
-    for name, backend, plugin, env in (
-        ("backend", spec.backend, spec.plugin, spec.env),
-        ("cpu", "cpu", None, {}),
-    ):
+    runs = [("backend", spec.backend, spec.plugin, spec.env)] + ([("cpu", "cpu", None, {})] if cpu else [])
+    for name, backend, plugin, env in runs:
         run_dir = results / "verify" / name
         shutil.rmtree(run_dir, ignore_errors=True)
         run_dir.mkdir(parents=True)
         argv = [str(spec.tool), "run", "--graph", str(repro / "graph.mnn"), "--inputs", str(repro / "inputs")]
-        argv += ["--out", str(run_dir), "--backend", backend, "--expect", str(results / "values")]
+        argv += ["--out", str(run_dir), "--backend", backend, "--expect", str(values or results / "values")]
         argv += [*spec.limit_args(), "--precision", spec.precision]
         if plugin is not None:
             argv += ["--plugin", str(plugin)]

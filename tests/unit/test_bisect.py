@@ -277,3 +277,63 @@ def test_the_mnn_oracle_runs_the_prepared_commit_and_judges_its_cell(
         (tmp_path / "results" / "steps" / ("ab" * 6) / "abababababab__vulkan-image__lavapipe" / "cell.json").read_text()
     )
     assert cell_json["timeout_s"] == 30.0 and cell_json["cell_env"]["VK_ICD_FILENAMES"] == str(tmp_path / "lvp.json")
+
+
+FAKE_GRAPH_TOOL = """#!/bin/sh
+# mnn_graph run: crashes on vulkan at the "broken" commit's build (its plugin path says which), passes elsewhere.
+out=""; backend=""; plugin=""
+while [ $# -gt 0 ]; do
+  case "$1" in --out) out="$2";; --backend) backend="$2";; --plugin) plugin="$2";; esac; shift
+done
+mkdir -p "$out"
+case "$backend:$plugin" in vulkan:*broken*) kill -SEGV $$;; vulkan:*dead*) exit 4;; esac
+exit 0
+"""
+
+
+def test_the_repro_oracle_bisects_with_the_reduced_graph(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bisect --repro: each commit's build runs the reduced graph (mnn_graph beside the driver); the reduction's
+    target (SIGSEGV) is REPRODUCED, a clean run PASS."""
+    from mnnrepro import prepare
+    from mnnrepro.cells import Workload
+    from mnnrepro.icd import Icd
+    from mnnrepro.runner import HostRunner
+    from mnnrepro.settings import Settings
+
+    (tmp_path / "bin").mkdir()
+    tool = tmp_path / "bin" / "mnn_graph"
+    tool.write_text(FAKE_GRAPH_TOOL)
+    tool.chmod(0o755)
+    red = tmp_path / "reduced"
+    (red / "repro").mkdir(parents=True)
+    (red / "repro" / "graph.mnn").write_text("g")
+    summary = {"variant": "vulkan-image", "target": {"kind": "crash", "signal": "SIGSEGV", "signature": []}}
+    (red / "summary.json").write_text(json.dumps({**summary, "precision": "high"}))
+
+    def fake_prepare(ref: str, names: tuple[str, ...], settings: Settings, matrix: object, say: object) -> object:
+        unused: Any = None
+        plugin = tmp_path / {"bb": "broken.so", "dd": "dead.so"}.get(ref[:2], "fixed.so")
+        built = prepare.Built(
+            ref,
+            unused,
+            unused,
+            HostRunner(),
+            unused,
+            unused,
+            tmp_path / "bin" / "mnist_driver",
+            {names[0]: plugin},
+            2.0,
+        )
+        icd = Icd("lavapipe", tmp_path / "lvp.json", {})
+        return prepare.Prepared(built, None, {"lavapipe": icd}, Workload(3, 8, 1, "high", 10), {"vulkan": 30.0})
+
+    monkeypatch.setattr(prepare, "prepare", fake_prepare)
+    settings = Settings(cache_dir=tmp_path / "cache", icds=("lavapipe",), gdb=False)
+    oracle = bisect.ReproOracle(tmp_path, "vulkan-image", settings, tmp_path / "results", lambda _: None, red)
+    monkeypatch.setattr(oracle, "_tree", lambda commit: None)
+    assert oracle("bb" * 20).verdict == "REPRODUCED"
+    fixed = oracle("cc" * 20)
+    assert fixed.verdict == "PASS" and "matches the CPU" in fixed.detail
+    # The backend not really active at a commit: no verdict (skipped), never a PASS.
+    dead = oracle("dd" * 20)
+    assert dead.verdict is None and "NOT-EXERCISED" in dead.detail
