@@ -380,6 +380,10 @@ int main(int argc, char** argv) {
         if (o.values.empty() || o.keep.empty()) return fprintf(stderr, "mnn_graph: cut needs --values and --keep\n"), kUsage;
         return cut(o);
     }
-    if (o.command == "run") return run(o, argc, argv);
+    if (o.command == "run") {
+        const std::string bad = mnnrepro::checkBackendOptions(o.backend, o.precision);
+        if (!bad.empty()) return fprintf(stderr, "mnn_graph: %s\n", bad.c_str()), usage(), kUsage;
+        return run(o, argc, argv);
+    }
     return fprintf(stderr, "mnn_graph: unknown command %s\n", o.command.c_str()), usage(), kUsage;
 }

@@ -95,14 +95,7 @@ bool parseArgs(int argc, char** argv, Options& o, std::string& error) {
             return false;
         }
     }
-    if (o.backend != "cpu" && o.backend != "vulkan" && o.backend != "opencl") {
-        error = "--backend must be cpu, vulkan or opencl";
-        return false;
-    }
-    if (o.precision != "high" && o.precision != "normal" && o.precision != "low") {
-        error = "--precision must be high, normal or low";
-        return false;
-    }
+    if (!(error = mnnrepro::checkBackendOptions(o.backend, o.precision)).empty()) return false;
     if (!o.list && (o.test.empty() || o.out.empty())) {
         error = "--test NAME and --out DIR are required (or --list)";
         return false;

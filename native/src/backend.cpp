@@ -20,6 +20,14 @@ MNNForwardType forwardType(const std::string& backend) {
     return MNN_FORWARD_CPU;
 }
 
+std::string checkBackendOptions(const std::string& backend, const std::string& precision) {
+    if (backend != "cpu" && backend != "vulkan" && backend != "opencl") return "--backend must be cpu, vulkan or opencl";
+    if (precision != "high" && precision != "normal" && precision != "low") {
+        return "--precision must be high, normal or low";
+    }
+    return "";
+}
+
 const char* forwardName(MNNForwardType t) {
     switch (t) {
         case MNN_FORWARD_CPU: return "cpu";

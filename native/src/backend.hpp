@@ -14,6 +14,8 @@
 namespace mnnrepro {
 
 MNNForwardType forwardType(const std::string& backend);
+// The --backend and --precision values every program here takes: "" when both are valid, else the message.
+std::string checkBackendOptions(const std::string& backend, const std::string& precision);
 const char* forwardName(MNNForwardType t);
 
 struct BackendSetup {

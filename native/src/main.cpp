@@ -200,10 +200,6 @@ bool parseArgs(int argc, char** argv, Options& o, std::string& error) {
         } else if (a == "--precision") {
             if (!(s = need("--precision"))) return false;
             o.precision = s;
-            if (o.precision != "high" && o.precision != "normal" && o.precision != "low") {
-                error = "--precision must be high, normal or low";
-                return false;
-            }
         } else if (a == "--dropout") {
             if (!(s = need("--dropout"))) return false;
             char* end = nullptr;
@@ -223,10 +219,7 @@ bool parseArgs(int argc, char** argv, Options& o, std::string& error) {
             return false;
         }
     }
-    if (o.backend != "cpu" && o.backend != "vulkan" && o.backend != "opencl") {
-        error = "--backend must be cpu, vulkan or opencl";
-        return false;
-    }
+    if (!(error = mnnrepro::checkBackendOptions(o.backend, o.precision)).empty()) return false;
     if (o.data.empty() || o.out.empty()) {
         error = "--data and --out are required";
         return false;
@@ -607,6 +600,19 @@ int main(int argc, char** argv) {
         for (auto& p : named) values.push_back(p.second);
         if (!writeParams(opt.saveInit, named, values, error)) return fail(kOutputError, "output", error);
     }
+    // OpGrad::grad of a loss over the trainable parameters, aligned with `named` (a null VARP where a parameter
+    // got no gradient): the static graph, the gradient dumps and --save-graph take their gradients from here.
+    auto gradientsOf = [&](VARP loss) {
+        std::set<VARP> trainable;
+        for (auto& p : named) trainable.insert(p.second);
+        auto grads = OpGrad::grad(loss, trainable);
+        std::vector<VARP> out;
+        for (auto& p : named) {
+            auto it = grads.find(p.second);
+            out.push_back(it == grads.end() ? nullptr : it->second);
+        }
+        return out;
+    };
     std::shared_ptr<SGD> sgd(new SGD(model));
     sgd->setMomentum(0.9f);
     sgd->setWeightDecay(0.0005f);
@@ -636,17 +642,15 @@ int main(int argc, char** argv) {
         auto input = _Cast<float>(imageIn) * _Const(1.0f / 255.0f);
         auto target = _OneHot(_Cast<int32_t>(labelIn), _Scalar<int>(10), _Scalar<float>(1.0f), _Scalar<float>(0.0f));
         auto loss = _CrossEntropy(model->forward(input), target);
-        std::set<VARP> trainable;
-        for (auto& p : named) trainable.insert(p.second);
-        auto grads = OpGrad::grad(loss, trainable);
+        const auto grads = gradientsOf(loss);
         std::vector<VARP> history, outputs{loss};
-        for (auto& p : named) {
-            auto it = grads.find(p.second);
-            if (it == grads.end()) return fail(kMnnError, "mnn", "no gradient for " + p.first);
+        for (size_t k = 0; k < named.size(); ++k) {
+            const auto& p = named[k];
+            if (grads[k].get() == nullptr) return fail(kMnnError, "mnn", "no gradient for " + p.first);
             auto info = p.second->getInfo();
             auto h = _Input(info->dim, info->order, halide_type_of<float>());
             std::fill(h->writeMap<float>(), h->writeMap<float>() + info->size, 0.0f);
-            auto hNew = lrIn * (it->second + _Const(0.0005f) * p.second) + _Const(0.9f) * h;
+            auto hNew = lrIn * (grads[k] + _Const(0.0005f) * p.second) + _Const(0.9f) * h;
             history.push_back(h);
             outputs.push_back(p.second - hNew);
             outputs.push_back(hNew);
@@ -718,14 +722,9 @@ int main(int argc, char** argv) {
             emitOps("forward", step);
             log.stage("grad_dump", step);
             maybePlant("grad_dump", step);
-            std::set<VARP> trainable;
-            for (auto& p : named) trainable.insert(p.second);
-            auto grads = OpGrad::grad(loss, trainable);
-            std::vector<VARP> gradValues;
-            for (auto& p : named) {
-                auto it = grads.find(p.second);
-                if (it == grads.end()) return fail(kMnnError, "mnn", "no gradient for " + p.first);
-                gradValues.push_back(it->second);
+            const auto gradValues = gradientsOf(loss);
+            for (size_t k = 0; k < named.size(); ++k) {
+                if (gradValues[k].get() == nullptr) return fail(kMnnError, "mnn", "no gradient for " + named[k].first);
             }
             std::string dir = opt.dumpDir + "/step" + std::to_string(step);
             if (!writeParams(dir + "/grad", named, gradValues, error)) return fail(kOutputError, "output", error);
@@ -753,15 +752,12 @@ int main(int argc, char** argv) {
             // it runs: the phase where alibaba/MNN#3129 crashes. Every leaf is a constant or a trainable
             // parameter with its value in the file; the reducer turns what it cuts away into inputs.
             log.stage("save_graph", step);
-            std::set<VARP> trainable;
-            for (auto& p : named) trainable.insert(p.second);
-            auto grads = OpGrad::grad(loss, trainable);
+            const auto grads = gradientsOf(loss);
             std::vector<VARP> outputs;
-            for (auto& p : named) {
-                auto it = grads.find(p.second);
-                if (it == grads.end()) continue;
-                it->second->setName("grad/" + p.first);
-                outputs.push_back(it->second);
+            for (size_t k = 0; k < named.size(); ++k) {
+                if (grads[k].get() == nullptr) continue;
+                grads[k]->setName("grad/" + named[k].first);
+                outputs.push_back(grads[k]);
             }
             if (outputs.empty()) return fail(kMnnError, "mnn", "no gradient to save");
             mkdir(opt.saveGraph.c_str(), 0755);
