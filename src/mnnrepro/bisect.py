@@ -379,10 +379,11 @@ class MnnOracle:
                 gdb_path=prepared.gdb_path,
             )
 
+        t_run = time.monotonic()
         gpu = run(self.variant, self.icd_name)
         if gpu.completed.returncode != 0 or gpu.completed.timed_out:
             v = judge(gpu, expectation, steps=steps, checks=checks, baseline=None, known_bugs=known)
-            return Outcome(v.verdict, f"build {built:.0f}s; {v.reason}")
+            return Outcome(v.verdict, f"build {built:.0f}s, run {time.monotonic() - t_run:.0f}s; {v.reason}")
         cpu = run("cpu", "-")
         # The judge holds a short run to the CPU run of the same commit and workload (baseline_checks).
         cpu_v = judge(cpu, None, steps=steps, checks=checks, baseline=None)
@@ -395,7 +396,7 @@ class MnnOracle:
             known_bugs=known,
             baseline_checks=cpu_v.checks,
         )
-        return Outcome(v.verdict, f"build {built:.0f}s; {v.reason}")
+        return Outcome(v.verdict, f"build {built:.0f}s, run {time.monotonic() - t_run:.0f}s; {v.reason}")
 
 
 class ReproOracle(MnnOracle):
@@ -435,10 +436,11 @@ class ReproOracle(MnnOracle):
             float(lim.get("min_cosine", spec.limits[1])),
             float(lim.get("max_nmse", spec.limits[2])),
         )
+        t_run = time.monotonic()
         got = redsession.verify(
             spec, self.target, self.repro / "repro", step_dir, self.say, values=self.repro / "values", cpu=False
         )["backend"]
-        built = f"build {prepared.built.build_s:.0f}s"
+        built = f"build {prepared.built.build_s:.0f}s, run {time.monotonic() - t_run:.0f}s"
         if got == "fails":
             return Outcome("REPRODUCED", f"{built}; the reduced graph: {self.target.describe()}")
         if got == "passes":

@@ -6,7 +6,8 @@ Entries (``<cache>`` is ~/.cache/mnnrepro unless --cache-dir says otherwise):
     src/<ref>/                   a source tree (pinned when fixtures/matrix.toml names the ref)
     src/<40-hex commit>/         a bisect export
     build/<core>*, variants/<core>/   one core key: build dirs (core, drivers) and its variants, as one entry
-    ccache/, bisect/*.json, git/*.git, swiftshader/, logs/   shown; ccache bounds itself (CCACHE_MAXSIZE)
+    ccache/, bisect/*.json, git/*.git, swiftshader/, shaders/<key>/, logs/   shown; ccache bounds itself
+                                 (CCACHE_MAXSIZE); shaders/ holds generated AllShader.cpp by input content
 
 Locks, all under ``<cache>/locks/`` (fcntl.flock, so a killed process never leaves one held):
 
@@ -32,7 +33,7 @@ import time
 import uuid
 from collections.abc import Callable, Collection, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -57,6 +58,7 @@ KINDS = {
     "bisect-state": "bisect state files",
     "git-mirror": "git mirrors",
     "swiftshader": "swiftshader",
+    "generated-shaders": "generated shader sources (by their inputs' content, shaders.py)",
     "logs": "logs",
     "leftover": "leftovers (interrupted imports, clones, prunes)",
     "other": "other",
@@ -306,7 +308,7 @@ def inventory(cache_dir: Path, pinned: Collection[str] = ()) -> list[Entry]:
     """Everything under ``cache_dir``, one Entry per thing `cache prune` would remove (or could not)."""
     entries = [*_source_entries(cache_dir, pinned), *_build_entries(cache_dir)]
     ccaches = sorted(p.name for p in _children(cache_dir) if p.name == "ccache" or p.name.startswith("ccache-"))
-    known = {"src", "build", "variants", "bisect", "git", "swiftshader", "logs", *ccaches}
+    known = {"src", "build", "variants", "bisect", "git", "swiftshader", "shaders", "logs", *ccaches}
     for name in ccaches:  # one per runner (build.Builder.ccache_dir)
         entries.append(_plain("ccache", name, cache_dir / name, "bounded by CCACHE_MAXSIZE (build.py)"))
     for f in _children(cache_dir / "bisect"):
@@ -321,6 +323,8 @@ def inventory(cache_dir: Path, pinned: Collection[str] = ()) -> list[Entry]:
     for sub, kind in (("git", "git-mirror"), ("swiftshader", "swiftshader")):
         for child in _children(cache_dir / sub):
             entries.append(_plain(kind, child.name, child))
+    for child in _children(cache_dir / "shaders"):  # made again by the next import that needs one: prunable
+        entries.append(replace(_plain("generated-shaders", child.name, child, "AllShader.cpp"), prunable=True))
     if (cache_dir / "logs").exists():
         logs = cache_dir / "logs"
         entries.append(_plain("logs", "logs", logs, f"{len(_children(logs))} file(s)"))

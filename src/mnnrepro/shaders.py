@@ -10,10 +10,16 @@ glslangValidator call goes through a recording wrapper here, and the result is c
 AllShader.cpp defines every array the tree's own committed shader map (``VulkanShaderMap.cpp``) names. The
 tree's committed ``VulkanShaderMap.cpp`` and ``shaders/AllShader.h`` are kept as they were (the generator
 rewrites them with the same names in its own directory-walk order).
+
+What the generator made is kept in the cache by the content of its inputs (``input_key``: the generator's
+directory and the shader sources, with the pinned glslang), so a bisect over commits that did not touch a
+shader generates once, not once per commit (~90 s each on 2 cores).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -28,6 +34,9 @@ from .errors import SourceError
 
 GENERATED = "source/backend/vulkan/buffer/compiler/AllShader.cpp"
 COMPILER = "source/backend/vulkan/buffer/compiler"
+SOURCES = "source/backend/vulkan/buffer/execution/glsl"  # makeshader.py's gDefaultPath
+# What the generator writes or leaves in its inputs: never part of the input key.
+_OUTPUTS = frozenset({"AllShader.cpp", ".cache", "tempspv", "temp.spv.cpp", "__pycache__"})
 # The generator's own inputs and the files it rewrites besides AllShader.cpp.
 _MAP = "VulkanShaderMap.cpp"
 _HEADER = "../shaders/AllShader.h"
@@ -90,10 +99,75 @@ def glslang(cache_dir: Path, say: Say) -> Path:
     return exe
 
 
+def input_key(tree: Path) -> str:
+    """A content hash of everything the generator reads: its own directory (makeshader.py, the committed map)
+    and the shader sources (with macro.json), every file by path and bytes, and the pinned glslang."""
+    h = hashlib.sha256(("glslang " + " ".join(GLSLANG) + "\n").encode())
+    for base in (COMPILER, SOURCES):
+        root = tree / base
+        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+        for p in files:
+            rel = p.relative_to(tree)
+            if _OUTPUTS.intersection(p.relative_to(root).parts):
+                continue
+            data = p.read_bytes()
+            h.update(f"{rel.as_posix()}\0{len(data)}\0".encode())
+            h.update(data)
+    return h.hexdigest()[:32]
+
+
+def store_dir(cache_dir: Path) -> Path:
+    return cache_dir / "shaders"
+
+
+def _arrays(path: Path) -> set[str]:
+    return set(_ARRAY.findall(path.read_text(errors="replace"))) if path.is_file() else set()
+
+
+def _from_store(tree: Path, cache_dir: Path, key: str, wanted: set[str], say: Say) -> dict[str, object] | None:
+    """The generator's output for these inputs, when an earlier import made it: copied into the tree."""
+    entry = store_dir(cache_dir) / key
+    try:
+        meta = json.loads((entry / "shaders.json").read_text())
+    except (OSError, ValueError):
+        return None
+    made = _arrays(entry / "AllShader.cpp")
+    if not made or wanted - made or meta.get("shaders") != len(made):
+        say(f"the generated-shader cache entry {key} is incomplete: generating again")
+        shutil.rmtree(entry, ignore_errors=True)
+        return None
+    shutil.copyfile(entry / "AllShader.cpp", tree / GENERATED)
+    os.utime(entry)  # last used, for `cache`
+    say(f"{GENERATED}: {len(made)} shaders from the cache (same generator inputs, key {key})")
+    return {**meta, "cached": key}
+
+
+def _to_store(tree: Path, cache_dir: Path, key: str, done: dict[str, object]) -> None:
+    """Publish the checked output under its input key: written aside, then renamed (never half an entry)."""
+    store = store_dir(cache_dir)
+    store.mkdir(parents=True, exist_ok=True)
+    entry = store / key
+    if entry.exists():
+        return
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=store))
+    try:
+        shutil.copyfile(tree / GENERATED, tmp / "AllShader.cpp")
+        (tmp / "shaders.json").write_text(json.dumps({**done, "key": key}, indent=1) + "\n")
+        os.rename(tmp, entry)
+    except OSError:  # another import published it first, or the cache is read-only: keep going without
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def generate(tree: Path, cache_dir: Path, say: Say) -> dict[str, object]:
-    """Make ``GENERATED`` in ``tree`` (writable, not yet in the cache) with MNN's generator; what was done, for
-    the provenance file. Raises SourceError (nothing left half-written in the tree) when it cannot."""
+    """Make ``GENERATED`` in ``tree`` (writable, not yet in the cache), from the cache when the same inputs were
+    generated before, else with MNN's generator; what was done, for the provenance file. Raises SourceError
+    (nothing left half-written in the tree) when it cannot."""
     compiler = tree / COMPILER
+    key = input_key(tree)
+    committed = (compiler / _MAP).read_text(errors="replace") if (compiler / _MAP).is_file() else ""
+    hit = _from_store(tree, cache_dir, key, set(_MAPPED.findall(committed)), say)
+    if hit is not None:
+        return hit
     if shutil.which("xxd") is None:
         raise SourceError(
             f"{GENERATED} is missing and MNN's generator needs xxd, which is not installed",
@@ -126,7 +200,7 @@ def generate(tree: Path, cache_dir: Path, say: Say) -> dict[str, object]:
             )
             failed = failures.read_text().splitlines() if failures.is_file() else []
             out = compiler / "AllShader.cpp"
-            made = set(_ARRAY.findall(out.read_text(errors="replace"))) if out.is_file() else set()
+            made = _arrays(out)
             absent = sorted(wanted - made)
             if res.returncode != 0 or failed or not made or absent:
                 why = (
@@ -159,9 +233,11 @@ def generate(tree: Path, cache_dir: Path, say: Say) -> dict[str, object]:
                     p.unlink(missing_ok=True)
     seconds = round(time.monotonic() - started, 1)
     say(f"generated {GENERATED}: {len(made)} shaders in {seconds} s")
-    return {
+    done: dict[str, object] = {
         "file": GENERATED,
         "by": f"MNN's {COMPILER}/makeshader.py, glslang {GLSLANG_VERSION} ({', '.join(GLSLANG)})",
         "shaders": len(made),
         "seconds": seconds,
     }
+    _to_store(tree, cache_dir, key, done)
+    return done

@@ -119,7 +119,9 @@ def test_inventory_sizes_kinds_and_details(cache_dir: Path) -> None:
     write(cache_dir / "swiftshader" / "143.0.4" / "libvk_swiftshader.so", 3000)
     write(cache_dir / "logs" / "image-x.log", 40)
     write(cache_dir / "src-hashes" / "h", 65)
+    write(cache_dir / "shaders" / "ab12" / "AllShader.cpp", 500)
     entries = by_name(cache.inventory(cache_dir, pinned={"3.3.0"}))
+    assert entries["ab12"].kind == "generated-shaders" and entries["ab12"].size == 500 and entries["ab12"].prunable
     assert entries[KEYS[0]].kind == "build" and entries[KEYS[0]].size == b
     assert entries[KEYS[0]].detail == "3.3.0 (5047919a1ae5): core, vulkan-image"
     assert len(entries[KEYS[0]].paths) == 3  # build dir, driver build dir, variants: one entry

@@ -102,3 +102,71 @@ def test_no_xxd_is_a_clear_error_before_anything_runs(tmp_path: Path, monkeypatc
     monkeypatch.setattr(shaders, "glslang", lambda cache_dir, say: pytest.fail("installed glslang anyway"))
     with pytest.raises(SourceError, match="needs xxd"):
         shaders.generate(_tree(tmp_path), tmp_path / "cache", lambda _: None)
+
+
+def _glsl(tree: Path, name: str, text: str) -> None:
+    src = tree / shaders.SOURCES
+    src.mkdir(parents=True, exist_ok=True)
+    (src / name).write_text(text)
+
+
+def test_the_same_inputs_are_generated_once_and_taken_from_the_cache(
+    tmp_path: Path, fake_glslang: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache_dir = tmp_path / "cache"
+    first = _tree(tmp_path / "a")
+    _glsl(first, "relu.comp", "void main() {}")
+    made = shaders.generate(first, cache_dir, lambda _: None)
+    assert "cached" not in made
+    # A later commit with the same generator and shader sources (other files differ): no glslang at all.
+    second = _tree(tmp_path / "b")
+    _glsl(second, "relu.comp", "void main() {}")
+    (second / "CMakeLists.txt").write_text("changed elsewhere")
+    monkeypatch.setattr(shaders, "glslang", lambda cache_dir, say: pytest.fail("generated again"))
+    said: list[str] = []
+    hit = shaders.generate(second, cache_dir, said.append)
+    assert hit["cached"] == shaders.input_key(first) and hit["shaders"] == 2
+    assert (second / shaders.GENERATED).read_bytes() == (first / shaders.GENERATED).read_bytes()
+    assert any("from the cache" in line for line in said)
+
+
+def test_a_changed_shader_source_or_generator_is_generated_again(tmp_path: Path, fake_glslang: Path) -> None:
+    tree = _tree(tmp_path)
+    _glsl(tree, "relu.comp", "void main() {}")
+    before = shaders.input_key(tree)
+    _glsl(tree, "relu.comp", "void main() { }")
+    assert shaders.input_key(tree) != before
+    after = shaders.input_key(tree)
+    (tree / shaders.COMPILER / "makeshader.py").write_text(FAKE_GENERATOR + "\n# changed\n")
+    assert shaders.input_key(tree) != after
+    # What the generator writes or leaves behind is not an input.
+    keyed = shaders.input_key(tree)
+    (tree / shaders.GENERATED).write_text("output")
+    (tree / shaders.COMPILER / ".cache").mkdir()
+    (tree / shaders.COMPILER / ".cache" / "x.spv").write_text("leftover")
+    assert shaders.input_key(tree) == keyed
+
+
+def test_an_incomplete_cache_entry_is_not_used(tmp_path: Path, fake_glslang: Path) -> None:
+    cache_dir = tmp_path / "cache"
+    tree = _tree(tmp_path / "a")
+    shaders.generate(tree, cache_dir, lambda _: None)
+    entry = shaders.store_dir(cache_dir) / shaders.input_key(tree)
+    (entry / "AllShader.cpp").write_text("const unsigned char glsl_a_comp[] = {0x03};\n")  # glsl_b_comp lost
+    again = _tree(tmp_path / "b")
+    said: list[str] = []
+    made = shaders.generate(again, cache_dir, said.append)
+    assert "cached" not in made and made["shaders"] == 2
+    assert any("incomplete: generating again" in line for line in said)
+    assert "glsl_b_comp" in (entry / "AllShader.cpp").read_text()  # the entry made whole again
+
+
+def test_a_failed_generation_publishes_nothing(
+    tmp_path: Path, fake_glslang: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAIL_ON", "glsl_a_comp")
+    tree = _tree(tmp_path)
+    with pytest.raises(SourceError):
+        shaders.generate(tree, tmp_path / "cache", lambda _: None)
+    store = shaders.store_dir(tmp_path / "cache")
+    assert not store.exists() or not any(store.iterdir())
