@@ -152,12 +152,36 @@ static int runGraph(const std::string& dir) {
 
 #if __has_include("MNNTestSuite.h")
 // Dropped into MNN's test/ (the file as it is): a test of upstream's own suite, on the backend run_test.out was
-// given; the graph directory is $MNN_REPRO_DIR (default: repro/ in the working directory).
+// given; the graph directory is $MNN_REPRO_DIR (default: repro/ in the working directory):
+//   MNN_REPRO_DIR=/path/to/repro ./run_test.out repro/reduced_graph 7 1     (7: Vulkan, 0: CPU; precision 1: high)
+// Build MNN with -DMNN_BUILD_TEST=ON -DMNN_SEP_BUILD=OFF (with separate backend libraries run_test.out does not
+// load Vulkan). run_test.out exits 0 without running any test when it cannot make the backend ("Can't create
+// executor with type:7, exit!"): that is not a pass; the test says which backend it ran on.
+#include <MNN/expr/ExecutorScope.hpp>
+
 #include "MNNTestSuite.h"
+
+// The backend run_test.out was asked for (its second argument), where the suite records it (Status::forwardType;
+// older suites do not, and then only the backend in use is printed).
+template <typename S>
+auto askedBackend(const S& status, int) -> decltype(status.forwardType, int()) {
+    return status.forwardType;
+}
+template <typename S>
+int askedBackend(const S&, long) {
+    return -1;
+}
 
 class ReducedGraphTest : public MNNTestCase {
 public:
     bool run(int precision) override {
+        const int asked = askedBackend(MNNTestSuite::get()->pStaus, 0);
+        const int used = int(ExecutorScope::Current()->getAttr()->firstType);
+        if (asked >= 0 && asked != used) {  // MNN fell back: the backend under test was not used
+            fprintf(stderr, "repro: NOT-EXERCISED: MNN runs on backend %d, not %d\n", used, asked);
+            return false;
+        }
+        fprintf(stderr, "repro: running the reduced graph on backend %d\n", used);
         const char* dir = getenv("MNN_REPRO_DIR");
         return runGraph(dir ? dir : "repro") == 0;
     }

@@ -310,6 +310,19 @@ def _upstream_commands(c: Crash) -> list[str]:
             f"cd repro && ./build/repro {_backend(c.variant)}{plugin or ' -'} {c.precision}   # {c.signal}; "
             "on cpu it passes"
         )
+        fwd = _FORWARD_TYPE.get(_backend(c.variant), 0)
+        sep = [f for f in cmake_flags(c.variant) if not f.startswith("-DMNN_SEP_BUILD")]
+        lines.append(
+            "# the same case as a test of MNN's own suite (MNN_SEP_BUILD=OFF: else run_test.out loads no backend)"
+        )
+        lines.append("cp repro/repro.cpp test/ReproReducedGraph.cpp")
+        lines.append(f"cmake -B build-test -G Ninja {' '.join(sep)} -DMNN_SEP_BUILD=OFF -DMNN_BUILD_TEST=ON")
+        lines.append("cmake --build build-test --target run_test.out")
+        lines.append(
+            f"cd build-test && MNN_REPRO_DIR=../repro ./run_test.out repro/reduced_graph {fwd} "
+            f"{_PRECISION.get(c.precision, 1)} 1"
+        )
+        lines.append(f"# its log must say 'running the reduced graph on backend {fwd}' (else nothing was tested)")
     elif c.test:
         lines.append(f"cmake -B build -G Ninja {flags} -DMNN_BUILD_TEST=ON")
         lines.append("cmake --build build --target run_test.out")

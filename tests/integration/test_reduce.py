@@ -49,3 +49,4 @@ def test_the_issue_report_of_the_reduction(reduced: dict[str, Any], tmp_path: Pa
     text = out.read_text()
     assert text.startswith("# [Vulkan image mode] SIGSEGV in MNN::ConvolutionCommon::getConvParameters")
     assert "| Deconvolution |" in text and "./build/repro vulkan" in text and str(results) not in text
+    assert "./run_test.out repro/reduced_graph 7 1" in text and len(text.splitlines()) <= 150
