@@ -36,7 +36,7 @@ from .source import SourceTree, content_key
 KEY_FORMAT = 1
 NATIVE_DIR = Path(__file__).resolve().parents[2] / "native"
 DRIVER_EXES = ("mnist_driver", "mnn_graph")  # native/CMakeLists.txt: the MNIST driver and the reducer's graph tool
-OPTEST_PARTS = ("optest", "src")  # mnn_optest's own sources and the driver's it shares (backend, events, probe)
+OPTEST_PARTS = ("optest", "src", "cmake")  # mnn_optest's sources, the driver's it shares, the shared CMake
 CORE_TARGETS = ("MNN", "MNN_Express", "MNNTrain")
 CORE_LIBS = ("libMNN.so", "express/libMNN_Express.so", "tools/train/libMNNTrain.so")
 # kind: (ninja target, library inside the build dir, cmake -D for the mode), from the variants table.
@@ -129,7 +129,7 @@ def _digest(obj: object) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
-def native_key(parts: tuple[str, ...] = ("CMakeLists.txt", "src", "graph")) -> str:
+def native_key(parts: tuple[str, ...] = ("CMakeLists.txt", "cmake", "src", "graph")) -> str:
     """Hash of the build inputs under native/ (the driver's by default; ``OPTEST_PARTS`` for mnn_optest)."""
     h = hashlib.sha256()
     # Build inputs only: a README edit must not rebuild the driver.

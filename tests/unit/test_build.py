@@ -136,6 +136,13 @@ def test_native_key_changes_when_a_native_file_changes(native_copy: Path) -> Non
     assert build.native_key() != before
 
 
+def test_the_shared_cmake_is_in_the_driver_and_the_optest_keys(native_copy: Path) -> None:
+    driver, optest = build.native_key(), build.native_key(build.OPTEST_PARTS)
+    shared = native_copy / "cmake" / "mnn_libs.cmake"
+    shared.write_text(shared.read_text() + "\n# edited\n")
+    assert build.native_key() != driver and build.native_key(build.OPTEST_PARTS) != optest
+
+
 def test_native_key_changes_when_a_file_is_added(native_copy: Path) -> None:
     before = build.native_key()
     (native_copy / "src" / "extra.cpp").write_text("int x;\n")

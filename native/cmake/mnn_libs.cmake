@@ -1,0 +1,18 @@
+# Shared by native/CMakeLists.txt (mnist_driver, mnn_graph) and native/optest/CMakeLists.txt (mnn_optest): the
+# checks of MNN_SOURCE_DIR and MNN_LIB_DIR, and the three libraries every consumer links (MNNREPRO_LIB_<name>).
+# mnnrepro_mnn_libs(<file MNN_SOURCE_DIR must have> [extra subdirectories of MNN_LIB_DIR to look in])
+function(mnnrepro_mnn_libs must_have)
+  if(NOT EXISTS "${MNN_SOURCE_DIR}/${must_have}")
+    message(FATAL_ERROR "MNN_SOURCE_DIR='${MNN_SOURCE_DIR}' is not an MNN source tree that fits (no ${must_have})")
+  endif()
+  set(_paths "${MNN_LIB_DIR}")
+  foreach(sub ${ARGN})
+    list(APPEND _paths "${MNN_LIB_DIR}/${sub}")
+  endforeach()
+  foreach(lib MNN MNN_Express MNNTrain)
+    find_library(MNNREPRO_LIB_${lib} NAMES ${lib} PATHS ${_paths} NO_DEFAULT_PATH)
+    if(NOT MNNREPRO_LIB_${lib})
+      message(FATAL_ERROR "lib${lib}.so not found under MNN_LIB_DIR='${MNN_LIB_DIR}'")
+    endif()
+  endforeach()
+endfunction()
