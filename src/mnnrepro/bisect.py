@@ -440,12 +440,34 @@ class ReproOracle(MnnOracle):
         got = redsession.verify(
             spec, self.target, self.repro / "repro", step_dir, self.say, values=self.repro / "values", cpu=False
         )["backend"]
+        crash: reduce.Trial | None = None
+        if got == "fails" and self.target.kind == "crash" and self.target.signature and prepared.gdb_path:
+            try:
+                crash = self._under_gdb(spec, str(prepared.gdb_path), step_dir)
+            except reduce.ReduceError as exc:
+                return Outcome(None, f"the crash under gdb could not be judged: {exc.message}")
         built = f"build {prepared.built.build_s:.0f}s, run {time.monotonic() - t_run:.0f}s"
+        if crash is not None and not crash.interesting:  # the same signal elsewhere: another bug, no verdict
+            frames = " < ".join(crash.signature) or "(no MNN frame)"
+            return Outcome(None, f"{built}; the reduced graph crashes otherwise: {crash.outcome} in {frames}")
         if got == "fails":
-            return Outcome("REPRODUCED", f"{built}; the reduced graph: {self.target.describe()}")
+            how = "" if crash is not None or not self.target.signature else " (signal only: no gdb)"
+            return Outcome("REPRODUCED", f"{built}; the reduced graph: {self.target.describe()}{how}")
         if got == "passes":
             return Outcome("PASS", f"{built}; the reduced graph runs and matches the CPU's values")
         return Outcome(None, f"{built}; the reduced graph: {got}")
+
+    def _under_gdb(self, spec: reduce.Spec, gdb: str, step_dir: Path) -> reduce.Trial:
+        """The crash once more under gdb, judged the way the reducer judged its candidates (the same signal and
+        the same top frames inside MNN): a commit that crashes elsewhere is not the bug the reduction found."""
+        work = step_dir / "signature"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        shutil.copytree(self.repro / "values", work / "values")  # the outputs are held to the CPU's values
+        checker = reduce.Reducer(replace(spec, work=work, gdb=gdb), budget_s=spec.timeout_s + 60, say=self.say)
+        checker.prepare()
+        checker.target = self.target
+        return checker.judge([tuple(checker.op_indices())])[0]
 
 
 def default_git_dir(settings: Settings, say: Callable[[str], None]) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -280,14 +281,33 @@ def test_the_mnn_oracle_runs_the_prepared_commit_and_judges_its_cell(
 
 
 FAKE_GRAPH_TOOL = """#!/bin/sh
-# mnn_graph run: crashes on vulkan at the "broken" commit's build (its plugin path says which), passes elsewhere.
-out=""; backend=""; plugin=""
+# mnn_graph: info lists one input and one op; cut copies; run crashes on vulkan at the "broken" and the "other"
+# commits' builds (their plugin paths say which), passes elsewhere.
+cmd="$1"; out=""; backend=""; plugin=""
 while [ $# -gt 0 ]; do
   case "$1" in --out) out="$2";; --backend) backend="$2";; --plugin) plugin="$2";; esac; shift
 done
+case "$cmd" in
+  info) printf '0\\tINPUT\\tx\\t\\tx\\n1\\tDeconvolution\\td\\tx\\td\\n'; exit 0;;
+  cut) mkdir -p "$out/inputs"; : > "$out/graph.mnn"; exit 0;;
+esac
 mkdir -p "$out"
-case "$backend:$plugin" in vulkan:*broken*) kill -SEGV $$;; vulkan:*dead*) exit 4;; esac
+case "$backend:$plugin" in vulkan:*broken*|vulkan:*other*) kill -SEGV $$;; vulkan:*dead*) exit 4;; esac
 exit 0
+"""
+# gdb -q -nx -batch -x SCRIPT --args PROGRAM...: runs it; on SIGSEGV writes crash.json with MNN frames (the #3129
+# ones for the "broken" build, others for the "other" one) and exits 139, as gdb_capture.py does.
+FAKE_GDB = """#!{python}
+import json, os, subprocess, sys
+argv = sys.argv[sys.argv.index("--args") + 1 :]
+rc = subprocess.run(argv).returncode
+if rc == -11:
+    names = ["A::other", "B::elsewhere"] if any("other" in a for a in argv) else ["C::get", "D::Deconv", "E::create"]
+    frames = [{{"function": n, "library": "/x/libMNN.so"}} for n in names]
+    with open(os.path.join(os.environ["MNNREPRO_CRASH_DIR"], "crash.json"), "w") as f:
+        json.dump({{"signal": "SIGSEGV", "frames": frames}}, f)
+    sys.exit(139)
+sys.exit(rc)
 """
 
 
@@ -337,3 +357,49 @@ def test_the_repro_oracle_bisects_with_the_reduced_graph(tmp_path: Path, monkeyp
     # The backend not really active at a commit: no verdict (skipped), never a PASS.
     dead = oracle("dd" * 20)
     assert dead.verdict is None and "NOT-EXERCISED" in dead.detail
+
+
+def test_the_repro_oracle_holds_a_crash_to_the_reductions_signature(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With gdb, a commit where the reduced graph crashes with the same signal but other frames is not the bug
+    the reduction found: no verdict (skipped), never REPRODUCED."""
+    from mnnrepro import prepare
+    from mnnrepro.cells import Workload
+    from mnnrepro.icd import Icd
+    from mnnrepro.runner import HostRunner
+    from mnnrepro.settings import Settings
+
+    (tmp_path / "bin").mkdir()
+    tool = tmp_path / "bin" / "mnn_graph"
+    tool.write_text(FAKE_GRAPH_TOOL)
+    tool.chmod(0o755)
+    gdb = tmp_path / "bin" / "gdb"
+    gdb.write_text(FAKE_GDB.format(python=sys.executable))
+    gdb.chmod(0o755)
+    red = tmp_path / "reduced"
+    (red / "repro" / "inputs").mkdir(parents=True)
+    (red / "repro" / "graph.mnn").write_text("g")
+    (red / "values").mkdir()
+    (red / "values" / "manifest.tsv").write_text("")
+    target = {"kind": "crash", "signal": "SIGSEGV", "signature": ["C::get", "D::Deconv", "E::create"]}
+    (red / "summary.json").write_text(json.dumps({"variant": "vulkan-image", "target": target, "precision": "high"}))
+
+    def fake_prepare(ref: str, names: tuple[str, ...], settings: Settings, matrix: object, say: object) -> object:
+        unused: Any = None
+        plugin = tmp_path / {"bb": "broken.so", "ee": "other.so"}.get(ref[:2], "fixed.so")
+        built = prepare.Built(
+            ref, unused, unused, HostRunner(), unused, unused, tmp_path / "bin" / "mnist_driver", {names[0]: plugin}, 2
+        )
+        icd = Icd("lavapipe", tmp_path / "lvp.json", {})
+        return prepare.Prepared(built, gdb, {"lavapipe": icd}, Workload(3, 8, 1, "high", 10), {"vulkan": 30.0})
+
+    monkeypatch.setattr(prepare, "prepare", fake_prepare)
+    settings = Settings(cache_dir=tmp_path / "cache", icds=("lavapipe",))
+    oracle = bisect.ReproOracle(tmp_path, "vulkan-image", settings, tmp_path / "results", lambda _: None, red)
+    monkeypatch.setattr(oracle, "_tree", lambda commit: None)
+    same = oracle("bb" * 20)
+    assert same.verdict == "REPRODUCED" and "signal only" not in same.detail
+    other = oracle("ee" * 20)
+    assert other.verdict is None and "crashes otherwise: SIGSEGV in A::other < B::elsewhere" in other.detail
+    assert oracle("cc" * 20).verdict == "PASS"
