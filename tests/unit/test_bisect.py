@@ -392,7 +392,7 @@ def test_the_repro_oracle_holds_a_crash_to_the_reductions_signature(
             ref, unused, unused, HostRunner(), unused, unused, tmp_path / "bin" / "mnist_driver", {names[0]: plugin}, 2
         )
         icd = Icd("lavapipe", tmp_path / "lvp.json", {})
-        return prepare.Prepared(built, gdb, {"lavapipe": icd}, Workload(3, 8, 1, "high", 10), {"vulkan": 30.0})
+        return prepare.Prepared(built, str(gdb), {"lavapipe": icd}, Workload(3, 8, 1, "high", 10), {"vulkan": 30.0})
 
     monkeypatch.setattr(prepare, "prepare", fake_prepare)
     settings = Settings(cache_dir=tmp_path / "cache", icds=("lavapipe",))
