@@ -566,10 +566,23 @@ def main(args: argparse.Namespace, settings: Settings, *, say: Callable[[str], N
     result = bisect(rng, oracle, state_file=state, cell=cell, say=tee)
     code = report(result, tee)
     tee(f"total {time.monotonic() - t0:.0f}s (steps recorded earlier are not counted again)")
+    subject, date = describe(git_dir, result.first) if result.first else ("", "")
+    older, newer = (args.good, args.bad) if rng.good_is_old else (args.bad, args.good)
     (results / "bisect.json").write_text(
         json.dumps(
             {
-                "range": {"git_dir": str(git_dir), "old": rng.old, "new": rng.new, "kind": rng.kind},
+                "range": {
+                    "git_dir": str(git_dir),
+                    "old": rng.old,
+                    "new": rng.new,
+                    "kind": rng.kind,
+                    "old_ref": older,
+                    "new_ref": newer,
+                    "commits": len(rng.commits),
+                },
+                "subject": subject,
+                "date": date,
+                "seconds": round(time.monotonic() - t0, 1),
                 "cell": cell,
                 "old_verdict": result.old_verdict,
                 "new_verdict": result.new_verdict,

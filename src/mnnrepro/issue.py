@@ -369,13 +369,21 @@ def _bisect(path: Path | None) -> list[str]:
         raise ConfigError(f"cannot read {file}: {exc}") from exc
     rng = data.get("range") or {}
     out = ["## Bisect", ""]
+
+    def end(which: str) -> str:
+        ref = rng.get(f"{which}_ref")
+        commit, verdict = f"`{str(rng.get(which, '?'))[:12]}`", data.get(f"{which}_verdict")
+        return f"{ref} ({commit}, {verdict})" if ref else f"{commit} ({verdict})"
+
+    over = f" over {rng['commits']} first-parent commits" if rng.get("commits") else ""
     out.append(
-        f"Between `{str(rng.get('old', '?'))[:12]}` ({data.get('old_verdict')}) and "
-        f"`{str(rng.get('new', '?'))[:12]}` ({data.get('new_verdict')}), cell `{data.get('cell')}`, "
+        f"Between {end('old')} and {end('new')}{over}, cell `{data.get('cell')}`, "
         f"{len(data.get('steps') or [])} builds:"
     )
     if data.get("first"):
         out.append(f"the first commit with the newer verdict is `{data['first']}` (parent `{data.get('parent')}`).")
+        if data.get("subject"):
+            out.append(f'Its subject: "{data["subject"]}" ({data.get("date", "")}).')
     elif data.get("candidates"):
         out.append("one of: " + ", ".join(f"`{c[:12]}`" for c in data["candidates"]) + " (some did not build).")
     return [*out, ""]

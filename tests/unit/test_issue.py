@@ -138,3 +138,26 @@ def test_a_crash_without_a_backtrace_says_so(tmp_path: Path) -> None:
     text = issue.render(issue.pick(issue.crashes(data)))
     assert text.splitlines()[0].startswith("# [Vulkan image mode] SIGSEGV (training, sgd_step[step 0]")
     assert "no backtrace was taken" in text and "Top frames" not in text
+
+
+def test_the_bisect_result_names_the_range_the_commit_and_its_subject(tmp_path: Path) -> None:
+    bis = tmp_path / "bisect"
+    bis.mkdir()
+    rng = {"git_dir": "/work/mirror", "old": "c35f14f3ab5c" + "0" * 28, "new": "cc20f672af9e" + "0" * 28}
+    data = {
+        "range": {**rng, "kind": "fix", "old_ref": "3.5.0", "new_ref": "3.6.0", "commits": 100},
+        "cell": "vulkan-image/lavapipe/repro=07f4654db25d",
+        "old_verdict": "REPRODUCED",
+        "new_verdict": "PASS",
+        "first": "39be21c56f0f" + "0" * 28,
+        "parent": "0936aaedf18e" + "0" * 28,
+        "subject": "[Infra:Feature] Add test_ci.sh and fix Vulkan/OpenCL op bugs  (#4422)",
+        "date": "2026-05-25T20:46:04+08:00",
+        "steps": [{}] * 8,
+    }
+    (bis / "bisect.json").write_text(json.dumps(data))
+    text = issue.render(issue.pick(issue.crashes(_mnist(tmp_path))), bisect=bis)
+    assert "Between 3.5.0 (`c35f14f3ab5c`, REPRODUCED) and 3.6.0 (`cc20f672af9e`, PASS) over 100 first-parent" in text
+    assert "8 builds" in text and "`39be21c56f0f" in text
+    assert 'Its subject: "[Infra:Feature] Add test_ci.sh and fix Vulkan/OpenCL op bugs  (#4422)"' in text
+    assert "/work/mirror" not in text
