@@ -448,6 +448,8 @@ class ReproOracle(MnnOracle):
                 return Outcome(None, f"the crash under gdb could not be judged: {exc.message}")
         built = f"build {prepared.built.build_s:.0f}s, run {time.monotonic() - t_run:.0f}s"
         if crash is not None and not crash.interesting:  # the same signal elsewhere: another bug, no verdict
+            if not crash.outcome.startswith("SIG"):
+                return Outcome(None, f"{built}; the reduced graph did not crash again under gdb ({crash.outcome})")
             frames = " < ".join(crash.signature) or "(no MNN frame)"
             return Outcome(None, f"{built}; the reduced graph crashes otherwise: {crash.outcome} in {frames}")
         if got == "fails":

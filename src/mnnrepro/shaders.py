@@ -145,11 +145,14 @@ def _from_store(tree: Path, cache_dir: Path, key: str, wanted: set[str], say: Sa
 def _to_store(tree: Path, cache_dir: Path, key: str, done: dict[str, object]) -> None:
     """Publish the checked output under its input key: written aside, then renamed (never half an entry)."""
     store = store_dir(cache_dir)
-    store.mkdir(parents=True, exist_ok=True)
     entry = store / key
     if entry.exists():
         return
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=store))
+    try:
+        store.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=store))
+    except OSError:  # a read-only cache: the tree has its file, only the sharing is lost
+        return
     try:
         shutil.copyfile(tree / GENERATED, tmp / "AllShader.cpp")
         (tmp / "shaders.json").write_text(json.dumps({**done, "key": key}, indent=1) + "\n")
