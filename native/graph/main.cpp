@@ -57,6 +57,7 @@ enum Exit { kOk = 0, kDiffer = 1, kUsage = 2, kData = 3, kNotExercised = 4, kOut
 struct Node {
     EXPRP expr;
     std::string kind;  // an op type, or INPUT / CONST / TRAINABLE for a leaf
+    std::string detail;  // which operation an op of a family is (BinaryOp POW, UnaryOp EXP, Reduction MEAN)
     bool leaf = false;
 };
 
@@ -71,6 +72,22 @@ std::string tensorName(const VARP& v) {
     auto from = v->expr();
     const std::string& n = from.first->outputName(from.second);
     return n.empty() ? v->name() : n;
+}
+
+// The operation of an op that stands for a family (a report that says "BinaryOp" alone hides the bug's op).
+std::string opDetail(const MNN::Op* op) {
+    switch (op->main_type()) {
+        case MNN::OpParameter_BinaryOp:
+            return MNN::EnumNameBinaryOpOperation(MNN::BinaryOpOperation(op->main_as_BinaryOp()->opType()));
+        case MNN::OpParameter_UnaryOp:
+            return MNN::EnumNameUnaryOpOperation(MNN::UnaryOpOperation(op->main_as_UnaryOp()->opType()));
+        case MNN::OpParameter_ReductionParam:
+            return MNN::EnumNameReductionType(op->main_as_ReductionParam()->operation());
+        case MNN::OpParameter_Eltwise:
+            return MNN::EnumNameEltwiseType(op->main_as_Eltwise()->type());
+        default:
+            return "";
+    }
 }
 
 bool loadGraph(const std::string& path, Graph& g, std::string& error) {
@@ -89,6 +106,7 @@ bool loadGraph(const std::string& path, Graph& g, std::string& error) {
             n.kind = t == VARP::INPUT ? "INPUT" : t == VARP::TRAINABLE ? "TRAINABLE" : "CONST";
         } else {
             n.kind = EnumNameOpType(expr->get()->type());
+            n.detail = opDetail(expr->get());
         }
         g.index[expr.get()] = int(g.nodes.size());
         g.nodes.push_back(n);
@@ -194,7 +212,8 @@ int info(const Options& o) {
         std::string ins, outs;
         for (auto& v : n.expr->inputs()) ins += (ins.empty() ? "" : "|") + (v.get() != nullptr ? tensorName(v) : std::string("-"));
         for (int k = 0; k < n.expr->outputSize(); ++k) outs += (k ? "|" : "") + n.expr->outputName(k);
-        printf("%zu\t%s\t%s\t%s\t%s\n", i, n.kind.c_str(), n.expr->name().c_str(), ins.c_str(), outs.c_str());
+        printf("%zu\t%s\t%s\t%s\t%s\t%s\n", i, n.kind.c_str(), n.expr->name().c_str(), ins.c_str(), outs.c_str(),
+               n.detail.c_str());
     }
     return kOk;
 }
@@ -312,8 +331,10 @@ int run(const Options& o, int argc, char** argv) {
             // sum(g^2); a non-finite value or a shape change is a difference.
             bool bad = got.size() != want.size();
             double maxAbs = 0, scale = 0, oo = 0, gg = 0, og = 0, dd = 0;
+            long long nonFinite = 0;  // NaN or inf where the CPU's value is finite (max_abs skips them)
             for (size_t i = 0; i < std::min(got.size(), want.size()); ++i) {
                 const double a = got[i], b = want[i], d = std::fabs(a - b);
+                if (!std::isfinite(a) && std::isfinite(b)) ++nonFinite;
                 if (!std::isfinite(a)) bad = true;
                 maxAbs = std::max(maxAbs, d);
                 scale = std::max(scale, std::fabs(b));
@@ -325,6 +346,7 @@ int run(const Options& o, int argc, char** argv) {
             const double cosine = oo > 0 && gg > 0 ? og / std::sqrt(oo * gg) : (oo == gg ? 1.0 : 0.0);
             bad = bad || rel > o.maxRel || cosine < o.minCosine || nmse > o.maxNmse;
             out.num("max_abs", maxAbs).num("max_rel", rel).num("cosine", cosine).num("nmse", nmse);
+            out.integer("nonfinite", nonFinite).integer("count", (long long)want.size());
             out.boolean("differs", bad);
             differ += bad ? 1 : 0;
         }

@@ -134,16 +134,18 @@ static int runGraph(const std::string& dir) {
         in.read(reinterpret_cast<char*>(want.data()), std::streamsize(want.size() * sizeof(float)));
         double worst = 0, scale = 0, dd = 0, gg = 0, oo = 0, og = 0;
         bool finite = true;
+        size_t nonFinite = 0;  // NaN or inf where the CPU's value is finite (max_rel skips them)
         for (size_t i = 0; i < want.size(); ++i) {
             const double o = ptr[i], g = want[i], d = std::fabs(o - g);
             finite = finite && std::isfinite(o);
+            nonFinite += (!std::isfinite(o) && std::isfinite(g)) ? 1 : 0;
             worst = std::max(worst, d), scale = std::max(scale, std::fabs(g));
             dd += d * d, gg += g * g, oo += o * o, og += o * g;
         }
         const double rel = scale > 0 ? worst / scale : worst, nmse = gg > 0 ? dd / gg : dd;
         const double cosine = oo > 0 && gg > 0 ? og / std::sqrt(oo * gg) : (oo == gg ? 1.0 : 0.0);
-        fprintf(stderr, "repro: %s: max_rel %g, cosine %.9f, nmse %g against the CPU's values\n", r->name().c_str(),
-                rel, cosine, nmse);
+        fprintf(stderr, "repro: %s: max_rel %g, cosine %.9f, nmse %g, %zu of %zu not finite, against the CPU's values\n",
+                r->name().c_str(), rel, cosine, nmse, nonFinite, want.size());
         differ += (!finite || rel > gLimits.maxRel || cosine < gLimits.minCosine || nmse > gLimits.maxNmse) ? 1 : 0;
     }
     fprintf(stderr, "repro: %s\n", differ ? "outputs differ from the CPU's" : "ran, no difference: the bug did not show");

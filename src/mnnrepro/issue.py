@@ -134,7 +134,8 @@ def _reduce_crash(data: dict[str, Any], where: Path | None) -> Crash:
         variant=str(data.get("variant", "")),
         icd=str(data.get("icd", "-")),
         signal=str(target.get("signal") or "wrong outputs"),
-        where=f"the first SGD step's gradient graph, reduced to {data.get('reduced_ops')} op(s)",
+        where=("the given graph" if data.get("graph") == "given" else "the first SGD step's gradient graph")
+        + f", reduced to {data.get('reduced_ops')} op(s)",
         signature=[str(x) for x in target.get("signature") or []],
         frames=frames_from(work / "candidates" / key / "crash.json") or [str(x) for x in target.get("signature") or []],
         device=str(data.get("device", "")),
@@ -389,6 +390,37 @@ def _bisect(path: Path | None) -> list[str]:
     return [*out, ""]
 
 
+def _output_table(c: Crash) -> list[str]:
+    """The reduced graph's outputs on the backend against the CPU's values (its run alone, verify/backend)."""
+    if c.reduced is None:
+        return []
+    events = Path(str(c.reduced.get("results_dir", ""))) / "verify" / "backend" / "events.jsonl"
+    rows = []
+    try:
+        lines = events.read_text().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        try:
+            e = json.loads(line)
+        except ValueError:
+            continue
+        if e.get("event") == "output" and "max_abs" in e:
+            bad = f"{e.get('nonfinite', '?')} of {e.get('count', '?')}"
+            rows.append(
+                f"| `{e.get('name')}` | {e.get('dims')} | {bad} | {_num(e.get('max_abs'))} | {_num(e.get('max_rel'))} "
+                f"| {_num(e.get('cosine'))} | {_num(e.get('nmse'))} | {'yes' if e.get('differs') else 'no'} |"
+            )
+    if not rows:
+        return []
+    head = "| output | dims | NaN/inf where the CPU is finite | max abs (finite) | max rel | cosine | nmse | differs |"
+    return [head, "| --- | --- | --- | --- | --- | --- | --- | --- |", *rows, ""]
+
+
+def _num(v: object) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
 def _cpu_sentence(c: Crash) -> str:
     case = "test" if c.test else "run"
     if c.cpu == "PASS":
@@ -497,6 +529,7 @@ def render(c: Crash, *, bisect: Path | None = None) -> str:
             "No crash: outputs differ from the CPU backend's beyond "
             f"max_rel {lim.get('max_rel')}, cosine {lim.get('min_cosine')}, nmse {lim.get('max_nmse')}.",
             "",
+            *_output_table(c),
         ]
     else:
         lines += ["## Crash", ""]

@@ -50,6 +50,7 @@ class Op:
     name: str
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
+    detail: str = ""  # the operation of a family op (BinaryOp POW), from mnn_graph info's sixth column
 
     @property
     def leaf(self) -> bool:
@@ -63,7 +64,8 @@ def parse_info(text: str) -> list[Op]:
         f = line.split("\t")
         if len(f) < 5 or not f[0].isdigit():
             continue
-        ops.append(Op(int(f[0]), f[1], f[2], tuple(x for x in f[3].split("|") if x), tuple(f[4].split("|"))))
+        detail = f[5].strip() if len(f) > 5 else ""
+        ops.append(Op(int(f[0]), f[1], f[2], tuple(x for x in f[3].split("|") if x), tuple(f[4].split("|")), detail))
     if not ops or [o.index for o in ops] != list(range(len(ops))):
         raise ReduceError("mnn_graph info listed no ops (or not in order): is the graph file an MNN graph?")
     return ops
@@ -401,7 +403,8 @@ def ops_table(ops: list[Op], keep: Sequence[int]) -> list[dict[str, Any]]:
                 if p and p.index in kept
                 else f"{t} (input: CPU value)"
             )
-        rows.append({"index": i, "type": o.kind, "name": o.name, "inputs": ins, "outputs": list(o.outputs)})
+        kind = f"{o.kind} {o.detail}" if o.detail else o.kind
+        rows.append({"index": i, "type": kind, "name": o.name, "inputs": ins, "outputs": list(o.outputs)})
     return rows
 
 

@@ -161,3 +161,34 @@ def test_the_bisect_result_names_the_range_the_commit_and_its_subject(tmp_path: 
     assert "8 builds" in text and "`39be21c56f0f" in text
     assert 'Its subject: "[Infra:Feature] Add test_ci.sh and fix Vulkan/OpenCL op bugs  (#4422)"' in text
     assert "/work/mirror" not in text
+
+
+def test_wrong_outputs_are_reported_with_the_reduced_graphs_own_numbers(tmp_path: Path) -> None:
+    work = tmp_path / "reduce"
+    (work / "verify" / "backend").mkdir(parents=True)
+    out = {"event": "output", "name": "BinaryOp9", "dims": "8,4", "max_abs": 9.5e-07, "max_rel": 8.9e-08}
+    out |= {"cosine": 0.0, "nmse": "nan", "nonfinite": 14, "count": 32, "differs": True}
+    (work / "verify" / "backend" / "events.jsonl").write_text(json.dumps({"event": "stage"}) + "\n" + json.dumps(out))
+    summary = {
+        "session": "reduce",
+        "ref": "3.6.1",
+        "commit": "d407447ed56c",
+        "variant": "vulkan-buffer",
+        "icd": "lavapipe",
+        "graph": "given",
+        "target": {"kind": "differs"},
+        "limits": {"max_rel": 0.001, "min_cosine": 0.999999, "max_nmse": 1e-06},
+        "original_ops": 16,
+        "reduced_ops": 1,
+        "keep": [8],
+        "ops": [{"index": 8, "type": "BinaryOp POW", "name": "p", "inputs": ["r"], "outputs": ["p"]}],
+        "checks": {"backend": "fails", "cpu": "passes"},
+        "results_dir": str(work),
+    }
+    (work / "summary.json").write_text(json.dumps(summary))
+    crash = issue.pick(issue.crashes(summary, work))
+    text = issue.render(crash)
+    title = text.splitlines()[0]
+    assert title.startswith("# [Vulkan buffer mode] wrong outputs (BinaryOp POW: reduced from a given graph")
+    assert "| `BinaryOp9` | 8,4 | 14 of 32 | 9.5e-07 | 8.9e-08 | 0 | nan | yes |" in text
+    assert "## Crash" not in text and str(tmp_path) not in text

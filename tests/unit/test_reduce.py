@@ -125,6 +125,13 @@ def test_a_state_file_of_another_graph_is_refused(tmp_path: Path, monkeypatch: p
         reduce.Reducer(spec, budget_s=60, say=lambda _: None)
 
 
+def test_parse_info_keeps_the_operation_of_a_family_op() -> None:
+    ops = reduce.parse_info("0\tINPUT\tx\t\tx\t\n1\tCONST\tc\t\tc\t\n2\tBinaryOp\tp\tx|c\tp\tPOW\n")
+    assert ops[2].detail == "POW" and ops[0].detail == ""
+    row = reduce.ops_table(ops, [2])[0]
+    assert row["type"] == "BinaryOp POW" and row["inputs"] == ["x (input: CPU value)", "c (constant)"]
+
+
 def test_parse_info_skips_chatter_and_refuses_nothing() -> None:
     ops = reduce.parse_info("MNN says hi\n0\tCONST\tc\t\tc\n1\tReLU\tr\tc\tr\n")
     assert [o.kind for o in ops] == ["CONST", "ReLU"] and ops[1].inputs == ("c",) and ops[0].leaf
