@@ -336,7 +336,7 @@ int run(const Options& o, int argc, char** argv) {
                 const double a = got[i], b = want[i], d = std::fabs(a - b);
                 if (!std::isfinite(a) && std::isfinite(b)) ++nonFinite;
                 if (!std::isfinite(a)) bad = true;
-                maxAbs = std::max(maxAbs, d);
+                if (std::isfinite(d)) maxAbs = std::max(maxAbs, d);
                 scale = std::max(scale, std::fabs(b));
                 oo += a * a, gg += b * b, og += a * b, dd += (a - b) * (a - b);
             }

@@ -139,7 +139,8 @@ static int runGraph(const std::string& dir) {
             const double o = ptr[i], g = want[i], d = std::fabs(o - g);
             finite = finite && std::isfinite(o);
             nonFinite += (!std::isfinite(o) && std::isfinite(g)) ? 1 : 0;
-            worst = std::max(worst, d), scale = std::max(scale, std::fabs(g));
+            if (std::isfinite(d)) worst = std::max(worst, d);
+            scale = std::max(scale, std::fabs(g));
             dd += d * d, gg += g * g, oo += o * o, og += o * g;
         }
         const double rel = scale > 0 ? worst / scale : worst, nmse = gg > 0 ? dd / gg : dd;

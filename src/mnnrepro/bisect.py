@@ -546,7 +546,9 @@ def main(args: argparse.Namespace, settings: Settings, *, say: Callable[[str], N
     cell = f"{variant}/{settings.icds[0]}/steps={settings.steps}"
     if repro is not None:
         digest = hashlib.sha256((repro / "repro" / "graph.mnn").read_bytes()).hexdigest()[:12]
-        cell = f"{variant}/{settings.icds[0]}/repro={digest}"
+        # How a crash is judged is part of the cell: steps judged by the signal alone (no gdb) are not reused by
+        # a run that holds them to the signature, nor the other way round.
+        cell = f"{variant}/{settings.icds[0]}/repro={digest}/{'signature' if settings.gdb else 'signal'}"
     results = prepare.results_dir(settings, "bisect")
     log = results / "bisect.log"
 

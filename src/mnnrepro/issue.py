@@ -308,7 +308,7 @@ def _upstream_commands(c: Crash) -> list[str]:
         lines.append("cmake -S repro -B repro/build -DMNN_SOURCE_DIR=$PWD -DMNN_BUILD_DIR=$PWD/build")
         lines.append("cmake --build repro/build")
         lines.append(
-            f"cd repro && ./build/repro {_backend(c.variant)}{plugin or ' -'} {c.precision}   # {c.signal}; "
+            f"(cd repro && ./build/repro {_backend(c.variant)}{plugin or ' -'} {c.precision})   # {c.signal}; "
             "on cpu it passes"
         )
         fwd = _FORWARD_TYPE.get(_backend(c.variant), 0)
@@ -320,8 +320,8 @@ def _upstream_commands(c: Crash) -> list[str]:
         lines.append(f"cmake -B build-test -G Ninja {' '.join(sep)} -DMNN_SEP_BUILD=OFF -DMNN_BUILD_TEST=ON")
         lines.append("cmake --build build-test --target run_test.out")
         lines.append(
-            f"cd build-test && MNN_REPRO_DIR=../repro ./run_test.out repro/reduced_graph {fwd} "
-            f"{_PRECISION.get(c.precision, 1)} 1"
+            f"(cd build-test && MNN_REPRO_DIR=../repro ./run_test.out repro/reduced_graph {fwd} "
+            f"{_PRECISION.get(c.precision, 1)} 1)"
         )
         lines.append(f"# its log must say 'running the reduced graph on backend {fwd}' (else nothing was tested)")
     elif c.test:

@@ -127,17 +127,27 @@ def _arrays(path: Path) -> set[str]:
 def _from_store(tree: Path, cache_dir: Path, key: str, wanted: set[str], say: Say) -> dict[str, object] | None:
     """The generator's output for these inputs, when an earlier import made it: copied into the tree."""
     entry = store_dir(cache_dir) / key
+    if not entry.is_dir():
+        return None
     try:
         meta = json.loads((entry / "shaders.json").read_text())
+        made = _arrays(entry / "AllShader.cpp")
+        whole = bool(made) and not wanted - made and meta.get("shaders") == len(made)
     except (OSError, ValueError):
-        return None
-    made = _arrays(entry / "AllShader.cpp")
-    if not made or wanted - made or meta.get("shaders") != len(made):
+        whole = False
+    if not whole:
         say(f"the generated-shader cache entry {key} is incomplete: generating again")
         shutil.rmtree(entry, ignore_errors=True)
         return None
-    shutil.copyfile(entry / "AllShader.cpp", tree / GENERATED)
-    os.utime(entry)  # last used, for `cache`
+    try:
+        shutil.copyfile(entry / "AllShader.cpp", tree / GENERATED)
+    except OSError:  # pruned meanwhile: generate
+        (tree / GENERATED).unlink(missing_ok=True)
+        return None
+    try:
+        os.utime(entry)  # last used, for `cache`
+    except OSError:
+        pass  # a read-only cache: still a hit
     say(f"{GENERATED}: {len(made)} shaders from the cache (same generator inputs, key {key})")
     return {**meta, "cached": key}
 
@@ -166,9 +176,10 @@ def generate(tree: Path, cache_dir: Path, say: Say) -> dict[str, object]:
     generated before, else with MNN's generator; what was done, for the provenance file. Raises SourceError
     (nothing left half-written in the tree) when it cannot."""
     compiler = tree / COMPILER
-    key = input_key(tree)
+    # Without the shader sources where makeshader.py reads them the key would not cover them: no sharing then.
+    key = input_key(tree) if (tree / SOURCES).is_dir() else None
     committed = (compiler / _MAP).read_text(errors="replace") if (compiler / _MAP).is_file() else ""
-    hit = _from_store(tree, cache_dir, key, set(_MAPPED.findall(committed)), say)
+    hit = _from_store(tree, cache_dir, key, set(_MAPPED.findall(committed)), say) if key else None
     if hit is not None:
         return hit
     if shutil.which("xxd") is None:
@@ -242,5 +253,6 @@ def generate(tree: Path, cache_dir: Path, say: Say) -> dict[str, object]:
         "shaders": len(made),
         "seconds": seconds,
     }
-    _to_store(tree, cache_dir, key, done)
+    if key:
+        _to_store(tree, cache_dir, key, done)
     return done

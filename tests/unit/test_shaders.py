@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import textwrap
 from pathlib import Path
@@ -150,10 +151,12 @@ def test_a_changed_shader_source_or_generator_is_generated_again(tmp_path: Path,
 def test_an_incomplete_cache_entry_is_not_used(tmp_path: Path, fake_glslang: Path) -> None:
     cache_dir = tmp_path / "cache"
     tree = _tree(tmp_path / "a")
+    _glsl(tree, "relu.comp", "void main() {}")
     shaders.generate(tree, cache_dir, lambda _: None)
     entry = shaders.store_dir(cache_dir) / shaders.input_key(tree)
     (entry / "AllShader.cpp").write_text("const unsigned char glsl_a_comp[] = {0x03};\n")  # glsl_b_comp lost
     again = _tree(tmp_path / "b")
+    _glsl(again, "relu.comp", "void main() {}")
     said: list[str] = []
     made = shaders.generate(again, cache_dir, said.append)
     assert "cached" not in made and made["shaders"] == 2
@@ -170,3 +173,25 @@ def test_a_failed_generation_publishes_nothing(
         shaders.generate(tree, tmp_path / "cache", lambda _: None)
     store = shaders.store_dir(tmp_path / "cache")
     assert not store.exists() or not any(store.iterdir())
+
+
+def test_a_read_only_cache_still_serves_and_a_tree_without_shader_sources_is_not_shared(
+    tmp_path: Path, fake_glslang: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache_dir = tmp_path / "cache"
+    first = _tree(tmp_path / "a")
+    _glsl(first, "relu.comp", "void main() {}")
+    shaders.generate(first, cache_dir, lambda _: None)
+    entry = shaders.store_dir(cache_dir) / shaders.input_key(first)
+
+    def read_only(*args: object, **kwargs: object) -> None:
+        raise PermissionError("read-only file system")
+
+    monkeypatch.setattr(os, "utime", read_only)
+    second = _tree(tmp_path / "b")
+    _glsl(second, "relu.comp", "void main() {}")
+    assert shaders.generate(second, cache_dir, lambda _: None)["cached"] == entry.name
+    # No shader sources where the generator reads them: the key would not cover them, so nothing is stored or taken.
+    bare = _tree(tmp_path / "c")
+    made = shaders.generate(bare, tmp_path / "other-cache", lambda _: None)
+    assert "cached" not in made and not shaders.store_dir(tmp_path / "other-cache").exists()
