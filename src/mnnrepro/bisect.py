@@ -348,15 +348,22 @@ class MnnOracle:
             shutil.rmtree(cached)
         return source.import_from_git(self.git_dir, commit, self.settings.cache_dir)
 
-    def __call__(self, commit: str) -> Outcome:
+    def _prepare(self, commit: str) -> prepare.Prepared | Outcome:
+        """The commit's tree and build (the one preparation step: a commit the matrix pins gets its compatibility
+        measures there), or the Outcome that skips the commit when it cannot be exported or built."""
         try:
             self._tree(commit)
         except SourceError as exc:
             return Outcome(None, f"source: {exc.message}")
-        try:  # the one preparation step: a commit the matrix pins gets its compatibility measures there
-            prepared = prepare.prepare(commit, (self.variant,), self.settings, self.matrix, self.say)
+        try:
+            return prepare.prepare(commit, (self.variant,), self.settings, self.matrix, self.say)
         except BuildError as exc:
             return Outcome(None, "does not build: " + exc.message.splitlines()[0][:200])
+
+    def __call__(self, commit: str) -> Outcome:
+        prepared = self._prepare(commit)
+        if isinstance(prepared, Outcome):
+            return prepared
         built = prepared.built.build_s
         checks = dict(self.matrix.checks)
         expectation = expectation_for(self.matrix, self.variant, self.icd_name)
@@ -418,14 +425,9 @@ class ReproOracle(MnnOracle):
         )
 
     def __call__(self, commit: str) -> Outcome:
-        try:
-            self._tree(commit)
-        except SourceError as exc:
-            return Outcome(None, f"source: {exc.message}")
-        try:
-            prepared = prepare.prepare(commit, (self.variant,), self.settings, self.matrix, self.say)
-        except BuildError as exc:
-            return Outcome(None, "does not build: " + exc.message.splitlines()[0][:200])
+        prepared = self._prepare(commit)
+        if isinstance(prepared, Outcome):
+            return prepared
         step_dir = self.results / "steps" / commit[:12]
         step_dir.mkdir(parents=True, exist_ok=True)
         spec = redsession.spec_for(prepared, self.variant, self.icd_name, self.settings, self.repro / "repro", step_dir)

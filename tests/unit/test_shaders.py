@@ -111,17 +111,22 @@ def _glsl(tree: Path, name: str, text: str) -> None:
     (src / name).write_text(text)
 
 
+def _tree_with_source(path: Path) -> Path:
+    """A tree with the generator and one shader source (the same in every tree made this way)."""
+    tree = _tree(path)
+    _glsl(tree, "relu.comp", "void main() {}")
+    return tree
+
+
 def test_the_same_inputs_are_generated_once_and_taken_from_the_cache(
     tmp_path: Path, fake_glslang: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cache_dir = tmp_path / "cache"
-    first = _tree(tmp_path / "a")
-    _glsl(first, "relu.comp", "void main() {}")
+    first = _tree_with_source(tmp_path / "a")
     made = shaders.generate(first, cache_dir, lambda _: None)
     assert "cached" not in made
     # A later commit with the same generator and shader sources (other files differ): no glslang at all.
-    second = _tree(tmp_path / "b")
-    _glsl(second, "relu.comp", "void main() {}")
+    second = _tree_with_source(tmp_path / "b")
     (second / "CMakeLists.txt").write_text("changed elsewhere")
     monkeypatch.setattr(shaders, "glslang", lambda cache_dir, say: pytest.fail("generated again"))
     said: list[str] = []
@@ -132,8 +137,7 @@ def test_the_same_inputs_are_generated_once_and_taken_from_the_cache(
 
 
 def test_a_changed_shader_source_or_generator_is_generated_again(tmp_path: Path, fake_glslang: Path) -> None:
-    tree = _tree(tmp_path)
-    _glsl(tree, "relu.comp", "void main() {}")
+    tree = _tree_with_source(tmp_path)
     before = shaders.input_key(tree)
     _glsl(tree, "relu.comp", "void main() { }")
     assert shaders.input_key(tree) != before
@@ -150,13 +154,11 @@ def test_a_changed_shader_source_or_generator_is_generated_again(tmp_path: Path,
 
 def test_an_incomplete_cache_entry_is_not_used(tmp_path: Path, fake_glslang: Path) -> None:
     cache_dir = tmp_path / "cache"
-    tree = _tree(tmp_path / "a")
-    _glsl(tree, "relu.comp", "void main() {}")
+    tree = _tree_with_source(tmp_path / "a")
     shaders.generate(tree, cache_dir, lambda _: None)
     entry = shaders.store_dir(cache_dir) / shaders.input_key(tree)
     (entry / "AllShader.cpp").write_text("const unsigned char glsl_a_comp[] = {0x03};\n")  # glsl_b_comp lost
-    again = _tree(tmp_path / "b")
-    _glsl(again, "relu.comp", "void main() {}")
+    again = _tree_with_source(tmp_path / "b")
     said: list[str] = []
     made = shaders.generate(again, cache_dir, said.append)
     assert "cached" not in made and made["shaders"] == 2
@@ -179,8 +181,7 @@ def test_a_read_only_cache_still_serves_and_a_tree_without_shader_sources_is_not
     tmp_path: Path, fake_glslang: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cache_dir = tmp_path / "cache"
-    first = _tree(tmp_path / "a")
-    _glsl(first, "relu.comp", "void main() {}")
+    first = _tree_with_source(tmp_path / "a")
     shaders.generate(first, cache_dir, lambda _: None)
     entry = shaders.store_dir(cache_dir) / shaders.input_key(first)
 
@@ -188,8 +189,7 @@ def test_a_read_only_cache_still_serves_and_a_tree_without_shader_sources_is_not
         raise PermissionError("read-only file system")
 
     monkeypatch.setattr(os, "utime", read_only)
-    second = _tree(tmp_path / "b")
-    _glsl(second, "relu.comp", "void main() {}")
+    second = _tree_with_source(tmp_path / "b")
     assert shaders.generate(second, cache_dir, lambda _: None)["cached"] == entry.name
     # No shader sources where the generator reads them: the key would not cover them, so nothing is stored or taken.
     bare = _tree(tmp_path / "c")
