@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -411,8 +412,12 @@ def content_key(tree: Path, cache_dir: Path) -> str:
             entries.append((rel, st.st_size, st.st_mtime_ns, full))
     quick = hashlib.sha256(repr([(r, s, m) for r, s, m, _ in entries]).encode() + str(tree).encode()).hexdigest()
     memo = cache_dir / "src-hashes" / quick
-    if memo.is_file():
-        return memo.read_text().strip()
+    try:
+        known = memo.read_text().strip()
+    except OSError:
+        known = ""
+    if re.fullmatch(r"[0-9a-f]{64}", known):
+        return known
     digest = hashlib.sha256()
     for rel, _, _, full in entries:
         digest.update(rel.encode() + b"\0")
@@ -423,5 +428,8 @@ def content_key(tree: Path, cache_dir: Path) -> str:
                 digest.update(hashlib.file_digest(f, "sha256").digest())
     key = digest.hexdigest()
     memo.parent.mkdir(parents=True, exist_ok=True)
-    memo.write_text(key + "\n")
+    # Written aside and renamed: a concurrent reader (several builders of one tree) never sees half a memo.
+    tmp = memo.with_name(f".{memo.name}.{os.getpid()}.{threading.get_ident()}")
+    tmp.write_text(key + "\n")
+    os.replace(tmp, memo)
     return key

@@ -115,6 +115,18 @@ def test_content_key_is_stable_and_memoised(tmp_path: Path) -> None:
     assert source.content_key(tree, tmp_path / "other-cache") == first  # computed afresh: same bytes, same key
 
 
+def test_a_memo_caught_half_written_is_not_a_key(tmp_path: Path) -> None:
+    # Several builders of one tree hash it at once: one may read the memo while another writes it.
+    tree, cache = small_tree(tmp_path / "tree"), tmp_path / "cache"
+    key = source.content_key(tree, cache)
+    memo = next((cache / "src-hashes").iterdir())
+    for partial in ("", key[:20]):
+        memo.write_text(partial)
+        assert source.content_key(tree, cache) == key
+        assert memo.read_text().strip() == key  # written again, whole
+    assert [p.name for p in (cache / "src-hashes").iterdir()] == [memo.name]  # no temporary file left
+
+
 def test_content_key_changes_when_one_byte_changes(tmp_path: Path) -> None:
     tree, cache = small_tree(tmp_path / "tree"), tmp_path / "cache"
     before = source.content_key(tree, cache)
