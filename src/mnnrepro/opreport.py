@@ -8,22 +8,45 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from .opjudge import CHANGES, STATUSES
+from .opjudge import CHANGES, NOT_RUN, STATUSES
 
 SHORT = {"NOT-EXERCISED": "NOT-EX", "UNEXPECTED-PASS": "UNEXP-PASS"}
 
 
 def _columns(data: dict[str, Any]) -> list[str]:
-    """The statuses any cell has, in STATUSES order (PASS always)."""
+    """The statuses any cell has, in STATUSES order (PASS always). NOT-RUN is not among them: see _not_run."""
     seen = {s for c in data.get("cells", []) for s, n in c.get("counts", {}).items() if n}
     return [s for s in STATUSES if s == "PASS" or s in seen]
 
 
+def _count(c: dict[str, Any], status: str) -> str:
+    """A cell's count of one status, with what is counted apart inside it: slow passes, partial fallbacks."""
+    n = str(c["counts"].get(status, 0))
+    if status == "PASS" and c.get("slow"):
+        return f"{n} ({c['slow']} slow)"
+    if status == "FALLBACK" and c.get("partial_fallback"):
+        return f"{n} ({c['partial_fallback']} partial)"
+    return n
+
+
+def _not_run(c: dict[str, Any]) -> str:
+    """ "N (why: n, ...)": tests with no result (SKIP rows, sources not built), never counted as results."""
+    info = c.get("not_run") or {"count": 0, "why": {}}
+    why = ", ".join(f"{k}: {v}" for k, v in info["why"].items())
+    return f"{info['count']}" + (f" ({why})" if why else "")
+
+
 def table(data: dict[str, Any]) -> str:
     cols = _columns(data)
-    head = ["cell", *[SHORT.get(s, s) for s in cols], "mismatched", "s"]
+    head = ["cell", *[SHORT.get(s, s) for s in cols], "not run", "mismatched", "s"]
     rows = [
-        [c["cell"], *[str(c["counts"].get(s, 0)) for s in cols], str(c["mismatched"]), f"{c.get('seconds', 0):.0f}"]
+        [
+            c["cell"],
+            *[_count(c, s) for s in cols],
+            _not_run(c),
+            str(c["mismatched"]),
+            f"{c.get('seconds', 0):.0f}",
+        ]
         for c in data.get("cells", [])
     ]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
@@ -31,8 +54,10 @@ def table(data: dict[str, Any]) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     for c in data.get("cells", []):
         for t in c["tests"]:
-            if not t["matched"]:
+            if t["matched"] is False:
                 lines.append(f"  {c['cell']} {t['test']}: {t['status']} (expected {t['expected']}) {t['reason'][:160]}")
+    for row in data.get("stale", []):
+        lines.append(f"  stale row [[expect]] #{row['row']} ({row['test']} {row['status']}): {row['why'][:160]}")
     for cell in data.get("not_run", []):
         lines.append(f"  {cell}: not run (interrupted)")
     return "\n".join(lines)
@@ -47,15 +72,15 @@ def junit(data: dict[str, Any]) -> ET.Element:
             "testsuite",
             name=c["cell"],
             tests=str(len(tests)),
-            failures=str(sum(not t["matched"] for t in tests)),
-            skipped=str(sum(t["status"] == "SKIP" for t in tests)),
+            failures=str(sum(t["matched"] is False for t in tests)),
+            skipped=str(sum(t["status"] == NOT_RUN for t in tests)),
             time=str(c.get("seconds", 0)),
         )
         for t in tests:
             case = ET.SubElement(suite, "testcase", classname=c["cell"], name=t["test"], time=str(t["duration_s"]))
-            if t["status"] == "SKIP":
-                ET.SubElement(case, "skipped", message=t["reason"][:500])
-            elif not t["matched"]:
+            if t["status"] == NOT_RUN:
+                ET.SubElement(case, "skipped", message=f"not run ({t.get('not_run', '')}): {t['reason']}"[:500])
+            elif t["matched"] is False:
                 fail = ET.SubElement(case, "failure", message=f"{t['status']} (expected {t['expected']})")
                 fail.text = t["reason"]
             props = ET.SubElement(case, "properties")
@@ -69,36 +94,71 @@ def _md(value: Any) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
+def _md_table(head: list[str]) -> list[str]:
+    """A Markdown table's head and separator: one `---` cell per column."""
+    return ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+
+
 def markdown(data: dict[str, Any]) -> str:
     cols = _columns(data)
     out = [
         f"# mnnrepro ops: MNN {data.get('ref')} ({str(data.get('commit') or '')[:10]}), {data.get('status')}",
         "",
         f"Selection {', '.join(data.get('selection', []))}; precision {data.get('precision')}; "
-        f"{data.get('jobs')} test processes at a time, {data.get('timeout_s'):.0f} s each at most; runner "
-        f"{data.get('runner')}; {data.get('registered')} tests registered.",
+        f"{data.get('jobs')} test processes at a time, {data.get('timeout_s'):.0f} s each at most (a timeout runs "
+        f"again alone under a longer limit); runner {data.get('runner')}; {data.get('registered')} tests "
+        "registered. Not run (SKIP rows, sources not built) is no result and is counted apart.",
         "",
-        "| cell | device | " + " | ".join(cols) + " | mismatched | seconds |",
-        "|" + " --- |" * (len(cols) + 4),
+        *_md_table(["cell", "device", *cols, "not run", "mismatched", "seconds"]),
     ]
     for c in data.get("cells", []):
-        counts = " | ".join(str(c["counts"].get(s, 0)) for s in cols)
+        counts = " | ".join(_count(c, s) for s in cols)
         device = _md(c.get("device", ""))
-        out.append(f"| {c['cell']} | {device} | {counts} | {c['mismatched']} | {c.get('seconds', 0)} |")
-    out += ["", "## Not passing", "", "| cell | test | status | expected | reason | upstream |", "| --- |" * 6]
+        out.append(f"| {c['cell']} | {device} | {counts} | {_not_run(c)} | {c['mismatched']} | {c.get('seconds', 0)} |")
+    out += ["", "## Not passing", "", *_md_table(["cell", "test", "status", "expected", "reason", "upstream"])]
     for c in data.get("cells", []):
         for t in c["tests"]:
-            if t["status"] != "PASS":
+            if t["status"] not in ("PASS", NOT_RUN):
                 suspect = " (driver suspect: passes on another ICD)" if t.get("driver_suspect") else ""
                 reason = t["expectation"] if t["matched"] and t["expectation"] else t["reason"]
                 out.append(
                     f"| {c['cell']} | {_md(t['test'])} | {t['status']}{suspect} | {t['expected']} | "
                     f"{_md(reason[:200])} | {_md(t.get('upstream', ''))} |"
                 )
+    out += _slow_section(data) + _not_run_section(data) + _stale_section(data)
     if data.get("not_built"):
         out += ["", "## Test sources not built", ""]
         out += [f"- `test/{rel}`: {_md(why)}" for rel, why in sorted(data["not_built"].items())]
     return "\n".join(out) + "\n"
+
+
+def _slow_section(data: dict[str, Any]) -> list[str]:
+    rows = [(c, t) for c in data.get("cells", []) for t in c["tests"] if t.get("slow")]
+    if not rows:
+        return []
+    out = ["", "## Slow (killed at the limit, run again alone)", "", *_md_table(["cell", "test", "status", "reason"])]
+    return out + [f"| {c['cell']} | {_md(t['test'])} | {t['status']} | {_md(t['reason'][:200])} |" for c, t in rows]
+
+
+def _not_run_section(data: dict[str, Any]) -> list[str]:
+    rows = [(c, t) for c in data.get("cells", []) for t in c["tests"] if t["status"] == NOT_RUN]
+    if not rows:
+        return []
+    out = ["", "## Not run (no result)", "", *_md_table(["cell", "test", "why", "reason"])]
+    return out + [
+        f"| {c['cell']} | {_md(t['test'])} | {t.get('not_run', '')} | {_md(t['reason'][:200])} |" for c, t in rows
+    ]
+
+
+def _stale_section(data: dict[str, Any]) -> list[str]:
+    if not data.get("stale"):
+        return []
+    out = ["", "## Stale expectation rows", "", *_md_table(["row", "refs", "variant", "icd", "test", "status", "why"])]
+    return out + [
+        f"| #{r['row']} | {_md(', '.join(r['refs']))} | {r['variant']} | {r['icd']} | {_md(r['test'])} | "
+        f"{r['status']} | {_md(r['why'][:300])} |"
+        for r in data["stale"]
+    ]
 
 
 def write_all(results: Path, data: dict[str, Any]) -> list[Path]:
@@ -122,7 +182,11 @@ def comparison(a: dict[str, Any], b: dict[str, Any], rows: list[dict[str, str]])
         group = [r for r in rows if r["kind"] == kind]
         if not group:
             continue
-        out += [f"## {kind} ({len(group)})", "", "| variant | icd | test | before | after |", "|" + " --- |" * 5]
-        out += [f"| {r['variant']} | {r['icd']} | {_md(r['test'])} | {r['before']} | {r['after']} |" for r in group]
+        out += [f"## {kind} ({len(group)})", "", *_md_table(["variant", "icd", "test", "before", "after", "detail"])]
+        out += [
+            f"| {r['variant']} | {r['icd']} | {_md(r['test'])} | {r['before']} | {r['after']} | "
+            f"{_md(str(r.get('detail', ''))[:200])} |"
+            for r in group
+        ]
         out.append("")
     return "\n".join(out)

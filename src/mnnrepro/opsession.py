@@ -105,6 +105,8 @@ def run_ops(settings: Settings, *, say: Say = print) -> int:
         "precision": settings.precision or "high",
         "jobs": jobs(settings),
         "timeout_s": timeout_s,
+        "timeout_rerun_factor": expectations.rerun_factor,  # a timeout runs again alone under this many times its limit
+        "flake_reruns": expectations.flake_reruns,
         "host": platform.platform(),
         "python": sys.version.split()[0],
         "toolchain": built.builder.toolchain,
@@ -138,15 +140,19 @@ def run_ops(settings: Settings, *, say: Say = print) -> int:
         stopped = exc
         say(f"\n{interrupts.signal_name(exc)}: stopping; writing the reports of the cells that finished")
     _suspects(cells)
+    judged = []
     for c in cells:
-        c["counts"] = opjudge.counts([opjudge.TestResult(**t) for t in c["tests"]])
-        c["mismatched"] = sum(not t["matched"] for t in c["tests"])
+        results_of_cell = [opjudge.TestResult(**t) for t in c["tests"]]
+        c.update(opjudge.summarize(results_of_cell))
+        judged.append(((ref, version, c["variant"], c["icd"]), results_of_cell))
+    # Rows that covered a cell and a selected test but matched nothing (issue 21): reported, for the cells run.
+    stale = opjudge.stale_rows(expectations, judged, tuple(selection))
     header["seconds"] = {
         "prepare": round(sum(prepared.seconds.values()), 1),
         "optest_build_or_cache_check": round(optest_s, 1),
         "total": round(time.monotonic() - started, 1),
     }
-    data = {**header, "cells": cells}
+    data = {**header, "cells": cells, "stale": stale}
     data["all_matched"] = stopped is None and bool(cells) and all(c["mismatched"] == 0 for c in cells)
     data["status"] = "INTERRUPTED" if stopped else ("MATCHED" if data["all_matched"] else "MISMATCHED")
     if stopped is not None:
@@ -159,8 +165,9 @@ def run_ops(settings: Settings, *, say: Say = print) -> int:
     say("\nreports: " + ", ".join(str(p) for p in written))
     if stopped is not None:
         return interrupts.exit_code(stopped)
+    not_run = sum(c["not_run"]["count"] for c in cells)
     if data["all_matched"]:
-        say("session ops: every test matched its expectation")
+        say(f"session ops: every test that ran matched its expectation; not run: {not_run} (see the table)")
         return 0
     say(f"session ops: {sum(c['mismatched'] for c in cells)} test result(s) did not match their expectation")
     return EXIT_MISMATCH
@@ -182,14 +189,19 @@ def _cell(
     version = built.tree.version
     results: list[opjudge.TestResult] = []
     to_run: list[str] = []
+    rows = {t: expectations.of(cell.ref, version, cell.variant, cell.icd, t) for t in tests}
     for test in tests:
-        row = expectations.of(cell.ref, version, cell.variant, cell.icd, test)
+        row = rows[test]
         if row is not None and row.status == "SKIP":
-            results.append(opjudge.skipped(test, row.reason, row))
+            results.append(opjudge.not_run(test, row.reason, opjudge.SKIPPED_BY_ROW, row))
         else:
             to_run.append(test)
-    results += [opjudge.skipped(t, why) for t, why in not_built.items()]
-    say(f"{cell.id}: {len(to_run)} tests, {jobs(settings)} at a time, {len(tests) - len(to_run)} skipped")
+    results += [opjudge.not_run(t, why, opjudge.not_built_kind(why)) for t, why in not_built.items()]
+    say(
+        f"{cell.id}: {len(to_run)} tests, {jobs(settings)} at a time; not run: {len(tests) - len(to_run)} by SKIP "
+        f"rows, {len(not_built)} not built"
+    )
+    base_s = float(settings.timeout_s or expectations.timeout_s)
     spec = optest.SweepSpec(
         cell=cell,
         binary=binary,
@@ -198,17 +210,19 @@ def _cell(
         plugin=built.plugins.get(variants.get(cell.variant).build_as or cell.variant),
         icd=prepared.icds.get(cell.icd),
         precision=variants.get(cell.variant).precision or settings.precision or "high",
-        timeout_s=float(settings.timeout_s or expectations.timeout_s),
+        timeout_s=base_s,
         jobs=jobs(settings),
         result_dir=results_root / cell.dirname,  # one directory per test below it
         gdb_path=prepared.gdb_path,
         faults=settings.faults,
+        limits={t: expectations.limit(cell.ref, version, cell.variant, cell.icd, t, base_s) for t in to_run},
+        reruns={t: expectations.reruns(rows[t]) for t in to_run},
+        rerun_factor=expectations.rerun_factor,
     )
     ran = optest.sweep(spec, say=say)
     for test, outcome in ran.items():
-        row = expectations.of(cell.ref, version, cell.variant, cell.icd, test)
         sig = signature.of_crash(outcome.crash) if outcome.crash else ()
-        results.append(opjudge.judge(outcome, cpu_outcomes.get(test), cell.backend, row, sig))
+        results.append(opjudge.judge(outcome, cpu_outcomes.get(test), cell.backend, rows[test], sig, expectations.glue))
     results.sort(key=lambda r: r.test)
     return results, ran
 

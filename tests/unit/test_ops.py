@@ -114,7 +114,9 @@ def test_judge_rules() -> None:
     # NOT-EXERCISED never matches, whatever the row says.
     row_any = opjudge.Expect(("*",), "*", "*", "*", "FLAKE", "flaky")
     assert not opjudge.judge(_o("NOT-EXERCISED"), _o("PASS"), "vulkan", row_any).matched
-    assert opjudge.judge(_o("FAIL"), _o("PASS"), "vulkan", row_any).matched
+    # A FLAKE row matches a test that passed in one of its runs, never one that failed in all (issue 21).
+    assert opjudge.judge(_o("FAIL", rerun=_o("PASS")), _o("PASS"), "vulkan", row_any).matched
+    assert not opjudge.judge(_o("FAIL"), _o("PASS"), "vulkan", row_any).matched
     # On the CPU cell a CPU failure is its own failure.
     assert opjudge.judge(_o("FAIL"), None, "cpu", None).status == "FAIL"
 
@@ -252,12 +254,13 @@ def test_reports_render_counts_and_mismatches(tmp_path: Path) -> None:
     results = [
         opjudge.judge(_o("PASS", "op/a"), None, "vulkan", None),
         opjudge.judge(_o("CRASH", "op/b"), _o("PASS"), "vulkan", None),
-        opjudge.skipped("op/c", "slow"),
+        opjudge.not_run("op/c", "slow", opjudge.SKIPPED_BY_ROW),
     ]
-    cell = {"cell": "3.3.0/vulkan-image/lavapipe", "variant": "vulkan-image", "icd": "lavapipe", "seconds": 3}
+    cell: dict[str, Any] = {"cell": "3.3.0/vulkan-image/lavapipe", "variant": "vulkan-image", "icd": "lavapipe"}
+    cell["seconds"] = 3
     cell["tests"] = [r.as_dict() for r in results]
-    cell["counts"] = opjudge.counts(results)
-    cell["mismatched"] = 1
+    cell.update(opjudge.summarize(results))
+    assert cell["mismatched"] == 1
     data = {"session": "ops", "ref": "3.3.0", "status": "MISMATCHED", "cells": [cell], "timeout_s": 120.0}
     written = opreport.write_all(tmp_path, data)
     assert [p.name for p in written] == ["summary.json", "junit.xml", "summary.md"]
