@@ -572,30 +572,44 @@ def check_toolchain() -> list[Finding]:
     return findings
 
 
-def check_gdb(severity: str = FAIL) -> list[Finding]:
-    """gdb with Python runs gdb_capture.py; without it a crash still has its signal and stage, not its frames.
-    A run that asked for gdb (the default) stops here without it; --no-gdb is the explicit way to go on."""
-    exe = shutil.which("gdb")
-    without = "crashes would have no backtrace and no signature (REPRODUCED cannot verify the crash site)"
-    opt_out = " (or run with --no-gdb to go on without backtraces)"
-    if exe is None:
-        also = " (cuda-gdb is there, but the suite needs gdb)" if shutil.which("cuda-gdb") else ""
-        return [Finding(severity, "gdb", f"not installed{also}: {without}", "apt-get install gdb" + opt_out, ("gdb",))]
-    done = HostRunner(kill_grace_s=1.0).run(
-        [exe, "-nx", "-batch", "-ex", "python print('mnnrepro-gdb-ok')"], timeout_s=PROBE_TIMEOUT_S
-    )
-    if "mnnrepro-gdb-ok" in done.output:
-        return [Finding(OK, "gdb", f"{exe} runs Python")]
-    last = (done.output.strip().splitlines() or [f"exit status {done.returncode}"])[-1][:120]
-    return [
-        Finding(
-            severity,
-            "gdb",
-            f"{exe} does not run Python ({last}): {without}",
-            "apt-get install gdb (Debian's gdb embeds Python)" + opt_out,
-            ("gdb",),
-        )
-    ]
+# gdb first; then cuda-gdb, NVIDIA's gdb (GPU servers often have only it), which runs gdb_capture.py the same way
+# when it embeds Python: the same probe decides for both.
+GDB_CANDIDATES = ("gdb", "cuda-gdb")
+GDB_PROBE = "python print('mnnrepro-gdb-ok')"
+NO_GDB = "no gdb: crash signatures will be judged by signal only"
+
+
+def find_gdb() -> tuple[str | None, list[str]]:
+    """The first of GDB_CANDIDATES on PATH that runs Python, and why each one tried before it was not taken."""
+    why: list[str] = []
+    for name in GDB_CANDIDATES:
+        exe = shutil.which(name)
+        if exe is None:
+            why.append(f"{name}: not installed")
+            continue
+        done = HostRunner(kill_grace_s=1.0).run([exe, "-nx", "-batch", "-ex", GDB_PROBE], timeout_s=PROBE_TIMEOUT_S)
+        if "mnnrepro-gdb-ok" in done.output:
+            return exe, why
+        last = (done.output.strip().splitlines() or [f"exit status {done.returncode}"])[-1][:120]
+        why.append(f"{exe} does not run Python ({last})")
+    return None, why
+
+
+def check_gdb(severity: str = WARN) -> list[Finding]:
+    """gdb with Python (or cuda-gdb with Python) runs gdb_capture.py; without either, a crash still has its signal
+    and stage, not its frames, and the run goes on as with --no-gdb (a warning: verdicts are still possible).
+    FAIL where gdb is required (require_gdb, MNNREPRO_REQUIRE_GDB=1: CI, whose image has gdb)."""
+    exe, why = find_gdb()
+    if exe is not None:
+        other = f" ({'; '.join(why)})" if why else ""
+        return [Finding(OK, "gdb", f"{exe} runs Python{other}")]
+    fix = "apt-get install gdb (Debian's gdb embeds Python)"
+    if severity == FAIL:
+        detail = f"{'; '.join(why)}: required here (require_gdb, MNNREPRO_REQUIRE_GDB=1), and without it {NO_GDB}"
+    else:
+        detail = f"{NO_GDB} ({'; '.join(why)}); the run goes on as with --no-gdb"
+        fix += "; --no-gdb silences this"
+    return [Finding(severity, "gdb", detail, fix, ("gdb",))]
 
 
 # --- OpenCL ------------------------------------------------------------------------------------------------
@@ -901,7 +915,7 @@ def checks(
         return todo
     todo.append(check_toolchain)
     if settings.gdb:
-        todo.append(check_gdb)
+        todo.append(partial(check_gdb, FAIL if settings.require_gdb else WARN))
     todo += [partial(check_icd, name, settings, runner) for name in icds]
     if icds:
         todo.append(check_vulkan_loader)

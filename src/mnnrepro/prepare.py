@@ -9,6 +9,7 @@ the golden, the bench, the bisect oracle) take a ``Prepared`` and never set any 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import time
 from collections.abc import Callable
@@ -180,26 +181,44 @@ def build_ref(ref: str, names: tuple[str, ...], settings: Settings, matrix: fixt
     return Built(ref, tree, info, runner, builder, core, driver, plugins, time.monotonic() - t0)
 
 
-# gdb as each runner (and image) sees it, probed once per process: a bisect prepares many commits.
-_GDB_SEEN: dict[str, str | None] = {}
+# gdb as each runner (and image) sees it, probed once per process: a bisect prepares many commits. The value:
+# the path of a gdb that runs Python, or None and why not.
+_GDB_SEEN: dict[str, tuple[str | None, str]] = {}
+
+# Each of preflight.GDB_CANDIDATES in turn, as the runner sees it (on the host or in the image): the first that
+# runs Python is printed as "gdb-ok PATH", each other one as one "gdb-no ..." line.
+_GDB_PROBE = (
+    "for g in " + " ".join(preflight.GDB_CANDIDATES) + "; do "
+    'p=$(command -v "$g") || { echo "gdb-no $g: not installed"; continue; }; '
+    f'out=$("$p" -nx -batch -ex {shlex.quote(preflight.GDB_PROBE)} 2>&1 | tail -n 3); '
+    'case "$out" in *mnnrepro-gdb-ok*) echo "gdb-ok $p"; exit 0;; esac; '
+    'echo "gdb-no $p does not run Python ($(printf %s "$out" | tail -n 1 | cut -c1-120))"; done'
+)
 
 
 def usable_gdb(runner: Runner, say: Say) -> str | None:
-    """gdb as the runner sees it, if it runs with Python (gdb_capture.py needs it); else None, said loudly:
-    crashes are then still caught by signal and stage, but without a backtrace or signature."""
+    """gdb (or cuda-gdb) as the runner sees it, if it runs with Python (gdb_capture.py needs it); else None, said
+    loudly: crashes are then still caught by signal and stage, but without a backtrace or signature."""
     key = f"{runner.name}:{getattr(runner, 'image_id', '')}"
     if key in _GDB_SEEN:
-        return _GDB_SEEN[key]
-    probe = "command -v gdb && gdb -nx -batch -ex 'python print(\"mnnrepro-gdb-ok\")' 2>&1 | tail -n 3"
-    lines = runner.run(["sh", "-c", probe], timeout_s=60).output.splitlines()
-    found = lines[0].strip() if lines and "mnnrepro-gdb-ok" in lines[-1] else None
+        return _GDB_SEEN[key][0]
+    lines = [line.strip() for line in runner.run(["sh", "-c", _GDB_PROBE], timeout_s=60).output.splitlines()]
+    found = next((line.split(" ", 1)[1] for line in lines if line.startswith("gdb-ok ")), None)
+    why = "; ".join(line[len("gdb-no ") :] for line in lines if line.startswith("gdb-no ")) or "no answer"
     if found is None:
-        say(
-            f"WARNING: no usable gdb with Python for the {runner.name} runner "
-            f"({(lines[-1] if lines else 'not installed')[:120]}): crashes will have no backtrace or signature"
-        )
-    _GDB_SEEN[key] = found
+        say(f"WARNING: {preflight.NO_GDB} (the {runner.name} runner has no usable gdb with Python: {why[:240]})")
+    _GDB_SEEN[key] = (found, "" if found else f"no usable gdb with Python for the {runner.name} runner: {why}")
     return found
+
+
+def gdb_absent(settings: Settings, runner: Runner, gdb_path: str | None) -> str:
+    """Why a prepared ref runs without gdb ("" when it has one): --no-gdb, or none found (the same path)."""
+    if gdb_path is not None:
+        return ""
+    if not settings.gdb:
+        return "--no-gdb"
+    key = f"{runner.name}:{getattr(runner, 'image_id', '')}"
+    return _GDB_SEEN.get(key, (None, ""))[1] or f"no usable gdb with Python for the {runner.name} runner"
 
 
 @dataclass
@@ -212,6 +231,14 @@ class Prepared:
     workload: Workload
     timeouts: dict[str, float] = field(default_factory=dict)  # backend -> seconds, resolved
     seconds: dict[str, float] = field(default_factory=dict)  # what the preparation spent, by part (profile)
+    # Why gdb_path is None ("" when there is a gdb): "--no-gdb", or no usable gdb was found (the run goes on the
+    # same way). Either way a crash is judged by its signal only: no frames, no signature.
+    gdb_absent: str = ""
+
+    @property
+    def signal_only(self) -> bool:
+        """Crash signatures cannot be checked: judged by signal (and stage) only."""
+        return self.gdb_path is None
 
     def timeout_for(self, backend: str) -> float:
         return self.timeouts.get(backend, DEFAULT_TIMEOUT_S)
@@ -219,12 +246,19 @@ class Prepared:
 
 def prepare(ref: str, names: tuple[str, ...], settings: Settings, matrix: fixtures.Matrix, say: Say) -> Prepared:
     """Build what ``names`` need of ``ref`` (after ``preflight_for``) and resolve everything else a workload
-    reads: gdb (unless --no-gdb), the ICDs of the variants that take one, the workload, the time limits (--timeout
-    over matrix.toml's [timeouts] over DEFAULT_TIMEOUT_S, per backend)."""
+    reads: gdb (unless --no-gdb; none found: as --no-gdb, with ``gdb_absent`` saying why; require_gdb: an error),
+    the ICDs of the variants that take one, the workload, the time limits (--timeout over matrix.toml's [timeouts]
+    over DEFAULT_TIMEOUT_S, per backend)."""
     t0 = time.monotonic()
     built = build_ref(ref, names, settings, matrix, say)
     t1 = time.monotonic()
     gdb_path = usable_gdb(built.runner, say) if settings.gdb else None
+    absent = gdb_absent(settings, built.runner, gdb_path)
+    if settings.gdb and settings.require_gdb and gdb_path is None:
+        raise EnvironmentProblem(
+            f"gdb is required (require_gdb, MNNREPRO_REQUIRE_GDB=1), and {absent}",
+            hint="install gdb (Debian's embeds Python) where the runner runs: the host, or the image (docker/)",
+        )
     t2 = time.monotonic()
     icds = (
         {n: icd.resolve(n, settings.cache_dir, built.runner.name) for n in settings.icds}
@@ -234,4 +268,4 @@ def prepare(ref: str, names: tuple[str, ...], settings: Settings, matrix: fixtur
     backends = {variants.get(n).backend for n in names} | {variants.get(variants.BASELINE).backend}
     timeouts = {b: float(settings.timeout_s or matrix.timeouts.get(b, DEFAULT_TIMEOUT_S)) for b in backends}
     seconds = {"build_or_cache_check": t1 - t0, "gdb_probe": t2 - t1, "icds": time.monotonic() - t2}
-    return Prepared(built, gdb_path, icds, workload_of(matrix, settings), timeouts, seconds)
+    return Prepared(built, gdb_path, icds, workload_of(matrix, settings), timeouts, seconds, absent)

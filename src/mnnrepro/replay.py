@@ -815,6 +815,23 @@ def image_exists(name: str) -> bool:
     return subprocess.run(["docker", "image", "inspect", name], capture_output=True).returncode == 0
 
 
+_SELF_HOSTED = (
+    "{name} runs on a self-hosted runner (runs-on: {runs_on}): the replay cannot run it. Its containers stand in "
+    "for GitHub's ubuntu-* runners and have no GPU (nor the machine's own Vulkan or OpenCL driver)"
+)
+_SELF_HOSTED_HINT = (
+    "run the job's commands by hand on the GPU machine (README, Real GPUs): nox -s doctor, then the sessions with "
+    "-- --icd host --runner host"
+)
+
+
+def self_hosted(job: Mapping[str, Any]) -> bool:
+    """A job for a self-hosted runner (the GPU jobs): nothing here stands in for that machine."""
+    runs_on = job.get("runs-on")
+    labels = [runs_on] if isinstance(runs_on, str) else list(runs_on or [])
+    return "self-hosted" in (str(label) for label in labels)
+
+
 def job_image(job: Mapping[str, Any], say: Callable[[str], None]) -> tuple[str, list[str], bool]:
     """(image, docker create options, runs on the host) for a job."""
     container = job.get("container")
@@ -838,6 +855,10 @@ def job_image(job: Mapping[str, Any], say: Callable[[str], None]) -> tuple[str, 
         return image, options, False
     runs_on = job.get("runs-on")
     labels = [runs_on] if isinstance(runs_on, str) else list(runs_on or [])
+    if self_hosted(job):
+        raise ReplayError(
+            _SELF_HOSTED.format(name=job.get("name", "this job"), runs_on=runs_on), hint=_SELF_HOSTED_HINT
+        )
     if not labels or not all(str(label).startswith(RUNS_ON_PREFIX) for label in labels):
         raise ReplayError(f"runs-on: {runs_on!r}: the replay stands in for {RUNS_ON_PREFIX}* runners only")
     return runner_image(say), [], True
@@ -1015,6 +1036,12 @@ class Replay:
 
         for target in targets:
             visit(target, ())
+        for name in order:  # said before anything runs, not after the jobs it needs
+            if self_hosted(jobs[name]):
+                raise ReplayError(
+                    _SELF_HOSTED.format(name=f"job {name!r}", runs_on=jobs[name].get("runs-on")),
+                    hint=_SELF_HOSTED_HINT,
+                )
         return order
 
     def describe(self) -> list[str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mnnrepro import doctor, preflight
+from mnnrepro import doctor, icd, preflight
 from mnnrepro.preflight import FAIL, OK, WARN, Finding, Load
 from mnnrepro.settings import Settings
 
@@ -27,6 +27,8 @@ def fake_checks(monkeypatch: pytest.MonkeyPatch, by_runner: dict[str, list[Findi
     monkeypatch.setattr(preflight, "check_opencl", lambda requested: [])
     monkeypatch.setattr(preflight, "check_opencl_in_docker", lambda requested: [])
     monkeypatch.setattr(preflight, "check_host_icd", lambda severity: [])
+    monkeypatch.setattr(preflight, "check_icd", lambda name, settings, runner, severity=FAIL: [])
+    monkeypatch.setattr(preflight, "check_vulkan_loader", lambda severity=FAIL: [])
     monkeypatch.setattr(doctor, "_device_checks", lambda settings: [])
     monkeypatch.setattr(doctor, "_sources", lambda settings: [])
 
@@ -141,3 +143,81 @@ def test_real_gpu_cases_are_explained(tmp_path: Path, monkeypatch: pytest.Monkey
     assert "libglvnd0" in diagnosis.packages
     gpu = dict(diagnosis.sections)["real GPUs and devices (information)"]
     assert {f.status for f in gpu if f.what.startswith("ICD host")} == {WARN}
+
+
+def plant_gpu_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, glvnd: bool) -> None:
+    """The H100 of issue 22: no Docker engine, no lavapipe, SwiftShader not cached and not fetchable, gdb there;
+    NVIDIA's Vulkan driver is the machine's own (`--icd host`), loading when glvnd's libraries are installed."""
+    icd_dir = tmp_path / "icd.d"
+    icd_dir.mkdir()
+    (icd_dir / "nvidia_icd.json").write_text(json.dumps({"ICD": {"library_path": "libGLX_nvidia.so.0"}}))
+    proc = tmp_path / "nvidia-version"
+    proc.write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module  580.159.04  Thu Sep 25 2025\n")
+    monkeypatch.setattr(preflight, "VULKAN_ICD_DIRS", (str(icd_dir),))
+    monkeypatch.setattr(preflight, "NVIDIA_PROC", proc)
+    monkeypatch.setattr(icd, "LAVAPIPE_GLOBS", (str(tmp_path / "none" / "lvp_icd*.json"),))
+    for var in ("VK_DRIVER_FILES", "VK_ICD_FILENAMES"):
+        monkeypatch.delenv(var, raising=False)
+    unfetchable = Finding(FAIL, "ICD swiftshader", "not cached, and the npm registry does not answer", "fetch it")
+    monkeypatch.setattr(preflight, "_swiftshader_fetchable", lambda label, severity: unfetchable)
+    glx = (
+        Load("libGLX_nvidia.so.0", True) if glvnd else Load("libGLX_nvidia.so.0", False, "cannot open", preflight.GLVND)
+    )
+    monkeypatch.setattr(
+        preflight, "load_library", lambda name, timeout_s=8.0: glx if "nvidia" in name else Load(name, glvnd)
+    )
+    instance = preflight.Instance(0, ("NVIDIA H100 80GB HBM3",)) if glvnd else preflight.Instance(-9)
+    monkeypatch.setattr(preflight, "vulkan_instance", lambda manifest: instance)
+    monkeypatch.setattr(preflight, "docker_sdk", _shadowed)
+    monkeypatch.setattr(preflight, "check_disk", lambda cache_dir: [Finding(OK, "free disk", "50.0 GiB")])
+    monkeypatch.setattr(preflight, "check_toolchain", lambda: [Finding(OK, "host toolchain", "c++, cmake, ninja")])
+    monkeypatch.setattr(preflight, "check_gdb", lambda severity=preflight.FAIL: [Finding(OK, "gdb", "runs Python")])
+    monkeypatch.setattr(preflight, "check_vulkan_loader", lambda severity=preflight.FAIL: [])
+    monkeypatch.setattr(preflight, "check_opencl", lambda requested: [])
+    monkeypatch.setattr(doctor, "_device_checks", lambda settings: [])
+    monkeypatch.setattr(doctor, "_sources", lambda settings: [])
+
+
+@pytest.mark.parametrize("runner", ["auto", "host"])
+def test_a_gpu_machine_gives_verdicts_with_the_host_icd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, runner: str
+) -> None:
+    """Issue 22: doctor exited 6 ("no runner can produce a verdict") on the H100, where --icd host gives every
+    verdict: the machine's own Vulkan driver counts, and each ICD says whether it works."""
+    plant_gpu_machine(tmp_path, monkeypatch, glvnd=True)
+    code, lines = run_doctor(Settings(cache_dir=tmp_path, runner=runner))
+    text = "\n".join(lines)
+    assert code == 0, text
+    assert (
+        "runner host: can produce a verdict with --icd host (not as configured: ICD lavapipe, ICD swiftshader)" in lines
+    )
+    assert "  ICD host (not in the settings' ICDs): works" in lines
+    assert any(
+        line.startswith("  ICD lavapipe: does not work: ICD lavapipe: Mesa lavapipe is not installed") for line in lines
+    )
+    assert any(line.startswith("  ICD swiftshader: does not work: ICD swiftshader: not cached") for line in lines)
+    assert "runner docker: cannot produce a verdict: docker SDK" in lines
+    assert lines[-1].endswith("host (with --icd host) can produce a verdict"), lines[-1]
+    assert "MNN would take NVIDIA H100 80GB HBM3" in text
+
+
+def test_a_gpu_machine_without_glvnd_still_cannot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same machine before glvnd is installed: NVIDIA's driver does not load, so no ICD works: exit 6, and
+    the host ICD's failure (shown as a warning: the settings do not name it) says what to install."""
+    plant_gpu_machine(tmp_path, monkeypatch, glvnd=False)
+    code, lines = run_doctor(Settings(cache_dir=tmp_path, runner="auto"))
+    text = "\n".join(lines)
+    assert code == 6, text
+    assert "runner host: cannot produce a verdict: no ICD works" in lines
+    assert any(line.startswith("  ICD host (not in the settings' ICDs): does not work: ICD host") for line in lines)
+    assert "libglvnd0" in text
+
+
+def test_the_host_icd_named_in_the_settings_blocks_as_configured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--icd host on the GPU machine: works, and no 'with --icd' note (the settings already say it)."""
+    plant_gpu_machine(tmp_path, monkeypatch, glvnd=True)
+    code, lines = run_doctor(Settings(cache_dir=tmp_path, runner="host", icds=("host",)))
+    assert code == 0
+    assert "runner host: can produce a verdict" in lines and "  ICD host: works" in lines

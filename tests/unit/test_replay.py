@@ -343,7 +343,10 @@ def test_the_workflow_uses_only_what_the_replay_can_stand_in_for() -> None:
     for name, job in wf["jobs"].items():
         container = job.get("container")
         image = container["image"] if isinstance(container, dict) else container
-        assert image in replay.DEBIAN_12 or (image is None and str(job["runs-on"]).startswith("ubuntu-")), name
+        if replay.self_hosted(job):  # the GPU jobs: never queued without the variable, refused by the replay
+            assert image is None and "vars.GPU_RUNNER == 'true'" in job["if"], name
+        else:
+            assert image in replay.DEBIAN_12 or (image is None and str(job["runs-on"]).startswith("ubuntu-")), name
         for step in job["steps"]:
             if "uses" in step:
                 local_action(step["uses"], step.get("with"))
@@ -351,6 +354,22 @@ def test_the_workflow_uses_only_what_the_replay_can_stand_in_for() -> None:
             evaluate(text, permissive)
             seen += 1
     assert seen > 20
+
+
+def test_a_self_hosted_gpu_job_is_refused_clearly_before_anything_runs(tmp_path: Path) -> None:
+    """Issue 22: `ci replay --job gpu` says it cannot replay a self-hosted GPU job (no GPU in its containers)
+    before running the jobs it needs, and says what to do instead; the workflow has such jobs."""
+    pytest.importorskip("yaml", reason="PyYAML comes with the `ci` extra")
+    run = replay.Replay(replay.Options(worktree=True, state_dir=tmp_path), say=lambda _: None)
+    gpu = [name for name, job in run.jobs().items() if replay.self_hosted(job)]
+    assert gpu, "no self-hosted GPU job in the workflow"
+    for name in gpu:
+        with pytest.raises(replay.ReplayError, match=r"self-hosted runner .*cannot run it.*no GPU") as exc:
+            run.plan([name])
+        assert "--icd host --runner host" in exc.value.hint
+        with pytest.raises(replay.ReplayError, match="self-hosted"):
+            replay.job_image(run.jobs()[name], lambda _: None)
+    assert run.plan(["reproduce"]) == ["setup", "build", "reproduce"]
 
 
 # -- the report ----------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -150,3 +151,33 @@ def test_faults_are_a_list_and_validated(tmp_path: Path) -> None:
     assert s.faults == ("hide-libvulkan",)
     with pytest.raises(ConfigError, match="unknown fault"):
         load({"faults": "melt-gpu"}, environ={}, pyproject=tmp_path / "absent.toml")
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ({"icds": "host"}, 4),  # the machine's own Vulkan driver: one GPU shared by every test process
+        ({"variants": "cpu,opencl", "icds": "lavapipe"}, 4),  # OpenCL runs on the GPU whatever the ICD
+        ({"icds": "host", "runner": "docker"}, 0),  # containers get no GPU: `host` is the image's lavapipe there
+        ({"icds": "lavapipe,swiftshader"}, 0),  # software drivers: every CPU (opsession's default)
+        ({"icds": "host", "test_jobs": 16}, 16),  # --test-jobs wins
+    ],
+)
+def test_gpu_test_jobs_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: dict[str, object], expected: int
+) -> None:
+    """Issue 22: 16 test processes on one H100 turned passing tests into timeouts: on a real GPU the default
+    number of test processes is min(GPU_TEST_JOBS, CPUs), resolved with the settings (and printed with them)."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    s = load(given, environ={}, pyproject=tmp_path / "absent.toml")
+    assert s.test_jobs == expected
+    assert settings.default_test_jobs(s, cpus=2) == 2  # never more processes than CPUs
+    assert settings.default_test_jobs(s, cpus=16) == (4 if settings.real_gpu(s) else 16)
+
+
+def test_require_gdb_from_the_environment(tmp_path: Path) -> None:
+    """CI sets MNNREPRO_REQUIRE_GDB=1 (its image has gdb): a missing gdb is then an error, not a warning."""
+    assert load({}, environ={}, pyproject=tmp_path / "absent.toml").require_gdb is False
+    assert load({}, environ={"MNNREPRO_REQUIRE_GDB": "1"}, pyproject=tmp_path / "absent.toml").require_gdb is True
+    with pytest.raises(ConfigError):
+        load({}, environ={"MNNREPRO_REQUIRE_GDB": "maybe"}, pyproject=tmp_path / "absent.toml")
