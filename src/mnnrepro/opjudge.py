@@ -24,6 +24,15 @@ CRASH, TIMEOUT or CPU-FAIL row with ``match`` (a regular expression) covers only
 CRASH row with ``signature`` only a crash with those top MNN frames (as judge.py holds MNIST's crashes): another
 failure is unexpected and named. A FLAKE row matches only a test that passed in one of its runs (the first and up
 to ``reruns``). Rows that cover a cell and a test of the run but matched no result are stale (reported).
+
+A row may also name the device (issue 22): ``device``, ``vendor``, ``driver``, fnmatch patterns on the device the
+test's own process probed (its ``backend`` event: the name, the vendor by PCI ID, the driver's version string; see
+``Device``), e.g. ``device = "NVIDIA H100*"``, ``vendor = "NVIDIA"``, ``driver = "580.*"``. The device is known only
+once a test ran, so rows are looked up per test after the sweep, with that test's device (else the cell's); a row
+that names a device never matches an unknown one. A row for the ICD ``host`` (the machine's own driver: a
+different GPU on every machine) must name the device or the vendor; a SKIP row, applied before anything ran,
+names none. A FLAKE row for a device gives its reruns to every failure of the tests it covers (their device is
+not known when they run); a crash without a backtrace is said "judged by signal only".
 """
 
 from __future__ import annotations
@@ -61,11 +70,60 @@ DEFAULT_TIMEOUT_S = 120.0
 DEFAULT_FLAKE_RERUNS = 3
 DEFAULT_RERUN_FACTOR = 4.0
 SKIPPED_BY_ROW, NOT_BUILT, COMPILED_OUT = "SKIP row", "not built", "compiled out"  # why a test was not run
+SIGNAL_ONLY = "judged by signal only"  # the words of redsession.SIGNAL_ONLY, bisect's and the preflight's
 
 
 def not_built_kind(why: str) -> str:
     """A registration the build left out: its source did not build, or the preprocessor dropped it."""
     return COMPILED_OUT if why.startswith(COMPILED_OUT) else NOT_BUILT
+
+
+# PCI vendor IDs (and Khronos' own, VK_VENDOR_ID_*) as VkPhysicalDeviceProperties.vendorID gives them: the
+# `vendor` of an expectation row is one of these names. Another ID is written 0xNNNN.
+VENDORS = {
+    0x1002: "AMD",
+    0x1010: "Imagination",
+    0x106B: "Apple",
+    0x10DE: "NVIDIA",
+    0x13B5: "ARM",
+    0x1414: "Microsoft",
+    0x14E4: "Broadcom",
+    0x1AE0: "Google",  # SwiftShader
+    0x5143: "Qualcomm",
+    0x8086: "Intel",
+    0x10005: "Mesa",  # VK_VENDOR_ID_MESA: lavapipe
+}
+
+
+@dataclass(frozen=True)
+class Device:
+    """The device a test ran on, as its own process probed it (the `backend` event's `device`: physical device 0
+    of the Vulkan loader, or the first GPU-type OpenCL device). "" is unknown: a row that names a device, vendor or
+    driver never matches it. Vulkan gives all three (the driver's version is VkPhysicalDeviceDriverProperties'
+    driverInfo, "580.159.04" on NVIDIA, "Mesa 24.2.8 (LLVM 19.1.1)" on lavapipe); the OpenCL probe has the name
+    only (no CL_DEVICE_VENDOR_ID, no CL_DRIVER_VERSION)."""
+
+    name: str = ""
+    vendor: str = ""
+    driver: str = ""
+
+    @property
+    def known(self) -> bool:
+        return bool(self.name)
+
+    @classmethod
+    def of_backend(cls, backend: dict[str, Any]) -> Device:
+        probe = backend.get("device")
+        if not isinstance(probe, dict):
+            return cls()
+        vendor_id = probe.get("vendor_id")
+        vendor = ""
+        if isinstance(vendor_id, int) and not isinstance(vendor_id, bool) and vendor_id > 0:
+            vendor = VENDORS.get(vendor_id, f"0x{vendor_id:04x}")
+        return cls(str(probe.get("name") or ""), vendor, str(probe.get("driver_info") or ""))
+
+    def as_dict(self) -> dict[str, str]:
+        return {"name": self.name, "vendor": self.vendor, "driver": self.driver}
 
 
 def _covers_cell(
@@ -92,15 +150,38 @@ class Expect:
     signature: tuple[str, ...] = ()  # CRASH: the crash's top MNN frames (signature.py)
     reruns: int = 0  # FLAKE: reruns of a failure until it passes (0: the file's flake_reruns)
     line: int = 0  # the row's number in the file ([[expect]] #line), to name it
+    device: str = ""  # fnmatch patterns on the Device the test ran on ("": any device, known or not)
+    vendor: str = ""
+    driver: str = ""
 
-    def covers_cell(self, ref: str, version: str | None, variant: str, icd: str) -> bool:
-        return _covers_cell(self.refs, self.variant, self.icd, ref, version, variant, icd)
+    @property
+    def names_device(self) -> bool:
+        return bool(self.device or self.vendor or self.driver)
 
-    def covers(self, ref: str, version: str | None, variant: str, icd: str, test: str) -> bool:
-        return self.covers_cell(ref, version, variant, icd) and fnmatch.fnmatchcase(test, self.test)
+    def on(self, device: Device | None) -> bool:
+        """Whether the row holds on this device: always without device keys; never on an unknown device."""
+        if not self.names_device:
+            return True
+        if device is None or not device.known:
+            return False
+        pairs = ((self.device, device.name), (self.vendor, device.vendor), (self.driver, device.driver))
+        return all(not pattern or (fact and fnmatch.fnmatchcase(fact, pattern)) for pattern, fact in pairs)
+
+    def covers_cell(self, ref: str, version: str | None, variant: str, icd: str, device: Device | None = None) -> bool:
+        return _covers_cell(self.refs, self.variant, self.icd, ref, version, variant, icd) and self.on(device)
+
+    def covers(
+        self, ref: str, version: str | None, variant: str, icd: str, test: str, device: Device | None = None
+    ) -> bool:
+        return self.covers_cell(ref, version, variant, icd, device) and fnmatch.fnmatchcase(test, self.test)
 
     def describe(self) -> str:
-        return f"[[expect]] #{self.line} ({', '.join(self.refs)} {self.variant} {self.icd} {self.test} {self.status})"
+        on = "".join(
+            f" {k}={v!r}" for k, v in (("device", self.device), ("vendor", self.vendor), ("driver", self.driver)) if v
+        )
+        return (
+            f"[[expect]] #{self.line} ({', '.join(self.refs)} {self.variant} {self.icd}{on} {self.test} {self.status})"
+        )
 
 
 @dataclass(frozen=True)
@@ -151,9 +232,13 @@ class Expectations:
     glue: Glue = Glue()
     slow: tuple[Slow, ...] = ()
 
-    def of(self, ref: str, version: str | None, variant: str, icd: str, test: str) -> Expect | None:
+    def of(
+        self, ref: str, version: str | None, variant: str, icd: str, test: str, device: Device | None = None
+    ) -> Expect | None:
+        """A test's row: the first that covers it. Rows that name a device are passed over while the device is not
+        known (None: before any test of the cell ran)."""
         for row in self.rows:
-            if row.covers(ref, version, variant, icd, test):
+            if row.covers(ref, version, variant, icd, test, device):
                 return row
         return None
 
@@ -169,6 +254,17 @@ class Expectations:
         if row is None or row.status != "FLAKE":
             return 1
         return row.reruns or self.flake_reruns
+
+    def reruns_before(self, ref: str, version: str | None, variant: str, icd: str, test: str) -> int:
+        """The reruns a test gets before its device is known: its row's without a device, raised to those of any
+        FLAKE row for a device that covers the cell and test. More runs of a failure can only make it a FLAKE,
+        which matches nothing but a FLAKE row (its device checked after the run): never a false pass."""
+        n = self.reruns(self.of(ref, version, variant, icd, test))
+        for row in self.rows:
+            if row.names_device and row.status == "FLAKE" and fnmatch.fnmatchcase(test, row.test):
+                if _covers_cell(row.refs, row.variant, row.icd, ref, version, variant, icd):
+                    n = max(n, self.reruns(row))
+        return n
 
 
 def _str(where: str, value: Any, *, empty: bool = False) -> str:
@@ -206,10 +302,30 @@ def _refs(where: str, refs: Any) -> tuple[str, ...]:
 
 
 ROW_KEYS = {"refs", "variant", "icd", "test", "status", "reason", "upstream", "match", "signature", "reruns"}
+DEVICE_KEYS = ("device", "vendor", "driver")
+HOST_ICD = "host"  # settings.ICD_NAMES: the machine's own Vulkan driver, a different GPU on every machine
+
+
+def _device_keys(where: str, row: dict[str, Any], icd: str, status: str) -> dict[str, str]:
+    """A row's device, vendor and driver patterns (issue 22), checked: a row for the machine's own driver names
+    the device it was seen on, and a SKIP row (applied before any test of the cell ran) names none."""
+    keys = {k: _str(f"{where} {k}", row[k]) for k in DEVICE_KEYS if k in row}
+    if icd != "*" and fnmatch.fnmatchcase(HOST_ICD, icd) and not ("device" in keys or "vendor" in keys):
+        raise FixtureError(
+            f'{where}: icd = "{icd}" with no device or vendor key: a row for the machine\'s own driver must name '
+            'the device: host means a different GPU on every machine (add e.g. device = "NVIDIA H100*", '
+            'vendor = "NVIDIA")'
+        )
+    if keys and status == "SKIP":
+        raise FixtureError(
+            f"{where}: a SKIP row cannot name a device, vendor or driver: it is applied before any test of the "
+            "cell ran, when the device is not known yet (expect the test's status on that device instead)"
+        )
+    return keys
 
 
 def _expect(where: str, raw: Any, line: int) -> Expect:
-    row = _table(where, raw, ROW_KEYS)
+    row = _table(where, raw, ROW_KEYS | set(DEVICE_KEYS))
     refs = _refs(where, row.get("refs"))
     status = _str(f"{where} status", row.get("status"))
     if status not in EXPECTABLE:
@@ -232,10 +348,11 @@ def _expect(where: str, raw: Any, line: int) -> Expect:
         if status != "FLAKE":
             raise FixtureError(f"{where}: reruns is for FLAKE rows only, not {status}")
         _number(f"{where} reruns", reruns, 1, 10, integer=True)
+    icd = _str(f"{where} icd", row.get("icd", "*"))
     return Expect(
         refs,
         _str(f"{where} variant", row.get("variant")),
-        _str(f"{where} icd", row.get("icd", "*")),
+        icd,
         _str(f"{where} test", row.get("test")),
         status,
         _str(f"{where} reason", row.get("reason")),
@@ -244,6 +361,7 @@ def _expect(where: str, raw: Any, line: int) -> Expect:
         sig,
         int(reruns),
         line,
+        **_device_keys(where, row, icd, status),
     )
 
 
@@ -441,8 +559,11 @@ def judge(
     if not matched and status == "PASS" and expected != "PASS":
         status, first = "UNEXPECTED-PASS", "PASS"
         reason = f"listed as {expected} ({expect.reason if expect else ''}), now passes: the expectation is stale"
-    elif matched and status == "CRASH" and expect and expect.signature and outcome.crash is None:
-        reason += " (signature not verified: no backtrace)"
+    elif status == "CRASH" and outcome.crash is None:
+        # No backtrace (no gdb where it ran, or gdb caught nothing): the crash is known by its signal alone, and a
+        # row's signature is not checked (issue 22: a missing gdb is a warning, so the verdict says it).
+        unverified = ", the row's signature not verified" if expect and expect.signature else ""
+        reason += f" ({SIGNAL_ONLY}: no backtrace{unverified})"
     cpu_types = (outcome.by_backend.get("cpu") or {}) if backend != "cpu" else {}
     return TestResult(
         outcome.test,
@@ -529,20 +650,25 @@ def _in_selection(test_pattern: str, selection: tuple[str, ...]) -> bool:
     return False
 
 
+CellKey = tuple[str, str | None, str, str]  # (ref, version, variant, icd)
+
+
 def stale_rows(
     expectations: Expectations,
-    cells: list[tuple[tuple[str, str | None, str, str], list[TestResult]]],
+    cells: list[tuple[CellKey, list[TestResult]]],
     selection: tuple[str, ...],
+    devices: dict[CellKey, Device] | None = None,
 ) -> list[dict[str, Any]]:
     """Rows that cover a cell of the run and a test of its selection but matched no result in it (nor skipped a
     test): the test passes now, fails otherwise, a FLAKE that never passed, a row shadowed by an earlier one, or
-    a test this build does not have. Cells: ((ref, version, variant, icd), results)."""
+    a test this build does not have. Cells: ((ref, version, variant, icd), results); devices: each cell's device
+    (a row that names one covers only a cell whose device it matches)."""
     used = {r.row for _, results in cells for r in results if r.row and r.matched is not False}
     out = []
     for row in expectations.rows:
         if row.line in used or not _in_selection(row.test, selection):
             continue
-        covered = [(key, results) for key, results in cells if row.covers_cell(*key)]
+        covered = [(key, results) for key, results in cells if row.covers_cell(*key, (devices or {}).get(key))]
         if not covered:
             continue
         seen = [
@@ -558,6 +684,7 @@ def stale_rows(
                 "refs": list(row.refs),
                 "variant": row.variant,
                 "icd": row.icd,
+                **{k: v for k, v in (("device", row.device), ("vendor", row.vendor), ("driver", row.driver)) if v},
                 "test": row.test,
                 "status": row.status,
                 "why": f"no result matched it ({why})" if seen else "it is the expectation of no test of the run",

@@ -18,6 +18,7 @@ from typing import Any
 
 from . import __version__, fixtures, interrupts, opjudge, opreport, optest, prepare, signature, source, variants
 from .cells import Cell
+from .contract import read_events
 from .errors import ConfigError
 from .settings import ICD_NAMES, Settings
 
@@ -93,49 +94,22 @@ def run_ops(settings: Settings, *, say: Say = print) -> int:
     not_built = {t: why for t, why in binary.excluded_tests.items() if optest.select((t,), selection)}
     version = built.tree.version
     say(f"mnn_optest: {len(binary.tests)} tests registered, {len(tests)} selected by {', '.join(selection)}")
-    timeout_s = float(settings.timeout_s or expectations.timeout_s)
-    header: dict[str, Any] = {
-        "suite": __version__,
-        "session": "ops",
-        "ref": ref,
-        "commit": built.tree.commit,
-        "mnn_version": version,
-        "runner": built.runner.name,
-        "selection": list(selection),
-        "precision": settings.precision or "high",
-        "jobs": jobs(settings),
-        "timeout_s": timeout_s,
-        "timeout_rerun_factor": expectations.rerun_factor,  # a timeout runs again alone under this many times its limit
-        "flake_reruns": expectations.flake_reruns,
-        "host": platform.platform(),
-        "python": sys.version.split()[0],
-        "toolchain": built.builder.toolchain,
-        "registered": len(binary.tests),
-        "not_built": binary.excluded,
-    }
+    header = _header(ref, settings, expectations, prepared, binary, selection)
     cells: list[dict[str, Any]] = []
+    devices: dict[opjudge.CellKey, opjudge.Device] = {}
     cpu_outcomes: dict[str, optest.Outcome] = {}
     stopped: BaseException | None = None
     plan = [Cell(ref, n, i) for n in names for i in (settings.icds if variants.get(n).per_icd else ("-",))]
     try:
         for cell in plan:
             cell_started = time.monotonic()
-            results_of, ran = _cell(
+            results_of, ran, device = _cell(
                 cell, prepared, binary, tests, not_built, expectations, cpu_outcomes, settings, results, say
             )
             if cell.variant == variants.BASELINE:
                 cpu_outcomes = ran
-            cells.append(
-                {
-                    "cell": cell.id,
-                    "ref": ref,
-                    "variant": cell.variant,
-                    "icd": cell.icd,
-                    "seconds": round(time.monotonic() - cell_started, 1),
-                    "device": _device(ran),
-                    "tests": [r.as_dict() for r in results_of],
-                }
-            )
+            devices[(ref, version, cell.variant, cell.icd)] = device
+            cells.append(_cell_entry(cell, time.monotonic() - cell_started, results_of, ran, device))
     except KeyboardInterrupt as exc:
         stopped = exc
         say(f"\n{interrupts.signal_name(exc)}: stopping; writing the reports of the cells that finished")
@@ -146,7 +120,7 @@ def run_ops(settings: Settings, *, say: Say = print) -> int:
         c.update(opjudge.summarize(results_of_cell))
         judged.append(((ref, version, c["variant"], c["icd"]), results_of_cell))
     # Rows that covered a cell and a selected test but matched nothing (issue 21): reported, for the cells run.
-    stale = opjudge.stale_rows(expectations, judged, tuple(selection))
+    stale = opjudge.stale_rows(expectations, judged, tuple(selection), devices)
     header["seconds"] = {
         "prepare": round(sum(prepared.seconds.values()), 1),
         "optest_build_or_cache_check": round(optest_s, 1),
@@ -173,6 +147,58 @@ def run_ops(settings: Settings, *, say: Say = print) -> int:
     return EXIT_MISMATCH
 
 
+def _header(
+    ref: str,
+    settings: Settings,
+    expectations: opjudge.Expectations,
+    prepared: prepare.Prepared,
+    binary: optest.Binary,
+    selection: tuple[str, ...] | list[str],
+) -> dict[str, Any]:
+    """summary.json's header: what ran, where, with which limits."""
+    built = prepared.built
+    return {
+        "suite": __version__,
+        "session": "ops",
+        "ref": ref,
+        "commit": built.tree.commit,
+        "mnn_version": built.tree.version,
+        "runner": built.runner.name,
+        "selection": list(selection),
+        "precision": settings.precision or "high",
+        "jobs": jobs(settings),
+        "timeout_s": float(settings.timeout_s or expectations.timeout_s),
+        "timeout_rerun_factor": expectations.rerun_factor,  # a timeout runs again alone under this many times its limit
+        "flake_reruns": expectations.flake_reruns,
+        "host": platform.platform(),
+        "python": sys.version.split()[0],
+        "toolchain": built.builder.toolchain,
+        "registered": len(binary.tests),
+        "not_built": binary.excluded,
+        # Why there is no gdb ("" with one): every crash is then judged by its signal only (issue 22).
+        "gdb_absent": prepared.gdb_absent,
+    }
+
+
+def _cell_entry(
+    cell: Cell,
+    seconds: float,
+    results: list[opjudge.TestResult],
+    ran: dict[str, optest.Outcome],
+    device: opjudge.Device,
+) -> dict[str, Any]:
+    return {
+        "cell": cell.id,
+        "ref": cell.ref,
+        "variant": cell.variant,
+        "icd": cell.icd,
+        "seconds": round(seconds, 1),
+        "device": device.name or _active(ran),
+        "device_facts": device.as_dict(),  # what the device, vendor and driver keys of rows were matched against
+        "tests": [r.as_dict() for r in results],
+    }
+
+
 def _cell(
     cell: Cell,
     prepared: prepare.Prepared,
@@ -184,7 +210,10 @@ def _cell(
     settings: Settings,
     results_root: Path,
     say: Say,
-) -> tuple[list[opjudge.TestResult], dict[str, optest.Outcome]]:
+) -> tuple[list[opjudge.TestResult], dict[str, optest.Outcome], opjudge.Device]:
+    """One cell's sweep and its judged results, and the cell's device. Before the sweep the device is not known:
+    SKIP rows and reruns come from the rows that name none (reruns_before); each result is judged by the row for
+    the device its own run probed (issue 22)."""
     built = prepared.built
     version = built.tree.version
     results: list[opjudge.TestResult] = []
@@ -216,20 +245,34 @@ def _cell(
         gdb_path=prepared.gdb_path,
         faults=settings.faults,
         limits={t: expectations.limit(cell.ref, version, cell.variant, cell.icd, t, base_s) for t in to_run},
-        reruns={t: expectations.reruns(rows[t]) for t in to_run},
+        reruns={t: expectations.reruns_before(cell.ref, version, cell.variant, cell.icd, t) for t in to_run},
         rerun_factor=expectations.rerun_factor,
     )
     ran = optest.sweep(spec, say=say)
+    devices = {test: device_of(outcome) for test, outcome in ran.items()}
+    cell_device = next((d for d in devices.values() if d.known), opjudge.Device())
     for test, outcome in ran.items():
+        device = devices[test] if devices[test].known else cell_device
+        row = expectations.of(cell.ref, version, cell.variant, cell.icd, test, device)
         sig = signature.of_crash(outcome.crash) if outcome.crash else ()
-        results.append(opjudge.judge(outcome, cpu_outcomes.get(test), cell.backend, rows[test], sig, expectations.glue))
+        results.append(opjudge.judge(outcome, cpu_outcomes.get(test), cell.backend, row, sig, expectations.glue))
     results.sort(key=lambda r: r.test)
-    return results, ran
+    return results, ran, cell_device
 
 
-def _device(ran: dict[str, optest.Outcome]) -> str:
-    from .contract import read_events
+def device_of(outcome: optest.Outcome) -> opjudge.Device:
+    """The device a test ran on, from the `backend` event of its first run that has one (a run that died before
+    probing has none; then a rerun's); unknown when none did."""
+    for run in outcome.runs():
+        if run.directory is not None:
+            device = opjudge.Device.of_backend(read_events(run.directory / "events.jsonl").backend)
+            if device.known:
+                return device
+    return opjudge.Device()
 
+
+def _active(ran: dict[str, optest.Outcome]) -> str:
+    """The backend MNN used, for a cell whose probe named no device."""
     for outcome in ran.values():
         if outcome.directory is not None:
             record = read_events(outcome.directory / "events.jsonl")
