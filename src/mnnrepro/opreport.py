@@ -56,6 +56,8 @@ def table(data: dict[str, Any]) -> str:
         for t in c["tests"]:
             if t["matched"] is False:
                 lines.append(f"  {c['cell']} {t['test']}: {t['status']} (expected {t['expected']}) {t['reason'][:160]}")
+    if data.get("coverage"):
+        lines.append("  " + _coverage_line(data))
     for row in data.get("stale", []):
         lines.append(f"  stale row [[expect]] #{row['row']} ({row['test']} {row['status']}): {row['why'][:160]}")
     for cell in data.get("not_run", []):
@@ -109,6 +111,8 @@ def markdown(data: dict[str, Any]) -> str:
         f"again alone under a longer limit); runner {data.get('runner')}; {data.get('registered')} tests "
         "registered. Not run (SKIP rows, sources not built) is no result and is counted apart.",
         "",
+        _coverage_line(data),
+        "",
         *_md_table(["cell", "device", *cols, "not run", "mismatched", "seconds"]),
     ]
     for c in data.get("cells", []):
@@ -125,11 +129,32 @@ def markdown(data: dict[str, Any]) -> str:
                     f"| {c['cell']} | {_md(t['test'])} | {t['status']}{suspect} | {t['expected']} | "
                     f"{_md(reason[:200])} | {_md(t.get('upstream', ''))} |"
                 )
-    out += _slow_section(data) + _not_run_section(data) + _stale_section(data)
+    out += _slow_section(data) + _not_run_section(data) + _stale_section(data) + _left_out_section(data)
     if data.get("not_built"):
         out += ["", "## Test sources not built", ""]
         out += [f"- `test/{rel}`: {_md(why)}" for rel, why in sorted(data["not_built"].items())]
     return "\n".join(out) + "\n"
+
+
+def _coverage_line(data: dict[str, Any]) -> str:
+    """The selection against the tree's op/ and grad/ registrations (issue 21): N built of M, the rest named."""
+    cov = data.get("coverage")
+    if not cov:
+        return "Coverage: not recorded by this run."
+    left = len(cov.get("left_out", {}))
+    return (
+        f"Coverage: {cov['built']} tests built of {cov['registered']} registered for the selection"
+        + (f"; {left} left out (listed below with why)" if left else "; none left out")
+        + "."
+    )
+
+
+def _left_out_section(data: dict[str, Any]) -> list[str]:
+    left_out = (data.get("coverage") or {}).get("left_out") or {}
+    if not left_out:
+        return []
+    out = ["", "## Registered but not built", "", *_md_table(["test", "why"])]
+    return out + [f"| {_md(name)} | {_md(why)} |" for name, why in sorted(left_out.items())]
 
 
 def _slow_section(data: dict[str, Any]) -> list[str]:

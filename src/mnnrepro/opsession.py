@@ -93,7 +93,8 @@ def run_ops(settings: Settings, *, say: Say = print) -> int:
     tests = optest.select(binary.tests, selection)
     not_built = {t: why for t, why in binary.excluded_tests.items() if optest.select((t,), selection)}
     version = built.tree.version
-    say(f"mnn_optest: {len(binary.tests)} tests registered, {len(tests)} selected by {', '.join(selection)}")
+    coverage = binary.coverage(tuple(selection))
+    say(f"mnn_optest: {len(tests)} tests selected by {', '.join(selection)}; {coverage.line()}")
     header = _header(ref, settings, expectations, prepared, binary, selection)
     cells: list[dict[str, Any]] = []
     devices: dict[opjudge.CellKey, opjudge.Device] = {}
@@ -175,9 +176,16 @@ def _header(
         "toolchain": built.builder.toolchain,
         "registered": len(binary.tests),
         "not_built": binary.excluded,
+        # The selection against every op/ and grad/ registration of the tree (issue 21): each one left out named.
+        "coverage": _coverage(binary, selection),
         # Why there is no gdb ("" with one): every crash is then judged by its signal only (issue 22).
         "gdb_absent": prepared.gdb_absent,
     }
+
+
+def _coverage(binary: optest.Binary, selection: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    cov = binary.coverage(tuple(selection))
+    return {"built": len(cov.built), "registered": len(cov.registered), "left_out": cov.left_out}
 
 
 def _cell_entry(

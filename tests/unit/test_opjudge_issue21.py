@@ -406,3 +406,19 @@ def test_summary_md_tables_have_one_separator_cell_per_column(tmp_path: Path) ->
     assert "| --- || --- |" not in md
     head = lines.index("## Not passing") + 2
     assert lines[head + 1] == "|" + " --- |" * 6
+
+
+# -- item 7: coverage in every report ------------------------------------------------------------------------------
+def test_reports_give_the_selection_against_the_registrations_and_name_each_left_out() -> None:
+    results = [opjudge.judge(_o("PASS", "op/a", by={"vulkan": {"ReLU": 1}}), None, "vulkan", None)]
+    data = _data(results)
+    assert "Coverage: not recorded" in opreport.markdown(data)
+    data["coverage"] = {
+        "built": 242,
+        "registered": 246,
+        "left_out": {"op/int4Ptq": "compiled out: needs MNN_LOW_MEMORY", "op/stft": "compiled out: needs X"},
+    }
+    md = opreport.markdown(data)
+    assert "Coverage: 242 tests built of 246 registered for the selection; 2 left out" in md
+    assert "## Registered but not built" in md and "| op/int4Ptq | compiled out: needs MNN_LOW_MEMORY |" in md
+    assert "242 tests built of 246" in opreport.table(data)
