@@ -17,6 +17,7 @@
 #include "RuntimeAttr.hpp"
 #include "backend.hpp"
 #include "events.hpp"
+#include "hooks.hpp"
 #include "registry.hpp"
 
 using namespace MNN;
@@ -180,12 +181,13 @@ int main(int argc, char** argv) {
         return kNotExercised;
     }
     auto exe = Executor::getGlobalExecutor();
+    // The trace sees the global executor, every executor a test clones and every Module it loads (hooks.hpp).
+    std::string hookError;
     if (opt.traceOps) {
-        exe->setCallBack([](const std::vector<Tensor*>&, const OperatorInfo*) { return true; },
-                         [](const std::vector<Tensor*>& outputs, const OperatorInfo* info) {
-                             mnnrepro::traceOp(outputs, info);
-                             return true;
-                         });
+        mnnrepro::traceExecutor(*exe);
+        mnnrepro::gHooks.enabled = true;
+        hookError = mnnrepro::checkHooks();
+        if (!hookError.empty()) fprintf(stderr, "[mnn_optest] trace hooks: %s\n", hookError.c_str());
     }
     auto* suite = MNNTestSuite::get();
     suite->pStaus.precision = precisionCode(opt.precision);
@@ -204,7 +206,8 @@ int main(int argc, char** argv) {
                          .num("ms", (t1 - t0) * 1e3)
                          .integer("ops_total", mnnrepro::gTrace.total)
                          .integer("backend_switches", mnnrepro::gTrace.switches)
-                         .raw("by_backend", mnnrepro::gTrace.json()));
+                         .raw("by_backend", mnnrepro::gTrace.json())
+                         .raw("trace", mnnrepro::hooksJson(opt.traceOps && hookError.empty())));
     log.emit("backend_after", Json().str("active", mnnrepro::forwardName(exe->getAttr()->firstType)));
     log.stage("done");
     const int code = passed ? kPassed : kFailed;

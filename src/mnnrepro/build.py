@@ -6,7 +6,7 @@ Layout under the cache directory (every key is a content hash):
     variants/<core>/lib/               libMNN, libMNN_Express, libMNNTrain (+ .complete.json)
     variants/<core>/plugins/<kind>/    libMNN_Vulkan.so (vulkan-image, vulkan-buffer) or libMNN_CL.so
     variants/<core>/driver-<native>/   mnist_driver, linked against ../lib
-    variants/<core>/optest-<native>/   mnn_optest (MNN's own test/op, test/grad; issue 13), tests.txt, build.json
+    variants/<core>/optest-<native>/   mnn_optest (MNN's own op/, grad/ tests; issue 13), tests.txt, build.json
 
 MNN_VULKAN_IMAGE is local to source/backend/vulkan/CMakeLists.txt, so switching it in the shared build dir
 recompiles only the plugin; the core objects keep their command lines and ninja leaves them alone.
@@ -87,8 +87,17 @@ def ninja_args(build_dir: Path, targets: tuple[str, ...], jobs: int | None) -> l
 
 
 def optest_configure_args(
-    source: Path, lib_dir: Path, build_dir: Path, *, defines: list[str], exclude: list[str], ccache: bool
+    source: Path,
+    lib_dir: Path,
+    build_dir: Path,
+    *,
+    defines: list[str],
+    exclude: list[str],
+    ccache: bool,
+    sources: list[str],
 ) -> list[str]:
+    """mnn_optest's configure: ``sources`` are the tree's test sources that register op/ or grad/ tests
+    (optest.test_sources), passed so the binary compiles exactly what the harness scanned."""
     args = [
         "cmake",
         "-G",
@@ -103,6 +112,7 @@ def optest_configure_args(
         "-DMNNREPRO_OPTEST_RPATH=$ORIGIN/../lib",
         f"-DMNNREPRO_MNN_DEFINES={';'.join(defines)}",
         f"-DMNNREPRO_TEST_EXCLUDE={';'.join(exclude)}",
+        f"-DMNNREPRO_TEST_SOURCES={';'.join(sources)}",
     ]
     if ccache:
         args += ["-DCMAKE_CXX_COMPILER_LAUNCHER=ccache"]
@@ -422,10 +432,13 @@ class Builder:
         return exe
 
     def optest(self, core: Core) -> optest.Binary:
-        """mnn_optest of this core: MNN's own test/op and test/grad sources with our entry point (native/optest).
+        """mnn_optest of this core: every MNN test source registering an op/ or grad/ test (optest.test_sources:
+        test/op, test/grad, test/speed/HybridConvSpeedTest.cpp) with our entry point (native/optest).
         A test source that does not compile or link against this release's libraries is left out and said, with
         its tests and the first error (optest.failed_sources); anything else failing is a BuildError."""
-        nkey = native_key(OPTEST_PARTS)
+        sources = optest.test_sources(core.source.path)
+        # The scanned sources and the scan's version are build inputs as much as native/optest is.
+        nkey = _digest([native_key(OPTEST_PARTS), sources, optest.SCAN_VERSION])
         dest = core.variant_dir / f"optest-{nkey[:16]}"
         cache.use_build(self.cache_dir, core.key)
         if self._complete(dest):
@@ -434,7 +447,8 @@ class Builder:
         with self._lock(core.key[:24] + "-optest"):
             if self._complete(dest):
                 return optest.Binary.load(dest)
-            self.say(f"building mnn_optest (MNN's test/op, test/grad) against core [{core.key[:12]}]")
+            what = f"{len(sources)} test sources with op/, grad/ tests"
+            self.say(f"building mnn_optest ({what}) against core [{core.key[:12]}]")
             start = time.monotonic()
             build_dir = self.cache_dir / "build" / f"{core.key[:24]}-optest-{nkey[:16]}"
             defines = optest.core_defines(core.build_dir)
@@ -447,6 +461,7 @@ class Builder:
                     defines=defines,
                     exclude=sorted(excluded),
                     ccache=self.ccache,
+                    sources=sources,
                 )
                 self._run(argv, build_dir / "configure.log", f"{core.source.ref} mnn_optest configure")
                 log = build_dir / f"build-{attempt}.log"
@@ -469,7 +484,8 @@ class Builder:
                 raise BuildError(f"mnn_optest --list failed (exit {listing.returncode}): {listing.output[-2000:]}")
             staging = self._staging(dest)
             shutil.copy2(build_dir / "mnn_optest", staging / "mnn_optest")
-            binary = optest.Binary.write(staging, listing.output, excluded, core.source.path)
+            binary = optest.Binary.write(staging, listing.output, excluded, core.source.path, defines)
+            self.say("mnn_optest: " + binary.coverage(optest.PREFIXES).line("the tree's op/ and grad/ tests"))
             self._publish(staging, dest, {"core": core.key, "native": nkey, "excluded": excluded})
             self.log.add("optest", nkey, time.monotonic() - start, cached=False)
         return binary.moved(dest)

@@ -380,3 +380,56 @@ def test_each_runner_has_its_own_ccache(tmp_path: Path) -> None:
     docker = Builder(tmp_path, SimpleNamespace(name="docker"), say=lambda _: None)
     assert host.ccache_dir == tmp_path / "ccache" and docker.ccache_dir == tmp_path / "ccache-docker"
     assert docker._env()["CCACHE_DIR"] == str(tmp_path / "ccache-docker")
+
+
+# -- mnn_optest (issue 21, item 7: every op/ and grad/ registration, wherever its source is) -------------------
+
+
+def test_optest_configure_passes_exactly_the_scanned_test_sources(tmp_path: Path) -> None:
+    sources = ["grad/ReluGradTest.cpp", "op/ConvTest.cpp", "speed/HybridConvSpeedTest.cpp"]
+    args = build.optest_configure_args(
+        tmp_path / "mnn", tmp_path / "lib", tmp_path / "b", defines=[], exclude=[], ccache=False, sources=sources
+    )
+    assert define(args, "MNNREPRO_TEST_SOURCES") == ";".join(sources)
+    assert args[args.index("-S") + 1] == str(build.NATIVE_DIR / "optest")
+
+
+@dataclass
+class OptestToolchain(FakeToolchain):
+    """cmake and ninja as FakeToolchain, ninja also makes mnn_optest, whose --list prints `listing`."""
+
+    listing: str = ""
+
+    def run(self, argv: Sequence[str], **kwargs: Any) -> Completed:
+        if argv[0] == "ninja":
+            (Path(list(argv)[2]) / "mnn_optest").write_bytes(b"built")
+        if list(argv)[1:] == ["--list"]:
+            self.calls.append(list(argv))
+            return Completed(tuple(argv), 0, 0.0, output=self.listing)
+        return super().run(argv, **kwargs)
+
+
+def test_optest_builds_registrations_outside_test_op_and_names_what_it_left_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tree: SourceTree
+) -> None:
+    monkeypatch.setattr(build, "toolchain_fingerprint", lambda runner: {"c++": "fake"})
+    test_dir = tree.path / "test"
+    (test_dir / "op").mkdir(parents=True)
+    (test_dir / "speed").mkdir()
+    (test_dir / "op" / "ConvTest.cpp").write_text('MNNTestSuiteRegister(A, "op/conv");\n')
+    (test_dir / "speed" / "ConvSpeedTest.cpp").write_text('MNNTestSuiteRegister(S, "speed/conv");\n')
+    (test_dir / "speed" / "HybridConvSpeedTest.cpp").write_text(
+        '#ifdef MNN_LOW_MEMORY\nMNNTestSuiteRegister(P, "op/int4Ptq");\n#endif\n'
+        'MNNTestSuiteRegister(D, "op/lowMemory/DenseConv");\n'
+    )
+    fake = OptestToolchain(listing="op/conv\nop/lowMemory/DenseConv\n")
+    said: list[str] = []
+    b = Builder(tmp_path / "cache", fake, say=said.append)
+    binary = b.optest(b.core(tree, CoreOptions()))
+    configure = [c for c in fake.calls if c[0] == "cmake" and str(build.NATIVE_DIR / "optest") in c][-1]
+    assert define(configure, "MNNREPRO_TEST_SOURCES") == "op/ConvTest.cpp;speed/HybridConvSpeedTest.cpp"
+    assert binary.tests == ("op/conv", "op/lowMemory/DenseConv")
+    assert binary.registered == ("op/conv", "op/int4Ptq", "op/lowMemory/DenseConv")
+    assert binary.left_out["op/int4Ptq"].startswith("compiled out: needs MNN_LOW_MEMORY")
+    assert any(line.startswith("mnn_optest: tests: 2 built of 3 registered") and "op/int4Ptq" in line for line in said)
+    assert build.Builder(tmp_path / "cache", fake, say=said.append).optest(b.core(tree, CoreOptions())) == binary
