@@ -60,7 +60,11 @@ MNIST = FIXTURES / "mnist"
 MATRIX = FIXTURES / "matrix.toml"
 
 VARIANTS = variants.NAMES
-OUTCOMES = ("reproduce", "fixed", "pass")
+# "fixed-by-fallback": a known-bug cell that trains because the backend declines the crashing op (row's `op`),
+# which then runs on the CPU in the row's `phase`; not a fixed kernel (alibaba/MNN#3129 at 3.6.x: 39be21c56).
+OUTCOMES = ("reproduce", "fixed", "fixed-by-fallback", "pass")
+# The driver's `ops` event phases (native/README.md) an expectation's `phase` may name.
+OP_PHASES = ("forward", "grad_dump", "sgd_step", "static_step")
 # Where a ref runs: "ci" in .ci/run and on every push, "push" on every push, "scheduled" in the scheduled
 # workflow only (so adding refs never pushes a cold .ci/run past its budget).
 TIERS = ("ci", "push", "scheduled")
@@ -190,6 +194,10 @@ class Expectation:
     step: int | None = None
     signature: tuple[str, ...] = ()  # top MNN frames of the known crash (signature.py)
     evidence: tuple[str, ...] = ()  # crash.json files under fixtures/ the signature was derived from
+    # The known bug's op and the driver phase where its placement is read (judge.py): on a row that trains, the
+    # op must have run on the GPU there ("fixed") or on the CPU ("fixed-by-fallback").
+    op: str = ""
+    phase: str = ""
 
     def covers(self, ref: str, version: str | None = None) -> str | None:
         """The entry of `refs` that covers this ref ("3.3.0", "*", ">=3.6.0"), or None. A version range
@@ -431,7 +439,9 @@ def _expectation(where: str, value: Any) -> Expectation:
     """One [[expect]] row: which cells it covers and the outcome (for a crash: its signal and stage) expected."""
     row = _table(where, value)
     _reject_unknown(
-        where, row, {"refs", "variant", "icd", "outcome", "bug", "signal", "stage", "step", "signature", "evidence"}
+        where,
+        row,
+        {"refs", "variant", "icd", "outcome", "bug", "signal", "stage", "step", "signature", "evidence", "op", "phase"},
     )
     row_refs = _strings(f"{where} refs", row.get("refs", ["*"]))
     for pattern in row_refs:
@@ -449,6 +459,7 @@ def _expectation(where: str, value: Any) -> Expectation:
     step = row.get("step")
     if step is not None:
         _number(f"{where} step", step, 0, 100_000, integer=True)
+    op, phase = _op_of(where, row, outcome)
     return Expectation(
         row_refs,
         variant,
@@ -460,4 +471,22 @@ def _expectation(where: str, value: Any) -> Expectation:
         step,
         _strings(f"{where} signature", row.get("signature", [])),
         _strings(f"{where} evidence", row.get("evidence", [])),
+        op,
+        phase,
     )
+
+
+def _op_of(where: str, row: dict[str, Any], outcome: str) -> tuple[str, str]:
+    """A row's `op` and `phase`: both or neither, only on a known bug's row; a 'fixed-by-fallback' row needs
+    them (the verdict says which op fell back, and where)."""
+    op = _string(f"{where} op", row.get("op", ""), empty=True)
+    phase = _string(f"{where} phase", row.get("phase", ""), empty=True)
+    if phase and phase not in OP_PHASES:
+        raise FixtureError(f"{where} phase = {phase!r}: must be one of {', '.join(OP_PHASES)}")
+    if outcome == "fixed-by-fallback" and not (op and phase):
+        raise FixtureError(f"{where}: a 'fixed-by-fallback' row needs op and phase (which op runs on the CPU, where)")
+    if bool(op) != bool(phase):
+        raise FixtureError(f"{where}: op and phase go together (the op's placement is read in that phase)")
+    if op and not row.get("bug"):
+        raise FixtureError(f"{where}: op names a known bug's op; give the row its bug")
+    return op, phase

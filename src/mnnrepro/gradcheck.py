@@ -103,6 +103,15 @@ def golden_steps(matrix: fixtures.Matrix | None = None) -> list[int]:
     return list(_gradcheck_config(matrix)["steps"])
 
 
+def steps_within(steps: Sequence[int], run_steps: int | None) -> tuple[list[int], list[int]]:
+    """The golden's steps a run of ``run_steps`` training steps has (compared), and those it never reached (not
+    run: n/a, neither a failure nor silently dropped). ``run_steps`` None: every step is compared."""
+    wanted = [int(s) for s in steps]
+    if run_steps is None:
+        return wanted, []
+    return [s for s in wanted if s < run_steps], [s for s in wanted if s >= run_steps]
+
+
 # -- metrics -------------------------------------------------------------------------------------------------
 
 
@@ -237,6 +246,16 @@ class GradReport:
     rows: list[Row] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     artifacts: Path | None = None  # where report.txt and the .obtained.npy files went
+    # Golden steps the run never reached (a workload of fewer steps): n/a, said in every rendering.
+    not_run: list[int] = field(default_factory=list)
+    run_steps: int | None = None
+
+    def not_run_note(self) -> str:
+        if not self.not_run:
+            return ""
+        steps = ", ".join(str(s) for s in self.not_run)
+        trained = f"{self.run_steps} step{'' if self.run_steps == 1 else 's'}"
+        return f"step{'s' if len(self.not_run) > 1 else ''} {steps} n/a: not run (the workload has {trained})"
 
     @property
     def passed(self) -> bool:
@@ -251,13 +270,14 @@ class GradReport:
 
     def summary(self) -> str:
         """One line, for a verdict's reason."""
+        note = f"; {self.not_run_note()}" if self.not_run else ""
         if self.problems:
             first = self.problems[0]
             more = f" (+{len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
-            return f"gradient check: {first}{more}"
+            return f"gradient check: {first}{more}{note}"
         worst = self.worst()
         if worst is None:
-            return "gradient check: nothing was compared"
+            return f"gradient check: nothing was compared{note}"
         failed = self.failed_rows
         head = (
             f"gradient check FAILED for {len(failed)}/{len(self.rows)} tensors"
@@ -266,12 +286,14 @@ class GradReport:
         )
         return (
             f"{head}; worst {worst.name} step {worst.step} {worst.kind}: max_rel {worst.max_rel:.2e}, "
-            f"nmse {worst.nmse:.1e}, cosine {worst.cosine:.7f} (limit {worst.limit})"
+            f"nmse {worst.nmse:.1e}, cosine {worst.cosine:.7f} (limit {worst.limit}){note}"
         )
 
     def table(self, limit: int | None = None) -> str:
         """Problems first, then the tensors, worst first, with the worst element of each."""
         lines = [f"{self.title}: {'PASS' if self.passed else 'FAIL'}"]
+        if self.not_run:
+            lines.append(self.not_run_note())
         if self.problems:
             lines.append(f"{len(self.problems)} problem(s), each a failure of its own:")
             lines += [f"  {p}" for p in self.problems]
@@ -306,6 +328,7 @@ class GradReport:
                 for p in self.problems
             ],
             "rows": [r.to_dict() for r in sorted(self.rows, key=lambda r: (r.passed, -r.score))],
+            "not_run": {"steps": self.not_run, "run_steps": self.run_steps, "status": "n/a"} if self.not_run else None,
             "artifacts": str(self.artifacts) if self.artifacts else None,
         }
 
@@ -495,9 +518,12 @@ def check_run(
     *,
     matrix: fixtures.Matrix | None = None,
     write_artifacts: bool = True,
+    run_steps: int | None = None,
 ) -> GradReport:
     """Compare a driver run's dumps (RESULT/grads, from driver_args()) with the CPU golden.
 
+    Only the golden's steps below ``run_steps`` (default: the run's own `steps` from its start event) are
+    compared; the others are n/a, not run (a `--steps 1` run has no step 1 to dump), said in the report.
     Writes RESULT/gradcheck/report.{txt,json}, and on a mismatch the compared arrays as
     RESULT/gradcheck/step<N>/<kind>/<param>.{obtained,golden}.npy. Never touches the golden.
     """
@@ -521,7 +547,10 @@ def check_run(
             )
         )
         return _finish(report)
-    steps = [int(s) for s in provenance["steps"]]
+    if run_steps is None:
+        run_steps = _run_steps(result_dir)
+    steps, report.not_run = steps_within(provenance["steps"], run_steps)
+    report.run_steps = run_steps
     golden = Dumps(golden_dir, golden_dir / "init")
     run_init = result_dir / "init"
     obtained = Dumps(result_dir / "grads", run_init if run_init.is_dir() else golden.init)
@@ -530,11 +559,11 @@ def check_run(
             Problem(
                 "missing file",
                 f"the run wrote no dumps ({result_dir / 'grads'} absent); run the driver with "
-                f"{' '.join(driver_args(golden_dir))}",
+                f"{' '.join(driver_args(golden_dir, run_steps=run_steps))}",
             )
         )
         return _finish(report)
-    _check_config(report, result_dir, provenance, golden_dir)
+    _check_config(report, result_dir, steps, provenance, golden_dir, run_steps)
     _compare_inputs(report, obtained, golden, steps)
     shapes = _shapes(provenance)
     if run_init.is_dir():
@@ -547,7 +576,21 @@ def check_run(
     return _finish(report)
 
 
-def _check_config(report: GradReport, result_dir: Path, provenance: dict[str, Any], golden_dir: Path) -> None:
+def _run_steps(result_dir: Path) -> int | None:
+    """The training steps the run was asked for (its start event's config), or None where it does not say."""
+    events = result_dir / "events.jsonl"
+    steps = (read_events(events).start.get("config") or {}).get("steps") if events.is_file() else None
+    return int(steps) if isinstance(steps, int) and not isinstance(steps, bool) else None
+
+
+def _check_config(
+    report: GradReport,
+    result_dir: Path,
+    steps: Sequence[int],
+    provenance: dict[str, Any],
+    golden_dir: Path,
+    run_steps: int | None,
+) -> None:
     events = result_dir / "events.jsonl"
     if not events.is_file():
         report.problems.append(Problem("missing file", f"{events}: no driver run here"))
@@ -560,13 +603,11 @@ def _check_config(report: GradReport, result_dir: Path, provenance: dict[str, An
                 Problem("config differs", f"the run's {key} is {config[key]}, the golden's {want[key]}")
             )
     dumped = {int(s) for s in config.get("dump_steps", [])}
-    missing = [s for s in provenance["steps"] if int(s) not in dumped]
+    missing = [s for s in steps if int(s) not in dumped]
     if missing:
+        options = " ".join(driver_args(golden_dir, run_steps=run_steps))
         report.problems.append(
-            Problem(
-                "missing file",
-                f"the run did not dump steps {missing} (driver options: {' '.join(driver_args(golden_dir))})",
-            )
+            Problem("missing file", f"the run did not dump steps {missing} (driver options: {options})")
         )
 
 
@@ -620,11 +661,15 @@ def golden_comparison(
     )
 
 
-def driver_args(golden_dir: Path, steps: Sequence[int] | None = None) -> tuple[str, ...]:
-    """Driver options for a run check_run can judge: dumps at the golden's steps, from the golden's init."""
+def driver_args(
+    golden_dir: Path, steps: Sequence[int] | None = None, *, run_steps: int | None = None
+) -> tuple[str, ...]:
+    """Driver options for a run check_run can judge: dumps at the golden's steps (those a run of ``run_steps``
+    steps reaches), from the golden's init."""
     if steps is None:
         provenance = _read_provenance(golden_dir) if golden_dir.is_dir() else None
         steps = [int(s) for s in provenance["steps"]] if provenance else golden_steps()
+    steps = steps_within(steps, run_steps)[0]
     args: tuple[str, ...] = ("--dump-steps", ",".join(str(s) for s in steps))
     if (golden_dir / "init").is_dir():
         args += ("--init-params", str(golden_dir / "init"))
@@ -643,8 +688,10 @@ def check_reference(
     tolerance: Tolerance | None = None,
     artifacts: Path | None = None,
     losses: Sequence[float] = (),
+    not_run: tuple[Sequence[int], int | None] = ((), None),
 ) -> GradReport:
     """MNN's dumps (obtained) vs mnnrepro.reference (golden), each step from MNN's own state.
+    ``not_run``: the golden steps left out because the run never reached them, and its step count (said, n/a).
 
     Step N starts from MNN's parameters before it (the initial ones, then MNN's after of step N-1) and MNN's
     previous update as the momentum history, so one step's rounding cannot push the reference across a ReLU or
@@ -654,6 +701,7 @@ def check_reference(
     limit = tolerance or reference_tolerance()
     sgd = sgd or SgdConfig()
     report = GradReport(f"numpy float64 reference vs MNN dumps in {dumps.root}", artifacts=artifacts)
+    report.not_run, report.run_steps = [int(s) for s in not_run[0]], not_run[1]
     images, labels = _load_train_split(data_dir)
     for step in steps:
         try:

@@ -2,7 +2,10 @@
 
 Verdicts (one meaning each, see README):
   REPRODUCED        crashed the way the expectation for this cell says the known bug crashes
-  FIXED             a known-bug cell trained on the backend under test and passed every check
+  FIXED             a known-bug cell trained on the backend under test and passed every check; where the row
+                    names the bug's op, that op ran on the GPU in the row's phase (every instance)
+  FIXED-BY-FALLBACK a known-bug cell trained and passed every check, but the bug's op (the row's `op`) ran on the
+                    CPU in the row's phase (any instance): the backend declined it, no kernel was fixed
   PASS / FAIL       a cell with no known bug met / missed its checks (FAIL also: a known-bug cell that
                     trained but missed a check, or the driver reported an error)
   NOT-EXERCISED     the backend under test was not the one MNN used; never a pass
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import signature
@@ -24,6 +27,7 @@ from .fixtures import Expectation, is_version_range
 
 REPRODUCED = "REPRODUCED"
 FIXED = "FIXED"
+FIXED_BY_FALLBACK = "FIXED-BY-FALLBACK"
 PASS = "PASS"
 FAIL = "FAIL"
 NOT_EXERCISED = "NOT-EXERCISED"
@@ -34,7 +38,9 @@ UNEXPECTED_CRASH = "UNEXPECTED-CRASH"
 NEVER_PASS = (NOT_EXERCISED, HANG)
 
 # What each expected outcome accepts.
-ACCEPTS = {"reproduce": REPRODUCED, "fixed": FIXED, "pass": PASS}
+ACCEPTS = {"reproduce": REPRODUCED, "fixed": FIXED, "fixed-by-fallback": FIXED_BY_FALLBACK, "pass": PASS}
+# Expected outcomes of a known-bug cell that trains (a crash matching the bug's 'reproduce' row is a regression).
+TRAINS_WITH_BUG = ("fixed", "fixed-by-fallback")
 
 
 # Checks with absolute thresholds, measured on the default workload: they do not fit every workload.
@@ -258,7 +264,9 @@ def judge(
     """``known_bugs``: the matrix's 'reproduce' rows, so a 'fixed' cell that regresses is named REPRODUCED.
     ``baseline_checks``: the checks of the CPU run of the same ref and workload; an absolute check that it
     failed too is excused for a GPU cell. ``covered_by``: the expectation row's entry that covers this ref
-    when it is not the ref itself (a version range), said in the reason."""
+    when it is not the ref itself (a version range), said in the reason. A known-bug GPU cell that trains is
+    judged on where the bug's op ran (the row's `op`/`phase`, else its bug's 'reproduce' row's): FIXED only
+    with every instance on the GPU, FIXED-BY-FALLBACK with any on the CPU, FAIL when placement is unknown."""
     rec = run.record
     expected = ACCEPTS.get(expectation.outcome, "") if expectation else ""
     evidence = _evidence(run, covered_by)
@@ -281,6 +289,11 @@ def judge(
     cs += list(extra_checks)  # e.g. gradients against the CPU golden (gradcheck.py)
     if gpu:
         _excuse(cs, baseline_checks)
+    bug_op = _bug_op(expectation, known_bugs) if gpu else None
+    placed = op_placement(rec, bug_op.op, bug_op.phase) if bug_op else None
+    if bug_op is not None:
+        cs.append(_placement_check(bug_op, placed))
+        evidence["bug_op"] = {"op": bug_op.op, "phase": bug_op.phase, **(asdict(placed) if placed else {})}
     failed = [c for c in cs if not c.passed]
     if failed:
         return verdict(FAIL, "; ".join(f"{c.name}: {c.detail}" for c in failed), cs)
@@ -288,12 +301,89 @@ def judge(
         f"trained {len(rec.losses)} steps on {rec.device_name or rec.backend.get('active')}, "
         f"loss {rec.losses[0]:.3f}->{rec.losses[-1]:.3f}, accuracy {rec.accuracy}"
     )
-    return verdict(FIXED if expectation and expectation.bug else PASS, summary, cs)
+    if bug_op is None or placed is None:
+        return verdict(FIXED if expectation and expectation.bug else PASS, summary, cs)
+    return verdict(*_fixed_or_fallback(bug_op, placed, expectation, summary), cs)
+
+
+@dataclass(frozen=True)
+class OpPlacement:
+    """Where every instance of one op type ran in one phase, over every step the run traced."""
+
+    cpu: int  # instances on the CPU
+    gpu: int  # instances on any other backend
+    steps: int  # traced steps of the phase
+    backends: dict[str, int] = field(default_factory=dict)  # backend -> instances
+
+
+def op_placement(record: RunRecord, op: str, phase: str) -> OpPlacement | None:
+    """The driver's `ops` events (native/README.md) of ``phase``, every step: None when the run recorded none for
+    that phase (traced ops off, or it never got there), so a verdict never assumes where the op ran."""
+    events = [e for e in record.ops if e.get("phase") == phase]
+    if not events:
+        return None
+    backends: Counter[str] = Counter()
+    for event in events:
+        for backend, types in (event.get("by_backend") or {}).items():
+            backends[str(backend)] += int((types or {}).get(op, 0))
+    cpu = backends.get("cpu", 0)
+    return OpPlacement(cpu, sum(backends.values()) - cpu, len(events), {b: n for b, n in backends.items() if n})
+
+
+def _bug_op(expectation: Expectation | None, known_bugs: tuple[Expectation, ...]) -> Expectation | None:
+    """The row naming the known bug's op for this cell: its own, else its bug's 'reproduce' row (the crashing op),
+    so a known bug's fix is always judged on where that op ran."""
+    if expectation is None or not expectation.bug:
+        return None
+    if expectation.op:
+        return expectation
+    return next((r for r in known_bugs if r.bug == expectation.bug and r.op), None)
+
+
+def _placement_check(row: Expectation, placed: OpPlacement | None) -> Check:
+    """Where the bug's op ran: unknown (no placement for the phase) or absent (the op never ran there) fails,
+    since neither FIXED nor FIXED-BY-FALLBACK can then be said; otherwise it passes and the verdict says which."""
+    what = f"{row.op} in {row.phase}"
+    if placed is None:
+        return Check(
+            "op_placement",
+            False,
+            f"{what}: no op placement recorded for {row.phase} (the driver traces ops unless --no-trace-ops); "
+            f"cannot tell a fixed kernel from a CPU fallback ({row.bug})",
+        )
+    if placed.cpu + placed.gpu == 0:
+        return Check(
+            "op_placement", False, f"{what}: the op did not run ({placed.steps} traced step(s)); is the row stale?"
+        )
+    where = ", ".join(f"{b} {n}" for b, n in sorted(placed.backends.items()))
+    return Check("op_placement", True, f"{what}: {where} over {placed.steps} step(s)", placed.cpu, 0)
+
+
+def _fixed_or_fallback(
+    row: Expectation, placed: OpPlacement, expectation: Expectation | None, summary: str
+) -> tuple[str, str]:
+    """FIXED-BY-FALLBACK when any instance of the bug's op ran on the CPU, else FIXED; the reason says where it
+    ran and, when the row expects the other one, that the row no longer describes what is seen."""
+    total = placed.cpu + placed.gpu
+    outcome = expectation.outcome if expectation else ""
+    if placed.cpu:
+        reason = (
+            f"{summary}; but {row.op} ran on the CPU in {row.phase} ({placed.cpu} of {total} instances over "
+            f"{placed.steps} step(s)): the backend declined it, the kernel of {row.bug} is not fixed"
+        )
+        if outcome == "fixed":
+            reason += "; the row expects FIXED (the op on the GPU)"
+        return FIXED_BY_FALLBACK, reason
+    reason = f"{summary}; {row.op} ran on the GPU in {row.phase} ({total} of {total} instances)"
+    if outcome == "fixed-by-fallback":
+        reason += f"; the row expects {row.op} on the CPU: the kernel now runs on the GPU, the row is stale"
+    return FIXED, reason
 
 
 def _known_signature(expectation: Expectation | None, known_bugs: tuple[Expectation, ...]) -> Expectation | None:
-    """A 'fixed' cell that crashes the way its bug's 'reproduce' row describes is REPRODUCED (a regression)."""
-    if expectation is None or expectation.outcome != "fixed" or not expectation.bug:
+    """A 'fixed' (or 'fixed-by-fallback') cell that crashes the way its bug's 'reproduce' row describes is
+    REPRODUCED (a regression)."""
+    if expectation is None or expectation.outcome not in TRAINS_WITH_BUG or not expectation.bug:
         return None
     for row in known_bugs:
         if row.bug == expectation.bug and row.outcome == "reproduce":

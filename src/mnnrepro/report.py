@@ -297,6 +297,10 @@ def evidence_lines(cell: dict[str, Any], base: Path | None = None) -> list[str]:
         lines.append(f"top frames: {_frames(ev['top_frames'])}")
     if ev.get("backtrace"):
         lines.append(f"backtrace: {_relative(ev['backtrace'], base)}")
+    if ev.get("bug_op"):  # FIXED vs FIXED-BY-FALLBACK: where the known bug's op ran (judge.op_placement)
+        op = ev["bug_op"]
+        ran = ", ".join(f"{b} {n}" for b, n in sorted((op.get("backends") or {}).items())) or "placement unknown"
+        lines.append(f"known bug's op: {op.get('op')} in {op.get('phase')}: {ran}")
     for check in cell.get("checks") or []:
         if not check.get("passed"):
             lines.append(f"check {check['name']} failed: {check.get('detail', '')}")

@@ -28,7 +28,7 @@ from . import (
 from .cells import Cell, CellRun, Workload, run_cell
 from .contract import RunRecord
 from .errors import EXIT_MISMATCH, ConfigError
-from .judge import ACCEPTS, FAIL, PASS, Check, Verdict, combine_repeats, judge
+from .judge import ACCEPTS, FAIL, PASS, TRAINS_WITH_BUG, Check, Verdict, combine_repeats, judge
 from .prepare import Prepared
 from .reference import PARAM_NAMES, PARAM_SHAPES
 from .runner import Completed
@@ -129,15 +129,16 @@ class MnistRef:
         # signature of the known bug).
         if expectation is not None and expectation.outcome == "reproduce":
             return CellPlan(cell, expectation, covered_by, False, wl, timeout_s)
+        # Dumps only at the golden's steps this workload reaches: `--steps 1` has no step 1 (it is n/a, not run).
         if self.golden_dir is not None:
-            args = gradcheck.driver_args(self.golden_dir)
+            args = gradcheck.driver_args(self.golden_dir, run_steps=wl.steps)
         elif cell.variant == variants.BASELINE:
             # No golden: the CPU cell saves its initial parameters; its dumps become this session's golden.
-            steps = ",".join(str(s) for s in gradcheck.golden_steps(self.matrix))
+            reached = gradcheck.steps_within(gradcheck.golden_steps(self.matrix), wl.steps)[0]
             init = self.results / "cells" / cell.dirname / "init"
-            args = ("--dump-steps", steps, "--save-init", str(init))
+            args = ("--dump-steps", ",".join(str(s) for s in reached), "--save-init", str(init))
         elif (self.results / "golden" / ref / "provenance.json").is_file():
-            args = gradcheck.driver_args(self.results / "golden" / ref)
+            args = gradcheck.driver_args(self.results / "golden" / ref, run_steps=wl.steps)
         else:
             self.say(f"  {cell.id}: no gradient golden (the CPU cell made none); gradients not compared")
             return CellPlan(cell, expectation, covered_by, False, wl, timeout_s)
@@ -172,7 +173,7 @@ class MnistRef:
             if loaded is not None:
                 self.say(f"  reused the stored run of this build and workload [{key[:12]}] (--no-reuse runs it)")
                 return loaded
-        trains = plan.expectation is not None and plan.expectation.outcome in ("pass", "fixed")
+        trains = plan.expectation is not None and plan.expectation.outcome in ("pass", *TRAINS_WITH_BUG)
         run = self._drive(plan, result_dir, gdb=not trains)
         crashed = run.completed.signal is not None and not run.completed.timed_out and not run.completed.killed_by
         if trains and crashed and self.gdb_path is not None:
@@ -211,11 +212,7 @@ class MnistRef:
             run, reused = self.execute(plan, result_dir, keyed[0] if keyed else None)
             extra: tuple[Check, ...] = ()
             if plan.grads and run.completed.returncode == 0 and not run.completed.timed_out:
-                extra = (
-                    _gradient_check(
-                        run, cell, self.golden_dir, self.results, b.ref, plan.workload.precision, self.matrix
-                    ),
-                )
+                extra = (_gradient_check(run, cell, self.golden_dir, self.results, b.ref, plan.workload, self.matrix),)
             verdict = judge(
                 run,
                 plan.expectation,
@@ -299,23 +296,28 @@ def _gradient_check(
     golden_dir: Path | None,
     results: Path,
     ref: str,
-    precision: str,
+    workload: Workload,
     matrix: fixtures.Matrix,
 ) -> Check:
     """Gradients and updates of the first steps: against the committed golden where there is one; else the CPU
     cell against the float64 numpy reference (and, passing, it becomes this session's golden) and every GPU
-    cell against that CPU run of the same build."""
+    cell against that CPU run of the same build. Only the steps the workload ran are compared; the golden's
+    others are n/a (not run), said in the check's detail."""
+    precision, run_steps = workload.precision, workload.steps
     if golden_dir is not None:
-        grad = gradcheck.check_run(run.result_dir, golden_dir, cell.backend, precision, matrix=matrix)
+        grad = gradcheck.check_run(
+            run.result_dir, golden_dir, cell.backend, precision, matrix=matrix, run_steps=run_steps
+        )
         return Check("gradients", grad.passed, grad.summary(), None, str(run.result_dir / "gradcheck"))
     if cell.variant == "cpu":
-        steps = gradcheck.golden_steps(matrix)
+        steps, not_run = gradcheck.steps_within(gradcheck.golden_steps(matrix), run_steps)
         ref_report = gradcheck.check_reference(
             gradcheck.Dumps(run.result_dir / "grads", run.result_dir / "init"),
             steps,
             sgd=gradcheck.sgd_config(run.record.start.get("config") or {}),
             losses=run.record.losses,
             artifacts=run.result_dir / "gradcheck",
+            not_run=(not_run, run_steps),
         )
         detail = f"no committed golden for {ref}: vs the float64 numpy reference: {ref_report.summary()}"
         if ref_report.passed:
@@ -323,7 +325,9 @@ def _gradient_check(
             detail += f"; this run is the session's golden for the GPU cells ({dest})"
         return Check("gradients", ref_report.passed, detail, None, str(run.result_dir / "gradcheck"))
     session_golden = results / "golden" / ref
-    grad = gradcheck.check_run(run.result_dir, session_golden, cell.backend, precision, matrix=matrix)
+    grad = gradcheck.check_run(
+        run.result_dir, session_golden, cell.backend, precision, matrix=matrix, run_steps=run_steps
+    )
     return Check(
         "gradients",
         grad.passed,
@@ -374,6 +378,17 @@ def session_refs(name: str, settings: Settings, matrix: fixtures.Matrix) -> list
     return matrix.refs_for(("ci", "push")) if name == "matrix" else [matrix.default_ref]
 
 
+def _mark_interrupted(data: dict[str, Any], stopped: BaseException, planned: list[Cell]) -> None:
+    """The summary of an interrupted session: every planned cell that did not finish is INTERRUPTED."""
+    done = {c["cell"] for c in data["cells"]}
+    reason = f"not finished: the session was interrupted ({interrupts.signal_name(stopped)})"
+    data["cells"] += [
+        report.interrupted_cell(c.id, c.ref, c.variant, c.icd, reason) for c in planned if c.id not in done
+    ]
+    data["status"] = report.INTERRUPTED
+    data["all_matched"] = False
+
+
 def run_session(name: str, settings: Settings, *, say: Callable[[str], None] = print) -> int:
     started = time.monotonic()
     names = SESSIONS[name]
@@ -388,44 +403,43 @@ def run_session(name: str, settings: Settings, *, say: Callable[[str], None] = p
             fixtures.verify_golden_manifest(gradcheck.GOLDEN_ROOT / ref)
     settings, _ = prepare.preflight_for(settings, names, say)
     checked = time.monotonic() - started  # settings, fixtures and goldens verified, preflight
-    results = prepare.results_dir(settings, name)
-    say(f"mnnrepro {__version__}: session {name}, results in {results}")
-    for line in settings.describe():
-        say(f"  {line}")
-    workload = prepare.workload_of(matrix, settings)
     per_ref: dict[str, dict[str, Any]] = {}
     rows: list[tuple[CellRun, Verdict]] = []
     stopped: BaseException | None = None
-    try:
-        for ref in refs:
-            per_ref[ref] = {"ref": ref}
-            _run_ref(ref, names, settings, matrix, results, say, per_ref[ref], rows)
-    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (interrupts.py): report what finished, then stop
-        stopped = exc
-        say(f"\n{interrupts.signal_name(exc)}: stopping; writing the reports of the cells that finished")
-    first = per_ref.get(refs[0], {"ref": refs[0]})
-    header: dict[str, Any] = {
-        "suite": __version__,
-        "session": name,
-        **first,
-        "refs": per_ref,
-        "host": platform.platform(),
-        "python": sys.version.split()[0],
-        "workload": workload.__dict__,
-        "checks": matrix.checks,
-        "seconds": {"checks_and_preflight": round(checked, 2), "until_reports": round(time.monotonic() - started, 2)},
-    }
-    data = report.summary(header, rows)
-    if stopped is not None:
-        done = {run.cell.id for run, _ in rows}
-        planned = [c for ref in refs for c in cells_for(ref, names, settings.icds)]
-        reason = f"not finished: the session was interrupted ({interrupts.signal_name(stopped)})"
-        data["cells"] += [
-            report.interrupted_cell(c.id, c.ref, c.variant, c.icd, reason) for c in planned if c.id not in done
-        ]
-        data["status"] = report.INTERRUPTED
-        data["all_matched"] = False
-    with interrupts.held() as late:  # reports are written whole, even under a Ctrl-C meanwhile
+    # From the moment the results directory exists a signal is held, and raises only while the cells run: none
+    # escapes between the cells and the reports, which are written whole (interrupts.held/unheld).
+    with interrupts.held() as late:
+        results = prepare.results_dir(settings, name)
+        say(f"mnnrepro {__version__}: session {name}, results in {results}")
+        for line in settings.describe():
+            say(f"  {line}")
+        workload = prepare.workload_of(matrix, settings)
+        try:
+            with interrupts.unheld(late):
+                for ref in refs:
+                    per_ref[ref] = {"ref": ref}
+                    _run_ref(ref, names, settings, matrix, results, say, per_ref[ref], rows)
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (interrupts.py): report what finished, then stop
+            stopped = exc
+            say(f"\n{interrupts.signal_name(exc)}: stopping; writing the reports of the cells that finished")
+        first = per_ref.get(refs[0], {"ref": refs[0]})
+        header: dict[str, Any] = {
+            "suite": __version__,
+            "session": name,
+            **first,
+            "refs": per_ref,
+            "host": platform.platform(),
+            "python": sys.version.split()[0],
+            "workload": workload.__dict__,
+            "checks": matrix.checks,
+            "seconds": {
+                "checks_and_preflight": round(checked, 2),
+                "until_reports": round(time.monotonic() - started, 2),
+            },
+        }
+        data = report.summary(header, rows)
+        if stopped is not None:
+            _mark_interrupted(data, stopped, [c for ref in refs for c in cells_for(ref, names, settings.icds)])
         written = report.write_all(results, data)
     if late and stopped is None:  # every cell had finished: the reports are complete, the exit says the signal
         stopped = interrupts.Interrupted(late[0])

@@ -113,11 +113,11 @@ def test_a_ref_that_is_no_version_and_has_no_row_has_no_expectation() -> None:
 @pytest.mark.parametrize(
     ("ref", "version", "outcome", "covered_by"),
     [
-        ("3.6.1", None, "fixed", ">=3.6.0"),  # a release after the upstream fix, no row of its own
-        ("9.9.9", None, "fixed", ">=3.6.0"),  # a future release: judged by the range, a changed outcome shows
+        ("3.6.1", None, "fixed-by-fallback", ">=3.6.0"),  # after the upstream "fix", no row of its own
+        ("9.9.9", None, "fixed-by-fallback", ">=3.6.0"),  # a future release: judged by the range
         ("3.5.0", None, "reproduce", ">=3.0.1,<3.6.0"),
         ("v3.4.1", None, "reproduce", ">=3.0.1,<3.6.0"),
-        ("39be21c56", "3.6.0", "fixed", ">=3.6.0"),  # a commit: its tree's MNNDefine.h version
+        ("39be21c56", "3.6.0", "fixed-by-fallback", ">=3.6.0"),  # a commit: its tree's MNNDefine.h version
         ("47027e10", "3.0.1", "reproduce", "47027e10"),
     ],
 )
@@ -127,6 +127,18 @@ def test_version_ranges_cover_releases_without_rows(
     row = load_matrix().expectation(ref, "vulkan-image", "lavapipe", version)
     assert row is not None and row.outcome == outcome and row.bug == "alibaba/MNN#3129"
     assert row.covers(ref, version) == covered_by
+
+
+@pytest.mark.parametrize(
+    ("ref", "variant"), [("3.6.1", "vulkan-image"), ("3.3.0", "vulkan-image"), ("3.3.0", "vulkan-buffer")]
+)
+def test_every_row_of_the_known_bug_names_its_op_and_phase(ref: str, variant: str) -> None:
+    """alibaba/MNN#3129's cells are judged on where its Deconvolution ran in sgd_step (issue 21, item 3): at 3.6.x
+    image mode the row says it falls back to the CPU; buffer mode's 'fixed' says it runs on the GPU."""
+    row = load_matrix().expectation(ref, variant, "lavapipe")
+    assert row is not None and (row.op, row.phase) == ("Deconvolution", "sgd_step")
+    want = {("3.6.1", "vulkan-image"): "fixed-by-fallback", ("3.3.0", "vulkan-image"): "reproduce"}
+    assert row.outcome == want.get((ref, variant), "fixed")
 
 
 def test_a_range_never_matches_a_ref_of_unknown_version() -> None:
@@ -274,6 +286,47 @@ def test_a_reproduce_row_without_stage_is_rejected(tmp_path: Path) -> None:
 def test_an_unknown_outcome_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(FixtureError, match="outcome = 'works': must be one of"):
         load_matrix(write_matrix(tmp_path, MINIMAL.replace('outcome = "pass"', 'outcome = "works"')))
+
+
+FALLBACK_ROW = """
+[[expect]]
+refs = ["2.*"]
+variant = "vulkan-image"
+bug = "x/y#1"
+outcome = "fixed-by-fallback"
+op = "Deconvolution"
+phase = "sgd_step"
+"""
+
+
+def with_row(row: str) -> str:
+    """MINIMAL with ``row`` before its catch-all row (the first matching row wins)."""
+    head, catch_all = MINIMAL.rsplit("[[expect]]", 1)
+    return head + row.lstrip("\n") + "\n[[expect]]" + catch_all
+
+
+def test_a_fixed_by_fallback_row_loads_with_its_op_and_phase(tmp_path: Path) -> None:
+    m = load_matrix(write_matrix(tmp_path, with_row(FALLBACK_ROW)))
+    row = m.expectation("2.0", "vulkan-image", "lavapipe")
+    assert row is not None
+    assert (row.outcome, row.op, row.phase, row.bug) == ("fixed-by-fallback", "Deconvolution", "sgd_step", "x/y#1")
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (('op = "Deconvolution"\n', ""), "needs op and phase"),
+        (('phase = "sgd_step"\n', ""), "needs op and phase"),
+        (('phase = "sgd_step"', 'phase = "backward"'), "phase = 'backward': must be one of forward"),
+        (('bug = "x/y#1"\n', ""), "give the row its bug"),
+        (('outcome = "fixed-by-fallback"\nop = "Deconvolution"\n', 'outcome = "fixed"\n'), "op and phase go together"),
+    ],
+)
+def test_a_row_with_a_bad_op_or_phase_is_rejected(tmp_path: Path, edit: tuple[str, str], message: str) -> None:
+    text = FALLBACK_ROW.replace(*edit)
+    assert text != FALLBACK_ROW
+    with pytest.raises(FixtureError, match=message):
+        load_matrix(write_matrix(tmp_path, with_row(text)))
 
 
 def test_another_format_is_rejected(tmp_path: Path) -> None:

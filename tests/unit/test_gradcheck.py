@@ -7,13 +7,18 @@ import math
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
 import numpy as np
 import pytest
 
 from mnnrepro import fixtures, gradcheck
+from mnnrepro.cells import Cell, Workload
 from mnnrepro.errors import FixtureError
 from mnnrepro.gradcheck import GradReport, Tolerance, check_run, compare, make_row, tolerance_for
+from mnnrepro.prepare import Prepared
+from mnnrepro.session import MnistRef
 
 SHAPES = {"a.weight": (3, 4), "a.bias": (4,)}
 STEPS = (0, 1)
@@ -332,3 +337,74 @@ def test_the_committed_3_3_0_golden_is_bit_level_only_where_rcpps_matches() -> N
     assert gradcheck.golden_comparison(golden, {"threads": 4}, here=MACHINE).bit_level
     amd = {**MACHINE, "rcpps": "sha256:315610cdc419d6a7"}
     assert not gradcheck.golden_comparison(golden, {"threads": 4}, here=amd).bit_level
+
+
+# -- runs of fewer steps than the golden holds (issue 21, item 9: `--steps 1` was a false red) --------------------
+
+
+def short_run(tmp_path: Path, golden: Path, run_steps: int) -> Path:
+    """What the driver leaves for `--steps run_steps`: dumps only of the golden's steps it reached."""
+    reached = [s for s in STEPS if s < run_steps]
+    run = make_run(tmp_path, golden, f"run{run_steps}", steps=run_steps, dump_steps=[str(s) for s in reached])
+    for step in STEPS:
+        if step not in reached:
+            shutil.rmtree(run / "grads" / f"step{step}")
+    return run
+
+
+@pytest.mark.parametrize(("run_steps", "compared", "not_run"), [(1, [0], [1]), (2, [0, 1], []), (3, [0, 1], [])])
+def test_a_run_is_judged_on_the_steps_it_ran(
+    tmp_path: Path, golden: Path, run_steps: int, compared: list[int], not_run: list[int]
+) -> None:
+    run = short_run(tmp_path, golden, run_steps)
+    report = check_run(run, golden, "vulkan", "high")  # the run's own step count, from its start event
+    assert report.passed, report.table()
+    assert not report.problems
+    assert sorted({r.step for r in report.rows}) == compared
+    assert report.not_run == not_run
+    said = report.summary(), report.table(), json.dumps(report.to_dict())
+    for text in said:
+        assert ("step 1 n/a: not run (the workload has 1 step)" in text) == (run_steps == 1), text
+    # The step count the session passes wins over the run's own (and says the same).
+    assert check_run(run, golden, "vulkan", "high", run_steps=run_steps).not_run == not_run
+
+
+def test_a_short_run_still_fails_for_a_step_it_ran_but_did_not_dump(tmp_path: Path, golden: Path) -> None:
+    run = short_run(tmp_path, golden, 2)
+    (run / "grads" / "step1" / "grad" / "a.bias.npy").unlink()
+    report = check_run(run, golden, "vulkan", "high")
+    assert not report.passed
+    assert any(p.what == "missing file" and p.step == 1 for p in report.problems)
+    assert report.not_run == []
+
+
+@pytest.mark.parametrize(("run_steps", "dumps"), [(1, "0"), (2, "0,1"), (3, "0,1"), (None, "0,1")])
+def test_driver_args_ask_only_for_the_steps_a_run_reaches(golden: Path, run_steps: int | None, dumps: str) -> None:
+    args = gradcheck.driver_args(golden, run_steps=run_steps)
+    assert args == ("--dump-steps", dumps, "--init-params", str(golden / "init"))
+
+
+def test_the_reference_check_says_which_steps_were_not_run(tmp_path: Path) -> None:
+    compared, not_run = gradcheck.steps_within([0, 1], 1)
+    assert (compared, not_run) == ([0], [1])
+    report = gradcheck.check_reference(
+        gradcheck.Dumps(tmp_path / "none", None), [], not_run=(not_run, 1), data_dir=fixtures.MNIST
+    )
+    assert "step 1 n/a: not run (the workload has 1 step)" in report.summary()
+
+
+@pytest.mark.parametrize(("steps", "dumps"), [(1, "0"), (2, "0,1"), (3, "0,1")])
+@pytest.mark.parametrize("ref", ["3.3.0", "0.0.0-no-golden"])
+def test_the_session_asks_the_driver_for_the_steps_its_workload_runs(
+    tmp_path: Path, steps: int, dumps: str, ref: str
+) -> None:
+    """Both gradient paths of the MNIST workload: the committed golden (3.3.0) and a ref without one (the CPU
+    cell's dumps become the session's golden)."""
+    workload = Workload(steps=steps, batch_size=64, seed=1, precision="high", test_limit=0)
+    built = SimpleNamespace(ref=ref, tree=SimpleNamespace(version="3.3.0"))
+    prepared = SimpleNamespace(built=built, gdb_path=None, icds={}, workload=workload, timeout_for=lambda b: 60.0)
+    mnist = MnistRef(cast(Prepared, prepared), cast(Any, None), fixtures.load_matrix(), tmp_path, lambda s: None)
+    plan = mnist.plan(Cell(ref, "cpu", "-"))
+    assert plan.grads
+    args = plan.workload.extra_args
+    assert args[args.index("--dump-steps") + 1] == dumps

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from mnnrepro import judge as J
+from mnnrepro import report
 from mnnrepro.cells import Cell, CellRun
 from mnnrepro.contract import RunRecord, Stage
 from mnnrepro.fixtures import Expectation
@@ -412,3 +413,128 @@ def test_a_row_covering_by_version_range_is_named_in_the_reason(tmp_path: Path) 
     assert v.verdict == J.FIXED and v.matched
     assert "the row for refs >=3.6.0" in v.reason
     assert v.evidence["expectation_covers"] == ">=3.6.0"
+
+
+# -- the bug's op: fixed kernel or CPU fallback (issue 21, item 3) -------------------------------------------------
+
+FALLBACK_ROW = Expectation(
+    (">=3.6.0",), "vulkan-image", "*", "fixed-by-fallback", BUG, op="Deconvolution", phase="sgd_step"
+)
+FIXED_OP_ROW = Expectation((">=3.6.0",), "vulkan-image", "*", "fixed", BUG, op="Deconvolution", phase="sgd_step")
+REPRODUCE_OP = Expectation(
+    ("3.3.0",), "vulkan-image", "*", "reproduce", BUG, "SIGSEGV", "sgd_step", 0, op="Deconvolution", phase="sgd_step"
+)
+IMAGE_361 = Cell("3.6.1", "vulkan-image", "lavapipe")
+
+
+def placed(deconv_on: list[str], phase: str = "sgd_step") -> RunRecord:
+    """A run that trained, with the driver's `ops` events: per step, where its one Deconvolution of ``phase`` ran
+    (the other ops on Vulkan, a Cast on the CPU, as buffer mode at 3.3.0)."""
+    rec = trained()
+    for step, backend in enumerate(deconv_on):
+        by: dict[str, dict[str, int]] = {"vulkan": {"BinaryOp": 60}, "cpu": {"Cast": 2}}
+        by[backend]["Deconvolution"] = 1
+        rec.ops.append({"phase": "forward", "step": step, "by_backend": {"vulkan": {"Convolution": 2}}})
+        rec.ops.append({"phase": phase, "step": step, "by_backend": by})
+    return rec
+
+
+def judged(tmp_path: Path, record: RunRecord, row: Expectation, known: tuple[Expectation, ...] = ()) -> Verdict:
+    run = cell_run(tmp_path, IMAGE_361, record)
+    return judge(run, row, steps=STEPS, checks=CHECKS, baseline=trained(), known_bugs=known)
+
+
+def test_the_bug_op_on_the_cpu_is_fixed_by_fallback_as_the_row_says(tmp_path: Path) -> None:
+    v = judged(tmp_path, placed(["cpu"] * STEPS), FALLBACK_ROW)
+    assert (v.verdict, v.matched, v.expected) == (J.FIXED_BY_FALLBACK, True, J.FIXED_BY_FALLBACK)
+    assert f"Deconvolution ran on the CPU in sgd_step ({STEPS} of {STEPS} instances" in v.reason
+    assert "not fixed" in v.reason
+    check = next(c for c in v.checks if c.name == "op_placement")
+    assert check.passed and f"cpu {STEPS}" in check.detail
+    assert v.evidence["bug_op"]["cpu"] == STEPS and v.evidence["bug_op"]["gpu"] == 0
+
+
+def test_any_instance_on_the_cpu_is_a_fallback(tmp_path: Path) -> None:
+    v = judged(tmp_path, placed(["vulkan"] * (STEPS - 1) + ["cpu"]), FALLBACK_ROW)
+    assert v.verdict == J.FIXED_BY_FALLBACK and v.matched
+    assert f"(1 of {STEPS} instances" in v.reason
+
+
+@pytest.mark.parametrize("row", [FIXED_OP_ROW, Expectation((">=3.6.0",), "vulkan-image", "*", "fixed", BUG)])
+def test_a_fixed_row_whose_op_fell_back_is_a_mismatch(tmp_path: Path, row: Expectation) -> None:
+    """A 'fixed' row without an op of its own takes the op of its bug's 'reproduce' row."""
+    v = judged(tmp_path, placed(["cpu"] * STEPS), row, known=(REPRODUCE_OP,))
+    assert (v.verdict, v.matched, v.expected) == (J.FIXED_BY_FALLBACK, False, J.FIXED)
+    assert "the row expects FIXED (the op on the GPU)" in v.reason
+
+
+def test_the_op_on_the_gpu_is_fixed_and_a_fallback_row_is_then_stale(tmp_path: Path) -> None:
+    on_gpu = placed(["vulkan"] * STEPS)
+    fixed = judged(tmp_path, on_gpu, FIXED_OP_ROW)
+    assert (fixed.verdict, fixed.matched) == (J.FIXED, True)
+    assert f"Deconvolution ran on the GPU in sgd_step ({STEPS} of {STEPS} instances)" in fixed.reason
+    stale = judged(tmp_path, on_gpu, FALLBACK_ROW)
+    assert (stale.verdict, stale.matched, stale.expected) == (J.FIXED, False, J.FIXED_BY_FALLBACK)
+    assert "the kernel now runs on the GPU, the row is stale" in stale.reason
+
+
+@pytest.mark.parametrize("row", [FALLBACK_ROW, FIXED_OP_ROW])
+@pytest.mark.parametrize(
+    ("record", "detail"),
+    [
+        (trained(), "no op placement recorded for sgd_step"),  # --no-trace-ops: no `ops` events at all
+        (placed(["cpu"] * STEPS, phase="grad_dump"), "no op placement recorded for sgd_step"),  # other phases only
+    ],
+)
+def test_unknown_placement_is_never_a_silent_fixed(
+    tmp_path: Path, row: Expectation, record: RunRecord, detail: str
+) -> None:
+    v = judged(tmp_path, record, row)
+    assert (v.verdict, v.matched) == (J.FAIL, False)
+    assert "op_placement" in failed_checks(v)
+    assert detail in v.reason and "cannot tell a fixed kernel from a CPU fallback" in v.reason
+
+
+def test_a_row_naming_an_op_that_never_ran_there_fails(tmp_path: Path) -> None:
+    rec = placed(["cpu"] * STEPS)
+    for event in rec.ops:
+        for types in event["by_backend"].values():
+            types.pop("Deconvolution", None)
+    v = judged(tmp_path, rec, FALLBACK_ROW)
+    assert v.verdict == J.FAIL and "op_placement" in failed_checks(v)
+    assert "the op did not run" in v.reason
+
+
+def test_the_reproduce_row_of_a_bisect_names_a_trained_fallback(tmp_path: Path) -> None:
+    """bisect judges every commit against the 'reproduce' row: at 39be21c56 the cell trains with the op on the CPU."""
+    v = judged(tmp_path, placed(["cpu"] * STEPS), REPRODUCE_OP)
+    assert (v.verdict, v.matched, v.expected) == (J.FIXED_BY_FALLBACK, False, J.REPRODUCED)
+
+
+def test_a_fallback_row_that_crashes_the_known_way_is_reproduced(tmp_path: Path) -> None:
+    crash = {"signal": "SIGSEGV", "frames": [{"function": "MNN::VulkanBackend::onExecute"}]}
+    run = cell_run(tmp_path, IMAGE_361, crashed_at("sgd_step", 0), -11, crash=crash)
+    v = judge(run, FALLBACK_ROW, steps=STEPS, checks=CHECKS, baseline=None, known_bugs=(REPRODUCE_OP,))
+    assert v.verdict == J.REPRODUCED and not v.matched
+
+
+def test_a_cpu_cell_is_not_held_to_the_bug_op(tmp_path: Path) -> None:
+    v = judge(
+        cell_run(tmp_path, CPU, trained()),
+        PASS_ROW,
+        steps=STEPS,
+        checks=CHECKS,
+        baseline=None,
+        known_bugs=(REPRODUCE_OP,),
+    )
+    assert v.verdict == J.PASS and "op_placement" not in {c.name for c in v.checks}
+
+
+def test_the_reports_name_the_fallback_and_where_the_op_ran(tmp_path: Path) -> None:
+    run = cell_run(tmp_path, IMAGE_361, placed(["cpu"] * STEPS))
+    v = judge(run, FIXED_OP_ROW, steps=STEPS, checks=CHECKS, baseline=trained())
+    data = report.summary({"ref": "3.6.1"}, [(run, v)])
+    lines = report.evidence_lines(data["cells"][0])
+    assert lines[0] == "verdict: FIXED-BY-FALLBACK (expected FIXED)"
+    assert f"known bug's op: Deconvolution in sgd_step: cpu {STEPS}" in lines
+    assert "FIXED-BY-FALLBACK" in report.table([(run, v)]) and not data["all_matched"]
