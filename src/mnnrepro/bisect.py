@@ -280,7 +280,21 @@ def _pick(lo: int, hi: int, skipped: set[int]) -> int | None:
     return None
 
 
-def report(result: Result, say: Callable[[str], None] = print) -> int:
+FALLBACK = reduce.FALLBACK  # a commit where the reduced op ran on the CPU: neither REPRODUCED nor a fix
+SIGNAL_ONLY = redsession.SIGNAL_ONLY
+
+
+def change_words(old_verdict: str, new_verdict: str, good_is_old: bool) -> str:
+    """What the first changed commit is, in words: a commit where the op leaves the GPU is not a fix (upstream's
+    39be21c56 declines alibaba/MNN#3129's Deconvolution on Vulkan, which then runs on the CPU)."""
+    if new_verdict == FALLBACK and old_verdict != FALLBACK:
+        return "first commit where the op leaves the GPU"
+    if old_verdict == FALLBACK and new_verdict != FALLBACK:
+        return "first commit where the op runs on the GPU again"
+    return "first commit with the new verdict" if good_is_old else "first commit with the fixed verdict"
+
+
+def report(result: Result, say: Callable[[str], None] = print, *, signal_only: bool = False) -> int:
     rng = result.range
     say("")
     say(f"steps ({len(result.steps)}): commit, verdict, seconds")
@@ -298,11 +312,14 @@ def report(result: Result, say: Callable[[str], None] = print) -> int:
         return EXIT_MISMATCH
     subject, date = describe(rng.git_dir, result.first)
     parent = result.parent or ""
-    word = "first commit with the new verdict" if rng.good_is_old else "first commit with the fixed verdict"
-    say(f"{word}: {result.first}")
+    say(f"{change_words(result.old_verdict, result.new_verdict, rng.good_is_old)}: {result.first}")
     say(f"  subject: {subject}")
     say(f"  date:    {date}")
     say(f"  verdict: {result.new_verdict}; its parent {parent[:12]}: {result.old_verdict}")
+    if result.new_verdict == FALLBACK:
+        say("  FALLBACK: the reduced op runs on the CPU from this commit on; the GPU kernel is not fixed")
+    if signal_only:
+        say(f"  {SIGNAL_ONLY} (no gdb): crashes were not held to the crash signature")
     return 0
 
 
@@ -338,6 +355,8 @@ class MnnOracle:
         self.results = results
         self.say = say
         self.matrix = fixtures.load_matrix()
+        # A crash judged without gdb (none where the runner runs, or --no-gdb): every report says so.
+        self.signal_only = not settings.gdb
 
     def _tree(self, commit: str) -> Any:
 
@@ -364,6 +383,7 @@ class MnnOracle:
         prepared = self._prepare(commit)
         if isinstance(prepared, Outcome):
             return prepared
+        self.signal_only = self.signal_only or prepared.gdb_path is None
         built = prepared.built.build_s
         checks = dict(self.matrix.checks)
         expectation = expectation_for(self.matrix, self.variant, self.icd_name)
@@ -410,8 +430,10 @@ class ReproOracle(MnnOracle):
     """A reduced reproducer as the workload (``bisect --repro DIR``, DIR a reduce run's results): at each commit the
     same preparation (core, driver with mnn_graph, the mode's plugin), then the reduced graph on the backend,
     held to the reduction's target. REPRODUCED: it fails that way (the same signal, or outputs beyond the same
-    limits); PASS: it runs and matches the CPU's values; anything else (NOT-EXERCISED, another failure) is no
-    verdict, and the commit is skipped, never counted on either side."""
+    limits); PASS: it runs on the backend and matches the CPU's values; FALLBACK: it ran, but the reduced op(s)
+    ran on the CPU (a distinct verdict, so the change is found and named "the op leaves the GPU", never "fixed");
+    anything else (NOT-EXERCISED, another failure) is no verdict, and the commit is skipped, never counted on
+    either side."""
 
     def __init__(
         self, git_dir: Path, variant: str, settings: Settings, results: Path, say: Callable[[str], None], repro: Path
@@ -423,6 +445,9 @@ class ReproOracle(MnnOracle):
         self.target = reduce.Target(
             str(t.get("kind", "crash")), str(t.get("signal", "")), tuple(t.get("signature") or ())
         )
+        self.kinds = reduce.kinds_under_test(self.summary.get("ops") or [])
+        # A reduction judged by its signal alone has no signature to hold a commit's crash to.
+        self.signal_only = self.target.kind == "crash" and (not settings.gdb or not self.target.signature)
 
     def __call__(self, commit: str) -> Outcome:
         prepared = self._prepare(commit)
@@ -440,8 +465,17 @@ class ReproOracle(MnnOracle):
         )
         t_run = time.monotonic()
         got = redsession.verify(
-            spec, self.target, self.repro / "repro", step_dir, self.say, values=self.repro / "values", cpu=False
+            spec,
+            self.target,
+            self.repro / "repro",
+            step_dir,
+            self.say,
+            values=self.repro / "values",
+            cpu=False,
+            kinds=self.kinds,
         )["backend"]
+        if self.target.kind == "crash" and not prepared.gdb_path:
+            self.signal_only = True
         crash: reduce.Trial | None = None
         if got == "fails" and self.target.kind == "crash" and self.target.signature and prepared.gdb_path:
             try:
@@ -455,10 +489,13 @@ class ReproOracle(MnnOracle):
             frames = " < ".join(crash.signature) or "(no MNN frame)"
             return Outcome(None, f"{built}; the reduced graph crashes otherwise: {crash.outcome} in {frames}")
         if got == "fails":
-            how = "" if crash is not None or not self.target.signature else " (signal only: no gdb)"
+            how = "" if crash is not None or self.target.kind != "crash" else f" ({SIGNAL_ONLY}: no gdb)"
             return Outcome("REPRODUCED", f"{built}; the reduced graph: {self.target.describe()}{how}")
+        if got.startswith(FALLBACK):
+            where = got[len(FALLBACK) :].strip(" ()")
+            return Outcome(FALLBACK, f"{built}; the reduced op left the GPU ({where}): it runs on the CPU, not fixed")
         if got == "passes":
-            return Outcome("PASS", f"{built}; the reduced graph runs and matches the CPU's values")
+            return Outcome("PASS", f"{built}; the reduced graph runs on the backend and matches the CPU's values")
         return Outcome(None, f"{built}; the reduced graph: {got}")
 
     def _under_gdb(self, spec: reduce.Spec, gdb: str, step_dir: Path) -> reduce.Trial:
@@ -550,7 +587,10 @@ def main(args: argparse.Namespace, settings: Settings, *, say: Callable[[str], N
         digest = hashlib.sha256((repro / "repro" / "graph.mnn").read_bytes()).hexdigest()[:12]
         # How a crash is judged is part of the cell: steps judged by the signal alone (no gdb) are not reused by
         # a run that holds them to the signature, nor the other way round.
-        cell = f"{variant}/{settings.icds[0]}/repro={digest}/{'signature' if settings.gdb else 'signal'}"
+        # And steps recorded before a run's op placement was judged (a fallback to the CPU recorded as PASS) are not
+        # reused: the cell names that too.
+        judged = f"{'signature' if settings.gdb else 'signal'}/placement"
+        cell = f"{variant}/{settings.icds[0]}/repro={digest}/{judged}"
     results = prepare.results_dir(settings, "bisect")
     log = results / "bisect.log"
 
@@ -570,7 +610,8 @@ def main(args: argparse.Namespace, settings: Settings, *, say: Callable[[str], N
         else MnnOracle(git_dir, variant, settings, results, tee)
     )
     result = bisect(rng, oracle, state_file=state, cell=cell, say=tee)
-    code = report(result, tee)
+    code = report(result, tee, signal_only=oracle.signal_only)
+    change = change_words(result.old_verdict, result.new_verdict, rng.good_is_old) if result.first else ""
     tee(f"total {time.monotonic() - t0:.0f}s (steps recorded earlier are not counted again)")
     subject, date = describe(git_dir, result.first) if result.first else ("", "")
     older, newer = (args.good, args.bad) if rng.good_is_old else (args.bad, args.good)
@@ -593,6 +634,8 @@ def main(args: argparse.Namespace, settings: Settings, *, say: Callable[[str], N
                 "old_verdict": result.old_verdict,
                 "new_verdict": result.new_verdict,
                 "first": result.first,
+                "change": change,
+                "judged_by": f"{SIGNAL_ONLY} (no gdb)" if oracle.signal_only else "signal and crash signature",
                 "parent": result.parent,
                 "candidates": list(result.candidates),
                 "steps": [asdict(s) for s in result.steps],

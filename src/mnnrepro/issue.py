@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import variants
+from .bisect import FALLBACK, SIGNAL_ONLY, change_words
 from .build import CoreOptions
 from .errors import ConfigError
 
@@ -60,6 +61,7 @@ class Crash:
     precision: str = "high"
     cpu: str = ""  # the CPU backend's result of the same case in the same results (PASS, FAIL, ...; "" unknown)
     reduced: dict[str, Any] = field(default_factory=dict)  # a reduce session's summary (the reduced graph)
+    signal_only: bool = False  # judged by the signal alone: no backtrace (no usable gdb where it ran)
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -115,6 +117,7 @@ def crashes(data: dict[str, Any], where: Path | None = None) -> list[Crash]:
                 cpu=next(
                     (str(b["verdict"]) for b in data["cells"] if b["ref"] == c["ref"] and b["variant"] == "cpu"), ""
                 ),
+                signal_only=ev.get("signature") is None,  # the judge records None where no backtrace was taken
             )
         )
     return found
@@ -146,6 +149,8 @@ def _reduce_crash(data: dict[str, Any], where: Path | None) -> Crash:
         cpu="PASS" if checks.get("cpu") == "passes" else str(checks.get("cpu", "")),
         reduced=data,
         precision=str(data.get("precision") or "high"),
+        known=str(target.get("bug") or ""),
+        signal_only=target.get("kind", "crash") == "crash" and not data.get("gdb", True),
     )
 
 
@@ -382,11 +387,19 @@ def _bisect(path: Path | None) -> list[str]:
         f"{len(data.get('steps') or [])} builds:"
     )
     if data.get("first"):
-        out.append(f"the first commit with the newer verdict is `{data['first']}` (parent `{data.get('parent')}`).")
+        old_v, new_v = str(data.get("old_verdict", "")), str(data.get("new_verdict", ""))
+        change = data.get("change") or change_words(old_v, new_v, rng.get("kind", "regression") == "regression")
+        out.append(f"the {change} is `{data['first']}` (parent `{data.get('parent')}`).")
+        if new_v == FALLBACK:
+            out.append("From it on the reduced op runs on the CPU (FALLBACK): the GPU kernel is not fixed.")
         if data.get("subject"):
             out.append(f'Its subject: "{data["subject"]}" ({data.get("date", "")}).')
     elif data.get("candidates"):
         out.append("one of: " + ", ".join(f"`{c[:12]}`" for c in data["candidates"]) + " (some did not build).")
+    if str(data.get("judged_by", "")).startswith(SIGNAL_ONLY) or str(data.get("cell", "")).endswith(
+        ("/signal", "/signal/placement")
+    ):
+        out.append(f"Each commit's crash was {SIGNAL_ONLY} (no gdb).")
     return [*out, ""]
 
 
@@ -432,9 +445,13 @@ def _cpu_sentence(c: Crash) -> str:
 
 def _reduced(r: dict[str, Any]) -> list[str]:
     out = ["## The reduced graph", ""]
+    t = r.get("target") or {}
+    if t.get("source"):
+        out += [f"Target: {t.get('source')}" + (f", {t.get('stage')}" if t.get("stage") else "") + ".", ""]
+    judged = f", {r['judged_by']}" if r.get("judged_by") else ""
     out.append(
         f"{r.get('original_ops')} ops -> {r.get('reduced_ops')}, {r.get('candidate_runs')} candidate runs (each in its"
-        f" own process{', under gdb' if r.get('gdb', True) else ''}), {r.get('reduce_seconds')} s"
+        f" own process{', under gdb' if r.get('gdb', True) else ''}{judged}), {r.get('reduce_seconds')} s"
         f"{'' if not r.get('budget_exhausted') else ' (the time budget ran out: the best so far, not minimal)'}."
         " An input whose producer was cut away holds the value"
         " the CPU backend computed for it (an input, not a constant, so MNN picks the same kernel)."
@@ -515,7 +532,9 @@ def render(c: Crash, *, bisect: Path | None = None) -> str:
             f"{_mode_words(c.variant)} is killed by {c.signal} at `{c.where}`."
         )
     lines.append(_cpu_sentence(c))
-    if c.known:
+    if c.known and c.signal_only:
+        lines.append(f"The crash is that of {c.known} by its signal and stage: judged by signal only (no gdb).")
+    elif c.known:
         lines.append(f"The crash signature is that of {c.known}.")
     lines += ["", "## Environment", "", "| | |", "| --- | --- |"]
     lines += [f"| {k} | {v} |" for k, v in env]
@@ -533,14 +552,21 @@ def render(c: Crash, *, bisect: Path | None = None) -> str:
         ]
     else:
         lines += ["## Crash", ""]
+        if c.signal_only:
+            row = " The signature below is the known bug's (fixtures/matrix.toml), not seen on this run."
+            lines += [
+                "Judged by signal only: no backtrace was taken where it ran (no usable gdb), so the crash was not "
+                "held to a signature." + (row if c.signature else ""),
+                "",
+            ]
         if c.signature:
             lines += [f"{c.signal} in `{c.where}`. Signature (the top frames inside MNN):", "", "```", *c.signature]
             lines.append("```")
-        elif c.frames:
+        elif c.frames and not c.signal_only:
             lines.append(f"{c.signal} in `{c.where}`, with no frame inside MNN's libraries at the top of the stack.")
         else:
             lines.append(f"{c.signal} in `{c.where}`; no backtrace was taken (no usable gdb where it ran).")
-        if c.frames:
+        if c.frames and not (c.signal_only and c.reduced):  # a reduction without gdb has only the row's names
             lines += ["", "Top frames:", "", "```", *c.frames, "```"]
         lines.append("")
     if c.reduced:

@@ -15,7 +15,8 @@ import platform
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,46 @@ def check(settings: Settings) -> tuple[str, str]:
             raise ConfigError("reduce runs on one Vulkan ICD", hint="--icd lavapipe (or swiftshader, host)")
         icd = settings.icds[0]
     return names[0], icd
+
+
+# The capture saves the graph of the first SGD step (sgd_step[0]): a known bug's row is a target for it only when
+# it crashes in that phase.
+CAPTURED_STAGE, CAPTURED_STEP = "sgd_step", 0
+SIGNAL_ONLY = "judged by signal only"
+
+
+@dataclass(frozen=True)
+class Aim:
+    """What a reduction reduces toward. ``target`` None: the graph's own failure (whatever the whole graph does)."""
+
+    target: reduce.Target | None
+    source: str  # for every report: where the target comes from
+    bug: str = ""
+    stage: str = ""
+    op: str = ""  # the row's op type (the one alibaba/MNN#3129 crashes in): the reduced graph must keep it
+
+
+def aim_for(matrix: fixtures.Matrix, ref: str, variant: str, icd: str, version: str | None, *, given: bool) -> Aim:
+    """The known bug's row of fixtures/matrix.toml covering (ref, variant, ICD), as the target of a captured graph:
+    its signal and signature, so the capture's crash is held to the bug the workload knows (alibaba/MNN#3129),
+    not taken for it. A given graph (--graph) is not the workload: its own failure is the target."""
+    cell = f"{ref}/{variant}/{icd or '-'}"
+    if given:
+        return Aim(None, "the given graph's own failure (fixtures/matrix.toml's rows are about the MNIST workload)")
+    row = matrix.expectation(ref, variant, icd or "-", version)
+    if row is None or row.outcome != "reproduce":
+        why = f"its row expects {row.outcome!r}" if row else "no row covers it"
+        return Aim(None, f"the captured graph's own failure: no known bug in fixtures/matrix.toml for {cell} ({why})")
+    name = row.bug or "the 'reproduce' row"
+    if row.stage != CAPTURED_STAGE or row.step not in (None, CAPTURED_STEP):
+        raise reduce.ReduceError(
+            f"{name} (fixtures/matrix.toml) crashes at {row.stage}[{row.step}] for {cell}; the capture saves the graph "
+            f"of {CAPTURED_STAGE}[{CAPTURED_STEP}], so it cannot be reduced from the capture",
+            hint="save that phase's graph yourself and pass it with --graph",
+        )
+    stage = f"{row.stage}[{row.step if row.step is not None else CAPTURED_STEP}]"
+    target = reduce.Target("crash", row.signal, row.signature)
+    return Aim(target, f"{name} (fixtures/matrix.toml)", row.bug, stage, row.op)
 
 
 def capture(prepared: prepare.Prepared, results: Path, say: Say) -> Path:
@@ -132,32 +173,34 @@ def run_reduce(
     limit = gradcheck.tolerance_for(spec.backend, spec.precision, 0, matrix)
     spec.limits = (limit.max_rel, limit.min_cosine, limit.max_nmse)
     budget = float(budget_s or DEFAULT_BUDGET_S)
+    aim = aim_for(matrix, ref, variant, icd, built.tree.version, given=graph is not None)
     reducer = reduce.Reducer(spec, budget_s=budget, say=say)
     reducer.prepare()
     ops_total = len(reducer.op_indices())
-    target = reducer.establish(None)
-    say(f"the whole graph ({ops_total} ops) fails: {target.describe()}; reducing (budget {budget:.0f} s)")
+    target = reducer.establish(aim.target, aim.source)
+    judged = judged_by(target, signal_only=reducer.signal_only)
+    say(f"the whole graph ({ops_total} ops) fails: {target.describe()} (target: {aim.source}; {judged})")
+    say(f"reducing (budget {budget:.0f} s)")
     keep = reducer.reduce()
     seconds = round(reducer.seconds, 1)
     exhausted = not reducer.minimal
     table = reduce.ops_table(reducer.ops, keep)
+    kinds = reduce.kinds_under_test(table)
     repro = emit(results, keep, table)
-    checks = verify(spec, target, repro, results, say)
+    checks = verify(spec, target, repro, results, say, kinds=kinds)
     checks.update(verify_standalone(prepared, spec, target, repro, results, say))
     summary: dict[str, Any] = {
-        "format": 1,
-        "session": "reduce",
-        "suite": __version__,
-        "ref": ref,
-        "commit": built.tree.commit,
-        "mnn_version": built.tree.version,
-        "variant": variant,
-        "icd": icd or "-",
-        "runner": built.runner.name,
-        "toolchain": built.builder.toolchain,
-        "host": platform.platform(),
-        "python": sys.version.split()[0],
-        "target": {"kind": target.kind, "signal": target.signal, "signature": list(target.signature)},
+        **header(built, ref, variant, icd),
+        "target": {
+            "kind": target.kind,
+            "signal": target.signal,
+            "signature": list(target.signature),
+            "source": aim.source,
+            "bug": aim.bug,
+            "stage": aim.stage,
+            "op": aim.op,
+        },
+        "judged_by": judged,
         "precision": spec.precision,
         "limits": {"max_rel": spec.limits[0], "min_cosine": spec.limits[1], "max_nmse": spec.limits[2]},
         "gdb": bool(spec.gdb),
@@ -177,12 +220,50 @@ def run_reduce(
         "results_dir": str(results),
     }
     (results / "summary.json").write_text(json.dumps(summary, indent=1))
-    say(f"reduced {ops_total} -> {len(keep)} op(s) in {seconds} s, {len(reducer.trials)} candidate run(s)")
+    say(f"reduced {ops_total} -> {len(keep)} op(s) in {seconds} s, {len(reducer.trials)} candidate run(s), {judged}")
     for row in table:
         say(f"  [{row['index']}] {row['type']} {row['name']}: {', '.join(row['inputs'])}")
     say(f"repro: {repro}; summary: {results / 'summary.json'}")
+    return conclude(checks, aim, kinds, keep, results, budget, exhausted=exhausted, say=say)
+
+
+def header(built: prepare.Built, ref: str, variant: str, icd: str) -> dict[str, Any]:
+    """The first keys of a reduce summary.json: what ran, where, with what."""
+    return {
+        "format": 1,
+        "session": "reduce",
+        "suite": __version__,
+        "ref": ref,
+        "commit": built.tree.commit,
+        "mnn_version": built.tree.version,
+        "variant": variant,
+        "icd": icd or "-",
+        "runner": built.runner.name,
+        "toolchain": built.builder.toolchain,
+        "host": platform.platform(),
+        "python": sys.version.split()[0],
+    }
+
+
+def conclude(
+    checks: dict[str, str],
+    aim: Aim,
+    kinds: Sequence[str],
+    keep: tuple[int, ...],
+    results: Path,
+    budget: float,
+    *,
+    exhausted: bool,
+    say: Say,
+) -> int:
+    """A reduction's exit code: 0 when the reduced graph checked out on its own (fails on the backend the target's
+    way, passes on the CPU, both with mnn_graph and the standalone reproducer), keeps the known bug's op, and the
+    search finished; 1 otherwise, saying why."""
     ok = checks["backend"] == "fails" and checks["cpu"] == "passes"
     ok = ok and checks.get("standalone") == "fails" and checks.get("standalone_cpu") == "passes"
+    if aim.op and aim.op not in kinds:
+        ok = False
+        say(f"the reduced graph has no {aim.op}, the op of {aim.source}: it crashes the row's way in other ops")
     if not ok:
         say(f"the reduced graph did not check out on its own: {checks}")
     if exhausted:
@@ -191,6 +272,15 @@ def run_reduce(
             f"not minimal; --resume {results} --budget S goes on"
         )
     return 0 if ok and not exhausted else 1
+
+
+def judged_by(target: reduce.Target, *, signal_only: bool) -> str:
+    """How candidates were held to the target, in the words every report uses."""
+    if target.kind == "differs":
+        return "judged by outputs against the CPU's values"
+    if signal_only:
+        return f"{SIGNAL_ONLY} (no gdb: the crash signature was not checked)"
+    return "judged by signal and crash signature"
 
 
 REPRO_SOURCES = build.NATIVE_DIR / "repro"
@@ -218,6 +308,21 @@ def emit(results: Path, keep: tuple[int, ...], table: list[dict[str, Any]]) -> P
             lines.append(line)
     (repro / "expected" / "manifest.tsv").write_text("".join(f"{x}\n" for x in lines))
     return repro
+
+
+# repro.cpp's exit codes (native/README.md) beside mnn_graph's: 1 outputs differ, 5 an op of the graph ran on
+# another backend than the one under test (FALLBACK), 7 an output could not be computed (never "differs").
+REPRO_FALLBACK = 5
+_EXIT_WORDS = {1: "differs", 7: "could not compute"}
+
+
+def _repro_says(err: Path, word: str) -> str:
+    """What repro.cpp said after ``repro: WORD:`` on stderr (the detail of its exit code), or ""."""
+    try:
+        lines = err.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return next((x.split(f"{word}:", 1)[1].strip() for x in reversed(lines) if x.startswith(f"repro: {word}:")), "")
 
 
 def verify_standalone(
@@ -250,11 +355,13 @@ def verify_standalone(
             stdout_path=results / f"{name}.log",
             stderr_path=results / f"{name}.err",
         )
-        how = res.signal_name or ("differs" if res.returncode == 1 else f"exit {res.returncode}")
+        how = res.signal_name or _EXIT_WORDS.get(res.returncode, f"exit {res.returncode}")
         wanted = target.signal if target.kind == "crash" else "differs"
         out[name] = (
             "NOT-EXERCISED"
             if res.returncode == 4
+            else f"{reduce.FALLBACK} ({_repro_says(results / f'{name}.err', 'FALLBACK') or 'an op left the GPU'})"
+            if res.returncode == REPRO_FALLBACK
             else "passes"
             if res.returncode == 0
             else "fails"
@@ -268,7 +375,8 @@ def verify_standalone(
 def check_at(settings: Settings, results: Path, *, say: Say = print) -> int:
     """A reduction's reduced graph (``results``/repro) at another ref (a fix, a later release): built with that
     ref's MNN, run on the backend and on the CPU, with where each op ran (a fix that sends the op to the CPU is
-    another answer than a fixed GPU kernel). Exit 0 when it passes on both, 1 when it still fails."""
+    another answer than a fixed GPU kernel: FALLBACK, see at_verdict). Exit 0 when it passes on both, 1 when it
+    still fails, 2 otherwise (FALLBACK or no answer)."""
     variant, icd = check(settings)
     results = results.resolve()
     repro = results / "repro"
@@ -295,25 +403,35 @@ def check_at(settings: Settings, results: Path, *, say: Say = print) -> int:
     t = before.get("target") or {}
     target = reduce.Target(str(t.get("kind", "crash")), str(t.get("signal", "")), tuple(t.get("signature") or ()))
     say(f"the reduced graph of {before.get('ref')} ({before.get('reduced_ops')} op(s)) at {ref}:")
-    checks = verify(spec, target, repro, out_dir, say)
+    checks = verify(spec, target, repro, out_dir, say, kinds=reduce.kinds_under_test(before.get("ops") or []))
     checks.update(verify_standalone(prepared, spec, target, repro, out_dir, say))
-    placement = {}
-    for name in ("backend", "cpu"):
-        record = read_events(out_dir / "verify" / name / "events.jsonl")
-        placement[name] = record.ops[-1].get("by_backend", {}) if record.ops else {}
-    say(f"  where its ops ran on the {variant} run: {placement['backend'] or 'none completed'}")
+    where = {n: placement(read_events(out_dir / "verify" / n / "events.jsonl")) or {} for n in ("backend", "cpu")}
+    say(f"  where its ops ran on the {variant} run: {where['backend'] or 'none completed'}")
+    verdict, code = at_verdict(checks)
     data: dict[str, Any] = {"ref": ref, "commit": built.tree.commit, "variant": variant, "icd": icd or "-"}
-    data.update(checks=checks, placement=placement)
+    data.update(verdict=verdict, checks=checks, placement=where)
     (out_dir / "check.json").write_text(json.dumps(data, indent=1))
-    # 0: passes everywhere at this ref; 1: the bug shows (fails the target's way); 2: neither (NOT-EXERCISED, a
-    # build or another failure): no answer about the bug at this ref.
-    looked = [checks.get(k) for k in ("backend", "cpu", "standalone", "standalone_cpu")]
-    if all(v == "passes" for v in looked):
-        return 0
+    if verdict == reduce.FALLBACK:
+        say(
+            f"  FALLBACK at {ref}: the reduced op(s) ran on the CPU, not on {variant}: it does not fail because it "
+            "left the GPU, not because the GPU kernel was fixed"
+        )
+    elif verdict == "NO-ANSWER":
+        say(f"  no answer at {ref}: {checks}")
+    return code
+
+
+def at_verdict(checks: dict[str, str]) -> tuple[str, int]:
+    """A reduced graph at one ref, and check_at's exit code: PASS 0 (passes on the backend, on the CPU, and the
+    standalone reproducer both ways); REPRODUCED 1 (fails the target's way); FALLBACK 2 (the reduced op ran on
+    the CPU: neither a pass nor the bug); NO-ANSWER 2 (NOT-EXERCISED, a build or another failure)."""
     if checks.get("backend") == "fails" or checks.get("standalone") == "fails":
-        return 1
-    say(f"  no answer at {ref}: {checks}")
-    return 2
+        return "REPRODUCED", 1
+    if any(str(checks.get(k, "")).startswith(reduce.FALLBACK) for k in ("backend", "standalone")):
+        return reduce.FALLBACK, 2
+    if all(checks.get(k) == "passes" for k in ("backend", "cpu", "standalone", "standalone_cpu")):
+        return "PASS", 0
+    return "NO-ANSWER", 2
 
 
 def verify(
@@ -325,10 +443,13 @@ def verify(
     *,
     values: Path | None = None,
     cpu: bool = True,
+    kinds: Sequence[str] = (),
 ) -> dict[str, str]:
     """The reduced graph on its own (not the reducer's run, no gdb): it fails the target's way on the backend
     ("fails"), and passes on the CPU ("passes"; ``cpu=False`` leaves that run out). ``values``: the CPU's values
-    the outputs are held to (default: results/values)."""
+    the outputs are held to (default: results/values). ``kinds``: the reduced op types (reduce.kinds_under_test);
+    a backend run that completed with one of them elsewhere (or no placement) is "FALLBACK (...)", never
+    "passes"."""
     out: dict[str, str] = {}
     runs = [("backend", spec.backend, spec.plugin, spec.env)] + ([("cpu", "cpu", None, {})] if cpu else [])
     for name, backend, plugin, env in runs:
@@ -351,9 +472,14 @@ def verify(
         record = read_events(run_dir / "events.jsonl")
         if name == "backend" and record.backend:
             out["device"] = record.device_name or str(record.backend.get("active", ""))
-        how = res.signal_name or ("differs" if res.returncode == 1 else f"exit {res.returncode}")
+        how = res.signal_name or _EXIT_WORDS.get(res.returncode, f"exit {res.returncode}")
+        # A run that completed is held to where the reduced op(s) ran: on the CPU it is no pass (39be21c56 makes
+        # alibaba/MNN#3129's Deconvolution run there), and no sign of the bug either.
+        off = reduce.off_backend(placement(record), backend, kinds) if res.returncode in (0, 1) else ""
         if res.returncode == 4:
             out[name] = "NOT-EXERCISED"
+        elif off and backend != "cpu":
+            out[name] = f"{reduce.FALLBACK} ({off})"
         elif res.returncode == 0:
             out[name] = "passes"
         elif name == "backend" and how == (target.signal if target.kind == "crash" else "differs"):
@@ -362,3 +488,9 @@ def verify(
             out[name] = f"fails otherwise ({how})"
         say(f"  the reduced graph alone on {backend}: {out[name]} (exit {res.returncode})")
     return out
+
+
+def placement(record: Any) -> dict[str, dict[str, int]] | None:
+    """Where the ops of a ``mnn_graph run`` ran (its ``ops`` record: backend -> op type -> count); None when the
+    run recorded none."""
+    return dict(record.ops[-1].get("by_backend") or {}) if record.ops else None

@@ -85,6 +85,38 @@ class Target:
         return f"{self.signal} in {' < '.join(self.signature) or '(no MNN frame)'}"
 
 
+FALLBACK = "FALLBACK"  # a run that completed with the reduced op(s) on another backend than the one under test
+
+
+def kinds_under_test(table: Sequence[dict[str, Any]]) -> tuple[str, ...]:
+    """The op types of a reduced graph (its summary's ``ops`` table): "BinaryOp POW" gives BinaryOp and POW (the
+    type MNN's executor callbacks name a family op by where MNN is built with MNN_OP_SEPERATE)."""
+    return tuple(dict.fromkeys(part for row in table for part in str(row.get("type", "")).split() if part))
+
+
+def off_backend(by_backend: dict[str, dict[str, int]] | None, backend: str, kinds: Sequence[str] = ()) -> str:
+    """ "" when the reduced op(s) ran on ``backend`` (the ``ops`` record of ``mnn_graph run``: backend -> op type ->
+    count, from the executor's callbacks), else what did not: "Deconvolution x1 on cpu", "no op ran on vulkan",
+    "no op placement recorded". A run like that is no pass: upstream's fix of alibaba/MNN#3129 (39be21c56) declines
+    the Deconvolution on Vulkan, which then runs on the CPU. Ops of other types (the Raster and Convert MNN adds
+    between backends) are not under test; without ``kinds`` every op is."""
+    if by_backend is None:
+        return "no op placement recorded"
+    under = set(kinds)
+    elsewhere = [
+        f"{kind} x{n} on {where}"
+        for where, types in sorted(by_backend.items())
+        if where != backend
+        for kind, n in sorted(types.items())
+        if n and (not under or kind in under)
+    ]
+    if elsewhere:
+        return "; ".join(elsewhere)
+    if not any((by_backend.get(backend) or {}).values()):
+        return f"no op ran on {backend}"
+    return ""
+
+
 @dataclass
 class Trial:
     key: str
@@ -289,13 +321,20 @@ class Reducer:
             )
         return Trial(key_of(keep), len(keep), self.interesting(outcome, frames), outcome, list(frames), seconds)
 
+    @property
+    def signal_only(self) -> bool:
+        """A crash judged by its signal alone: without gdb (--no-gdb, or none where the runner runs) no candidate
+        has frames to hold to the target's signature. Every report says so."""
+        return self.target is not None and self.target.kind == "crash" and not self.spec.gdb
+
     def interesting(self, outcome: str, frames: Sequence[str]) -> bool:
         t = self.target
         if t is None:
             return False
         if t.kind == "differs":
             return outcome == "differs"
-        # Without gdb (--no-gdb) there is no signature to compare: the signal alone decides.
+        if self.signal_only:
+            return outcome == t.signal
         return outcome == t.signal and (not t.signature or sig.matches(tuple(frames), t.signature))
 
     # -- the search --------------------------------------------------------------------------------------------
@@ -314,8 +353,15 @@ class Reducer:
                     return c
         return None
 
-    def establish(self, expected: Target | None) -> Target:
-        """Run the whole graph: it must fail; how it fails is the target (``expected``, when given, must match)."""
+    def establish(self, expected: Target | None, source: str = "") -> Target:
+        """Run the whole graph: it must fail; how it fails is the target. ``expected`` (a known bug's row, named by
+        ``source``), when given, is the target: a graph that fails otherwise is refused, never reduced as if it
+        were that bug."""
+        if expected is not None and self.target is not None and self.target != expected:
+            raise ReduceError(
+                f"{self.state_path} was reduced toward {self.target.describe()}, not {source or 'the expected'} "
+                f"target ({expected.describe()}): start a new reduction, without --resume"
+            )
         full = tuple(self.op_indices())
         probe = self.trials.get(key_of(full)) or self.judge([full])[0]
         if self.target is None:
@@ -326,6 +372,20 @@ class Reducer:
             elif probe.outcome == "differs":
                 self.target = Target("differs")
         probe.interesting = self.interesting(probe.outcome, probe.signature)
+        if not probe.interesting and expected is not None:
+            seen = " < ".join(probe.signature) or ("(no MNN frame)" if self.spec.gdb else "(no gdb: no frames)")
+            seen = (
+                f"{probe.outcome} in {seen}"
+                if probe.outcome.startswith("SIG")
+                else "it runs without failing"
+                if probe.outcome == "ok"
+                else probe.outcome
+            )
+            raise ReduceError(
+                f"the captured graph fails otherwise than the known bug on {self.spec.backend}: {seen}; "
+                f"{source or 'the expectation'} says {expected.describe()}. Not reduced: it is not that bug "
+                "(reduce it as a graph of its own with --graph, or check the expectation row)"
+            )
         if not probe.interesting:
             wanted = self.target.describe() if self.target else "a crash or outputs that differ from the CPU's"
             raise ReduceError(

@@ -282,7 +282,9 @@ def test_the_mnn_oracle_runs_the_prepared_commit_and_judges_its_cell(
 
 FAKE_GRAPH_TOOL = """#!/bin/sh
 # mnn_graph: info lists one input and one op; cut copies; run crashes on vulkan at the "broken" and the "other"
-# commits' builds (their plugin paths say which), passes elsewhere.
+# commits' builds (their plugin paths say which), passes elsewhere, recording where its ops ran (the `ops` event):
+# the Deconvolution on the backend, except at the "declined" build, where Vulkan declines it and the CPU runs it
+# (upstream's 39be21c56 at 3.6.0), and the "untraced" build, which records no placement.
 cmd="$1"; out=""; backend=""; plugin=""
 while [ $# -gt 0 ]; do
   case "$1" in --out) out="$2";; --backend) backend="$2";; --plugin) plugin="$2";; esac; shift
@@ -293,6 +295,12 @@ case "$cmd" in
 esac
 mkdir -p "$out"
 case "$backend:$plugin" in vulkan:*broken*|vulkan:*other*) kill -SEGV $$;; vulkan:*dead*) exit 4;; esac
+case "$plugin" in
+  *declined*) by='{"cpu":{"Deconvolution":1},"vulkan":{"Raster":2}}';;
+  *untraced*) exit 0;;
+  *) by="{\\"$backend\\":{\\"Deconvolution\\":1}}";;
+esac
+printf '{"v":1,"event":"ops","by_backend":%s,"total":1}\\n' "$by" > "$out/events.jsonl"
 exit 0
 """
 # gdb -q -nx -batch -x SCRIPT --args PROGRAM...: runs it; on SIGSEGV writes crash.json with MNN frames (the #3129
@@ -403,3 +411,80 @@ def test_the_repro_oracle_holds_a_crash_to_the_reductions_signature(
     other = oracle("ee" * 20)
     assert other.verdict is None and "crashes otherwise: SIGSEGV in A::other < B::elsewhere" in other.detail
     assert oracle("cc" * 20).verdict == "PASS"
+
+
+def _repro_oracle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: dict[str, Any]) -> bisect.ReproOracle:
+    """A ReproOracle over FAKE_GRAPH_TOOL, no gdb; the commit's first two hex digits pick its plugin (its build)."""
+    from mnnrepro import prepare
+    from mnnrepro.cells import Workload
+    from mnnrepro.icd import Icd
+    from mnnrepro.runner import HostRunner
+    from mnnrepro.settings import Settings
+
+    (tmp_path / "bin").mkdir()
+    tool = tmp_path / "bin" / "mnn_graph"
+    tool.write_text(FAKE_GRAPH_TOOL)
+    tool.chmod(0o755)
+    red = tmp_path / "reduced"
+    (red / "repro").mkdir(parents=True)
+    (red / "repro" / "graph.mnn").write_text("g")
+    ops = [{"index": 1, "type": "Deconvolution", "name": "d", "inputs": ["x"], "outputs": ["d"]}]
+    summary = {"variant": "vulkan-image", "target": target, "precision": "high", "ops": ops}
+    (red / "summary.json").write_text(json.dumps(summary))
+    plugins = {"bb": "broken.so", "de": "declined.so", "ad": "untraced.so"}
+
+    def fake_prepare(ref: str, names: tuple[str, ...], settings: Settings, matrix: object, say: object) -> object:
+        unused: Any = None
+        plugin = tmp_path / plugins.get(ref[:2], "fixed.so")
+        built = prepare.Built(
+            ref, unused, unused, HostRunner(), unused, unused, tmp_path / "bin" / "mnist_driver", {names[0]: plugin}, 2
+        )
+        icd = Icd("lavapipe", tmp_path / "lvp.json", {})
+        return prepare.Prepared(built, None, {"lavapipe": icd}, Workload(3, 8, 1, "high", 10), {"vulkan": 30.0})
+
+    monkeypatch.setattr(prepare, "prepare", fake_prepare)
+    settings = Settings(cache_dir=tmp_path / "cache", icds=("lavapipe",), gdb=False)
+    oracle = bisect.ReproOracle(tmp_path, "vulkan-image", settings, tmp_path / "results", lambda _: None, red)
+    monkeypatch.setattr(oracle, "_tree", lambda commit: None)
+    return oracle
+
+
+def test_the_repro_oracle_calls_a_commit_where_the_op_runs_on_the_cpu_fallback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """39be21c56 (3.6.0) declines #3129's Deconvolution on Vulkan: the reduced graph then runs, on the CPU. That is
+    FALLBACK, a verdict of its own, never PASS; a run that recorded no placement proves nothing either."""
+    oracle = _repro_oracle(tmp_path, monkeypatch, {"kind": "crash", "signal": "SIGSEGV", "signature": []})
+    declined = oracle("de" * 20)
+    assert declined.verdict == "FALLBACK" and "left the GPU (Deconvolution x1 on cpu)" in declined.detail
+    untraced = oracle("ad" * 20)
+    assert untraced.verdict == "FALLBACK" and "no op placement recorded" in untraced.detail
+    assert oracle("cc" * 20).verdict == "PASS"  # the op ran on Vulkan and matched the CPU's values
+
+
+def test_a_repro_bisect_without_gdb_says_it_judged_by_signal_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = {"kind": "crash", "signal": "SIGSEGV", "signature": ["C::get", "D::Deconv"]}
+    oracle = _repro_oracle(tmp_path, monkeypatch, target)
+    got = oracle("bb" * 20)
+    assert got.verdict == "REPRODUCED" and "judged by signal only" in got.detail and oracle.signal_only
+
+
+def test_the_report_names_the_commit_where_the_op_leaves_the_gpu_not_a_fix(repo: Path, tmp_path: Path) -> None:
+    """REPRODUCED at 3.5.0, FALLBACK from 39be21c56 on: the bisect finds that commit (FALLBACK is on the side of the
+    change) and names it for what it is, whichever end was given as --good."""
+    for good, bad in (("new", "old"), ("old", "new")):
+        oracle = FakeOracle(repo, change=6, before="REPRODUCED", after="FALLBACK")
+        rng = bisect.plan(repo / ".git", good, bad)
+        state = bisect.state_path(tmp_path / f"cache-{good}", rng, "cell")
+        result = bisect.bisect(rng, oracle, state_file=state, cell="cell", say=lambda _: None)
+        assert result.first == sha(repo, "c6")
+        lines: list[str] = []
+        assert bisect.report(result, lines.append, signal_only=True) == 0
+        text = "\n".join(lines)
+        assert f"first commit where the op leaves the GPU: {sha(repo, 'c6')}" in text
+        assert "fixed verdict" not in text and "the GPU kernel is not fixed" in text
+        assert "judged by signal only (no gdb)" in text
+    assert bisect.change_words("REPRODUCED", "PASS", False) == "first commit with the fixed verdict"
+    assert bisect.change_words("FALLBACK", "REPRODUCED", True) == "first commit where the op runs on the GPU again"

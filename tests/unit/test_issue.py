@@ -192,3 +192,65 @@ def test_wrong_outputs_are_reported_with_the_reduced_graphs_own_numbers(tmp_path
     assert title.startswith("# [Vulkan buffer mode] wrong outputs (BinaryOp POW: reduced from a given graph")
     assert "| `BinaryOp9` | 8,4 | 14 of 32 | 9.5e-07 | 8.9e-08 | 0 | nan | yes |" in text
     assert "## Crash" not in text and str(tmp_path) not in text
+
+
+def _reduce_summary(work: Path, *, gdb: bool) -> dict[str, Any]:
+    target = {"kind": "crash", "signal": "SIGSEGV", "signature": SIG, "bug": "alibaba/MNN#3129"}
+    target |= {"source": "alibaba/MNN#3129 (fixtures/matrix.toml)", "stage": "sgd_step[0]"}
+    return {
+        "session": "reduce",
+        "ref": "3.3.0",
+        "commit": "5047919a1ae5",
+        "variant": "vulkan-image",
+        "icd": "host",
+        "graph": "mnist",
+        "target": target,
+        "gdb": gdb,
+        "judged_by": "judged by signal only (no gdb: the crash signature was not checked)" if not gdb else "",
+        "original_ops": 67,
+        "reduced_ops": 1,
+        "keep": [80],
+        "ops": [{"index": 80, "type": "Deconvolution", "name": "d", "inputs": ["p"], "outputs": ["d"]}],
+        "checks": {"backend": "fails", "cpu": "passes"},
+        "results_dir": str(work),
+    }
+
+
+def test_a_reduction_without_gdb_says_it_was_judged_by_signal_only(tmp_path: Path) -> None:
+    work = tmp_path / "reduce"
+    work.mkdir()
+    text = issue.render(issue.pick(issue.crashes(_reduce_summary(work, gdb=False), work)))
+    assert "judged by signal only" in text and "Judged by signal only" in text
+    assert "The signature below is the known bug's (fixtures/matrix.toml), not seen on this run." in text
+    assert "Target: alibaba/MNN#3129 (fixtures/matrix.toml), sgd_step[0]." in text
+    assert "Top frames" not in text  # no backtrace: the row's names are not shown as frames of this run
+    with_gdb = issue.render(issue.pick(issue.crashes(_reduce_summary(work, gdb=True), work)))
+    assert "signal only" not in with_gdb and "The crash signature is that of alibaba/MNN#3129." in with_gdb
+
+
+def test_a_training_crash_without_a_backtrace_says_signal_only(tmp_path: Path) -> None:
+    data = _mnist(tmp_path)
+    ev = data["cells"][1]["evidence"]
+    ev["signature"], ev["top_frames"], ev["result_dir"] = None, [], str(tmp_path / "nowhere")
+    text = issue.render(issue.pick(issue.crashes(data)))
+    assert "Judged by signal only" in text and "judged by signal only (no gdb)" in text
+
+
+def test_a_bisect_that_ends_in_fallback_names_where_the_op_leaves_the_gpu(tmp_path: Path) -> None:
+    bis = tmp_path / "bisect"
+    bis.mkdir()
+    rng = {"old": "c35f14f3ab5c" + "0" * 28, "new": "cc20f672af9e" + "0" * 28, "kind": "fix", "commits": 100}
+    data = {
+        "range": {**rng, "old_ref": "3.5.0", "new_ref": "3.6.0"},
+        "cell": "vulkan-image/lavapipe/repro=07f4654db25d/signal/placement",
+        "old_verdict": "REPRODUCED",
+        "new_verdict": "FALLBACK",
+        "first": "39be21c56f0f" + "0" * 28,
+        "parent": "0936aaedf18e" + "0" * 28,
+        "steps": [{}] * 8,
+    }
+    (bis / "bisect.json").write_text(json.dumps(data))
+    text = issue.render(issue.pick(issue.crashes(_mnist(tmp_path))), bisect=bis)
+    assert "the first commit where the op leaves the GPU is `39be21c56f0f" in text
+    assert "the GPU kernel is not fixed" in text and "newer verdict" not in text
+    assert "Each commit's crash was judged by signal only (no gdb)." in text

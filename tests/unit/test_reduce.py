@@ -158,3 +158,82 @@ def test_a_batch_that_was_stopped_records_nothing_it_did_not_finish(
     with pytest.raises(reduce.ReduceError, match=r"exit 137, 1 candidate\(s\) unfinished.*--resume"):
         r.establish(None)
     assert r.trials == {}  # nothing a resumed run would take for a verdict
+
+
+# -- issue 21, item 8: the known bug's row is the target; signal-only judging; where the reduced op ran ------------
+# gdb -q -nx -batch -x SCRIPT --args PROGRAM...: runs it; on SIGSEGV writes crash.json with frames inside MNN (those of
+# FAKE_FRAMES) and exits 139, as gdb_capture.py does.
+FAKE_GDB = """#!{python}
+import json, os, subprocess, sys
+argv = sys.argv[sys.argv.index("--args") + 1 :]
+rc = subprocess.run(argv).returncode
+if rc == -11:
+    frames = [{{"function": n, "library": "/x/libMNN.so"}} for n in os.environ["FAKE_FRAMES"].split(",")]
+    with open(os.path.join(os.environ["MNNREPRO_CRASH_DIR"], "crash.json"), "w") as f:
+        json.dump({{"signal": "SIGSEGV", "frames": frames}}, f)
+    sys.exit(139)
+sys.exit(rc)
+"""
+ROW = reduce.Target("crash", "SIGSEGV", ("C::get", "D::Deconv", "E::create"))  # a known bug's row, as aim_for makes it
+
+
+def _with_gdb(spec: reduce.Spec, tmp_path: Path, frames: str) -> reduce.Spec:
+    gdb = tmp_path / "gdb"
+    gdb.write_text(FAKE_GDB.format(python=sys.executable))
+    gdb.chmod(0o755)
+    spec.gdb = str(gdb)
+    spec.env["FAKE_FRAMES"] = frames
+    spec.runner = HostRunner(base_env={**os.environ, **spec.env})
+    return spec
+
+
+def test_a_captured_crash_with_other_frames_than_the_known_bug_is_refused_not_reduced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = _with_gdb(_spec(tmp_path, monkeypatch, ops=6, culprits="3"), tmp_path, "A::other,B::elsewhere")
+    r = reduce.Reducer(spec, budget_s=60, say=lambda _: None)
+    r.prepare()
+    with pytest.raises(reduce.ReduceError) as err:
+        r.establish(ROW, "alibaba/MNN#3129 (fixtures/matrix.toml)")
+    assert "fails otherwise than the known bug on vulkan: SIGSEGV in A::other < B::elsewhere" in err.value.message
+    assert "alibaba/MNN#3129 (fixtures/matrix.toml) says SIGSEGV in C::get < D::Deconv < E::create" in err.value.message
+    assert "Not reduced: it is not that bug" in err.value.message
+
+
+def test_the_known_bugs_row_is_the_target_when_the_capture_matches_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = _with_gdb(_spec(tmp_path, monkeypatch, ops=8, culprits="4"), tmp_path, "C::get,D::Deconv,E::create,F::up")
+    r = reduce.Reducer(spec, budget_s=120, say=lambda _: None)
+    r.prepare()
+    assert r.establish(ROW, "the row") == ROW and not r.signal_only
+    assert r.reduce() == (4,)
+    # A resumed reduction toward another target is refused: its recorded trials were judged against this one.
+    again = reduce.Reducer(spec, budget_s=60, say=lambda _: None)
+    with pytest.raises(reduce.ReduceError, match="was reduced toward SIGSEGV in C::get"):
+        again.establish(reduce.Target("crash", "SIGABRT", ("X::y",)), "another row")
+
+
+def test_without_gdb_a_known_bug_is_judged_by_its_signal_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No gdb: no candidate has frames; the row's signature cannot be checked, the signal decides (and says so)."""
+    spec = _spec(tmp_path, monkeypatch, ops=8, culprits="5")
+    r = reduce.Reducer(spec, budget_s=120, say=lambda _: None)
+    r.prepare()
+    assert r.establish(ROW, "the row") == ROW
+    assert r.signal_only and r.reduce() == (5,)
+    other = reduce.Reducer(spec, budget_s=60, say=lambda _: None)
+    other.target = reduce.Target("crash", "SIGABRT", ROW.signature)
+    assert not other.interesting("SIGSEGV", ())  # the signal still has to be the row's
+
+
+def test_where_the_reduced_op_ran_decides_fallback() -> None:
+    table = [{"type": "Deconvolution"}, {"type": "BinaryOp POW"}]
+    kinds = reduce.kinds_under_test(table)
+    assert kinds == ("Deconvolution", "BinaryOp", "POW")
+    # 3.6.x image mode: Vulkan declines the Deconvolution (39be21c56), the CPU runs it; Raster on Vulkan is glue.
+    declined = {"cpu": {"Deconvolution": 1}, "vulkan": {"Raster": 2}}
+    assert reduce.off_backend(declined, "vulkan", kinds) == "Deconvolution x1 on cpu"
+    assert reduce.off_backend({"vulkan": {"Deconvolution": 1}, "cpu": {"Raster": 1}}, "vulkan", kinds) == ""
+    assert reduce.off_backend({"cpu": {"Raster": 1}}, "vulkan", kinds) == "no op ran on vulkan"
+    assert reduce.off_backend(None, "vulkan", kinds) == "no op placement recorded"
+    assert reduce.off_backend({"cpu": {"Raster": 1}, "vulkan": {"X": 1}}, "vulkan") == "Raster x1 on cpu"

@@ -1,0 +1,128 @@
+"""redsession.py (issue 21, item 8): the target of a captured graph is the known bug's row of fixtures/matrix.toml;
+the reduced graph on its own (mnn_graph and the standalone repro.cpp) is FALLBACK, never a pass, when its op ran on
+the CPU; an output that could not be computed is not "differs"."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mnnrepro import fixtures, redsession, reduce
+from mnnrepro.runner import Completed, HostRunner
+
+
+def test_the_known_bugs_row_is_the_target_of_a_captured_graph() -> None:
+    matrix = fixtures.load_matrix()
+    aim = redsession.aim_for(matrix, "3.3.0", "vulkan-image", "lavapipe", "3.3.0", given=False)
+    row = matrix.expectation("3.3.0", "vulkan-image", "lavapipe", "3.3.0")
+    assert row is not None and row.outcome == "reproduce" and row.signature
+    assert aim.target == reduce.Target("crash", row.signal, row.signature)
+    assert aim.bug == row.bug and aim.stage == "sgd_step[0]" and "fixtures/matrix.toml" in aim.source
+    # A given graph is not the workload; a cell without a known bug reduces the graph's own failure, and says so.
+    assert redsession.aim_for(matrix, "3.3.0", "vulkan-image", "lavapipe", "3.3.0", given=True).target is None
+    buffer = redsession.aim_for(matrix, "3.3.0", "vulkan-buffer", "lavapipe", "3.3.0", given=False)
+    assert buffer.target is None and "no known bug in fixtures/matrix.toml for 3.3.0/vulkan-buffer" in buffer.source
+
+
+def test_a_known_bug_of_another_phase_cannot_be_reduced_from_the_capture() -> None:
+    matrix = fixtures.load_matrix()
+    rows = tuple(
+        dataclasses.replace(r, stage="forward") if r.outcome == "reproduce" else r for r in matrix.expectations
+    )
+    moved = dataclasses.replace(matrix, expectations=rows)
+    with pytest.raises(reduce.ReduceError, match=r"crashes at forward\[0\].*cannot be reduced from the capture"):
+        redsession.aim_for(moved, "3.3.0", "vulkan-image", "lavapipe", "3.3.0", given=False)
+
+
+FAKE_RUN = """#!/bin/sh
+# mnn_graph run: exit $FAKE_EXIT after recording where its ops ran ($FAKE_BY, the `ops` event), unless empty.
+out=""
+while [ $# -gt 0 ]; do case "$1" in --out) out="$2";; esac; shift; done
+mkdir -p "$out"
+[ -n "$FAKE_BY" ] && printf '{"v":1,"event":"ops","by_backend":%s,"total":3}\\n' "$FAKE_BY" > "$out/events.jsonl"
+exit "$FAKE_EXIT"
+"""
+
+
+def _spec(tmp_path: Path, by: str, code: int) -> reduce.Spec:
+    tool = tmp_path / "mnn_graph"
+    tool.write_text(FAKE_RUN)
+    tool.chmod(0o755)
+    env = {"FAKE_BY": by, "FAKE_EXIT": str(code)}
+    runner = HostRunner(base_env={**os.environ, **env})
+    return reduce.Spec(tool, tmp_path, tmp_path / "work", runner, "vulkan", None, env, None, jobs=1, timeout_s=30)
+
+
+CRASH = reduce.Target("crash", "SIGSEGV", ("C::get",))
+
+
+@pytest.mark.parametrize(
+    ("by", "code", "want"),
+    [
+        ('{"cpu":{"Deconvolution":1},"vulkan":{"Raster":2}}', 0, "FALLBACK (Deconvolution x1 on cpu)"),
+        ('{"vulkan":{"Deconvolution":1}}', 0, "passes"),
+        ("", 0, "FALLBACK (no op placement recorded)"),
+        ('{"vulkan":{"Deconvolution":1}}', 7, "fails otherwise (could not compute)"),
+    ],
+)
+def test_the_reduced_graph_alone_is_fallback_when_its_op_ran_on_the_cpu(
+    tmp_path: Path, by: str, code: int, want: str
+) -> None:
+    spec = _spec(tmp_path, by, code)
+    got = redsession.verify(
+        spec, CRASH, tmp_path, tmp_path / "work", lambda _: None, cpu=False, kinds=("Deconvolution",)
+    )
+    assert got["backend"] == want
+
+
+class _Runner:
+    """The standalone reproducer's build (cmake, ninja) succeeds; its run exits ``code`` with ``err`` on stderr."""
+
+    name = "host"
+
+    def __init__(self, code: int, err: str) -> None:
+        self.code, self.err = code, err
+
+    def run(self, argv: list[str], **kw: Any) -> Completed:
+        ran = argv[0] == "sh"  # the reproducer runs through sh (cd into repro/); the build steps do not
+        Path(kw["stderr_path"]).write_text(self.err if ran else "")
+        return Completed(tuple(argv), self.code if ran else 0, 0.1)
+
+
+@pytest.mark.parametrize(
+    ("code", "err", "want"),
+    [
+        (5, "repro: FALLBACK: Deconvolution x1 on cpu, not vulkan\n", "FALLBACK (Deconvolution x1 on cpu, not vulkan)"),
+        (7, "repro: could not compute Deconvolution81\n", "fails otherwise (could not compute)"),
+        (1, "repro: outputs differ from the CPU's\n", "fails otherwise (differs)"),
+    ],
+)
+def test_the_standalone_reproducer_says_fallback_and_could_not_compute(
+    tmp_path: Path, code: int, err: str, want: str
+) -> None:
+    built: Any = dataclasses.make_dataclass("B", ["runner", "tree", "core"])(
+        _Runner(code, err), dataclasses.make_dataclass("T", ["path"])(tmp_path), None
+    )
+    built.core = dataclasses.make_dataclass("C", ["lib_dir"])(tmp_path)
+    prepared: Any = dataclasses.make_dataclass("P", ["built"])(built)
+    spec = _spec(tmp_path, "", 0)
+    out = redsession.verify_standalone(prepared, spec, CRASH, tmp_path, tmp_path, lambda _: None)
+    assert out["standalone"] == want
+
+
+@pytest.mark.parametrize(
+    ("checks", "want"),
+    [
+        ({"backend": "FALLBACK (Deconvolution x1 on cpu)", "cpu": "passes", "standalone": "FALLBACK (x)"}, "FALLBACK"),
+        ({"backend": "passes", "cpu": "passes", "standalone": "passes", "standalone_cpu": "passes"}, "PASS"),
+        ({"backend": "fails", "cpu": "passes"}, "REPRODUCED"),
+        ({"backend": "NOT-EXERCISED", "cpu": "passes"}, "NO-ANSWER"),
+    ],
+)
+def test_a_check_at_another_ref_names_a_fallback(checks: dict[str, str], want: str) -> None:
+    verdict, code = redsession.at_verdict(checks)
+    assert verdict == want and (code == 0) == (want == "PASS")
