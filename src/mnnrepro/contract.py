@@ -6,6 +6,7 @@ written and flushed before each phase, so the last stage survives a crash.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 from dataclasses import dataclass, field
@@ -31,6 +32,66 @@ EXIT_MEANINGS = {
     EXIT_OUTPUT: "could not write its output",
     EXIT_MNN_ERROR: "an MNN call reported failure",
 }
+
+
+# PCI vendor IDs (and Khronos' own, VK_VENDOR_ID_*) as VkPhysicalDeviceProperties.vendorID gives them: the
+# `vendor` of an expectation row is one of these names. Another ID is written 0xNNNN.
+VENDORS = {
+    0x1002: "AMD",
+    0x1010: "Imagination",
+    0x106B: "Apple",
+    0x10DE: "NVIDIA",
+    0x13B5: "ARM",
+    0x1414: "Microsoft",
+    0x14E4: "Broadcom",
+    0x1AE0: "Google",  # SwiftShader
+    0x5143: "Qualcomm",
+    0x8086: "Intel",
+    0x10005: "Mesa",  # VK_VENDOR_ID_MESA: lavapipe
+}
+
+
+@dataclass(frozen=True)
+class Device:
+    """The device a test ran on, as its own process probed it (the `backend` event's `device`: physical device 0
+    of the Vulkan loader, or the first GPU-type OpenCL device). "" is unknown: a row that names a device, vendor or
+    driver never matches it. Vulkan gives all three (the driver's version is VkPhysicalDeviceDriverProperties'
+    driverInfo, "580.159.04" on NVIDIA, "Mesa 24.2.8 (LLVM 19.1.1)" on lavapipe); the OpenCL probe has the name
+    only (no CL_DEVICE_VENDOR_ID, no CL_DRIVER_VERSION)."""
+
+    name: str = ""
+    vendor: str = ""
+    driver: str = ""
+
+    @property
+    def known(self) -> bool:
+        return bool(self.name)
+
+    @classmethod
+    def of_backend(cls, backend: dict[str, Any]) -> Device:
+        probe = backend.get("device")
+        if not isinstance(probe, dict):
+            return cls()
+        vendor_id = probe.get("vendor_id")
+        vendor = ""
+        if isinstance(vendor_id, int) and not isinstance(vendor_id, bool) and vendor_id > 0:
+            vendor = VENDORS.get(vendor_id, f"0x{vendor_id:04x}")
+        return cls(str(probe.get("name") or ""), vendor, str(probe.get("driver_info") or ""))
+
+    def as_dict(self) -> dict[str, str]:
+        return {"name": self.name, "vendor": self.vendor, "driver": self.driver}
+
+
+def device_fits(device: Device | None, name: str = "", vendor: str = "", driver: str = "") -> bool:
+    """Whether a row's device, vendor and driver fnmatch patterns ("" : any) hold on ``device``: always when the row
+    names none; never on an unknown device (None, or no name) or an unknown fact the row names (issue 22: a row
+    learned on one GPU never claims another, nor a run whose device nobody knows)."""
+    if not (name or vendor or driver):
+        return True
+    if device is None or not device.known:
+        return False
+    pairs = ((name, device.name), (vendor, device.vendor), (driver, device.driver))
+    return all(not pattern or (fact and fnmatch.fnmatchcase(fact, pattern)) for pattern, fact in pairs)
 
 
 class ContractError(ValueError):
@@ -74,6 +135,11 @@ class RunRecord:
     def device_name(self) -> str:
         device = self.backend.get("device") or {}
         return str(device.get("name") or "")
+
+    @property
+    def device(self) -> Device:
+        """The device the run probed (name, vendor, driver): what a row's device keys are matched against."""
+        return Device.of_backend(self.backend)
 
     @property
     def losses(self) -> list[float]:

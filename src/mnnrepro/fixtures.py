@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import variants
+from .contract import Device, device_fits
 from .errors import FixtureError
 
 CHECKOUT_ENV = "MNNREPRO_CHECKOUT"
@@ -62,7 +63,13 @@ MATRIX = FIXTURES / "matrix.toml"
 VARIANTS = variants.NAMES
 # "fixed-by-fallback": a known-bug cell that trains because the backend declines the crashing op (row's `op`),
 # which then runs on the CPU in the row's `phase`; not a fixed kernel (alibaba/MNN#3129 at 3.6.x: 39be21c56).
-OUTCOMES = ("reproduce", "fixed", "fixed-by-fallback", "pass")
+# "known-wrong": the cell trains but computes known wrong values (issue 22: 3.6.x image mode on NVIDIA): its failing
+# checks are the row's `match`; expected, never a pass.
+OUTCOMES = ("reproduce", "fixed", "fixed-by-fallback", "pass", "known-wrong")
+# The machine's own Vulkan driver (settings.ICD_NAMES): a different GPU on every machine, so a row for it names the
+# device or vendor it was learned on.
+HOST_ICD = "host"
+DEVICE_KEYS = ("device", "vendor", "driver")
 # The driver's `ops` event phases (native/README.md) an expectation's `phase` may name.
 OP_PHASES = ("forward", "grad_dump", "sgd_step", "static_step")
 # Where a ref runs: "ci" in .ci/run and on every push, "push" on every push, "scheduled" in the scheduled
@@ -198,6 +205,22 @@ class Expectation:
     # op must have run on the GPU there ("fixed") or on the CPU ("fixed-by-fallback").
     op: str = ""
     phase: str = ""
+    # fnmatch patterns on the device the cell ran on (contract.Device, from its `backend` event), as the ops rows
+    # have (issue 22): "" is any device; a row that names one never matches a cell whose device is not known.
+    device: str = ""
+    vendor: str = ""
+    driver: str = ""
+    # "known-wrong": a regular expression found in the failing checks' text ("name: detail"), and why.
+    match: str = ""
+    reason: str = ""
+
+    @property
+    def names_device(self) -> bool:
+        return bool(self.device or self.vendor or self.driver)
+
+    def on(self, device: Device | None) -> bool:
+        """Whether the row holds on this device: always without device keys; never on an unknown device."""
+        return device_fits(device, self.device, self.vendor, self.driver)
 
     def covers(self, ref: str, version: str | None = None) -> str | None:
         """The entry of `refs` that covers this ref ("3.3.0", "*", ">=3.6.0"), or None. A version range
@@ -212,12 +235,22 @@ class Expectation:
                 return pattern
         return None
 
-    def matches(self, ref: str, variant: str, icd: str, version: str | None = None) -> bool:
+    def matches(
+        self, ref: str, variant: str, icd: str, version: str | None = None, device: Device | None = None
+    ) -> bool:
+        return self.covers_cell(ref, variant, icd, version) and self.on(device)
+
+    def covers_cell(self, ref: str, variant: str, icd: str, version: str | None = None) -> bool:
+        """(ref, variant, ICD) only, whatever the device."""
         return (
             self.covers(ref, version) is not None
             and fnmatch.fnmatchcase(variant, self.variant)
             and fnmatch.fnmatchcase(icd, self.icd)
         )
+
+    def describe(self) -> str:
+        on = "".join(f" {k}={getattr(self, k)!r}" for k in DEVICE_KEYS if getattr(self, k))
+        return f"[[expect]] ({', '.join(self.refs)} {self.variant} {self.icd}{on} {self.outcome})"
 
 
 @dataclass(frozen=True)
@@ -239,11 +272,21 @@ class Matrix:
     expectations: tuple[Expectation, ...]
     gradcheck: dict[str, Any] = field(default_factory=dict)  # [gradcheck], validated by _gradcheck_table
 
-    def expectation(self, ref: str, variant: str, icd: str, version: str | None = None) -> Expectation | None:
+    def expectation(
+        self, ref: str, variant: str, icd: str, version: str | None = None, device: Device | None = None
+    ) -> Expectation | None:
+        """The first row that matches the cell on ``device`` (None: not known; rows that name a device are then
+        passed over, so a cell of the host ICD whose device no row names has no expectation)."""
         for row in self.expectations:
-            if row.matches(ref, variant, icd, version):
+            if row.matches(ref, variant, icd, version, device):
                 return row
         return None
+
+    def likely_expectation(self, ref: str, variant: str, icd: str, version: str | None = None) -> Expectation | None:
+        """Before a cell ran, its device is not known: the first row that covers the cell on some device, so a
+        cell can be planned (dumps, gdb) as the row it will most likely be judged by. Never a verdict's row: the
+        judge takes ``expectation`` with the device the run probed."""
+        return next((row for row in self.expectations if row.covers_cell(ref, variant, icd, version)), None)
 
     def refs_for(self, tiers: tuple[str, ...]) -> list[str]:
         """Refs whose tier is one of `tiers`, in matrix order."""
@@ -372,7 +415,9 @@ def load_matrix(path: Path = MATRIX) -> Matrix:
     timeouts = _timeouts_table(path, data.get("timeouts", {}))
     refs = _refs_table(path, data.get("refs", {}))
     default_ref = _string(f"{path} default_ref", data.get("default_ref", "3.3.0"))
-    rows = tuple(_expectation(f"{path} [[expect]] #{i + 1}", row) for i, row in enumerate(data.get("expect", [])))
+    rows = tuple(
+        r for i, row in enumerate(data.get("expect", [])) for r in _expectation(f"{path} [[expect]] #{i + 1}", row)
+    )
     gradcheck = _gradcheck_table(path, data["gradcheck"]) if "gradcheck" in data else {}
     return Matrix(default_ref, training, checks, timeouts, refs, rows, gradcheck)
 
@@ -435,14 +480,17 @@ def _refs_table(path: Path, value: Any) -> dict[str, RefInfo]:
     return refs
 
 
-def _expectation(where: str, value: Any) -> Expectation:
-    """One [[expect]] row: which cells it covers and the outcome (for a crash: its signal and stage) expected."""
+ROW_KEYS = {
+    "refs", "variant", "icd", "outcome", "bug", "signal", "stage", "step", "signature", "evidence", "op", "phase",
+    "match", "reason", *DEVICE_KEYS,
+}  # fmt: skip
+
+
+def _expectation(where: str, value: Any) -> tuple[Expectation, ...]:
+    """One [[expect]] row: which cells it covers and the outcome (for a crash: its signal and stage) expected. A
+    list of ICDs is one row per ICD, in the list's order."""
     row = _table(where, value)
-    _reject_unknown(
-        where,
-        row,
-        {"refs", "variant", "icd", "outcome", "bug", "signal", "stage", "step", "signature", "evidence", "op", "phase"},
-    )
+    _reject_unknown(where, row, ROW_KEYS)
     row_refs = _strings(f"{where} refs", row.get("refs", ["*"]))
     for pattern in row_refs:
         if is_version_range(pattern):
@@ -460,20 +508,62 @@ def _expectation(where: str, value: Any) -> Expectation:
     if step is not None:
         _number(f"{where} step", step, 0, 100_000, integer=True)
     op, phase = _op_of(where, row, outcome)
-    return Expectation(
-        row_refs,
-        variant,
-        _string(f"{where} icd", row.get("icd", "*")),
-        outcome,
-        _string(f"{where} bug", row.get("bug", ""), empty=True),
-        _string(f"{where} signal", row.get("signal", ""), empty=True),
-        _string(f"{where} stage", row.get("stage", ""), empty=True),
-        step,
-        _strings(f"{where} signature", row.get("signature", [])),
-        _strings(f"{where} evidence", row.get("evidence", [])),
-        op,
-        phase,
+    icd = row.get("icd", "*")
+    icds = _strings(f"{where} icd", icd) if isinstance(icd, list) else (_string(f"{where} icd", icd),)
+    on = {k: _string(f"{where} {k}", row[k]) for k in DEVICE_KEYS if k in row}
+    for pattern in icds:
+        _host_names_device(where, variant, pattern, on)
+    match, reason = _known_wrong(where, row, outcome)
+    return tuple(
+        Expectation(
+            row_refs,
+            variant,
+            pattern,
+            outcome,
+            _string(f"{where} bug", row.get("bug", ""), empty=True),
+            _string(f"{where} signal", row.get("signal", ""), empty=True),
+            _string(f"{where} stage", row.get("stage", ""), empty=True),
+            step,
+            _strings(f"{where} signature", row.get("signature", [])),
+            _strings(f"{where} evidence", row.get("evidence", [])),
+            op,
+            phase,
+            match=match,
+            reason=reason,
+            **on,
+        )
+        for pattern in icds
     )
+
+
+def _host_names_device(where: str, variant: str, icd: str, on: dict[str, str]) -> None:
+    """A row that can cover a cell of the host ICD (a Vulkan variant, an ICD pattern matching "host", "*"
+    included) must name the device or the vendor it was learned on: the machine's own driver is a different GPU
+    on every machine, and a row learned on lavapipe says nothing of an NVIDIA GPU (issue 22)."""
+    vulkan = any(variants.get(v).per_icd for v in VARIANTS if fnmatch.fnmatchcase(v, variant))
+    if vulkan and fnmatch.fnmatchcase(HOST_ICD, icd) and not ("device" in on or "vendor" in on):
+        raise FixtureError(
+            f'{where}: icd = "{icd}" covers the host ICD, and the row names no device or vendor: a row for the '
+            "machine's own driver must name the device it was learned on (host is a different GPU on every "
+            'machine): add e.g. vendor = "NVIDIA", or name the ICDs it holds for (icd = ["lavapipe", "swiftshader"])'
+        )
+
+
+def _known_wrong(where: str, row: dict[str, Any], outcome: str) -> tuple[str, str]:
+    """A 'known-wrong' row's `match` (a regular expression on the failing checks' text) and `reason`: both
+    required there; `match` only there."""
+    match = _string(f"{where} match", row.get("match", ""), empty=True)
+    reason = _string(f"{where} reason", row.get("reason", ""), empty=True)
+    if outcome == "known-wrong" and not (match and reason):
+        raise FixtureError(f"{where}: a 'known-wrong' row needs match (the failing checks' text) and reason")
+    if match and outcome != "known-wrong":
+        raise FixtureError(f"{where}: match is for 'known-wrong' rows only, not {outcome!r}")
+    if match:
+        try:
+            re.compile(match)
+        except re.error as exc:
+            raise FixtureError(f"{where} match = {match!r}: not a regular expression ({exc})") from None
+    return match, reason
 
 
 def _op_of(where: str, row: dict[str, Any], outcome: str) -> tuple[str, str]:

@@ -6,16 +6,22 @@ Verdicts (one meaning each, see README):
                     names the bug's op, that op ran on the GPU in the row's phase (every instance)
   FIXED-BY-FALLBACK a known-bug cell trained and passed every check, but the bug's op (the row's `op`) ran on the
                     CPU in the row's phase (any instance): the backend declined it, no kernel was fixed
+  KNOWN-WRONG       trained, but computes known wrong values: every failing check's text matches the row's
+                    `match` (a 'known-wrong' row: 3.6.x image mode on NVIDIA, issue 22); expected, never a pass
   PASS / FAIL       a cell with no known bug met / missed its checks (FAIL also: a known-bug cell that
                     trained but missed a check, or the driver reported an error)
   NOT-EXERCISED     the backend under test was not the one MNN used; never a pass
   HANG              killed at its time limit
   UNEXPECTED-CRASH  crashed, but not with the expected signal/stage
+
+A crash without a backtrace (no gdb: Prepared.gdb_absent, or gdb caught nothing) is known by its signal and stage
+alone: its verdict says "judged by signal only" (issue 22), never that a signature was verified.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -23,11 +29,12 @@ from typing import Any
 from . import signature
 from .cells import CellRun
 from .contract import EXIT_MEANINGS, EXIT_NOT_EXERCISED, RunRecord
-from .fixtures import Expectation, is_version_range
+from .fixtures import HOST_ICD, Expectation, is_version_range
 
 REPRODUCED = "REPRODUCED"
 FIXED = "FIXED"
 FIXED_BY_FALLBACK = "FIXED-BY-FALLBACK"
+KNOWN_WRONG = "KNOWN-WRONG"
 PASS = "PASS"
 FAIL = "FAIL"
 NOT_EXERCISED = "NOT-EXERCISED"
@@ -38,9 +45,19 @@ UNEXPECTED_CRASH = "UNEXPECTED-CRASH"
 NEVER_PASS = (NOT_EXERCISED, HANG)
 
 # What each expected outcome accepts.
-ACCEPTS = {"reproduce": REPRODUCED, "fixed": FIXED, "fixed-by-fallback": FIXED_BY_FALLBACK, "pass": PASS}
+ACCEPTS = {
+    "reproduce": REPRODUCED,
+    "fixed": FIXED,
+    "fixed-by-fallback": FIXED_BY_FALLBACK,
+    "pass": PASS,
+    "known-wrong": KNOWN_WRONG,
+}
 # Expected outcomes of a known-bug cell that trains (a crash matching the bug's 'reproduce' row is a regression).
-TRAINS_WITH_BUG = ("fixed", "fixed-by-fallback")
+TRAINS_WITH_BUG = ("fixed", "fixed-by-fallback", "known-wrong")
+# Expected outcomes of a cell that runs to the end (no gdb needed, gradients dumped).
+TRAINS = ("pass", *TRAINS_WITH_BUG)
+# What a crash verdict says when no backtrace was taken (the words of opjudge.SIGNAL_ONLY, redsession's, bisect's).
+SIGNAL_ONLY = "judged by signal only"
 
 
 # Checks with absolute thresholds, measured on the default workload: they do not fit every workload.
@@ -182,6 +199,7 @@ def _evidence(run: CellRun, covered_by: str) -> dict[str, Any]:
         "active_backend": rec.backend.get("active"),
         "device": rec.device_name,
         "driver": device.get("driver_info") or device.get("driver_name"),
+        "device_facts": rec.device.as_dict(),  # what a row's device, vendor and driver keys were matched against
         "backtrace": str(run.backtrace_path) if run.backtrace_path else None,
         "top_frames": [f.get("function") for f in (run.crash or {}).get("frames", [])[:6]],
         "result_dir": str(run.result_dir),
@@ -191,15 +209,27 @@ def _evidence(run: CellRun, covered_by: str) -> dict[str, Any]:
     return evidence
 
 
+def signal_only_words(gdb_absent: str) -> str:
+    """How a crash without a backtrace was judged, and why there was none."""
+    return f"{SIGNAL_ONLY} (no gdb: {gdb_absent})" if gdb_absent else f"{SIGNAL_ONLY} (no backtrace)"
+
+
 def _crash(
-    run: CellRun, expectation: Expectation | None, known_bugs: tuple[Expectation, ...], evidence: dict[str, Any]
+    run: CellRun,
+    expectation: Expectation | None,
+    known_bugs: tuple[Expectation, ...],
+    evidence: dict[str, Any],
+    gdb_absent: str = "",
 ) -> tuple[str, str]:
     """A run ended by a signal: REPRODUCED when it matches a known bug's row (signal, stage, step, signature),
-    else UNEXPECTED-CRASH saying what differed."""
+    else UNEXPECTED-CRASH saying what differed. Without a backtrace (``gdb_absent``: why there was no gdb) the
+    signature cannot be checked: the verdict and evidence["judged_by"] say it was judged by signal only."""
     sig, last = run.completed.signal_name, run.record.last_stage
     where = f"{sig} at stage {evidence['stage']}"
     observed = signature.of_crash(run.crash) if run.crash else None
     evidence["signature"] = list(observed) if observed is not None else None
+    only = signal_only_words(gdb_absent) if observed is None else ""
+    evidence["judged_by"] = only or "signal, stage and crash signature"
     candidates = [expectation] if expectation and expectation.outcome == "reproduce" else []
     known = _known_signature(expectation, known_bugs)
     if known:
@@ -212,9 +242,9 @@ def _crash(
         if row.signature and observed is not None and not signature.matches(observed, row.signature):
             mismatch = f"frames {' < '.join(observed) or '(none in MNN)'} are not {' < '.join(row.signature)}"
             continue
-        note = "" if observed is not None or not row.signature else " (signature not verified: no backtrace)"
+        note = f" ({only}{'; the signature not verified' if row.signature else ''})" if only else ""
         return REPRODUCED, f"{where}: the known bug {row.bug}{note}"
-    return UNEXPECTED_CRASH, where + (f" ({mismatch})" if mismatch else "")
+    return UNEXPECTED_CRASH, where + (f" ({mismatch})" if mismatch else "") + (f" ({only})" if only else "")
 
 
 def _ended_early(run: CellRun, evidence: dict[str, Any]) -> tuple[str, str] | None:
@@ -260,11 +290,13 @@ def judge(
     extra_checks: tuple[Check, ...] = (),
     baseline_checks: tuple[Check, ...] | list[Check] = (),
     covered_by: str = "",
+    gdb_absent: str = "",
 ) -> Verdict:
     """``known_bugs``: the matrix's 'reproduce' rows, so a 'fixed' cell that regresses is named REPRODUCED.
     ``baseline_checks``: the checks of the CPU run of the same ref and workload; an absolute check that it
     failed too is excused for a GPU cell. ``covered_by``: the expectation row's entry that covers this ref
-    when it is not the ref itself (a version range), said in the reason. A known-bug GPU cell that trains is
+    when it is not the ref itself (a version range), said in the reason. ``gdb_absent``: why the run had no gdb
+    (Prepared.gdb_absent; "" with one), said in a crash's verdict. A known-bug GPU cell that trains is
     judged on where the bug's op ran (the row's `op`/`phase`, else its bug's 'reproduce' row's): FIXED only
     with every instance on the GPU, FIXED-BY-FALLBACK with any on the CPU, FAIL when placement is unknown."""
     rec = run.record
@@ -273,7 +305,13 @@ def judge(
 
     def verdict(v: str, reason: str, cs: list[Check] | None = None) -> Verdict:
         matched = bool(expected) and v == expected and v not in NEVER_PASS
-        if not expectation:
+        if not expectation and run.record.device.known and run.cell.icd == HOST_ICD:
+            facts = run.record.device
+            reason += (
+                f" (no expectation for this cell in fixtures/matrix.toml: no row names its device {facts.name!r}, "
+                f"vendor {facts.vendor or '?'!r}, driver {facts.driver or '?'!r}; add one learned on it)"
+            )
+        elif not expectation:
             reason += " (no expectation for this cell in fixtures/matrix.toml)"
         elif "expectation_covers" in evidence:
             reason += f" (expectation: the row for refs {covered_by})"
@@ -283,7 +321,7 @@ def judge(
     if early is not None:
         return verdict(*early)
     if run.completed.signal_name is not None:
-        return verdict(*_crash(run, expectation, known_bugs, evidence))
+        return verdict(*_crash(run, expectation, known_bugs, evidence, gdb_absent))
     gpu = run.cell.backend != "cpu"
     cs = training_checks(rec, steps=steps, checks=checks, baseline=baseline, compare_to_baseline=gpu)
     cs += list(extra_checks)  # e.g. gradients against the CPU golden (gradcheck.py)
@@ -295,15 +333,37 @@ def judge(
         cs.append(_placement_check(bug_op, placed))
         evidence["bug_op"] = {"op": bug_op.op, "phase": bug_op.phase, **(asdict(placed) if placed else {})}
     failed = [c for c in cs if not c.passed]
+    if expectation is not None and expectation.outcome == "known-wrong":
+        return verdict(*_known_wrong(expectation, failed, rec), cs)
     if failed:
         return verdict(FAIL, "; ".join(f"{c.name}: {c.detail}" for c in failed), cs)
-    summary = (
-        f"trained {len(rec.losses)} steps on {rec.device_name or rec.backend.get('active')}, "
-        f"loss {rec.losses[0]:.3f}->{rec.losses[-1]:.3f}, accuracy {rec.accuracy}"
-    )
+    summary = _trained_summary(rec)
     if bug_op is None or placed is None:
         return verdict(FIXED if expectation and expectation.bug else PASS, summary, cs)
     return verdict(*_fixed_or_fallback(bug_op, placed, expectation, summary), cs)
+
+
+def _trained_summary(rec: RunRecord) -> str:
+    return (
+        f"trained {len(rec.losses)} steps on {rec.device_name or rec.backend.get('active')}, "
+        f"loss {rec.losses[0]:.3f}->{rec.losses[-1]:.3f}, accuracy {rec.accuracy}"
+    )
+
+
+def _known_wrong(row: Expectation, failed: list[Check], rec: RunRecord) -> tuple[str, str]:
+    """A cell whose row expects known wrong values: KNOWN-WRONG when it failed checks and every failing check's
+    text ("name: detail") matches the row's `match`; FAIL (a mismatch) when one does not (not the known wrong
+    values, or more than them); PASS (a mismatch: the row is stale) when it trained right."""
+    known = f"the row expects {KNOWN_WRONG} ({row.reason})"
+    if not failed:
+        return PASS, f"{_trained_summary(rec)}; {known}: now trains right, the row is stale"
+    pattern = re.compile(row.match)
+    texts = [f"{c.name}: {c.detail}" for c in failed]
+    other = [t for t in texts if not pattern.search(t)]
+    if other:
+        why = f"not the known wrong values: {len(other)} failing check(s) not matched by the row's match {row.match!r}"
+        return FAIL, "; ".join(texts) + f"; {why} ({known})"
+    return KNOWN_WRONG, f"known wrong values ({row.reason}): " + "; ".join(texts)
 
 
 @dataclass(frozen=True)

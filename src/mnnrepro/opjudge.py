@@ -45,6 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from . import signature as signatures
+from .contract import Device as Device  # opsession and the tests name opjudge.Device
+from .contract import device_fits
 from .errors import FixtureError
 from .fixtures import FIXTURES, in_range, is_version_range, parse_version
 from .optest import PASSED, Outcome
@@ -76,54 +78,6 @@ SIGNAL_ONLY = "judged by signal only"  # the words of redsession.SIGNAL_ONLY, bi
 def not_built_kind(why: str) -> str:
     """A registration the build left out: its source did not build, or the preprocessor dropped it."""
     return COMPILED_OUT if why.startswith(COMPILED_OUT) else NOT_BUILT
-
-
-# PCI vendor IDs (and Khronos' own, VK_VENDOR_ID_*) as VkPhysicalDeviceProperties.vendorID gives them: the
-# `vendor` of an expectation row is one of these names. Another ID is written 0xNNNN.
-VENDORS = {
-    0x1002: "AMD",
-    0x1010: "Imagination",
-    0x106B: "Apple",
-    0x10DE: "NVIDIA",
-    0x13B5: "ARM",
-    0x1414: "Microsoft",
-    0x14E4: "Broadcom",
-    0x1AE0: "Google",  # SwiftShader
-    0x5143: "Qualcomm",
-    0x8086: "Intel",
-    0x10005: "Mesa",  # VK_VENDOR_ID_MESA: lavapipe
-}
-
-
-@dataclass(frozen=True)
-class Device:
-    """The device a test ran on, as its own process probed it (the `backend` event's `device`: physical device 0
-    of the Vulkan loader, or the first GPU-type OpenCL device). "" is unknown: a row that names a device, vendor or
-    driver never matches it. Vulkan gives all three (the driver's version is VkPhysicalDeviceDriverProperties'
-    driverInfo, "580.159.04" on NVIDIA, "Mesa 24.2.8 (LLVM 19.1.1)" on lavapipe); the OpenCL probe has the name
-    only (no CL_DEVICE_VENDOR_ID, no CL_DRIVER_VERSION)."""
-
-    name: str = ""
-    vendor: str = ""
-    driver: str = ""
-
-    @property
-    def known(self) -> bool:
-        return bool(self.name)
-
-    @classmethod
-    def of_backend(cls, backend: dict[str, Any]) -> Device:
-        probe = backend.get("device")
-        if not isinstance(probe, dict):
-            return cls()
-        vendor_id = probe.get("vendor_id")
-        vendor = ""
-        if isinstance(vendor_id, int) and not isinstance(vendor_id, bool) and vendor_id > 0:
-            vendor = VENDORS.get(vendor_id, f"0x{vendor_id:04x}")
-        return cls(str(probe.get("name") or ""), vendor, str(probe.get("driver_info") or ""))
-
-    def as_dict(self) -> dict[str, str]:
-        return {"name": self.name, "vendor": self.vendor, "driver": self.driver}
 
 
 def _covers_cell(
@@ -160,12 +114,7 @@ class Expect:
 
     def on(self, device: Device | None) -> bool:
         """Whether the row holds on this device: always without device keys; never on an unknown device."""
-        if not self.names_device:
-            return True
-        if device is None or not device.known:
-            return False
-        pairs = ((self.device, device.name), (self.vendor, device.vendor), (self.driver, device.driver))
-        return all(not pattern or (fact and fnmatch.fnmatchcase(fact, pattern)) for pattern, fact in pairs)
+        return device_fits(device, self.device, self.vendor, self.driver)
 
     def covers_cell(self, ref: str, version: str | None, variant: str, icd: str, device: Device | None = None) -> bool:
         return _covers_cell(self.refs, self.variant, self.icd, ref, version, variant, icd) and self.on(device)

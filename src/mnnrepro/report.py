@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .cells import CellRun
-from .judge import NEVER_PASS, Verdict
+from .judge import NEVER_PASS, SIGNAL_ONLY, Verdict
 
 SUMMARY_FORMAT = 1
 SUMMARY_FILE = "summary.json"
@@ -46,7 +46,8 @@ def table(rows: list[tuple[CellRun, Verdict]]) -> str:
                 ev.get("stage") or "-",
                 (ev.get("device") or "-")[:34],
                 v.reason[:90],
-                ev.get("backtrace") or "-",
+                # A crash with no backtrace says how it was judged where the backtrace would be (issue 22).
+                ev.get("backtrace") or (judged_by(ev) and f"none: {judged_by(ev)}") or "-",
             )
         )
     widths = [max(len(str(r[i])) for r in lines) for i in range(len(head) - 2)]
@@ -238,6 +239,9 @@ def fingerprint(data: dict[str, Any]) -> list[tuple[str, str]]:
     rows.append(("runner", runner))
     if h.get("host") or h.get("python"):
         rows.append(("host", f"{h.get('host', '?')}, Python {h.get('python', '?')}"))
+    absent = {str(rh.get("gdb_absent")) for rh in per_ref.values() if rh.get("gdb_absent")}
+    for why in sorted(absent):  # crashes were judged by their signal only (issue 22)
+        rows.append(("gdb", f"none ({why}): crashes {SIGNAL_ONLY}"))
     icds = h.get("icds") or {}
     found = devices(data)
     for name in sorted(set(icds) | set(found)):
@@ -277,6 +281,12 @@ def _frames(frames: Any) -> str:
     return str(frames)
 
 
+def judged_by(evidence: dict[str, Any]) -> str:
+    """'judged by signal only (no gdb: why)' for a crash judged without a backtrace, else ""."""
+    words = str(evidence.get("judged_by") or "")
+    return words if words.startswith(SIGNAL_ONLY) else ""
+
+
 def evidence_lines(cell: dict[str, Any], base: Path | None = None) -> list[str]:
     """The evidence of one verdict as short 'name: value' lines (JUnit failure text, Markdown cell details)."""
     ev = cell.get("evidence") or {}
@@ -293,6 +303,8 @@ def evidence_lines(cell: dict[str, Any], base: Path | None = None) -> list[str]:
     )
     if ev.get("signature"):
         lines.append(f"crash signature: {_frames(ev['signature'])}")
+    if judged_by(ev):
+        lines.append(f"crash {judged_by(ev)}: no backtrace, the crash signature not checked")
     if ev.get("top_frames"):
         lines.append(f"top frames: {_frames(ev['top_frames'])}")
     if ev.get("backtrace"):
@@ -443,7 +455,7 @@ def _md_verdicts(cells: list[dict[str, Any]], base: Path | None) -> list[str]:
         out.append(
             _row(
                 c["cell"],
-                f"**{c['verdict']}**",
+                f"**{c['verdict']}**" + (" (signal only)" if judged_by(ev) else ""),
                 c.get("expected") or "-",
                 "**MISMATCH**" if failed(c) else "ok",
                 ev.get("signal"),

@@ -26,9 +26,9 @@ from . import (
     variants,
 )
 from .cells import Cell, CellRun, Workload, run_cell
-from .contract import RunRecord
+from .contract import Device, RunRecord
 from .errors import EXIT_MISMATCH, ConfigError
-from .judge import ACCEPTS, FAIL, PASS, TRAINS_WITH_BUG, Check, Verdict, combine_repeats, judge
+from .judge import ACCEPTS, FAIL, PASS, TRAINS, Check, Verdict, combine_repeats, judge
 from .prepare import Prepared
 from .reference import PARAM_NAMES, PARAM_SHAPES
 from .runner import Completed
@@ -84,6 +84,8 @@ class MnistRef:
     say: Callable[[str], None]
     baseline: RunRecord | None = None
     baseline_checks: list[Check] = field(default_factory=list)
+    # The device each ICD's cells ran on, once one ran (a row may name it: issue 22); later cells plan by it.
+    devices: dict[str, Device] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.built = self.prepared.built
@@ -115,13 +117,33 @@ class MnistRef:
             "prepare_seconds": {k: round(v, 2) for k, v in self.prepared.seconds.items()},
             "builds": b.builder.log.events,
             "golden": str(self.golden_dir) if self.golden_dir else "none committed: numpy reference + this run's CPU",
+            # Why there is no gdb ("" with one): every crash is then judged by its signal only (issue 22).
+            "gdb_absent": self.prepared.gdb_absent,
         }
 
     def plan(self, cell: Cell) -> CellPlan:
+        """The cell's plan by the row it will most likely be judged by: the row for its ICD's device where a cell
+        of that ICD ran already, else the first row covering it on any device (a row may name the device, known
+        only once a cell ran: ``resolve`` takes the row for the device the run probed)."""
+        ref, known = self.built.ref, self.devices.get(cell.icd)
+        if known is not None:
+            return self.plan_for(cell, self.matrix.expectation(ref, cell.variant, cell.icd, self.version, known))
+        return self.plan_for(cell, self.matrix.likely_expectation(ref, cell.variant, cell.icd, self.version))
+
+    def resolve(self, plan: CellPlan, run: CellRun) -> CellPlan | None:
+        """After a run: the plan of the row for the device it ran on, when that is another row than the plan's
+        (None when it is the same). The row is the one the cell is judged by; no row for the device is no
+        expectation (a cell of the host ICD on a GPU no row names), never another device's row."""
+        cell, device = plan.cell, run.record.device
+        if device.known:
+            self.devices.setdefault(cell.icd, device)
+        row = self.matrix.expectation(self.built.ref, cell.variant, cell.icd, self.version, device)
+        return None if row == plan.expectation else self.plan_for(cell, row)
+
+    def plan_for(self, cell: Cell, expectation: fixtures.Expectation | None) -> CellPlan:
         ref, wl = self.built.ref, self.workload
         if variants.get(cell.variant).precision:
             wl = replace(wl, precision=variants.get(cell.variant).precision)
-        expectation = self.matrix.expectation(ref, cell.variant, cell.icd, self.version)
         covered_by = (expectation.covers(ref, self.version) or "") if expectation else ""
         timeout_s = self.prepared.timeout_for(cell.backend)
         # Cells that should train also dump gradients and start from the golden's initial parameters; a cell
@@ -173,7 +195,7 @@ class MnistRef:
             if loaded is not None:
                 self.say(f"  reused the stored run of this build and workload [{key[:12]}] (--no-reuse runs it)")
                 return loaded
-        trains = plan.expectation is not None and plan.expectation.outcome in ("pass", *TRAINS_WITH_BUG)
+        trains = plan.expectation is not None and plan.expectation.outcome in TRAINS
         run = self._drive(plan, result_dir, gdb=not trains)
         crashed = run.completed.signal is not None and not run.completed.timed_out and not run.completed.killed_by
         if trains and crashed and self.gdb_path is not None:
@@ -210,6 +232,7 @@ class MnistRef:
         reused: dict[str, Any] | None = None
         try:
             run, reused = self.execute(plan, result_dir, keyed[0] if keyed else None)
+            run, plan = self._by_device(plan, run, result_dir)
             extra: tuple[Check, ...] = ()
             if plan.grads and run.completed.returncode == 0 and not run.completed.timed_out:
                 extra = (_gradient_check(run, cell, self.golden_dir, self.results, b.ref, plan.workload, self.matrix),)
@@ -223,6 +246,7 @@ class MnistRef:
                 extra_checks=extra,
                 baseline_checks=self.baseline_checks,
                 covered_by=plan.covered_by,
+                gdb_absent=self.prepared.gdb_absent,
             )
         except Exception as exc:  # a malformed file of one cell must not end the session
             run, verdict = unreadable_cell(cell, result_dir, plan.expectation, exc)
@@ -240,12 +264,26 @@ class MnistRef:
         verdict.evidence["seconds"] = {"run": round(ran, 2), "judge": round(time.monotonic() - started - ran, 2)}
         return run, verdict
 
+    def _by_device(self, plan: CellPlan, run: CellRun, result_dir: Path) -> tuple[CellRun, CellPlan]:
+        """The run and plan the cell is judged by: the row for the device it ran on. Where that row plans the run
+        otherwise (gradient dumps: a crash expected or not), the cell runs again by it; where no row names the
+        device the first run stands (judged with no expectation, a mismatch that asks for a row)."""
+        again = self.resolve(plan, run)
+        if again is None:
+            return run, plan
+        if again.expectation is not None and (again.grads, again.workload) != (plan.grads, plan.workload):
+            row = again.expectation.describe()
+            self.say(f"  {plan.cell.id}: ran on {run.record.device_name}; its row is {row}: once more by that row")
+            shutil.rmtree(result_dir, ignore_errors=True)
+            run, _ = self.execute(again, result_dir, None)
+        return run, again
+
     def run(self, cell: Cell) -> tuple[CellRun, Verdict]:
         """Every repeat of one cell, combined into one row (judge.combine_repeats)."""
-        plan = self.plan(cell)
         repeat = self.settings.repeat
         runs: list[tuple[CellRun, Verdict]] = []
         for rep in range(repeat):
+            plan = self.plan(cell)  # after the first run, by the row for the device it ran on
             self.say(f"running {cell.id}{f' (repeat {rep + 1}/{repeat})' if repeat > 1 else ''} ...")
             cell_dir = self.results / "cells" / cell.dirname
             run, verdict = self.run_once(plan, cell_dir / f"repeat-{rep + 1}" if repeat > 1 else cell_dir)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 
 from mnnrepro import fixtures
+from mnnrepro.contract import Device
 from mnnrepro.errors import FixtureError
 from mnnrepro.fixtures import FIXTURES, load_matrix, verify_mnist
 
@@ -227,7 +229,7 @@ default_ref = "1.0"
 [[expect]]
 refs = ["1.*"]
 variant = "vulkan-image"
-icd = "*"
+icd = "lavapipe"
 outcome = "reproduce"
 signal = "SIGSEGV"
 stage = "sgd_step"
@@ -235,6 +237,7 @@ step = 0
 
 [[expect]]
 variant = "*"
+icd = ["lavapipe", "-"]
 outcome = "pass"
 """
 
@@ -292,6 +295,7 @@ FALLBACK_ROW = """
 [[expect]]
 refs = ["2.*"]
 variant = "vulkan-image"
+icd = "lavapipe"
 bug = "x/y#1"
 outcome = "fixed-by-fallback"
 op = "Deconvolution"
@@ -404,3 +408,126 @@ def test_a_damaged_golden_is_rejected_naming_the_file(tmp_path: Path, fault: str
         (golden / "MANIFEST.json").write_bytes(b"\xff\xfe garbage")
     with pytest.raises(FixtureError, match=message):
         verify_golden_manifest(golden)
+
+
+# -- rows per device (issue 22) ------------------------------------------------------------------
+
+H100 = Device("NVIDIA H100 80GB HBM3", "NVIDIA", "580.159.04")
+RADEON = Device("AMD Radeon RX 7900", "AMD", "2.0.300")
+# The gradient check's failure as the H100 gave it at 3.6.1 (gradcheck.Report.summary, session's no-golden form).
+NVIDIA_GRADIENTS = (
+    "gradients: no committed golden for 3.6.1: vs the CPU run of this build: gradient check FAILED for 22/32 "
+    "tensors; worst conv2.bias step 0 grad: max_rel 1.12e+00, nmse 1.5e+00, cosine 0.1490000 (limit first)"
+)
+
+
+@pytest.mark.parametrize("variant", ["vulkan-image", "vulkan-buffer", "vulkan-buffer-low"])
+@pytest.mark.parametrize("ref", ["3.3.0", "3.6.1"])
+def test_rows_learned_on_software_drivers_never_claim_the_host_gpu(ref: str, variant: str) -> None:
+    """A host cell on a GPU no row names (or whose device is unknown) has no expectation: never lavapipe's."""
+    m = load_matrix()
+    assert m.expectation(ref, variant, "host") is None
+    assert m.expectation(ref, variant, "host", device=RADEON) is None
+    assert m.expectation(ref, variant, "lavapipe", device=RADEON) is not None  # the ICD names the driver
+
+
+@pytest.mark.parametrize(
+    ("ref", "variant", "outcome"),
+    [
+        ("3.3.0", "vulkan-image", "reproduce"),
+        ("47027e10", "vulkan-image", "reproduce"),
+        ("3.5.0", "vulkan-image", "reproduce"),
+        ("3.6.1", "vulkan-image", "known-wrong"),
+        ("9.9.9", "vulkan-image", "known-wrong"),
+        ("3.3.0", "vulkan-buffer", "fixed"),
+        ("3.6.1", "vulkan-buffer", "fixed"),
+    ],
+)
+def test_nvidia_rows(ref: str, variant: str, outcome: str) -> None:
+    row = load_matrix().expectation(ref, variant, "host", "3.0.1" if ref == "47027e10" else None, H100)
+    assert row is not None and row.outcome == outcome and row.vendor == "NVIDIA" and row.icd == "host"
+    assert outcome != "fixed" or (row.op, row.phase) == ("Deconvolution", "sgd_step")  # judged on placement
+    if outcome == "reproduce":
+        assert (row.signal, row.stage, row.step, row.bug) == ("SIGSEGV", "sgd_step", 0, "alibaba/MNN#3129")
+
+
+def test_the_nvidia_known_wrong_row_matches_the_gradient_failure_and_nothing_else() -> None:
+    row = load_matrix().expectation("3.6.1", "vulkan-image", "host", device=H100)
+    assert row is not None and row.outcome == "known-wrong" and "0.384" in row.reason and "0.149" in row.reason
+    pattern = re.compile(row.match)
+    assert pattern.search(NVIDIA_GRADIENTS)
+    assert pattern.search("accuracy_vs_cpu: |0.384 - cpu 0.727| = 0.3430 <= 0.03")
+    for other in (
+        "finite_loss: NaN/Inf loss",
+        "completed: 12/30 steps, done=False",
+        "gradients: gradient check: step0/grad/conv2.bias.npy is missing",
+        "gradients: gradients match (32 tensors); worst conv2.bias step 0 grad: max_rel 1e-05",
+        "op_placement: Deconvolution in sgd_step: no op placement recorded",
+    ):
+        assert not pattern.search(other), other
+
+
+def test_an_icd_list_is_one_row_per_icd(tmp_path: Path) -> None:
+    m = load_matrix(write_matrix(tmp_path, MINIMAL))
+    assert [r.icd for r in m.expectations if r.variant == "*"] == ["lavapipe", "-"]
+
+
+@pytest.mark.parametrize("icd", ['"*"', '"host"', '"h*"', '["lavapipe", "host"]'])
+def test_a_vulkan_row_covering_the_host_icd_must_name_the_device(tmp_path: Path, icd: str) -> None:
+    row = f'[[expect]]\nrefs = ["3.*"]\nvariant = "vulkan-buffer"\nicd = {icd}\noutcome = "pass"\n'
+    with pytest.raises(FixtureError, match="covers the host ICD, and the row names no device or vendor"):
+        load_matrix(write_matrix(tmp_path, with_row(row)))
+    m = load_matrix(write_matrix(tmp_path, with_row(row + 'vendor = "NVIDIA"\n')))
+    assert m.expectation("3.0", "vulkan-buffer", "host") is None  # the device not known: no row for it
+    found = m.expectation("3.0", "vulkan-buffer", "host", device=H100)
+    assert found is not None and found.vendor == "NVIDIA" and found.outcome == "pass"
+    assert m.expectation("3.0", "vulkan-buffer", "host", device=RADEON) is None
+
+
+def test_a_cpu_row_may_cover_every_icd(tmp_path: Path) -> None:
+    row = '[[expect]]\nrefs = ["3.*"]\nvariant = "cpu"\nicd = "*"\noutcome = "pass"\n'
+    assert load_matrix(write_matrix(tmp_path, with_row(row))).expectation("3.0", "cpu", "-") is not None
+
+
+KNOWN_WRONG_ROW = """
+[[expect]]
+refs = ["3.*"]
+variant = "vulkan-image"
+icd = "host"
+vendor = "NVIDIA"
+driver = "580.*"
+outcome = "known-wrong"
+match = '^gradients: .*FAILED'
+reason = "wrong gradients"
+"""
+
+
+def test_a_known_wrong_row_loads_with_its_device_match_and_reason(tmp_path: Path) -> None:
+    m = load_matrix(write_matrix(tmp_path, with_row(KNOWN_WRONG_ROW)))
+    row = m.expectation("3.1", "vulkan-image", "host", device=H100)
+    assert row is not None
+    assert (row.outcome, row.vendor, row.driver, row.match, row.reason) == (
+        "known-wrong",
+        "NVIDIA",
+        "580.*",
+        "^gradients: .*FAILED",
+        "wrong gradients",
+    )
+    assert m.expectation("3.1", "vulkan-image", "host", device=Device("NVIDIA H100", "NVIDIA", "550.1")) is None
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (("match = '^gradients: .*FAILED'\n", ""), "needs match"),
+        (('reason = "wrong gradients"\n', ""), "needs match"),
+        (("match = '^gradients: .*FAILED'", "match = '(unclosed'"), "not a regular expression"),
+        (('outcome = "known-wrong"', 'outcome = "pass"'), "match is for 'known-wrong' rows only"),
+        (('vendor = "NVIDIA"', 'vendor = ""'), "vendor = '': must be a non-empty string"),
+    ],
+)
+def test_a_bad_known_wrong_row_is_rejected(tmp_path: Path, edit: tuple[str, str], message: str) -> None:
+    text = KNOWN_WRONG_ROW.replace(*edit)
+    assert text != KNOWN_WRONG_ROW
+    with pytest.raises(FixtureError, match=message):
+        load_matrix(write_matrix(tmp_path, with_row(text)))

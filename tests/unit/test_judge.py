@@ -538,3 +538,106 @@ def test_the_reports_name_the_fallback_and_where_the_op_ran(tmp_path: Path) -> N
     assert lines[0] == "verdict: FIXED-BY-FALLBACK (expected FIXED)"
     assert f"known bug's op: Deconvolution in sgd_step: cpu {STEPS}" in lines
     assert "FIXED-BY-FALLBACK" in report.table([(run, v)]) and not data["all_matched"]
+
+
+# -- no gdb: judged by signal only (issue 22) ------------------------------------------------------------
+
+
+SIGNED = Expectation(
+    ("3.3.0",), "vulkan-image", "lavapipe", "reproduce", BUG, "SIGSEGV", "sgd_step", 0, signature=("MNN::A::a",)
+)
+
+
+@pytest.mark.parametrize("row", [REPRODUCE, SIGNED])
+def test_a_crash_without_gdb_is_reproduced_by_signal_only_and_says_so(tmp_path: Path, row: Expectation) -> None:
+    run = cell_run(tmp_path, IMAGE, crashed_at("sgd_step", 0), -11, crash=None)
+    run = CellRun(run.cell, run.result_dir, run.completed, run.record, None, run.argv, gdb=False)
+    why = "no usable gdb with Python for the host runner: gdb: not installed"
+    v = judge(run, row, steps=STEPS, checks=CHECKS, baseline=None, known_bugs=(row,), gdb_absent=why)
+    assert v.verdict == J.REPRODUCED and v.matched  # the bug's crash cannot be told apart further
+    assert f"judged by signal only (no gdb: {why})" in v.reason
+    assert v.evidence["judged_by"] == f"judged by signal only (no gdb: {why})"
+    assert ("signature not verified" in v.reason) == bool(row.signature)
+    data = report.summary({"session": "vulkan", "ref": "3.3.0"}, [(run, v)])
+    assert "(signal only)" in report.markdown(data)
+    assert f"judged by signal only (no gdb: {why})" in report.table([(run, v)])
+    assert any("judged by signal only" in line for line in report.evidence_lines(data["cells"][0]))
+
+
+def test_a_crash_with_a_backtrace_is_judged_by_its_signature(tmp_path: Path) -> None:
+    crash = {"signal": "SIGSEGV", "frames": [{"function": "MNN::A::a", "library": "/x/libMNN.so"}]}
+    v = run_judge(cell_run(tmp_path, IMAGE, crashed_at("sgd_step", 0), -11, crash=crash), SIGNED, known=(SIGNED,))
+    assert v.verdict == J.REPRODUCED and v.matched
+    assert "signal only" not in v.reason and v.evidence["judged_by"] == "signal, stage and crash signature"
+    data = report.summary({"session": "vulkan", "ref": "3.3.0"}, [(cell_run(tmp_path, IMAGE, RunRecord()), v)])
+    assert "(signal only)" not in report.markdown(data)
+
+
+def test_an_unexpected_crash_without_gdb_says_signal_only(tmp_path: Path) -> None:
+    run = cell_run(tmp_path, IMAGE, crashed_at("forward", 0), -11)
+    v = judge(run, REPRODUCE, steps=STEPS, checks=CHECKS, baseline=None, known_bugs=(REPRODUCE,), gdb_absent="--no-gdb")
+    assert v.verdict == J.UNEXPECTED_CRASH and "judged by signal only (no gdb: --no-gdb)" in v.reason
+
+
+def test_the_session_header_names_why_there_was_no_gdb() -> None:
+    data = {"header": {"session": "vulkan", "refs": {"3.3.0": {"gdb_absent": "--no-gdb"}}}, "cells": []}
+    assert ("gdb", "none (--no-gdb): crashes judged by signal only") in report.fingerprint(data)
+
+
+# -- known wrong values (issue 22) ------------------------------------------------------------------------
+
+KNOWN_WRONG_ROW = Expectation(
+    (">=3.6.0",),
+    "vulkan-image",
+    "host",
+    "known-wrong",
+    vendor="NVIDIA",
+    match=r"^(gradients: .*gradient check FAILED for \d+/\d+ tensors|tracks_cpu: |accuracy_vs_cpu: |accuracy: )",
+    reason="trains wrong on NVIDIA",
+)
+HOST = Cell("3.6.1", "vulkan-image", "host")
+GRAD_FAIL = J.Check("gradients", False, "gradient check FAILED for 22/32 tensors; worst conv2.bias step 0 grad")
+GRAD_OK = J.Check("gradients", True, "gradients match (32 tensors)")
+
+
+def nvidia(losses: list[float] | None = None, *, accuracy: float = 0.75) -> RunRecord:
+    rec = trained(losses, accuracy=accuracy)
+    rec.backend["device"] = {"name": "NVIDIA H100 80GB HBM3", "vendor_id": 0x10DE, "driver_info": "580.159.04"}
+    return rec
+
+
+def judge_host(tmp_path: Path, rec: RunRecord, extra: J.Check, row: Expectation | None = KNOWN_WRONG_ROW) -> Verdict:
+    run = cell_run(tmp_path, HOST, rec)
+    return judge(run, row, steps=STEPS, checks=CHECKS, baseline=trained(), extra_checks=(extra,))
+
+
+def test_known_wrong_values_are_known_wrong(tmp_path: Path) -> None:
+    v = judge_host(tmp_path, nvidia(falling(0.5), accuracy=0.384), GRAD_FAIL)
+    assert v.verdict == J.KNOWN_WRONG and v.matched and v.expected == J.KNOWN_WRONG
+    assert "trains wrong on NVIDIA" in v.reason and "gradient check FAILED for 22/32" in v.reason
+    assert v.evidence["device_facts"] == {"name": "NVIDIA H100 80GB HBM3", "vendor": "NVIDIA", "driver": "580.159.04"}
+
+
+def test_a_known_wrong_cell_that_trains_right_is_a_stale_row(tmp_path: Path) -> None:
+    v = judge_host(tmp_path, nvidia(), GRAD_OK)
+    assert v.verdict == J.PASS and not v.matched and v.expected == J.KNOWN_WRONG
+    assert "now trains right" in v.reason
+
+
+def test_a_failure_the_pattern_does_not_match_is_fail(tmp_path: Path) -> None:
+    losses = falling(0.5)
+    losses[3] = float("nan")
+    v = judge_host(tmp_path, nvidia(losses), GRAD_FAIL)
+    assert v.verdict == J.FAIL and not v.matched
+    assert "finite_loss" in v.reason and "not the known wrong values" in v.reason
+
+
+def test_a_gradient_problem_that_is_not_the_known_failure_is_fail(tmp_path: Path) -> None:
+    missing = J.Check("gradients", False, "gradient check: step0/grad/conv2.bias.npy is missing")
+    v = judge_host(tmp_path, nvidia(), missing)
+    assert v.verdict == J.FAIL and not v.matched
+
+
+def test_a_host_cell_no_row_names_says_which_device_needs_one(tmp_path: Path) -> None:
+    v = judge_host(tmp_path, nvidia(), GRAD_OK, row=None)
+    assert not v.matched and "no row names its device 'NVIDIA H100 80GB HBM3'" in v.reason and "'NVIDIA'" in v.reason

@@ -126,3 +126,10 @@ def test_the_standalone_reproducer_says_fallback_and_could_not_compute(
 def test_a_check_at_another_ref_names_a_fallback(checks: dict[str, str], want: str) -> None:
     verdict, code = redsession.at_verdict(checks)
     assert verdict == want and (code == 0) == (want == "PASS")
+
+
+def test_the_machines_own_gpu_is_aimed_at_the_row_for_its_vendor() -> None:
+    # Rows for --icd host name the device (issue 22); the reduction has not probed it yet, so the row most likely
+    # to judge the cell is the target: at 3.3.0 image mode, #3129's crash.
+    aim = redsession.aim_for(fixtures.load_matrix(), "3.3.0", "vulkan-image", "host", "3.3.0", given=False)
+    assert aim.target is not None and aim.target.signal == "SIGSEGV" and aim.op == "Deconvolution"
