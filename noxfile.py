@@ -163,16 +163,12 @@ def doctor(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """Run the test suite (unit + integration + the fault battery's quick tier) in parallel with pytest-xdist."""
     _install(session, "test")
-    # The battery's signals at random moments run in `nox -s faults` only (see CHANGELOG): their last flake was
-    # fixed late, and the test suite must not be red by chance while that fix earns a record.
-    deselect = ["-k", "not random_moment and not reports_are_written"] if not session.posargs else []
     session.run(
         "python",
         "-m",
         "pytest",
         "-n",
         "auto",
-        *deselect,
         *session.posargs,
         interrupt_timeout=INTERRUPT_TIMEOUT_S,
         terminate_timeout=TERMINATE_TIMEOUT_S,

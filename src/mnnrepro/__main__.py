@@ -1,3 +1,3 @@
-from .cli import console, exit_now
+from .cli import console
 
-exit_now(console())
+console()

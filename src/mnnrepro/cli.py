@@ -134,7 +134,9 @@ def _add_ops(sub: Subcommands) -> None:
         help="comma-separated: `op/` every test under op/, `op/conv*` a glob, else one exact name (default: op/,grad/)",
     )
     ops.add_argument("--precision", choices=["high", "normal", "low"], help="BackendConfig precision (default high)")
-    ops.add_argument("--test-jobs", dest="test_jobs", type=int, help="test processes at once (default: CPUs)")
+    ops.add_argument(
+        "--test-jobs", dest="test_jobs", type=int, help="test processes at once (default: CPUs; a real GPU: at most 4)"
+    )
     ops.add_argument("--icd", dest="icds", help="comma-separated Vulkan ICDs: lavapipe,swiftshader,host,bogus")
     ops.add_argument("--timeout", dest="timeout_s", type=int, help="seconds per test (default: the expectations')")
     ops.add_argument("--results-dir", dest="results_dir")
@@ -328,15 +330,20 @@ def _build(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def console() -> int:
+def console() -> NoReturn:
     """The process entry point (`python -m mnnrepro`, the `mnnrepro` script): signal handlers for the whole
-    process, not only while main runs (see interrupts.install_for_process)."""
-    interrupts.install_for_process()
+    process, not only while main runs (see interrupts.install_for_process), and the exit itself, so that no
+    moment is left between the handlers and the exit where a signal would end in a traceback."""
+    code = 1
     try:
+        interrupts.install_for_process()
         code = main(keep_handlers=True)
+        late = interrupts.last_word()  # signals blocked from here; one that came after the command still counts
+        if late is not None and code < 128:
+            code = 128 + late
     except KeyboardInterrupt as exc:  # a signal after the command had finished: the exit still says so
         code = interrupts.exit_code(exc)
-    return code
+    exit_now(code)
 
 
 def exit_now(code: int) -> NoReturn:
@@ -434,7 +441,9 @@ def _add_reduce(sub: Subcommands) -> None:
     red.add_argument(
         "--check", type=Path, help="a finished reduce run's results: run its reduced graph at --ref (e.g. the fix)"
     )
-    red.add_argument("--test-jobs", dest="test_jobs", type=int, help="candidate processes at once (default: CPUs)")
+    red.add_argument(
+        "--test-jobs", dest="test_jobs", type=int, help="candidates at once (default: CPUs; a real GPU: at most 4)"
+    )
     red.add_argument("--timeout", dest="timeout_s", type=int, help="seconds per candidate (default 120)")
     red.add_argument("--runner", choices=["auto", "host", "docker"])
     red.add_argument("--jobs", type=int, help="parallel compile jobs (default: ninja's)")

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from . import interrupts
 from .errors import HostCommandError, MnnReproError
 
 BACKOFF_S = 2.0  # first pause between attempts; doubled after each failed one
@@ -48,21 +49,24 @@ def _once(
     argv: Sequence[str], timeout_s: float, cwd: Path | None, env: dict[str, str] | None, input: str | None
 ) -> tuple[subprocess.CompletedProcess[str], bool]:
     """One attempt: (result, timed_out). Raises OSError when the command cannot start."""
-    proc = subprocess.Popen(
-        list(argv),
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        errors="replace",
-        start_new_session=True,  # its own process group: a timeout kills the helpers it started too
-    )
+    proc: subprocess.Popen[str] | None = None
     timed_out = False
     try:
+        with interrupts.deferred():  # a signal while the child starts raises once `proc` names it
+            proc = subprocess.Popen(
+                list(argv),
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                errors="replace",
+                start_new_session=True,  # its own process group: a timeout kills the helpers it started too
+            )
         out, err = proc.communicate(input, timeout=timeout_s)
     except subprocess.TimeoutExpired:
+        assert proc is not None
         timed_out = True
         _kill_group(proc)
         try:
@@ -74,8 +78,9 @@ def _once(
             proc.wait()
             out, err = "", ""
     except BaseException:  # KeyboardInterrupt included: never leave the group running
-        _kill_group(proc)
-        proc.wait()
+        if proc is not None:
+            _kill_group(proc)
+            proc.wait()
         raise
     return subprocess.CompletedProcess(list(argv), proc.returncode, out or "", err or ""), timed_out
 

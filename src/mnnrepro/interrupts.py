@@ -4,11 +4,17 @@ SIGINT and SIGTERM (what a cancelled CI job or a `kill` sends) both raise ``Inte
 in the main thread. The runners stop their child process group or container when it passes through them
 (runner.py, docker_runner.py); the session writes its reports, with the cells that did not finish marked
 INTERRUPTED, and exits 128 + the signal number. While reports are written, further signals are held back.
+
+No moment is left where a signal escapes that handling: a session holds signals from the moment its results
+directory exists and lets them raise only while its cells run (``held`` around ``unheld``); a child is started
+with signals ``deferred`` until the runner knows it (so an interrupt can stop it); and the process's last word
+(``last_word``) blocks them before it exits, so one that came in time still ends in 128 + N.
 """
 
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -24,14 +30,26 @@ class Interrupted(KeyboardInterrupt):
 
 
 _stopping = False  # the first signal is being handled: later ones do not interrupt the cleanup it started
+_noted: list[int] | None = None  # inside deferred() or last_word(): a signal is noted here instead of raised
 
 
 def _raise(signum: int, _frame: FrameType | None) -> None:
     global _stopping
+    if _noted is not None:
+        _noted.append(signum)
+        return
     if _stopping:
         return
     _stopping = True
     raise Interrupted(signum)
+
+
+def _raise_noted(signums: list[int]) -> None:
+    """The first signal noted while raising was put off, raised now (as _raise would have)."""
+    global _stopping
+    if signums and not _stopping:
+        _stopping = True
+        raise Interrupted(signums[0])
 
 
 def install_for_process() -> None:
@@ -72,6 +90,35 @@ def installed() -> Iterator[None]:
 
 
 @contextmanager
+def deferred() -> Iterator[None]:
+    """A signal inside the block raises Interrupted when the block ends, not inside it: for a step that must not
+    be cut in two, e.g. starting a child, which an interrupt must find named to stop it (subprocess.Popen cut
+    after its fork leaves the child running and unknown). Main thread only (signals are handled there)."""
+    global _noted
+    if _noted is not None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _noted = []
+    try:
+        yield
+    finally:
+        noted, _noted = _noted, None
+    _raise_noted(noted)
+
+
+def last_word() -> int | None:
+    """The process is about to exit: signals are blocked from here (one that comes later is too late and is
+    dropped with the process; the fault battery reads this mask in /proc to know that), and the first one that
+    came before is returned (its exit is then 128 + N)."""
+    global _noted
+    _noted = []  # from here a signal that _raise handles is noted, never raised
+    signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)  # runs the handlers of signals that came before: noted
+    pending = signal.sigpending()
+    came = _noted + [sig for sig in HANDLED if sig in pending]
+    return int(came[0]) if came else None
+
+
+@contextmanager
 def held() -> Iterator[list[int]]:
     """Signals that arrive inside the block are recorded, not raised (reports are written whole); the list
     names them."""
@@ -92,3 +139,37 @@ def held() -> Iterator[list[int]]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+@contextmanager
+def unheld(seen: list[int]) -> Iterator[None]:
+    """Inside ``held`` (whose list is ``seen``): signals raise Interrupted again in this block, a signal held
+    before it at once. Leaving the block holds them again; one that comes while it is left raises from the
+    ``with`` statement, so a caller's ``except KeyboardInterrupt`` around it sees every signal that was not
+    held."""
+    previous: dict[int, Callable[[int, FrameType | None], Any] | int | None] = {}
+    try:
+        for sig in HANDLED:
+            previous[sig] = signal.signal(sig, _raise)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        _raise_noted(seen)
+        yield
+    finally:
+        _restore(previous)
+
+
+def _restore(previous: dict[int, Any]) -> None:
+    """Every handler back, also when a signal that came meanwhile raises from signal.signal (which runs pending
+    handlers first); that Interrupted is raised after."""
+    raised: KeyboardInterrupt | None = None
+    for sig, handler in previous.items():
+        try:
+            signal.signal(sig, handler)
+        except KeyboardInterrupt as exc:
+            raised = exc
+            signal.signal(sig, handler)  # the handler that raised set _stopping: it does not raise again
+    if raised is not None:
+        raise raised

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
 
+from . import interrupts
+
 OnLine = Callable[[str], None]
 
 # What a command on this machine inherits from the caller (HostRunner.base_env). Enough for compilers, cmake,
@@ -134,30 +136,36 @@ class HostRunner:
         err = open(stderr_path, "wb") if stderr_path else (subprocess.STDOUT if not stdout_path else subprocess.PIPE)
         start = time.monotonic()
         timed_out = False
+        proc: subprocess.Popen[bytes] | None = None
         try:
-            # A new session, so a timeout kills the driver and everything it started (gdb, its child).
-            proc = subprocess.Popen(
-                list(argv),
-                env=full_env,
-                cwd=cwd,
-                stdout=out,
-                stderr=err,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
             try:
+                # A signal while the child starts raises once `proc` names it (interrupts.deferred), here.
+                with interrupts.deferred():
+                    # A new session, so a timeout kills the driver and everything it started (gdb, its child).
+                    proc = subprocess.Popen(
+                        list(argv),
+                        env=full_env,
+                        cwd=cwd,
+                        stdout=out,
+                        stderr=err,
+                        stdin=subprocess.DEVNULL,
+                        start_new_session=True,
+                    )
                 captured, _ = proc.communicate(timeout=timeout_s)
             except subprocess.TimeoutExpired:
+                assert proc is not None
                 timed_out = True
                 _kill_group(proc, self.kill_grace_s)
                 captured, _ = proc.communicate()
             except BaseException:
                 # Ctrl-C / SIGTERM (mnnrepro.interrupts): the child is in its own session, so nothing else
                 # would stop it; it must not outlive us.
-                _kill_group(proc, INTERRUPT_GRACE_S)
+                if proc is not None:
+                    _kill_group(proc, INTERRUPT_GRACE_S)
                 raise
             finally:
-                _reap_group(proc)
+                if proc is not None:
+                    _reap_group(proc)
         finally:
             for handle in (out, err):
                 if hasattr(handle, "close"):
@@ -193,15 +201,16 @@ class HostRunner:
         timed_out = False
         proc: subprocess.Popen[bytes] | None = None
         try:
-            proc = subprocess.Popen(
-                list(argv),
-                env=full_env,
-                cwd=cwd,
-                stdout=subprocess.PIPE,
-                stderr=err if err else subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+            with interrupts.deferred():  # a signal while the child starts raises once `proc` names it
+                proc = subprocess.Popen(
+                    list(argv),
+                    env=full_env,
+                    cwd=cwd,
+                    stdout=subprocess.PIPE,
+                    stderr=err if err else subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
             assert proc.stdout is not None
             reader = threading.Thread(
                 target=_tee, args=(proc.stdout, sink, captured, on_line), name="runner output", daemon=True

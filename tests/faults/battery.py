@@ -255,6 +255,7 @@ class Ran:
     signal_sent: str = ""
     signal_at_s: float | None = None  # since the start
     stopped_after_s: float | None = None  # from the signal to the exit
+    ended_at: float = 0.0  # time.time() when it had ended (a signal the run sent itself is dated in that clock)
 
     @property
     def output(self) -> str:
@@ -314,6 +315,19 @@ class Send:
         where = "the process group" if self.group else "the first process"
         when = f"{self.delay_s:.2f} s after {self.after!r}" if self.after else f"at {self.delay_s:.2f} s"
         return f"{self.signum.name} to {where} {when}"
+
+
+def past_last_word(pid: int) -> bool:
+    """The process has ended, or has passed mnnrepro.interrupts.last_word (SIGINT and SIGTERM blocked, about to
+    exit): a wall-clock signal sent now would come after its end, which proves nothing (not an ignored signal)."""
+    try:
+        status = dict(ln.split(":", 1) for ln in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in ln)
+    except OSError:
+        return True
+    if status.get("State", "").strip().startswith(("Z", "X")):
+        return True
+    blocked = int(status.get("SigBlk", "0").strip() or "0", 16)
+    return all(blocked >> (int(sig) - 1) & 1 for sig in (signal.SIGINT, signal.SIGTERM))
 
 
 def run_tracked(
@@ -383,13 +397,14 @@ def run_tracked(
             proc.wait(timeout=max(0.0, t0 + send.delay_s - time.monotonic()))
         except subprocess.TimeoutExpired:
             sampler.sample()
-            with contextlib.suppress(ProcessLookupError):
-                if send.group:
-                    os.killpg(proc.pid, send.signum)
-                else:
-                    os.kill(proc.pid, send.signum)
-            signal_at = time.monotonic() - start
-            sent = f"{send.describe()} (sent at {signal_at:.2f} s)"
+            if not past_last_word(proc.pid):  # exiting: a signal now is too late by design, not ignored
+                with contextlib.suppress(ProcessLookupError):
+                    if send.group:
+                        os.killpg(proc.pid, send.signum)
+                    else:
+                        os.kill(proc.pid, send.signum)
+                signal_at = time.monotonic() - start
+                sent = f"{send.describe()} (sent at {signal_at:.2f} s)"
     try:
         proc.wait(timeout=max(1.0, timeout_s - (time.monotonic() - start)))
     except subprocess.TimeoutExpired:
@@ -428,6 +443,7 @@ def run_tracked(
         stdout=b"".join(chunks[out_r]).decode(errors="replace"),
         stderr=b"".join(chunks[err_r]).decode(errors="replace"),
         duration_s=end - start,
+        ended_at=time.time() - (time.monotonic() - end),
         leftovers=leftovers,
         containers_seen=containers_seen,
         pids=dict(sampler.seen),
@@ -856,6 +872,59 @@ def cli_row(
     row.lost = markers.lost()
     row.leftovers = list(ran.leftovers)
     return row
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A moment of the fake session (tests/faults/fakerun.py, fake_driver.py) at which a signal is sent, from inside
+    the run, so that it lands in that moment on any machine, however loaded: a call of the suite's own
+    (``call``, ``when`` it is made or has returned), or a cell's fake driver beginning forward step ``step``
+    (``cell``: its key, "vulkan-buffer/lavapipe"), which signals the session that waits for it."""
+
+    name: str
+    call: str = ""
+    when: str = "before"
+    cell: str = ""
+    step: int = 0
+
+    def plans(self, signum: signal.Signals, group: bool, record: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(fakerun's plan keys, the fake driver's plan keys) that send ``signum`` at this moment."""
+        if self.call:
+            return {"signal_at": {"call": self.call, "when": self.when, "signum": int(signum), "group": group}}, {}
+        spec = {"cell": self.cell, "step": self.step, "signum": int(signum), "group": group, "record": str(record)}
+        return {}, {"signal_session": spec}
+
+
+# The fake session's moments, in order (3.3.0, --icd lavapipe: cpu trains, image crashes in sgd_step 0, buffer
+# trains). Each names code whose cut by a signal once lost reports or left a child (see CHANGELOG, issue 21).
+PHASES = (
+    Phase("preflight done, no results directory yet", "mnnrepro.prepare.preflight_for", "after"),
+    Phase("results directory just made", "mnnrepro.prepare.results_dir", "after"),
+    Phase("settings shown, before the first cell", "mnnrepro.prepare.workload_of"),
+    Phase("a driver forked, Popen not yet returned", "subprocess.Popen._execute_child", "after"),
+    Phase("the cpu driver at forward step 1", cell="cpu/-", step=1),
+    Phase("the first cell being judged", "mnnrepro.judge.judge"),
+    Phase("the image driver at forward step 0", cell="vulkan-image/lavapipe", step=0),
+    Phase("the buffer driver at forward step 2", cell="vulkan-buffer/lavapipe", step=2),
+    Phase("the last cell done, before the reports", "mnnrepro.report.summary"),
+    Phase("while the reports are written", "mnnrepro.report.write_junit"),
+    Phase("the reports written, tables shown", "mnnrepro.report.table"),
+    Phase("the command returned, before the exit", "mnnrepro.interrupts.last_word"),
+)
+SIGNAL_SENT = "signal-sent.json"  # fakerun.SIGNAL_SENT: where the run notes the moment it sent its signal
+
+
+def note_sent(ran: Ran, record: Path, phase: Phase) -> None:
+    """Fill ``ran``'s signal fields from the moment the run noted (``record``); a phase never reached says so."""
+    try:
+        sent = json.loads(record.read_text())
+    except (OSError, ValueError):
+        ran.signal_sent = ""
+        return
+    how = "its process group" if sent.get("group") else "the session"
+    ran.signal_sent = f"{signal.Signals(int(sent['signum'])).name} to {how} at {phase.name} ({sent['phase']})"
+    ran.stopped_after_s = max(0.0, ran.ended_at - float(sent["at"]))
+    ran.signal_at_s = max(0.0, ran.duration_s - ran.stopped_after_s)
 
 
 def run_signalled(

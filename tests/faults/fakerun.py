@@ -15,13 +15,23 @@ Modes ("mode" in the plan):
   plain    nothing replaced but the module constants under "patch".
 
 "patch" sets module constants first, e.g. {"mnnrepro.source.NETWORK_TIMEOUT_S": 2}: time limits a test shortens.
+
+"signal_at" sends a signal at one of the session's own moments: {"call": "mnnrepro.report.summary", "when":
+"before" or "after" (the call), "signum": 15, "group": false (the process) or true (its group, as a terminal's
+Ctrl-C)}. The first such call sends it (to this process, so it lands there and then, not some time later), and
+the moment is written to SIGNAL_SENT beside the plan (read by battery.phase_sent).
+
+The process runs as `python -m mnnrepro` does: cli.console, its handlers and its exit.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
+import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -30,6 +40,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 FAKE_DRIVER = HERE / "fake_driver.py"
+SIGNAL_SENT = "signal-sent.json"  # beside the plan: the moment a planned signal was sent (fake_driver.py too)
 FAKE_TOOLCHAIN = {"c++": "fake", "cc": "fake", "cmake": "fake", "ninja": "fake", "runner": "host"}
 
 
@@ -160,8 +171,52 @@ def _build(plan: dict[str, Any]) -> None:
     _no_preflight()
 
 
-def main() -> int:
-    plan = json.loads(Path(sys.argv[1]).read_text())
+def send_signal(signum: int, group: bool, phase: str, record: Path) -> None:
+    """Send ``signum`` to this process (or its group) and note the moment first (the signal may end it)."""
+    record.write_text(json.dumps({"signum": signum, "group": group, "phase": phase, "at": time.time()}))
+    if group:
+        os.killpg(os.getpgid(0), signum)
+    else:
+        os.kill(os.getpid(), signum)
+
+
+def _signal_at(spec: dict[str, Any], record: Path) -> None:
+    """Wrap the named callable so that its first call sends the planned signal before or after it runs."""
+    owner_name, _, name = str(spec["call"]).rpartition(".")
+    try:
+        owner: Any = importlib.import_module(owner_name)
+    except ModuleNotFoundError:  # a method: "module.Class.method"
+        module_name, _, class_name = owner_name.rpartition(".")
+        owner = getattr(importlib.import_module(module_name), class_name)
+    original = getattr(owner, name, None)
+    if original is None:
+        raise SystemExit(f"fakerun: {spec['call']} does not exist: update the battery's phases")
+    fired: list[bool] = []
+    after = spec.get("when") == "after"
+
+    def send() -> None:
+        if not fired:
+            fired.append(True)
+            send_signal(int(spec["signum"]), bool(spec.get("group")), f"{spec['when']} {spec['call']}", record)
+
+    @functools.wraps(original)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not after:
+            send()
+        result = original(*args, **kwargs)
+        if after:
+            send()
+        return result
+
+    if isinstance(owner, ModuleType):
+        _replace_seam(owner, name, wrapper)
+    else:
+        _replace(owner, name, wrapper)
+
+
+def main() -> None:
+    plan_path = Path(sys.argv[1])
+    plan = json.loads(plan_path.read_text())
     _patch_constants(plan.get("patch") or {})
     mode = plan.get("mode", "plain")
     if mode == "fake":
@@ -172,17 +227,14 @@ def main() -> int:
         _build(plan)
     elif mode != "plain":
         raise SystemExit(f"fakerun: unknown mode {mode!r}")
-    from mnnrepro import cli, interrupts
+    if plan.get("signal_at"):
+        _signal_at(plan["signal_at"], plan_path.parent / SIGNAL_SENT)
+    from mnnrepro import cli
 
-    # As `python -m mnnrepro` does (cli.console): the process keeps its handlers until it exits.
-    interrupts.install_for_process()
-    try:
-        return cli.main(sys.argv[2:], keep_handlers=True)
-    except KeyboardInterrupt as exc:
-        return interrupts.exit_code(exc)
+    # As `python -m mnnrepro` runs: the process's handlers, the command and the exit (cli.console).
+    sys.argv = [sys.argv[0], *sys.argv[2:]]
+    cli.console()
 
 
 if __name__ == "__main__":
-    from mnnrepro.cli import exit_now
-
-    exit_now(main())
+    main()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -96,3 +98,66 @@ def test_a_finished_command_leaves_no_process_behind(tmp_path: Path) -> None:
     while _group_alive(pgid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _group_alive(pgid)
+
+
+def test_a_signal_while_a_child_starts_stops_that_child(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cut right after its fork (before Popen returns), a child used to run on unknown to the runner: it outlived
+    the interrupted session (issue 21). The signal now waits until the runner names the child, then stops it."""
+    real = subprocess.Popen._execute_child  # type: ignore[attr-defined]
+    forked: list[int] = []
+
+    def forked_then_signalled(self: subprocess.Popen[bytes], *args: object, **kwargs: object) -> None:
+        real(self, *args, **kwargs)
+        forked.append(self.pid)  # its own session: pid = process group id
+        os.kill(os.getpid(), signal.SIGTERM)  # lands here, inside Popen, at the next bytecode
+
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", forked_then_signalled)
+    with interrupts.installed(), pytest.raises(interrupts.Interrupted):
+        HostRunner().run(["sh", "-c", "sleep 60"], timeout_s=60)
+    monkeypatch.undo()
+    deadline = time.monotonic() + 10
+    while _group_alive(forked[0]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _group_alive(forked[0]), "the child started as the signal came outlived the interrupted run"
+
+
+def test_held_signals_raise_only_inside_unheld() -> None:
+    """The session's shape: held from its results directory to its reports, raising only while cells run."""
+    with interrupts.installed():
+        with interrupts.held() as late:
+            os.kill(os.getpid(), signal.SIGTERM)  # before the cells: held, then raised as they start
+            with pytest.raises(interrupts.Interrupted) as info, interrupts.unheld(late):
+                raise AssertionError("unheld let the cells run after a held signal")
+            assert info.value.signum == signal.SIGTERM
+            os.kill(os.getpid(), signal.SIGINT)  # while the reports are written: held, nothing raised
+            time.sleep(0.01)
+        assert late == [signal.SIGTERM, signal.SIGINT]
+
+
+def test_a_signal_inside_deferred_raises_at_its_end() -> None:
+    reached = []
+    with interrupts.installed(), pytest.raises(interrupts.Interrupted) as info:
+        with interrupts.deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+            reached.append("the end of the block")
+    assert reached and info.value.signum == signal.SIGINT
+
+
+def test_last_word_counts_a_signal_that_came_after_the_command() -> None:
+    """`python -m mnnrepro` whose command returned 0 just as SIGTERM came: the exit says 143, never 0, and never a
+    death by the default handler (the handlers stay until os._exit; from last_word on the signal is blocked)."""
+    code = (
+        "import os, signal\n"
+        "from mnnrepro import cli\n"
+        "cli.main = lambda **_: 0\n"
+        "real = cli.interrupts.last_word\n"
+        "def late():\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    return real()\n"
+        "cli.interrupts.last_word = late\n"
+        "cli.console()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr
+    assert "Traceback" not in done.stderr
