@@ -38,8 +38,9 @@ from typing import Any
 from . import fixtures, hostcmd, prepare, redsession, reduce, source
 from .cells import Cell, run_cell
 from .errors import EXIT_MISMATCH, BuildError, MnnReproError, SourceError
-from .judge import judge
+from .judge import FIXED_BY_FALLBACK, judge
 from .settings import Settings
+from .signature import SIGNAL_ONLY
 
 STATE_FORMAT = 1
 MODES = {"image": "vulkan-image", "buffer": "vulkan-buffer"}
@@ -281,15 +282,17 @@ def _pick(lo: int, hi: int, skipped: set[int]) -> int | None:
 
 
 FALLBACK = reduce.FALLBACK  # a commit where the reduced op ran on the CPU: neither REPRODUCED nor a fix
-SIGNAL_ONLY = redsession.SIGNAL_ONLY
+# Verdicts of a commit where the op under test ran on the CPU: ReproOracle's FALLBACK, and MnnOracle's (the MNIST
+# workload, judge.py) FIXED-BY-FALLBACK.
+OFF_GPU = (FALLBACK, FIXED_BY_FALLBACK)
 
 
 def change_words(old_verdict: str, new_verdict: str, good_is_old: bool) -> str:
     """What the first changed commit is, in words: a commit where the op leaves the GPU is not a fix (upstream's
     39be21c56 declines alibaba/MNN#3129's Deconvolution on Vulkan, which then runs on the CPU)."""
-    if new_verdict == FALLBACK and old_verdict != FALLBACK:
+    if new_verdict in OFF_GPU and old_verdict not in OFF_GPU:
         return "first commit where the op leaves the GPU"
-    if old_verdict == FALLBACK and new_verdict != FALLBACK:
+    if old_verdict in OFF_GPU and new_verdict not in OFF_GPU:
         return "first commit where the op runs on the GPU again"
     return "first commit with the new verdict" if good_is_old else "first commit with the fixed verdict"
 
@@ -316,8 +319,8 @@ def report(result: Result, say: Callable[[str], None] = print, *, signal_only: b
     say(f"  subject: {subject}")
     say(f"  date:    {date}")
     say(f"  verdict: {result.new_verdict}; its parent {parent[:12]}: {result.old_verdict}")
-    if result.new_verdict == FALLBACK:
-        say("  FALLBACK: the reduced op runs on the CPU from this commit on; the GPU kernel is not fixed")
+    if result.new_verdict in OFF_GPU:
+        say(f"  {result.new_verdict}: the op runs on the CPU from this commit on; the GPU kernel is not fixed")
     if signal_only:
         say(f"  {SIGNAL_ONLY} (no gdb): crashes were not held to the crash signature")
     return 0

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from . import variants
-from .bisect import FALLBACK, SIGNAL_ONLY, change_words
+from .bisect import OFF_GPU, change_words
 from .build import CoreOptions
 from .errors import ConfigError
+from .signature import SIGNAL_ONLY
 
 MAX_LINES = 150
 MAX_FRAMES = 12
@@ -390,8 +391,8 @@ def _bisect(path: Path | None) -> list[str]:
         old_v, new_v = str(data.get("old_verdict", "")), str(data.get("new_verdict", ""))
         change = data.get("change") or change_words(old_v, new_v, rng.get("kind", "regression") == "regression")
         out.append(f"the {change} is `{data['first']}` (parent `{data.get('parent')}`).")
-        if new_v == FALLBACK:
-            out.append("From it on the reduced op runs on the CPU (FALLBACK): the GPU kernel is not fixed.")
+        if new_v in OFF_GPU:
+            out.append(f"From it on the op runs on the CPU ({new_v}): the GPU kernel is not fixed.")
         if data.get("subject"):
             out.append(f'Its subject: "{data["subject"]}" ({data.get("date", "")}).')
     elif data.get("candidates"):
@@ -533,7 +534,7 @@ def render(c: Crash, *, bisect: Path | None = None) -> str:
         )
     lines.append(_cpu_sentence(c))
     if c.known and c.signal_only:
-        lines.append(f"The crash is that of {c.known} by its signal and stage: judged by signal only (no gdb).")
+        lines.append(f"The crash is that of {c.known} by its signal and stage: {SIGNAL_ONLY} (no gdb).")
     elif c.known:
         lines.append(f"The crash signature is that of {c.known}.")
     lines += ["", "## Environment", "", "| | |", "| --- | --- |"]

@@ -30,6 +30,7 @@ from . import signature
 from .cells import CellRun
 from .contract import EXIT_MEANINGS, EXIT_NOT_EXERCISED, RunRecord
 from .fixtures import HOST_ICD, Expectation, is_version_range
+from .signature import SIGNAL_ONLY
 
 REPRODUCED = "REPRODUCED"
 FIXED = "FIXED"
@@ -56,8 +57,6 @@ ACCEPTS = {
 TRAINS_WITH_BUG = ("fixed", "fixed-by-fallback", "known-wrong")
 # Expected outcomes of a cell that runs to the end (no gdb needed, gradients dumped).
 TRAINS = ("pass", *TRAINS_WITH_BUG)
-# What a crash verdict says when no backtrace was taken (the words of opjudge.SIGNAL_ONLY, redsession's, bisect's).
-SIGNAL_ONLY = "judged by signal only"
 
 
 # Checks with absolute thresholds, measured on the default workload: they do not fit every workload.
@@ -328,9 +327,9 @@ def judge(
     if gpu:
         _excuse(cs, baseline_checks)
     bug_op = _bug_op(expectation, known_bugs) if gpu else None
-    placed = op_placement(rec, bug_op.op, bug_op.phase) if bug_op else None
+    placed = op_placement(rec, bug_op.op, bug_op.phase, run.cell.backend) if bug_op else None
     if bug_op is not None:
-        cs.append(_placement_check(bug_op, placed))
+        cs.append(_placement_check(bug_op, placed, run.cell.backend))
         evidence["bug_op"] = {"op": bug_op.op, "phase": bug_op.phase, **(asdict(placed) if placed else {})}
     failed = [c for c in cs if not c.passed]
     if expectation is not None and expectation.outcome == "known-wrong":
@@ -371,23 +370,30 @@ class OpPlacement:
     """Where every instance of one op type ran in one phase, over every step the run traced."""
 
     cpu: int  # instances on the CPU
-    gpu: int  # instances on any other backend
+    gpu: int  # instances on the backend under test
     steps: int  # traced steps of the phase
     backends: dict[str, int] = field(default_factory=dict)  # backend -> instances
 
+    @property
+    def elsewhere(self) -> int:
+        """Instances on neither: a backend the trace could not name ("unknown") or another one."""
+        return sum(self.backends.values()) - self.cpu - self.gpu
 
-def op_placement(record: RunRecord, op: str, phase: str) -> OpPlacement | None:
+
+def op_placement(record: RunRecord, op: str, phase: str, backend: str) -> OpPlacement | None:
     """The driver's `ops` events (native/README.md) of ``phase``, every step: None when the run recorded none for
-    that phase (traced ops off, or it never got there), so a verdict never assumes where the op ran."""
+    that phase (traced ops off, or it never got there), so a verdict never assumes where the op ran. ``gpu``
+    counts only ``backend`` (the cell's): an instance the trace put on "unknown" is not on the GPU."""
     events = [e for e in record.ops if e.get("phase") == phase]
     if not events:
         return None
     backends: Counter[str] = Counter()
     for event in events:
-        for backend, types in (event.get("by_backend") or {}).items():
-            backends[str(backend)] += int((types or {}).get(op, 0))
-    cpu = backends.get("cpu", 0)
-    return OpPlacement(cpu, sum(backends.values()) - cpu, len(events), {b: n for b, n in backends.items() if n})
+        for where, types in (event.get("by_backend") or {}).items():
+            backends[str(where)] += int((types or {}).get(op, 0))
+    return OpPlacement(
+        backends.get("cpu", 0), backends.get(backend, 0), len(events), {b: n for b, n in backends.items() if n}
+    )
 
 
 def _bug_op(expectation: Expectation | None, known_bugs: tuple[Expectation, ...]) -> Expectation | None:
@@ -400,9 +406,10 @@ def _bug_op(expectation: Expectation | None, known_bugs: tuple[Expectation, ...]
     return next((r for r in known_bugs if r.bug == expectation.bug and r.op), None)
 
 
-def _placement_check(row: Expectation, placed: OpPlacement | None) -> Check:
-    """Where the bug's op ran: unknown (no placement for the phase) or absent (the op never ran there) fails,
-    since neither FIXED nor FIXED-BY-FALLBACK can then be said; otherwise it passes and the verdict says which."""
+def _placement_check(row: Expectation, placed: OpPlacement | None, backend: str) -> Check:
+    """Where the bug's op ran: unknown (no placement for the phase; or none on the CPU and an instance on neither
+    the CPU nor ``backend``, so FIXED cannot be said) or absent (the op never ran there) fails, since neither
+    FIXED nor FIXED-BY-FALLBACK can then be said; otherwise it passes and the verdict says which."""
     what = f"{row.op} in {row.phase}"
     if placed is None:
         return Check(
@@ -411,11 +418,18 @@ def _placement_check(row: Expectation, placed: OpPlacement | None) -> Check:
             f"{what}: no op placement recorded for {row.phase} (the driver traces ops unless --no-trace-ops); "
             f"cannot tell a fixed kernel from a CPU fallback ({row.bug})",
         )
-    if placed.cpu + placed.gpu == 0:
+    if not placed.backends:
         return Check(
             "op_placement", False, f"{what}: the op did not run ({placed.steps} traced step(s)); is the row stale?"
         )
     where = ", ".join(f"{b} {n}" for b, n in sorted(placed.backends.items()))
+    if placed.elsewhere and not placed.cpu:
+        return Check(
+            "op_placement",
+            False,
+            f"{what}: {where} over {placed.steps} step(s): {placed.elsewhere} instance(s) on neither the CPU nor "
+            f"{backend}; cannot tell a fixed kernel from a fallback ({row.bug})",
+        )
     return Check("op_placement", True, f"{what}: {where} over {placed.steps} step(s)", placed.cpu, 0)
 
 
@@ -424,7 +438,7 @@ def _fixed_or_fallback(
 ) -> tuple[str, str]:
     """FIXED-BY-FALLBACK when any instance of the bug's op ran on the CPU, else FIXED; the reason says where it
     ran and, when the row expects the other one, that the row no longer describes what is seen."""
-    total = placed.cpu + placed.gpu
+    total = sum(placed.backends.values())
     outcome = expectation.outcome if expectation else ""
     if placed.cpu:
         reason = (

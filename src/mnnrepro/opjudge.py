@@ -48,8 +48,9 @@ from . import signature as signatures
 from .contract import Device as Device  # opsession and the tests name opjudge.Device
 from .contract import device_fits
 from .errors import FixtureError
-from .fixtures import FIXTURES, in_range, is_version_range, parse_version
+from .fixtures import DEVICE_KEYS, FIXTURES, HOST_ICD, in_range, is_version_range, parse_version
 from .optest import PASSED, Outcome
+from .signature import SIGNAL_ONLY
 
 EXPECTATIONS = FIXTURES / "ops" / "expectations.toml"
 STATUSES = (
@@ -72,7 +73,6 @@ DEFAULT_TIMEOUT_S = 120.0
 DEFAULT_FLAKE_RERUNS = 3
 DEFAULT_RERUN_FACTOR = 4.0
 SKIPPED_BY_ROW, NOT_BUILT, COMPILED_OUT = "SKIP row", "not built", "compiled out"  # why a test was not run
-SIGNAL_ONLY = "judged by signal only"  # the words of redsession.SIGNAL_ONLY, bisect's and the preflight's
 
 
 def not_built_kind(why: str) -> str:
@@ -125,9 +125,7 @@ class Expect:
         return self.covers_cell(ref, version, variant, icd, device) and fnmatch.fnmatchcase(test, self.test)
 
     def describe(self) -> str:
-        on = "".join(
-            f" {k}={v!r}" for k, v in (("device", self.device), ("vendor", self.vendor), ("driver", self.driver)) if v
-        )
+        on = "".join(f" {k}={getattr(self, k)!r}" for k in DEVICE_KEYS if getattr(self, k))
         return (
             f"[[expect]] #{self.line} ({', '.join(self.refs)} {self.variant} {self.icd}{on} {self.test} {self.status})"
         )
@@ -251,8 +249,6 @@ def _refs(where: str, refs: Any) -> tuple[str, ...]:
 
 
 ROW_KEYS = {"refs", "variant", "icd", "test", "status", "reason", "upstream", "match", "signature", "reruns"}
-DEVICE_KEYS = ("device", "vendor", "driver")
-HOST_ICD = "host"  # settings.ICD_NAMES: the machine's own Vulkan driver, a different GPU on every machine
 
 
 def _device_keys(where: str, row: dict[str, Any], icd: str, status: str) -> dict[str, str]:
@@ -633,7 +629,7 @@ def stale_rows(
                 "refs": list(row.refs),
                 "variant": row.variant,
                 "icd": row.icd,
-                **{k: v for k, v in (("device", row.device), ("vendor", row.vendor), ("driver", row.driver)) if v},
+                **{k: getattr(row, k) for k in DEVICE_KEYS if getattr(row, k)},
                 "test": row.test,
                 "status": row.status,
                 "why": f"no result matched it ({why})" if seen else "it is the expectation of no test of the run",

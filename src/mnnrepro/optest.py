@@ -578,7 +578,7 @@ def _batch(
     jobs = jobs or spec.jobs
     entries = []
     for test in tests:
-        out = spec.result_dir / dirname(test) / sub if sub else spec.result_dir / dirname(test)
+        out = _test_dir(spec, test, sub)
         if out.exists():
             shutil.rmtree(out)
         argv = test_argv(spec, test, out)
@@ -616,8 +616,13 @@ def _batch(
             progress.outcome = f"batch ended with exit {res.returncode}" + (" (time limit)" if res.timed_out else "")
 
 
+def _test_dir(spec: SweepSpec, test: str, sub: str) -> Path:
+    """Where one run of a test writes: its directory, or a subdirectory of it for a rerun ("rerun", "slow")."""
+    return spec.result_dir / dirname(test) / sub if sub else spec.result_dir / dirname(test)
+
+
 def _read(spec: SweepSpec, test: str, sub: str, limit: float) -> Outcome:
-    directory = spec.result_dir / dirname(test) / sub if sub else spec.result_dir / dirname(test)
+    directory = _test_dir(spec, test, sub)
     got = read_outcome(directory, test, spec.cell.backend)
     got = got or Outcome(test, "TIMEOUT", "did not finish: the batch was stopped", 0.0, None, directory=directory)
     got.limit_s = limit

@@ -24,6 +24,7 @@ from . import __version__, build, fixtures, gradcheck, prepare, reduce, source, 
 from .contract import read_events
 from .errors import ConfigError
 from .settings import Settings
+from .signature import SIGNAL_ONLY
 
 Say = Callable[[str], None]
 DEFAULT_BUDGET_S = 900.0
@@ -49,7 +50,6 @@ def check(settings: Settings) -> tuple[str, str]:
 # The capture saves the graph of the first SGD step (sgd_step[0]): a known bug's row is a target for it only when
 # it crashes in that phase.
 CAPTURED_STAGE, CAPTURED_STEP = "sgd_step", 0
-SIGNAL_ONLY = "judged by signal only"
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from .cells import CellRun
-from .judge import NEVER_PASS, SIGNAL_ONLY, Verdict
+from .judge import NEVER_PASS, Verdict
+from .signature import SIGNAL_ONLY
 
 SUMMARY_FORMAT = 1
 SUMMARY_FILE = "summary.json"

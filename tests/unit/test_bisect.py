@@ -488,3 +488,21 @@ def test_the_report_names_the_commit_where_the_op_leaves_the_gpu_not_a_fix(repo:
         assert "judged by signal only (no gdb)" in text
     assert bisect.change_words("REPRODUCED", "PASS", False) == "first commit with the fixed verdict"
     assert bisect.change_words("FALLBACK", "REPRODUCED", True) == "first commit where the op runs on the GPU again"
+
+
+def test_the_mnist_bisect_names_a_fixed_by_fallback_commit_as_the_op_leaving_the_gpu(
+    repo: Path, tmp_path: Path
+) -> None:
+    """MnnOracle judges the MNIST workload (judge.py): from 39be21c56 on, image mode's cell is FIXED-BY-FALLBACK
+    (the Deconvolution runs on the CPU). That commit is where the op leaves the GPU, never "the fixed verdict"."""
+    oracle = FakeOracle(repo, change=6, before="REPRODUCED", after="FIXED-BY-FALLBACK")
+    rng = bisect.plan(repo / ".git", "new", "old")
+    state = bisect.state_path(tmp_path / "cache", rng, "cell")
+    result = bisect.bisect(rng, oracle, state_file=state, cell="cell", say=lambda _: None)
+    lines: list[str] = []
+    assert bisect.report(result, lines.append) == 0
+    text = "\n".join(lines)
+    assert f"first commit where the op leaves the GPU: {sha(repo, 'c6')}" in text
+    assert "fixed verdict" not in text and "the GPU kernel is not fixed" in text
+    again = bisect.change_words("FIXED-BY-FALLBACK", "REPRODUCED", True)
+    assert again == "first commit where the op runs on the GPU again"

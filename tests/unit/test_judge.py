@@ -641,3 +641,16 @@ def test_a_gradient_problem_that_is_not_the_known_failure_is_fail(tmp_path: Path
 def test_a_host_cell_no_row_names_says_which_device_needs_one(tmp_path: Path) -> None:
     v = judge_host(tmp_path, nvidia(), GRAD_OK, row=None)
     assert not v.matched and "no row names its device 'NVIDIA H100 80GB HBM3'" in v.reason and "'NVIDIA'" in v.reason
+
+
+def test_a_bug_op_the_trace_could_not_place_is_never_fixed(tmp_path: Path) -> None:
+    """The driver's trace names an op's backend "unknown" when its output has none: such an instance is not on
+    the GPU, so FIXED (every instance on the GPU) cannot be said; the placement check fails (FAIL, a mismatch)."""
+    rec = trained()
+    for step in range(STEPS):
+        by = {"vulkan": {"BinaryOp": 60}, "unknown": {"Deconvolution": 1}}
+        rec.ops.append({"phase": "sgd_step", "step": step, "by_backend": by})
+    v = judged(tmp_path, rec, FIXED_OP_ROW)
+    assert v.verdict == J.FAIL and not v.matched
+    check = next(c for c in v.checks if c.name == "op_placement")
+    assert not check.passed and f"{STEPS} instance(s) on neither the CPU nor vulkan" in check.detail
