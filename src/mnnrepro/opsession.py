@@ -101,40 +101,32 @@ def run_ops(settings: Settings, *, say: Say = print) -> int:
     cpu_outcomes: dict[str, optest.Outcome] = {}
     stopped: BaseException | None = None
     plan = [Cell(ref, n, i) for n in names for i in (settings.icds if variants.get(n).per_icd else ("-",))]
-    try:
-        for cell in plan:
-            cell_started = time.monotonic()
-            results_of, ran, device = _cell(
-                cell, prepared, binary, tests, not_built, expectations, cpu_outcomes, settings, results, say
-            )
-            if cell.variant == variants.BASELINE:
-                cpu_outcomes = ran
-            devices[(ref, version, cell.variant, cell.icd)] = device
-            cells.append(_cell_entry(cell, time.monotonic() - cell_started, results_of, ran, device))
-    except KeyboardInterrupt as exc:
-        stopped = exc
-        say(f"\n{interrupts.signal_name(exc)}: stopping; writing the reports of the cells that finished")
-    _suspects(cells)
-    judged = []
-    for c in cells:
-        results_of_cell = [opjudge.TestResult(**t) for t in c["tests"]]
-        c.update(opjudge.summarize(results_of_cell))
-        judged.append(((ref, version, c["variant"], c["icd"]), results_of_cell))
-    # Rows that covered a cell and a selected test but matched nothing (issue 21): reported, for the cells run.
-    stale = opjudge.stale_rows(expectations, judged, tuple(selection), devices)
-    header["seconds"] = {
-        "prepare": round(sum(prepared.seconds.values()), 1),
-        "optest_build_or_cache_check": round(optest_s, 1),
-        "total": round(time.monotonic() - started, 1),
-    }
-    data = {**header, "cells": cells, "stale": stale}
-    data["all_matched"] = stopped is None and bool(cells) and all(c["mismatched"] == 0 for c in cells)
-    data["status"] = "INTERRUPTED" if stopped else ("MATCHED" if data["all_matched"] else "MISMATCHED")
-    if stopped is not None:
-        done = {c["cell"] for c in cells}
-        data["not_run"] = [c.id for c in plan if c.id not in done]
-    with interrupts.held():
+    # A signal is held from here to the reports and raises only while the cells run (as in session.py): none
+    # escapes between the last cell and the reports, which are written whole.
+    with interrupts.held() as late:
+        try:
+            with interrupts.unheld(late):
+                for cell in plan:
+                    cell_started = time.monotonic()
+                    results_of, ran, device = _cell(
+                        cell, prepared, binary, tests, not_built, expectations, cpu_outcomes, settings, results, say
+                    )
+                    if cell.variant == variants.BASELINE:
+                        cpu_outcomes = ran
+                    devices[(ref, version, cell.variant, cell.icd)] = device
+                    cells.append(_cell_entry(cell, time.monotonic() - cell_started, results_of, ran, device))
+        except KeyboardInterrupt as exc:
+            stopped = exc
+            say(f"\n{interrupts.signal_name(exc)}: stopping; writing the reports of the cells that finished")
+        header["seconds"] = {
+            "prepare": round(sum(prepared.seconds.values()), 1),
+            "optest_build_or_cache_check": round(optest_s, 1),
+            "total": round(time.monotonic() - started, 1),
+        }
+        data = _summary(header, cells, plan, expectations, selection, devices, stopped)
         written = opreport.write_all(results, data)
+    if late and stopped is None:  # every cell had finished: the reports are complete, the exit says the signal
+        stopped = interrupts.Interrupted(late[0])
     say("")
     say(opreport.table(data))
     say("\nreports: " + ", ".join(str(p) for p in written))
@@ -181,6 +173,33 @@ def _header(
         # Why there is no gdb ("" with one): every crash is then judged by its signal only (issue 22).
         "gdb_absent": prepared.gdb_absent,
     }
+
+
+def _summary(
+    header: dict[str, Any],
+    cells: list[dict[str, Any]],
+    plan: list[Cell],
+    expectations: opjudge.Expectations,
+    selection: tuple[str, ...] | list[str],
+    devices: dict[opjudge.CellKey, opjudge.Device],
+    stopped: BaseException | None,
+) -> dict[str, Any]:
+    """summary.json: the header, each cell's results and counts, stale rows, the session's status."""
+    _suspects(cells)
+    judged = []
+    for c in cells:
+        results_of_cell = [opjudge.TestResult(**t) for t in c["tests"]]
+        c.update(opjudge.summarize(results_of_cell))
+        judged.append(((header["ref"], header["mnn_version"], c["variant"], c["icd"]), results_of_cell))
+    # Rows that covered a cell and a selected test but matched nothing (issue 21): reported, for the cells run.
+    stale = opjudge.stale_rows(expectations, judged, tuple(selection), devices)
+    data = {**header, "cells": cells, "stale": stale}
+    data["all_matched"] = stopped is None and bool(cells) and all(c["mismatched"] == 0 for c in cells)
+    data["status"] = "INTERRUPTED" if stopped else ("MATCHED" if data["all_matched"] else "MISMATCHED")
+    if stopped is not None:
+        done = {c["cell"] for c in cells}
+        data["not_run"] = [c.id for c in plan if c.id not in done]
+    return data
 
 
 def _coverage(binary: optest.Binary, selection: tuple[str, ...] | list[str]) -> dict[str, Any]:
