@@ -137,6 +137,12 @@ def _add_ops(sub: Subcommands) -> None:
     ops.add_argument(
         "--test-jobs", dest="test_jobs", type=int, help="test processes at once (default: CPUs; a real GPU: at most 4)"
     )
+    ops.add_argument(
+        "--cpu-from",
+        dest="cpu_from",
+        type=Path,
+        help="an earlier ops results directory of the same MNN commit: its CPU cell is the reference, not run again",
+    )
     ops.add_argument("--icd", dest="icds", help="comma-separated Vulkan ICDs: lavapipe,swiftshader,host,bogus")
     ops.add_argument("--timeout", dest="timeout_s", type=int, help="seconds per test (default: the expectations')")
     ops.add_argument("--results-dir", dest="results_dir")

@@ -58,6 +58,8 @@ def table(data: dict[str, Any]) -> str:
                 lines.append(f"  {c['cell']} {t['test']}: {t['status']} (expected {t['expected']}) {t['reason'][:160]}")
     if data.get("coverage"):
         lines.append("  " + _coverage_line(data))
+    if ref := data.get("cpu_reference"):
+        lines.append(f"  CPU reference: {ref['line']}")
     for row in data.get("stale", []):
         lines.append(f"  stale row [[expect]] #{row['row']} ({row['test']} {row['status']}): {row['why'][:160]}")
     for cell in data.get("not_run", []):
@@ -113,6 +115,11 @@ def markdown(data: dict[str, Any]) -> str:
         "",
         _coverage_line(data),
         "",
+        *(
+            [f"CPU reference (not run in this session): {data['cpu_reference']['line']}.", ""]
+            if data.get("cpu_reference")
+            else []
+        ),
         *_md_table(["cell", "device", *cols, "not run", "mismatched", "seconds"]),
     ]
     for c in data.get("cells", []):

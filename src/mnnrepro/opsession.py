@@ -8,6 +8,7 @@ each GPU result beside the CPU result of the same build) -> reports (opreport.py
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sys
@@ -78,6 +79,8 @@ def run_ops(settings: Settings, *, say: Say = print) -> int:
     tree = prepare.resolve_tree(ref, settings, matrix)
     if missing := optest.unmatched(optest.declared_names(tree.path), selection):
         return _no_such_test(missing, ref, say)
+    # Before anything is built: an earlier CPU cell of another commit (or none) is known to be no reference now.
+    cpu_cell = cpu_reference_cell(settings.cpu_from, tree.commit) if settings.cpu_from is not None else None
     results = prepare.results_dir(settings, "ops")
     say(f"mnnrepro {__version__}: session ops, results in {results}")
     for line in settings.describe():
@@ -99,6 +102,10 @@ def run_ops(settings: Settings, *, say: Say = print) -> int:
     cells: list[dict[str, Any]] = []
     devices: dict[opjudge.CellKey, opjudge.Device] = {}
     cpu_outcomes: dict[str, optest.Outcome] = {}
+    if cpu_cell is not None:
+        cpu_outcomes, header["cpu_reference"] = cpu_reference(cpu_cell, tests)
+        names = tuple(n for n in names if n != variants.BASELINE)
+        say(f"CPU reference: {header['cpu_reference']['line']}")
     stopped: BaseException | None = None
     plan = [Cell(ref, n, i) for n in names for i in (settings.icds if variants.get(n).per_icd else ("-",))]
     # A signal is held from here to the reports and raises only while the cells run (as in session.py): none
@@ -138,6 +145,45 @@ def run_ops(settings: Settings, *, say: Say = print) -> int:
         return 0
     say(f"session ops: {sum(c['mismatched'] for c in cells)} test result(s) did not match their expectation")
     return EXIT_MISMATCH
+
+
+def cpu_reference_cell(results: Path, commit: str | None) -> tuple[Path, dict[str, Any]]:
+    """The CPU cell directory of an earlier ops session (``--cpu-from``), checked before anything is built: it must
+    be of the same MNN commit (a GPU result is never judged beside a CPU result of another build of MNN)."""
+    file = results / "summary.json"
+    try:
+        earlier = json.loads(file.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--cpu-from {results}: cannot read {file} ({exc})", hint="an ops session's results") from exc
+    if not isinstance(earlier, dict) or earlier.get("session") != "ops":
+        raise ConfigError(f"--cpu-from {results}: not the results of an ops session")
+    if not commit:
+        raise ConfigError(f"--cpu-from {results}: the commit of this session's MNN tree is not known", hint="a git ref")
+    if earlier.get("commit") != commit:
+        raise ConfigError(
+            f"--cpu-from {results}: its CPU cell ran MNN {str(earlier.get('commit'))[:12]}, this session builds "
+            f"{commit[:12]}",
+            hint="take the CPU cell of a session of the same commit, or leave --cpu-from out",
+        )
+    cell = next((c for c in earlier.get("cells", []) if c.get("variant") == variants.BASELINE), None)
+    if cell is None:
+        raise ConfigError(f"--cpu-from {results}: it has no finished CPU cell")
+    line = f"the CPU cell of {results} (MNN {commit[:12]}, run on {earlier.get('host', '?')})"
+    about = {"from": str(results), "commit": commit, "host": earlier.get("host"), "line": line}
+    return results / str(cell["cell"]).replace("/", "__"), about
+
+
+def cpu_reference(
+    cell: tuple[Path, dict[str, Any]], tests: list[str]
+) -> tuple[dict[str, optest.Outcome], dict[str, Any]]:
+    """The earlier CPU cell's outcomes of the selected tests: every one must have a finished run there, else none
+    is taken (a GPU result judged beside no CPU result would lose its partial-fallback and CPU-FAIL checks)."""
+    directory, about = cell
+    outcomes = optest.load_cell(directory, tests, "cpu")
+    if missing := [t for t in tests if t not in outcomes]:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise ConfigError(f"--cpu-from {about['from']}: no finished CPU run of {shown}", hint="select the tests it ran")
+    return outcomes, {**about, "tests": len(outcomes), "line": f"{about['line']}: {len(outcomes)} tests"}
 
 
 def _header(

@@ -52,6 +52,9 @@ class Settings:
     variants: tuple[str, ...] = ()  # () -> cpu, vulkan-image, vulkan-buffer
     precision: str = ""  # "" -> high
     test_jobs: int = 0  # test processes at once; 0 -> the CPUs this process may use (a real GPU: GPU_TEST_JOBS)
+    # An earlier ops session's results directory whose CPU cell (same MNN commit) is this session's CPU reference,
+    # instead of running the CPU cell again (a GPU machine's time is the scarce one).
+    cpu_from: Path | None = None
 
     def describe(self) -> list[str]:
         return [f"{f.name} = {getattr(self, f.name)}" for f in fields(self)]
@@ -64,7 +67,7 @@ _KEYS = {f.name for f in fields(Settings)}
 def _coerce(name: str, value: Any) -> Any:
     kind = {f.name: f.type for f in fields(Settings)}[name]
     try:
-        if name in ("source", "cache_dir", "results_dir", "host_ca"):
+        if name in ("source", "cache_dir", "results_dir", "host_ca", "cpu_from"):
             return Path(str(value)).expanduser() if value not in (None, "") else None
         if name in ("icds", "faults", "select", "variants"):
             items = value if isinstance(value, (list, tuple)) else str(value).split(",")

@@ -422,3 +422,14 @@ def test_reports_give_the_selection_against_the_registrations_and_name_each_left
     assert "Coverage: 242 tests built of 246 registered for the selection; 2 left out" in md
     assert "## Registered but not built" in md and "| op/int4Ptq | compiled out: needs MNN_LOW_MEMORY |" in md
     assert "242 tests built of 246" in opreport.table(data)
+
+
+def test_a_slow_test_starts_first(tmp_path: Path) -> None:
+    """Longest first: a [[slow]] row's test is at the head of the plan, so it overlaps the short ones instead of
+    running alone at the end of the sweep (op/lowMemory/mixedKernel: 196 s where the rest take 2 minutes)."""
+    tests = ["grad/a", "op/b", "op/lowMemory/mixedKernel", "op/c", "op/d"]
+    runner = Scripted({t: ["PASS"] for t in tests})
+    limits = {"op/lowMemory/mixedKernel": 420.0, "op/c": 240.0}
+    optest.sweep(_spec(tmp_path, runner, tests, limits=limits), say=_quiet)
+    (plan,) = runner.plans
+    assert [t["name"] for t in plan["tests"]] == ["op/lowMemory/mixedKernel", "op/c", "grad/a", "op/b", "op/d"]
