@@ -153,6 +153,41 @@ std::string offBackend(const std::set<std::string>& kinds, const std::string& wa
 
 }  // namespace
 
+// One output against the CPU's values: prints max_rel, cosine, nmse and where the values differ; true when it is
+// outside the limits (or not finite).
+static bool differsFromCpu(const std::string& name, const float* ptr, const std::vector<float>& want) {
+    double worst = 0, scale = 0, dd = 0, gg = 0, oo = 0, og = 0;
+    bool finite = true;
+    size_t nonFinite = 0;  // NaN or inf where the CPU's value is finite (max_rel skips them)
+    for (size_t i = 0; i < want.size(); ++i) {
+        const double o = ptr[i], g = want[i], d = std::fabs(o - g);
+        finite = finite && std::isfinite(o);
+        nonFinite += (!std::isfinite(o) && std::isfinite(g)) ? 1 : 0;
+        if (std::isfinite(d)) worst = std::max(worst, d);
+        scale = std::max(scale, std::fabs(g));
+        dd += d * d, gg += g * g, oo += o * o, og += o * g;
+    }
+    const double rel = scale > 0 ? worst / scale : worst, nmse = gg > 0 ? dd / gg : dd;
+    const double cosine = oo > 0 && gg > 0 ? og / std::sqrt(oo * gg) : (oo == gg ? 1.0 : 0.0);
+    fprintf(stderr, "repro: %s: max_rel %g, cosine %.9f, nmse %g, %zu of %zu not finite, against the CPU's values\n",
+            name.c_str(), rel, cosine, nmse, nonFinite, want.size());
+    // Where the values differ (flat NCHW index; each off by more than max_rel x max|CPU|): a kernel that leaves
+    // part of its output unwritten shows as a range, e.g. from 65536 on where a dispatch exceeded the device's
+    // maxComputeWorkGroupCount.
+    size_t wrong = 0, first = 0, last = 0;
+    for (size_t i = 0; i < want.size(); ++i) {
+        const double d = std::fabs(double(ptr[i]) - double(want[i]));
+        if (d <= gLimits.maxRel * scale) continue;  // NaN compares false: counted as differing
+        if (wrong++ == 0) first = i;
+        last = i;
+    }
+    if (wrong) {
+        fprintf(stderr, "repro: %s: %zu of %zu values differ, flat indices %zu to %zu\n", name.c_str(), wrong,
+                want.size(), first, last);
+    }
+    return !finite || rel > gLimits.maxRel || cosine < gLimits.minCosine || nmse > gLimits.maxNmse;
+}
+
 // The reduced graph in `dir`, op by op again from each op's description, its inputs fed, on whatever backend the
 // executor in scope has (`wanted`): kRan ran on it without a difference, kDiffer an output differs from expected/,
 // kNotComputed an output has no value, kFallback an op of the graph ran on another backend, kBadInput bad input.
@@ -198,8 +233,12 @@ static int runGraph(const std::string& dir, MNNForwardType wanted) {
     int differ = 0;
     for (auto& r : results) {
         // No value to compare (no shape, or the compute failed): not a difference from the CPU's, and not a pass.
-        auto info = r->getInfo();
-        VARP plain = info && info->order == NC4HW4 ? _Convert(r, NCHW) : r;
+        // An NC4HW4 output is held as its NCHW copy, the layout expected/ holds: its info counts the values. The
+        // NC4HW4 tensor's own info counts the channels padded to 4 (64x50x8x8 says 212992, not 204800), which once
+        // made every graph with such an output "differ" on every backend, the CPU included.
+        auto raw = r->getInfo();
+        VARP plain = raw && raw->order == NC4HW4 ? _Convert(r, NCHW) : r;
+        auto info = raw ? plain->getInfo() : nullptr;
         const auto* ptr = info && info->size > 0 ? plain->readMap<float>() : nullptr;
         if (info == nullptr || (info->size > 0 && ptr == nullptr)) {
             return fprintf(stderr, "repro: could not compute %s\n", r->name().c_str()), kNotComputed;
@@ -221,22 +260,7 @@ static int runGraph(const std::string& dir, MNNForwardType wanted) {
         in.seekg(0);
         std::vector<float> want(count);
         in.read(reinterpret_cast<char*>(want.data()), std::streamsize(want.size() * sizeof(float)));
-        double worst = 0, scale = 0, dd = 0, gg = 0, oo = 0, og = 0;
-        bool finite = true;
-        size_t nonFinite = 0;  // NaN or inf where the CPU's value is finite (max_rel skips them)
-        for (size_t i = 0; i < want.size(); ++i) {
-            const double o = ptr[i], g = want[i], d = std::fabs(o - g);
-            finite = finite && std::isfinite(o);
-            nonFinite += (!std::isfinite(o) && std::isfinite(g)) ? 1 : 0;
-            if (std::isfinite(d)) worst = std::max(worst, d);
-            scale = std::max(scale, std::fabs(g));
-            dd += d * d, gg += g * g, oo += o * o, og += o * g;
-        }
-        const double rel = scale > 0 ? worst / scale : worst, nmse = gg > 0 ? dd / gg : dd;
-        const double cosine = oo > 0 && gg > 0 ? og / std::sqrt(oo * gg) : (oo == gg ? 1.0 : 0.0);
-        fprintf(stderr, "repro: %s: max_rel %g, cosine %.9f, nmse %g, %zu of %zu not finite, against the CPU's values\n",
-                r->name().c_str(), rel, cosine, nmse, nonFinite, want.size());
-        differ += (!finite || rel > gLimits.maxRel || cosine < gLimits.minCosine || nmse > gLimits.maxNmse) ? 1 : 0;
+        differ += differsFromCpu(r->name(), ptr, want) ? 1 : 0;
     }
     if (wanted != MNN_FORWARD_CPU) {
         const std::string off = offBackend(kinds, backendName(wanted));

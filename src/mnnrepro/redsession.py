@@ -268,6 +268,18 @@ def conclude(
         say(f"the reduced graph has no {aim.op}, the op of {aim.source}: it crashes the row's way in other ops")
     if not ok:
         say(f"the reduced graph did not check out on its own: {checks}")
+    if (
+        checks.get("cpu") == "passes"
+        and checks.get("standalone_build") == "ok"
+        and checks.get("standalone_cpu") != "passes"
+    ):
+        # Same graph, same inputs, same MNN build: the two programs disagree, so the fault is the reproducer's until
+        # shown otherwise, and its result on the backend is no evidence either (issue 22).
+        say(
+            "the standalone reproducer fails on the CPU where mnn_graph passes the same graph and inputs on the same "
+            f"MNN build ({checks.get('standalone_cpu_numbers') or checks.get('standalone_cpu')}): look at repro.cpp "
+            "before MNN; its result on the backend is no evidence"
+        )
     if exhausted:
         say(
             f"the budget ({budget:.0f} s) ran out before the search finished: {len(keep)} op(s) is the best so far, "
@@ -370,8 +382,29 @@ def verify_standalone(
             if how == wanted
             else f"fails otherwise ({how})"
         )
-        say(f"  the standalone reproducer (repro.cpp) on {backend}: {out[name]}")
+        numbers = repro_numbers(results / f"{name}.err")
+        if numbers:
+            out[f"{name}_numbers"] = numbers
+        say(f"  the standalone reproducer (repro.cpp) on {backend}: {out[name]}" + (f" ({numbers})" if numbers else ""))
     return out
+
+
+def repro_numbers(err: Path) -> str:
+    """repro.cpp's own account of each output against expected/ (stderr): "NAME: max_rel X, cosine Y, nmse Z, N of M
+    not finite", "NAME: N of M values differ, flat indices I to J" (where), or "NAME has N values, the CPU's M";
+    joined by "; ", "" when it compared none. A verdict alone hid
+    that repro.cpp once counted an NC4HW4 output with its channels padded to 4 (issue 22: "differs" on the CPU too)."""
+    try:
+        lines = err.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    said = [x.removeprefix("repro: ") for x in lines if x.startswith("repro: ")]
+    found = [
+        x.removesuffix(", against the CPU's values")
+        for x in said
+        if ": max_rel " in x or " values, the CPU's " in x or " values differ, flat indices " in x
+    ]
+    return "; ".join(found)
 
 
 def check_at(settings: Settings, results: Path, *, say: Say = print) -> int:

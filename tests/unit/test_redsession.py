@@ -133,3 +133,58 @@ def test_the_machines_own_gpu_is_aimed_at_the_row_for_its_vendor() -> None:
     # to judge the cell is the target: at 3.3.0 image mode, #3129's crash.
     aim = redsession.aim_for(fixtures.load_matrix(), "3.3.0", "vulkan-image", "host", "3.3.0", given=False)
     assert aim.target is not None and aim.target.signal == "SIGSEGV" and aim.op == "Deconvolution"
+
+
+# issue 22: repro.cpp's words on a PoolGrad output of 64x50x8x8 (NC4HW4 pads 50 channels to 52): before the fix it
+# counted the padded tensor and said this on every backend, the CPU included; after it, its numbers.
+PADDED = "repro: running graph.mnn on cpu\nrepro: PoolGrad77 has 212992 values, the CPU's 204800\n"
+NUMBERS = (
+    "repro: PoolGrad77: max_rel 0.73, cosine 0.149000000, nmse 1.2, 0 of 204800 not finite, against the CPU's values\n"
+    "repro: outputs differ from the CPU's\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("err", "want"),
+    [
+        (PADDED, "PoolGrad77 has 212992 values, the CPU's 204800"),
+        (NUMBERS, "PoolGrad77: max_rel 0.73, cosine 0.149000000, nmse 1.2, 0 of 204800 not finite"),
+        (
+            NUMBERS.replace(
+                "repro: outputs",
+                "repro: PoolGrad77: 139264 of 204800 values differ, flat indices 65536 to 204799\nrepro: outputs",
+            ),
+            "PoolGrad77: max_rel 0.73, cosine 0.149000000, nmse 1.2, 0 of 204800 not finite; "
+            "PoolGrad77: 139264 of 204800 values differ, flat indices 65536 to 204799",
+        ),
+    ],
+)
+def test_the_standalone_reproducers_numbers_are_in_the_checks(tmp_path: Path, err: str, want: str) -> None:
+    built: Any = dataclasses.make_dataclass("B", ["runner", "tree", "core"])(
+        _Runner(1, err), dataclasses.make_dataclass("T", ["path"])(tmp_path), None
+    )
+    built.core = dataclasses.make_dataclass("C", ["lib_dir"])(tmp_path)
+    prepared: Any = dataclasses.make_dataclass("P", ["built"])(built)
+    said: list[str] = []
+    differs = reduce.Target("differs")
+    out = redsession.verify_standalone(prepared, _spec(tmp_path, "", 0), differs, tmp_path, tmp_path, said.append)
+    assert out["standalone"] == out["standalone_cpu"] == "fails"
+    assert out["standalone_numbers"] == want and out["standalone_cpu_numbers"] == want
+    assert any(want in line for line in said)
+
+
+@pytest.mark.parametrize("standalone_cpu", ["fails otherwise (differs)", "passes"])
+def test_a_reproducer_that_fails_where_mnn_graph_passes_on_the_cpu_is_no_evidence(standalone_cpu: str) -> None:
+    checks = {"backend": "fails", "cpu": "passes", "standalone_build": "ok", "standalone": "fails"}
+    checks |= {
+        "standalone_cpu": standalone_cpu,
+        "standalone_cpu_numbers": "PoolGrad77 has 212992 values, the CPU's 204800",
+    }
+    said: list[str] = []
+    aim = redsession.Aim(None, "the captured graph's own failure")
+    code = redsession.conclude(checks, aim, ("PoolGrad",), (76,), Path("/r"), 900.0, exhausted=False, say=said.append)
+    blamed = [x for x in said if "look at repro.cpp before MNN" in x]
+    if standalone_cpu == "passes":
+        assert code == 0 and not blamed
+    else:
+        assert code == 1 and len(blamed) == 1 and "212992 values" in blamed[0] and "no evidence" in blamed[0]
