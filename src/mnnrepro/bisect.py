@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -35,10 +34,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import fixtures, hostcmd, prepare, redsession, reduce, source
+from . import fixtures, prepare, redsession, reduce, source
 from .cells import Cell, run_cell
 from .errors import EXIT_MISMATCH, BuildError, MnnReproError, SourceError
 from .judge import FIXED_BY_FALLBACK, judge
+from .runner import CommandResult, host_command
 from .settings import Settings
 from .signature import SIGNAL_ONLY
 
@@ -111,8 +111,8 @@ GIT_LOCAL_TIMEOUT_S = 600.0  # rev-list/archive of a whole tree: local, but hund
 GIT_NETWORK_TIMEOUT_S = 1800.0  # a full-history clone of MNN
 
 
-def git(git_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return hostcmd.run(
+def git(git_dir: Path, *args: str, check: bool = True) -> CommandResult:
+    return host_command(
         ["git", "--git-dir", str(git_dir), *args],
         timeout_s=GIT_LOCAL_TIMEOUT_S,
         what=f"git {' '.join(args)} in {git_dir}",
@@ -526,7 +526,7 @@ def default_git_dir(settings: Settings, say: Callable[[str], None]) -> Path:
     if (dest / "HEAD").is_file():
         say(f"updating {dest} from {url}")
         argv = ["git", "--git-dir", str(dest), "fetch", "-q", "--tags", url, "+refs/heads/*:refs/heads/*"]
-        hostcmd.run(
+        host_command(
             argv, timeout_s=GIT_NETWORK_TIMEOUT_S, what=f"fetch {url}", retries=2, say=say, hint=hint, error=SourceError
         )
         return dest
@@ -534,7 +534,7 @@ def default_git_dir(settings: Settings, say: Callable[[str], None]) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     try:  # cloned aside, then moved in: an interrupted clone leaves nothing that looks like a repository
-        hostcmd.run(
+        host_command(
             ["git", "clone", "-q", "--bare", url, str(staging / "repo")],
             timeout_s=GIT_NETWORK_TIMEOUT_S,
             what=f"clone {url}",

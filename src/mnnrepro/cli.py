@@ -28,7 +28,6 @@ from . import (
     opsession,
     prepare,
     redsession,
-    replay,
     signature,
     source,
     swiftshader,
@@ -44,6 +43,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--git-url", dest="git_url", help="where to clone a missing ref from (default: upstream)")
     p.add_argument("--cache-dir", dest="cache_dir", help="source/build/ccache cache (default ~/.cache/mnnrepro)")
 
+
+REPLAY_MOVED = "python tools/ci_replay.py --job JOB (or --list), from the checkout"
 
 # What add_subparsers returns (argparse has no public name for it).
 Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -289,8 +290,10 @@ def _add_swiftshader(sub: Subcommands) -> None:
 
 
 def _add_ci(sub: Subcommands) -> None:
-
-    replay.add_arguments(sub.add_parser("ci", help="the GitHub Actions workflow: `ci replay --job JOB` runs it here"))
+    # The workflow replay is a developer tool outside the library now (tools/replay/, issue 23): the old
+    # subcommand stays only to say where it went.
+    ci = sub.add_parser("ci", help=f"moved: {REPLAY_MOVED}", description=f"moved: {REPLAY_MOVED}")
+    ci.add_argument("ci_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
 
 
 def _matrix(args: argparse.Namespace) -> int:
@@ -478,8 +481,8 @@ def _signature(args: argparse.Namespace) -> int:
 
 
 def _ci(args: argparse.Namespace, settings: Settings) -> int:
-
-    return replay.main(args)
+    print(f"mnnrepro: `ci replay` left the library; run {REPLAY_MOVED}", file=sys.stderr)
+    return 2
 
 
 def _bisect(args: argparse.Namespace, settings: Settings) -> int:

@@ -15,9 +15,8 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
-from pathlib import Path
 
-from . import fixtures, icd, preflight, source, swiftshader
+from . import fixtures, icd, preflight, source
 from .errors import MnnReproError
 from .preflight import FAIL, OK, RUNNERS, WARN, Finding
 from .runner import HostRunner
@@ -52,12 +51,11 @@ class Diagnosis:
         return not self.icds.get(runner) or bool(self.working_icds(runner))
 
 
-def _vulkaninfo(label: str, manifest: Path | None) -> list[Finding]:
-    """Device names through one ICD (None: the loader's own choice, as `--icd host`)."""
+def _vulkaninfo(label: str, env: dict[str, str]) -> list[Finding]:
+    """Device names through one ICD, with its loader variables (none: the loader's own choice, as `--icd host`)."""
     exe = shutil.which("vulkaninfo")
     if exe is None:
         return []
-    env = {"VK_ICD_FILENAMES": str(manifest), "VK_DRIVER_FILES": str(manifest)} if manifest else {}
     done = HostRunner(kill_grace_s=1.0).run([exe, "--summary"], env=env, timeout_s=20)
     names = [line.split("=", 1)[1].strip() for line in done.output.splitlines() if "deviceName" in line and "=" in line]
     what = f"devices {label} (vulkaninfo)"
@@ -72,12 +70,10 @@ def _device_checks(settings: Settings) -> list[Check]:
     if shutil.which("vulkaninfo") is None:
         return []
     todo: list[Check] = []
-    lvp = sorted(p for g in icd.LAVAPIPE_GLOBS for p in Path("/").glob(g.lstrip("/")))
-    if lvp:
-        todo.append(partial(_vulkaninfo, "lavapipe", lvp[0]))
-    if swiftshader.manifest_path(settings.cache_dir).is_file():
-        todo.append(partial(_vulkaninfo, "swiftshader", swiftshader.manifest_path(settings.cache_dir)))
-    todo.append(partial(_vulkaninfo, "host", None))
+    for row in icd.TABLE[icd.VULKAN].values():  # each Vulkan ICD that is here now (nothing fetched or written)
+        found = row.find.locate(settings.cache_dir)
+        if found is not None or isinstance(row.find, icd.Machine):
+            todo.append(partial(_vulkaninfo, row.name, icd.loader_env(row, found)))
     return todo
 
 

@@ -47,7 +47,7 @@ class EnvironmentProblem(MnnReproError):
 
 
 class HostCommandError(MnnReproError):
-    """A command run on this machine (hostcmd.run) failed, timed out or could not start."""
+    """A command run on this machine (runner.host_command) failed, timed out or could not start."""
 
     exit_code = 6
     title = "command failed"

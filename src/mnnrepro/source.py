@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import tarfile
 import tempfile
 import threading
@@ -27,8 +26,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import cache, hostcmd, shaders
+from . import cache, shaders
 from .errors import ConfigError, SourceError
+from .runner import CommandResult, host_command
 
 PROVENANCE = cache.PROVENANCE
 # Files whose absence means "this is not an MNN tree the suite can build".
@@ -46,7 +46,7 @@ _SHA = re.compile(r"^[0-9a-f]{7,40}$")
 # Time limits (seconds) of git calls. A fetch of one MNN commit is ~100 MB: generous on a slow link, but a
 # server that accepts and never answers is given up on instead of waited out. Tests shorten them.
 NETWORK_TIMEOUT_S = 600.0
-NETWORK_RETRIES = 2  # further attempts of a failed or timed-out fetch (hostcmd.BACKOFF_S apart, doubling)
+NETWORK_RETRIES = 2  # further attempts of a failed or timed-out fetch (runner.BACKOFF_S apart, doubling)
 LOCAL_TIMEOUT_S = 60.0  # rev-parse, ls-tree, cat-file, init
 BULK_TIMEOUT_S = 600.0  # git archive / checkout: local, but they write the whole tree (~600 MB for MNN)
 _GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}  # never wait on a password prompt; English messages
@@ -192,10 +192,10 @@ def _git(
     input: str | None = None,
     hint: str = "",
     say: Say | None = None,
-) -> subprocess.CompletedProcess[str]:
+) -> CommandResult:
     if shutil.which("git") is None:
         raise SourceError("git is not installed", hint="install git, or pass --source DIR")
-    return hostcmd.run(
+    return host_command(
         ["git", *args],
         timeout_s=LOCAL_TIMEOUT_S if timeout_s is None else timeout_s,
         what=what,

@@ -11,7 +11,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
 import tarfile
 import tempfile
 import time
@@ -19,8 +18,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from . import hostcmd
 from .errors import EnvironmentProblem, MnnReproError
+from .runner import filter_bytes, host_command
 
 PACKAGE = "@sparticuz/chromium"
 VERSION = "143.0.4"
@@ -53,7 +52,7 @@ def registry() -> str:
         return explicit.rstrip("/") + "/"
     if shutil.which("npm"):
         try:
-            res = hostcmd.run(["npm", "config", "get", "registry"], timeout_s=30, what="npm config", check=False)
+            res = host_command(["npm", "config", "get", "registry"], timeout_s=30, what="npm config", check=False)
             if res.returncode == 0 and res.stdout.strip().startswith("http"):
                 return res.stdout.strip().rstrip("/") + "/"
         except MnnReproError:
@@ -97,7 +96,7 @@ def _brotli_decompress(data: bytes) -> bytes:
             "cannot decompress swiftshader.tar.br: neither the brotli CLI nor module is present",
             hint="pip install brotli (a dependency of mnnrepro), or apt-get install brotli",
         )
-    return subprocess.run([exe, "-d", "-c"], input=data, capture_output=True, check=True, timeout=300).stdout
+    return filter_bytes([exe, "-d", "-c"], data, timeout_s=300)
 
 
 def ensure(cache_dir: Path, *, tarball: Path | None = None) -> Path:

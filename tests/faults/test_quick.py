@@ -525,7 +525,7 @@ def test_fetch_from_a_server_that_never_answers_gives_up(ws: Workspace, finish: 
         patch={
             "mnnrepro.source.NETWORK_TIMEOUT_S": 2.0,
             "mnnrepro.source.NETWORK_RETRIES": 1,
-            "mnnrepro.hostcmd.BACKOFF_S": 0.2,
+            "mnnrepro.runner.BACKOFF_S": 0.2,
         },
     )
     with silent_server() as port:

@@ -70,8 +70,8 @@ def test_one_usable_runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, runn
 def test_the_real_doctor_shadowed_sdk_and_missing_libvulkan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """End to end on this machine's checks: a Docker SDK shadowed by the repository's docker/ folder and no
     unversioned libvulkan.so leave no runner: exit 6, each with its real fix."""
-    monkeypatch.setattr(preflight, "docker_sdk", _shadowed)
-    monkeypatch.setattr(preflight, "VULKAN_LOADER", "libmnnrepro_no_vulkan.so")
+    monkeypatch.setattr(preflight.docker, "docker_sdk", _shadowed)
+    monkeypatch.setattr(preflight.vulkan, "VULKAN_LOADER", "libmnnrepro_no_vulkan.so")
     code, lines = run_doctor(Settings(cache_dir=tmp_path, runner="auto"))
     text = "\n".join(lines)
     assert code == 6, text
@@ -109,10 +109,10 @@ def test_real_gpu_cases_are_explained(tmp_path: Path, monkeypatch: pytest.Monkey
     vendors.mkdir()
     proc = tmp_path / "nvidia-version"
     proc.write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module  580.95.05  Thu Sep 25 2025\n")
-    monkeypatch.setattr(preflight, "VULKAN_ICD_DIRS", (str(icd_dir),))
-    monkeypatch.setattr(preflight, "OPENCL_VENDOR_DIR", vendors)
-    monkeypatch.setattr(preflight, "NVIDIA_PROC", proc)
-    monkeypatch.setattr(preflight, "MNN_OPENCL_PATHS", ("libOpenCL.so",))
+    monkeypatch.setattr(preflight.vulkan, "VULKAN_ICD_DIRS", (str(icd_dir),))
+    monkeypatch.setattr(preflight.opencl, "OPENCL_VENDOR_DIR", vendors)
+    monkeypatch.setattr(preflight.base, "NVIDIA_PROC", proc)
+    monkeypatch.setattr(preflight.opencl, "MNN_OPENCL_PATHS", ("libOpenCL.so",))
     for var in ("VK_DRIVER_FILES", "VK_ICD_FILENAMES", "OCL_ICD_VENDORS"):
         monkeypatch.delenv(var, raising=False)
     real = preflight.load_library
@@ -123,10 +123,10 @@ def test_real_gpu_cases_are_explained(tmp_path: Path, monkeypatch: pytest.Monkey
         "libnvidia-opencl.so.1": Load("libnvidia-opencl.so.1", True),
         "libOpenCL.so": Load("libOpenCL.so", True),
     }
-    monkeypatch.setattr(preflight, "load_library", lambda name, timeout_s=8.0: fakes.get(name) or real(name))
-    monkeypatch.setattr(preflight, "opencl_platforms", lambda library: [])
-    monkeypatch.setattr(preflight, "vulkan_instance", lambda manifest: preflight.Instance(-9))
-    monkeypatch.setattr(preflight, "docker_sdk", _shadowed)
+    monkeypatch.setattr(preflight.base, "load_library", lambda name, timeout_s=8.0: fakes.get(name) or real(name))
+    monkeypatch.setattr(preflight.opencl, "opencl_platforms", lambda library: [])
+    monkeypatch.setattr(preflight.vulkan, "vulkan_instance", lambda manifest: preflight.Instance(-9))
+    monkeypatch.setattr(preflight.docker, "docker_sdk", _shadowed)
     # Only the GPU explanations are under test: the host's own toolchain and loader are whatever this machine has.
     monkeypatch.setattr(preflight, "check_toolchain", lambda: [])
     monkeypatch.setattr(preflight, "check_gdb", lambda severity=preflight.FAIL: [])
@@ -153,8 +153,8 @@ def plant_gpu_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, glvnd:
     (icd_dir / "nvidia_icd.json").write_text(json.dumps({"ICD": {"library_path": "libGLX_nvidia.so.0"}}))
     proc = tmp_path / "nvidia-version"
     proc.write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module  580.159.04  Thu Sep 25 2025\n")
-    monkeypatch.setattr(preflight, "VULKAN_ICD_DIRS", (str(icd_dir),))
-    monkeypatch.setattr(preflight, "NVIDIA_PROC", proc)
+    monkeypatch.setattr(preflight.vulkan, "VULKAN_ICD_DIRS", (str(icd_dir),))
+    monkeypatch.setattr(preflight.base, "NVIDIA_PROC", proc)
     monkeypatch.setattr(icd, "LAVAPIPE_GLOBS", (str(tmp_path / "none" / "lvp_icd*.json"),))
     for var in ("VK_DRIVER_FILES", "VK_ICD_FILENAMES"):
         monkeypatch.delenv(var, raising=False)
@@ -164,11 +164,11 @@ def plant_gpu_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, glvnd:
         Load("libGLX_nvidia.so.0", True) if glvnd else Load("libGLX_nvidia.so.0", False, "cannot open", preflight.GLVND)
     )
     monkeypatch.setattr(
-        preflight, "load_library", lambda name, timeout_s=8.0: glx if "nvidia" in name else Load(name, glvnd)
+        preflight.base, "load_library", lambda name, timeout_s=8.0: glx if "nvidia" in name else Load(name, glvnd)
     )
     instance = preflight.Instance(0, ("NVIDIA H100 80GB HBM3",)) if glvnd else preflight.Instance(-9)
-    monkeypatch.setattr(preflight, "vulkan_instance", lambda manifest: instance)
-    monkeypatch.setattr(preflight, "docker_sdk", _shadowed)
+    monkeypatch.setattr(preflight.vulkan, "vulkan_instance", lambda manifest: instance)
+    monkeypatch.setattr(preflight.docker, "docker_sdk", _shadowed)
     monkeypatch.setattr(preflight, "check_disk", lambda cache_dir: [Finding(OK, "free disk", "50.0 GiB")])
     monkeypatch.setattr(preflight, "check_toolchain", lambda: [Finding(OK, "host toolchain", "c++, cmake, ninja")])
     monkeypatch.setattr(preflight, "check_gdb", lambda severity=preflight.FAIL: [Finding(OK, "gdb", "runs Python")])

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from mnnrepro import icd, swiftshader
+from mnnrepro import icd, settings, swiftshader
 from mnnrepro.errors import EnvironmentProblem
+from mnnrepro.runner import LOADER_ENV_PREFIXES, HostRunner
 
 
 def test_bogus_icd_points_at_a_library_that_does_not_exist(tmp_path: Path) -> None:
@@ -114,3 +115,56 @@ def test_a_pinned_package_installs_once(tmp_path: Path, monkeypatch: pytest.Monk
     assert pin["library_sha256"] == hashlib.sha256(b"\x7fELF").hexdigest()
     fake.unlink()
     assert swiftshader.ensure(cache, tarball=fake) == manifest  # cached: the tarball is not read again
+
+
+# -- the ICD table: a new ICD is a row ------------------------------------------------------------------------
+
+
+def add_row(monkeypatch: pytest.MonkeyPatch, api: str, name: str, where: Path, loader_vars: tuple[str, ...]) -> Path:
+    """A test-only row of icd.TABLE: an ICD installed by a (pretend) package at `where`."""
+    found = icd.Installed(lambda: (str(where),), f"{name} is not installed", f"apt-get install {name}", (name,))
+    monkeypatch.setitem(icd.TABLE[api], name, icd.Row(api, name, found, loader_vars))
+    return where
+
+
+def test_the_table_is_keyed_by_api_with_each_apis_loader_variables() -> None:
+    assert set(icd.TABLE) == {icd.VULKAN, icd.OPENCL}
+    assert settings.ICD_NAMES == icd.KNOWN == icd.names() == ("lavapipe", "swiftshader", "host", "bogus")
+    for api, rows in icd.TABLE.items():
+        for name, row in rows.items():
+            assert (row.api, row.name) == (api, name)
+            assert row.loader_vars and set(row.loader_vars) <= set(icd.LOADER_VARS[api]), row
+    # `--icd host` passes the caller's loader variables through the runner: every API's are among them.
+    every = [v for names in icd.LOADER_VARS.values() for v in names]
+    assert every and all(v.startswith(LOADER_ENV_PREFIXES) for v in every)
+
+
+@pytest.mark.parametrize(
+    ("api", "file", "loader_vars"),
+    [
+        (icd.OPENCL, "fakecl.icd", ("OCL_ICD_VENDORS",)),  # as PoCL's or NVIDIA's vendor file would be
+        (icd.OPENCL, "libfakecl.so", ("OCL_ICD_FILENAMES",)),
+        (icd.VULKAN, "fakevk_icd.json", ("VK_ICD_FILENAMES", "VK_DRIVER_FILES")),
+    ],
+)
+def test_a_new_row_reaches_the_runners_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, api: str, file: str, loader_vars: tuple[str, ...]
+) -> None:
+    where = add_row(monkeypatch, api, "fake", tmp_path / "vendors" / file, loader_vars)
+    with pytest.raises(EnvironmentProblem, match=f"fake is not installed \\(no {file}\\)") as info:
+        icd.resolve("fake", tmp_path)
+    assert info.value.hint == "apt-get install fake"
+    where.parent.mkdir()
+    where.write_text("libfakecl.so\n")
+    resolved = icd.resolve("fake", tmp_path)
+    assert (resolved.name, resolved.manifest, resolved.env) == ("fake", where, {v: str(where) for v in loader_vars})
+    # What a cell's process gets from the runner: the row's variables (no other loader variable passes).
+    done = HostRunner().run(
+        ["sh", "-c", 'echo "${OCL_ICD_VENDORS}|${OCL_ICD_FILENAMES}|${VK_DRIVER_FILES}"'], env=resolved.env
+    )
+    got = dict(
+        zip(("OCL_ICD_VENDORS", "OCL_ICD_FILENAMES", "VK_DRIVER_FILES"), done.output.strip().split("|"), strict=True)
+    )
+    assert got == {k: resolved.env.get(k, "") for k in got}
+    with pytest.raises(EnvironmentProblem, match="not in the image"):
+        icd.resolve("fake", tmp_path, "docker")  # docker/Dockerfile does not install it

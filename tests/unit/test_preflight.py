@@ -67,7 +67,7 @@ def fake_loads(monkeypatch: pytest.MonkeyPatch, results: dict[str, Load]) -> lis
         asked.append(name)
         return results.get(name, Load(name, False, f"{name}: cannot open shared object file", (Path(name).name,)))
 
-    monkeypatch.setattr(preflight, "load_library", load)
+    monkeypatch.setattr(preflight.base, "load_library", load)
     return asked
 
 
@@ -105,12 +105,12 @@ def test_a_loadable_driver_with_a_device_and_a_relative_path(
         asked.append(m)
         return preflight.Instance(0, ("Fake GPU",))
 
-    monkeypatch.setattr(preflight, "vulkan_instance", instance)
+    monkeypatch.setattr(preflight.vulkan, "vulkan_instance", instance)
     finding = preflight.check_manifest("ICD fine", manifest)
     assert finding.status == OK, finding
     assert "Fake GPU" in finding.detail
     assert asked == [manifest]
-    monkeypatch.setattr(preflight, "vulkan_instance", lambda m: preflight.Instance(0, ()))
+    monkeypatch.setattr(preflight.vulkan, "vulkan_instance", lambda m: preflight.Instance(0, ()))
     assert preflight.check_manifest("ICD fine", manifest).status == FAIL  # loads, but no device
     assert preflight.check_manifest("ICD fine", manifest, expect_device=False).status == OK
 
@@ -195,7 +195,7 @@ def test_host_icd_in_docker_warns_that_containers_get_no_gpu(tmp_path: Path) -> 
 def nvidia_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     icd_dir = tmp_path / "icd.d"
     manifest = write_manifest(icd_dir / "nvidia_icd.json", "libGLX_nvidia.so.0")
-    monkeypatch.setattr(preflight, "VULKAN_ICD_DIRS", (str(tmp_path / "etc"), str(icd_dir)))
+    monkeypatch.setattr(preflight.vulkan, "VULKAN_ICD_DIRS", (str(tmp_path / "etc"), str(icd_dir)))
     monkeypatch.delenv("VK_DRIVER_FILES", raising=False)
     monkeypatch.delenv("VK_ICD_FILENAMES", raising=False)
     return manifest
@@ -209,7 +209,7 @@ def test_nvidia_driver_that_cannot_load_names_the_missing_library(
         "libGLX_nvidia.so.0", False, "libGLdispatch.so.0: cannot open shared object file", ("libGLdispatch.so.0",)
     )
     fake_loads(monkeypatch, {"libGLX_nvidia.so.0": missing})
-    monkeypatch.setattr(preflight, "vulkan_instance", lambda m: preflight.Instance(-9))
+    monkeypatch.setattr(preflight.vulkan, "vulkan_instance", lambda m: preflight.Instance(-9))
     found = {f.what: f for f in preflight.check_host_icd()}
     f = found["ICD host: nvidia_icd.json"]
     assert f.status == FAIL
@@ -225,18 +225,18 @@ def test_nvidia_driver_that_loads_but_lacks_glvnd(tmp_path: Path, monkeypatch: p
     still returns -9 until glvnd's libraries are installed: the driver opens them only then."""
     manifest = nvidia_host(tmp_path, monkeypatch)
     fake_loads(monkeypatch, {"libGLX_nvidia.so.0": Load("libGLX_nvidia.so.0", True), "libEGL.so.1": Load("x", True)})
-    monkeypatch.setattr(preflight, "vulkan_instance", lambda m: preflight.Instance(-9))
+    monkeypatch.setattr(preflight.vulkan, "vulkan_instance", lambda m: preflight.Instance(-9))
     f = preflight.check_manifest("ICD host: nvidia_icd.json", manifest)
     assert f.status == FAIL
     assert "libGLdispatch.so.0, libGLX.so.0 cannot be loaded" in f.detail
     assert "vkCreateInstance returns -9 (VK_ERROR_INCOMPATIBLE_DRIVER)" in f.detail
     assert f.packages == ("libglvnd0", "libglx0", "libegl1")
     # Without a Vulkan loader the instance cannot be tried, and glvnd is still checked: every problem at once.
-    monkeypatch.setattr(preflight, "vulkan_instance", lambda m: "no Vulkan loader to create an instance with")
+    monkeypatch.setattr(preflight.vulkan, "vulkan_instance", lambda m: "no Vulkan loader to create an instance with")
     assert preflight.check_manifest("ICD host: nvidia_icd.json", manifest).status == FAIL
     # With glvnd there, the device is named.
     fake_loads(monkeypatch, {n: Load(n, True) for n in ("libGLX_nvidia.so.0", *preflight.GLVND)})
-    monkeypatch.setattr(preflight, "vulkan_instance", lambda m: preflight.Instance(0, ("NVIDIA H200",)))
+    monkeypatch.setattr(preflight.vulkan, "vulkan_instance", lambda m: preflight.Instance(0, ("NVIDIA H200",)))
     ok = preflight.check_manifest("ICD host: nvidia_icd.json", manifest)
     assert ok.status == OK and "NVIDIA H200" in ok.detail
 
@@ -244,8 +244,8 @@ def test_nvidia_driver_that_loads_but_lacks_glvnd(tmp_path: Path, monkeypatch: p
 def test_nvidia_driver_without_a_vulkan_manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     proc = tmp_path / "version"
     proc.write_text("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.95.05  Release Build\n")
-    monkeypatch.setattr(preflight, "NVIDIA_PROC", proc)
-    monkeypatch.setattr(preflight, "VULKAN_ICD_DIRS", (str(tmp_path / "empty"),))
+    monkeypatch.setattr(preflight.base, "NVIDIA_PROC", proc)
+    monkeypatch.setattr(preflight.vulkan, "VULKAN_ICD_DIRS", (str(tmp_path / "empty"),))
     monkeypatch.delenv("VK_DRIVER_FILES", raising=False)
     monkeypatch.delenv("VK_ICD_FILENAMES", raising=False)
     (f,) = preflight.check_host_icd()
@@ -257,7 +257,7 @@ def test_nvidia_driver_without_a_vulkan_manifest(tmp_path: Path, monkeypatch: py
 
 
 def test_no_vulkan_loader_at_all(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(preflight, "VULKAN_LOADER", "libmnnrepro_no_vulkan.so")
+    monkeypatch.setattr(preflight.vulkan, "VULKAN_LOADER", "libmnnrepro_no_vulkan.so")
     (f,) = preflight.check_vulkan_loader()
     assert f.status == FAIL
     assert f.packages == ("libvulkan1", "libvulkan-dev")
@@ -266,7 +266,7 @@ def test_no_vulkan_loader_at_all(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_only_the_versioned_vulkan_loader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_lib: MakeLib) -> None:
     versioned = make_lib("libfakevulkan.so.1")
-    monkeypatch.setattr(preflight, "VULKAN_LOADER", str(versioned.parent / "libfakevulkan.so"))
+    monkeypatch.setattr(preflight.vulkan, "VULKAN_LOADER", str(versioned.parent / "libfakevulkan.so"))
     (f,) = preflight.check_vulkan_loader()
     assert f.status == FAIL
     assert f.packages == ("libvulkan-dev",)
@@ -373,9 +373,9 @@ def vendors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     where = tmp_path / "vendors"
     where.mkdir()
     (where / "pocl.icd").write_text("libpocl.so.2\n")
-    monkeypatch.setattr(preflight, "OPENCL_VENDOR_DIR", where)
+    monkeypatch.setattr(preflight.opencl, "OPENCL_VENDOR_DIR", where)
     monkeypatch.delenv("OCL_ICD_VENDORS", raising=False)
-    monkeypatch.setattr(preflight, "MNN_OPENCL_PATHS", ("libOpenCL.so",))
+    monkeypatch.setattr(preflight.opencl, "MNN_OPENCL_PATHS", ("libOpenCL.so",))
     return where
 
 
@@ -384,7 +384,7 @@ POCL_ONLY = [preflight.Platform("Portable Computing Language", 0, 1)]
 
 def test_nvidia_opencl_driver_without_a_vendor_file(vendors: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake_loads(monkeypatch, {n: Load(n, True) for n in ("libOpenCL.so", "libpocl.so.2", preflight.NVIDIA_OPENCL)})
-    monkeypatch.setattr(preflight, "opencl_platforms", lambda library: POCL_ONLY)
+    monkeypatch.setattr(preflight.opencl, "opencl_platforms", lambda library: POCL_ONLY)
     found = {f.what: f for f in preflight.check_opencl(requested=False)}
     nvidia = found["OpenCL NVIDIA vendor file"]
     assert nvidia.status == WARN
@@ -396,12 +396,12 @@ def test_nvidia_opencl_driver_without_a_vendor_file(vendors: Path, monkeypatch: 
 
 def test_pocl_only_warns_unless_opencl_is_requested(vendors: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake_loads(monkeypatch, {n: Load(n, True) for n in ("libOpenCL.so", "libpocl.so.2")})
-    monkeypatch.setattr(preflight, "opencl_platforms", lambda library: POCL_ONLY)
+    monkeypatch.setattr(preflight.opencl, "opencl_platforms", lambda library: POCL_ONLY)
     for requested, status in ((False, WARN), (True, FAIL)):
         device = next(f for f in preflight.check_opencl(requested=requested) if f.what == "OpenCL GPU device")
         assert device.status == status
         assert "PoCL is a CPU device" in device.detail and "NOT-EXERCISED" in device.detail
-    monkeypatch.setattr(preflight, "opencl_platforms", lambda library: [preflight.Platform("NVIDIA CUDA", 1, 1)])
+    monkeypatch.setattr(preflight.opencl, "opencl_platforms", lambda library: [preflight.Platform("NVIDIA CUDA", 1, 1)])
     device = next(f for f in preflight.check_opencl(requested=True) if f.what == "OpenCL GPU device")
     assert device.status == OK
 
@@ -415,7 +415,7 @@ def test_only_the_versioned_opencl_loader(vendors: Path, monkeypatch: pytest.Mon
         probed.append(library)
         return POCL_ONLY
 
-    monkeypatch.setattr(preflight, "opencl_platforms", platforms)
+    monkeypatch.setattr(preflight.opencl, "opencl_platforms", platforms)
     found = {f.what: f for f in preflight.check_opencl(requested=True)}
     loader = found["OpenCL loader (MNN's list)"]
     assert loader.status == FAIL
@@ -428,7 +428,7 @@ def test_only_the_versioned_opencl_loader(vendors: Path, monkeypatch: pytest.Mon
 def test_a_broken_vendor_file_names_its_missing_dependency(vendors: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     broken = Load("libpocl.so.2", False, "libLLVM-15.so.1: cannot open shared object file", ("libLLVM-15.so.1",))
     fake_loads(monkeypatch, {"libOpenCL.so": Load("libOpenCL.so", True), "libpocl.so.2": broken})
-    monkeypatch.setattr(preflight, "opencl_platforms", lambda library: [])
+    monkeypatch.setattr(preflight.opencl, "opencl_platforms", lambda library: [])
     vendor = next(f for f in preflight.check_opencl(requested=False) if f.what == "OpenCL vendor pocl.icd")
     assert vendor.status == WARN
     assert "libLLVM-15.so.1" in vendor.detail
@@ -498,9 +498,11 @@ class FakeClient:
 
 
 def docker_with(monkeypatch: pytest.MonkeyPatch, client: Any) -> None:
-    monkeypatch.setattr(preflight, "docker_sdk", lambda: types.SimpleNamespace(__version__="7", __file__="/x/d/i.py"))
+    monkeypatch.setattr(
+        preflight.docker, "docker_sdk", lambda: types.SimpleNamespace(__version__="7", __file__="/x/d/i.py")
+    )
     # These fakes have no containers to probe same-path mounts with (test_same_path_mounts_... covers that).
-    monkeypatch.setattr(preflight, "in_container", lambda: False)
+    monkeypatch.setattr(preflight.docker, "in_container", lambda: False)
 
     def connect(timeout: float = 30) -> Any:
         if isinstance(client, Exception):
@@ -549,7 +551,7 @@ def test_runner_must_be_resolved(tmp_path: Path) -> None:
 
 def test_docker_runner_does_not_check_host_drivers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(icd, "LAVAPIPE_GLOBS", (str(tmp_path / "none" / "*.json"),))
-    monkeypatch.setattr(preflight, "VULKAN_LOADER", "libmnnrepro_no_vulkan.so")
+    monkeypatch.setattr(preflight.vulkan, "VULKAN_LOADER", "libmnnrepro_no_vulkan.so")
     docker_with(monkeypatch, EnvironmentProblem("down", hint="start it"))
     lines: list[str] = []
     found = preflight.run(
@@ -564,7 +566,7 @@ def test_docker_runner_does_not_check_host_drivers(tmp_path: Path, monkeypatch: 
 
 def test_host_runner_lists_every_problem_and_one_apt_get(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(icd, "LAVAPIPE_GLOBS", (str(tmp_path / "none" / "*.json"),))
-    monkeypatch.setattr(preflight, "VULKAN_LOADER", "libmnnrepro_no_vulkan.so")
+    monkeypatch.setattr(preflight.vulkan, "VULKAN_LOADER", "libmnnrepro_no_vulkan.so")
     fake_bin(tmp_path, monkeypatch, {"c++": "exit 0", "cmake": "exit 0"})
     lines: list[str] = []
     found = preflight.run(
@@ -634,15 +636,66 @@ def test_same_path_mounts_are_probed_inside_a_container_and_a_private_path_is_na
     settings = Settings(cache_dir=tmp_path / "cache", results_dir=tmp_path / "results")
     (tmp_path / "results").mkdir(mode=0o700)  # as pytest's tmp_path: private to its owner
     shared = {str(fixtures.ROOT): "same", str(tmp_path / "cache"): "same", str(tmp_path / "results"): "same"}
-    monkeypatch.setattr(preflight, "DockerRunner", _engine_seeing(shared))
+    monkeypatch.setattr(preflight.docker, "DockerRunner", _engine_seeing(shared))
     ok = preflight.check_same_paths(client, settings, force=True)
     assert [f.status for f in ok] == [preflight.OK]
     private = dict(shared, **{str(tmp_path / "results"): ""})  # the results dir is this container's own
-    monkeypatch.setattr(preflight, "DockerRunner", _engine_seeing(private))
+    monkeypatch.setattr(preflight.docker, "DockerRunner", _engine_seeing(private))
     bad = preflight.check_same_paths(client, settings, force=True)
     assert [f.status for f in bad] == [preflight.FAIL]
     assert str(tmp_path / "results") in bad[0].detail and str(tmp_path / "cache") not in bad[0].detail
     assert "TMPDIR" in bad[0].fix
     assert not list((tmp_path / "results").glob(".mnnrepro-same-path-*"))  # markers removed
-    monkeypatch.setattr(preflight, "in_container", lambda: False)
+    monkeypatch.setattr(preflight.docker, "in_container", lambda: False)
     assert preflight.check_same_paths(client, settings) == []  # outside a container: nothing to probe
+
+
+# --- a new ICD is a row of icd.TABLE -------------------------------------------------------------------------
+
+
+def test_a_new_opencl_row_is_checked_by_preflight(
+    vendors: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A test-only OpenCL row (as PoCL's or NVIDIA's vendor file would be): found, its library loaded, and MNN's
+    loader asked for GPU devices with only the row's loader variable set; no code names it."""
+    vendor = vendors / "fakecl.icd"
+    found = icd.Installed(
+        lambda: (str(vendors / "fakecl*.icd"),), "FakeCL is not installed", "apt-get install x", ("x",)
+    )
+    monkeypatch.setitem(icd.TABLE[icd.OPENCL], "fakecl", icd.Row(icd.OPENCL, "fakecl", found, ("OCL_ICD_VENDORS",)))
+    settings = Settings(cache_dir=tmp_path, icds=("fakecl",))
+    (missing,) = preflight.check_icd("fakecl", settings, "host")
+    assert (missing.status, missing.what, missing.packages) == (FAIL, "ICD fakecl", ("x",))
+    assert missing.detail == f"FakeCL is not installed (no fakecl*.icd: {vendors / 'fakecl*.icd'})"
+    vendor.write_text("libfakecl.so\n")
+    fake_loads(monkeypatch, {n: Load(n, True) for n in ("libOpenCL.so", "libfakecl.so")})
+    seen: list[dict[str, str] | None] = []
+
+    def platforms(library: str, env: dict[str, str] | None = None) -> list[preflight.Platform]:
+        seen.append(env)
+        return [preflight.Platform("FakeCL", 1, 1)]
+
+    monkeypatch.setattr(preflight.opencl, "opencl_platforms", platforms)
+    for check in ("check_disk", "check_toolchain", "check_gdb", "check_vulkan_loader"):
+        monkeypatch.setattr(preflight, check, lambda *a, **k: [])  # only the row's own check is under test
+    (ok,) = preflight.run(settings, icds=settings.icds, opencl=False, runner="host", say=lambda line: None)
+    assert (ok.status, ok.what) == (OK, "ICD fakecl"), ok
+    assert "FakeCL: 1 GPU of 1 device(s) (with OCL_ICD_VENDORS set)" in ok.detail
+    assert seen == [{"OCL_ICD_VENDORS": str(vendor)}]
+    monkeypatch.setattr(preflight.opencl, "opencl_platforms", lambda library, env=None: POCL_ONLY)
+    (cpu_only,) = preflight.check_icd("fakecl", settings, "host")
+    assert cpu_only.status == FAIL and "NOT-EXERCISED" in cpu_only.detail  # MNN takes GPU-type devices only
+    (docker,) = preflight.check_icd("fakecl", settings, "docker")
+    assert docker.status == FAIL and "not in the image" in docker.detail
+
+
+def test_a_new_vulkan_row_is_checked_as_a_manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    manifest = write_manifest(tmp_path / "icd.d" / "fakevk_icd.json", "libfakevk.so")
+    found = icd.Installed(lambda: (str(manifest),), "FakeVK is not installed", "apt-get install y")
+    monkeypatch.setitem(icd.TABLE[icd.VULKAN], "fakevk", icd.Row(icd.VULKAN, "fakevk", found, ("VK_DRIVER_FILES",)))
+    fake_loads(monkeypatch, {"libfakevk.so": Load("libfakevk.so", True)})
+    monkeypatch.setattr(preflight.vulkan, "vulkan_instance", lambda m: preflight.Instance(0, (f"Fake GPU of {m}",)))
+    (f,) = preflight.check_icd("fakevk", Settings(cache_dir=tmp_path), "host")
+    assert (f.status, f.what, f.detail) == (OK, "ICD fakevk", f"{manifest} -> Fake GPU of {manifest}")
+    todo = preflight.checks(Settings(cache_dir=tmp_path), icds=("fakevk",), opencl=False, runner="host")
+    assert preflight.check_vulkan_loader in todo  # a Vulkan ICD needs the loader MNN opens

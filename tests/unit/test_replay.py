@@ -1,28 +1,29 @@
 """The workflow replay's pure parts: expressions, if:, matrices, uses: mapping, file commands, artifacts, caches.
 
-Nothing here starts a container; `python -m mnnrepro ci replay` itself is exercised by hand (see the module).
+Nothing here starts a container; `python tools/ci_replay.py --job JOB` itself is exercised by hand (see
+tools/replay/__init__.py).
 """
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import json
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from mnnrepro import replay
 from mnnrepro.fixtures import ROOT
-from mnnrepro.replay import (
-    ReplayError,
-    Strict,
-    evaluate,
-    evaluate_if,
-    expand,
+from tools.replay import cli, containers, engine, model, workflow
+from tools.replay.errors import ReplayError
+from tools.replay.expressions import Strict, evaluate, evaluate_if, expand, expand_value
+from tools.replay.workflow import (
     expand_matrix,
-    expand_value,
     find_cache,
     local_action,
     parse_env_file,
@@ -211,9 +212,9 @@ def test_select_matrix_narrows_by_the_given_values() -> None:
 
 
 def test_parse_matrix_arg() -> None:
-    assert replay.parse_matrix_arg("ref=3.3.0, icd=lavapipe") == {"ref": "3.3.0", "icd": "lavapipe"}
+    assert workflow.parse_matrix_arg("ref=3.3.0, icd=lavapipe") == {"ref": "3.3.0", "icd": "lavapipe"}
     with pytest.raises(ReplayError, match="key=value"):
-        replay.parse_matrix_arg("ref")
+        workflow.parse_matrix_arg("ref")
 
 
 # -- file commands -------------------------------------------------------------------------------------------
@@ -304,7 +305,7 @@ def test_upload_plan_leaves_out_hidden_files_under_the_root() -> None:
 
 
 def _cache_entry(store: Path, key: str, paths: list[str], created: float) -> None:
-    d = store / replay.cache_dir_name(key)
+    d = store / workflow.cache_dir_name(key)
     d.mkdir(parents=True)
     (d / "cache.tar").write_bytes(b"")
     (d / "meta.json").write_text(json.dumps({"key": key, "paths": paths, "created": created}))
@@ -330,7 +331,7 @@ def test_find_cache_exact_then_newest_prefix_for_the_same_paths(tmp_path: Path) 
 
 def test_the_workflow_uses_only_what_the_replay_can_stand_in_for() -> None:
     pytest.importorskip("yaml", reason="PyYAML comes with the `ci` extra")
-    wf = replay.load_workflow((ROOT / replay.WORKFLOW).read_text())
+    wf = workflow.load_workflow((ROOT / workflow.WORKFLOW).read_text())
     assert "schedule" in wf["on"] and "push" in wf["on"]
     permissive: dict[str, Any] = {
         name: {} for name in ("github", "env", "matrix", "runner", "steps", "job", "strategy", "vars", "inputs")
@@ -343,10 +344,10 @@ def test_the_workflow_uses_only_what_the_replay_can_stand_in_for() -> None:
     for name, job in wf["jobs"].items():
         container = job.get("container")
         image = container["image"] if isinstance(container, dict) else container
-        if replay.self_hosted(job):  # the GPU jobs: never queued without the variable, refused by the replay
+        if containers.self_hosted(job):  # the GPU jobs: never queued without the variable, refused by the replay
             assert image is None and "vars.GPU_RUNNER == 'true'" in job["if"], name
         else:
-            assert image in replay.DEBIAN_12 or (image is None and str(job["runs-on"]).startswith("ubuntu-")), name
+            assert image in containers.DEBIAN_12 or (image is None and str(job["runs-on"]).startswith("ubuntu-")), name
         for step in job["steps"]:
             if "uses" in step:
                 local_action(step["uses"], step.get("with"))
@@ -357,18 +358,18 @@ def test_the_workflow_uses_only_what_the_replay_can_stand_in_for() -> None:
 
 
 def test_a_self_hosted_gpu_job_is_refused_clearly_before_anything_runs(tmp_path: Path) -> None:
-    """Issue 22: `ci replay --job gpu` says it cannot replay a self-hosted GPU job (no GPU in its containers)
+    """Issue 22: `tools/ci_replay.py --job gpu` says it cannot replay a self-hosted GPU job (no GPU in its containers)
     before running the jobs it needs, and says what to do instead; the workflow has such jobs."""
     pytest.importorskip("yaml", reason="PyYAML comes with the `ci` extra")
-    run = replay.Replay(replay.Options(worktree=True, state_dir=tmp_path), say=lambda _: None)
-    gpu = [name for name, job in run.jobs().items() if replay.self_hosted(job)]
+    run = engine.Replay(model.Options(worktree=True, state_dir=tmp_path), say=lambda _: None)
+    gpu = [name for name, job in run.jobs().items() if containers.self_hosted(job)]
     assert gpu, "no self-hosted GPU job in the workflow"
     for name in gpu:
-        with pytest.raises(replay.ReplayError, match=r"self-hosted runner .*cannot run it.*no GPU") as exc:
+        with pytest.raises(ReplayError, match=r"self-hosted runner .*cannot run it.*no GPU") as exc:
             run.plan([name])
         assert "--icd host --runner host" in exc.value.hint
-        with pytest.raises(replay.ReplayError, match="self-hosted"):
-            replay.job_image(run.jobs()[name], lambda _: None)
+        with pytest.raises(ReplayError, match="self-hosted"):
+            containers.job_image(run.jobs()[name], lambda _: None)
     assert run.plan(["reproduce"]) == ["setup", "build", "reproduce"]
 
 
@@ -376,18 +377,94 @@ def test_a_self_hosted_gpu_job_is_refused_clearly_before_anything_runs(tmp_path:
 
 
 def test_the_table_and_what_fails_the_replay() -> None:
-    ok = replay.JobResult("checks", "success", steps=[replay.StepResult("checks", "nox -s lint", 0, 12.34)])
-    tolerated = replay.StepResult("reproduce (3.3.0)", "flaky", 1, 1.0, counts=False)
-    broken = replay.StepResult("reproduce (3.3.0)", "nox -s vulkan_buffer", 1, 2.0)
-    mixed = replay.JobResult("reproduce (3.3.0)", "failure", steps=[tolerated, broken])
-    skipped = replay.JobResult(
-        "newest", "skipped", steps=[replay.StepResult("newest", "(job skipped by if:)", None, 0)]
-    )
-    lines = replay.table([ok, mixed, skipped])
+    ok = model.JobResult("checks", "success", steps=[model.StepResult("checks", "nox -s lint", 0, 12.34)])
+    tolerated = model.StepResult("reproduce (3.3.0)", "flaky", 1, 1.0, counts=False)
+    broken = model.StepResult("reproduce (3.3.0)", "nox -s vulkan_buffer", 1, 2.0)
+    mixed = model.JobResult("reproduce (3.3.0)", "failure", steps=[tolerated, broken])
+    skipped = model.JobResult("newest", "skipped", steps=[model.StepResult("newest", "(job skipped by if:)", None, 0)])
+    lines = cli.table([ok, mixed, skipped])
     assert lines[0].split() == ["job", "step", "rc", "seconds"]
     assert any("nox -s lint" in line and line.split()[-2:] == ["0", "12.3"] for line in lines)
     assert any("flaky" in line and " 1*" in line for line in lines)
     assert any("newest" in line and "skip" in line for line in lines)
-    problems = replay.failed([ok, mixed, skipped], ["checks", "reproduce", "newest"])
+    problems = cli.failed([ok, mixed, skipped], ["checks", "reproduce", "newest"])
     assert problems == ["reproduce (3.3.0): nox -s vulkan_buffer (rc 1)", "newest: skipped by its if: (see --event)"]
-    assert replay.failed([ok], ["checks"]) == []
+    assert cli.failed([ok], ["checks"]) == []
+
+
+# -- where the replay lives (issue 23: developer tools leave the library) ------------------------------------
+
+
+def _imports_of(path: Path) -> list[str]:
+    """What a file imports, as written: `from .a import b` gives `.a` and `.a.b` (b may be a module)."""
+    names: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = "." * node.level + (node.module or "")
+            names += [base, *(base.rstrip(".") + "." + alias.name for alias in node.names)]
+    return names
+
+
+def test_the_library_neither_holds_nor_imports_the_replay() -> None:
+    import mnnrepro
+
+    package = Path(mnnrepro.__file__).parent
+    assert importlib.util.find_spec("mnnrepro.replay") is None, "replay is back inside the library"
+    offending = {
+        f"{path.relative_to(package)}: {name}"
+        for path in package.rglob("*.py")
+        for name in _imports_of(path)
+        if name.split(".")[0] == "tools" or re.fullmatch(r"\.+replay|mnnrepro\.replay|\.+replay\..*", name)
+    }
+    assert not offending, f"the library imports the replay tool: {sorted(offending)}"
+
+
+def test_the_old_subcommand_only_points_at_the_new_command(capsys: pytest.CaptureFixture[str]) -> None:
+    from mnnrepro import cli as library_cli
+
+    assert library_cli.main(["ci", "replay", "--list"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count("\n") == 1 and "python tools/ci_replay.py --job JOB" in err, err
+
+
+def test_the_documented_command_runs_from_any_directory(tmp_path: Path) -> None:
+    """`python tools/ci_replay.py` lists the jobs as the replay describes them, and keeps the library's error
+    format and exit code (what `mnnrepro ci replay` printed)."""
+    pytest.importorskip("yaml", reason="PyYAML comes with the `ci` extra")
+    script = ROOT / "tools" / "ci_replay.py"
+    state = tmp_path / "state"
+    listed = subprocess.run(
+        [sys.executable, str(script), "--list", "--state-dir", str(state)], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert listed.returncode == 0, listed.stderr
+    described = engine.Replay(model.Options(state_dir=state), say=lambda _: None).describe()
+    assert listed.stdout.splitlines() == described
+    assert any(line.startswith("checks: ") for line in described)
+    bad = subprocess.run(
+        [sys.executable, str(script), "--env", "X", "--list", "--state-dir", str(state)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert (bad.returncode, bad.stdout, bad.stderr) == (
+        2,
+        "",
+        "mnnrepro: workflow replay: --env wants NAME=VALUE, got 'X'\n",
+    )
+
+
+def test_no_function_of_the_replay_is_over_80_lines() -> None:
+    sources = sorted((ROOT / "tools" / "replay").glob("*.py"))
+    assert len(sources) > 5, sources
+    long = [
+        f"{path.name}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for path in sources
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.end_lineno is not None
+        and node.end_lineno - node.lineno + 1 > 80
+    ]
+    assert not long, long

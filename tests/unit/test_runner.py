@@ -1,14 +1,16 @@
-"""runner.HostRunner and Completed: exit status, signals, output capture, time limits."""
+"""runner.HostRunner and Completed: exit status, signals, output capture, time limits; the one _kill_group."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from mnnrepro.runner import Completed, HostRunner, closed_env, loader_env
+from mnnrepro.runner import Completed, HostRunner, _kill_group, closed_env, filter_bytes, loader_env
 
 
 def live_members(pgid: int) -> list[int]:
@@ -207,3 +209,55 @@ def test_the_runner_interface_is_one_call_with_on_line_and_writable(tmp_path: Pa
     assert res.returncode == 0
     assert lines == ["one", "two"]
     assert (tmp_path / "log").read_text().split() == ["one", "two"]
+
+
+# -- the one _kill_group, and the byte filter (issue 23: one process module) -------------------------
+
+
+def sleeper(tmp_path: Path, script: str) -> tuple[subprocess.Popen[bytes], int]:
+    """A shell in its own process group, started as the runner starts its children; (proc, its pgid). Its pid is
+    written after the script's own `trap` (when it starts with one), each call to a file of its own: a signal sent
+    once the pid is known finds the trap in place (else the test raced the shell)."""
+    pidfile = Path(tempfile.mkstemp(dir=tmp_path, prefix="pid-")[1])
+    pidfile.unlink()
+    setup, rest = script.split("; ", 1) if script.startswith("trap ") else ("", script)
+    proc = subprocess.Popen(
+        ["sh", "-c", f"{setup + '; ' if setup else ''}echo $$ > {pidfile}; {rest}"], start_new_session=True
+    )
+    deadline = time.monotonic() + 5
+    while not pidfile.is_file() or not pidfile.read_text().strip():
+        assert time.monotonic() < deadline, "the shell did not start"
+        time.sleep(0.01)
+    return proc, int(pidfile.read_text())
+
+
+def test_kill_group_without_a_grace_kills_the_whole_group_at_once(tmp_path: Path) -> None:
+    # host_command's way: SIGKILL, no SIGTERM first (a trapped TERM changes nothing), and no wait: the caller reaps.
+    proc, pgid = sleeper(tmp_path, "trap 'echo term' TERM; sleep 30 & sleep 30")
+    start = time.monotonic()
+    _kill_group(proc)
+    assert proc.wait(timeout=5) == -9
+    assert time.monotonic() - start < 2
+    assert wait_until_gone(pgid) == []
+
+
+def test_kill_group_with_a_grace_asks_first_then_kills(tmp_path: Path) -> None:
+    # The runners' way: SIGTERM, up to grace_s, SIGKILL, and the leader is reaped before it returns.
+    proc, pgid = sleeper(tmp_path, "sleep 30 & sleep 30")
+    _kill_group(proc, 2.0)
+    assert proc.returncode == -15  # it went on SIGTERM, reaped inside _kill_group
+    assert wait_until_gone(pgid) == []
+    stubborn, pgid = sleeper(tmp_path, "trap '' TERM; sleep 30 & sleep 30")
+    start = time.monotonic()
+    _kill_group(stubborn, 0.3)
+    assert stubborn.returncode == -9 and time.monotonic() - start < 3
+    assert wait_until_gone(pgid) == []
+
+
+def test_filter_bytes_pipes_data_through_a_command() -> None:
+    data = bytes(range(256)) * 4
+    assert filter_bytes(["cat"], data, timeout_s=30) == data
+    with pytest.raises(subprocess.CalledProcessError):
+        filter_bytes(["sh", "-c", "cat >/dev/null; exit 3"], data, timeout_s=30)
+    with pytest.raises(subprocess.TimeoutExpired):
+        filter_bytes(["sleep", "5"], b"", timeout_s=0.2)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from mnnrepro import cache, hostcmd, source
+from mnnrepro import cache, runner, source
 from mnnrepro.errors import ConfigError, HostCommandError, SourceError
 
 MakeTree = Callable[[Path], Path]
@@ -433,7 +433,7 @@ def test_clone_from_a_server_that_never_answers_times_out_and_leaves_nothing(
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     monkeypatch.setattr(source, "NETWORK_TIMEOUT_S", 1.0)
     monkeypatch.setattr(source, "NETWORK_RETRIES", 1)
-    monkeypatch.setattr(hostcmd, "BACKOFF_S", 0.05)
+    monkeypatch.setattr(runner, "BACKOFF_S", 0.05)
     port, accepted = silent_server
     dest = tmp_path / "cache" / "src" / "3.3.0"
     said: list[str] = []
@@ -445,14 +445,14 @@ def test_clone_from_a_server_that_never_answers_times_out_and_leaves_nothing(
     assert isinstance(info.value.__cause__, HostCommandError) and info.value.__cause__.timed_out
     assert len(said) == 1 and "attempt 2 of 2" in said[0]
     assert len(accepted) >= 2  # it did reach the server, twice: a hang, not a refused connection
-    assert elapsed < 2 * (1.0 + hostcmd.REAP_S)
+    assert elapsed < 2 * (1.0 + runner.REAP_S)
     assert list(dest.parent.iterdir()) == []  # neither the tree nor a half clone
 
 
 def test_clone_does_not_retry_an_unknown_ref(
     tmp_path: Path, mnn_git_repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(hostcmd, "BACKOFF_S", 30.0)  # a retry would be seen as a 30 s wait
+    monkeypatch.setattr(runner, "BACKOFF_S", 30.0)  # a retry would be seen as a 30 s wait
     said: list[str] = []
     t0 = time.monotonic()
     with pytest.raises(SourceError, match="couldn't find remote ref"):
