@@ -274,6 +274,32 @@ int cut(const Options& o) {
     return kOk;
 }
 
+// One output against the expected values: the metrics into `out`; true when it differs.
+bool compareOutput(const Options& o, const std::vector<double>& got, const std::vector<double>& want, Json& out) {
+    // The metrics of src/mnnrepro/gradcheck.py: max_rel = max|o-g| / max|g|, cosine, nmse = sum((o-g)^2) /
+    // sum(g^2); a non-finite value or a shape change is a difference.
+    bool bad = got.size() != want.size();
+    double maxAbs = 0, scale = 0, oo = 0, gg = 0, og = 0, dd = 0;
+    long long nonFinite = 0;  // NaN or inf where the CPU's value is finite (max_abs skips them)
+    for (size_t i = 0; i < std::min(got.size(), want.size()); ++i) {
+        const double a = got[i], b = want[i], d = std::fabs(a - b);
+        if (!std::isfinite(a) && std::isfinite(b)) ++nonFinite;
+        if (!std::isfinite(a)) bad = true;
+        if (std::isfinite(d)) maxAbs = std::max(maxAbs, d);
+        scale = std::max(scale, std::fabs(b));
+        oo += a * a, gg += b * b, og += a * b, dd += (a - b) * (a - b);
+    }
+    const double inf = std::numeric_limits<double>::infinity();
+    const double rel = scale > 0 ? maxAbs / scale : (maxAbs == 0 ? 0 : inf);
+    const double nmse = gg > 0 ? dd / gg : (maxAbs == 0 ? 0 : inf);
+    const double cosine = oo > 0 && gg > 0 ? og / std::sqrt(oo * gg) : (oo == gg ? 1.0 : 0.0);
+    bad = bad || rel > o.maxRel || cosine < o.minCosine || nmse > o.maxNmse;
+    out.num("max_abs", maxAbs).num("max_rel", rel).num("cosine", cosine).num("nmse", nmse);
+    out.integer("nonfinite", nonFinite).integer("count", (long long)want.size());
+    out.boolean("differs", bad);
+    return bad;
+}
+
 int run(const Options& o, int argc, char** argv) {
     mkdir(o.out.c_str(), 0755);
     mnnrepro::EventLog log;
@@ -327,27 +353,7 @@ int run(const Options& o, int argc, char** argv) {
             dtypeName(info->type, dtype);
             auto got = Store::toDoubles(ptr, plain->getInfo()->size, dtype);
             auto want = expect.floats(name);
-            // The metrics of src/mnnrepro/gradcheck.py: max_rel = max|o-g| / max|g|, cosine, nmse = sum((o-g)^2) /
-            // sum(g^2); a non-finite value or a shape change is a difference.
-            bool bad = got.size() != want.size();
-            double maxAbs = 0, scale = 0, oo = 0, gg = 0, og = 0, dd = 0;
-            long long nonFinite = 0;  // NaN or inf where the CPU's value is finite (max_abs skips them)
-            for (size_t i = 0; i < std::min(got.size(), want.size()); ++i) {
-                const double a = got[i], b = want[i], d = std::fabs(a - b);
-                if (!std::isfinite(a) && std::isfinite(b)) ++nonFinite;
-                if (!std::isfinite(a)) bad = true;
-                if (std::isfinite(d)) maxAbs = std::max(maxAbs, d);
-                scale = std::max(scale, std::fabs(b));
-                oo += a * a, gg += b * b, og += a * b, dd += (a - b) * (a - b);
-            }
-            const double inf = std::numeric_limits<double>::infinity();
-            const double rel = scale > 0 ? maxAbs / scale : (maxAbs == 0 ? 0 : inf);
-            const double nmse = gg > 0 ? dd / gg : (maxAbs == 0 ? 0 : inf);
-            const double cosine = oo > 0 && gg > 0 ? og / std::sqrt(oo * gg) : (oo == gg ? 1.0 : 0.0);
-            bad = bad || rel > o.maxRel || cosine < o.minCosine || nmse > o.maxNmse;
-            out.num("max_abs", maxAbs).num("max_rel", rel).num("cosine", cosine).num("nmse", nmse);
-            out.integer("nonfinite", nonFinite).integer("count", (long long)want.size());
-            out.boolean("differs", bad);
+            const bool bad = compareOutput(o, got, want, out);
             differ += bad ? 1 : 0;
         }
         log.emit("output", out);

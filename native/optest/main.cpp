@@ -132,6 +132,27 @@ int precisionCode(const std::string& p) {
                          : int(BackendConfig::Precision_High);
 }
 
+void emitStart(mnnrepro::EventLog& log, const Options& opt, int argc, char** argv) {
+    std::vector<std::string> args(argv, argv + argc);
+    Json cfg;
+    cfg.str("test", opt.test).str("backend", opt.backend).str("plugin", opt.plugin);
+    cfg.str("precision", opt.precision).integer("threads", opt.threads).boolean("trace_ops", opt.traceOps);
+    log.emit("start", Json()
+                          .str("driver", "mnn_optest")
+                          .str("mnn_version", MNN::getVersion())
+                          .integer("pid", getpid())
+                          .strs("argv", args)
+                          .raw("config", cfg.done()));
+}
+
+MNNTestCase* findTest(const std::string& name) {
+    MNNTestCase* test = nullptr;
+    for (auto& t : mnnrepro::registeredTests()) {
+        if (t.name == name) test = t.test;
+    }
+    return test;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -142,15 +163,11 @@ int main(int argc, char** argv) {
         usage();
         return kUsage;
     }
-    auto& tests = mnnrepro::registeredTests();
     if (opt.list) {
-        for (auto& t : tests) printf("%s\n", t.name.c_str());
+        for (auto& t : mnnrepro::registeredTests()) printf("%s\n", t.name.c_str());
         return kPassed;
     }
-    MNNTestCase* test = nullptr;
-    for (auto& t : tests) {
-        if (t.name == opt.test) test = t.test;
-    }
+    MNNTestCase* test = findTest(opt.test);
     if (test == nullptr) {
         fprintf(stderr, "mnn_optest: no test named '%s' (--list lists them)\n", opt.test.c_str());
         return kNoSuchTest;
@@ -162,18 +179,7 @@ int main(int argc, char** argv) {
         fprintf(stderr, "mnn_optest: cannot write %s/events.jsonl\n", opt.out.c_str());
         return kOutputError;
     }
-    {
-        std::vector<std::string> args(argv, argv + argc);
-        Json cfg;
-        cfg.str("test", opt.test).str("backend", opt.backend).str("plugin", opt.plugin);
-        cfg.str("precision", opt.precision).integer("threads", opt.threads).boolean("trace_ops", opt.traceOps);
-        log.emit("start", Json()
-                              .str("driver", "mnn_optest")
-                              .str("mnn_version", MNN::getVersion())
-                              .integer("pid", getpid())
-                              .strs("argv", args)
-                              .raw("config", cfg.done()));
-    }
+    emitStart(log, opt, argc, argv);
     const mnnrepro::BackendSetup setup =
         mnnrepro::setupBackend(log, opt.backend, opt.plugin, opt.precision, opt.threads);
     if (!setup.exercised) {

@@ -40,67 +40,97 @@ const char* forwardName(MNNForwardType t) {
     }
 }
 
+namespace {
+
+// 1. Backend plugin. MNN's Vulkan/OpenCL plugins register themselves in a static initializer; nothing references
+//    their symbols, so they are loaded explicitly (MNN_FACTS: silent CPU fallback otherwise).
+//    False with `error` set when it cannot be loaded; false and no error when there is none to load.
+bool loadPlugin(const std::string& plugin, std::string& error) {
+    if (plugin.empty()) return false;
+    void* handle = dlopen(plugin.c_str(), RTLD_NOW | RTLD_GLOBAL);
+    if (!handle) {
+        const char* e = dlerror();
+        error = e ? e : "dlopen failed";
+    }
+    return handle != nullptr;
+}
+
+// 2. Independent device probes, so the verdict can name the device and the reason for a fallback.
+std::string probeVulkanDevice(Json& device) {
+    auto vk = mnnrepro::probeVulkan();
+    device.str("api", "vulkan").boolean("libvulkan_so", vk.libraryLoaded).str("libvulkan_error", vk.libraryError);
+    device.boolean("instance", vk.instanceCreated).str("instance_error", vk.instanceError);
+    device.integer("device_count", vk.deviceCount).str("name", vk.deviceName).str("type", vk.deviceType);
+    device.str("driver_name", vk.driverName).str("driver_info", vk.driverInfo).str("api_version", vk.apiVersion);
+    device.integer("vendor_id", vk.vendorId).integer("device_id", vk.deviceId);
+    if (!vk.libraryLoaded) {
+        return "the unversioned libvulkan.so cannot be loaded (" + vk.libraryError +
+               "); MNN dlopens exactly that name (install the Vulkan loader's dev package)";
+    } else if (!vk.instanceCreated) {
+        return "no Vulkan instance: " + vk.instanceError + " (check VK_ICD_FILENAMES / the ICD)";
+    } else if (vk.deviceCount == 0) {
+        return "the Vulkan loader found no physical device (check VK_ICD_FILENAMES / the ICD)";
+    }
+    return "";
+}
+
+std::string probeOpenCLDevice(Json& device) {
+    auto cl = mnnrepro::probeOpenCL();
+    device.str("api", "opencl").boolean("libopencl_so", cl.libraryLoaded).str("libopencl_error", cl.libraryError);
+    std::string list = "[";
+    int gpus = 0;
+    for (size_t i = 0; i < cl.devices.size(); ++i) {
+        auto& d = cl.devices[i];
+        if (i) list += ",";
+        list += Json().str("platform", d.platform).str("name", d.name).str("type", d.type).str("version", d.version).done();
+        if (d.type == "GPU") {
+            if (gpus == 0) device.str("name", d.name).str("driver_name", d.platform).str("api_version", d.version);
+            ++gpus;
+        }
+    }
+    list += "]";
+    device.raw("devices", list).integer("gpu_count", gpus);
+    if (!cl.libraryLoaded) {
+        return "libOpenCL.so cannot be loaded (" + cl.libraryError + ")";
+    } else if (gpus == 0) {
+        return "no OpenCL device of type GPU (MNN accepts only GPU devices; " + std::to_string(cl.devices.size()) +
+               " other device(s) present)";
+    }
+    return "";
+}
+
+// Whether a runtime creator of `wanted` is registered (the plugin's static initializer ran).
+bool runtimeRegistered(MNNForwardType wanted) {
+    if (wanted == MNN_FORWARD_CPU) return true;
+    // MNNGetExtraRuntimeCreator returns null both for "never registered" and "registered, but no runtime";
+    // a second registration attempt is refused only when the plugin did register.
+    (void)MNNGetExtraRuntimeCreator(wanted);
+    struct NullCreator : public RuntimeCreator {
+        Runtime* onCreate(const Backend::Info&) const override { return nullptr; }
+    };
+    static NullCreator probeCreator;
+    return !MNNInsertExtraRuntimeCreator(wanted, &probeCreator, true);
+}
+
+}  // namespace
+
 BackendSetup setupBackend(EventLog& log, const std::string& backend, const std::string& plugin,
                           const std::string& precision, int threads) {
-    // 1. Backend plugin. MNN's Vulkan/OpenCL plugins register themselves in a static initializer; nothing
-    //    references their symbols, so they are loaded explicitly (MNN_FACTS: silent CPU fallback otherwise).
     const MNNForwardType wanted = forwardType(backend);
     log.stage("load_plugin");
     Json pluginInfo;
     pluginInfo.str("path", plugin);
-    bool pluginLoaded = false;
     std::string pluginError;
-    if (!plugin.empty()) {
-        void* handle = dlopen(plugin.c_str(), RTLD_NOW | RTLD_GLOBAL);
-        pluginLoaded = handle != nullptr;
-        if (!handle) {
-            const char* e = dlerror();
-            pluginError = e ? e : "dlopen failed";
-        }
-    }
+    const bool pluginLoaded = loadPlugin(plugin, pluginError);
     pluginInfo.boolean("loaded", pluginLoaded).str("error", pluginError);
 
-    // 2. Independent device probes, so the verdict can name the device and the reason for a fallback.
     log.stage("probe_device");
     Json device;
     std::string probeReason;
     if (wanted == MNN_FORWARD_VULKAN) {
-        auto vk = mnnrepro::probeVulkan();
-        device.str("api", "vulkan").boolean("libvulkan_so", vk.libraryLoaded).str("libvulkan_error", vk.libraryError);
-        device.boolean("instance", vk.instanceCreated).str("instance_error", vk.instanceError);
-        device.integer("device_count", vk.deviceCount).str("name", vk.deviceName).str("type", vk.deviceType);
-        device.str("driver_name", vk.driverName).str("driver_info", vk.driverInfo).str("api_version", vk.apiVersion);
-        device.integer("vendor_id", vk.vendorId).integer("device_id", vk.deviceId);
-        if (!vk.libraryLoaded) {
-            probeReason = "the unversioned libvulkan.so cannot be loaded (" + vk.libraryError +
-                          "); MNN dlopens exactly that name (install the Vulkan loader's dev package)";
-        } else if (!vk.instanceCreated) {
-            probeReason = "no Vulkan instance: " + vk.instanceError + " (check VK_ICD_FILENAMES / the ICD)";
-        } else if (vk.deviceCount == 0) {
-            probeReason = "the Vulkan loader found no physical device (check VK_ICD_FILENAMES / the ICD)";
-        }
+        probeReason = probeVulkanDevice(device);
     } else if (wanted == MNN_FORWARD_OPENCL) {
-        auto cl = mnnrepro::probeOpenCL();
-        device.str("api", "opencl").boolean("libopencl_so", cl.libraryLoaded).str("libopencl_error", cl.libraryError);
-        std::string list = "[";
-        int gpus = 0;
-        for (size_t i = 0; i < cl.devices.size(); ++i) {
-            auto& d = cl.devices[i];
-            if (i) list += ",";
-            list += Json().str("platform", d.platform).str("name", d.name).str("type", d.type).str("version", d.version).done();
-            if (d.type == "GPU") {
-                if (gpus == 0) device.str("name", d.name).str("driver_name", d.platform).str("api_version", d.version);
-                ++gpus;
-            }
-        }
-        list += "]";
-        device.raw("devices", list).integer("gpu_count", gpus);
-        if (!cl.libraryLoaded) {
-            probeReason = "libOpenCL.so cannot be loaded (" + cl.libraryError + ")";
-        } else if (gpus == 0) {
-            probeReason = "no OpenCL device of type GPU (MNN accepts only GPU devices; " +
-                          std::to_string(cl.devices.size()) + " other device(s) present)";
-        }
+        probeReason = probeOpenCLDevice(device);
     } else {
         device.str("api", "cpu").str("name", "MNN CPU backend");
     }
@@ -108,17 +138,7 @@ BackendSetup setupBackend(EventLog& log, const std::string& backend, const std::
     // 3. Executor. setGlobalExecutorConfig falls back to the CPU silently when the runtime cannot be
     //    created; the type actually chosen is read back from the executor's attributes.
     log.stage("configure_executor");
-    bool registered = true;
-    if (wanted != MNN_FORWARD_CPU) {
-        // MNNGetExtraRuntimeCreator returns null both for "never registered" and "registered, but no runtime";
-        // a second registration attempt is refused only when the plugin did register.
-        (void)MNNGetExtraRuntimeCreator(wanted);
-        struct NullCreator : public RuntimeCreator {
-            Runtime* onCreate(const Backend::Info&) const override { return nullptr; }
-        };
-        static NullCreator probeCreator;
-        registered = !MNNInsertExtraRuntimeCreator(wanted, &probeCreator, true);
-    }
+    const bool registered = runtimeRegistered(wanted);
     pluginInfo.boolean("registered", registered);
     auto exe = Executor::getGlobalExecutor();
     BackendConfig config;

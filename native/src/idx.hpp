@@ -2,7 +2,7 @@
 // and any number of items is accepted (upstream's MnistDataset hard-codes 60000/10000).
 //
 // Issue 11 (driver input hardening): every size is computed overflow-checked and compared with the file's
-// actual size before anything is allocated, so a hostile header gives an error (exit 3 in main.cpp), never
+// actual size before anything is allocated, so a hostile header gives an error (exit 3 in the driver), never
 // a wrapped size check, a bad_alloc or a short read into a too-small buffer.
 #pragma once
 #include <cstdint>

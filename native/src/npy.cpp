@@ -134,10 +134,43 @@ bool openRegular(const std::string& path, File& f, uint64_t& size, std::string& 
     return true;
 }
 
+// The header's dtype and order: '<f4' in C order is read; else false with the problem (without the path).
+bool checkDtypeAndOrder(const std::string& dict, std::string& problem) {
+    size_t descr = valueOf(dict, "descr");
+    if (descr == std::string::npos || (dict[descr] != '\'' && dict[descr] != '"')) {
+        problem = "no 'descr' in header";
+        return false;
+    }
+    size_t descrEnd = dict.find(dict[descr], descr + 1);
+    if (descrEnd == std::string::npos) {
+        problem = "unterminated 'descr' in header";
+        return false;
+    }
+    std::string dtype = dict.substr(descr + 1, descrEnd - descr - 1);
+    if (dtype != "<f4") {
+        problem = "dtype '" + dtype + "', only '<f4' (little-endian float32) is read";
+        return false;
+    }
+    size_t fortran = valueOf(dict, "fortran_order");
+    if (fortran == std::string::npos) {
+        problem = "no 'fortran_order' in header";
+        return false;
+    }
+    if (dict.compare(fortran, 4, "True") == 0) {
+        problem = "fortran_order is True, only C order is read";
+        return false;
+    }
+    if (dict.compare(fortran, 5, "False") != 0) {
+        problem = "bad 'fortran_order' in header";
+        return false;
+    }
+    return true;
+}
+
 }  // namespace
 
 // Issue 11: every size is overflow-checked and compared with the file's real size before anything is
-// allocated, so a hostile header is an error (exit 3 in main.cpp), never a bad_alloc abort.
+// allocated, so a hostile header is an error (exit 3 in the driver), never a bad_alloc abort.
 bool readNpyF32(const std::string& path, std::vector<int>& shape, std::vector<float>& data, std::string& error) {
     File f(nullptr, fclose);
     uint64_t size = 0;
@@ -167,36 +200,12 @@ bool readNpyF32(const std::string& path, std::vector<int>& shape, std::vector<fl
         error = path + ": truncated header (read failed)";
         return false;
     }
-    size_t descr = valueOf(dict, "descr");
-    if (descr == std::string::npos || (dict[descr] != '\'' && dict[descr] != '"')) {
-        error = path + ": no 'descr' in header";
-        return false;
-    }
-    size_t descrEnd = dict.find(dict[descr], descr + 1);
-    if (descrEnd == std::string::npos) {
-        error = path + ": unterminated 'descr' in header";
-        return false;
-    }
-    std::string dtype = dict.substr(descr + 1, descrEnd - descr - 1);
-    if (dtype != "<f4") {
-        error = path + ": dtype '" + dtype + "', only '<f4' (little-endian float32) is read";
-        return false;
-    }
-    size_t fortran = valueOf(dict, "fortran_order");
-    if (fortran == std::string::npos) {
-        error = path + ": no 'fortran_order' in header";
-        return false;
-    }
-    if (dict.compare(fortran, 4, "True") == 0) {
-        error = path + ": fortran_order is True, only C order is read";
-        return false;
-    }
-    if (dict.compare(fortran, 5, "False") != 0) {
-        error = path + ": bad 'fortran_order' in header";
+    std::string problem;
+    if (!checkDtypeAndOrder(dict, problem)) {
+        error = path + ": " + problem;
         return false;
     }
     std::vector<uint64_t> dims;
-    std::string problem;
     if (!parseShape(dict, valueOf(dict, "shape"), dims, problem)) {
         error = path + ": " + problem;
         return false;

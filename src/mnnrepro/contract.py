@@ -15,7 +15,7 @@ from typing import Any
 
 EVENTS_VERSION = 1
 
-# Driver exit codes (native/src/main.cpp, enum ExitCode).
+# Driver exit codes (native/src/options.hpp, enum ExitCode).
 EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_DATA = 3

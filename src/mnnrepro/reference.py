@@ -2,7 +2,7 @@
 float64 numpy, and MNN's Caffe-style SGD update. It shares no code with MNN; it is what makes the CPU golden
 trustworthy (issue 4). Each definition below names the MNN source it mirrors (paths inside the MNN tree, 3.3.0).
 
-Model (native/src/main.cpp, same graph as tools/train/source/models/Lenet.cpp):
+Model (native/src/models/lenet.cpp, same graph as tools/train/source/models/Lenet.cpp):
   conv 5x5 1->20 valid, maxpool 2x2/2, conv 5x5 20->50 valid, maxpool 2x2/2, flatten in NCHW order to
   [N, 800], linear 800->500 (weight [500, 800], bias [1, 500]), relu, dropout (x * mask, the mask replayed from
   the driver's dump), linear 500->10, softmax.
@@ -57,7 +57,7 @@ CLASSES = 10
 
 @dataclass(frozen=True)
 class SgdConfig:
-    """The driver's optimizer (native/src/main.cpp, the `start` event's config)."""
+    """The driver's optimizer (native/src/params.cpp, the `start` event's config)."""
 
     lr_base: float = 0.01
     lr_gamma: float = 1e-4

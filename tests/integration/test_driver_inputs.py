@@ -30,7 +30,7 @@ pytestmark = pytest.mark.integration
 EXIT_DATA = 3  # native/README.md, "Exit codes"
 TRAIN_IMAGES = "train-images-idx3-ubyte"
 TRAIN_LABELS = "train-labels-idx1-ubyte"
-VICTIM = "conv1.weight"  # the first parameter main.cpp loads
+VICTIM = "conv1.weight"  # the first parameter the driver loads
 NPY_MAGIC = b"\x93NUMPY"
 
 
