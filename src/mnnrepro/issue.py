@@ -428,7 +428,17 @@ def _output_table(c: Crash) -> list[str]:
     if not rows:
         return []
     head = "| output | dims | NaN/inf where the CPU is finite | max abs (finite) | max rel | cosine | nmse | differs |"
-    return [head, "| --- | --- | --- | --- | --- | --- | --- | --- |", *rows, ""]
+    return [head, "| --- | --- | --- | --- | --- | --- | --- | --- |", *rows, "", *_where_wrong(c)]
+
+
+def _where_wrong(c: Crash) -> list[str]:
+    """Which values differ, from the standalone reproducer's own account (repro.cpp: "N of M values differ, flat
+    indices I to J"): a kernel that leaves part of its output unwritten shows as a range (issue 22)."""
+    said = str(((c.reduced or {}).get("checks") or {}).get("standalone_numbers") or "")
+    ranges = [part.strip() for part in said.split(";") if " values differ, flat indices " in part]
+    if not ranges:
+        return []
+    return ["Where, by the standalone reproducer (flat indices in NCHW order): " + "; ".join(ranges) + ".", ""]
 
 
 def _num(v: object) -> str:

@@ -73,6 +73,7 @@ DEFAULT_TIMEOUT_S = 120.0
 DEFAULT_FLAKE_RERUNS = 3
 DEFAULT_RERUN_FACTOR = 4.0
 SKIPPED_BY_ROW, NOT_BUILT, COMPILED_OUT = "SKIP row", "not built", "compiled out"  # why a test was not run
+INTERRUPTED = "interrupted"  # the session stopped before the test finished (or before its run alone)
 
 
 def not_built_kind(why: str) -> str:

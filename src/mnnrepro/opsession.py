@@ -107,6 +107,8 @@ def run_ops(settings: Settings, *, say: Say = print) -> int:
         names = tuple(n for n in names if n != variants.BASELINE)
         say(f"CPU reference: {header['cpu_reference']['line']}")
     stopped: BaseException | None = None
+    current: Cell | None = None
+    cell_started = time.monotonic()
     plan = [Cell(ref, n, i) for n in names for i in (settings.icds if variants.get(n).per_icd else ("-",))]
     # A signal is held from here to the reports and raises only while the cells run (as in session.py): none
     # escapes between the last cell and the reports, which are written whole.
@@ -114,7 +116,7 @@ def run_ops(settings: Settings, *, say: Say = print) -> int:
         try:
             with interrupts.unheld(late):
                 for cell in plan:
-                    cell_started = time.monotonic()
+                    cell_started, current = time.monotonic(), cell
                     results_of, ran, device = _cell(
                         cell, prepared, binary, tests, not_built, expectations, cpu_outcomes, settings, results, say
                     )
@@ -122,9 +124,17 @@ def run_ops(settings: Settings, *, say: Say = print) -> int:
                         cpu_outcomes = ran
                     devices[(ref, version, cell.variant, cell.icd)] = device
                     cells.append(_cell_entry(cell, time.monotonic() - cell_started, results_of, ran, device))
+                    current = None
         except KeyboardInterrupt as exc:
             stopped = exc
             say(f"\n{interrupts.signal_name(exc)}: stopping; writing the reports of the cells that finished")
+            if current is not None:  # what the stopped cell finished is judged, not lost (issue 22)
+                results_of, ran, device = _interrupted_cell(
+                    current, version, tests, not_built, expectations, cpu_outcomes, results
+                )
+                devices[(ref, version, current.variant, current.icd)] = device
+                entry = _cell_entry(current, time.monotonic() - cell_started, results_of, ran, device)
+                cells.append({**entry, "interrupted": True})
         header["seconds"] = {
             "prepare": round(sum(prepared.seconds.values()), 1),
             "optest_build_or_cache_check": round(optest_s, 1),
@@ -289,16 +299,7 @@ def _cell(
     the device its own run probed (issue 22)."""
     built = prepared.built
     version = built.tree.version
-    results: list[opjudge.TestResult] = []
-    to_run: list[str] = []
-    rows = {t: expectations.of(cell.ref, version, cell.variant, cell.icd, t) for t in tests}
-    for test in tests:
-        row = rows[test]
-        if row is not None and row.status == "SKIP":
-            results.append(opjudge.not_run(test, row.reason, opjudge.SKIPPED_BY_ROW, row))
-        else:
-            to_run.append(test)
-    results += [opjudge.not_run(t, why, opjudge.not_built_kind(why)) for t, why in not_built.items()]
+    results, to_run = _not_run_before(cell, version, tests, not_built, expectations)
     say(
         f"{cell.id}: {len(to_run)} tests, {jobs(settings)} at a time; not run: {len(tests) - len(to_run)} by SKIP "
         f"rows, {len(not_built)} not built"
@@ -322,15 +323,65 @@ def _cell(
         rerun_factor=expectations.rerun_factor,
     )
     ran = optest.sweep(spec, say=say)
+    judged, cell_device = _judge_cell(cell, version, ran, expectations, cpu_outcomes)
+    return sorted(results + judged, key=lambda r: r.test), ran, cell_device
+
+
+def _not_run_before(
+    cell: Cell, version: str | None, tests: list[str], not_built: dict[str, str], expectations: opjudge.Expectations
+) -> tuple[list[opjudge.TestResult], list[str]]:
+    """The cell's tests that are not run at all (SKIP rows: the rows that name no device; sources not built), and
+    those to run."""
+    results: list[opjudge.TestResult] = []
+    to_run: list[str] = []
+    for test in tests:
+        row = expectations.of(cell.ref, version, cell.variant, cell.icd, test)
+        if row is not None and row.status == "SKIP":
+            results.append(opjudge.not_run(test, row.reason, opjudge.SKIPPED_BY_ROW, row))
+        else:
+            to_run.append(test)
+    results += [opjudge.not_run(t, why, opjudge.not_built_kind(why)) for t, why in not_built.items()]
+    return results, to_run
+
+
+def _judge_cell(
+    cell: Cell,
+    version: str | None,
+    ran: dict[str, optest.Outcome],
+    expectations: opjudge.Expectations,
+    cpu_outcomes: dict[str, optest.Outcome],
+) -> tuple[list[opjudge.TestResult], opjudge.Device]:
+    """Each outcome judged by the row for the device its own run probed (else the cell's), beside the CPU's."""
     devices = {test: device_of(outcome) for test, outcome in ran.items()}
     cell_device = next((d for d in devices.values() if d.known), opjudge.Device())
+    results = []
     for test, outcome in ran.items():
         device = devices[test] if devices[test].known else cell_device
         row = expectations.of(cell.ref, version, cell.variant, cell.icd, test, device)
         sig = signature.of_crash(outcome.crash) if outcome.crash else ()
         results.append(opjudge.judge(outcome, cpu_outcomes.get(test), cell.backend, row, sig, expectations.glue))
-    results.sort(key=lambda r: r.test)
-    return results, ran, cell_device
+    return results, cell_device
+
+
+def _interrupted_cell(
+    cell: Cell,
+    version: str | None,
+    tests: list[str],
+    not_built: dict[str, str],
+    expectations: opjudge.Expectations,
+    cpu_outcomes: dict[str, optest.Outcome],
+    results_root: Path,
+) -> tuple[list[opjudge.TestResult], dict[str, optest.Outcome], opjudge.Device]:
+    """The cell an interrupt stopped, read back from its directory: every test that finished is judged as the
+    sweep would judge it. A test that did not finish, or was killed at its limit among others and not yet run again
+    alone, has no result: not run (interrupted), never a TIMEOUT it did not earn."""
+    results, to_run = _not_run_before(cell, version, tests, not_built, expectations)
+    loaded = optest.load_cell(results_root / cell.dirname, to_run, cell.backend)
+    ran = {t: o for t, o in loaded.items() if o.status != "TIMEOUT" or o.slow_after_s}
+    judged, device = _judge_cell(cell, version, ran, expectations, cpu_outcomes)
+    why = "the session was interrupted before it finished"
+    results += judged + [opjudge.not_run(t, why, opjudge.INTERRUPTED) for t in to_run if t not in ran]
+    return sorted(results, key=lambda r: r.test), ran, device
 
 
 def device_of(outcome: optest.Outcome) -> opjudge.Device:

@@ -644,6 +644,7 @@ def load_cell(result_dir: Path, tests: Sequence[str], backend: str) -> dict[str,
             continue
         alone = read_outcome(directory / "slow", test, backend)
         if first.status == "TIMEOUT" and alone is not None:
+            alone.slow_after_s = first.duration_s  # as sweep() marks it: the run alone of a test killed among others
             first = alone
         node = first
         for sub in ("rerun", *(f"rerun{k}" for k in range(2, 100))):

@@ -192,6 +192,17 @@ def test_wrong_outputs_are_reported_with_the_reduced_graphs_own_numbers(tmp_path
     assert title.startswith("# [Vulkan buffer mode] wrong outputs (BinaryOp POW: reduced from a given graph")
     assert "| `BinaryOp9` | 8,4 | 14 of 32 | 9.5e-07 | 8.9e-08 | 0 | nan | yes |" in text
     assert "## Crash" not in text and str(tmp_path) not in text
+    assert "Where, by the standalone" not in text  # no reproducer's account: no line
+    # Which values differ (issue 22: NVIDIA left PoolGrad's outputs from 8192 on unwritten, a dispatch of 204800
+    # workgroups in Y taken as 204800 mod 65536): repro.cpp's range reaches the report.
+    said = "p: max_rel 1.4, cosine 0.02, nmse 4.8, 0 of 32 not finite; p: 24 of 32 values differ, flat indices 8 to 31"
+    summary["checks"] = {"backend": "fails", "cpu": "passes", "standalone": "fails", "standalone_numbers": said}
+    (work / "summary.json").write_text(json.dumps(summary))
+    text = issue.render(issue.pick(issue.crashes(summary, work)))
+    assert (
+        "Where, by the standalone reproducer (flat indices in NCHW order): p: 24 of 32 values differ, flat indices "
+        "8 to 31." in text
+    )
 
 
 def _reduce_summary(work: Path, *, gdb: bool) -> dict[str, Any]:
