@@ -503,7 +503,7 @@ def _reduced(r: dict[str, Any]) -> list[str]:
     return out
 
 
-def render(c: Crash, *, bisect: Path | None = None) -> str:
+def _environment(c: Crash) -> list[tuple[str, str]]:
     env = [
         ("MNN", f"{c.ref} (commit `{c.commit[:12] or '?'}`)"),
         ("backend", _mode_words(c.variant)),
@@ -517,7 +517,12 @@ def render(c: Crash, *, bisect: Path | None = None) -> str:
         env.append(("OS", c.host))
     if c.precision:
         env.append(("precision", f"BackendConfig precision {c.precision}"))
-    lines = [f"# {title(c)}", ""]
+    return env
+
+
+def _what_happens(c: Crash) -> list[str]:
+    """The report's first paragraph: what fails, where, and what the CPU does."""
+    lines: list[str] = []
     if c.reduced:
         lines.append(
             f"A graph of {c.reduced.get('reduced_ops')} op(s), cut by delta debugging from the "
@@ -547,8 +552,13 @@ def render(c: Crash, *, bisect: Path | None = None) -> str:
         lines.append(f"The crash is that of {c.known} by its signal and stage: {SIGNAL_ONLY} (no gdb).")
     elif c.known:
         lines.append(f"The crash signature is that of {c.known}.")
+    return lines
+
+
+def render(c: Crash, *, bisect: Path | None = None) -> str:
+    lines = [f"# {title(c)}", "", *_what_happens(c)]
     lines += ["", "## Environment", "", "| | |", "| --- | --- |"]
-    lines += [f"| {k} | {v} |" for k, v in env]
+    lines += [f"| {k} | {v} |" for k, v in _environment(c)]
     lines += ["", "## To reproduce", "", "With mnnrepro (builds MNN in a container, runs the case, judges it):", ""]
     lines += ["```sh", _nox(c), "```", "", "With MNN alone:", "", "```sh", *_upstream_commands(c), "```", ""]
     if not c.signal.startswith("SIG"):

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from . import cache
 from .errors import SourceError
-from .runner import host_command
+from .runner import CommandResult, host_command
 
 GENERATED = "source/backend/vulkan/buffer/compiler/AllShader.cpp"
 COMPILER = "source/backend/vulkan/buffer/compiler"
@@ -172,6 +172,44 @@ def _to_store(tree: Path, cache_dir: Path, key: str, done: dict[str, object]) ->
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _check_generated(res: CommandResult, failures: Path, out: Path, wanted: set[str]) -> set[str]:
+    """The shaders makeshader.py wrote into ``out``; a SourceError saying why when it failed, a shader did not
+    compile, or one that the tree's map names is missing."""
+    failed = failures.read_text().splitlines() if failures.is_file() else []
+    made = _arrays(out)
+    absent = sorted(wanted - made)
+    if res.returncode != 0 or failed or not made or absent:
+        why = (
+            f"exit {res.returncode}"
+            if res.returncode
+            else f"{len(failed)} shader(s) failed to compile, first: {failed[0]}"
+            if failed
+            else f"{len(absent)} shader(s) of {_MAP} not generated, first: {absent[0]}"
+            if absent
+            else "no shader generated"
+        )
+        output = (res.stdout or "").strip().splitlines()[-5:]
+        raise SourceError(
+            f"could not generate {GENERATED} ({why})" + ("; its output ended: " + " | ".join(output) if output else ""),
+            hint="import a tree that has the file",
+        )
+    return made
+
+
+def _restore(compiler: Path, committed_map: bytes | None, committed_header: bytes | None) -> None:
+    """The tree as it was beside the generated file: makeshader.py rewrites the map and header, and leaves its
+    temporary files."""
+    for rel, data in ((_MAP, committed_map), (_HEADER, committed_header)):
+        if data is not None:
+            (compiler / rel).write_bytes(data)
+    for leftover in (".cache", "tempspv", "temp.spv.cpp", "__pycache__"):
+        p = compiler / leftover
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
 def generate(tree: Path, cache_dir: Path, say: Say) -> dict[str, object]:
     """Make ``GENERATED`` in ``tree`` (writable, not yet in the cache), from the cache when the same inputs were
     generated before, else with MNN's generator; what was done, for the provenance file. Raises SourceError
@@ -213,39 +251,12 @@ def generate(tree: Path, cache_dir: Path, say: Say) -> dict[str, object]:
                 error=SourceError,
                 check=False,
             )
-            failed = failures.read_text().splitlines() if failures.is_file() else []
-            out = compiler / "AllShader.cpp"
-            made = _arrays(out)
-            absent = sorted(wanted - made)
-            if res.returncode != 0 or failed or not made or absent:
-                why = (
-                    f"exit {res.returncode}"
-                    if res.returncode
-                    else f"{len(failed)} shader(s) failed to compile, first: {failed[0]}"
-                    if failed
-                    else f"{len(absent)} shader(s) of {_MAP} not generated, first: {absent[0]}"
-                    if absent
-                    else "no shader generated"
-                )
-                output = (res.stdout or "").strip().splitlines()[-5:]
-                raise SourceError(
-                    f"could not generate {GENERATED} ({why})"
-                    + ("; its output ended: " + " | ".join(output) if output else ""),
-                    hint="import a tree that has the file",
-                )
+            made = _check_generated(res, failures, compiler / "AllShader.cpp", wanted)
         except BaseException:
             (compiler / "AllShader.cpp").unlink(missing_ok=True)
             raise
         finally:
-            for rel, data in ((_MAP, committed_map), (_HEADER, committed_header)):
-                if data is not None:
-                    (compiler / rel).write_bytes(data)
-            for leftover in (".cache", "tempspv", "temp.spv.cpp", "__pycache__"):
-                p = compiler / leftover
-                if p.is_dir():
-                    shutil.rmtree(p, ignore_errors=True)
-                else:
-                    p.unlink(missing_ok=True)
+            _restore(compiler, committed_map, committed_header)
     seconds = round(time.monotonic() - started, 1)
     say(f"generated {GENERATED}: {len(made)} shaders in {seconds} s")
     done: dict[str, object] = {
