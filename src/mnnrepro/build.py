@@ -6,7 +6,8 @@ Layout under the cache directory (every key is a content hash):
     variants/<core>/lib/               libMNN, libMNN_Express, libMNNTrain (+ .complete.json)
     variants/<core>/plugins/<kind>/    libMNN_Vulkan.so (vulkan-image, vulkan-buffer) or libMNN_CL.so
     variants/<core>/driver-<native>/   mnist_driver, linked against ../lib
-    variants/<core>/optest-<native>/   mnn_optest (MNN's own op/, grad/ tests; issue 13), tests.txt, build.json
+    variants/<core>/<tool>-<native>/   a workload's own tool, built by that workload with this Builder's public
+                                       pieces (lock, run_logged, staging, publish), e.g. optest.build: mnn_optest
 
 MNN_VULKAN_IMAGE is local to source/backend/vulkan/CMakeLists.txt, so switching it in the shared build dir
 recompiles only the plugin; the core objects keep their command lines and ninja leaves them alone.
@@ -27,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import cache, optest, variants
+from . import cache, variants
 from .errors import BuildError, EnvironmentProblem
 from .progress import Progress
 from .runner import Runner
@@ -36,7 +37,6 @@ from .source import SourceTree, content_key
 KEY_FORMAT = 1
 NATIVE_DIR = Path(__file__).resolve().parents[2] / "native"
 DRIVER_EXES = ("mnist_driver", "mnn_graph")  # native/CMakeLists.txt: the MNIST driver and the reducer's graph tool
-OPTEST_PARTS = ("optest", "src", "cmake")  # mnn_optest's sources, the driver's it shares, the shared CMake
 CORE_TARGETS = ("MNN", "MNN_Express", "MNNTrain")
 CORE_LIBS = ("libMNN.so", "express/libMNN_Express.so", "tools/train/libMNNTrain.so")
 # kind: (ninja target, library inside the build dir, cmake -D for the mode), from the variants table.
@@ -86,39 +86,6 @@ def ninja_args(build_dir: Path, targets: tuple[str, ...], jobs: int | None) -> l
     return args + list(targets)
 
 
-def optest_configure_args(
-    source: Path,
-    lib_dir: Path,
-    build_dir: Path,
-    *,
-    defines: list[str],
-    exclude: list[str],
-    ccache: bool,
-    sources: list[str],
-) -> list[str]:
-    """mnn_optest's configure: ``sources`` are the tree's test sources that register op/ or grad/ tests
-    (optest.test_sources), passed so the binary compiles exactly what the harness scanned."""
-    args = [
-        "cmake",
-        "-G",
-        "Ninja",
-        "-S",
-        str(NATIVE_DIR / "optest"),
-        "-B",
-        str(build_dir),
-        "-DCMAKE_BUILD_TYPE=RelWithDebInfo",
-        f"-DMNN_SOURCE_DIR={source}",
-        f"-DMNN_LIB_DIR={lib_dir}",
-        "-DMNNREPRO_OPTEST_RPATH=$ORIGIN/../lib",
-        f"-DMNNREPRO_MNN_DEFINES={';'.join(defines)}",
-        f"-DMNNREPRO_TEST_EXCLUDE={';'.join(exclude)}",
-        f"-DMNNREPRO_TEST_SOURCES={';'.join(sources)}",
-    ]
-    if ccache:
-        args += ["-DCMAKE_CXX_COMPILER_LAUNCHER=ccache"]
-    return args
-
-
 def driver_configure_args(source: Path, lib_dir: Path, build_dir: Path) -> list[str]:
     return [
         "cmake",
@@ -135,12 +102,12 @@ def driver_configure_args(source: Path, lib_dir: Path, build_dir: Path) -> list[
     ]
 
 
-def _digest(obj: object) -> str:
+def digest(obj: object) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
 def native_key(parts: tuple[str, ...] = ("CMakeLists.txt", "cmake", "src", "graph")) -> str:
-    """Hash of the build inputs under native/ (the driver's by default; ``OPTEST_PARTS`` for mnn_optest)."""
+    """Hash of the build inputs under native/ (the driver's by default; a workload's own tool names its parts)."""
     h = hashlib.sha256()
     # Build inputs only: a README edit must not rebuild the driver.
     files = [
@@ -222,7 +189,7 @@ class Builder:
         return self._toolchain
 
     def core_key(self, source: SourceTree, options: CoreOptions) -> str:
-        return _digest(
+        return digest(
             {
                 "format": KEY_FORMAT,
                 "source": content_key(source.path, self.cache_dir),
@@ -258,7 +225,9 @@ class Builder:
             "CCACHE_MAXSIZE": "5G",
         }
 
-    def _run(self, argv: list[str], log: Path, what: str, *, check: bool = True) -> int:
+    def run_logged(self, argv: list[str], log: Path, what: str, *, check: bool = True) -> int:
+        """One cmake or ninja step through the runner, its output to ``log`` with a status line every 10 s; a
+        failure raises BuildError with the log's tail (``check=False``: the exit status is returned instead)."""
         log.parent.mkdir(parents=True, exist_ok=True)
         # What the command may write (all else is read-only in a container): its build dir (cmake -B, ninja -C)
         # and the ccache dir. The log is written by the runner, outside the command.
@@ -286,7 +255,7 @@ class Builder:
         return res.returncode
 
     @contextmanager
-    def _lock(self, name: str) -> Iterator[None]:
+    def lock(self, name: str) -> Iterator[None]:
         path = self.cache_dir / "locks" / f"{name}.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a+") as handle:
@@ -300,7 +269,7 @@ class Builder:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def _publish(self, staging: Path, dest: Path, stamp: dict[str, object]) -> None:
+    def publish(self, staging: Path, dest: Path, stamp: dict[str, object]) -> None:
         (staging / STAMP).write_text(json.dumps(stamp, indent=1))
         if dest.exists():  # an incomplete leftover (no stamp): replace it
             shutil.rmtree(dest)
@@ -308,10 +277,10 @@ class Builder:
         os.replace(staging, dest)
 
     @staticmethod
-    def _complete(path: Path) -> bool:
+    def complete(path: Path) -> bool:
         return (path / STAMP).is_file()
 
-    def _staging(self, dest: Path) -> Path:
+    def staging(self, dest: Path) -> Path:
         dest.parent.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
 
@@ -324,7 +293,7 @@ class Builder:
         if previous is not None and previous[previous.index("-S") + 1] != str(core.source.path):
             # Same content at another path: CMake refuses a cache made for another source dir. Objects stay.
             (core.build_dir / "CMakeCache.txt").unlink(missing_ok=True)
-        self._run(argv, core.build_dir / "logs" / "configure.log", f"{core.source.ref} cmake configure")
+        self.run_logged(argv, core.build_dir / "logs" / "configure.log", f"{core.source.ref} cmake configure")
         marker.write_text(json.dumps(argv))
 
     # -- artifacts -------------------------------------------------------------------------------
@@ -332,11 +301,11 @@ class Builder:
         key = self.core_key(source, options)
         core = Core(key, source, self.cache_dir / "build" / key[:24], self.cache_dir / "variants" / key[:24], options)
         cache.use_build(self.cache_dir, key)  # .last-used; `cache prune` skips it while this process runs
-        if self._complete(core.lib_dir):
+        if self.complete(core.lib_dir):
             self.log.add("core", key, 0.0, cached=True)
             return core
-        with self._lock(key[:24]):
-            if self._complete(core.lib_dir):
+        with self.lock(key[:24]):
+            if self.complete(core.lib_dir):
                 self.log.add("core", key, 0.0, cached=True)
                 return core
             if options.compat_cxx_flags:
@@ -345,15 +314,15 @@ class Builder:
             start = time.monotonic()
             core.build_dir.mkdir(parents=True, exist_ok=True)
             self._configure(core, PLUGINS["vulkan-image"][2])
-            self._run(
+            self.run_logged(
                 ninja_args(core.build_dir, CORE_TARGETS, self.jobs),
                 core.build_dir / "logs" / "core.log",
                 f"{source.ref} core build",
             )
-            staging = self._staging(core.lib_dir)
+            staging = self.staging(core.lib_dir)
             for rel in CORE_LIBS:
                 shutil.copy2(core.build_dir / rel, staging / Path(rel).name)
-            self._publish(
+            self.publish(
                 staging,
                 core.lib_dir,
                 {
@@ -376,7 +345,7 @@ class Builder:
         dest = core.variant_dir / "plugins" / kind
         lib = dest / Path(rel).name
         cache.use_build(self.cache_dir, core.key)  # .last-used; `cache prune` skips it while this process runs
-        if self._complete(dest):
+        if self.complete(dest):
             self.log.add(kind, core.key, 0.0, cached=True)
             return lib
         for needed in variants.get(kind).requires:
@@ -386,20 +355,20 @@ class Builder:
                     hint="import the ref again (python -m mnnrepro source import --git-dir DIR --ref REF): an "
                     "import generates it with MNN's own makeshader.py and a pinned glslang (shaders.py)",
                 )
-        with self._lock(core.key[:24]):
-            if self._complete(dest):
+        with self.lock(core.key[:24]):
+            if self.complete(dest):
                 return lib
             self.say(f"building {kind} plugin against core [{core.key[:12]}]")
             start = time.monotonic()
             self._configure(core, mode_args)
-            self._run(
+            self.run_logged(
                 ninja_args(core.build_dir, (target,), self.jobs),
                 core.build_dir / "logs" / f"{kind}.log",
                 f"{core.source.ref} {kind} plugin build",
             )
-            staging = self._staging(dest)
+            staging = self.staging(dest)
             shutil.copy2(core.build_dir / rel, staging / Path(rel).name)
-            self._publish(staging, dest, {"core": core.key, "kind": kind, "cmake": list(mode_args)})
+            self.publish(staging, dest, {"core": core.key, "kind": kind, "cmake": list(mode_args)})
             self.log.add(kind, core.key, time.monotonic() - start, cached=False)
         return lib
 
@@ -408,84 +377,25 @@ class Builder:
         dest = core.variant_dir / f"driver-{nkey[:16]}"
         exe = dest / "mnist_driver"
         cache.use_build(self.cache_dir, core.key)  # .last-used; `cache prune` skips it while this process runs
-        if self._complete(dest):
+        if self.complete(dest):
             self.log.add("driver", nkey, 0.0, cached=True)
             return exe
-        with self._lock(core.key[:24] + "-driver"):
-            if self._complete(dest):
+        with self.lock(core.key[:24] + "-driver"):
+            if self.complete(dest):
                 return exe
             self.say(f"building native/ driver against core [{core.key[:12]}]")
             start = time.monotonic()
             build_dir = self.cache_dir / "build" / f"{core.key[:24]}-driver-{nkey[:16]}"
             shutil.rmtree(build_dir, ignore_errors=True)  # small; and its CMake cache names a checkout path
-            self._run(
+            self.run_logged(
                 driver_configure_args(core.source.path, core.lib_dir, build_dir),
                 build_dir / "configure.log",
                 f"{core.source.ref} driver configure",
             )
-            self._run(["ninja", "-C", str(build_dir)], build_dir / "build.log", f"{core.source.ref} driver build")
-            staging = self._staging(dest)
+            self.run_logged(["ninja", "-C", str(build_dir)], build_dir / "build.log", f"{core.source.ref} driver build")
+            staging = self.staging(dest)
             for name in DRIVER_EXES:
                 shutil.copy2(build_dir / name, staging / name)
-            self._publish(staging, dest, {"core": core.key, "native": nkey})
+            self.publish(staging, dest, {"core": core.key, "native": nkey})
             self.log.add("driver", nkey, time.monotonic() - start, cached=False)
         return exe
-
-    def optest(self, core: Core) -> optest.Binary:
-        """mnn_optest of this core: every MNN test source registering an op/ or grad/ test (optest.test_sources:
-        test/op, test/grad, test/speed/HybridConvSpeedTest.cpp) with our entry point (native/optest).
-        A test source that does not compile or link against this release's libraries is left out and said, with
-        its tests and the first error (optest.failed_sources); anything else failing is a BuildError."""
-        sources = optest.test_sources(core.source.path)
-        # The scanned sources and the scan's version are build inputs as much as native/optest is.
-        nkey = _digest([native_key(OPTEST_PARTS), sources, optest.SCAN_VERSION])
-        dest = core.variant_dir / f"optest-{nkey[:16]}"
-        cache.use_build(self.cache_dir, core.key)
-        if self._complete(dest):
-            self.log.add("optest", nkey, 0.0, cached=True)
-            return optest.Binary.load(dest)
-        with self._lock(core.key[:24] + "-optest"):
-            if self._complete(dest):
-                return optest.Binary.load(dest)
-            what = f"{len(sources)} test sources with op/, grad/ tests"
-            self.say(f"building mnn_optest ({what}) against core [{core.key[:12]}]")
-            start = time.monotonic()
-            build_dir = self.cache_dir / "build" / f"{core.key[:24]}-optest-{nkey[:16]}"
-            defines = optest.core_defines(core.build_dir)
-            excluded: dict[str, str] = {}
-            for attempt in range(optest.MAX_EXCLUDE_ROUNDS + 1):
-                argv = optest_configure_args(
-                    core.source.path,
-                    core.lib_dir,
-                    build_dir,
-                    defines=defines,
-                    exclude=sorted(excluded),
-                    ccache=self.ccache,
-                    sources=sources,
-                )
-                self._run(argv, build_dir / "configure.log", f"{core.source.ref} mnn_optest configure")
-                log = build_dir / f"build-{attempt}.log"
-                args = ["ninja", "-C", str(build_dir), "-k", "0", *(["-j", str(self.jobs)] if self.jobs else [])]
-                if self._run(args, log, f"{core.source.ref} mnn_optest build", check=False) == 0:
-                    break
-                failed = optest.failed_sources(log.read_text(errors="replace"))
-                if not failed or attempt == optest.MAX_EXCLUDE_ROUNDS:
-                    self._run(args, log, f"{core.source.ref} mnn_optest build")  # raises BuildError with the tail
-                for rel, why in failed.items():
-                    self.say(f"mnn_optest: leaving out test/{rel}: {why}")
-                excluded.update(failed)
-            listing = self.runner.run(
-                [str(build_dir / "mnn_optest"), "--list"],
-                env={"LD_LIBRARY_PATH": str(core.lib_dir)},  # its RPATH is $ORIGIN/../lib, true once published
-                writable=(build_dir,),
-                timeout_s=120,
-            )
-            if listing.returncode != 0:
-                raise BuildError(f"mnn_optest --list failed (exit {listing.returncode}): {listing.output[-2000:]}")
-            staging = self._staging(dest)
-            shutil.copy2(build_dir / "mnn_optest", staging / "mnn_optest")
-            binary = optest.Binary.write(staging, listing.output, excluded, core.source.path, defines)
-            self.say("mnn_optest: " + binary.coverage(optest.PREFIXES).line("the tree's op/ and grad/ tests"))
-            self._publish(staging, dest, {"core": core.key, "native": nkey, "excluded": excluded})
-            self.log.add("optest", nkey, time.monotonic() - start, cached=False)
-        return binary.moved(dest)

@@ -41,7 +41,7 @@ from . import fixtures
 from .errors import ConfigError
 
 # The cache's layout markers, defined here (the lowest layer) and used by build.py and source.py.
-STAMP = ".complete.json"  # a published build artifact is complete (build.Builder._publish)
+STAMP = ".complete.json"  # a published build artifact is complete (build.Builder.publish)
 PROVENANCE = ".mnnrepro-source.json"  # where a cached source tree came from (source.py)
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ _held: dict[Path, IO[str]] = {}  # shared "in use" locks this process holds unti
 
 # -- locks and marks ------------------------------------------------------------------------------
 def build_lock(cache_dir: Path, key: str) -> Path:
-    return cache_dir / "locks" / f"{key[:24]}.lock"  # the name build.Builder._lock uses
+    return cache_dir / "locks" / f"{key[:24]}.lock"  # the name build.Builder.lock uses
 
 
 def build_use(cache_dir: Path, key: str) -> Path:

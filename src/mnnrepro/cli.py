@@ -202,7 +202,7 @@ def _add_matrix(sub: Subcommands) -> None:
 
 
 def _add_golden(sub: Subcommands) -> None:
-    gold = sub.add_parser("golden", help="(re)write fixtures/golden/<ref>/ from a CPU run checked against numpy")
+    gold = sub.add_parser("golden", help="(re)write fixtures/golden/mnist/<ref>/ from a CPU run checked against numpy")
     _common(gold)
     gold.add_argument("--runner", choices=["auto", "host", "docker"])
     golden.add_arguments(gold)

@@ -1,6 +1,6 @@
 """The properties of a machine that change MNN's CPU arithmetic (issue 10, item 6: portable goldens).
 
-A CPU golden (fixtures/golden/<ref>/) holds float32 gradients whose last bits belong to the machine that made
+A CPU golden (fixtures/golden/mnist/<ref>/) holds float32 gradients whose last bits belong to the machine that made
 it. Measured at 3.3.0 and 47027e10 with the suite's builds (gcc 12.2, its CMake options), the same driver
 arguments, and the dumps compared with the goldens bit for bit:
 

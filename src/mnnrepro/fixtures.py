@@ -143,6 +143,22 @@ def verify_mnist(directory: Path = MNIST) -> dict[str, Any]:
 
 
 GOLDEN_MANIFEST = "MANIFEST.json"
+# Goldens are keyed by (workload, ref) (issue 23): <root>/<workload>/<ref>/, e.g. fixtures/golden/mnist/3.3.0/.
+GOLDEN_ROOT = FIXTURES / "golden"
+
+
+def golden_dir(workload: str, ref: str, root: Path = GOLDEN_ROOT) -> Path:
+    """Where the golden of ``workload`` at ``ref`` lives (it may not exist): ``<root>/<workload>/<ref>/``. A
+    golden still at ``<root>/<ref>/`` (the layout before issue 23) is an error that says where it moved, never
+    read or written over."""
+    old = root / ref
+    if (old / GOLDEN_MANIFEST).is_file() or (old / "provenance.json").is_file():
+        raise FixtureError(
+            f"{old} is a golden in the old layout (<root>/<ref>/): goldens are keyed by workload and ref, "
+            f"this one lives in {root / workload / ref}",
+            hint=f"move it: mv {old} {root / workload / ref}",
+        )
+    return root / workload / ref
 
 
 def _digest_tree(directory: Path) -> dict[str, dict[str, Any]]:

@@ -2,8 +2,9 @@
 
 The CPU driver runs with dumps through the same preflight and builds as every session; its gradients are
 checked against the independent float64 numpy reference (mnnrepro.reference) first, and only then is
-``fixtures/golden/<ref>/`` written, with its provenance, the machine fingerprint that makes its last bits, and a
-sha256 manifest that every run checks before it starts (fixtures.verify_golden_manifest).
+``fixtures/golden/mnist/<ref>/`` written (goldens are keyed by workload and ref: fixtures.golden_dir), with its
+provenance, the machine fingerprint that makes its last bits, and a sha256 manifest that every run checks before
+it starts (fixtures.verify_golden_manifest).
 """
 
 from __future__ import annotations
@@ -25,12 +26,18 @@ from .cells import Cell, CellRun, run_cell
 from .errors import ConfigError, FixtureError
 from .reference import PARAM_NAMES, PARAM_SHAPES
 from .settings import Settings
+from .workloads import train
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Beside the common --ref/--source/--cache-dir options (cli._common)."""
     p.add_argument("--steps", help="comma-separated dump steps, consecutive from 0 (default: matrix [gradcheck])")
-    p.add_argument("--out", type=Path, default=gradcheck.GOLDEN_ROOT, help="golden root (default fixtures/golden)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=gradcheck.GOLDEN_ROOT,
+        help="golden root (default fixtures/golden; written to <root>/mnist/<ref>/)",
+    )
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
@@ -41,11 +48,17 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _cpu_run(prepared: prepare.Prepared, steps: list[int], work: Path, say: Callable[[str], None]) -> CellRun:
+def _cpu_run(
+    prepared: prepare.Prepared,
+    matrix_workload: train.Training,
+    steps: list[int],
+    work: Path,
+    say: Callable[[str], None],
+) -> CellRun:
     built = prepared.built
     # The matrix's workload (batch, seed) for the golden's steps, at high precision, with dumps.
     workload = replace(
-        prepared.workload,
+        matrix_workload,
         steps=len(steps),
         precision="high",
         test_limit=100,
@@ -104,14 +117,14 @@ def _provenance(
     }
 
 
-def _publish(staging: Path, out_root: Path, ref: str) -> Path:
-    """Swap the new golden in whole: a failure leaves the old one."""
+def _publish(staging: Path, dest: Path) -> Path:
+    """Swap the new golden in whole at ``dest`` (<root>/<workload>/<ref>): a failure leaves the old one."""
     fixtures.write_manifest(staging)
-    dest = out_root / ref
-    out_root.mkdir(parents=True, exist_ok=True)
-    fresh = Path(tempfile.mkdtemp(prefix=f".{ref}-new-", dir=out_root))
+    parent, ref = dest.parent, dest.name
+    parent.mkdir(parents=True, exist_ok=True)
+    fresh = Path(tempfile.mkdtemp(prefix=f".{ref}-new-", dir=parent))
     shutil.copytree(staging, fresh, dirs_exist_ok=True)
-    old = out_root / f".{ref}-old"
+    old = parent / f".{ref}-old"
     shutil.rmtree(old, ignore_errors=True)
     if dest.exists():
         os.replace(dest, old)
@@ -129,7 +142,9 @@ def generate_golden(
     say: Callable[[str], None] = print,
 ) -> Path:
     """Run the CPU driver with dumps, check it against the numpy reference, and only then write
-    ``out_root/<ref>/`` (replacing what was there)."""
+    ``out_root/mnist/<ref>/`` (replacing what was there; a golden at ``out_root/<ref>/``, the old layout, is an
+    error that says where it moved, before anything is built)."""
+    dest = fixtures.golden_dir(train.NAME, ref, out_root)
     matrix = fixtures.load_matrix()
     steps = list(steps) if steps is not None else gradcheck.golden_steps(matrix)
     if steps != list(range(len(steps))):
@@ -142,7 +157,7 @@ def generate_golden(
     settings.results_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f"golden-{ref}-", dir=settings.results_dir) as tmp:
         work = Path(tmp)
-        run = _cpu_run(prepared, steps, work, say)
+        run = _cpu_run(prepared, train.workload_of(matrix, settings), steps, work, say)
         check = gradcheck.check_reference(
             gradcheck.Dumps(work / "run" / "grads", work / "golden" / "init"),
             steps,
@@ -159,7 +174,7 @@ def generate_golden(
             shutil.copytree(work / "run" / "grads" / f"step{step}", work / "golden" / f"step{step}")
         provenance = _provenance(built, run, steps, check, manifest)
         (work / "golden" / "provenance.json").write_text(json.dumps(provenance, indent=1) + "\n")
-        dest = _publish(work / "golden", out_root, ref)
+        _publish(work / "golden", dest)
     size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
     say(f"golden written: {dest} ({size} bytes); review and commit it")
     return dest

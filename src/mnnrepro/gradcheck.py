@@ -4,9 +4,9 @@ golden, and the golden against an independent float64 numpy reference (mnnrepro.
 Files
   run dumps     RESULT/grads/step<N>/{grad,after}/<param>.npy, batch_indices.npy, dropout_mask.npy
                 (driver --dump-steps; native/README.md)
-  golden        fixtures/golden/<ref>/: the same tree (step<N>/...), init/<param>.npy (the initial parameters, which
-                the driver reads with --init-params) and provenance.json. Made only on request:
-                ``PYTHONPATH=src python -m mnnrepro.gradcheck golden --ref REF``
+  golden        fixtures/golden/<workload>/<ref>/ (fixtures.golden_dir; MNIST's: fixtures/golden/mnist/<ref>/): the
+                same tree (step<N>/...), init/<param>.npy (the initial parameters, which the driver reads with
+                --init-params) and provenance.json. Made only on request: ``python -m mnnrepro golden --ref REF``
   on mismatch   RESULT/gradcheck/step<N>/<kind>/<param>.obtained.npy beside <param>.golden.npy (the arrays that
                 were compared), plus RESULT/gradcheck/report.txt and report.json
 
@@ -48,7 +48,7 @@ from .reference import PARAM_NAMES, PARAM_SHAPES, SgdConfig, backward, batch_inp
 from .reference import load_train_split as _load_train_split
 
 F64 = NDArray[np.float64]
-GOLDEN_ROOT = fixtures.FIXTURES / "golden"
+GOLDEN_ROOT = fixtures.GOLDEN_ROOT  # <root>/<workload>/<ref>/: fixtures.golden_dir
 GOLDEN_FORMAT = 1
 KINDS = ("grad", "after")
 

@@ -6,9 +6,10 @@ in the main thread. The runners stop their child process group or container when
 INTERRUPTED, and exits 128 + the signal number. While reports are written, further signals are held back.
 
 No moment is left where a signal escapes that handling: a session holds signals from the moment its results
-directory exists and lets them raise only while its cells run (``held`` around ``unheld``); a child is started
-with signals ``deferred`` until the runner knows it (so an interrupt can stop it); and the process's last word
-(``last_word``) blocks them before it exits, so one that came in time still ends in 128 + N.
+directory exists and lets them raise only while its cells run (``held`` around ``unheld``, in the one session
+loop: workloads/base.py); a child is started with signals ``deferred`` until the runner knows it (so an
+interrupt can stop it); and the process's last word (``last_word``) blocks them before it exits, so one that
+came in time still ends in 128 + N.
 """
 
 from __future__ import annotations

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from . import variants
-from .bisect import OFF_GPU, change_words
 from .build import CoreOptions
 from .errors import ConfigError
+from .judge import OFF_GPU, change_words
 from .signature import SIGNAL_ONLY
 
 MAX_LINES = 150

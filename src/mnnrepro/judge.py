@@ -35,6 +35,23 @@ from .signature import SIGNAL_ONLY
 REPRODUCED = "REPRODUCED"
 FIXED = "FIXED"
 FIXED_BY_FALLBACK = "FIXED-BY-FALLBACK"
+
+FALLBACK = "FALLBACK"  # a run that completed with the op(s) under test on another backend (the reducer's verdict)
+# Verdicts of a run whose op under test ran on the CPU: the reducer's FALLBACK and the MNIST workload's
+# FIXED-BY-FALLBACK. Neither is a fix (bisect and the issue report word them so).
+OFF_GPU = (FALLBACK, FIXED_BY_FALLBACK)
+
+
+def change_words(old_verdict: str, new_verdict: str, good_is_old: bool) -> str:
+    """What a bisect's first changed commit is, in words: a commit where the op leaves the GPU is not a fix
+    (upstream's 39be21c56 declines alibaba/MNN#3129's Deconvolution on Vulkan, which then runs on the CPU)."""
+    if new_verdict in OFF_GPU and old_verdict not in OFF_GPU:
+        return "first commit where the op leaves the GPU"
+    if old_verdict in OFF_GPU and new_verdict not in OFF_GPU:
+        return "first commit where the op runs on the GPU again"
+    return "first commit with the new verdict" if good_is_old else "first commit with the fixed verdict"
+
+
 KNOWN_WRONG = "KNOWN-WRONG"
 PASS = "PASS"
 FAIL = "FAIL"

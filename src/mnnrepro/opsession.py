@@ -14,14 +14,16 @@ import platform
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__, fixtures, interrupts, opjudge, opreport, optest, prepare, signature, source, variants
+from . import __version__, fixtures, opjudge, opreport, optest, prepare, signature, source, variants
 from .cells import Cell
 from .contract import read_events
 from .errors import ConfigError
 from .settings import ICD_NAMES, Settings
+from .workloads import base
 
 DEFAULT_VARIANTS = ("cpu", "vulkan-image", "vulkan-buffer")
 EXIT_MISMATCH = 1
@@ -88,73 +90,115 @@ def run_ops(settings: Settings, *, say: Say = print) -> int:
     prepared = prepare.prepare(ref, names, settings, matrix, say)
     built = prepared.built
     t0 = time.monotonic()
-    binary = built.builder.optest(built.core)
+    binary = optest.build_binary(built.builder, built.core)
     optest_s = time.monotonic() - t0
     known = binary.tests + tuple(binary.excluded_tests)
     if missing := optest.unmatched(known, selection):
         return _no_such_test(missing, ref, say)
     tests = optest.select(binary.tests, selection)
     not_built = {t: why for t, why in binary.excluded_tests.items() if optest.select((t,), selection)}
-    version = built.tree.version
     coverage = binary.coverage(tuple(selection))
     say(f"mnn_optest: {len(tests)} tests selected by {', '.join(selection)}; {coverage.line()}")
     header = _header(ref, settings, expectations, prepared, binary, selection)
-    cells: list[dict[str, Any]] = []
-    devices: dict[opjudge.CellKey, opjudge.Device] = {}
     cpu_outcomes: dict[str, optest.Outcome] = {}
     if cpu_cell is not None:
         cpu_outcomes, header["cpu_reference"] = cpu_reference(cpu_cell, tests)
         names = tuple(n for n in names if n != variants.BASELINE)
         say(f"CPU reference: {header['cpu_reference']['line']}")
-    stopped: BaseException | None = None
-    current: Cell | None = None
-    cell_started = time.monotonic()
     plan = [Cell(ref, n, i) for n in names for i in (settings.icds if variants.get(n).per_icd else ("-",))]
-    # A signal is held from here to the reports and raises only while the cells run (as in session.py): none
-    # escapes between the last cell and the reports, which are written whole.
-    with interrupts.held() as late:
-        try:
-            with interrupts.unheld(late):
-                for cell in plan:
-                    cell_started, current = time.monotonic(), cell
-                    results_of, ran, device = _cell(
-                        cell, prepared, binary, tests, not_built, expectations, cpu_outcomes, settings, results, say
-                    )
-                    if cell.variant == variants.BASELINE:
-                        cpu_outcomes = ran
-                    devices[(ref, version, cell.variant, cell.icd)] = device
-                    cells.append(_cell_entry(cell, time.monotonic() - cell_started, results_of, ran, device))
-                    current = None
-        except KeyboardInterrupt as exc:
-            stopped = exc
-            say(f"\n{interrupts.signal_name(exc)}: stopping; writing the reports of the cells that finished")
-            if current is not None:  # what the stopped cell finished is judged, not lost (issue 22)
-                results_of, ran, device = _interrupted_cell(
-                    current, version, tests, not_built, expectations, cpu_outcomes, results
-                )
-                devices[(ref, version, current.variant, current.icd)] = device
-                entry = _cell_entry(current, time.monotonic() - cell_started, results_of, ran, device)
-                cells.append({**entry, "interrupted": True})
-        header["seconds"] = {
-            "prepare": round(sum(prepared.seconds.values()), 1),
+    session = OpsSession(
+        plan, prepared, binary, tests, not_built, expectations, settings, results, say, header, selection,
+        cpu_outcomes, (started, optest_s),
+    )  # fmt: skip
+    # A signal is held from here to the reports and raises only while the cells run (base.session_loop, as in
+    # session.py): none escapes between the last cell and the reports, which are written whole.
+    return base.session_loop(session, say=say)
+
+
+@dataclass
+class OpsSession:
+    """MNN's own tests as the session loop runs them (workloads/base.py): one sweep per cell, the CPU cell first;
+    a cell an interrupt stopped is judged from what it finished (issue 22); the reports of opreport.py."""
+
+    cells: list[Cell]
+    prepared: prepare.Prepared
+    binary: optest.Binary
+    tests: list[str]
+    not_built: dict[str, str]
+    expectations: opjudge.Expectations
+    settings: Settings
+    results: Path
+    say: Say
+    header: dict[str, Any]
+    selection: tuple[str, ...] | list[str]
+    cpu_outcomes: dict[str, optest.Outcome]  # the CPU cell's (or --cpu-from's): each GPU result's peer
+    seconds: tuple[float, float]  # the session's start, the seconds mnn_optest's build took
+    devices: dict[opjudge.CellKey, opjudge.Device] = field(default_factory=dict)
+    cell_started: float = 0.0
+
+    def plan(self) -> list[Cell]:
+        return self.cells
+
+    def begin(self) -> None:
+        """Nothing: the results directory was made and named before mnn_optest was built."""
+
+    def run(self, cell: Cell) -> dict[str, Any]:
+        self.cell_started = time.monotonic()
+        results_of, ran, device = _cell(
+            cell,
+            self.prepared,
+            self.binary,
+            self.tests,
+            self.not_built,
+            self.expectations,
+            self.cpu_outcomes,
+            self.settings,
+            self.results,
+            self.say,
+        )
+        if cell.variant == variants.BASELINE:
+            self.cpu_outcomes = ran
+        self.devices[(cell.ref, self.prepared.built.tree.version, cell.variant, cell.icd)] = device
+        return _cell_entry(cell, time.monotonic() - self.cell_started, results_of, ran, device)
+
+    def stopped_midway(self, cell: Cell) -> dict[str, Any]:
+        """What the stopped cell finished is judged, not lost (issue 22)."""
+        version = self.prepared.built.tree.version
+        results_of, ran, device = _interrupted_cell(
+            cell, version, self.tests, self.not_built, self.expectations, self.cpu_outcomes, self.results
+        )
+        self.devices[(cell.ref, version, cell.variant, cell.icd)] = device
+        entry = _cell_entry(cell, time.monotonic() - self.cell_started, results_of, ran, device)
+        return {**entry, "interrupted": True}
+
+    def summarize(
+        self, cells: list[dict[str, Any]], stopped: BaseException | None, not_run: list[Cell]
+    ) -> dict[str, Any]:
+        started, optest_s = self.seconds
+        self.header["seconds"] = {
+            "prepare": round(sum(self.prepared.seconds.values()), 1),
             "optest_build_or_cache_check": round(optest_s, 1),
             "total": round(time.monotonic() - started, 1),
         }
-        data = _summary(header, cells, plan, expectations, selection, devices, stopped)
-        written = opreport.write_all(results, data)
-    if late and stopped is None:  # every cell had finished: the reports are complete, the exit says the signal
-        stopped = interrupts.Interrupted(late[0])
-    say("")
-    say(opreport.table(data))
-    say("\nreports: " + ", ".join(str(p) for p in written))
-    if stopped is not None:
-        return interrupts.exit_code(stopped)
-    not_run = sum(c["not_run"]["count"] for c in cells)
-    if data["all_matched"]:
-        say(f"session ops: every test that ran matched its expectation; not run: {not_run} (see the table)")
-        return 0
-    say(f"session ops: {sum(c['mismatched'] for c in cells)} test result(s) did not match their expectation")
-    return EXIT_MISMATCH
+        return _summary(self.header, cells, not_run, self.expectations, self.selection, self.devices, stopped)
+
+    def write_reports(self, data: dict[str, Any]) -> list[Path]:
+        return opreport.write_all(self.results, data)
+
+    def show(
+        self, data: dict[str, Any], cells: list[dict[str, Any]], written: list[Path], stopped: BaseException | None
+    ) -> None:
+        self.say("")
+        self.say(opreport.table(data))
+        self.say("\nreports: " + ", ".join(str(p) for p in written))
+
+    def exit_code(self, data: dict[str, Any], cells: list[dict[str, Any]]) -> int:
+        not_run = sum(c["not_run"]["count"] for c in cells)
+        if data["all_matched"]:
+            self.say(f"session ops: every test that ran matched its expectation; not run: {not_run} (see the table)")
+            return 0
+        self.say(f"session ops: {sum(c['mismatched'] for c in cells)} test result(s) did not match their expectation")
+        return EXIT_MISMATCH
 
 
 def cpu_reference_cell(results: Path, commit: str | None) -> tuple[Path, dict[str, Any]]:
@@ -234,7 +278,7 @@ def _header(
 def _summary(
     header: dict[str, Any],
     cells: list[dict[str, Any]],
-    plan: list[Cell],
+    not_run: list[Cell],
     expectations: opjudge.Expectations,
     selection: tuple[str, ...] | list[str],
     devices: dict[opjudge.CellKey, opjudge.Device],
@@ -253,8 +297,7 @@ def _summary(
     data["all_matched"] = stopped is None and bool(cells) and all(c["mismatched"] == 0 for c in cells)
     data["status"] = "INTERRUPTED" if stopped else ("MATCHED" if data["all_matched"] else "MISMATCHED")
     if stopped is not None:
-        done = {c["cell"] for c in cells}
-        data["not_run"] = [c.id for c in plan if c.id not in done]
+        data["not_run"] = [c.id for c in not_run]
     return data
 
 

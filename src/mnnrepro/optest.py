@@ -22,14 +22,17 @@ import fnmatch
 import json
 import re
 import shutil
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from . import build, cache
 from . import faults as planted
 from .cells import GDB_SCRIPT, Cell
 from .contract import read_events
+from .errors import BuildError
 from .icd import Icd
 from .progress import Progress
 from .runner import Completed, Runner
@@ -42,7 +45,7 @@ _REGISTER = re.compile(r'MNNTestSuiteRegister\s*\(\s*\w+\s*,\s*"([^"]+)"\s*\)')
 # The tests this suite builds and runs: every registration of these prefixes, wherever its source lives
 # (op/lowMemory/* and op/int4Ptq are registered from test/speed/HybridConvSpeedTest.cpp).
 PREFIXES = ("op/", "grad/")
-# Bumped when the scan or the left-out reasons change: part of mnn_optest's build key (build.py).
+# Bumped when the scan or the left-out reasons change: part of mnn_optest's build key (build_binary).
 SCAN_VERSION = 1
 _COMMENT_OR_LITERAL = re.compile(r'"(?:\\.|[^"\\\n])*"|\'(?:\\.|[^\'\\\n])*\'|//[^\n]*|/\*.*?\*/', re.S)
 _DIRECTIVE = re.compile(r"^\s*#\s*(if|ifdef|ifndef|elif|else|endif)\b(.*)$")
@@ -391,6 +394,114 @@ class Binary:
 
     def moved(self, directory: Path) -> Binary:
         return replace(self, path=directory / "mnn_optest")
+
+
+# -- building mnn_optest against a core (the ops workload's own tool: build.py knows no workload) ----------------
+OPTEST_PARTS = ("optest", "src", "cmake")  # mnn_optest's sources, the driver's it shares, the shared CMake
+
+
+def configure_args(
+    source: Path,
+    lib_dir: Path,
+    build_dir: Path,
+    *,
+    defines: list[str],
+    exclude: list[str],
+    ccache: bool,
+    sources: list[str],
+) -> list[str]:
+    """mnn_optest's configure: ``sources`` are the tree's test sources that register op/ or grad/ tests
+    (test_sources), passed so the binary compiles exactly what the harness scanned."""
+    args = [
+        "cmake",
+        "-G",
+        "Ninja",
+        "-S",
+        str(build.NATIVE_DIR / "optest"),
+        "-B",
+        str(build_dir),
+        "-DCMAKE_BUILD_TYPE=RelWithDebInfo",
+        f"-DMNN_SOURCE_DIR={source}",
+        f"-DMNN_LIB_DIR={lib_dir}",
+        "-DMNNREPRO_OPTEST_RPATH=$ORIGIN/../lib",
+        f"-DMNNREPRO_MNN_DEFINES={';'.join(defines)}",
+        f"-DMNNREPRO_TEST_EXCLUDE={';'.join(exclude)}",
+        f"-DMNNREPRO_TEST_SOURCES={';'.join(sources)}",
+    ]
+    if ccache:
+        args += ["-DCMAKE_CXX_COMPILER_LAUNCHER=ccache"]
+    return args
+
+
+def build_binary(builder: build.Builder, core: build.Core) -> Binary:
+    """mnn_optest of this core: every MNN test source registering an op/ or grad/ test (test_sources: test/op,
+    test/grad, test/speed/HybridConvSpeedTest.cpp) with our entry point (native/optest), built with the Builder's
+    public pieces (its lock, logged steps, staging and publishing) under ``variants/<core>/optest-<native>/``.
+    A test source that does not compile or link against this release's libraries is left out and said, with
+    its tests and the first error (failed_sources); anything else failing is a BuildError."""
+    sources = test_sources(core.source.path)
+    # The scanned sources and the scan's version are build inputs as much as native/optest is.
+    nkey = build.digest([build.native_key(OPTEST_PARTS), sources, SCAN_VERSION])
+    dest = core.variant_dir / f"optest-{nkey[:16]}"
+    cache.use_build(builder.cache_dir, core.key)
+    if builder.complete(dest):
+        builder.log.add("optest", nkey, 0.0, cached=True)
+        return Binary.load(dest)
+    with builder.lock(core.key[:24] + "-optest"):
+        if builder.complete(dest):
+            return Binary.load(dest)
+        what = f"{len(sources)} test sources with op/, grad/ tests"
+        builder.say(f"building mnn_optest ({what}) against core [{core.key[:12]}]")
+        start = time.monotonic()
+        build_dir = builder.cache_dir / "build" / f"{core.key[:24]}-optest-{nkey[:16]}"
+        defines = core_defines(core.build_dir)
+        excluded = _compile_leaving_out(builder, core, build_dir, defines, sources)
+        listing = builder.runner.run(
+            [str(build_dir / "mnn_optest"), "--list"],
+            env={"LD_LIBRARY_PATH": str(core.lib_dir)},  # its RPATH is $ORIGIN/../lib, true once published
+            writable=(build_dir,),
+            timeout_s=120,
+        )
+        if listing.returncode != 0:
+            raise BuildError(f"mnn_optest --list failed (exit {listing.returncode}): {listing.output[-2000:]}")
+        staging = builder.staging(dest)
+        shutil.copy2(build_dir / "mnn_optest", staging / "mnn_optest")
+        binary = Binary.write(staging, listing.output, excluded, core.source.path, defines)
+        builder.say("mnn_optest: " + binary.coverage(PREFIXES).line("the tree's op/ and grad/ tests"))
+        builder.publish(staging, dest, {"core": core.key, "native": nkey, "excluded": excluded})
+        builder.log.add("optest", nkey, time.monotonic() - start, cached=False)
+    return binary.moved(dest)
+
+
+def _compile_leaving_out(
+    builder: build.Builder, core: build.Core, build_dir: Path, defines: list[str], sources: list[str]
+) -> dict[str, str]:
+    """Configure and build mnn_optest, leaving out (and saying) each test source that does not compile or link,
+    up to MAX_EXCLUDE_ROUNDS times; the sources left out, with why."""
+    excluded: dict[str, str] = {}
+    ref = core.source.ref
+    for attempt in range(MAX_EXCLUDE_ROUNDS + 1):
+        argv = configure_args(
+            core.source.path,
+            core.lib_dir,
+            build_dir,
+            defines=defines,
+            exclude=sorted(excluded),
+            ccache=builder.ccache,
+            sources=sources,
+        )
+        builder.run_logged(argv, build_dir / "configure.log", f"{ref} mnn_optest configure")
+        log = build_dir / f"build-{attempt}.log"
+        args = ["ninja", "-C", str(build_dir), "-k", "0", *(["-j", str(builder.jobs)] if builder.jobs else [])]
+        if builder.run_logged(args, log, f"{ref} mnn_optest build", check=False) == 0:
+            break
+        failed = failed_sources(log.read_text(errors="replace"))
+        if not failed or attempt == MAX_EXCLUDE_ROUNDS:
+            builder.run_logged(args, log, f"{ref} mnn_optest build")  # raises BuildError with the tail
+        for rel, why in failed.items():
+            builder.say(f"mnn_optest: leaving out test/{rel}: {why}")
+        excluded.update(failed)
+    return excluded
 
 
 def matches(name: str, pattern: str) -> bool:

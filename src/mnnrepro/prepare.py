@@ -2,8 +2,9 @@
 
 ``preflight_for`` first (every check that can fail before a build, for the runner that will be used), then
 ``prepare``: the source tree of a ref, the runner, the built core, driver and plugins, gdb as that runner sees
-it, the resolved ICDs, the matrix's workload and the time limit of each backend. Workloads (the MNIST session,
-the golden, the bench, the bisect oracle) take a ``Prepared`` and never set any of it up themselves.
+it, the resolved ICDs and the time limit of each backend; it knows no workload. Workloads (the MNIST session,
+the golden, the bench, the bisect oracle, ops, the reducer) take a ``Prepared`` and never set any of it up
+themselves; each reads its own settings (MNIST's: workloads.train.workload_of).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from pathlib import Path
 
 from . import faults, fixtures, icd, image, preflight, source, swiftshader, variants
 from .build import Builder, Core, CoreOptions
-from .cells import Workload
 from .docker_runner import DockerRunner, remove_leftovers
 from .errors import EnvironmentProblem
 from .runner import HostRunner, Runner
@@ -122,18 +122,6 @@ def results_dir(settings: Settings, name: str) -> Path:
     return path
 
 
-def workload_of(matrix: fixtures.Matrix, settings: Settings) -> Workload:
-    """The matrix's [training] workload, with --steps when given."""
-    training = dict(matrix.training)
-    return Workload(
-        steps=settings.steps or int(training.get("steps", 30)),
-        batch_size=int(training.get("batch_size", 64)),
-        seed=int(training.get("seed", 1)),
-        precision=str(training.get("precision", "high")),
-        test_limit=int(training.get("test_limit", 0)),
-    )
-
-
 @dataclass
 class Built:
     """What a workload needs of one ref, built: the source tree, the runner, the core, driver and plugins."""
@@ -223,12 +211,12 @@ def gdb_absent(settings: Settings, runner: Runner, gdb_path: str | None) -> str:
 
 @dataclass
 class Prepared:
-    """Everything a workload needs of one ref: the build, gdb, the ICDs, the workload and the time limits."""
+    """Everything a workload needs of one ref: the build, gdb, the ICDs and the time limits (the workload's own
+    settings are its own: workloads.train.workload_of for MNIST)."""
 
     built: Built
     gdb_path: str | None
     icds: dict[str, icd.Icd]
-    workload: Workload
     timeouts: dict[str, float] = field(default_factory=dict)  # backend -> seconds, resolved
     seconds: dict[str, float] = field(default_factory=dict)  # what the preparation spent, by part (profile)
     # Why gdb_path is None ("" when there is a gdb): "--no-gdb", or no usable gdb was found (the run goes on the
@@ -247,7 +235,7 @@ class Prepared:
 def prepare(ref: str, names: tuple[str, ...], settings: Settings, matrix: fixtures.Matrix, say: Say) -> Prepared:
     """Build what ``names`` need of ``ref`` (after ``preflight_for``) and resolve everything else a workload
     reads: gdb (unless --no-gdb; none found: as --no-gdb, with ``gdb_absent`` saying why; require_gdb: an error),
-    the ICDs of the variants that take one, the workload, the time limits (--timeout over matrix.toml's [timeouts]
+    the ICDs of the variants that take one, the time limits (--timeout over matrix.toml's [timeouts]
     over DEFAULT_TIMEOUT_S, per backend)."""
     t0 = time.monotonic()
     built = build_ref(ref, names, settings, matrix, say)
@@ -268,4 +256,4 @@ def prepare(ref: str, names: tuple[str, ...], settings: Settings, matrix: fixtur
     backends = {variants.get(n).backend for n in names} | {variants.get(variants.BASELINE).backend}
     timeouts = {b: float(settings.timeout_s or matrix.timeouts.get(b, DEFAULT_TIMEOUT_S)) for b in backends}
     seconds = {"build_or_cache_check": t1 - t0, "gdb_probe": t2 - t1, "icds": time.monotonic() - t2}
-    return Prepared(built, gdb_path, icds, workload_of(matrix, settings), timeouts, seconds, absent)
+    return Prepared(built, gdb_path, icds, timeouts, seconds, absent)

@@ -25,6 +25,7 @@ from .contract import read_events
 from .errors import ConfigError
 from .settings import Settings
 from .signature import SIGNAL_ONLY
+from .workloads import train
 
 Say = Callable[[str], None]
 DEFAULT_BUDGET_S = 900.0
@@ -88,14 +89,14 @@ def aim_for(matrix: fixtures.Matrix, ref: str, variant: str, icd: str, version: 
     return Aim(target, f"{name} (fixtures/matrix.toml)", row.bug, stage, row.op)
 
 
-def capture(prepared: prepare.Prepared, results: Path, say: Say) -> Path:
+def capture(prepared: prepare.Prepared, workload: train.Training, results: Path, say: Say) -> Path:
     """The driver, on the CPU backend of the same build, saves the gradient graph of the first SGD step."""
     built = prepared.built
     out = results / "graph"
     if (out / "graph.mnn").is_file() and (out / "inputs" / "manifest.tsv").is_file():
         say(f"graph already captured: {out}")
         return out
-    w = prepared.workload
+    w = workload
     argv = [str(built.driver), "--backend", "cpu", "--data", str(fixtures.MNIST), "--out", str(results / "capture")]
     argv += ["--steps", "1", "--batch-size", str(w.batch_size), "--seed", str(w.seed), "--precision", w.precision]
     argv += ["--save-graph", str(out)]
@@ -167,11 +168,12 @@ def run_reduce(
     say(f"mnnrepro {__version__}: reduce {ref}/{variant}/{icd or '-'}, results in {results}")
     prepared = prepare.prepare(ref, (variants.BASELINE, variant), settings, matrix, say)
     built = prepared.built
-    graph_dir = capture(prepared, results, say) if graph is None else adopt(graph, results, say)
+    workload = train.workload_of(matrix, settings)  # MNIST's: the captured step's batch, seed and precision
+    graph_dir = capture(prepared, workload, results, say) if graph is None else adopt(graph, results, say)
     spec = spec_for(prepared, variant, icd, settings, graph_dir, results)
     spec.gdb = prepared.gdb_path
     spec.jobs = settings.test_jobs or len(os.sched_getaffinity(0))
-    spec.precision = variants.get(variant).precision or prepared.workload.precision
+    spec.precision = variants.get(variant).precision or workload.precision
     limit = gradcheck.tolerance_for(spec.backend, spec.precision, 0, matrix)
     spec.limits = (limit.max_rel, limit.min_cosine, limit.max_nmse)
     budget = float(budget_s or DEFAULT_BUDGET_S)
@@ -193,15 +195,7 @@ def run_reduce(
     checks.update(verify_standalone(prepared, spec, target, repro, results, say))
     summary: dict[str, Any] = {
         **header(built, ref, variant, icd),
-        "target": {
-            "kind": target.kind,
-            "signal": target.signal,
-            "signature": list(target.signature),
-            "source": aim.source,
-            "bug": aim.bug,
-            "stage": aim.stage,
-            "op": aim.op,
-        },
+        "target": target_entry(target, aim),
         "judged_by": judged,
         "precision": spec.precision,
         "limits": {"max_rel": spec.limits[0], "min_cosine": spec.limits[1], "max_nmse": spec.limits[2]},
@@ -227,6 +221,19 @@ def run_reduce(
         say(f"  [{row['index']}] {row['type']} {row['name']}: {', '.join(row['inputs'])}")
     say(f"repro: {repro}; summary: {results / 'summary.json'}")
     return conclude(checks, aim, kinds, keep, results, budget, exhausted=exhausted, say=say)
+
+
+def target_entry(target: reduce.Target, aim: Aim) -> dict[str, Any]:
+    """summary.json's "target": what the candidates were held to, and where that came from."""
+    return {
+        "kind": target.kind,
+        "signal": target.signal,
+        "signature": list(target.signature),
+        "source": aim.source,
+        "bug": aim.bug,
+        "stage": aim.stage,
+        "op": aim.op,
+    }
 
 
 def header(built: prepare.Built, ref: str, variant: str, icd: str) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import judge
 from . import signature as sig
 from .cells import GDB_SCRIPT
 from .errors import ConfigError, MnnReproError
@@ -85,7 +86,7 @@ class Target:
         return f"{self.signal} in {' < '.join(self.signature) or '(no MNN frame)'}"
 
 
-FALLBACK = "FALLBACK"  # a run that completed with the reduced op(s) on another backend than the one under test
+FALLBACK = judge.FALLBACK  # a run that completed with the reduced op(s) on another backend than the one under test
 
 
 def kinds_under_test(table: Sequence[dict[str, Any]]) -> tuple[str, ...]:

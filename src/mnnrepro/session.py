@@ -25,7 +25,7 @@ from . import (
     source,
     variants,
 )
-from .cells import Cell, CellRun, Workload, run_cell
+from .cells import Cell, CellRun, run_cell
 from .contract import Device, RunRecord
 from .errors import EXIT_MISMATCH, ConfigError
 from .judge import ACCEPTS, FAIL, PASS, TRAINS, Check, Verdict, combine_repeats, judge
@@ -33,6 +33,8 @@ from .prepare import Prepared
 from .reference import PARAM_NAMES, PARAM_SHAPES
 from .runner import Completed
 from .settings import ICD_NAMES, Settings
+from .workloads import base, train
+from .workloads.train import Training
 
 # Session name -> the variants it judges. A CPU baseline is added wherever a GPU variant is compared to it.
 SESSIONS: dict[str, tuple[str, ...]] = {
@@ -68,7 +70,7 @@ class CellPlan:
     expectation: fixtures.Expectation | None
     covered_by: str
     grads: bool
-    workload: Workload
+    workload: Training
     timeout_s: float
 
 
@@ -91,10 +93,10 @@ class MnistRef:
         self.built = self.prepared.built
         self.gdb_path = self.prepared.gdb_path
         self.icds = self.prepared.icds
-        self.workload = self.prepared.workload
+        self.workload = train.workload_of(self.matrix, self.settings)
         self.known = tuple(r for r in self.matrix.expectations if r.outcome == "reproduce")
         self.version = self.built.tree.version
-        committed = gradcheck.GOLDEN_ROOT / self.built.ref
+        committed = fixtures.golden_dir(train.NAME, self.built.ref)
         # A ref without a committed golden is checked against the numpy reference (CPU cell) and the CPU run of
         # this same build (GPU cells): never failed for a file a user cannot have.
         self.golden_dir: Path | None = committed if (committed / "provenance.json").is_file() else None
@@ -295,24 +297,6 @@ class MnistRef:
         return combine_repeats(runs)
 
 
-def _run_ref(
-    ref: str,
-    names: tuple[str, ...],
-    settings: Settings,
-    matrix: fixtures.Matrix,
-    results: Path,
-    say: Callable[[str], None],
-    header: dict[str, Any],
-    rows: list[tuple[CellRun, Verdict]],
-) -> None:
-    """Build and run every cell of one ref, filling in its header (fingerprint) and appending its judged rows
-    as they finish (an interrupt keeps what finished)."""
-    mnist = MnistRef(prepare.prepare(ref, names, settings, matrix, say), settings, matrix, results, say)
-    header.update(mnist.header())
-    for cell in cells_for(ref, names, settings.icds):
-        rows.append(mnist.run(cell))
-
-
 def unreadable_cell(
     cell: Cell, result_dir: Path, expectation: fixtures.Expectation | None, exc: Exception
 ) -> tuple[CellRun, Verdict]:
@@ -334,7 +318,7 @@ def _gradient_check(
     golden_dir: Path | None,
     results: Path,
     ref: str,
-    workload: Workload,
+    workload: Training,
     matrix: fixtures.Matrix,
 ) -> Check:
     """Gradients and updates of the first steps: against the committed golden where there is one; else the CPU
@@ -416,15 +400,109 @@ def session_refs(name: str, settings: Settings, matrix: fixtures.Matrix) -> list
     return matrix.refs_for(("ci", "push")) if name == "matrix" else [matrix.default_ref]
 
 
-def _mark_interrupted(data: dict[str, Any], stopped: BaseException, planned: list[Cell]) -> None:
+def _mark_interrupted(data: dict[str, Any], stopped: BaseException, not_run: list[Cell]) -> None:
     """The summary of an interrupted session: every planned cell that did not finish is INTERRUPTED."""
-    done = {c["cell"] for c in data["cells"]}
     reason = f"not finished: the session was interrupted ({interrupts.signal_name(stopped)})"
-    data["cells"] += [
-        report.interrupted_cell(c.id, c.ref, c.variant, c.icd, reason) for c in planned if c.id not in done
-    ]
+    data["cells"] += [report.interrupted_cell(c.id, c.ref, c.variant, c.icd, reason) for c in not_run]
     data["status"] = report.INTERRUPTED
     data["all_matched"] = False
+
+
+@dataclass
+class MnistSession:
+    """The MNIST workload of one session, as the session loop runs it (workloads/base.py): the cells of every
+    ref, each ref prepared (built) when its first cell comes; the reports of report.py."""
+
+    name: str
+    names: tuple[str, ...]
+    settings: Settings
+    matrix: fixtures.Matrix
+    refs: list[str]
+    say: Callable[[str], None]
+    started: float  # the session's start, and the seconds its checks and preflight took
+    checked: float
+    per_ref: dict[str, dict[str, Any]] = field(default_factory=dict)  # each ref's header (fingerprint)
+    built: dict[str, MnistRef] = field(default_factory=dict)
+    results: Path = field(init=False)  # made, with the workload read, in begin (signals held from there)
+    workload: Training = field(init=False)
+
+    def plan(self) -> list[Cell]:
+        return [c for ref in self.refs for c in cells_for(ref, self.names, self.settings.icds)]
+
+    def begin(self) -> None:
+        self.results = prepare.results_dir(self.settings, self.name)
+        self.say(f"mnnrepro {__version__}: session {self.name}, results in {self.results}")
+        for line in self.settings.describe():
+            self.say(f"  {line}")
+        self.workload = train.workload_of(self.matrix, self.settings)
+
+    def run(self, cell: Cell) -> tuple[CellRun, Verdict]:
+        mnist = self.built.get(cell.ref)
+        if mnist is None:  # the ref's first cell: build it, its header filled in once it is
+            self.per_ref[cell.ref] = {"ref": cell.ref}
+            prepared = prepare.prepare(cell.ref, self.names, self.settings, self.matrix, self.say)
+            mnist = MnistRef(prepared, self.settings, self.matrix, self.results, self.say)
+            self.per_ref[cell.ref].update(mnist.header())
+            self.built[cell.ref] = mnist
+        return mnist.run(cell)
+
+    def stopped_midway(self, cell: Cell) -> None:
+        """A training cell an interrupt stopped keeps nothing: it is INTERRUPTED with the cells not run."""
+        return None
+
+    def first(self) -> dict[str, Any]:
+        return self.per_ref.get(self.refs[0], {"ref": self.refs[0]})
+
+    def summarize(
+        self, rows: list[tuple[CellRun, Verdict]], stopped: BaseException | None, not_run: list[Cell]
+    ) -> dict[str, Any]:
+        header: dict[str, Any] = {
+            "suite": __version__,
+            "session": self.name,
+            **self.first(),
+            "refs": self.per_ref,
+            "host": platform.platform(),
+            "python": sys.version.split()[0],
+            "workload": self.workload.__dict__,
+            "checks": self.matrix.checks,
+            "seconds": {
+                "checks_and_preflight": round(self.checked, 2),
+                "until_reports": round(time.monotonic() - self.started, 2),
+            },
+        }
+        data = report.summary(header, rows)
+        if stopped is not None:
+            _mark_interrupted(data, stopped, not_run)
+        return data
+
+    def write_reports(self, data: dict[str, Any]) -> list[Path]:
+        return report.write_all(self.results, data)
+
+    def show(
+        self,
+        data: dict[str, Any],
+        rows: list[tuple[CellRun, Verdict]],
+        written: list[Path],
+        stopped: BaseException | None,
+    ) -> None:
+        say, wl = self.say, self.workload
+        say("")
+        commits = ", ".join(f"{r} ({(h.get('commit') or '?')[:10]})" for r, h in self.per_ref.items())
+        say(f"MNN {commits}, runner {self.first().get('runner', '?')}, {wl.steps} steps x batch {wl.batch_size}")
+        say(report.table(rows))
+        placement = report.placement_table(data)
+        if placement:
+            say("\nop placement (step 0):\n" + placement)
+        say("\nreports: " + ", ".join(str(p) for p in written))
+        if stopped is not None:
+            say(f"session {self.name}: INTERRUPTED after {len(rows)} cell(s); the results dir keeps what finished")
+
+    def exit_code(self, data: dict[str, Any], rows: list[tuple[CellRun, Verdict]]) -> int:
+        if data["all_matched"]:
+            self.say(f"session {self.name}: every cell matched its expectation")
+            return 0
+        self.say(f"session {self.name}: {sum(not v.matched for _, v in rows)} cell(s) did not match their expectation")
+        return EXIT_MISMATCH
 
 
 def run_session(name: str, settings: Settings, *, say: Callable[[str], None] = print) -> int:
@@ -437,63 +515,10 @@ def run_session(name: str, settings: Settings, *, say: Callable[[str], None] = p
         source.validate_ref(ref)
     fixtures.verify_mnist()
     for ref in refs:  # a corrupt or truncated golden is known now, not after the build
-        if (gradcheck.GOLDEN_ROOT / ref).is_dir():
-            fixtures.verify_golden_manifest(gradcheck.GOLDEN_ROOT / ref)
+        if (golden := fixtures.golden_dir(train.NAME, ref)).is_dir():  # the old layout: an error saying where
+            fixtures.verify_golden_manifest(golden)
     settings, _ = prepare.preflight_for(settings, names, say)
     checked = time.monotonic() - started  # settings, fixtures and goldens verified, preflight
-    per_ref: dict[str, dict[str, Any]] = {}
-    rows: list[tuple[CellRun, Verdict]] = []
-    stopped: BaseException | None = None
-    # From the moment the results directory exists a signal is held, and raises only while the cells run: none
-    # escapes between the cells and the reports, which are written whole (interrupts.held/unheld).
-    with interrupts.held() as late:
-        results = prepare.results_dir(settings, name)
-        say(f"mnnrepro {__version__}: session {name}, results in {results}")
-        for line in settings.describe():
-            say(f"  {line}")
-        workload = prepare.workload_of(matrix, settings)
-        try:
-            with interrupts.unheld(late):
-                for ref in refs:
-                    per_ref[ref] = {"ref": ref}
-                    _run_ref(ref, names, settings, matrix, results, say, per_ref[ref], rows)
-        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (interrupts.py): report what finished, then stop
-            stopped = exc
-            say(f"\n{interrupts.signal_name(exc)}: stopping; writing the reports of the cells that finished")
-        first = per_ref.get(refs[0], {"ref": refs[0]})
-        header: dict[str, Any] = {
-            "suite": __version__,
-            "session": name,
-            **first,
-            "refs": per_ref,
-            "host": platform.platform(),
-            "python": sys.version.split()[0],
-            "workload": workload.__dict__,
-            "checks": matrix.checks,
-            "seconds": {
-                "checks_and_preflight": round(checked, 2),
-                "until_reports": round(time.monotonic() - started, 2),
-            },
-        }
-        data = report.summary(header, rows)
-        if stopped is not None:
-            _mark_interrupted(data, stopped, [c for ref in refs for c in cells_for(ref, names, settings.icds)])
-        written = report.write_all(results, data)
-    if late and stopped is None:  # every cell had finished: the reports are complete, the exit says the signal
-        stopped = interrupts.Interrupted(late[0])
-    say("")
-    commits = ", ".join(f"{r} ({(h.get('commit') or '?')[:10]})" for r, h in per_ref.items())
-    say(f"MNN {commits}, runner {first.get('runner', '?')}, {workload.steps} steps x batch {workload.batch_size}")
-    say(report.table(rows))
-    placement = report.placement_table(data)
-    if placement:
-        say("\nop placement (step 0):\n" + placement)
-    say("\nreports: " + ", ".join(str(p) for p in written))
-    if stopped is not None:
-        say(f"session {name}: INTERRUPTED after {len(rows)} cell(s); the results dir keeps what finished")
-        return interrupts.exit_code(stopped)
-    if data["all_matched"]:
-        say(f"session {name}: every cell matched its expectation")
-        return 0
-    say(f"session {name}: {sum(not v.matched for _, v in rows)} cell(s) did not match their expectation")
-    return EXIT_MISMATCH
+    # From the moment the results directory exists a signal is held, and raises only while the cells run
+    # (base.session_loop): none escapes between the cells and the reports, which are written whole.
+    return base.session_loop(MnistSession(name, names, settings, matrix, refs, say, started, checked), say=say)

@@ -280,7 +280,8 @@ def test_hidden_libvulkan_is_not_exercised(ws: Workspace, finish: Finish) -> Non
 
 # -- fixtures: golden, MNIST, matrix.toml, pyproject --------------------------------------------------------------
 
-GOLDEN_NPY = "fixtures/golden/3.3.0/step0/grad/conv1.weight.npy"
+GOLDEN_NPY = "fixtures/golden/mnist/3.3.0/step0/grad/conv1.weight.npy"
+GOLDEN_PROVENANCE = "fixtures/golden/mnist/3.3.0/provenance.json"
 
 
 def _truncate(path: Path) -> None:
@@ -307,8 +308,8 @@ def _provenance_not_a_golden(path: Path) -> None:
     [
         ("golden .npy truncated", GOLDEN_NPY, _truncate),
         ("golden .npy with a bad header", GOLDEN_NPY, _bad_header),
-        ("golden provenance.json torn (not JSON)", "fixtures/golden/3.3.0/provenance.json", _torn_provenance),
-        ("golden provenance.json of another format", "fixtures/golden/3.3.0/provenance.json", _provenance_not_a_golden),
+        ("golden provenance.json torn (not JSON)", GOLDEN_PROVENANCE, _torn_provenance),
+        ("golden provenance.json of another format", GOLDEN_PROVENANCE, _provenance_not_a_golden),
     ],
     ids=["golden-npy-truncated", "golden-npy-bad-header", "golden-provenance-torn", "golden-provenance-format"],
 )

@@ -19,7 +19,7 @@ import pytest
 
 from mnnrepro import fixtures, icd, source
 from mnnrepro.build import Builder, CoreOptions
-from mnnrepro.cells import Cell, Workload, run_cell
+from mnnrepro.cells import Cell, run_cell
 from mnnrepro.contract import RunRecord, read_events
 from mnnrepro.gradcheck import (
     GOLDEN_ROOT,
@@ -32,12 +32,13 @@ from mnnrepro.gradcheck import (
 )
 from mnnrepro.runner import Runner
 from mnnrepro.settings import Settings, load
+from mnnrepro.workloads.train import Training
 
 from .conftest import need_source
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REF = "3.3.0"
-GOLDEN = GOLDEN_ROOT / REF
+GOLDEN = GOLDEN_ROOT / "mnist" / REF
 DEVICE_NAME = {"lavapipe": "llvmpipe", "swiftshader": "SwiftShader"}
 
 
@@ -87,7 +88,7 @@ def drive(built: Built, name: str, variant: str, icd_name: str, extra: tuple[str
                 driver=built.driver,
                 plugin=built.vulkan_buffer if variant == "vulkan-buffer" else None,
                 icd=icd.resolve(icd_name, built.settings.cache_dir, built.runner.name) if icd_name != "-" else None,
-                workload=Workload(steps=2, batch_size=64, seed=1, precision="high", test_limit=100, extra_args=extra),
+                workload=Training(steps=2, batch_size=64, seed=1, precision="high", test_limit=100, extra_args=extra),
                 timeout_s=float(fixtures.load_matrix().timeouts.get(cell.backend, 600)),
                 runner=built.runner,
                 result_dir=result,

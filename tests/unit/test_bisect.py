@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from mnnrepro import bisect, cli, fixtures
+from mnnrepro import bisect, cli, fixtures, judge
 from mnnrepro.bisect import BisectError, Outcome
 
 
@@ -247,7 +247,6 @@ def test_the_mnn_oracle_runs_the_prepared_commit_and_judges_its_cell(
     """MnnOracle on the one preparation step (prepare.prepare), faked: the commit's cell runs the prepared driver
     with the prepared ICD and time limit, and a crash at #3129's stage is judged against its row."""
     from mnnrepro import prepare
-    from mnnrepro.cells import Workload
     from mnnrepro.icd import Icd
     from mnnrepro.runner import HostRunner
     from mnnrepro.settings import Settings
@@ -264,7 +263,7 @@ def test_the_mnn_oracle_runs_the_prepared_commit_and_judges_its_cell(
             ref, unused, unused, HostRunner(), unused, unused, driver, {"vulkan-image": tmp_path / "p.so"}, 1.0
         )
         icd = Icd("lavapipe", tmp_path / "lvp.json", {"VK_ICD_FILENAMES": str(tmp_path / "lvp.json")})
-        return prepare.Prepared(built, None, {"lavapipe": icd}, Workload(3, 8, 1, "high", 10), {"vulkan": 30.0})
+        return prepare.Prepared(built, None, {"lavapipe": icd}, {"vulkan": 30.0})
 
     monkeypatch.setattr(prepare, "prepare", fake_prepare)
     settings = Settings(cache_dir=tmp_path / "cache", icds=("lavapipe",), gdb=False)
@@ -323,7 +322,6 @@ def test_the_repro_oracle_bisects_with_the_reduced_graph(tmp_path: Path, monkeyp
     """bisect --repro: each commit's build runs the reduced graph (mnn_graph beside the driver); the reduction's
     target (SIGSEGV) is REPRODUCED, a clean run PASS."""
     from mnnrepro import prepare
-    from mnnrepro.cells import Workload
     from mnnrepro.icd import Icd
     from mnnrepro.runner import HostRunner
     from mnnrepro.settings import Settings
@@ -353,7 +351,7 @@ def test_the_repro_oracle_bisects_with_the_reduced_graph(tmp_path: Path, monkeyp
             2.0,
         )
         icd = Icd("lavapipe", tmp_path / "lvp.json", {})
-        return prepare.Prepared(built, None, {"lavapipe": icd}, Workload(3, 8, 1, "high", 10), {"vulkan": 30.0})
+        return prepare.Prepared(built, None, {"lavapipe": icd}, {"vulkan": 30.0})
 
     monkeypatch.setattr(prepare, "prepare", fake_prepare)
     settings = Settings(cache_dir=tmp_path / "cache", icds=("lavapipe",), gdb=False)
@@ -373,7 +371,6 @@ def test_the_repro_oracle_holds_a_crash_to_the_reductions_signature(
     """With gdb, a commit where the reduced graph crashes with the same signal but other frames is not the bug
     the reduction found: no verdict (skipped), never REPRODUCED."""
     from mnnrepro import prepare
-    from mnnrepro.cells import Workload
     from mnnrepro.icd import Icd
     from mnnrepro.runner import HostRunner
     from mnnrepro.settings import Settings
@@ -400,7 +397,7 @@ def test_the_repro_oracle_holds_a_crash_to_the_reductions_signature(
             ref, unused, unused, HostRunner(), unused, unused, tmp_path / "bin" / "mnist_driver", {names[0]: plugin}, 2
         )
         icd = Icd("lavapipe", tmp_path / "lvp.json", {})
-        return prepare.Prepared(built, str(gdb), {"lavapipe": icd}, Workload(3, 8, 1, "high", 10), {"vulkan": 30.0})
+        return prepare.Prepared(built, str(gdb), {"lavapipe": icd}, {"vulkan": 30.0})
 
     monkeypatch.setattr(prepare, "prepare", fake_prepare)
     settings = Settings(cache_dir=tmp_path / "cache", icds=("lavapipe",))
@@ -416,7 +413,6 @@ def test_the_repro_oracle_holds_a_crash_to_the_reductions_signature(
 def _repro_oracle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: dict[str, Any]) -> bisect.ReproOracle:
     """A ReproOracle over FAKE_GRAPH_TOOL, no gdb; the commit's first two hex digits pick its plugin (its build)."""
     from mnnrepro import prepare
-    from mnnrepro.cells import Workload
     from mnnrepro.icd import Icd
     from mnnrepro.runner import HostRunner
     from mnnrepro.settings import Settings
@@ -440,7 +436,7 @@ def _repro_oracle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: dict[
             ref, unused, unused, HostRunner(), unused, unused, tmp_path / "bin" / "mnist_driver", {names[0]: plugin}, 2
         )
         icd = Icd("lavapipe", tmp_path / "lvp.json", {})
-        return prepare.Prepared(built, None, {"lavapipe": icd}, Workload(3, 8, 1, "high", 10), {"vulkan": 30.0})
+        return prepare.Prepared(built, None, {"lavapipe": icd}, {"vulkan": 30.0})
 
     monkeypatch.setattr(prepare, "prepare", fake_prepare)
     settings = Settings(cache_dir=tmp_path / "cache", icds=("lavapipe",), gdb=False)
@@ -486,8 +482,8 @@ def test_the_report_names_the_commit_where_the_op_leaves_the_gpu_not_a_fix(repo:
         assert f"first commit where the op leaves the GPU: {sha(repo, 'c6')}" in text
         assert "fixed verdict" not in text and "the GPU kernel is not fixed" in text
         assert "judged by signal only (no gdb)" in text
-    assert bisect.change_words("REPRODUCED", "PASS", False) == "first commit with the fixed verdict"
-    assert bisect.change_words("FALLBACK", "REPRODUCED", True) == "first commit where the op runs on the GPU again"
+    assert judge.change_words("REPRODUCED", "PASS", False) == "first commit with the fixed verdict"
+    assert judge.change_words("FALLBACK", "REPRODUCED", True) == "first commit where the op runs on the GPU again"
 
 
 def test_the_mnist_bisect_names_a_fixed_by_fallback_commit_as_the_op_leaving_the_gpu(
@@ -504,5 +500,5 @@ def test_the_mnist_bisect_names_a_fixed_by_fallback_commit_as_the_op_leaving_the
     text = "\n".join(lines)
     assert f"first commit where the op leaves the GPU: {sha(repo, 'c6')}" in text
     assert "fixed verdict" not in text and "the GPU kernel is not fixed" in text
-    again = bisect.change_words("FIXED-BY-FALLBACK", "REPRODUCED", True)
+    again = judge.change_words("FIXED-BY-FALLBACK", "REPRODUCED", True)
     assert again == "first commit where the op runs on the GPU again"

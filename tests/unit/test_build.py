@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import shutil
 import threading
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from mnnrepro import build
+from mnnrepro import build, optest
 from mnnrepro.build import PLUGINS, Builder, CoreOptions, cmake_configure_args, ninja_args
 from mnnrepro.errors import BuildError
 from mnnrepro.runner import Completed
@@ -137,10 +138,10 @@ def test_native_key_changes_when_a_native_file_changes(native_copy: Path) -> Non
 
 
 def test_the_shared_cmake_is_in_the_driver_and_the_optest_keys(native_copy: Path) -> None:
-    driver, optest = build.native_key(), build.native_key(build.OPTEST_PARTS)
+    driver, tool = build.native_key(), build.native_key(optest.OPTEST_PARTS)
     shared = native_copy / "cmake" / "mnn_libs.cmake"
     shared.write_text(shared.read_text() + "\n# edited\n")
-    assert build.native_key() != driver and build.native_key(build.OPTEST_PARTS) != optest
+    assert build.native_key() != driver and build.native_key(optest.OPTEST_PARTS) != tool
 
 
 def test_native_key_changes_when_a_file_is_added(native_copy: Path) -> None:
@@ -382,12 +383,24 @@ def test_each_runner_has_its_own_ccache(tmp_path: Path) -> None:
     assert docker._env()["CCACHE_DIR"] == str(tmp_path / "ccache-docker")
 
 
+def test_build_knows_no_workload() -> None:
+    """Issue 23: build.py makes cores, plugins and the driver; a workload's own tool (mnn_optest) is built on the
+    workload's side (optest.build_binary) with the Builder's public pieces, so build.py imports no workload."""
+    tree = ast.parse(Path(build.__file__).read_text())
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) for alias in node.names}
+    imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    workloads = {"optest", "opsession", "opjudge", "session", "golden", "reduce", "redsession", "workloads"}
+    assert not {name.rsplit(".", 1)[-1] for name in imported} & workloads
+    assert not hasattr(build.Builder, "optest")
+
+
 # -- mnn_optest (issue 21, item 7: every op/ and grad/ registration, wherever its source is) -------------------
 
 
 def test_optest_configure_passes_exactly_the_scanned_test_sources(tmp_path: Path) -> None:
     sources = ["grad/ReluGradTest.cpp", "op/ConvTest.cpp", "speed/HybridConvSpeedTest.cpp"]
-    args = build.optest_configure_args(
+    args = optest.configure_args(
         tmp_path / "mnn", tmp_path / "lib", tmp_path / "b", defines=[], exclude=[], ccache=False, sources=sources
     )
     assert define(args, "MNNREPRO_TEST_SOURCES") == ";".join(sources)
@@ -425,11 +438,12 @@ def test_optest_builds_registrations_outside_test_op_and_names_what_it_left_out(
     fake = OptestToolchain(listing="op/conv\nop/lowMemory/DenseConv\n")
     said: list[str] = []
     b = Builder(tmp_path / "cache", fake, say=said.append)
-    binary = b.optest(b.core(tree, CoreOptions()))
+    binary = optest.build_binary(b, b.core(tree, CoreOptions()))
     configure = [c for c in fake.calls if c[0] == "cmake" and str(build.NATIVE_DIR / "optest") in c][-1]
     assert define(configure, "MNNREPRO_TEST_SOURCES") == "op/ConvTest.cpp;speed/HybridConvSpeedTest.cpp"
     assert binary.tests == ("op/conv", "op/lowMemory/DenseConv")
     assert binary.registered == ("op/conv", "op/int4Ptq", "op/lowMemory/DenseConv")
     assert binary.left_out["op/int4Ptq"].startswith("compiled out: needs MNN_LOW_MEMORY")
     assert any(line.startswith("mnn_optest: tests: 2 built of 3 registered") and "op/int4Ptq" in line for line in said)
-    assert build.Builder(tmp_path / "cache", fake, say=said.append).optest(b.core(tree, CoreOptions())) == binary
+    again = build.Builder(tmp_path / "cache", fake, say=said.append)
+    assert optest.build_binary(again, b.core(tree, CoreOptions())) == binary

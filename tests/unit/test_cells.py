@@ -13,14 +13,15 @@ from typing import Any
 import pytest
 
 from mnnrepro import judge as J
-from mnnrepro.cells import Cell, Workload, driver_argv, run_cell
+from mnnrepro.cells import Cell, driver_argv, run_cell
 from mnnrepro.fixtures import Expectation
 from mnnrepro.icd import Icd
 from mnnrepro.judge import judge
 from mnnrepro.runner import Completed, HostRunner
 from mnnrepro.session import cells_for
+from mnnrepro.workloads.train import Training
 
-WORKLOAD = Workload(steps=3, batch_size=8, seed=1, precision="high", test_limit=10)
+WORKLOAD = Training(steps=3, batch_size=8, seed=1, precision="high", test_limit=10)
 REPRODUCE = Expectation(("3.3.0",), "vulkan-image", "*", "reproduce", "alibaba/MNN#3129", "SIGSEGV", "sgd_step", 0)
 
 EVENTS = [
@@ -250,7 +251,7 @@ def test_a_run_may_write_its_result_dir_and_the_directories_its_options_name(tmp
             return super().run(argv, **kwargs)
 
     result, init = tmp_path / "r", tmp_path / "golden" / "init"
-    workload = Workload(3, 8, 1, "high", 10, extra_args=("--dump-steps", "0,1", "--save-init", str(init)))
+    workload = Training(3, 8, 1, "high", 10, extra_args=("--dump-steps", "0,1", "--save-init", str(init)))
     run_cell(
         Cell("3.3.0", "cpu", "-"),
         driver=fake_driver,

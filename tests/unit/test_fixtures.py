@@ -372,7 +372,7 @@ def test_every_expected_crash_stage_is_one_the_driver_writes() -> None:
 def test_committed_goldens_match_their_manifests(ref: str) -> None:
     from mnnrepro.fixtures import verify_golden_manifest
 
-    verify_golden_manifest(FIXTURES / "golden" / ref)
+    verify_golden_manifest(FIXTURES / "golden" / "mnist" / ref)
 
 
 @pytest.mark.parametrize(
@@ -392,7 +392,7 @@ def test_a_damaged_golden_is_rejected_naming_the_file(tmp_path: Path, fault: str
     from mnnrepro.fixtures import verify_golden_manifest
 
     golden = tmp_path / "3.3.0"
-    shutil.copytree(FIXTURES / "golden" / "3.3.0", golden)
+    shutil.copytree(FIXTURES / "golden" / "mnist" / "3.3.0", golden)
     npy = golden / "step0" / "grad" / "conv1.weight.npy"
     if fault == "truncate-npy":
         npy.write_bytes(npy.read_bytes()[:100])

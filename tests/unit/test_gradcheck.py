@@ -8,17 +8,19 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, cast
+from typing import cast
 
 import numpy as np
 import pytest
 
 from mnnrepro import fixtures, gradcheck
-from mnnrepro.cells import Cell, Workload
+from mnnrepro.cells import Cell
 from mnnrepro.errors import FixtureError
 from mnnrepro.gradcheck import GradReport, Tolerance, check_run, compare, make_row, tolerance_for
 from mnnrepro.prepare import Prepared
 from mnnrepro.session import MnistRef
+from mnnrepro.settings import Settings
+from mnnrepro.workloads.train import Training
 
 SHAPES = {"a.weight": (3, 4), "a.bias": (4,)}
 STEPS = (0, 1)
@@ -333,7 +335,7 @@ def test_another_thread_count_or_no_recorded_machine_is_not_bit_level(golden: Pa
 
 
 def test_the_committed_3_3_0_golden_is_bit_level_only_where_rcpps_matches() -> None:
-    golden = gradcheck.GOLDEN_ROOT / "3.3.0"
+    golden = gradcheck.GOLDEN_ROOT / "mnist" / "3.3.0"
     assert gradcheck.golden_comparison(golden, {"threads": 4}, here=MACHINE).bit_level
     amd = {**MACHINE, "rcpps": "sha256:315610cdc419d6a7"}
     assert not gradcheck.golden_comparison(golden, {"threads": 4}, here=amd).bit_level
@@ -400,10 +402,10 @@ def test_the_session_asks_the_driver_for_the_steps_its_workload_runs(
 ) -> None:
     """Both gradient paths of the MNIST workload: the committed golden (3.3.0) and a ref without one (the CPU
     cell's dumps become the session's golden)."""
-    workload = Workload(steps=steps, batch_size=64, seed=1, precision="high", test_limit=0)
     built = SimpleNamespace(ref=ref, tree=SimpleNamespace(version="3.3.0"))
-    prepared = SimpleNamespace(built=built, gdb_path=None, icds={}, workload=workload, timeout_for=lambda b: 60.0)
-    mnist = MnistRef(cast(Prepared, prepared), cast(Any, None), fixtures.load_matrix(), tmp_path, lambda s: None)
+    prepared = SimpleNamespace(built=built, gdb_path=None, icds={}, timeout_for=lambda b: 60.0)
+    mnist = MnistRef(cast(Prepared, prepared), Settings(steps=steps), fixtures.load_matrix(), tmp_path, lambda s: None)
+    assert mnist.workload == Training(steps=steps, batch_size=64, seed=1, precision="high", test_limit=0)
     plan = mnist.plan(Cell(ref, "cpu", "-"))
     assert plan.grads
     args = plan.workload.extra_args

@@ -16,10 +16,11 @@ from mnnrepro import interrupts, opsession, optest, prepare
 from mnnrepro.settings import Settings
 
 
-def _fake_prepared(tmp_path: Path) -> Any:
+def _fake_prepared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     tree = SimpleNamespace(path=tmp_path, commit="0" * 40, version="3.3.0")
     binary = optest.Binary(tmp_path / "mnn_optest", ("op/a",), registered=("op/a",))
-    builder = SimpleNamespace(optest=lambda core: binary, toolchain="fake")
+    monkeypatch.setattr(optest, "build_binary", lambda builder, core: binary)
+    builder = SimpleNamespace(toolchain="fake")
     built = SimpleNamespace(tree=tree, runner=SimpleNamespace(name="host"), builder=builder, core=None)
     return SimpleNamespace(built=built, seconds={}, gdb_absent="", gdb_path=None)
 
@@ -29,7 +30,7 @@ def test_a_signal_between_the_last_cell_and_the_reports_still_writes_them(
 ) -> None:
     results = tmp_path / "results"
     results.mkdir()
-    prepared = _fake_prepared(tmp_path)
+    prepared = _fake_prepared(tmp_path, monkeypatch)
     monkeypatch.setattr(prepare, "preflight_for", lambda s, names, say: (s, []))
     monkeypatch.setattr(prepare, "resolve_tree", lambda ref, s, m: prepared.built.tree)
     monkeypatch.setattr(optest, "declared_names", lambda path: ("op/a",))
@@ -74,9 +75,10 @@ def test_an_interrupted_cell_keeps_what_it_finished(tmp_path: Path, monkeypatch:
     finish, or was killed among others and not yet run alone, is "not run (interrupted)", never a TIMEOUT."""
     results = tmp_path / "results"
     results.mkdir()
-    prepared = _fake_prepared(tmp_path)
+    prepared = _fake_prepared(tmp_path, monkeypatch)
     tests = ("op/a", "op/b", "op/slow", "op/slow2", "op/never")
-    prepared.built.builder.optest = lambda core: optest.Binary(tmp_path / "mnn_optest", tests, registered=tests)
+    binary = optest.Binary(tmp_path / "mnn_optest", tests, registered=tests)
+    monkeypatch.setattr(optest, "build_binary", lambda builder, core: binary)
     monkeypatch.setattr(prepare, "preflight_for", lambda s, names, say: (s, []))
     monkeypatch.setattr(prepare, "resolve_tree", lambda ref, s, m: prepared.built.tree)
     monkeypatch.setattr(optest, "declared_names", lambda path: tests)

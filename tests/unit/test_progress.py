@@ -16,11 +16,12 @@ import pytest
 
 from mnnrepro import build, image, progress, swiftshader
 from mnnrepro.build import PLUGINS, Builder, CoreOptions
-from mnnrepro.cells import Cell, Workload, last_stage, run_cell
+from mnnrepro.cells import Cell, last_stage, run_cell
 from mnnrepro.errors import BuildError
 from mnnrepro.progress import Progress, elapsed_text, heartbeat
 from mnnrepro.runner import Completed, HostRunner, OnLine
 from mnnrepro.source import SourceTree
+from mnnrepro.workloads.train import Training
 
 MakeTree = Callable[[Path], Path]
 
@@ -459,7 +460,7 @@ sleep 1
     driver.chmod(0o755)
     said = Said()
     cell = Cell("3.3.0", "cpu", "-")
-    workload = Workload(steps=3, batch_size=8, seed=1, precision="high", test_limit=10)
+    workload = Training(steps=3, batch_size=8, seed=1, precision="high", test_limit=10)
     run_cell(
         cell,
         driver=driver,

@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 from mnnrepro import reuse
-from mnnrepro.cells import Cell, Workload, run_cell
+from mnnrepro.cells import Cell, run_cell
 from mnnrepro.runner import HostRunner
+from mnnrepro.workloads.train import Training
 
 EVENTS = [
     {"v": 1, "event": "start", "t": 0.0},
@@ -58,7 +59,7 @@ def test_a_stored_run_comes_back_whole_into_the_new_result_dir(tmp_path: Path) -
     driver.write_text(DRIVER)
     driver.chmod(0o755)
     cell = Cell("3.3.0", "cpu", "-")
-    workload = Workload(steps=3, batch_size=8, seed=1, precision="high", test_limit=100)
+    workload = Training(steps=3, batch_size=8, seed=1, precision="high", test_limit=100)
     first = run_cell(
         cell,
         driver=driver,

@@ -217,3 +217,10 @@ def test_rejects_a_malformed_layers_file(tmp_path: Path, text: str) -> None:
     (tmp_path / "layers.toml").write_text(text)
     with pytest.raises(ValueError, match="layers"):
         structure.load_layers(tmp_path / "layers.toml")
+
+
+def test_the_tree_holds_the_line() -> None:
+    """Issue 23: no cycle, no import back up a layer, every module in one layer, no function over 80 lines in
+    src/ or native/. A change that breaks one of them fails here (and `python3 tools/structure.py --check`)."""
+    report = structure.analyse(ROOT / "src" / "mnnrepro", ROOT / "tools" / "layers.toml", ROOT / "native")
+    assert report.failures() == []
