@@ -379,13 +379,23 @@ def main(argv: list[str] | None = None, *, keep_handlers: bool = False) -> int:
 def _main(args: argparse.Namespace) -> int:
     if args.command == "signature":
         return _signature(args)
-    try:
+
+    def body() -> int:
         if args.command not in ("source", "signature"):
             fixtures.require_checkout()
         # Every Settings field that this subcommand has a flag for (so a new flag cannot be silently dropped).
         keys = [f.name for f in fields(Settings)]
         settings = load({k: getattr(args, k) for k in keys if hasattr(args, k)})
         return _dispatch(args, settings)
+
+    return guarded(body)
+
+
+def guarded(body: Callable[[], int]) -> int:
+    """``body()``'s exit code, with the suite's conventions for what ends it early: a MnnReproError's message and
+    exit code, 128 + N on signal N (also for the developer tools outside the library, tools/)."""
+    try:
+        return body()
     except MnnReproError as exc:
         print(exc.render(), file=sys.stderr)
         return exc.exit_code

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mnnrepro import fixtures, interrupts
-from mnnrepro.errors import MnnReproError
+from mnnrepro.cli import guarded
 
 from .engine import Replay
 from .errors import ReplayError
@@ -75,20 +75,13 @@ def main(argv: list[str] | None = None) -> int:
         if reconfigure is not None:
             reconfigure(line_buffering=True)
     args = parser().parse_args(argv)
+
+    def body() -> int:
+        fixtures.require_checkout()
+        return replay(args)
+
     with interrupts.installed():
-        try:
-            fixtures.require_checkout()
-            return replay(args)
-        except MnnReproError as exc:
-            print(exc.render(), file=sys.stderr)
-            return exc.exit_code
-        except KeyboardInterrupt as exc:
-            print(
-                f"mnnrepro: interrupted ({interrupts.signal_name(exc)}); finished artifacts are kept, partial ones "
-                "are discarded",
-                file=sys.stderr,
-            )
-            return interrupts.exit_code(exc)
+        return guarded(body)
 
 
 def replay(args: argparse.Namespace) -> int:
