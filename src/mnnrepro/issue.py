@@ -493,14 +493,21 @@ def _reduced(r: dict[str, Any]) -> list[str]:
         where = "; ".join(
             f"{b}: {', '.join(f'{t} x{n}' for t, n in sorted(ops.items()))}" for b, ops in sorted(ran.items())
         )
+        verdict = f"{at['verdict']}: " if at.get("verdict") else ""
         out += [
-            f"At {at.get('ref')} (`{str(at.get('commit', ''))[:12]}`, {ck.get('device') or at.get('icd')}) the same "
-            f"graph {ck.get('backend')} on the GPU backend ({where or 'no op recorded'}) and {ck.get('cpu')} on the "
-            "CPU; the standalone reproducer "
-            f"{ck.get('standalone')}.",
+            f"At {at.get('ref')} (`{str(at.get('commit', ''))[:12]}`, {ck.get('device') or at.get('icd')}), "
+            f"{verdict}on the GPU backend the same graph {_said(ck.get('backend'))} ({where or 'no op recorded'}); on "
+            f"the CPU it {_said(ck.get('cpu'))}; the standalone reproducer {_said(ck.get('standalone'))}.",
             "",
         ]
     return out
+
+
+def _said(check: object) -> str:
+    """A check's word as a verb: "passes", "fails ...", and a FALLBACK ("FALLBACK (Deconvolution x1 on cpu)") as
+    what it is: the op left the GPU, neither a pass nor the bug."""
+    text = str(check or "gave no answer")
+    return "falls back to the CPU" + text[len("FALLBACK") :] if text.startswith("FALLBACK") else text
 
 
 def _environment(c: Crash) -> list[tuple[str, str]]:

@@ -265,3 +265,19 @@ def test_a_bisect_that_ends_in_fallback_names_where_the_op_leaves_the_gpu(tmp_pa
     assert "the first commit where the op leaves the GPU is `39be21c56f0f" in text
     assert "the GPU kernel is not fixed" in text and "newer verdict" not in text
     assert "Each commit's crash was judged by signal only (no gdb)." in text
+
+
+def test_a_reduced_graph_that_left_the_gpu_at_a_later_ref_is_not_said_to_pass(tmp_path: Path) -> None:
+    """Issue 21: at 3.6.x the reduced Deconvolution runs on the CPU (39be21c56 declines it). The report said "the
+    same graph passes on the GPU backend"; a FALLBACK is said as one."""
+    work = tmp_path / "reduce"
+    (work / "at-3.6.1").mkdir(parents=True)
+    checks = {"device": "llvmpipe", "backend": "FALLBACK (Deconvolution x1 on cpu)", "cpu": "passes"}
+    checks["standalone"] = "FALLBACK (Deconvolution x1 on cpu, not vulkan)"
+    at = {"ref": "3.6.1", "commit": "d407447ed56c", "verdict": "FALLBACK", "checks": checks}
+    at["placement"] = {"backend": {"cpu": {"Deconvolution": 1}, "vulkan": {"Raster": 2}}}
+    (work / "at-3.6.1" / "check.json").write_text(json.dumps(at))
+    text = issue.render(issue.pick(issue.crashes(_reduce_summary(work, gdb=True), work)))
+    line = next(x for x in text.splitlines() if x.startswith("At 3.6.1"))
+    assert "FALLBACK: on the GPU backend the same graph falls back to the CPU (Deconvolution x1 on cpu)" in line
+    assert "the standalone reproducer falls back to the CPU" in line and "passes on the GPU" not in line
