@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out",
         type=Path,
-        default=gradcheck.GOLDEN_ROOT,
+        default=fixtures.GOLDEN_ROOT,
         help="golden root (default fixtures/golden; written to <root>/mnist/<ref>/)",
     )
 
@@ -138,7 +138,7 @@ def generate_golden(
     *,
     steps: Sequence[int] | None = None,
     settings: Settings,
-    out_root: Path = gradcheck.GOLDEN_ROOT,
+    out_root: Path = fixtures.GOLDEN_ROOT,
     say: Callable[[str], None] = print,
 ) -> Path:
     """Run the CPU driver with dumps, check it against the numpy reference, and only then write

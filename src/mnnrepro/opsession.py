@@ -3,7 +3,8 @@
 
 Same pipeline as the MNIST workload: settings -> preflight_for -> prepare (core, plugins; plus mnn_optest) ->
 per cell (ref, variant, ICD) a sweep (optest.sweep: one runner call, one process per test) -> judge (opjudge.py,
-each GPU result beside the CPU result of the same build) -> reports (opreport.py). The CPU cell runs first.
+each GPU result beside the CPU result of the same build) -> reports (opreport.py). The CPU cell runs first (or
+``--cpu-from`` takes an earlier session's, of the same commit).
 """
 
 from __future__ import annotations
@@ -82,7 +83,11 @@ def run_ops(settings: Settings, *, say: Say = print) -> int:
     if missing := optest.unmatched(optest.declared_names(tree.path), selection):
         return _no_such_test(missing, ref, say)
     # Before anything is built: an earlier CPU cell of another commit (or none) is known to be no reference now.
-    cpu_cell = cpu_reference_cell(settings.cpu_from, tree.commit) if settings.cpu_from is not None else None
+    cpu_cell = (
+        cpu_reference_cell(settings.cpu_from, tree.commit, settings.precision or "high")
+        if settings.cpu_from is not None
+        else None
+    )
     results = prepare.results_dir(settings, "ops")
     say(f"mnnrepro {__version__}: session ops, results in {results}")
     for line in settings.describe():
@@ -164,8 +169,10 @@ class OpsSession:
     def stopped_midway(self, cell: Cell) -> dict[str, Any]:
         """What the stopped cell finished is judged, not lost (issue 22)."""
         version = self.prepared.built.tree.version
+        base_s = float(self.settings.timeout_s or self.expectations.timeout_s)
+        limits = {t: self.expectations.limit(cell.ref, version, cell.variant, cell.icd, t, base_s) for t in self.tests}
         results_of, ran, device = _interrupted_cell(
-            cell, version, self.tests, self.not_built, self.expectations, self.cpu_outcomes, self.results
+            cell, version, self.tests, self.not_built, self.expectations, self.cpu_outcomes, self.results, limits
         )
         self.devices[(cell.ref, version, cell.variant, cell.icd)] = device
         entry = _cell_entry(cell, time.monotonic() - self.cell_started, results_of, ran, device)
@@ -201,9 +208,10 @@ class OpsSession:
         return EXIT_MISMATCH
 
 
-def cpu_reference_cell(results: Path, commit: str | None) -> tuple[Path, dict[str, Any]]:
+def cpu_reference_cell(results: Path, commit: str | None, precision: str = "high") -> tuple[Path, dict[str, Any]]:
     """The CPU cell directory of an earlier ops session (``--cpu-from``), checked before anything is built: it must
-    be of the same MNN commit (a GPU result is never judged beside a CPU result of another build of MNN)."""
+    be of the same MNN commit and precision, and have finished (a GPU result is never judged beside a CPU result of
+    another build of MNN, or beside a CPU run that did not finish)."""
     file = results / "summary.json"
     try:
         earlier = json.loads(file.read_text())
@@ -220,11 +228,20 @@ def cpu_reference_cell(results: Path, commit: str | None) -> tuple[Path, dict[st
             hint="take the CPU cell of a session of the same commit, or leave --cpu-from out",
         )
     cell = next((c for c in earlier.get("cells", []) if c.get("variant") == variants.BASELINE), None)
-    if cell is None:
-        raise ConfigError(f"--cpu-from {results}: it has no finished CPU cell")
+    if cell is None or cell.get("interrupted"):
+        # A stopped cell's unfinished tests would be no reference (a FAIL never confirmed by its rerun would turn a
+        # GPU failure into CPU-FAIL).
+        why = "no CPU cell" if cell is None else "a CPU cell that was interrupted"
+        raise ConfigError(f"--cpu-from {results}: it has {why}", hint="take a session whose CPU cell finished")
+    if (earlier.get("precision") or "high") != precision:
+        raise ConfigError(
+            f"--cpu-from {results}: its CPU cell ran at precision {earlier.get('precision')}, this session at "
+            f"{precision}",
+            hint="take a session of the same precision, or leave --cpu-from out",
+        )
     line = f"the CPU cell of {results} (MNN {commit[:12]}, run on {earlier.get('host', '?')})"
     about = {"from": str(results), "commit": commit, "host": earlier.get("host"), "line": line}
-    return results / str(cell["cell"]).replace("/", "__"), about
+    return results / Cell(str(cell["ref"]), variants.BASELINE, str(cell["icd"])).dirname, about
 
 
 def cpu_reference(
@@ -290,8 +307,9 @@ def _summary(
     for c in cells:
         results_of_cell = [opjudge.TestResult(**t) for t in c["tests"]]
         c.update(opjudge.summarize(results_of_cell))
-        judged.append(((header["ref"], header["mnn_version"], c["variant"], c["icd"]), results_of_cell))
-    # Rows that covered a cell and a selected test but matched nothing (issue 21): reported, for the cells run.
+        if not c.get("interrupted"):  # a stopped cell's unfinished tests say nothing of their rows
+            judged.append(((header["ref"], header["mnn_version"], c["variant"], c["icd"]), results_of_cell))
+    # Rows that covered a finished cell and a selected test but matched nothing (issue 21): reported.
     stale = opjudge.stale_rows(expectations, judged, tuple(selection), devices)
     data = {**header, "cells": cells, "stale": stale}
     data["all_matched"] = stopped is None and bool(cells) and all(c["mismatched"] == 0 for c in cells)
@@ -414,13 +432,13 @@ def _interrupted_cell(
     expectations: opjudge.Expectations,
     cpu_outcomes: dict[str, optest.Outcome],
     results_root: Path,
+    limits: dict[str, float],
 ) -> tuple[list[opjudge.TestResult], dict[str, optest.Outcome], opjudge.Device]:
     """The cell an interrupt stopped, read back from its directory: every test that finished is judged as the
     sweep would judge it. A test that did not finish, or was killed at its limit among others and not yet run again
     alone, has no result: not run (interrupted), never a TIMEOUT it did not earn."""
     results, to_run = _not_run_before(cell, version, tests, not_built, expectations)
-    loaded = optest.load_cell(results_root / cell.dirname, to_run, cell.backend)
-    ran = {t: o for t, o in loaded.items() if o.status != "TIMEOUT" or o.slow_after_s}
+    ran = optest.load_cell(results_root / cell.dirname, to_run, cell.backend, limits)
     judged, device = _judge_cell(cell, version, ran, expectations, cpu_outcomes)
     why = "the session was interrupted before it finished"
     results += judged + [opjudge.not_run(t, why, opjudge.INTERRUPTED) for t in to_run if t not in ran]

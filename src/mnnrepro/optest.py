@@ -743,19 +743,25 @@ def _read(spec: SweepSpec, test: str, sub: str, limit: float) -> Outcome:
     return got
 
 
-def load_cell(result_dir: Path, tests: Sequence[str], backend: str) -> dict[str, Outcome]:
-    """A finished sweep's outcomes read back from its cell directory (``ops run --cpu-from``), joined as sweep()
-    joins them: the run alone that replaced a timeout, then the reruns in order. A test with no finished run there
-    is left out (the caller names it)."""
+def load_cell(
+    result_dir: Path, tests: Sequence[str], backend: str, limits: dict[str, float] | None = None
+) -> dict[str, Outcome]:
+    """A sweep's outcomes read back from its cell directory (``ops run --cpu-from``, a cell an interrupt stopped),
+    joined as sweep() joins them: the run alone that replaced a timeout, then the reruns in order. A test with no
+    finished run there, or killed at its limit among others and not run again alone, is left out: it has no result
+    (the caller names it). ``limits``: each test's limit, where known (else the run's own duration stands in)."""
     out: dict[str, Outcome] = {}
     for test in tests:
         directory = result_dir / dirname(test)
         first = read_outcome(directory, test, backend)
         if first is None:
             continue
-        alone = read_outcome(directory / "slow", test, backend)
-        if first.status == "TIMEOUT" and alone is not None:
-            alone.slow_after_s = first.duration_s  # as sweep() marks it: the run alone of a test killed among others
+        first.limit_s = (limits or {}).get(test, first.duration_s)
+        if first.status == "TIMEOUT":
+            alone = read_outcome(directory / "slow", test, backend)
+            if alone is None:
+                continue
+            alone.slow_after_s, alone.limit_s = first.limit_s, alone.duration_s  # as sweep() marks the run alone
             first = alone
         node = first
         for sub in ("rerun", *(f"rerun{k}" for k in range(2, 100))):

@@ -24,12 +24,16 @@ def _run(directory: Path, test: str, code: int, *, by: dict[str, dict[str, int]]
     (directory / "result.json").write_text(json.dumps({"returncode": code, "timed_out": timed_out, "duration_s": 2}))
 
 
-def _session(tmp_path: Path, *, commit: str = COMMIT, cpu: bool = True) -> Path:
+def _session(
+    tmp_path: Path, *, commit: str = COMMIT, cpu: bool = True, interrupted: bool = False, precision: str = "high"
+) -> Path:
     root = tmp_path / "earlier"
-    cells = [{"cell": "3.6.1/cpu/-", "variant": "cpu", "icd": "-"}] if cpu else []
-    cells.append({"cell": "3.6.1/vulkan-image/lavapipe", "variant": "vulkan-image", "icd": "lavapipe"})
+    cpu_cell = {"cell": "3.6.1/cpu/-", "ref": "3.6.1", "variant": "cpu", "icd": "-"}
+    cells = [{**cpu_cell, "interrupted": True} if interrupted else cpu_cell] if cpu else []
+    cells.append({"cell": "3.6.1/vulkan-image/lavapipe", "ref": "3.6.1", "variant": "vulkan-image", "icd": "lavapipe"})
     root.mkdir(parents=True)
-    (root / "summary.json").write_text(json.dumps({"session": "ops", "commit": commit, "host": "h", "cells": cells}))
+    head = {"session": "ops", "commit": commit, "host": "h", "precision": precision}
+    (root / "summary.json").write_text(json.dumps({**head, "cells": cells}))
     cpu_dir = root / "3.6.1__cpu__-"
     _run(cpu_dir / "op__PoolGrad", "op/PoolGrad", 0, by={"cpu": {"PoolGrad": 1, "Cast": 1, "Raster": 2}})
     _run(cpu_dir / "op__slow", "op/slow", -9, by={}, timed_out=True)  # killed among others, then passed alone
@@ -67,8 +71,13 @@ def test_a_gpu_result_is_judged_beside_the_earlier_cpu_run(tmp_path: Path) -> No
 def test_another_commit_no_cpu_cell_or_no_summary_is_refused_before_any_build(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="ran MNN 5047919a1ae5, this session builds d407447ed56c"):
         opsession.cpu_reference_cell(_session(tmp_path, commit="5047919a1ae594d090ee54c7ea3403a9dee8cad4"), COMMIT)
-    with pytest.raises(ConfigError, match="no finished CPU cell"):
+    with pytest.raises(ConfigError, match="it has no CPU cell"):
         opsession.cpu_reference_cell(_session(tmp_path / "b", cpu=False), COMMIT)
+    # A stopped CPU cell (its unfinished tests, a failure never confirmed) is no reference; nor another precision.
+    with pytest.raises(ConfigError, match="a CPU cell that was interrupted"):
+        opsession.cpu_reference_cell(_session(tmp_path / "d", interrupted=True), COMMIT)
+    with pytest.raises(ConfigError, match="precision low, this session at high"):
+        opsession.cpu_reference_cell(_session(tmp_path / "e", precision="low"), COMMIT, "high")
     with pytest.raises(ConfigError, match="cannot read"):
         opsession.cpu_reference_cell(tmp_path / "nothing", COMMIT)
     with pytest.raises(ConfigError, match="not known"):
@@ -79,3 +88,11 @@ def test_a_test_the_earlier_cell_did_not_finish_is_refused_whole(tmp_path: Path)
     cell = opsession.cpu_reference_cell(_session(tmp_path), COMMIT)
     with pytest.raises(ConfigError, match="no finished CPU run of op/new"):
         opsession.cpu_reference(cell, [*TESTS, "op/new"])
+
+
+def test_a_test_killed_among_others_and_never_run_alone_is_no_reference(tmp_path: Path) -> None:
+    root = _session(tmp_path)
+    _run(root / "3.6.1__cpu__-" / "op__killed", "op/killed", -9, by={}, timed_out=True)  # no slow/ run alone
+    cell = opsession.cpu_reference_cell(root, COMMIT)
+    with pytest.raises(ConfigError, match="no finished CPU run of op/killed"):
+        opsession.cpu_reference(cell, [*TESTS, "op/killed"])

@@ -136,3 +136,17 @@ def test_an_error_in_a_cell_is_no_interrupt(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="a harness bug"):
         _loop(fake)
     assert not (tmp_path / "summary.txt").exists()
+
+
+def test_a_stopped_cell_that_cannot_be_read_back_still_leaves_the_reports(tmp_path: Path) -> None:
+    """Reading the stopped cell back fails (an unreadable result file, say): the finished cells' reports are
+    written all the same, the stopped cell counts as not run, and the exit says the signal."""
+
+    def unreadable() -> None:
+        raise OSError("result.json: unreadable")
+
+    fake = Fake(tmp_path, hooks={"run b": _signal, "midway b": unreadable})
+    assert _loop(fake) == 128 + signal.SIGTERM
+    summary = json.loads((tmp_path / "summary.txt").read_text())
+    assert summary == {"runs": ["a: done"], "stopped": "SIGTERM", "not_run": ["b", "c"]}
+    assert any("could not be read back (OSError: result.json: unreadable)" in line for line in fake.said)

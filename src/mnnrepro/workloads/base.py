@@ -77,7 +77,7 @@ def session_loop(workload: Workload[C, R], *, say: Callable[[str], None]) -> int
         except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (interrupts.py): report what finished, then stop
             stopped = exc
             say(f"\n{interrupts.signal_name(exc)}: stopping; writing the reports of the cells that finished")
-            if begun > len(runs) and (partial := workload.stopped_midway(cells[len(runs)])) is not None:
+            if begun > len(runs) and (partial := _what_it_finished(workload, cells[len(runs)], say)) is not None:
                 runs.append(partial)
         ran = cells[: len(runs)]  # not run: a planned cell equal to none that has a result (as named by id before)
         summary = workload.summarize(runs, stopped, [c for c in cells if c not in ran])
@@ -88,3 +88,13 @@ def session_loop(workload: Workload[C, R], *, say: Callable[[str], None]) -> int
     if stopped is not None:
         return interrupts.exit_code(stopped)
     return workload.exit_code(summary, runs)
+
+
+def _what_it_finished(workload: Workload[C, R], cell: C, say: Callable[[str], None]) -> R | None:
+    """The stopped cell as its workload judges it; a failure to read it back keeps nothing of it (not run) rather
+    than the reports of every cell that did finish."""
+    try:
+        return workload.stopped_midway(cell)
+    except Exception as exc:
+        say(f"  the stopped cell could not be read back ({type(exc).__name__}: {exc}): it counts as not run")
+        return None

@@ -3,7 +3,7 @@ seed, precision, test images, extra driver options) and how it is read from the 
 
 ``cells`` runs one cell with whatever driver arguments it is handed and ``prepare`` builds a ref without knowing
 any workload; the MNIST session, the golden, the bench, the bisect oracle and the reducer's capture take this
-workload from here. Its goldens live in ``fixtures/golden/<NAME>/<ref>/`` (gradcheck.golden_dir).
+workload from here. Its goldens live in ``fixtures/golden/<NAME>/<ref>/`` (fixtures.golden_dir).
 """
 
 from __future__ import annotations
