@@ -76,18 +76,8 @@ def installed() -> Iterator[None]:
     """SIGINT/SIGTERM raise Interrupted inside the block; the previous handlers come back after it."""
     global _stopping
     _stopping = False
-    previous: dict[int, Any] = {}
-    try:
-        for sig in HANDLED:
-            previous[sig] = signal.signal(sig, _raise)
-    except ValueError:  # not the main thread: leave signals alone
+    with _handling(_raise):
         yield
-        return
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 @contextmanager
@@ -128,18 +118,8 @@ def held() -> Iterator[list[int]]:
     def note(signum: int, _frame: FrameType | None) -> None:
         seen.append(signum)
 
-    previous: dict[int, Callable[[int, FrameType | None], Any] | int | None] = {}
-    try:
-        for sig in HANDLED:
-            previous[sig] = signal.signal(sig, note)
-    except ValueError:
+    with _handling(note):
         yield seen
-        return
-    try:
-        yield seen
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 @contextmanager
@@ -148,16 +128,26 @@ def unheld(seen: list[int]) -> Iterator[None]:
     before it at once. Leaving the block holds them again; one that comes while it is left raises from the
     ``with`` statement, so a caller's ``except KeyboardInterrupt`` around it sees every signal that was not
     held."""
+    with _handling(_raise) as handling:
+        if handling:
+            _raise_noted(seen)
+        yield
+
+
+@contextmanager
+def _handling(handler: Callable[[int, FrameType | None], Any]) -> Iterator[bool]:
+    """``handler`` for every handled signal inside the block (True), the previous handlers back after it, also when
+    a signal that came meanwhile raises while they are put back (_restore). Outside the main thread signals are
+    left alone (False): Python handles them there only."""
     previous: dict[int, Callable[[int, FrameType | None], Any] | int | None] = {}
     try:
         for sig in HANDLED:
-            previous[sig] = signal.signal(sig, _raise)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
+            previous[sig] = signal.signal(sig, handler)
+    except ValueError:  # not the main thread
+        yield False
         return
     try:
-        _raise_noted(seen)
-        yield
+        yield True
     finally:
         _restore(previous)
 
