@@ -205,8 +205,50 @@ def verify_golden_manifest(directory: Path) -> None:
             )
 
 
+def ref_pattern(refs: tuple[str, ...], ref: str, version: str | None = None) -> str | None:
+    """The entry of ``refs`` that covers this ref ("3.3.0", "*", ">=3.6.0"), or None. A version range matches the
+    ref's MNN version: the ref itself when it is X.Y.Z, else the version given (the matrix's or the source tree's
+    include/MNN/MNNDefine.h). One rule for the rows of matrix.toml and of fixtures/ops/expectations.toml."""
+    parsed = parse_version(ref) or parse_version(version)
+    for pattern in refs:
+        if is_version_range(pattern):
+            if parsed is not None and in_range(parsed, pattern):
+                return pattern
+        elif fnmatch.fnmatchcase(ref, pattern):
+            return pattern
+    return None
+
+
+def covers_cell(
+    refs: tuple[str, ...], variant_pattern: str, icd_pattern: str, ref: str, version: str | None, variant: str, icd: str
+) -> bool:
+    """Whether a row's refs, variant and ICD patterns cover the cell (ref, variant, ICD), whatever its device."""
+    return (
+        ref_pattern(refs, ref, version) is not None
+        and fnmatch.fnmatchcase(variant, variant_pattern)
+        and fnmatch.fnmatchcase(icd, icd_pattern)
+    )
+
+
+class OnDevice:
+    """The device keys of a row (issue 22), for a dataclass that has them as fields: "" is any device; a row that
+    names one never holds on a device that is not known."""
+
+    device: str
+    vendor: str
+    driver: str
+
+    @property
+    def names_device(self) -> bool:
+        return bool(self.device or self.vendor or self.driver)
+
+    def on(self, device: Device | None) -> bool:
+        """Whether the row holds on this device: always without device keys; never on an unknown device."""
+        return device_fits(device, self.device, self.vendor, self.driver)
+
+
 @dataclass(frozen=True)
-class Expectation:
+class Expectation(OnDevice):
     refs: tuple[str, ...]
     variant: str
     icd: str
@@ -230,26 +272,9 @@ class Expectation:
     match: str = ""
     reason: str = ""
 
-    @property
-    def names_device(self) -> bool:
-        return bool(self.device or self.vendor or self.driver)
-
-    def on(self, device: Device | None) -> bool:
-        """Whether the row holds on this device: always without device keys; never on an unknown device."""
-        return device_fits(device, self.device, self.vendor, self.driver)
-
     def covers(self, ref: str, version: str | None = None) -> str | None:
-        """The entry of `refs` that covers this ref ("3.3.0", "*", ">=3.6.0"), or None. A version range
-        matches the ref's MNN version: the ref itself when it is X.Y.Z, else the version given (the matrix's
-        or the source tree's include/MNN/MNNDefine.h)."""
-        parsed = parse_version(ref) or parse_version(version)
-        for pattern in self.refs:
-            if is_version_range(pattern):
-                if parsed is not None and in_range(parsed, pattern):
-                    return pattern
-            elif fnmatch.fnmatchcase(ref, pattern):
-                return pattern
-        return None
+        """The entry of `refs` that covers this ref (ref_pattern), or None."""
+        return ref_pattern(self.refs, ref, version)
 
     def matches(
         self, ref: str, variant: str, icd: str, version: str | None = None, device: Device | None = None
@@ -258,11 +283,7 @@ class Expectation:
 
     def covers_cell(self, ref: str, variant: str, icd: str, version: str | None = None) -> bool:
         """(ref, variant, ICD) only, whatever the device."""
-        return (
-            self.covers(ref, version) is not None
-            and fnmatch.fnmatchcase(variant, self.variant)
-            and fnmatch.fnmatchcase(icd, self.icd)
-        )
+        return covers_cell(self.refs, self.variant, self.icd, ref, version, variant, icd)
 
     def describe(self) -> str:
         on = "".join(f" {k}={getattr(self, k)!r}" for k in DEVICE_KEYS if getattr(self, k))

@@ -46,9 +46,8 @@ from typing import Any
 
 from . import signature as signatures
 from .contract import Device as Device  # opsession and the tests name opjudge.Device
-from .contract import device_fits
 from .errors import FixtureError
-from .fixtures import DEVICE_KEYS, FIXTURES, HOST_ICD, in_range, is_version_range, parse_version
+from .fixtures import DEVICE_KEYS, FIXTURES, HOST_ICD, OnDevice, covers_cell
 from .optest import PASSED, Outcome
 from .signature import SIGNAL_ONLY
 
@@ -81,19 +80,8 @@ def not_built_kind(why: str) -> str:
     return COMPILED_OUT if why.startswith(COMPILED_OUT) else NOT_BUILT
 
 
-def _covers_cell(
-    refs: tuple[str, ...], variant_pattern: str, icd_pattern: str, ref: str, version: str | None, variant: str, icd: str
-) -> bool:
-    parsed = parse_version(ref) or parse_version(version)
-    ref_ok = any(
-        (parsed is not None and in_range(parsed, p)) if is_version_range(p) else fnmatch.fnmatchcase(ref, p)
-        for p in refs
-    )
-    return ref_ok and fnmatch.fnmatchcase(variant, variant_pattern) and fnmatch.fnmatchcase(icd, icd_pattern)
-
-
 @dataclass(frozen=True)
-class Expect:
+class Expect(OnDevice):
     refs: tuple[str, ...]
     variant: str
     icd: str
@@ -109,16 +97,8 @@ class Expect:
     vendor: str = ""
     driver: str = ""
 
-    @property
-    def names_device(self) -> bool:
-        return bool(self.device or self.vendor or self.driver)
-
-    def on(self, device: Device | None) -> bool:
-        """Whether the row holds on this device: always without device keys; never on an unknown device."""
-        return device_fits(device, self.device, self.vendor, self.driver)
-
     def covers_cell(self, ref: str, version: str | None, variant: str, icd: str, device: Device | None = None) -> bool:
-        return _covers_cell(self.refs, self.variant, self.icd, ref, version, variant, icd) and self.on(device)
+        return covers_cell(self.refs, self.variant, self.icd, ref, version, variant, icd) and self.on(device)
 
     def covers(
         self, ref: str, version: str | None, variant: str, icd: str, test: str, device: Device | None = None
@@ -166,7 +146,7 @@ class Slow:
     measured: str
 
     def covers(self, ref: str, version: str | None, variant: str, icd: str, test: str) -> bool:
-        cell_ok = _covers_cell(self.refs, self.variant, self.icd, ref, version, variant, icd)
+        cell_ok = covers_cell(self.refs, self.variant, self.icd, ref, version, variant, icd)
         return cell_ok and fnmatch.fnmatchcase(test, self.test)
 
 
@@ -210,7 +190,7 @@ class Expectations:
         n = self.reruns(self.of(ref, version, variant, icd, test))
         for row in self.rows:
             if row.names_device and row.status == "FLAKE" and fnmatch.fnmatchcase(test, row.test):
-                if _covers_cell(row.refs, row.variant, row.icd, ref, version, variant, icd):
+                if covers_cell(row.refs, row.variant, row.icd, ref, version, variant, icd):
                     n = max(n, self.reruns(row))
         return n
 
