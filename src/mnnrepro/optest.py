@@ -743,6 +743,11 @@ def _read(spec: SweepSpec, test: str, sub: str, limit: float) -> Outcome:
     return got
 
 
+def _killed_twice(limit_s: float, alone_s: float) -> str:
+    """A TIMEOUT that is one: killed among others at its limit, and again when it ran alone under a longer one."""
+    return f"killed at the {limit_s:.0f} s limit, and again alone at {alone_s:.0f} s"
+
+
 def load_cell(
     result_dir: Path, tests: Sequence[str], backend: str, limits: dict[str, float] | None = None
 ) -> dict[str, Outcome]:
@@ -762,6 +767,8 @@ def load_cell(
             if alone is None:
                 continue
             alone.slow_after_s, alone.limit_s = first.limit_s, alone.duration_s  # as sweep() marks the run alone
+            if alone.status == "TIMEOUT":
+                alone.reason = _killed_twice(first.limit_s, alone.limit_s)
             first = alone
         node = first
         for sub in ("rerun", *(f"rerun{k}" for k in range(2, 100))):
@@ -801,7 +808,7 @@ def _rerun_timeouts(spec: SweepSpec, outcomes: dict[str, Outcome], say: Callable
         again = _read(spec, test, "slow", limits[test])
         again.slow_after_s = first.limit_s
         if again.status == "TIMEOUT":
-            again.reason = f"killed at the {first.limit_s:.0f} s limit, and again alone at {limits[test]:.0f} s"
+            again.reason = _killed_twice(first.limit_s, limits[test])
         outcomes[test] = again
 
 

@@ -96,3 +96,12 @@ def test_a_test_killed_among_others_and_never_run_alone_is_no_reference(tmp_path
     cell = opsession.cpu_reference_cell(root, COMMIT)
     with pytest.raises(ConfigError, match="no finished CPU run of op/killed"):
         opsession.cpu_reference(cell, [*TESTS, "op/killed"])
+
+
+def test_a_timeout_killed_again_alone_reads_back_as_the_sweep_said_it(tmp_path: Path) -> None:
+    root = tmp_path / "cell"
+    _run(root / "op__hang", "op/hang", -9, by={}, timed_out=True)
+    _run(root / "op__hang" / "slow", "op/hang", -9, by={}, timed_out=True)
+    (hang,) = optest.load_cell(root, ["op/hang"], "cpu", {"op/hang": 120.0}).values()
+    assert hang.status == "TIMEOUT" and hang.slow_after_s == 120.0
+    assert hang.reason.startswith("killed at the 120 s limit, and again alone at")
