@@ -113,7 +113,7 @@ def run_ops(settings: Settings, *, say: Say = print) -> int:
     plan = [Cell(ref, n, i) for n in names for i in (settings.icds if variants.get(n).per_icd else ("-",))]
     session = OpsSession(
         plan, prepared, binary, tests, not_built, expectations, settings, results, say, header, selection,
-        cpu_outcomes, (started, optest_s),
+        cpu_outcomes, started, optest_s,
     )  # fmt: skip
     # A signal is held from here to the reports and raises only while the cells run (base.session_loop, as in
     # session.py): none escapes between the last cell and the reports, which are written whole.
@@ -137,7 +137,8 @@ class OpsSession:
     header: dict[str, Any]
     selection: tuple[str, ...] | list[str]
     cpu_outcomes: dict[str, optest.Outcome]  # the CPU cell's (or --cpu-from's): each GPU result's peer
-    seconds: tuple[float, float]  # the session's start, the seconds mnn_optest's build took
+    started: float  # the session's start (time.monotonic)
+    optest_s: float  # the seconds mnn_optest's build (or its cache check) took
     devices: dict[opjudge.CellKey, opjudge.Device] = field(default_factory=dict)
     cell_started: float = 0.0
 
@@ -181,11 +182,10 @@ class OpsSession:
     def summarize(
         self, cells: list[dict[str, Any]], stopped: BaseException | None, not_run: list[Cell]
     ) -> dict[str, Any]:
-        started, optest_s = self.seconds
         self.header["seconds"] = {
             "prepare": round(sum(self.prepared.seconds.values()), 1),
-            "optest_build_or_cache_check": round(optest_s, 1),
-            "total": round(time.monotonic() - started, 1),
+            "optest_build_or_cache_check": round(self.optest_s, 1),
+            "total": round(time.monotonic() - self.started, 1),
         }
         return _summary(self.header, cells, not_run, self.expectations, self.selection, self.devices, stopped)
 
