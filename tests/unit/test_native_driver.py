@@ -3,27 +3,12 @@ function over 80 lines (the brace count of tools/structure.py). Text only; nothi
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
-from types import ModuleType
 
 from mnnrepro.build import NATIVE_DIR
+from tools import structure
 
-TOOL = NATIVE_DIR.parent / "tools" / "structure.py"
 SRC = NATIVE_DIR / "src"
-
-
-def _structure() -> ModuleType:
-    # tools/ is not a package (a developer tool, not part of mnnrepro): load the file itself, once.
-    if "structure_tool" in sys.modules:
-        return sys.modules["structure_tool"]
-    spec = importlib.util.spec_from_file_location("structure_tool", TOOL)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
 
 
 def _driver_sources() -> list[str]:
@@ -35,7 +20,7 @@ def _driver_sources() -> list[str]:
 
 
 def test_no_native_function_is_over_80_lines() -> None:
-    long = _structure().long_native_functions(NATIVE_DIR, 80)
+    long = structure.long_native_functions(NATIVE_DIR, 80)
     assert [f"{f.path}:{f.line} {f.name} ({f.length} lines)" for f in long] == []
 
 
@@ -56,7 +41,7 @@ def test_the_model_is_behind_its_interface() -> None:
     for name in _driver_sources():
         if name.startswith("src/models/"):
             continue
-        text = _structure().blank_cpp((NATIVE_DIR / name).read_text())  # code only: comments may name the model
+        text = structure.blank_cpp((NATIVE_DIR / name).read_text())  # code only: comments may name the model
         assert not re.search(r"\bLenet\b|NN::Conv|NN::Linear|_CrossEntropy", text), name
     lenet = (SRC / "models" / "lenet.cpp").read_text()
     assert "class LenetModel : public TrainModel" in lenet and "makeLenet()" in lenet
@@ -65,5 +50,5 @@ def test_the_model_is_behind_its_interface() -> None:
 
 
 def test_main_only_puts_the_parts_in_order() -> None:
-    functions = _structure().native_functions((SRC / "main.cpp").read_text(), "main.cpp")
+    functions = structure.native_functions((SRC / "main.cpp").read_text(), "main.cpp")
     assert [f.name for f in functions] == ["main"] and functions[0].length <= 80

@@ -2,31 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
+from tools import structure  # tools/ is a package beside src/: developer tools, not part of mnnrepro
+
 ROOT = Path(__file__).resolve().parents[2]
 TOOL = ROOT / "tools" / "structure.py"
-
-
-def _load() -> ModuleType:
-    # tools/ is not a package on sys.path (a developer tool, not part of mnnrepro): load the file itself.
-    spec = importlib.util.spec_from_file_location("structure_tool", TOOL)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-structure = _load()
 
 
 def write(root: Path, files: dict[str, str]) -> Path:
