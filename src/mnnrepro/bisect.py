@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import fixtures, prepare, redsession, reduce, source
+from . import fixtures, prepare, source
 from .cells import Cell, run_cell
 from .errors import EXIT_MISMATCH, BuildError, MnnReproError, SourceError
 from .judge import OFF_GPU, change_words, judge
@@ -42,6 +42,8 @@ from .runner import CommandResult, host_command
 from .settings import Settings
 from .signature import SIGNAL_ONLY
 from .workloads import train
+from .workloads.reduce import search as reduce
+from .workloads.reduce import session as redsession
 
 STATE_FORMAT = 1
 MODES = {"image": "vulkan-image", "buffer": "vulkan-buffer"}

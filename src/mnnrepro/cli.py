@@ -23,11 +23,7 @@ from . import (
     image,
     interrupts,
     issue,
-    opjudge,
-    opreport,
-    opsession,
     prepare,
-    redsession,
     signature,
     source,
     swiftshader,
@@ -35,6 +31,10 @@ from . import (
 from .errors import ConfigError, MnnReproError
 from .session import SESSIONS, run_session
 from .settings import Settings, load
+from .workloads.ops import judge as opjudge
+from .workloads.ops import report as opreport
+from .workloads.ops import session as opsession
+from .workloads.reduce import session as redsession
 
 
 def _common(p: argparse.ArgumentParser) -> None:

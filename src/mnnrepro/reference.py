@@ -141,6 +141,17 @@ def softmax(z: F64) -> F64:
     return result
 
 
+def cross_entropy(probs: F64, onehot: F64) -> float:
+    """_CrossEntropy (tools/train/source/optimizer/Loss.cpp): -mean over the batch of sum_k log(p) * t."""
+    return float(-np.mean(np.sum(np.log(probs) * onehot, axis=1)))
+
+
+def cross_entropy_softmax_grad(probs: F64, onehot: F64) -> F64:
+    """d _CrossEntropy(softmax(z), t) / dz = (p - t) / N (MNN's chain of Log, Softmax and Reduce grads)."""
+    result: F64 = (probs - onehot) / len(probs)
+    return result
+
+
 # -- the model ---------------------------------------------------------------------------------------
 
 
@@ -167,16 +178,13 @@ def forward(params: Mapping[str, F64], images: F64, onehot: F64, mask: F64) -> F
     c["z"] = c["d"] @ params["ip2.weight"].T + params["ip2.bias"]
     probs = softmax(c["z"])
     c["probs"] = probs
-    loss = float(-np.mean(np.sum(np.log(probs) * onehot, axis=1)))
-    return Forward(loss, probs, c)
+    return Forward(cross_entropy(probs, onehot), probs, c)
 
 
 def backward(params: Mapping[str, F64], fwd: Forward) -> Params:
     """Gradients of the loss with respect to every parameter, shaped like the parameters."""
     c = fwd.cache
-    n = len(c["x"])
-    # d(-mean sum log(p)*t)/dz through the softmax: (p - t) / N (MNN's chain of Log, Softmax and Reduce grads).
-    dz = (c["probs"] - c["onehot"]) / n
+    dz = cross_entropy_softmax_grad(c["probs"], c["onehot"])
     g: Params = {}
     g["ip2.weight"] = dz.T @ c["d"]
     g["ip2.bias"] = dz.sum(axis=0, keepdims=True)

@@ -14,7 +14,8 @@ from typing import Any
 
 DEPTH = 3
 # What every verdict and report says of a crash judged without a backtrace (no gdb, or gdb caught nothing):
-# its signature was not checked (issue 22). One phrase for judge.py, opjudge.py, redsession.py, bisect.py, issue.py.
+# its signature was not checked (issue 22). One phrase for judge.py, workloads/ops/judge.py,
+# workloads/reduce/session.py, bisect.py, issue.py.
 SIGNAL_ONLY = "judged by signal only"
 _CLONE = re.compile(r"(\.(cold|isra|part|constprop|lto_priv)(\.\d+)*)+$|\s*\[clone [^]]*\]$")
 

@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 
-from mnnrepro import fixtures, prepare, redsession, reduce, variants
+from mnnrepro import fixtures, prepare, variants
 from mnnrepro.settings import load
+from mnnrepro.workloads.reduce import search as reduce
+from mnnrepro.workloads.reduce import session as redsession
 
 from .conftest import REFS, ROOT
 

@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 
-from mnnrepro import build, optest
+from mnnrepro import build
 from mnnrepro.build import PLUGINS, Builder, CoreOptions, cmake_configure_args, ninja_args
 from mnnrepro.errors import BuildError
 from mnnrepro.runner import Completed
 from mnnrepro.source import SourceTree
+from mnnrepro.workloads.ops import optest
 
 MakeTree = Callable[[Path], Path]
 

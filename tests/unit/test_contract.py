@@ -191,7 +191,7 @@ OPTEST_MAIN = NATIVE_DIR / "optest" / "main.cpp"
 
 
 def test_mnn_optest_exit_codes_and_events_match_the_reader() -> None:
-    from mnnrepro import optest
+    from mnnrepro.workloads.ops import optest
 
     text = OPTEST_MAIN.read_text()
     body = re.search(r"enum ExitCode \{(.*?)\};", text, re.S)

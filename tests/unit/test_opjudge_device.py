@@ -12,11 +12,14 @@ from typing import Any, cast
 
 import pytest
 
-from mnnrepro import opjudge, opsession, optest, prepare
+from mnnrepro import prepare
 from mnnrepro.cells import Cell
 from mnnrepro.errors import FixtureError
-from mnnrepro.optest import Outcome
 from mnnrepro.settings import Settings
+from mnnrepro.workloads.ops import judge as opjudge
+from mnnrepro.workloads.ops import optest
+from mnnrepro.workloads.ops import session as opsession
+from mnnrepro.workloads.ops.optest import Outcome
 
 # The `device` of a `backend` event as native/src/backend.cpp writes it (Vulkan: physical device 0).
 H100 = {

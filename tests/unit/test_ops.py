@@ -13,9 +13,11 @@ from typing import Any
 
 import pytest
 
-from mnnrepro import opjudge, opreport, optest
 from mnnrepro.errors import FixtureError
-from mnnrepro.optest import Outcome, read_outcome
+from mnnrepro.workloads.ops import judge as opjudge
+from mnnrepro.workloads.ops import optest
+from mnnrepro.workloads.ops import report as opreport
+from mnnrepro.workloads.ops.optest import Outcome, read_outcome
 
 BACKEND_OK = {"v": 1, "event": "backend", "requested": "vulkan", "active": "vulkan", "exercised": True}
 

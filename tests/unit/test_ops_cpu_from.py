@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from mnnrepro import opjudge, opsession, optest
 from mnnrepro.errors import ConfigError
+from mnnrepro.workloads.ops import judge as opjudge
+from mnnrepro.workloads.ops import optest
+from mnnrepro.workloads.ops import session as opsession
 
 COMMIT = "d407447ed56c4121a11ccbd266dc184ca1ead0c2"
 

@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 
-from mnnrepro import interrupts, opsession, optest, prepare
+from mnnrepro import interrupts, prepare
 from mnnrepro.settings import Settings
+from mnnrepro.workloads.ops import optest
+from mnnrepro.workloads.ops import session as opsession
 
 
 def _fake_prepared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:

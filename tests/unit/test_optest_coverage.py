@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mnnrepro import optest
+from mnnrepro.workloads.ops import optest
 
 HYBRID = """\
 #include "MNNTestSuite.h"

@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 
-from mnnrepro import fixtures, redsession, reduce
+from mnnrepro import fixtures
 from mnnrepro.runner import Completed, HostRunner
+from mnnrepro.workloads.reduce import search as reduce
+from mnnrepro.workloads.reduce import session as redsession
 
 
 def test_the_known_bugs_row_is_the_target_of_a_captured_graph() -> None:

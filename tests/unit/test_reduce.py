@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from mnnrepro import reduce
 from mnnrepro.runner import Completed, HostRunner
+from mnnrepro.workloads.reduce import search as reduce
 
 # info: 2 leaves, then ops 2..N+1; the bug needs every op in CULPRITS (a crash in creating one kernel may need its
 # producer kept too); a candidate with all of them "crashes" by killing itself with SIGSEGV.

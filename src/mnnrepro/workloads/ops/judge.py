@@ -44,12 +44,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import signature as signatures
-from .contract import Device as Device  # opsession and the tests name opjudge.Device
-from .errors import FixtureError
-from .fixtures import DEVICE_KEYS, FIXTURES, HOST_ICD, OnDevice, covers_cell
+from ... import signature as signatures
+from ...contract import Device as Device  # opsession and the tests name opjudge.Device
+from ...errors import FixtureError
+from ...fixtures import DEVICE_KEYS, FIXTURES, HOST_ICD, OnDevice, covers_cell
+from ...signature import SIGNAL_ONLY
 from .optest import PASSED, Outcome
-from .signature import SIGNAL_ONLY
 
 EXPECTATIONS = FIXTURES / "ops" / "expectations.toml"
 STATUSES = (

@@ -28,14 +28,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import build, cache
-from . import faults as planted
-from .cells import GDB_SCRIPT, Cell
-from .contract import read_events
-from .errors import BuildError
-from .icd import Icd
-from .progress import Progress
-from .runner import Completed, Runner
+from ... import build, cache
+from ... import faults as planted
+from ...cells import GDB_SCRIPT, Cell
+from ...contract import read_events
+from ...errors import BuildError
+from ...icd import Icd
+from ...progress import Progress
+from ...runner import Completed, Runner
 
 BATCH_SCRIPT = Path(__file__).with_name("optest_batch.py")
 MAX_EXCLUDE_ROUNDS = 3

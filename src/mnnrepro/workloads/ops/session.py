@@ -19,12 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__, fixtures, opjudge, opreport, optest, prepare, signature, source, variants
-from .cells import Cell
-from .contract import read_events
-from .errors import ConfigError
-from .settings import ICD_NAMES, Settings
-from .workloads import base
+from ... import __version__, fixtures, prepare, signature, source, variants
+from ...cells import Cell
+from ...contract import read_events
+from ...errors import ConfigError
+from ...settings import ICD_NAMES, Settings
+from .. import base
+from . import judge as opjudge
+from . import optest
+from . import report as opreport
 
 DEFAULT_VARIANTS = ("cpu", "vulkan-image", "vulkan-buffer")
 EXIT_MISMATCH = 1

@@ -29,12 +29,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import judge
-from . import signature as sig
-from .cells import GDB_SCRIPT
-from .errors import ConfigError, MnnReproError
-from .optest import BATCH_SCRIPT, _signal_name
-from .runner import Runner
+from ... import judge
+from ... import signature as sig
+from ...cells import GDB_SCRIPT
+from ...errors import ConfigError, MnnReproError
+from ...runner import Runner
+from ..ops.optest import BATCH_SCRIPT, _signal_name
 
 Say = Callable[[str], None]
 FORMAT = 1

@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from .opjudge import CHANGES, NOT_RUN, STATUSES
+from .judge import CHANGES, NOT_RUN, STATUSES
 
 SHORT = {"NOT-EXERCISED": "NOT-EX", "UNEXPECTED-PASS": "UNEXP-PASS"}
 

@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__, build, fixtures, gradcheck, prepare, reduce, source, variants
-from .contract import read_events
-from .errors import ConfigError
-from .settings import Settings
-from .signature import SIGNAL_ONLY
-from .workloads import train
+from ... import __version__, build, fixtures, gradcheck, prepare, source, variants
+from ...contract import read_events
+from ...errors import ConfigError
+from ...settings import Settings
+from ...signature import SIGNAL_ONLY
+from .. import train
+from . import search as reduce
 
 Say = Callable[[str], None]
 DEFAULT_BUDGET_S = 900.0
