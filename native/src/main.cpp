@@ -1,4 +1,5 @@
-// mnist_driver: trains MNN's MNIST Lenet on one backend and writes what happened as JSON lines.
+// mnist_driver: trains MNN's MNIST Lenet (or another model of models/: --model) on one backend and writes what
+// happened as JSON lines.
 //
 // It builds the same training graph as upstream's MNIST demo (tools/train/source/demo/MnistUtils.cpp):
 // uint8 image cast to float and scaled by 1/255, one-hot target, Lenet, cross-entropy, SGD with momentum
@@ -14,7 +15,7 @@
 //
 // The parts (driver.hpp): options.cpp (command line), run.cpp (events), data.cpp, params.cpp (stage
 // build_model), train.cpp and static_graph.cpp (the step loops), evaluate.cpp; the model behind model.hpp
-// (models/lenet.cpp, by name from models/registry.cpp).
+// (models/lenet.cpp, models/mnistv2.cpp: by name from models/registry.cpp).
 #include <MNN/expr/Executor.hpp>
 
 #include <cstdio>
@@ -55,7 +56,7 @@ int main(int argc, char** argv) {
         fprintf(stderr, "mnist_driver: NOT-EXERCISED: %s\n", setup.reason.c_str());
         if (!opt.allowFallback) return kNotExercised;
     }
-    auto model = makeModel("lenet");
+    auto model = makeModel(opt.model);  // a known name: parseArgs checked it
     Data data;
     if (int rc = loadData(run, *model, data); rc != kContinue) return rc;
     Trainer trainer(run, *model, opt.seed);

@@ -35,11 +35,18 @@ public:
     // One sample as the net takes it, CHW (images arrive as uint8 and are scaled to [0, 1] by the driver).
     virtual std::vector<int> inputShape() const = 0;
     virtual int classes() const = 0;  // width of the prediction (probabilities) and of the one-hot target
-    // Builds the net. Randomness the net draws while training (a dropout mask) comes from `gen`, the driver's
-    // seeded generator, so runs are reproducible across backends.
+    // Builds the net (null when it cannot, with the reason on stderr). Randomness the net draws while training
+    // (a dropout mask) comes from `gen`, the driver's seeded generator, so runs are reproducible across backends.
     virtual std::shared_ptr<MNN::Express::Module> build(float dropout, std::mt19937* gen) = 0;
     virtual MNN::Express::VARP loss(MNN::Express::VARP predict, MNN::Express::VARP target) const = 0;
     virtual NamedVars parameters() const = 0;  // of the built net, in model order
+    // Values the net holds that are not trained and do not enter a training step's loss (MnistV2: BatchNorm's
+    // running mean and variance, read only in inference mode): kept as the net built them when parameters are
+    // loaded, never given gradients, never in --save-init/--init-params.
+    virtual NamedVars state() const { return {}; }
+    // A parameter whose starting value is the one MNN's layer gives it, not drawn from the seed (MnistV2:
+    // BatchNorm's scale 1 and bias 0).
+    virtual bool keepsBuiltValue(const std::string& name) const { return false; }
     // The last training forward's random inputs, for the step dumps (`batch`: the step's batch size).
     virtual std::vector<StepTensor> stepTensors(int batch) const { return {}; }
     // --static-graph: the graph is built once; draw the next step's random inputs into it.
@@ -48,5 +55,6 @@ public:
 
 // The registry (models/registry.cpp): a model by name, unbuilt; null for an unknown name.
 std::unique_ptr<TrainModel> makeModel(const std::string& name);
+std::vector<std::string> modelNames();  // every name makeModel knows, in registry order (--model)
 
 }  // namespace mnnrepro

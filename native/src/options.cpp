@@ -7,6 +7,7 @@
 #include <string>
 
 #include "backend.hpp"
+#include "model.hpp"
 
 namespace mnnrepro {
 namespace driver {
@@ -20,6 +21,7 @@ const TextOption kTextOptions[] = {
     {"--backend", &Options::backend},      {"--plugin", &Options::plugin},         {"--data", &Options::data},
     {"--out", &Options::out},              {"--init-params", &Options::initParams}, {"--save-init", &Options::saveInit},
     {"--save-graph", &Options::saveGraph}, {"--dump-dir", &Options::dumpDir},       {"--precision", &Options::precision},
+    {"--model", &Options::model},
 };
 
 struct IntOption {
@@ -67,6 +69,17 @@ bool parseDumpSteps(const std::string& list, std::set<int>& steps, std::string& 
         pos = comma + 1;
     }
     return true;
+}
+
+// --model NAME: one of the registry's names (a typo must not train another model).
+bool checkModel(const std::string& name, std::string& error) {
+    std::string known;
+    for (const std::string& n : modelNames()) {
+        if (n == name) return true;
+        known += (known.empty() ? "" : ", ") + n;
+    }
+    error = "--model: unknown model '" + name + "' (known models: " + known + ")";
+    return false;
 }
 
 bool parseDropout(const char* s, float& ratio, std::string& error) {
@@ -122,6 +135,7 @@ bool parseOne(int argc, char** argv, int& i, Options& o, std::string& error) {
 void usage() {
     fprintf(stderr,
             "usage: mnist_driver --backend cpu|vulkan|opencl --data DIR --out DIR [options]\n"
+            "  --model NAME          the model to train: lenet (default) or mnistv2\n"
             "  --plugin PATH         backend library to dlopen first (libMNN_Vulkan.so, libMNN_CL.so)\n"
             "  --steps N             training steps (default 30)\n"
             "  --batch-size N        training batch (default 64)\n"
@@ -151,6 +165,7 @@ bool parseArgs(int argc, char** argv, Options& o, std::string& error) {
         }
         if (!parseOne(argc, argv, i, o, error)) return false;
     }
+    if (!checkModel(o.model, error)) return false;
     if (!(error = checkBackendOptions(o.backend, o.precision)).empty()) return false;
     if (o.data.empty() || o.out.empty()) {
         error = "--data and --out are required";

@@ -18,6 +18,7 @@ enum ExitCode {
 };
 
 struct Options {
+    std::string model = "lenet";  // a name of models/registry.cpp
     std::string backend = "cpu";
     std::string plugin;
     std::string data;

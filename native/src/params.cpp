@@ -24,15 +24,19 @@ namespace {
 
 std::vector<int> dimsOf(const VARP& v) { return v->getInfo()->dim; }
 
-// Xavier-uniform weights, zero biases, from the driver's seed.
-void seededInit(const NamedVars& params, std::mt19937& gen, std::vector<VARP>& values) {
+// Xavier-uniform weights, zero biases, from the driver's seed; a parameter the model keeps as its layer built it
+// (TrainModel::keepsBuiltValue) is copied and draws nothing.
+void seededInit(const TrainModel& model, const NamedVars& params, std::mt19937& gen, std::vector<VARP>& values) {
     for (auto& p : params) {
         auto dims = dimsOf(p.second);
         auto info = p.second->getInfo();
         auto v = _Input(dims, info->order, halide_type_of<float>());
         float* ptr = v->writeMap<float>();
         bool bias = p.first.size() > 5 && p.first.compare(p.first.size() - 5, 5, ".bias") == 0;
-        if (bias) {
+        if (model.keepsBuiltValue(p.first)) {
+            const float* built = p.second->readMap<float>();
+            std::copy(built, built + info->size, ptr);
+        } else if (bias) {
             std::fill(ptr, ptr + info->size, 0.0f);
         } else {
             // conv: [out, in, kh, kw]; linear: [out, in]
@@ -70,17 +74,26 @@ int readInit(Trainer& t, std::vector<VARP>& initial) {
     return kContinue;
 }
 
-// loadParameters wants net->parameters() order; map by identity.
+// loadParameters wants net->parameters() order; map by identity. The model's state (TrainModel::state) goes
+// back as a constant copy of itself.
 int loadInitial(Trainer& t, const std::vector<VARP>& initial) {
     auto order = t.net->parameters();
+    const NamedVars state = t.model.state();
     std::vector<VARP> load;
     for (auto& p : order) {
         for (size_t i = 0; i < t.named.size(); ++i) {
-            if (t.named[i].second.get() == p.get()) load.push_back(initial[i]);
+            if (t.named[i].second.get() != p.get()) continue;
+            load.push_back(initial[i]);
+            // Variable::replace takes the source's input type; SGD only updates TRAINABLE variables.
+            load.back().fix(VARP::TRAINABLE);
+        }
+        for (auto& s : state) {
+            if (s.second.get() != p.get()) continue;
+            auto info = p->getInfo();
+            const float* value = p->readMap<float>();
+            if (value) load.push_back(_Const(value, info->dim, info->order, halide_type_of<float>()));
         }
     }
-    // Variable::replace takes the source's input type; SGD only updates TRAINABLE variables.
-    for (auto& v : load) v.fix(VARP::TRAINABLE);
     if (load.size() != order.size() || !t.net->loadParameters(load)) {
         return t.run.fail(kMnnError, "mnn", "loadParameters failed");
     }
@@ -109,12 +122,13 @@ int buildModel(Trainer& t) {
     const Options& opt = t.run.opt;
     t.run.log.stage("build_model");
     t.net = t.model.build(opt.dropout, &t.dropGen);
+    if (t.net == nullptr) return t.run.fail(kMnnError, "mnn", std::string("cannot build ") + t.model.name());
     t.named = t.model.parameters();
     std::vector<VARP> initial;
     if (!opt.initParams.empty()) {
         if (int rc = readInit(t, initial); rc != kContinue) return rc;
     } else {
-        seededInit(t.named, t.initGen, initial);
+        seededInit(t.model, t.named, t.initGen, initial);
     }
     if (int rc = loadInitial(t, initial); rc != kContinue) return rc;
     emitModel(t);

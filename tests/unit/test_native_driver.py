@@ -46,7 +46,20 @@ def test_the_model_is_behind_its_interface() -> None:
     lenet = (SRC / "models" / "lenet.cpp").read_text()
     assert "class LenetModel : public TrainModel" in lenet and "makeLenet()" in lenet
     assert re.search(r'\{"lenet", makeLenet\}', (SRC / "models" / "registry.cpp").read_text())
-    assert 'makeModel("lenet")' in (SRC / "main.cpp").read_text()
+    assert "makeModel(opt.model)" in (SRC / "main.cpp").read_text()  # --model (issue 24)
+
+
+def test_model_flag_picks_a_registered_model() -> None:
+    # Issue 24: --model NAME (default lenet, so every existing command line trains Lenet as before), checked
+    # against the registry's names; MnistV2 is registered and compiled.
+    options = (SRC / "options.cpp").read_text()
+    assert re.search(r'\{"--model", &Options::model\}', options)
+    assert re.search(r'std::string model = "lenet";', (SRC / "options.hpp").read_text())
+    assert "modelNames()" in options and "known models: " in options
+    assert re.search(r'\{"mnistv2", makeMnistV2\}', (SRC / "models" / "registry.cpp").read_text())
+    assert "src/models/mnistv2.cpp" in _driver_sources()
+    mnistv2 = (SRC / "models" / "mnistv2.cpp").read_text()
+    assert "class MnistV2Model : public TrainModel" in mnistv2 and "makeMnistV2()" in mnistv2
 
 
 def test_main_only_puts_the_parts_in_order() -> None:

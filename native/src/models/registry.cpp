@@ -1,5 +1,5 @@
 // Models by name (model.hpp). A new model: its file under models/, one line here, and its source in
-// native/CMakeLists.txt. The driver trains "lenet" (no flag picks another yet).
+// native/CMakeLists.txt. The driver's --model NAME picks one (default "lenet").
 #include <cstring>
 
 #include "../model.hpp"
@@ -7,6 +7,7 @@
 namespace mnnrepro {
 
 std::unique_ptr<TrainModel> makeLenet();
+std::unique_ptr<TrainModel> makeMnistV2();
 
 namespace {
 struct Entry {
@@ -15,6 +16,7 @@ struct Entry {
 };
 const Entry kModels[] = {
     {"lenet", makeLenet},
+    {"mnistv2", makeMnistV2},
 };
 }  // namespace
 
@@ -23,6 +25,12 @@ std::unique_ptr<TrainModel> makeModel(const std::string& name) {
         if (name == e.name) return e.make();
     }
     return nullptr;
+}
+
+std::vector<std::string> modelNames() {
+    std::vector<std::string> names;
+    for (const Entry& e : kModels) names.push_back(e.name);
+    return names;
 }
 
 }  // namespace mnnrepro
