@@ -128,6 +128,13 @@ def matrix(session: nox.Session) -> None:
     _mnnrepro(session, "run", "matrix")
 
 
+@nox.session(tags=["train", "vulkan"])
+def workloads(session: nox.Session) -> None:
+    """Every training workload of fixtures/matrix.toml [workloads] x cpu, vulkan-image, vulkan-buffer, one table
+    (`-- --workload mnistv2 --variants cpu,vulkan-buffer --icd lavapipe`)."""
+    _mnnrepro(session, "run", "workloads")
+
+
 @nox.session(tags=["vulkan"])
 def reduce(session: nox.Session) -> None:
     """Reduce a crash to a minimal graph and a standalone reproducer (`-- --ref R --variant V --icd I`)."""

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from . import faults as planted
 from . import variants
 from .contract import RunRecord, read_events
-from .fixtures import MNIST
+from .fixtures import DEFAULT_WORKLOAD, MNIST
 from .icd import Icd
 from .progress import heartbeat
 from .runner import Completed, Runner, loader_env
@@ -38,6 +38,7 @@ class Cell:
     ref: str
     variant: str
     icd: str  # "-" where no ICD applies (cpu, opencl)
+    workload: str = DEFAULT_WORKLOAD  # the training workload ([workloads.NAME] of fixtures/matrix.toml)
 
     @property
     def backend(self) -> str:
@@ -45,7 +46,10 @@ class Cell:
 
     @property
     def id(self) -> str:
-        return f"{self.ref}/{self.variant}/{self.icd}"
+        """ref/variant/icd; another workload than MNIST's is named first (``mnistv2:3.3.0/cpu/-``), so MNIST's
+        ids, result directories and tables read as they did before there were workloads."""
+        where = "" if self.workload == DEFAULT_WORKLOAD else f"{self.workload}:"
+        return f"{where}{self.ref}/{self.variant}/{self.icd}"
 
     @property
     def dirname(self) -> str:

@@ -31,6 +31,7 @@ from . import (
 from .errors import ConfigError, MnnReproError
 from .session import SESSIONS, run_session
 from .settings import Settings, load
+from .workloads import train
 from .workloads.ops import judge as opjudge
 from .workloads.ops import report as opreport
 from .workloads.ops import session as opsession
@@ -82,7 +83,15 @@ def _add_run(sub: Subcommands) -> None:
     run.add_argument("session", choices=sorted(SESSIONS))
     _common(run)
     run.add_argument("--icd", dest="icds", help="comma-separated Vulkan ICDs: lavapipe,swiftshader,host,bogus")
-    run.add_argument("--steps", type=int, help="training steps per cell (default: matrix [training] steps)")
+    run.add_argument(
+        "--workload",
+        help="comma-separated training workloads of fixtures/matrix.toml [workloads.NAME] (default: mnist; "
+        "session workloads: all)",
+    )
+    run.add_argument(
+        "--variants", help="session workloads only: comma-separated variants (default: cpu,vulkan-image,vulkan-buffer)"
+    )
+    run.add_argument("--steps", type=int, help="training steps per cell (default: the workload's steps)")
     run.add_argument("--results-dir", dest="results_dir")
     run.add_argument("--timeout", dest="timeout_s", type=int, help="seconds per driver run (default: matrix)")
     run.add_argument("--repeat", type=int, help="run every cell N times; report the rate and determinism")
@@ -408,10 +417,17 @@ def guarded(body: Callable[[], int]) -> int:
         return interrupts.exit_code(exc)
 
 
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    """`run SESSION`; --workload only where given (a run without it is the MNIST run it always was)."""
+    if args.workload:
+        return run_session(args.session, settings, workloads=train.names(args.workload))
+    return run_session(args.session, settings)
+
+
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     """The subcommand's handler, with the resolved settings (`source` where no other one matches)."""
     handlers: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
-        "run": lambda a, s: run_session(a.session, s),
+        "run": _run,
         "ops": _ops,
         "matrix": lambda a, s: _matrix(a),
         "golden": golden.main,

@@ -16,7 +16,7 @@ from typing import Any
 
 from . import variants
 from .contract import Device, device_fits
-from .errors import FixtureError
+from .errors import ConfigError, FixtureError
 
 CHECKOUT_ENV = "MNNREPRO_CHECKOUT"
 
@@ -247,6 +247,51 @@ class OnDevice:
         return device_fits(device, self.device, self.vendor, self.driver)
 
 
+DEFAULT_WORKLOAD = "mnist"  # what a session without --workload trains, and what a row without `workload` covers
+
+
+@dataclass(frozen=True)
+class Fit:
+    """A workload's step count for the cells of one variant on one ICD (``[[workloads.NAME.fit]]``): what fits
+    a software driver's time limit, measured, with why."""
+
+    variant: str
+    icd: str
+    steps: int
+    reason: str
+
+    def covers(self, variant: str, icd: str) -> bool:
+        return fnmatch.fnmatchcase(variant, self.variant) and fnmatch.fnmatchcase(icd, self.icd)
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    """One [workloads.NAME] table (issue 24): the model the driver trains (--model) and how (training: steps,
+    batch_size, seed, precision, test_limit), extra driver options, the workload's own check numbers and the
+    checks its runs were never measured for (name -> why: n/a, never a failure), step counts fitted per
+    variant and ICD, the workload whose golden its step-0 gradients are checked against, and the tensors whose
+    exact gradient is zero (judged by an absolute limit: [workloads.NAME.gradcheck])."""
+
+    name: str
+    model: str
+    training: dict[str, Any]
+    driver_args: tuple[str, ...] = ()
+    checks: dict[str, float] = field(default_factory=dict)
+    unmeasured: dict[str, str] = field(default_factory=dict)
+    fit: tuple[Fit, ...] = ()
+    golden: str = ""  # "" -> its own name
+    zero: tuple[str, ...] = ()
+    zero_limit: float = 0.0
+    zero_reason: str = ""
+
+    @property
+    def golden_workload(self) -> str:
+        return self.golden or self.name
+
+    def fitted(self, variant: str, icd: str) -> Fit | None:
+        return next((f for f in self.fit if f.covers(variant, icd)), None)
+
+
 @dataclass(frozen=True)
 class Expectation(OnDevice):
     refs: tuple[str, ...]
@@ -271,23 +316,35 @@ class Expectation(OnDevice):
     # "known-wrong": a regular expression found in the failing checks' text ("name: detail"), and why.
     match: str = ""
     reason: str = ""
+    # The training workloads it covers ([workloads.NAME], issue 24): a row without `workload` is MNIST's only, so
+    # every row written before there were other workloads keeps its meaning.
+    workloads: tuple[str, ...] = (DEFAULT_WORKLOAD,)
 
     def covers(self, ref: str, version: str | None = None) -> str | None:
         """The entry of `refs` that covers this ref (ref_pattern), or None."""
         return ref_pattern(self.refs, ref, version)
 
     def matches(
-        self, ref: str, variant: str, icd: str, version: str | None = None, device: Device | None = None
+        self,
+        ref: str,
+        variant: str,
+        icd: str,
+        version: str | None = None,
+        device: Device | None = None,
+        workload: str = DEFAULT_WORKLOAD,
     ) -> bool:
-        return self.covers_cell(ref, variant, icd, version) and self.on(device)
+        return self.covers_cell(ref, variant, icd, version, workload) and self.on(device)
 
-    def covers_cell(self, ref: str, variant: str, icd: str, version: str | None = None) -> bool:
-        """(ref, variant, ICD) only, whatever the device."""
-        return covers_cell(self.refs, self.variant, self.icd, ref, version, variant, icd)
+    def covers_cell(
+        self, ref: str, variant: str, icd: str, version: str | None = None, workload: str = DEFAULT_WORKLOAD
+    ) -> bool:
+        """(workload, ref, variant, ICD) only, whatever the device."""
+        return workload in self.workloads and covers_cell(self.refs, self.variant, self.icd, ref, version, variant, icd)
 
     def describe(self) -> str:
         on = "".join(f" {k}={getattr(self, k)!r}" for k in DEVICE_KEYS if getattr(self, k))
-        return f"[[expect]] ({', '.join(self.refs)} {self.variant} {self.icd}{on} {self.outcome})"
+        wl = "" if self.workloads == (DEFAULT_WORKLOAD,) else f" workload={','.join(self.workloads)}"
+        return f"[[expect]] ({', '.join(self.refs)} {self.variant} {self.icd}{on}{wl} {self.outcome})"
 
 
 @dataclass(frozen=True)
@@ -308,22 +365,47 @@ class Matrix:
     refs: dict[str, RefInfo]
     expectations: tuple[Expectation, ...]
     gradcheck: dict[str, Any] = field(default_factory=dict)  # [gradcheck], validated by _gradcheck_table
+    # [workloads.NAME] (issue 24): every training workload, by name; ``training`` above is MNIST's table.
+    workloads: dict[str, WorkloadSpec] = field(default_factory=dict)
 
     def expectation(
-        self, ref: str, variant: str, icd: str, version: str | None = None, device: Device | None = None
+        self,
+        ref: str,
+        variant: str,
+        icd: str,
+        version: str | None = None,
+        device: Device | None = None,
+        workload: str = DEFAULT_WORKLOAD,
     ) -> Expectation | None:
         """The first row that matches the cell on ``device`` (None: not known; rows that name a device are then
         passed over, so a cell of the host ICD whose device no row names has no expectation)."""
         for row in self.expectations:
-            if row.matches(ref, variant, icd, version, device):
+            if row.matches(ref, variant, icd, version, device, workload):
                 return row
         return None
 
-    def likely_expectation(self, ref: str, variant: str, icd: str, version: str | None = None) -> Expectation | None:
+    def likely_expectation(
+        self, ref: str, variant: str, icd: str, version: str | None = None, workload: str = DEFAULT_WORKLOAD
+    ) -> Expectation | None:
         """Before a cell ran, its device is not known: the first row that covers the cell on some device, so a
         cell can be planned (dumps, gdb) as the row it will most likely be judged by. Never a verdict's row: the
         judge takes ``expectation`` with the device the run probed."""
-        return next((row for row in self.expectations if row.covers_cell(ref, variant, icd, version)), None)
+        return next((row for row in self.expectations if row.covers_cell(ref, variant, icd, version, workload)), None)
+
+    def workload(self, name: str) -> WorkloadSpec:
+        """The [workloads.NAME] table; ConfigError listing the known ones for any other name."""
+        if name not in self.workloads:
+            known = ", ".join(self.workloads) or "none"
+            raise ConfigError(
+                f"unknown workload {name!r}: fixtures/matrix.toml has [workloads.X] for {known}",
+                hint=f"--workload {','.join(self.workloads) or 'mnist'}",
+            )
+        return self.workloads[name]
+
+    def checks_for(self, name: str) -> dict[str, float]:
+        """[checks], with the workload's own [workloads.NAME.checks] numbers over it."""
+        spec = self.workloads.get(name)
+        return {**self.checks, **(spec.checks if spec else {})}
 
     def refs_for(self, tiers: tuple[str, ...]) -> list[str]:
         """Refs whose tier is one of `tiers`, in matrix order."""
@@ -442,21 +524,33 @@ PRECISIONS = ("high", "normal", "low")
 def load_matrix(path: Path = MATRIX) -> Matrix:
     """Read and check fixtures/matrix.toml: every key known, every value of the right type and range."""
     data = _read_toml(path)
+    if "training" in data:  # moved by issue 24: say where, never read it as the old table
+        raise FixtureError(
+            f"{path}: [training] moved to [workloads.mnist] (issue 24: every training workload is a "
+            '[workloads.NAME] table; MNIST\'s takes model = "lenet" and the same steps, batch_size, seed, precision, '
+            "test_limit)",
+            hint='rename the table: [training] -> [workloads.mnist], and add model = "lenet"',
+        )
     _reject_unknown(
-        str(path), data, {"format", "default_ref", "training", "checks", "timeouts", "refs", "expect", "gradcheck"}
+        str(path), data, {"format", "default_ref", "workloads", "checks", "timeouts", "refs", "expect", "gradcheck"}
     )
     if data.get("format") != 1:
         raise FixtureError(f"{path}: format {data.get('format')!r} is not 1")
-    training = _training_table(path, data.get("training", {}))
     checks = _checks_table(path, data.get("checks", {}))
+    workloads = _workloads_table(path, data.get("workloads", {}))
     timeouts = _timeouts_table(path, data.get("timeouts", {}))
     refs = _refs_table(path, data.get("refs", {}))
     default_ref = _string(f"{path} default_ref", data.get("default_ref", "3.3.0"))
     rows = tuple(
         r for i, row in enumerate(data.get("expect", [])) for r in _expectation(f"{path} [[expect]] #{i + 1}", row)
     )
+    for row in rows:
+        unknown = [w for w in row.workloads if w not in workloads and w != DEFAULT_WORKLOAD]
+        if unknown:
+            raise FixtureError(f"{path} [[expect]] {row.describe()}: workload {unknown[0]!r} has no [workloads.X]")
     gradcheck = _gradcheck_table(path, data["gradcheck"]) if "gradcheck" in data else {}
-    return Matrix(default_ref, training, checks, timeouts, refs, rows, gradcheck)
+    training = dict(workloads[DEFAULT_WORKLOAD].training) if DEFAULT_WORKLOAD in workloads else {}
+    return Matrix(default_ref, training, checks, timeouts, refs, rows, gradcheck, workloads)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -466,25 +560,83 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise FixtureError(f"cannot read {path}: {exc}", hint="git checkout fixtures/matrix.toml") from exc
 
 
-def _training_table(path: Path, value: Any) -> dict[str, Any]:
-    """[training]: steps, batch size, seed, precision and test limit of a driver run."""
-    training = _table(f"{path} [training]", value)
-    _reject_unknown(f"{path} [training]", training, {"steps", "batch_size", "seed", "precision", "test_limit"})
+TRAINING_KEYS = {"steps", "batch_size", "seed", "precision", "test_limit"}
+WORKLOAD_KEYS = {"model", "driver_args", "checks", "fit", "golden", "gradcheck", *TRAINING_KEYS}
+# Checks whose thresholds are absolute (measured on one workload): a workload may declare them unmeasured.
+ABSOLUTE_CHECKS = ("loss_fell", "accuracy")
+
+
+def _training_table(where: str, training: dict[str, Any]) -> dict[str, Any]:
+    """A workload's steps, batch size, seed, precision and test limit of a driver run."""
     for key, (lo, hi) in TRAINING_LIMITS.items():
         if key in training:
-            _number(f"{path} [training] {key}", training[key], lo, hi, integer=True)
+            _number(f"{where} {key}", training[key], lo, hi, integer=True)
     if "precision" in training:
-        _string(f"{path} [training] precision", training["precision"], allowed=PRECISIONS)
-    return training
+        _string(f"{where} precision", training["precision"], allowed=PRECISIONS)
+    return {k: v for k, v in training.items() if k in TRAINING_KEYS}
 
 
-def _checks_table(path: Path, value: Any) -> dict[str, Any]:
-    """[checks]: the judge's limits (CHECK_LIMITS)."""
-    checks = _table(f"{path} [checks]", value)
-    _reject_unknown(f"{path} [checks]", checks, set(CHECK_LIMITS))
+def _workloads_table(path: Path, value: Any) -> dict[str, WorkloadSpec]:
+    """[workloads.NAME]: each training workload (WorkloadSpec)."""
+    out: dict[str, WorkloadSpec] = {}
+    for name, table in _table(f"{path} [workloads]", value).items():
+        where = f"{path} [workloads.{name}]"
+        table = _table(where, table)
+        _reject_unknown(where, table, WORKLOAD_KEYS)
+        checks = dict(_table(f"{where}.checks", table.get("checks", {})))
+        unmeasured = _table(f"{where}.checks.unmeasured", checks.pop("unmeasured", {}))
+        for check, why in unmeasured.items():
+            _string(f"{where}.checks.unmeasured.{check}", check, allowed=ABSOLUTE_CHECKS)
+            _string(f"{where}.checks.unmeasured.{check}", why)
+        zero, zero_limit, zero_reason = _zero_table(f"{where}.gradcheck", table.get("gradcheck", {}))
+        out[name] = WorkloadSpec(
+            name,
+            _string(f"{where} model", table.get("model")),
+            _training_table(where, table),
+            _strings(f"{where} driver_args", table.get("driver_args", [])) if table.get("driver_args") else (),
+            _checks_table(path, checks, f"[workloads.{name}.checks]"),
+            dict(unmeasured),
+            tuple(_fit_row(f"{where}.fit #{i + 1}", row) for i, row in enumerate(table.get("fit", []))),
+            _string(f"{where} golden", table.get("golden", ""), empty=True),
+            zero,
+            zero_limit,
+            zero_reason,
+        )
+    for spec in out.values():
+        if spec.golden and spec.golden not in out:
+            raise FixtureError(f"{path} [workloads.{spec.name}] golden = {spec.golden!r}: no such workload")
+    return out
+
+
+def _fit_row(where: str, value: Any) -> Fit:
+    row = _table(where, value)
+    _reject_unknown(where, row, {"variant", "icd", "steps", "reason"})
+    steps = int(_number(f"{where} steps", row.get("steps"), *TRAINING_LIMITS["steps"], integer=True))
+    variant, icd = _string(f"{where} variant", row.get("variant", "*")), _string(f"{where} icd", row.get("icd", "*"))
+    return Fit(variant, icd, steps, _string(f"{where} reason", row.get("reason")))
+
+
+def _zero_table(where: str, value: Any) -> tuple[tuple[str, ...], float, str]:
+    """[workloads.NAME.gradcheck]: tensors whose exact gradient is zero (`zero`), judged by max|o - g| within
+    `zero_limit` x the largest |value| of their layer's weight at the same step and kind; `reason` says why."""
+    table = _table(where, value)
+    _reject_unknown(where, table, {"zero", "zero_limit", "reason"})
+    if not table:
+        return (), 0.0, ""
+    zero = _strings(f"{where} zero", table.get("zero"))
+    if any("." not in name for name in zero):
+        raise FixtureError(f"{where} zero = {list(zero)!r}: names like conv1.bias (its layer's weight is the scale)")
+    limit = _number(f"{where} zero_limit", table.get("zero_limit"), 0.0, 1.0)
+    return zero, limit, _string(f"{where} reason", table.get("reason"))
+
+
+def _checks_table(path: Path, value: Any, table: str = "[checks]") -> dict[str, Any]:
+    """[checks] (or a workload's own): the judge's limits (CHECK_LIMITS)."""
+    checks = _table(f"{path} {table}", value)
+    _reject_unknown(f"{path} {table}", checks, set(CHECK_LIMITS))
     for key, number in checks.items():
         lo, hi, integer = CHECK_LIMITS[key]
-        _number(f"{path} [checks] {key}", number, lo, hi, integer=integer)
+        _number(f"{path} {table} {key}", number, lo, hi, integer=integer)
     return checks
 
 
@@ -519,7 +671,7 @@ def _refs_table(path: Path, value: Any) -> dict[str, RefInfo]:
 
 ROW_KEYS = {
     "refs", "variant", "icd", "outcome", "bug", "signal", "stage", "step", "signature", "evidence", "op", "phase",
-    "match", "reason", *DEVICE_KEYS,
+    "match", "reason", "workload", *DEVICE_KEYS,
 }  # fmt: skip
 
 
@@ -551,6 +703,8 @@ def _expectation(where: str, value: Any) -> tuple[Expectation, ...]:
     for pattern in icds:
         _host_names_device(where, variant, pattern, on)
     match, reason = _known_wrong(where, row, outcome)
+    wl = row.get("workload", DEFAULT_WORKLOAD)
+    workloads = _strings(f"{where} workload", wl) if isinstance(wl, list) else (_string(f"{where} workload", wl),)
     return tuple(
         Expectation(
             row_refs,
@@ -567,6 +721,7 @@ def _expectation(where: str, value: Any) -> tuple[Expectation, ...]:
             phase,
             match=match,
             reason=reason,
+            workloads=workloads,
             **on,
         )
         for pattern in icds

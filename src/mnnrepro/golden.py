@@ -24,7 +24,6 @@ from . import fingerprint, fixtures, gradcheck, prepare
 from .build import native_key
 from .cells import Cell, CellRun, run_cell
 from .errors import ConfigError, FixtureError
-from .reference import PARAM_NAMES, PARAM_SHAPES
 from .settings import Settings
 from .workloads import train
 
@@ -32,11 +31,12 @@ from .workloads import train
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Beside the common --ref/--source/--cache-dir options (cli._common)."""
     p.add_argument("--steps", help="comma-separated dump steps, consecutive from 0 (default: matrix [gradcheck])")
+    p.add_argument("--workload", default=train.NAME, help="the training workload ([workloads.NAME]; default mnist)")
     p.add_argument(
         "--out",
         type=Path,
         default=fixtures.GOLDEN_ROOT,
-        help="golden root (default fixtures/golden; written to <root>/mnist/<ref>/)",
+        help="golden root (default fixtures/golden; written to <root>/<workload>/<ref>/)",
     )
 
 
@@ -44,7 +44,7 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.ref:
         raise ConfigError("mnnrepro golden needs --ref (the golden of which MNN ref to write)")
     steps = [int(s) for s in args.steps.split(",")] if args.steps else None
-    generate_golden(settings.ref, steps=steps, settings=settings, out_root=args.out)
+    generate_golden(settings.ref, steps=steps, settings=settings, out_root=args.out, workload=args.workload)
     return 0
 
 
@@ -66,7 +66,7 @@ def _cpu_run(
     )
     say(f"running the CPU driver for {len(steps)} step(s) with dumps ...")
     run = run_cell(
-        Cell(built.ref, "cpu", "-"),
+        Cell(built.ref, "cpu", "-", matrix_workload.name),
         driver=built.driver,
         plugin=None,
         icd=None,
@@ -86,8 +86,14 @@ def _cpu_run(
 
 
 def _provenance(
-    built: prepare.Built, run: CellRun, steps: list[int], check: gradcheck.GradReport, manifest: dict[str, Any]
+    built: prepare.Built,
+    run: CellRun,
+    steps: list[int],
+    check: gradcheck.GradReport,
+    manifest: dict[str, Any],
+    workload: train.Training,
 ) -> dict[str, Any]:
+    mnist = workload.model == train.DEFAULT_MODEL and workload.name == train.NAME
     return {
         "format": gradcheck.GOLDEN_FORMAT,
         "ref": built.ref,
@@ -104,14 +110,16 @@ def _provenance(
         "machine": fingerprint.probe(),
         "steps": steps,
         "losses": run.record.losses[: len(steps)],
-        "parameters": [{"name": n, "shape": list(PARAM_SHAPES[n])} for n in PARAM_NAMES],
+        "parameters": [{"name": n, "shape": list(s)} for n, s in train.MODELS[workload.model].shapes.items()],
+        # another workload's golden names its workload and model (gradcheck: its step inputs); MNIST's as before
+        **({} if mnist else {"workload": workload.name, "model": workload.model}),
         "data": {
             "dir": "fixtures/mnist",
             "manifest_sha256": {name: meta["sha256"] for name, meta in manifest["files"].items()},
         },
         "reference_check": check.to_dict()["summary"],
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": gradcheck.regenerate_command(built.ref) + f" --steps {','.join(map(str, steps))}",
+        "command": gradcheck.regenerate_command(built.ref, workload.name) + f" --steps {','.join(map(str, steps))}",
         "layout": "init/<param>.npy; step<N>/{grad,after}/<param>.npy, batch_indices.npy, dropout_mask.npy "
         "(float32, as the driver dumps them; native/README.md)",
     }
@@ -140,12 +148,21 @@ def generate_golden(
     settings: Settings,
     out_root: Path = fixtures.GOLDEN_ROOT,
     say: Callable[[str], None] = print,
+    workload: str = train.NAME,
 ) -> Path:
     """Run the CPU driver with dumps, check it against the numpy reference, and only then write
     ``out_root/mnist/<ref>/`` (replacing what was there; a golden at ``out_root/<ref>/``, the old layout, is an
     error that says where it moved, before anything is built)."""
-    dest = fixtures.golden_dir(train.NAME, ref, out_root)
     matrix = fixtures.load_matrix()
+    wl = train.workload_of(matrix, settings, workload)  # an unknown workload: ConfigError before anything runs
+    spec = matrix.workloads.get(workload)
+    if spec is not None and spec.golden_workload != workload:
+        raise ConfigError(
+            f"workload {workload} is checked against the {spec.golden_workload} golden ([workloads.{workload}] "
+            f"golden): it has none of its own",
+            hint=f"python -m mnnrepro golden --ref {ref} --workload {spec.golden_workload}",
+        )
+    dest = fixtures.golden_dir(workload, ref, out_root)
     steps = list(steps) if steps is not None else gradcheck.golden_steps(matrix)
     if steps != list(range(len(steps))):
         raise FixtureError(f"golden steps must be consecutive from 0, got {steps}")
@@ -157,8 +174,9 @@ def generate_golden(
     settings.results_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f"golden-{ref}-", dir=settings.results_dir) as tmp:
         work = Path(tmp)
-        run = _cpu_run(prepared, train.workload_of(matrix, settings), steps, work, say)
-        check = gradcheck.check_reference(
+        run = _cpu_run(prepared, wl, steps, work, say)
+        check = train.check_against_reference(
+            spec,
             gradcheck.Dumps(work / "run" / "grads", work / "golden" / "init"),
             steps,
             sgd=gradcheck.sgd_config(dict(run.record.start.get("config") or {})),
@@ -172,7 +190,7 @@ def generate_golden(
             )
         for step in steps:
             shutil.copytree(work / "run" / "grads" / f"step{step}", work / "golden" / f"step{step}")
-        provenance = _provenance(built, run, steps, check, manifest)
+        provenance = _provenance(built, run, steps, check, manifest, wl)
         (work / "golden" / "provenance.json").write_text(json.dumps(provenance, indent=1) + "\n")
         _publish(work / "golden", dest)
     size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())

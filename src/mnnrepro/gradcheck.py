@@ -53,8 +53,15 @@ GOLDEN_FORMAT = 1
 KINDS = ("grad", "after")
 
 
-def regenerate_command(ref: str) -> str:
-    return f"python -m mnnrepro golden --ref {ref}"
+def regenerate_command(ref: str, workload: str = fixtures.DEFAULT_WORKLOAD) -> str:
+    extra = "" if workload == fixtures.DEFAULT_WORKLOAD else f" --workload {workload}"
+    return f"python -m mnnrepro golden --ref {ref}{extra}"
+
+
+def _regenerate(golden_dir: Path) -> str:
+    """The command that makes the golden at <root>/<workload>/<ref>/ (results/golden/<ref>/: MNIST's)."""
+    workload = golden_dir.parent.name
+    return regenerate_command(golden_dir.name, fixtures.DEFAULT_WORKLOAD if workload in ("", "golden") else workload)
 
 
 # -- tolerances (fixtures/matrix.toml [gradcheck]) ---------------------------------------------------------
@@ -168,10 +175,15 @@ class Row:
     worst_index: tuple[int, ...] = ()
     worst_obtained: float = 0.0
     worst_golden: float = 0.0
+    scale: float = 0.0  # max|g|
+    # A tensor whose exact value is zero (ZeroRule): max_abs against this limit alone; None: the three metrics.
+    abs_limit: float | None = None
 
     @property
     def score(self) -> float:
         """Worst metric as a fraction of its limit: <= 1 passes. Sorts the table, worst first."""
+        if self.abs_limit is not None:
+            return self.max_abs / self.abs_limit if self.abs_limit > 0 else math.inf
 
         def ratio(value: float, limit: float) -> float:
             if value <= limit:
@@ -200,6 +212,7 @@ class Row:
                 "max_nmse": self.limit.max_nmse,
             },
             "passed": self.passed,
+            "abs_limit": self.abs_limit,
             "worst_index": list(self.worst_index),
             "worst_obtained": self.worst_obtained,
             "worst_golden": self.worst_golden,
@@ -222,7 +235,36 @@ def make_row(name: str, step: int, kind: str, obtained: NDArray[Any], golden: ND
         m.worst_index,
         m.worst_obtained,
         m.worst_golden,
+        float(np.abs(np.asarray(golden, dtype=np.float64)).max()) if np.size(golden) else 0.0,
     )
+
+
+@dataclass(frozen=True)
+class ZeroRule:
+    """Tensors whose exact value is zero (a workload's [workloads.NAME.gradcheck] `zero`; MnistV2's conv1.bias,
+    whose gradient BatchNorm's mean subtraction cancels): float32 leaves rounding noise there, against which
+    max_rel, cosine and nmse are meaningless. Such a row passes when max|o - g| <= ``limit`` x the largest |g| of
+    its layer's weight (``<layer>.weight``) at the same step and kind; without that row it fails."""
+
+    names: tuple[str, ...]
+    limit: float
+    reason: str = ""
+
+    def apply(self, report: GradReport) -> None:
+        scales = {(r.name, r.step, r.kind): r.scale for r in report.rows}
+        for row in report.rows:
+            if row.name not in self.names:
+                continue
+            weight = row.name.rsplit(".", 1)[0] + ".weight"
+            scale = scales.get((weight, row.step, row.kind))
+            row.abs_limit = self.limit * scale if scale is not None else 0.0
+            row.passed = scale is not None and row.max_abs <= row.abs_limit
+            row.limit = Tolerance(
+                row.limit.max_rel,
+                row.limit.min_cosine,
+                row.limit.max_nmse,
+                f"zero: max_abs<={self.limit:g}*max|{weight}|",
+            )
 
 
 @dataclass
@@ -286,7 +328,7 @@ class GradReport:
         )
         return (
             f"{head}; worst {worst.name} step {worst.step} {worst.kind}: max_rel {worst.max_rel:.2e}, "
-            f"nmse {worst.nmse:.1e}, cosine {worst.cosine:.7f} (limit {worst.limit}){note}"
+            f"nmse {worst.nmse:.1e}, cosine {worst.cosine:.7f} (limit {_limit_text(worst)}){note}"
         )
 
     def table(self, limit: int | None = None) -> str:
@@ -310,7 +352,7 @@ class GradReport:
                 lines.append(
                     f"{r.name:<13} {r.step:>4} {r.kind:<5} {r.max_abs:>9.2e} {r.max_rel:>9.2e} {r.cosine:>12.9f} "
                     f"{r.nmse:>9.2e}  {index:<14} {r.worst_obtained:>12.5e} {r.worst_golden:>12.5e}  "
-                    f"{str(r.limit) + ' ' + r.limit.name:<36} {'ok' if r.passed else 'FAIL'}"
+                    f"{_limit_text(r):<36} {'ok' if r.passed else 'FAIL'}"
                 )
             if len(shown) < len(rows):
                 lines.append(f"... {len(rows) - len(shown)} more tensor(s), all better than those above")
@@ -331,6 +373,12 @@ class GradReport:
             "not_run": {"steps": self.not_run, "run_steps": self.run_steps, "status": "n/a"} if self.not_run else None,
             "artifacts": str(self.artifacts) if self.artifacts else None,
         }
+
+
+def _limit_text(row: Row) -> str:
+    if row.abs_limit is not None:
+        return f"abs<={row.abs_limit:.2e} {row.limit.name}"
+    return f"{row.limit} {row.limit.name}"
 
 
 # -- dump trees ------------------------------------------------------------------------------------------------
@@ -453,10 +501,23 @@ def _write_pair(artifacts: Path | None, step: int, kind: str, name: str, obtaine
     np.save(where / f"{name}.golden.npy", golden.astype(np.float32))
 
 
-def _compare_inputs(report: GradReport, obtained: Dumps, golden: Dumps, steps: Sequence[int]) -> None:
+# The per-step inputs a run must share with its golden, per model (the golden's provenance names its model; a
+# golden without one is Lenet's): the training images, and Lenet's dropout mask (MnistV2 has no dropout).
+STEP_INPUTS: dict[str, tuple[tuple[str, str], ...]] = {
+    "lenet": (("batch_indices.npy", "training images"), ("dropout_mask.npy", "dropout mask")),
+    "mnistv2": (("batch_indices.npy", "training images"),),
+}
+
+
+def _compare_inputs(
+    report: GradReport, obtained: Dumps, golden: Dumps, steps: Sequence[int], model: str = "lenet"
+) -> None:
     """The run must have seen the golden's batches and dropout masks, or nothing else is comparable."""
+    if model not in STEP_INPUTS:
+        report.problems.append(Problem("bad golden", f"model {model!r}: its step inputs are not known"))
+        return
     for step in steps:
-        for file, what in (("batch_indices.npy", "training images"), ("dropout_mask.npy", "dropout mask")):
+        for file, what in STEP_INPUTS[model]:
             try:
                 g = _load(golden.step_file(step, file))
                 o = _load(obtained.step_file(step, file))
@@ -519,8 +580,10 @@ def check_run(
     matrix: fixtures.Matrix | None = None,
     write_artifacts: bool = True,
     run_steps: int | None = None,
+    zero: ZeroRule | None = None,
 ) -> GradReport:
-    """Compare a driver run's dumps (RESULT/grads, from driver_args()) with the CPU golden.
+    """Compare a driver run's dumps (RESULT/grads, from driver_args()) with the CPU golden. ``zero``: the
+    workload's tensors of exact value zero, judged by an absolute limit (ZeroRule).
 
     Only the golden's steps below ``run_steps`` (default: the run's own `steps` from its start event) are
     compared; the others are n/a, not run (a `--steps 1` run has no step 1 to dump), said in the report.
@@ -537,16 +600,15 @@ def check_run(
         provenance = _read_provenance(golden_dir)
     except (ValueError, FixtureError) as exc:
         report.problems.append(Problem("bad golden", str(exc)))
-        return _finish(report)
+        return finish(report)
     if provenance is None:
         report.problems.append(
             Problem(
                 "missing golden",
-                f"no CPU golden at {golden_dir} (provenance.json absent); make it with: "
-                f"{regenerate_command(golden_dir.name)}",
+                f"no CPU golden at {golden_dir} (provenance.json absent); make it with: {_regenerate(golden_dir)}",
             )
         )
-        return _finish(report)
+        return finish(report)
     if run_steps is None:
         run_steps = _run_steps(result_dir)
     steps, report.not_run = steps_within(provenance["steps"], run_steps)
@@ -562,9 +624,9 @@ def check_run(
                 f"{' '.join(driver_args(golden_dir, run_steps=run_steps))}",
             )
         )
-        return _finish(report)
+        return finish(report)
     _check_config(report, result_dir, steps, provenance, golden_dir, run_steps)
-    _compare_inputs(report, obtained, golden, steps)
+    _compare_inputs(report, obtained, golden, steps, str(provenance.get("model", "lenet")))
     shapes = _shapes(provenance)
     if run_init.is_dir():
         _compare_init(report, obtained, golden, list(shapes))
@@ -573,7 +635,9 @@ def check_run(
         return tolerance_for(backend, precision, step, matrix)
 
     _compare_trees(report, obtained, golden, steps, limit_for, artifacts, shapes)
-    return _finish(report)
+    if zero is not None:
+        zero.apply(report)
+    return finish(report)
 
 
 def _run_steps(result_dir: Path) -> int | None:
@@ -611,7 +675,7 @@ def _check_config(
         )
 
 
-def _finish(report: GradReport) -> GradReport:
+def finish(report: GradReport) -> GradReport:
     if report.artifacts is not None:
         report.artifacts.mkdir(parents=True, exist_ok=True)
         (report.artifacts / "report.txt").write_text(report.table() + "\n")
@@ -736,7 +800,7 @@ def check_reference(
                 if kind == "after" and o.shape == before[name].shape:
                     o = o - before[name]
                 _add_row(report, name, step, kind, o, expected, limit, artifacts)
-    return _finish(report) if artifacts else report
+    return finish(report) if artifacts else report
 
 
 def verify_golden(
@@ -747,7 +811,7 @@ def verify_golden(
     if provenance is None:
         report = GradReport(f"numpy float64 reference vs {golden_dir}")
         report.problems.append(
-            Problem("missing golden", f"no golden at {golden_dir}; make it with: {regenerate_command(golden_dir.name)}")
+            Problem("missing golden", f"no golden at {golden_dir}; make it with: {_regenerate(golden_dir)}")
         )
         return report
     return check_reference(

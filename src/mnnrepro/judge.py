@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -307,12 +308,16 @@ def judge(
     baseline_checks: tuple[Check, ...] | list[Check] = (),
     covered_by: str = "",
     gdb_absent: str = "",
+    unmeasured: Mapping[str, str] | None = None,
 ) -> Verdict:
     """``known_bugs``: the matrix's 'reproduce' rows, so a 'fixed' cell that regresses is named REPRODUCED.
     ``baseline_checks``: the checks of the CPU run of the same ref and workload; an absolute check that it
     failed too is excused for a GPU cell. ``covered_by``: the expectation row's entry that covers this ref
     when it is not the ref itself (a version range), said in the reason. ``gdb_absent``: why the run had no gdb
-    (Prepared.gdb_absent; "" with one), said in a crash's verdict. A known-bug GPU cell that trains is
+    (Prepared.gdb_absent; "" with one), said in a crash's verdict. ``unmeasured``: checks (by name) whose
+    thresholds were never measured for this cell's workload or step count, with why: n/a, never a failure
+    (issue 24: [workloads.NAME.checks] unmeasured, a fitted cell's accuracy against a longer CPU run).
+    A known-bug GPU cell that trains is
     judged on where the bug's op ran (the row's `op`/`phase`, else its bug's 'reproduce' row's): FIXED only
     with every instance on the GPU, FIXED-BY-FALLBACK with any on the CPU, FAIL when placement is unknown."""
     rec = run.record
@@ -340,6 +345,8 @@ def judge(
         return verdict(*_crash(run, expectation, known_bugs, evidence, gdb_absent))
     gpu = run.cell.backend != "cpu"
     cs = training_checks(rec, steps=steps, checks=checks, baseline=baseline, compare_to_baseline=gpu)
+    why_not = unmeasured or {}
+    cs = [not_applicable(c.name, f"{why_not[c.name]} ({c.detail})", c.limit) if c.name in why_not else c for c in cs]
     cs += list(extra_checks)  # e.g. gradients against the CPU golden (gradcheck.py)
     if gpu:
         _excuse(cs, baseline_checks)

@@ -30,7 +30,6 @@ from .contract import Device, RunRecord
 from .errors import EXIT_MISMATCH, ConfigError
 from .judge import ACCEPTS, FAIL, PASS, TRAINS, Check, Verdict, combine_repeats, judge
 from .prepare import Prepared
-from .reference import PARAM_NAMES, PARAM_SHAPES
 from .runner import Completed
 from .settings import ICD_NAMES, Settings
 from .workloads import base, train
@@ -45,19 +44,22 @@ SESSIONS: dict[str, tuple[str, ...]] = {
     "matrix": ("vulkan-image", "vulkan-buffer"),  # every ref in fixtures/matrix.toml
     "vulkan_fp16": ("vulkan-buffer-low",),  # buffer mode at precision low
     "opencl": ("opencl",),  # needs a GPU-type OpenCL device; PoCL (CPU type) gives NOT-EXERCISED
+    # Every workload of [workloads] (issue 24) with these variants, one table; --variants picks others.
+    "workloads": ("cpu", "vulkan-image", "vulkan-buffer"),
 }
 
 
-def cells_for(ref: str, names: tuple[str, ...], icds: tuple[str, ...]) -> list[Cell]:
+def cells_for(ref: str, names: tuple[str, ...], icds: tuple[str, ...], workload: str = train.NAME) -> list[Cell]:
     """The CPU baseline first (wherever a GPU variant is compared with it), then each variant: once per ICD
     where it takes one, else once."""
     cells = []
     if variants.BASELINE in names or any(n != variants.BASELINE for n in names):
-        cells.append(Cell(ref, variants.BASELINE, "-"))
+        cells.append(Cell(ref, variants.BASELINE, "-", workload))
     for name in names:
         if name == variants.BASELINE:
             continue
-        cells += [Cell(ref, name, i) for i in icds] if variants.get(name).per_icd else [Cell(ref, name, "-")]
+        per = [Cell(ref, name, i, workload) for i in icds] if variants.get(name).per_icd else []
+        cells += per or [Cell(ref, name, "-", workload)]
     return cells
 
 
@@ -88,15 +90,18 @@ class MnistRef:
     baseline_checks: list[Check] = field(default_factory=list)
     # The device each ICD's cells ran on, once one ran (a row may name it: issue 22); later cells plan by it.
     devices: dict[str, Device] = field(default_factory=dict)
+    name: str = train.NAME  # the training workload ([workloads.NAME])
 
     def __post_init__(self) -> None:
         self.built = self.prepared.built
         self.gdb_path = self.prepared.gdb_path
         self.icds = self.prepared.icds
-        self.workload = train.workload_of(self.matrix, self.settings)
+        self.workload = train.workload_of(self.matrix, self.settings, self.name)
+        self.spec = self.matrix.workloads.get(self.name)
         self.known = tuple(r for r in self.matrix.expectations if r.outcome == "reproduce")
         self.version = self.built.tree.version
-        committed = fixtures.golden_dir(train.NAME, self.built.ref)
+        # A workload may be checked against another's golden (the static workload: Lenet's, `golden = "mnist"`).
+        committed = fixtures.golden_dir(self.spec.golden_workload if self.spec else train.NAME, self.built.ref)
         # A ref without a committed golden is checked against the numpy reference (CPU cell) and the CPU run of
         # this same build (GPU cells): never failed for a file a user cannot have.
         self.golden_dir: Path | None = committed if (committed / "provenance.json").is_file() else None
@@ -129,8 +134,11 @@ class MnistRef:
         only once a cell ran: ``resolve`` takes the row for the device the run probed)."""
         ref, known = self.built.ref, self.devices.get(cell.icd)
         if known is not None:
-            return self.plan_for(cell, self.matrix.expectation(ref, cell.variant, cell.icd, self.version, known))
-        return self.plan_for(cell, self.matrix.likely_expectation(ref, cell.variant, cell.icd, self.version))
+            row = self.matrix.expectation(ref, cell.variant, cell.icd, self.version, known, cell.workload)
+            return self.plan_for(cell, row)
+        return self.plan_for(
+            cell, self.matrix.likely_expectation(ref, cell.variant, cell.icd, self.version, cell.workload)
+        )
 
     def resolve(self, plan: CellPlan, run: CellRun) -> CellPlan | None:
         """After a run: the plan of the row for the device it ran on, when that is another row than the plan's
@@ -139,13 +147,16 @@ class MnistRef:
         cell, device = plan.cell, run.record.device
         if device.known:
             self.devices.setdefault(cell.icd, device)
-        row = self.matrix.expectation(self.built.ref, cell.variant, cell.icd, self.version, device)
+        row = self.matrix.expectation(self.built.ref, cell.variant, cell.icd, self.version, device, cell.workload)
         return None if row == plan.expectation else self.plan_for(cell, row)
 
     def plan_for(self, cell: Cell, expectation: fixtures.Expectation | None) -> CellPlan:
         ref, wl = self.built.ref, self.workload
         if variants.get(cell.variant).precision:
             wl = replace(wl, precision=variants.get(cell.variant).precision)
+        fit = self.spec.fitted(cell.variant, cell.icd) if self.spec and not self.settings.steps else None
+        if fit is not None:  # measured to fit the driver's time limit ([[workloads.NAME.fit]])
+            wl = replace(wl, steps=fit.steps)
         covered_by = (expectation.covers(ref, self.version) or "") if expectation else ""
         timeout_s = self.prepared.timeout_for(cell.backend)
         # Cells that should train also dump gradients and start from the golden's initial parameters; a cell
@@ -161,12 +172,18 @@ class MnistRef:
             reached = gradcheck.steps_within(gradcheck.golden_steps(self.matrix), wl.steps)[0]
             init = self.results / "cells" / cell.dirname / "init"
             args = ("--dump-steps", ",".join(str(s) for s in reached), "--save-init", str(init))
-        elif (self.results / "golden" / ref / "provenance.json").is_file():
-            args = gradcheck.driver_args(self.results / "golden" / ref, run_steps=wl.steps)
+        elif (self.session_golden / "provenance.json").is_file():
+            args = gradcheck.driver_args(self.session_golden, run_steps=wl.steps)
         else:
             self.say(f"  {cell.id}: no gradient golden (the CPU cell made none); gradients not compared")
             return CellPlan(cell, expectation, covered_by, False, wl, timeout_s)
         return CellPlan(cell, expectation, covered_by, True, replace(wl, extra_args=args), timeout_s)
+
+    @property
+    def session_golden(self) -> Path:
+        """Where a ref without a committed golden keeps the CPU cell's (MNIST's where it always was)."""
+        where = self.results / "golden"
+        return where / self.built.ref if self.name == train.NAME else where / self.name / self.built.ref
 
     def reuse_key(self, plan: CellPlan) -> tuple[str, dict[str, Any]] | None:
         """The content key of a CPU baseline that may be taken from the cache (reuse.py); None where no run is."""
@@ -237,13 +254,15 @@ class MnistRef:
             run, plan = self._by_device(plan, run, result_dir)
             extra: tuple[Check, ...] = ()
             if plan.grads and run.completed.returncode == 0 and not run.completed.timed_out:
-                extra = (_gradient_check(run, cell, self.golden_dir, self.results, b.ref, plan.workload, self.matrix),)
+                extra = (_gradient_check(run, cell, self.golden_dir, self.session_golden, plan.workload, self),)
+            baseline, unmeasured = self._baseline_for(plan)
             verdict = judge(
                 run,
                 plan.expectation,
-                steps=self.workload.steps,
-                checks=self.matrix.checks,
-                baseline=self.baseline,
+                steps=plan.workload.steps,
+                checks=self.matrix.checks_for(self.name),
+                unmeasured=unmeasured,
+                baseline=baseline,
                 known_bugs=self.known,
                 extra_checks=extra,
                 baseline_checks=self.baseline_checks,
@@ -265,6 +284,16 @@ class MnistRef:
         ran = 0.0 if reused else run.completed.duration_s
         verdict.evidence["seconds"] = {"run": round(ran, 2), "judge": round(time.monotonic() - started - ran, 2)}
         return run, verdict
+
+    def _baseline_for(self, plan: CellPlan) -> tuple[RunRecord | None, dict[str, str]]:
+        """The CPU run a cell is compared with, and the checks not measured for it (the workload's, and for a
+        cell fitted to fewer steps than the CPU ran: the CPU's first steps, its accuracy n/a)."""
+        unmeasured = dict(self.spec.unmeasured) if self.spec else {}
+        steps, base = plan.workload.steps, self.baseline
+        if base is None or steps >= len(base.losses):
+            return base, unmeasured
+        unmeasured["accuracy_vs_cpu"] = f"fitted to {steps} steps; the CPU's test accuracy is after {len(base.losses)}"
+        return replace(base, steps=base.steps[:steps]), unmeasured
 
     def _by_device(self, plan: CellPlan, run: CellRun, result_dir: Path) -> tuple[CellRun, CellPlan]:
         """The run and plan the cell is judged by: the row for the device it ran on. Where that row plans the run
@@ -313,27 +342,24 @@ def unreadable_cell(
 
 
 def _gradient_check(
-    run: CellRun,
-    cell: Cell,
-    golden_dir: Path | None,
-    results: Path,
-    ref: str,
-    workload: Training,
-    matrix: fixtures.Matrix,
+    run: CellRun, cell: Cell, golden_dir: Path | None, session_golden: Path, workload: Training, ref_run: MnistRef
 ) -> Check:
     """Gradients and updates of the first steps: against the committed golden where there is one; else the CPU
-    cell against the float64 numpy reference (and, passing, it becomes this session's golden) and every GPU
-    cell against that CPU run of the same build. Only the steps the workload ran are compared; the golden's
-    others are n/a (not run), said in the check's detail."""
-    precision, run_steps = workload.precision, workload.steps
+    cell against the workload's float64 numpy reference (and, passing, it becomes this session's golden) and
+    every GPU cell against that CPU run of the same build. Only the steps the workload ran are compared; the
+    golden's others are n/a (not run), said in the check's detail. The workload's tensors of exact value zero
+    are judged by an absolute limit ([workloads.NAME.gradcheck])."""
+    precision, run_steps, matrix, ref = workload.precision, workload.steps, ref_run.matrix, ref_run.built.ref
+    zero = train.zero_rule(ref_run.spec)
     if golden_dir is not None:
         grad = gradcheck.check_run(
-            run.result_dir, golden_dir, cell.backend, precision, matrix=matrix, run_steps=run_steps
+            run.result_dir, golden_dir, cell.backend, precision, matrix=matrix, run_steps=run_steps, zero=zero
         )
         return Check("gradients", grad.passed, grad.summary(), None, str(run.result_dir / "gradcheck"))
     if cell.variant == "cpu":
         steps, not_run = gradcheck.steps_within(gradcheck.golden_steps(matrix), run_steps)
-        ref_report = gradcheck.check_reference(
+        ref_report = train.check_against_reference(
+            ref_run.spec,
             gradcheck.Dumps(run.result_dir / "grads", run.result_dir / "init"),
             steps,
             sgd=gradcheck.sgd_config(run.record.start.get("config") or {}),
@@ -343,12 +369,11 @@ def _gradient_check(
         )
         detail = f"no committed golden for {ref}: vs the float64 numpy reference: {ref_report.summary()}"
         if ref_report.passed:
-            dest = make_session_golden(run, steps, results / "golden" / ref, ref)
+            dest = make_session_golden(run, steps, session_golden, ref, workload.model)
             detail += f"; this run is the session's golden for the GPU cells ({dest})"
         return Check("gradients", ref_report.passed, detail, None, str(run.result_dir / "gradcheck"))
-    session_golden = results / "golden" / ref
     grad = gradcheck.check_run(
-        run.result_dir, session_golden, cell.backend, precision, matrix=matrix, run_steps=run_steps
+        run.result_dir, session_golden, cell.backend, precision, matrix=matrix, run_steps=run_steps, zero=zero
     )
     return Check(
         "gradients",
@@ -359,7 +384,7 @@ def _gradient_check(
     )
 
 
-def make_session_golden(run: CellRun, steps: list[int], dest: Path, ref: str) -> Path:
+def make_session_golden(run: CellRun, steps: list[int], dest: Path, ref: str, model: str = train.DEFAULT_MODEL) -> Path:
     """A golden-format tree (gradcheck.Dumps + provenance.json) made from a CPU run that passed the numpy
     reference check; lives in the results dir, never in fixtures/."""
     staging = dest.with_name(dest.name + ".tmp")
@@ -368,6 +393,7 @@ def make_session_golden(run: CellRun, steps: list[int], dest: Path, ref: str) ->
     shutil.copytree(run.result_dir / "init", staging / "init")
     for step in steps:
         shutil.copytree(run.result_dir / "grads" / f"step{step}", staging / f"step{step}")
+    shapes = train.MODELS[model].shapes
     provenance = {
         "format": gradcheck.GOLDEN_FORMAT,
         "ref": ref,
@@ -376,7 +402,8 @@ def make_session_golden(run: CellRun, steps: list[int], dest: Path, ref: str) ->
         "config": run.record.start.get("config") or {},
         "steps": steps,
         "losses": run.record.losses[: len(steps)],
-        "parameters": [{"name": n, "shape": list(PARAM_SHAPES[n])} for n in PARAM_NAMES],
+        "parameters": [{"name": n, "shape": list(shape)} for n, shape in shapes.items()],
+        **({} if model == train.DEFAULT_MODEL else {"model": model}),
     }
     (staging / "provenance.json").write_text(json.dumps(provenance, indent=1) + "\n")
     shutil.rmtree(dest, ignore_errors=True)
@@ -384,9 +411,9 @@ def make_session_golden(run: CellRun, steps: list[int], dest: Path, ref: str) ->
     return dest
 
 
-def check_session(name: str, settings: Settings) -> None:
+def check_session(name: str, settings: Settings, names: tuple[str, ...] | None = None) -> None:
     """Configuration errors a session can know before anything is built or any directory is made."""
-    if variants.takes_icds(SESSIONS[name]) and not settings.icds:
+    if variants.takes_icds(names or SESSIONS[name]) and not settings.icds:
         raise ConfigError(
             f"session {name} judges Vulkan cells but no Vulkan ICD was given (--icd is empty)",
             hint=f"name at least one: --icd {','.join(ICD_NAMES[:2])} (known: {', '.join(ICD_NAMES)})",
@@ -422,29 +449,40 @@ class MnistSession:
     started: float  # the session's start, and the seconds its checks and preflight took
     checked: float
     per_ref: dict[str, dict[str, Any]] = field(default_factory=dict)  # each ref's header (fingerprint)
-    built: dict[str, MnistRef] = field(default_factory=dict)
+    built: dict[tuple[str, str], MnistRef] = field(default_factory=dict)  # per (ref, workload)
+    prepared: dict[str, Prepared] = field(default_factory=dict)  # each ref built once, for every workload
     results: Path = field(init=False)  # made, with the workload read, in begin (signals held from there)
     workload: Training = field(init=False)
+    workloads: tuple[str, ...] = (train.NAME,)  # the training workloads, in order ([workloads.NAME])
 
     def plan(self) -> list[Cell]:
-        return [c for ref in self.refs for c in cells_for(ref, self.names, self.settings.icds)]
+        return [
+            c for w in self.workloads for ref in self.refs for c in cells_for(ref, self.names, self.settings.icds, w)
+        ]
 
     def begin(self) -> None:
         self.results = prepare.results_dir(self.settings, self.name)
         self.say(f"mnnrepro {__version__}: session {self.name}, results in {self.results}")
         for line in self.settings.describe():
             self.say(f"  {line}")
-        self.workload = train.workload_of(self.matrix, self.settings)
+        self.workload = train.workload_of(self.matrix, self.settings, self.workloads[0])
 
     def run(self, cell: Cell) -> tuple[CellRun, Verdict]:
-        mnist = self.built.get(cell.ref)
+        mnist = self.built.get((cell.ref, cell.workload))
         if mnist is None:  # the ref's first cell: build it, its header filled in once it is
-            self.per_ref[cell.ref] = {"ref": cell.ref}
-            prepared = prepare.prepare(cell.ref, self.names, self.settings, self.matrix, self.say)
-            mnist = MnistRef(prepared, self.settings, self.matrix, self.results, self.say)
+            prepared = self.prepared.get(cell.ref)
+            if prepared is None:
+                self.per_ref[cell.ref] = {"ref": cell.ref}
+                prepared = prepare.prepare(cell.ref, self.names, self.settings, self.matrix, self.say)
+                self.prepared[cell.ref] = prepared
+            mnist = MnistRef(prepared, self.settings, self.matrix, self.results, self.say, name=cell.workload)
             self.per_ref[cell.ref].update(mnist.header())
-            self.built[cell.ref] = mnist
+            self.built[(cell.ref, cell.workload)] = mnist
         return mnist.run(cell)
+
+    def several(self) -> bool:
+        """Another workload than MNIST's alone: the reports name each (MNIST's alone read as before)."""
+        return self.workloads != (train.NAME,)
 
     def stopped_midway(self, cell: Cell) -> None:
         """A training cell an interrupt stopped keeps nothing: it is INTERRUPTED with the cells not run."""
@@ -463,13 +501,18 @@ class MnistSession:
             "refs": self.per_ref,
             "host": platform.platform(),
             "python": sys.version.split()[0],
-            "workload": self.workload.__dict__,
+            "workload": _described(self.workload),
             "checks": self.matrix.checks,
             "seconds": {
                 "checks_and_preflight": round(self.checked, 2),
                 "until_reports": round(time.monotonic() - self.started, 2),
             },
         }
+        if self.several():
+            header["workloads"] = {
+                w: {**_described(train.workload_of(self.matrix, self.settings, w)), "checks": self.matrix.checks_for(w)}
+                for w in self.workloads
+            }
         data = report.summary(header, rows)
         if stopped is not None:
             _mark_interrupted(data, stopped, not_run)
@@ -488,7 +531,15 @@ class MnistSession:
         say, wl = self.say, self.workload
         say("")
         commits = ", ".join(f"{r} ({(h.get('commit') or '?')[:10]})" for r, h in self.per_ref.items())
-        say(f"MNN {commits}, runner {self.first().get('runner', '?')}, {wl.steps} steps x batch {wl.batch_size}")
+        if self.several():
+            shapes = ", ".join(
+                f"{w} ({t.model}) {t.steps} steps x batch {t.batch_size}"
+                for w in self.workloads
+                for t in [train.workload_of(self.matrix, self.settings, w)]
+            )
+            say(f"MNN {commits}, runner {self.first().get('runner', '?')}, workloads: {shapes}")
+        else:
+            say(f"MNN {commits}, runner {self.first().get('runner', '?')}, {wl.steps} steps x batch {wl.batch_size}")
         say(report.table(rows))
         placement = report.placement_table(data)
         if placement:
@@ -505,20 +556,57 @@ class MnistSession:
         return EXIT_MISMATCH
 
 
-def run_session(name: str, settings: Settings, *, say: Callable[[str], None] = print) -> int:
+def _described(workload: Training) -> dict[str, Any]:
+    """A workload as summary.json records it: MNIST's as before there were workloads (no name, model, options)."""
+    out = dict(workload.__dict__)
+    if (workload.name, workload.model, workload.model_args) == (train.NAME, train.DEFAULT_MODEL, ()):
+        for key in ("name", "model", "model_args"):
+            out.pop(key)
+    return out
+
+
+def session_workloads(name: str, matrix: fixtures.Matrix, asked: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The workloads a session trains: those asked for (--workload), else every one for `workloads`, else
+    MNIST's. An unknown name is a ConfigError listing the known ones, before anything is built."""
+    chosen = asked or (tuple(matrix.workloads) if name == "workloads" else (train.NAME,))
+    for workload in chosen:
+        train.workload_of(matrix, Settings(), workload)
+    if len(set(chosen)) != len(chosen):
+        raise ConfigError(f"--workload {','.join(chosen)}: a workload named twice (its cells would share directories)")
+    return chosen
+
+
+def session_variants(name: str, settings: Settings) -> tuple[str, ...]:
+    """The session's variants; `workloads` takes --variants (default cpu, vulkan-image, vulkan-buffer)."""
+    if name != "workloads" or not settings.variants:
+        return SESSIONS[name]
+    unknown = [v for v in settings.variants if v not in variants.NAMES]
+    if unknown:
+        raise ConfigError(f"unknown variant(s) {', '.join(unknown)}", hint=f"known: {', '.join(variants.NAMES)}")
+    return settings.variants
+
+
+def run_session(
+    name: str, settings: Settings, *, say: Callable[[str], None] = print, workloads: tuple[str, ...] | None = None
+) -> int:
     started = time.monotonic()
-    names = SESSIONS[name]
-    check_session(name, settings)
+    names = session_variants(name, settings)
+    check_session(name, settings, names)
     matrix = fixtures.load_matrix()
+    chosen = session_workloads(name, matrix, workloads)
     refs = session_refs(name, settings, matrix)
     for ref in refs:
         source.validate_ref(ref)
     fixtures.verify_mnist()
-    for ref in refs:  # a corrupt or truncated golden is known now, not after the build
-        if (golden := fixtures.golden_dir(train.NAME, ref)).is_dir():  # the old layout: an error saying where
-            fixtures.verify_golden_manifest(golden)
+    for workload in chosen:
+        spec = matrix.workloads.get(workload)
+        for ref in refs:  # a corrupt or truncated golden is known now, not after the build
+            golden = fixtures.golden_dir(spec.golden_workload if spec else train.NAME, ref)  # old layout: an error
+            if golden.is_dir():
+                fixtures.verify_golden_manifest(golden)
     settings, _ = prepare.preflight_for(settings, names, say)
     checked = time.monotonic() - started  # settings, fixtures and goldens verified, preflight
     # From the moment the results directory exists a signal is held, and raises only while the cells run
     # (base.session_loop): none escapes between the cells and the reports, which are written whole.
-    return base.session_loop(MnistSession(name, names, settings, matrix, refs, say, started, checked), say=say)
+    session = MnistSession(name, names, settings, matrix, refs, say, started, checked, workloads=chosen)
+    return base.session_loop(session, say=say)

@@ -334,8 +334,8 @@ def test_a_truncated_mnist_fixture_stops_the_session(ws: Workspace, finish: Fini
 MATRIX_FAULTS = [
     ("[timeouts] cpu = 0", r"(?m)^cpu = 120$", "cpu = 0", r"\[timeouts\] cpu"),
     ("[timeouts] cpu = -1", r"(?m)^cpu = 120$", "cpu = -1", r"\[timeouts\] cpu"),
-    ("[training] batch_size = 0", r"(?m)^batch_size = 64$", "batch_size = 0", r"batch_size"),
-    ('[training] precision = "ultra"', r'(?m)^precision = "high"', 'precision = "ultra"', r"precision"),
+    ("[workloads.mnist] batch_size = 0", r"(?m)^batch_size = 64$", "batch_size = 0", r"batch_size"),
+    ('[workloads.mnist] precision = "ultra"', r'(?m)^precision = "high"', 'precision = "ultra"', r"precision"),
     ('[refs."3.3.0"] commit = 5', r'(?m)^commit = "5047919a[0-9a-f]+"', "commit = 5", r"commit"),
     ("matrix.toml is binary garbage", None, "", r"matrix\.toml"),
 ]

@@ -170,9 +170,17 @@ def test_in_range(version: tuple[int, int, int], pattern: str, inside: bool) -> 
     [
         ('refs = ["*"]', 'refs = [">=3.x"]', "is not a version constraint"),
         ('refs = ["*"]', 'refs = "3.3.0"', "must be a list of non-empty strings"),
-        ("[training]", "[training]\nsteps = 0", "steps = 0: must be an integer in"),
-        ("[training]", '[training]\nprecision = "ultra"', "precision = 'ultra': must be one of high"),
-        ("[training]", "[training]\nbatch_size = 2.5", "batch_size = 2.5: must be an integer"),
+        ("[workloads.mnist]", '[workloads.mnist]\nmodel = "lenet"\nsteps = 0', "steps = 0: must be an integer in"),
+        (
+            "[workloads.mnist]",
+            '[workloads.mnist]\nmodel = "lenet"\nprecision = "ultra"',
+            "precision = 'ultra': must be one of high",
+        ),
+        (
+            "[workloads.mnist]",
+            '[workloads.mnist]\nmodel = "lenet"\nbatch_size = 2.5',
+            "batch_size = 2.5: must be an integer",
+        ),
         ("[timeouts]", "[timeouts]\ncpu = -1", "cpu = -1: must be a number in"),
         ("[timeouts]", "[timeouts]\ncpu = 0", "cpu = 0: must be a number in"),
         ("[timeouts]", "[timeouts]\ncpu = true", "cpu = True: must be a number"),
@@ -262,7 +270,7 @@ def test_a_minimal_matrix_loads_with_defaults_and_first_match_wins(tmp_path: Pat
     ("text", "key"),
     [
         ("surprise = 1\n" + MINIMAL, "surprise"),
-        (MINIMAL + "[training]\nsteps = 3\nepochs = 2\n", "epochs"),
+        (MINIMAL + '[workloads.mnist]\nmodel = "lenet"\nsteps = 3\nepochs = 2\n', "epochs"),
         (MINIMAL + "[checks]\nmin_acc = 0.5\n", "min_acc"),
         (MINIMAL + "[timeouts]\nmetal = 5\n", "metal"),
         (MINIMAL + '[refs."1.0"]\ncommit = "abc"\nbranch = "x"\n', "branch"),

@@ -1,5 +1,7 @@
-"""MNIST training's workload (issue 23: a workload is one room): what one training cell runs (steps, batch,
-seed, precision, test images, extra driver options) and how it is read from the matrix's [training] table.
+"""The training workloads (issue 23: a workload is one room; issue 24: several, as data): what one training
+cell runs (model, steps, batch, seed, precision, test images, extra driver options) and how it is read from the
+matrix's [workloads.NAME] tables; per model (MODELS), its parameters, its per-step inputs and the independent
+float64 reference its CPU golden is checked against.
 
 ``cells`` runs one cell with whatever driver arguments it is handed and ``prepare`` builds a ref without knowing
 any workload; the MNIST session, the golden, the bench, the bisect oracle and the reducer's capture take this
@@ -8,12 +10,51 @@ workload from here. Its goldens live in ``fixtures/golden/<NAME>/<ref>/`` (fixtu
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 
-from ..fixtures import Matrix
+from .. import gradcheck, reference, reference_mnistv2
+from ..fixtures import DEFAULT_WORKLOAD, Matrix, WorkloadSpec
+from ..gradcheck import Dumps, GradReport, ZeroRule
+from ..reference import SgdConfig
 from ..settings import Settings
 
-NAME = "mnist"  # the workload's name: its goldens' directory under fixtures/golden/
+NAME = DEFAULT_WORKLOAD  # MNIST's workload: its goldens' directory under fixtures/golden/; a session's default
+DEFAULT_MODEL = "lenet"  # the driver's default --model: not passed, so Lenet's command line stays as it was
+
+
+class ReferenceCheck(Protocol):
+    """A model's float64 reference, checking a run's dumps (each step from the run's own parameters)."""
+
+    def __call__(
+        self, dumps: Dumps, steps: Sequence[int], *, sgd: SgdConfig | None, losses: Sequence[float]
+    ) -> GradReport: ...
+
+
+def _lenet(dumps: Dumps, steps: Sequence[int], *, sgd: SgdConfig | None, losses: Sequence[float]) -> GradReport:
+    return gradcheck.check_reference(dumps, steps, sgd=sgd, losses=losses)
+
+
+def _mnistv2(dumps: Dumps, steps: Sequence[int], *, sgd: SgdConfig | None, losses: Sequence[float]) -> GradReport:
+    return reference_mnistv2.check_dumps(dumps, steps, sgd=sgd, losses=losses)
+
+
+@dataclass(frozen=True)
+class Model:
+    """What the suite knows of a driver model (--model, native/README.md): its parameters in model order and the
+    reference that vouches for its CPU golden."""
+
+    shapes: Mapping[str, tuple[int, ...]]
+    reference: ReferenceCheck
+
+
+# One line per driver model (a new model: its native file, and a line here).
+MODELS: dict[str, Model] = {
+    "lenet": Model({n: reference.PARAM_SHAPES[n] for n in reference.PARAM_NAMES}, _lenet),
+    "mnistv2": Model({n: reference_mnistv2.PARAM_SHAPES[n] for n in reference_mnistv2.PARAM_NAMES}, _mnistv2),
+}
 
 
 @dataclass
@@ -26,9 +67,15 @@ class Training:
     precision: str
     test_limit: int
     extra_args: tuple[str, ...] = ()  # appended as is (e.g. --dump-steps 0,1 for gradient checks)
+    name: str = NAME  # the workload ([workloads.NAME])
+    model: str = DEFAULT_MODEL  # the driver's --model
+    model_args: tuple[str, ...] = ()  # the workload's own driver options (e.g. the static workload's)
 
     def driver_args(self) -> list[str]:
+        # Lenet's command line is the one before there were models (reuse keys and printed commands unchanged).
+        model = [] if self.model == DEFAULT_MODEL else ["--model", self.model]
         return [
+            *model,
             "--steps",
             str(self.steps),
             "--batch-size",
@@ -39,17 +86,63 @@ class Training:
             self.precision,
             "--test-limit",
             str(self.test_limit),
+            *list(self.model_args),
             *list(self.extra_args),
         ]
 
 
-def workload_of(matrix: Matrix, settings: Settings) -> Training:
-    """The matrix's [training] workload, with --steps when given."""
-    training = dict(matrix.training)
+def workload_of(matrix: Matrix, settings: Settings, name: str = NAME) -> Training:
+    """The matrix's [workloads.NAME] workload (MNIST's by default), with --steps when given; an unknown name is a
+    ConfigError listing the known ones. A matrix without [workloads] trains MNIST with the defaults below."""
+    spec = matrix.workload(name) if matrix.workloads or name != NAME else None
+    training = dict(spec.training) if spec else {}
     return Training(
         steps=settings.steps or int(training.get("steps", 30)),
         batch_size=int(training.get("batch_size", 64)),
         seed=int(training.get("seed", 1)),
         precision=str(training.get("precision", "high")),
         test_limit=int(training.get("test_limit", 0)),
+        name=name,
+        model=spec.model if spec else DEFAULT_MODEL,
+        model_args=spec.driver_args if spec else (),
     )
+
+
+def model_of(spec: WorkloadSpec | None) -> Model:
+    """The workload's driver model (Lenet without a spec); a model the suite has no reference for: ValueError."""
+    model = spec.model if spec else DEFAULT_MODEL
+    if model not in MODELS:
+        raise ValueError(f"model {model!r} has no entry in workloads.train.MODELS (known: {', '.join(MODELS)})")
+    return MODELS[model]
+
+
+def zero_rule(spec: WorkloadSpec | None) -> ZeroRule | None:
+    """The workload's tensors of exact value zero ([workloads.NAME.gradcheck]), or None."""
+    return ZeroRule(spec.zero, spec.zero_limit, spec.zero_reason) if spec and spec.zero else None
+
+
+def check_against_reference(
+    spec: WorkloadSpec | None,
+    dumps: Dumps,
+    steps: Sequence[int],
+    *,
+    sgd: SgdConfig | None,
+    losses: Sequence[float],
+    artifacts: Path | None = None,
+    not_run: tuple[Sequence[int], int | None] = ((), None),
+) -> GradReport:
+    """A run's dumps against its model's float64 reference, with the workload's zero rule."""
+    report = model_of(spec).reference(dumps, steps, sgd=sgd, losses=losses)
+    report.not_run, report.run_steps = [int(s) for s in not_run[0]], not_run[1]
+    if (rule := zero_rule(spec)) is not None:
+        rule.apply(report)
+    if artifacts is not None:
+        report.artifacts = artifacts
+        gradcheck.finish(report)
+    return report
+
+
+def names(text: str | None) -> tuple[str, ...]:
+    """--workload's comma-separated names (None or empty: MNIST's)."""
+    got = tuple(n.strip() for n in (text or "").split(",") if n.strip())
+    return got or (NAME,)
