@@ -40,6 +40,12 @@ const char* forwardName(MNNForwardType t) {
     }
 }
 
+BackendConfig::PrecisionMode precisionMode(const std::string& precision) {
+    return precision == "high"  ? BackendConfig::Precision_High
+           : precision == "low" ? BackendConfig::Precision_Low
+                                : BackendConfig::Precision_Normal;
+}
+
 namespace {
 
 // 1. Backend plugin. MNN's Vulkan/OpenCL plugins register themselves in a static initializer; nothing references
@@ -142,9 +148,7 @@ BackendSetup setupBackend(EventLog& log, const std::string& backend, const std::
     pluginInfo.boolean("registered", registered);
     auto exe = Executor::getGlobalExecutor();
     BackendConfig config;
-    config.precision = precision == "high"   ? BackendConfig::Precision_High
-                       : precision == "low" ? BackendConfig::Precision_Low
-                                                : BackendConfig::Precision_Normal;
+    config.precision = precisionMode(precision);
     exe->setGlobalExecutorConfig(wanted, config, threads);
     const MNNForwardType active = exe->getAttr()->firstType;
     const bool exercised = active == wanted;

@@ -17,6 +17,8 @@ MNNForwardType forwardType(const std::string& backend);
 // The --backend and --precision values every program here takes: "" when both are valid, else the message.
 std::string checkBackendOptions(const std::string& backend, const std::string& precision);
 const char* forwardName(MNNForwardType t);
+// --precision (high, normal, low) as MNN's BackendConfig says it.
+MNN::BackendConfig::PrecisionMode precisionMode(const std::string& precision);
 
 struct BackendSetup {
     MNNForwardType wanted = MNN_FORWARD_CPU;

@@ -1,6 +1,6 @@
 // mnist_driver's parts (issue 23): the run's events (run.cpp), data (data.cpp), model and parameters
-// (params.cpp), the step loops (train.cpp, static_graph.cpp) and evaluation (evaluate.cpp); main.cpp puts them
-// in order. The model itself is behind model.hpp. The output contract is native/README.md's.
+// (params.cpp), the step loops (train.cpp, static_graph.cpp, saved_graph.cpp) and evaluation (evaluate.cpp);
+// main.cpp puts them in order. The model itself is behind model.hpp. The output contract is native/README.md's.
 #pragma once
 #include <MNN/expr/Executor.hpp>
 #include <MNN/expr/Module.hpp>
@@ -74,6 +74,12 @@ private:
     std::vector<int> mPerm;
     size_t mCursor;  // at the end: shuffle before the next row
 };
+// One training batch drawn from `batches` (train.cpp): the images and labels in batch order, and their rows.
+struct Batch {
+    std::vector<uint8_t> images, labels;
+    std::vector<int> indices;  // rows of the training split, in batch order
+};
+Batch drawBatch(Batches& batches, const MnistSplit& train, int n);
 std::vector<int> batchDims(int n, const std::vector<int>& sample);  // {n, C, H, W}
 MNN::Express::VARP imageInput(MNN::Express::VARP images);               // uint8 -> float x 1/255
 MNN::Express::VARP targetOf(MNN::Express::VARP labels, int classes);   // uint8 labels -> one-hot float
@@ -94,11 +100,27 @@ struct Trainer {
 int buildModel(Trainer& t);  // stage build_model: kContinue or the exit code
 bool writeParams(const std::string& dir, const NamedVars& named, const std::vector<MNN::Express::VARP>& values,
                  std::string& error);
+// A dump step's inputs beside its gradients (train.cpp): DIR/batch_indices.npy and the model's stepTensors.
+int writeStepInputs(Trainer& t, const std::string& dir, const std::vector<int>& indices);
 bool makeDirs(const std::string& path);
+
+// The training graph of --static-graph and --train-graph-file (static_graph.cpp), built once from the net:
+// image, label, learning rate, the parameters (`t.named`) and their momentum are its inputs (with the model's
+// random inputs, TrainModel::stepInputs); per parameter it computes OpGrad::grad of the loss and SGD's update
+// (SGD::onGetNextParameter: L2 weight decay 5e-4, momentum 0.9).
+struct TrainGraph {
+    MNN::Express::VARP image, label, lr, loss;
+    std::vector<MNN::Express::VARP> momentum;                   // inputs, one per parameter, zero
+    std::vector<MNN::Express::VARP> grads, next, nextMomentum;  // outputs, one per parameter
+    // loss, then per parameter its new value and its new momentum (what a step feeds back).
+    std::vector<MNN::Express::VARP> updateOutputs() const;
+};
+int buildTrainGraph(Trainer& t, TrainGraph& g);  // kContinue or the exit code
 
 // The step loops and evaluation: kContinue, or the exit code (kOk after --save-graph).
 int trainDynamic(Trainer& t, const MnistSplit& train);
 int trainStatic(Trainer& t, const MnistSplit& train);
+int trainSaved(Trainer& t, const MnistSplit& train);  // --train-graph-file (saved_graph.cpp)
 int evaluate(Trainer& t, const MnistSplit& test);
 
 }  // namespace driver

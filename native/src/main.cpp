@@ -14,8 +14,8 @@
 // The output contract (events, stages, exit codes) is documented in native/README.md.
 //
 // The parts (driver.hpp): options.cpp (command line), run.cpp (events), data.cpp, params.cpp (stage
-// build_model), train.cpp and static_graph.cpp (the step loops), evaluate.cpp; the model behind model.hpp
-// (models/lenet.cpp, models/mnistv2.cpp: by name from models/registry.cpp).
+// build_model), train.cpp, static_graph.cpp and saved_graph.cpp (the step loops), evaluate.cpp; the model
+// behind model.hpp (models/lenet.cpp, models/mnistv2.cpp: by name from models/registry.cpp).
 #include <MNN/expr/Executor.hpp>
 
 #include <cstdio>
@@ -61,7 +61,9 @@ int main(int argc, char** argv) {
     if (int rc = loadData(run, *model, data); rc != kContinue) return rc;
     Trainer trainer(run, *model, opt.seed);
     if (int rc = buildModel(trainer); rc != kContinue) return rc;
-    const int trained = opt.staticGraph ? trainStatic(trainer, data.train) : trainDynamic(trainer, data.train);
+    const int trained = opt.trainGraphFile ? trainSaved(trainer, data.train)
+                        : opt.staticGraph  ? trainStatic(trainer, data.train)
+                                           : trainDynamic(trainer, data.train);
     if (trained != kContinue) return trained;
     if (int rc = evaluate(trainer, data.test); rc != kContinue) return rc;
     run.log.emit("backend_after", Json().str("active", forwardName(exe->getAttr()->firstType)));

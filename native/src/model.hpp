@@ -51,6 +51,9 @@ public:
     virtual std::vector<StepTensor> stepTensors(int batch) const { return {}; }
     // --static-graph: the graph is built once; draw the next step's random inputs into it.
     virtual void redraw() {}
+    // The graph inputs the last training forward drew its random inputs into, named as stepTensors names them
+    // (Lenet: the dropout mask's input): --train-graph-file saves them as named inputs and feeds stepTensors.
+    virtual NamedVars stepInputs() const { return {}; }
 };
 
 // The registry (models/registry.cpp): a model by name, unbuilt; null for an unknown name.

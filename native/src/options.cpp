@@ -42,6 +42,7 @@ struct FlagOption {
 };
 const FlagOption kFlagOptions[] = {
     {"--static-graph", &Options::staticGraph, true},
+    {"--train-graph-file", &Options::trainGraphFile, true},
     {"--no-trace-ops", &Options::traceOps, false},
     {"--allow-fallback", &Options::allowFallback, true},
 };
@@ -153,7 +154,9 @@ void usage() {
             "  --dump-dir DIR        where dumps go (default OUT/grads)\n"
             "  --allow-fallback      keep going when MNN fell back to the CPU (diagnosis only)\n"
             "  --no-trace-ops        do not record where each op ran (events \"ops\")\n"
-            "  --static-graph        build the training graph (loss, gradients, SGD update) once and rerun it\n");
+            "  --static-graph        build the training graph (loss, gradients, SGD update) once and rerun it\n"
+            "  --train-graph-file    save that graph (with every gradient) as OUT/train_graph.mnn, then train by\n"
+            "                        loading the file (Module::load on the backend under test), parameters fed back\n");
 }
 
 bool parseArgs(int argc, char** argv, Options& o, std::string& error) {
@@ -166,6 +169,11 @@ bool parseArgs(int argc, char** argv, Options& o, std::string& error) {
         if (!parseOne(argc, argv, i, o, error)) return false;
     }
     if (!checkModel(o.model, error)) return false;
+    // One step loop per run: the saved graph's is neither the in-memory one nor the dynamic one --save-graph cuts.
+    if (o.trainGraphFile && (o.staticGraph || !o.saveGraph.empty())) {
+        error = "--train-graph-file cannot be combined with --static-graph or --save-graph";
+        return false;
+    }
     if (!(error = checkBackendOptions(o.backend, o.precision)).empty()) return false;
     if (o.data.empty() || o.out.empty()) {
         error = "--data and --out are required";

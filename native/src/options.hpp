@@ -39,6 +39,7 @@ struct Options {
     bool allowFallback = false;
     bool traceOps = true;
     bool staticGraph = false;
+    bool trainGraphFile = false;  // --train-graph-file: train from the saved OUT/train_graph.mnn (saved_graph.cpp)
 };
 
 void usage();

@@ -21,23 +21,6 @@ namespace mnnrepro {
 namespace driver {
 namespace {
 
-struct Batch {
-    std::vector<uint8_t> images, labels;
-    std::vector<int> indices;  // rows of the training split, in batch order
-};
-
-Batch drawBatch(Batches& batches, const MnistSplit& train, int n) {
-    const size_t pixels = size_t(train.rows) * train.cols;
-    Batch b{std::vector<uint8_t>(size_t(n) * pixels), std::vector<uint8_t>(n), std::vector<int>(n)};
-    for (int i = 0; i < n; ++i) {
-        int idx = batches.next();
-        b.indices[i] = idx;
-        memcpy(b.images.data() + size_t(i) * pixels, train.images.data() + size_t(idx) * pixels, pixels);
-        b.labels[i] = train.labels[idx];
-    }
-    return b;
-}
-
 // Stage grad_dump: the step's gradients and the inputs that let a reference implementation replay it: which
 // training images (row numbers in the IDX file, in batch order) and the model's random inputs (the dropout mask).
 int dumpGradients(Trainer& t, int step, VARP loss, const std::vector<int>& indices) {
@@ -50,16 +33,7 @@ int dumpGradients(Trainer& t, int step, VARP loss, const std::vector<int>& indic
     }
     std::string error, dir = opt.dumpDir + "/step" + std::to_string(step);
     if (!writeParams(dir + "/grad", t.named, gradValues, error)) return t.run.fail(kOutputError, "output", error);
-    std::vector<float> indexValues(indices.begin(), indices.end());
-    if (!writeNpyF32(dir + "/batch_indices.npy", {opt.batchSize}, indexValues.data(), error)) {
-        return t.run.fail(kOutputError, "output", error);
-    }
-    for (const StepTensor& s : t.model.stepTensors(opt.batchSize)) {
-        if (!writeNpyF32(dir + "/" + s.name + ".npy", s.dims, s.values.data(), error)) {
-            return t.run.fail(kOutputError, "output", error);
-        }
-    }
-    return kContinue;
+    return writeStepInputs(t, dir, indices);
 }
 
 // --save-graph: the graph sgd->step computes first (SGD::onGetNextParameter: OpGrad::grad of the loss over the
@@ -154,6 +128,32 @@ int dynamicStep(Trainer& t, Batches& batches, const MnistSplit& train, int step)
 }
 
 }  // namespace
+
+Batch drawBatch(Batches& batches, const MnistSplit& train, int n) {
+    const size_t pixels = size_t(train.rows) * train.cols;
+    Batch b{std::vector<uint8_t>(size_t(n) * pixels), std::vector<uint8_t>(n), std::vector<int>(n)};
+    for (int i = 0; i < n; ++i) {
+        int idx = batches.next();
+        b.indices[i] = idx;
+        memcpy(b.images.data() + size_t(i) * pixels, train.images.data() + size_t(idx) * pixels, pixels);
+        b.labels[i] = train.labels[idx];
+    }
+    return b;
+}
+
+int writeStepInputs(Trainer& t, const std::string& dir, const std::vector<int>& indices) {
+    std::string error;
+    std::vector<float> indexValues(indices.begin(), indices.end());
+    if (!writeNpyF32(dir + "/batch_indices.npy", {int(indices.size())}, indexValues.data(), error)) {
+        return t.run.fail(kOutputError, "output", error);
+    }
+    for (const StepTensor& s : t.model.stepTensors(int(indices.size()))) {
+        if (!writeNpyF32(dir + "/" + s.name + ".npy", s.dims, s.values.data(), error)) {
+            return t.run.fail(kOutputError, "output", error);
+        }
+    }
+    return kContinue;
+}
 
 int trainDynamic(Trainer& t, const MnistSplit& train) {
     Batches batches(train.count, uint32_t(t.run.opt.seed) + 1u);

@@ -125,6 +125,11 @@ public:
         return {mask};
     }
     void redraw() override { mNet->dropout().redraw(); }
+    NamedVars stepInputs() const override {
+        const DriverDropout& drop = mNet->dropout();
+        if (drop.lastMaskVar.get() == nullptr) return {};  // --dropout 0: no mask in the graph
+        return {{"dropout_mask", drop.lastMaskVar}};
+    }
 
 private:
     std::shared_ptr<Lenet> mNet;
