@@ -137,7 +137,7 @@ def workloads(session: nox.Session) -> None:
 
 @nox.session(tags=["vulkan"])
 def reduce(session: nox.Session) -> None:
-    """Reduce a crash to a minimal graph and a standalone reproducer (`-- --ref R --variant V --icd I`)."""
+    """Reduce a crash to a minimal graph and a standalone reproducer (`-- --ref R --variant V --icd I --workload W`)."""
     _mnnrepro(session, "reduce")
 
 

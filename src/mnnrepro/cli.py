@@ -431,7 +431,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         "ops": _ops,
         "matrix": lambda a, s: _matrix(a),
         "golden": golden.main,
-        "gradcheck": lambda a, s: gradcheck.main(a),
+        "gradcheck": lambda a, s: gradcheck.main(a, verify=train.verify_golden),
         "ci": _ci,
         "build": _build,
         "bisect": _bisect,
@@ -444,7 +444,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         "reduce": lambda a, s: (
             redsession.check_at(s, a.check)
             if a.check
-            else redsession.run_reduce(s, graph=a.graph, budget_s=a.budget, resume=a.resume)
+            else redsession.run_reduce(s, graph=a.graph, budget_s=a.budget, resume=a.resume, workload=a.workload)
         ),
     }
     return handlers.get(args.command, _source)(args, settings)
@@ -470,6 +470,11 @@ def _add_reduce(sub: Subcommands) -> None:
     )
     red.add_argument("--icd", dest="icds", help="the one Vulkan ICD: lavapipe, swiftshader, host")
     red.add_argument("--graph", type=Path, help="reduce this graph (DIR/graph.mnn + DIR/inputs/) instead of MNIST's")
+    red.add_argument(
+        "--workload",
+        default=train.NAME,
+        help="the training workload whose first SGD step is captured ([workloads.NAME]; default mnist)",
+    )
     red.add_argument("--budget", type=float, help="seconds the search may take (default 900); then the best so far")
     red.add_argument("--resume", type=Path, help="a reduce run's results directory: go on from its reduce.json")
     red.add_argument("--results-dir", dest="results_dir", help="where results/<time>-reduce-<pid>/ goes")

@@ -71,7 +71,7 @@ OUTCOMES = ("reproduce", "fixed", "fixed-by-fallback", "pass", "known-wrong")
 HOST_ICD = "host"
 DEVICE_KEYS = ("device", "vendor", "driver")
 # The driver's `ops` event phases (native/README.md) an expectation's `phase` may name.
-OP_PHASES = ("forward", "grad_dump", "sgd_step", "static_step")
+OP_PHASES = ("forward", "grad_dump", "sgd_step", "static_step", "saved_step")  # saved_step: --train-graph-file
 # Where a ref runs: "ci" in .ci/run and on every push, "push" on every push, "scheduled" in the scheduled
 # workflow only (so adding refs never pushes a cold .ci/run past its budget).
 TIERS = ("ci", "push", "scheduled")

@@ -43,7 +43,7 @@ from numpy.typing import NDArray
 
 from . import fingerprint, fixtures
 from .contract import read_events
-from .errors import FixtureError
+from .errors import ConfigError, FixtureError
 from .reference import PARAM_NAMES, PARAM_SHAPES, SgdConfig, backward, batch_inputs, forward
 from .reference import load_train_split as _load_train_split
 
@@ -552,6 +552,11 @@ def _compare_init(report: GradReport, obtained: Dumps, golden: Dumps, names: Seq
         )
 
 
+def read_provenance(golden_dir: Path) -> dict[str, Any] | None:
+    """A golden's provenance.json (None: no golden there); a malformed one is a FixtureError."""
+    return _read_provenance(golden_dir)
+
+
 def _read_provenance(golden_dir: Path) -> dict[str, Any] | None:
     path = golden_dir / "provenance.json"
     if not path.is_file():
@@ -846,15 +851,39 @@ def add_arguments(sub: Any) -> None:
     chk.add_argument("--golden", type=Path, required=True)
     chk.add_argument("--backend", required=True)
     chk.add_argument("--precision", default="high")
-    ver = sub.add_parser("verify", help="check a golden against the numpy reference (no MNN needed)")
-    ver.add_argument("golden", type=Path)
-
-
-def main(args: argparse.Namespace) -> int:
-    report = (
-        check_run(args.result_dir, args.golden, args.backend, args.precision)
-        if args.action == "check"
-        else verify_golden(args.golden)
+    ver = sub.add_parser(
+        "verify", help="check a golden against its model's numpy reference (no MNN needed): GOLDEN or --workload"
     )
+    ver.add_argument("golden", type=Path, nargs="?", help="a golden directory (default: --workload's at --ref)")
+    ver.add_argument("--workload", help="the training workload whose golden is checked ([workloads.NAME])")
+    ver.add_argument("--ref", help="with --workload: the golden's ref (default: fixtures/matrix.toml default_ref)")
+
+
+def verify_target(args: argparse.Namespace) -> tuple[Path, str | None]:
+    """The golden ``gradcheck verify`` checks and the workload it must be the golden of (None: whatever its
+    provenance says): GOLDEN, or --workload's golden at --ref (a workload checked against another's golden, such as
+    static against mnist's: that one)."""
+    if args.golden is None and not args.workload:
+        raise ConfigError("gradcheck verify: name a golden", hint="GOLDEN_DIR, or --workload NAME [--ref REF]")
+    if not args.workload:
+        return Path(args.golden), None
+    matrix = fixtures.load_matrix()
+    workload = matrix.workload(args.workload).golden_workload
+    if args.golden is not None:
+        return Path(args.golden), workload
+    return fixtures.golden_dir(workload, args.ref or matrix.default_ref), workload
+
+
+Verify = Callable[..., GradReport]  # (golden_dir, *, workload: str | None) -> GradReport
+
+
+def main(args: argparse.Namespace, verify: Verify) -> int:
+    """``verify``: how a golden is checked against its own model's reference (workloads.train.verify_golden, which
+    knows every model; this module's verify_golden is Lenet's only)."""
+    if args.action == "check":
+        report = check_run(args.result_dir, args.golden, args.backend, args.precision)
+    else:
+        golden, workload = verify_target(args)
+        report = verify(golden, workload=workload)
     print(report.table())
     return 0 if report.passed else 1

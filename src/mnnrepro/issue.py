@@ -139,6 +139,7 @@ def _reduce_crash(data: dict[str, Any], where: Path | None) -> Crash:
         icd=str(data.get("icd", "-")),
         signal=str(target.get("signal") or "wrong outputs"),
         where=("the given graph" if data.get("graph") == "given" else "the first SGD step's gradient graph")
+        + (f" of workload {data['workload']}" if data.get("workload") else "")  # issue 24: not MNIST's
         + f", reduced to {data.get('reduced_ops')} op(s)",
         signature=[str(x) for x in target.get("signature") or []],
         frames=frames_from(work / "candidates" / key / "crash.json") or [str(x) for x in target.get("signature") or []],
@@ -278,6 +279,7 @@ def title(c: Crash) -> str:
     if c.reduced:
         kinds = [str(r.get("type")) for r in c.reduced.get("ops") or []]
         source = "a training step" if c.reduced.get("graph") != "given" else "a given graph"
+        source += f" of {c.reduced['workload']}" if c.reduced.get("workload") else ""
         what = f"{', '.join(kinds[:3])}{' ...' if len(kinds) > 3 else ''}: reduced from {source}"
     else:
         what = f"`{c.test}`" if c.test else f"training, {c.where}"
@@ -294,6 +296,7 @@ def _nox(c: Crash) -> str:
     if c.session == "reduce":
         icd = f" --icd {c.icd}" if c.icd != "-" else ""
         given = "" if c.reduced.get("graph") != "given" else " --graph GRAPH_DIR"
+        given += f" --workload {c.reduced['workload']}" if c.reduced.get("workload") else ""
         return f"nox -s reduce -- --ref {c.ref} --variant {c.variant}{icd}{given}"
     if c.session == "ops":
         icd = f" --icd {c.icd}" if c.icd != "-" else ""
@@ -535,7 +538,7 @@ def _what_happens(c: Crash) -> list[str]:
             f"A graph of {c.reduced.get('reduced_ops')} op(s), cut by delta debugging from the "
             f"{c.reduced.get('original_ops')} ops of "
             + (
-                "MNIST training's first SGD step (its gradient graph)"
+                f"{c.reduced.get('workload') or 'MNIST'} training's first SGD step (its gradient graph)"
                 if c.reduced.get("graph") != "given"
                 else "a given graph"
             )

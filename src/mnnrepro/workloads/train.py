@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from .. import gradcheck, reference, reference_mnistv2
+from .. import fixtures, gradcheck, reference, reference_mnistv2
 from ..fixtures import DEFAULT_WORKLOAD, Matrix, WorkloadSpec
-from ..gradcheck import Dumps, GradReport, ZeroRule
+from ..gradcheck import Dumps, GradReport, Problem, ZeroRule
 from ..reference import SgdConfig
 from ..settings import Settings
 
@@ -140,6 +140,33 @@ def check_against_reference(
         report.artifacts = artifacts
         gradcheck.finish(report)
     return report
+
+
+def verify_golden(golden_dir: Path, matrix: Matrix | None = None, *, workload: str | None = None) -> GradReport:
+    """A golden against its own model's float64 reference, with its workload's zero rule (``gradcheck verify``,
+    issue 24): its provenance names its workload and model (a golden without them is MNIST's, Lenet's).
+    ``workload``: the golden's workload the caller expects (another is a "bad golden" problem)."""
+    provenance = gradcheck.read_provenance(golden_dir)
+    if provenance is None:
+        return gradcheck.verify_golden(golden_dir)  # its "missing golden" report, with the command that makes it
+    matrix = matrix or fixtures.load_matrix()
+    name, model = str(provenance.get("workload") or NAME), str(provenance.get("model") or DEFAULT_MODEL)
+    spec = matrix.workloads.get(name)
+    report = GradReport(f"{model}'s float64 reference vs {golden_dir} (workload {name})")
+    if workload is not None and workload != name:
+        report.problems.append(Problem("bad golden", f"it is workload {name}'s golden, not {workload}'s"))
+    elif (spec.model if spec else DEFAULT_MODEL) != model or model not in MODELS:
+        want = spec.model if spec else "unknown: no [workloads.NAME] table"
+        report.problems.append(Problem("bad golden", f"its model is {model}, workload {name}'s model {want}"))
+    if report.problems:
+        return report
+    return check_against_reference(
+        spec,
+        Dumps(golden_dir, golden_dir / "init"),
+        [int(x) for x in provenance["steps"]],
+        sgd=gradcheck.sgd_config(provenance.get("config", {})),
+        losses=[float(x) for x in provenance.get("losses", [])],
+    )
 
 
 def names(text: str | None) -> tuple[str, ...]:

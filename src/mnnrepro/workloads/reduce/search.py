@@ -156,9 +156,10 @@ class Spec:
 
 
 class Reducer:
-    def __init__(self, spec: Spec, *, budget_s: float, say: Say = print) -> None:
+    def __init__(self, spec: Spec, *, budget_s: float, say: Say = print, meta: dict[str, Any] | None = None) -> None:
         self.spec = spec
         self.say = say
+        self.meta = dict(meta or {})  # recorded in every reduce.json (e.g. the captured workload, issue 24)
         self.deadline = time.monotonic() + budget_s
         self.state_path = spec.work / "reduce.json"
         self.trials: dict[str, Trial] = {}
@@ -196,6 +197,7 @@ class Reducer:
             "target": asdict(self.target) if self.target else None,
             "seconds": round(self.seconds, 1),
             "trials": {k: asdict(v) for k, v in self.trials.items()},
+            **self.meta,
             **extra,
         }
         tmp = self.state_path.with_name(f".{self.state_path.name}.{os.getpid()}")

@@ -1,14 +1,16 @@
-"""The reduce session (issue 14): ``mnnrepro reduce --variant V --icd I [--graph DIR]``.
+"""The reduce session (issue 14): ``mnnrepro reduce --variant V --icd I [--graph DIR | --workload W]``.
 
 Same preparation as the other workloads (settings -> preflight_for -> prepare: core, driver and mnn_graph, the
-variant's plugin, gdb, the ICD), then: capture (the driver on the CPU backend saves the crashing phase's graph,
-unless --graph names one), the reducer (reduce.py), and the reduced graph checked on its own: it must still fail
-on the backend under test and pass on the CPU. Writes summary.json (session "reduce") and repro/ (graph.mnn,
-inputs/) into the results directory; a second run with the same --results-dir resumes from reduce.json.
+variant's plugin, gdb, the ICD), then: capture (the driver on the CPU backend saves the crashing phase's graph of
+the training workload W, default mnist (issue 24), unless --graph names one), the reducer (reduce.py), and the
+reduced graph checked on its own: it must still fail on the backend under test and pass on the CPU. Writes
+summary.json (session "reduce") and repro/ (graph.mnn, inputs/) into the results directory; a second run with the
+same --results-dir resumes from reduce.json.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -65,19 +67,32 @@ class Aim:
     op: str = ""  # the row's op type (the one alibaba/MNN#3129 crashes in): the reduced graph must keep it
 
 
-def aim_for(matrix: fixtures.Matrix, ref: str, variant: str, icd: str, version: str | None, *, given: bool) -> Aim:
-    """The known bug's row of fixtures/matrix.toml covering (ref, variant, ICD), as the target of a captured graph:
+def aim_for(
+    matrix: fixtures.Matrix,
+    ref: str,
+    variant: str,
+    icd: str,
+    version: str | None,
+    *,
+    given: bool,
+    workload: str = train.NAME,
+) -> Aim:
+    """The known bug's row of fixtures/matrix.toml covering (workload, ref, variant, ICD), as the target of a captured
+    graph:
     its signal and signature, so the capture's crash is held to the bug the workload knows (alibaba/MNN#3129),
     not taken for it. A given graph (--graph) is not the workload: its own failure is the target."""
     cell = f"{ref}/{variant}/{icd or '-'}"
     if given:
-        return Aim(None, "the given graph's own failure (fixtures/matrix.toml's rows are about the MNIST workload)")
+        return Aim(None, "the given graph's own failure (fixtures/matrix.toml's rows are about training workloads)")
     # The reduction's device is not probed before the capture: the row most likely to judge the cell (for --icd
     # host, the row naming the machine's GPU vendor), as the MNIST session plans a cell before it ran.
-    row = matrix.likely_expectation(ref, variant, icd or "-", version)
+    row = matrix.likely_expectation(ref, variant, icd or "-", version, workload)
     if row is None or row.outcome != "reproduce":
         why = f"its row expects {row.outcome!r}" if row else "no row covers it"
-        return Aim(None, f"the captured graph's own failure: no known bug in fixtures/matrix.toml for {cell} ({why})")
+        of = "" if workload == train.NAME else f" of workload {workload}"
+        return Aim(
+            None, f"the captured graph's own failure: no known bug in fixtures/matrix.toml for {cell}{of} ({why})"
+        )
     name = row.bug or "the 'reproduce' row"
     if row.stage != CAPTURED_STAGE or row.step not in (None, CAPTURED_STEP):
         raise reduce.ReduceError(
@@ -90,18 +105,57 @@ def aim_for(matrix: fixtures.Matrix, ref: str, variant: str, icd: str, version: 
     return Aim(target, f"{name} (fixtures/matrix.toml)", row.bug, stage, row.op)
 
 
+# Driver options the driver refuses beside --save-graph (native/src/options.cpp): a workload training through
+# them has no dynamic first SGD step for the capture to save.
+NOT_CAPTURED = {
+    "--train-graph-file": "it trains from a training graph the driver saves and loads back (train_graph.mnn): a "
+    "crash there is in the loaded graph, while the capture (--save-graph) saves the dynamic path's first SGD step, "
+    "and the driver refuses the two together",
+    "--static-graph": "it trains through the in-memory static graph, which the capture (--save-graph) never builds",
+}
+
+
+def workload_for(
+    matrix: fixtures.Matrix, settings: Settings, name: str, *, graph: Path | None, resume: Path | None
+) -> train.Training:
+    """The training workload whose first SGD step is captured, known before anything is built: an unknown name, a
+    workload the capture cannot save, --graph beside another workload than MNIST's, or --resume of a reduction of
+    another workload is a ConfigError."""
+    workload = train.workload_of(matrix, settings, name)
+    if graph is not None and name != train.NAME:
+        raise ConfigError(f"--graph {graph} is not workload {name}'s graph", hint="pass --graph or --workload")
+    for option, why in NOT_CAPTURED.items():
+        if graph is None and option in workload.model_args:
+            raise ConfigError(
+                f"workload {name} cannot be reduced from the capture yet: {why}",
+                hint="save the crashing graph with its inputs yourself and pass it with --graph",
+            )
+    state = resume / "reduce.json" if resume is not None else None
+    if graph is None and state is not None and state.is_file():
+        try:
+            was = str(json.loads(state.read_text()).get("workload") or train.NAME)
+        except ValueError:
+            was = name  # not JSON: the reducer says so
+        if was != name:
+            raise ConfigError(
+                f"--resume {resume}: its reduce.json reduces workload {was}'s graph, not {name}'s",
+                hint=f"--workload {was} to go on with it, or a new reduction (without --resume)",
+            )
+    return workload
+
+
 def capture(prepared: prepare.Prepared, workload: train.Training, results: Path, say: Say) -> Path:
-    """The driver, on the CPU backend of the same build, saves the gradient graph of the first SGD step."""
+    """The driver, on the CPU backend of the same build, saves the gradient graph of the workload's first SGD step
+    (its model and driver options, one step)."""
     built = prepared.built
     out = results / "graph"
     if (out / "graph.mnn").is_file() and (out / "inputs" / "manifest.tsv").is_file():
         say(f"graph already captured: {out}")
         return out
-    w = workload
     argv = [str(built.driver), "--backend", "cpu", "--data", str(fixtures.MNIST), "--out", str(results / "capture")]
-    argv += ["--steps", "1", "--batch-size", str(w.batch_size), "--seed", str(w.seed), "--precision", w.precision]
-    argv += ["--save-graph", str(out)]
-    say("capturing the first SGD step's gradient graph on the CPU backend (mnist_driver --save-graph)")
+    argv += capture_args(workload, out)
+    of = "" if workload.name == train.NAME else f" of workload {workload.name} (model {workload.model})"
+    say(f"capturing the first SGD step's gradient graph{of} on the CPU backend (mnist_driver --save-graph)")
     res = built.runner.run(
         argv,
         timeout_s=300,
@@ -112,6 +166,14 @@ def capture(prepared: prepare.Prepared, workload: train.Training, results: Path,
     if res.returncode != 0 or not (out / "graph.mnn").is_file():
         raise reduce.ReduceError(f"the capture failed (exit {res.returncode}; see {results}/capture.err)")
     return out
+
+
+def capture_args(workload: train.Training, out: Path) -> list[str]:
+    """The capture's driver options: the workload's (Training.driver_args) for one step, without the test stage's
+    --test-limit, which the capture never reaches (MNIST's command line is the one before there were workloads)."""
+    args = dataclasses.replace(workload, steps=1, extra_args=()).driver_args()
+    cut = args.index("--test-limit")
+    return [*args[:cut], *args[cut + 2 :], "--save-graph", str(out)]
 
 
 def adopt(graph: Path, results: Path, say: Say) -> Path:
@@ -153,6 +215,7 @@ def run_reduce(
     graph: Path | None = None,
     budget_s: float | None = None,
     resume: Path | None = None,
+    workload: str = train.NAME,
     say: Say = print,
 ) -> int:
     started = time.monotonic()
@@ -160,26 +223,28 @@ def run_reduce(
     if graph is not None:
         graph = reduce.load_graph_dir(graph)
     matrix = fixtures.load_matrix()
+    training = workload_for(matrix, settings, workload, graph=graph, resume=resume)
     ref = settings.ref or matrix.default_ref
     source.validate_ref(ref)
     settings, _ = prepare.preflight_for(settings, (variants.BASELINE, variant), say)
     if resume is not None and not (resume / "reduce.json").is_file():
         raise ConfigError(f"--resume {resume}: no reduce.json there", hint="name the results directory of a reduce run")
     results = (resume or prepare.results_dir(settings, "reduce")).resolve()
-    say(f"mnnrepro {__version__}: reduce {ref}/{variant}/{icd or '-'}, results in {results}")
+    of = "" if graph is not None or workload == train.NAME else f" (workload {workload})"
+    say(f"mnnrepro {__version__}: reduce {ref}/{variant}/{icd or '-'}{of}, results in {results}")
     prepared = prepare.prepare(ref, (variants.BASELINE, variant), settings, matrix, say)
     built = prepared.built
-    workload = train.workload_of(matrix, settings)  # MNIST's: the captured step's batch, seed and precision
-    graph_dir = capture(prepared, workload, results, say) if graph is None else adopt(graph, results, say)
+    graph_dir = capture(prepared, training, results, say) if graph is None else adopt(graph, results, say)
     spec = spec_for(prepared, variant, icd, settings, graph_dir, results)
     spec.gdb = prepared.gdb_path
     spec.jobs = settings.test_jobs or len(os.sched_getaffinity(0))
-    spec.precision = variants.get(variant).precision or workload.precision
+    spec.precision = variants.get(variant).precision or training.precision
     limit = gradcheck.tolerance_for(spec.backend, spec.precision, 0, matrix)
     spec.limits = (limit.max_rel, limit.min_cosine, limit.max_nmse)
     budget = float(budget_s or DEFAULT_BUDGET_S)
-    aim = aim_for(matrix, ref, variant, icd, built.tree.version, given=graph is not None)
-    reducer = reduce.Reducer(spec, budget_s=budget, say=say)
+    aim = aim_for(matrix, ref, variant, icd, built.tree.version, given=graph is not None, workload=workload)
+    named = {} if graph is not None or workload == train.NAME else {"workload": workload}  # MNIST's: as before
+    reducer = reduce.Reducer(spec, budget_s=budget, say=say, meta=named)
     reducer.prepare()
     ops_total = len(reducer.op_indices())
     target = reducer.establish(aim.target, aim.source)
@@ -213,7 +278,8 @@ def run_reduce(
         "total_seconds": round(time.monotonic() - started, 1),
         "checks": checks,
         "device": checks.get("device", ""),
-        "graph": "mnist" if graph is None else "given",
+        "graph": workload if graph is None else "given",  # the captured workload's name (MNIST's: "mnist")
+        **named,
         "results_dir": str(results),
     }
     (results / "summary.json").write_text(json.dumps(summary, indent=1))
