@@ -57,8 +57,8 @@ from .errors import ConfigError
 from .icd import Icd
 from .runner import Runner
 from .settings import Settings
-from .workloads import train
-from .workloads.train import Training
+from .workloads.train import workload as train
+from .workloads.train.workload import Training
 
 SCHEMA = "mnnrepro-bench/1"
 WARMUP_STEPS = 1  # step 0: first resize and pipeline compilation

@@ -41,9 +41,9 @@ from .judge import OFF_GPU, change_words, judge
 from .runner import CommandResult, host_command
 from .settings import Settings
 from .signature import SIGNAL_ONLY
-from .workloads import train
 from .workloads.reduce import search as reduce
 from .workloads.reduce import session as redsession
+from .workloads.train import workload as train
 
 STATE_FORMAT = 1
 MODES = {"image": "vulkan-image", "buffer": "vulkan-buffer"}

@@ -18,7 +18,6 @@ from . import (
     cache,
     doctor,
     fixtures,
-    golden,
     gradcheck,
     image,
     interrupts,
@@ -29,13 +28,14 @@ from . import (
     swiftshader,
 )
 from .errors import ConfigError, MnnReproError
-from .session import SESSIONS, run_session
 from .settings import Settings, load
-from .workloads import train
 from .workloads.ops import judge as opjudge
 from .workloads.ops import report as opreport
 from .workloads.ops import session as opsession
 from .workloads.reduce import session as redsession
+from .workloads.train import golden
+from .workloads.train import workload as train
+from .workloads.train.session import SESSIONS, run_session
 
 
 def _common(p: argparse.ArgumentParser) -> None:

@@ -1,5 +1,5 @@
 """Gradient check (issue 4): a backend's gradients and SGD updates at the first training steps against a CPU
-golden, and the golden against an independent float64 numpy reference (mnnrepro.reference).
+golden, and the golden against an independent float64 numpy reference (one per model: workloads/train/models/).
 
 Files
   run dumps     RESULT/grads/step<N>/{grad,after}/<param>.npy, batch_indices.npy, dropout_mask.npy
@@ -44,8 +44,6 @@ from numpy.typing import NDArray
 from . import fingerprint, fixtures
 from .contract import read_events
 from .errors import ConfigError, FixtureError
-from .reference import PARAM_NAMES, PARAM_SHAPES, SgdConfig, backward, batch_inputs, forward
-from .reference import load_train_split as _load_train_split
 
 F64 = NDArray[np.float64]
 GOLDEN_ROOT = fixtures.GOLDEN_ROOT  # <root>/<workload>/<ref>/: fixtures.golden_dir
@@ -58,7 +56,7 @@ def regenerate_command(ref: str, workload: str = fixtures.DEFAULT_WORKLOAD) -> s
     return f"python -m mnnrepro golden --ref {ref}{extra}"
 
 
-def _regenerate(golden_dir: Path) -> str:
+def regenerate_hint(golden_dir: Path) -> str:
     """The command that makes the golden at <root>/<workload>/<ref>/ (results/golden/<ref>/: MNIST's)."""
     workload = golden_dir.parent.name
     return regenerate_command(golden_dir.name, fixtures.DEFAULT_WORKLOAD if workload in ("", "golden") else workload)
@@ -401,17 +399,17 @@ class Dumps:
         return self.init / f"{name}.npy" if self.init else None
 
 
-class _Missing(Exception):
+class MissingDump(Exception):
     pass
 
 
-def _load(path: Path | None) -> F64:
+def load_dump(path: Path | None) -> F64:
     if path is None or not path.is_file():
-        raise _Missing(str(path) if path else "no initial parameters")
+        raise MissingDump(str(path) if path else "no initial parameters")
     return np.asarray(np.load(path), dtype=np.float64)
 
 
-def _nonfinite(array: F64) -> str | None:
+def nonfinite(array: F64) -> str | None:
     bad = ~np.isfinite(array)
     if not bad.any():
         return None
@@ -419,15 +417,15 @@ def _nonfinite(array: F64) -> str | None:
     return f"{int(np.isnan(array).sum())} NaN, {int(np.isinf(array).sum())} Inf of {array.size} (first at {first})"
 
 
-def _before(d: Dumps, step: int, name: str) -> Path | None:
+def before_path(d: Dumps, step: int, name: str) -> Path | None:
     return d.init_file(name) if step == 0 else d.tensor(step - 1, "after", name)
 
 
 def _quantity(d: Dumps, step: int, kind: str, name: str) -> F64:
     """The compared array: the gradient, or the update after - before."""
     if kind == "grad":
-        return _load(d.tensor(step, "grad", name))
-    after, before = _load(d.tensor(step, "after", name)), _load(_before(d, step, name))
+        return load_dump(d.tensor(step, "grad", name))
+    after, before = load_dump(d.tensor(step, "after", name)), load_dump(before_path(d, step, name))
     if after.shape != before.shape:
         raise ValueError(f"after {after.shape} and before {before.shape} differ in shape")
     return after - before
@@ -447,21 +445,21 @@ def _compare_trees(
             for name in shapes:
                 try:
                     g = _quantity(golden, step, kind, name)
-                except _Missing as exc:
+                except MissingDump as exc:
                     report.problems.append(Problem("missing file", f"golden lacks {exc}", name, step, kind))
                     continue
                 try:
                     o = _quantity(obtained, step, kind, name)
-                except _Missing as exc:
+                except MissingDump as exc:
                     report.problems.append(Problem("missing file", f"the run wrote no {exc}", name, step, kind))
                     continue
                 except ValueError as exc:  # after and before of different shapes
                     report.problems.append(Problem("shape mismatch", str(exc), name, step, kind))
                     continue
-                _add_row(report, name, step, kind, o, g, limit_for(step), artifacts)
+                add_row(report, name, step, kind, o, g, limit_for(step), artifacts)
 
 
-def _add_row(
+def add_row(
     report: GradReport,
     name: str,
     step: int,
@@ -477,11 +475,11 @@ def _add_row(
             Problem("shape mismatch", f"obtained {obtained.shape}, golden {golden.shape}", name, step, kind)
         )
         return
-    bad = _nonfinite(golden)
+    bad = nonfinite(golden)
     if bad:
         report.problems.append(Problem("non-finite golden", bad, name, step, kind))
         return
-    bad = _nonfinite(obtained)
+    bad = nonfinite(obtained)
     if bad:
         report.problems.append(Problem("non-finite", bad, name, step, kind))
         _write_pair(artifacts, step, kind, name, obtained, golden)
@@ -519,9 +517,9 @@ def _compare_inputs(
     for step in steps:
         for file, what in STEP_INPUTS[model]:
             try:
-                g = _load(golden.step_file(step, file))
-                o = _load(obtained.step_file(step, file))
-            except _Missing as exc:
+                g = load_dump(golden.step_file(step, file))
+                o = load_dump(obtained.step_file(step, file))
+            except MissingDump as exc:
                 report.problems.append(Problem("missing file", f"no {exc}", file, step))
                 continue
             if o.shape != g.shape or not np.array_equal(o, g):
@@ -540,8 +538,8 @@ def _compare_init(report: GradReport, obtained: Dumps, golden: Dumps, names: Seq
     differ = []
     for name in names:
         try:
-            o, g = _load(obtained.init_file(name)), _load(golden.init_file(name))
-        except _Missing as exc:
+            o, g = load_dump(obtained.init_file(name)), load_dump(golden.init_file(name))
+        except MissingDump as exc:
             report.problems.append(Problem("missing file", f"no {exc}", name))
             continue
         if o.shape != g.shape or not np.array_equal(o, g):
@@ -568,9 +566,17 @@ def _read_provenance(golden_dir: Path) -> dict[str, Any] | None:
 
 
 def _shapes(provenance: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-    return {p["name"]: tuple(int(d) for d in p["shape"]) for p in provenance.get("parameters", [])} or dict(
-        PARAM_SHAPES
+    """The golden's parameters, in model order (every golden lists them since its format had a manifest)."""
+    return {p["name"]: tuple(int(d) for d in p["shape"]) for p in provenance.get("parameters", [])}
+
+
+def missing_golden(golden_dir: Path) -> GradReport:
+    """The report on a golden that is not there, with the command that makes it."""
+    report = GradReport(f"numpy float64 reference vs {golden_dir}")
+    report.problems.append(
+        Problem("missing golden", f"no golden at {golden_dir}; make it with: {regenerate_hint(golden_dir)}")
     )
+    return report
 
 
 # -- checking a run against the golden ----------------------------------------------------------------------------
@@ -610,7 +616,7 @@ def check_run(
         report.problems.append(
             Problem(
                 "missing golden",
-                f"no CPU golden at {golden_dir} (provenance.json absent); make it with: {_regenerate(golden_dir)}",
+                f"no CPU golden at {golden_dir} (provenance.json absent); make it with: {regenerate_hint(golden_dir)}",
             )
         )
         return finish(report)
@@ -633,6 +639,13 @@ def check_run(
     _check_config(report, result_dir, steps, provenance, golden_dir, run_steps)
     _compare_inputs(report, obtained, golden, steps, str(provenance.get("model", "lenet")))
     shapes = _shapes(provenance)
+    if not shapes:  # nothing to compare is no pass: the golden's model is not known here (workloads.train.MODELS)
+        report.problems.append(
+            Problem(
+                "bad golden", f"its provenance lists no parameters; make it again with: {regenerate_hint(golden_dir)}"
+            )
+        )
+        return finish(report)
     if run_init.is_dir():
         _compare_init(report, obtained, golden, list(shapes))
 
@@ -745,103 +758,7 @@ def driver_args(
     return args
 
 
-# -- checking MNN's CPU against the numpy reference -----------------------------------------------------------
-
-
-def check_reference(
-    dumps: Dumps,
-    steps: Sequence[int],
-    *,
-    data_dir: Path = fixtures.MNIST,
-    sgd: SgdConfig | None = None,
-    tolerance: Tolerance | None = None,
-    artifacts: Path | None = None,
-    losses: Sequence[float] = (),
-    not_run: tuple[Sequence[int], int | None] = ((), None),
-) -> GradReport:
-    """MNN's dumps (obtained) vs mnnrepro.reference (golden), each step from MNN's own state.
-    ``not_run``: the golden steps left out because the run never reached them, and its step count (said, n/a).
-
-    Step N starts from MNN's parameters before it (the initial ones, then MNN's after of step N-1) and MNN's
-    previous update as the momentum history, so one step's rounding cannot push the reference across a ReLU or
-    max-pool boundary at the next: every row measures one step's gradient and update arithmetic. ``losses``
-    (MNN's, per step) are checked too, to 1e-3 relative.
-    """
-    limit = tolerance or reference_tolerance()
-    sgd = sgd or SgdConfig()
-    report = GradReport(f"numpy float64 reference vs MNN dumps in {dumps.root}", artifacts=artifacts)
-    report.not_run, report.run_steps = [int(s) for s in not_run[0]], not_run[1]
-    images, labels = _load_train_split(data_dir)
-    for step in steps:
-        try:
-            indices = [int(i) for i in _load(dumps.step_file(step, "batch_indices.npy"))]
-            mask = _load(dumps.step_file(step, "dropout_mask.npy"))
-            before = {n: _load(_before(dumps, step, n)) for n in PARAM_NAMES}
-            history = {
-                n: np.zeros(PARAM_SHAPES[n]) if step == 0 else _load(_before(dumps, step - 1, n)) - before[n]
-                for n in PARAM_NAMES
-            }
-        except _Missing as exc:
-            report.problems.append(Problem("missing file", f"no {exc}", step=step))
-            continue
-        bad = [n for n in PARAM_NAMES if before[n].shape != PARAM_SHAPES[n] or _nonfinite(before[n])]
-        if bad:
-            report.problems.append(Problem("bad parameters", f"before the step: {', '.join(bad)}", step=step))
-            continue
-        x, onehot = batch_inputs(images, labels, indices)
-        fwd = forward(before, x, onehot, mask)
-        grads = backward(before, fwd)
-        lr = sgd.lr(step)
-        if step < len(losses) and not math.isclose(fwd.loss, losses[step], rel_tol=1e-3):
-            report.problems.append(Problem("loss differs", f"MNN {losses[step]:.7f}, numpy {fwd.loss:.7f}", step=step))
-        for name in PARAM_NAMES:
-            update = -(lr * (grads[name] + sgd.weight_decay * before[name]) + sgd.momentum * history[name])
-            for kind, expected in (("grad", grads[name]), ("after", update)):
-                try:
-                    o = _load(dumps.tensor(step, kind, name))
-                except _Missing as exc:
-                    report.problems.append(Problem("missing file", f"no {exc}", name, step, kind))
-                    continue
-                if kind == "after" and o.shape == before[name].shape:
-                    o = o - before[name]
-                _add_row(report, name, step, kind, o, expected, limit, artifacts)
-    return finish(report) if artifacts else report
-
-
-def verify_golden(
-    golden_dir: Path, *, data_dir: Path = fixtures.MNIST, tolerance: Tolerance | None = None
-) -> GradReport:
-    """The checked-in golden against the numpy reference (needs no MNN)."""
-    provenance = _read_provenance(golden_dir)
-    if provenance is None:
-        report = GradReport(f"numpy float64 reference vs {golden_dir}")
-        report.problems.append(
-            Problem("missing golden", f"no golden at {golden_dir}; make it with: {_regenerate(golden_dir)}")
-        )
-        return report
-    return check_reference(
-        Dumps(golden_dir, golden_dir / "init"),
-        [int(s) for s in provenance["steps"]],
-        data_dir=data_dir,
-        sgd=sgd_config(provenance.get("config", {})),
-        tolerance=tolerance,
-        losses=[float(x) for x in provenance.get("losses", [])],
-    )
-
-
-def sgd_config(config: dict[str, Any]) -> SgdConfig:
-    """The optimizer settings a driver run reported (its `start` event's config)."""
-    default = SgdConfig()
-    return SgdConfig(
-        float(config.get("lr_base", default.lr_base)),
-        float(config.get("lr_gamma", default.lr_gamma)),
-        float(config.get("lr_power", default.lr_power)),
-        float(config.get("momentum", default.momentum)),
-        float(config.get("weight_decay", default.weight_decay)),
-    )
-
-
-# -- command line: mnnrepro gradcheck check|verify (making a golden: golden.py) -------------------------------------
+# -- command line: mnnrepro gradcheck check|verify (making a golden: workloads/train/golden.py) ------------------------
 
 
 def add_arguments(sub: Any) -> None:
@@ -878,8 +795,8 @@ Verify = Callable[..., GradReport]  # (golden_dir, *, workload: str | None) -> G
 
 
 def main(args: argparse.Namespace, verify: Verify) -> int:
-    """``verify``: how a golden is checked against its own model's reference (workloads.train.verify_golden, which
-    knows every model; this module's verify_golden is Lenet's only)."""
+    """``verify``: how a golden is checked against its own model's reference (workloads.train.workload.verify_golden,
+    which knows every model)."""
     if args.action == "check":
         report = check_run(args.result_dir, args.golden, args.backend, args.precision)
     else:

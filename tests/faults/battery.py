@@ -900,7 +900,7 @@ class Phase:
 PHASES = (
     Phase("preflight done, no results directory yet", "mnnrepro.prepare.preflight_for", "after"),
     Phase("results directory just made", "mnnrepro.prepare.results_dir", "after"),
-    Phase("settings shown, before the first cell", "mnnrepro.workloads.train.workload_of"),
+    Phase("settings shown, before the first cell", "mnnrepro.workloads.train.workload.workload_of"),
     Phase("a driver forked, Popen not yet returned", "subprocess.Popen._execute_child", "after"),
     Phase("the cpu driver at forward step 1", cell="cpu/-", step=1),
     Phase("the first cell being judged", "mnnrepro.judge.judge"),

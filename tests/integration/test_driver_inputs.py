@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from mnnrepro import fixtures
-from mnnrepro.reference import PARAM_NAMES, PARAM_SHAPES
+from mnnrepro.workloads.train.models.lenet import PARAM_NAMES, PARAM_SHAPES
 
 from .test_gradients import Built
 from .test_gradients import built as built  # the session fixture: the driver is built once, shared

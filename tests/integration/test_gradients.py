@@ -24,15 +24,14 @@ from mnnrepro.contract import RunRecord, read_events
 from mnnrepro.gradcheck import (
     GOLDEN_ROOT,
     Dumps,
-    check_reference,
     check_run,
     driver_args,
     golden_comparison,
-    sgd_config,
 )
 from mnnrepro.runner import Runner
 from mnnrepro.settings import Settings, load
-from mnnrepro.workloads.train import Training
+from mnnrepro.workloads.train.models.lenet import check_dumps, sgd_config
+from mnnrepro.workloads.train.workload import Training
 
 from .conftest import need_source
 
@@ -117,7 +116,7 @@ def test_numpy_reference_agrees_with_a_fresh_mnn_cpu_run(built: Built, tmp_path:
         built, "cpu-fresh", "cpu", "-", ("--dump-steps", "0,1", "--save-init", str(built.root / "cpu-fresh" / "init"))
     )
     assert_ran(run, "cpu")
-    report = check_reference(
+    report = check_dumps(
         Dumps(run.result_dir / "grads", run.result_dir / "init"),
         [0, 1],
         sgd=sgd_config(run.record.start["config"]),
@@ -173,7 +172,7 @@ def test_vulkan_buffer_steps_agree_with_the_numpy_reference(built: Built, golden
     """Each step from the device's own parameters: the later steps, too, are right, not only near the golden."""
     run = drive(built, f"vulkan-buffer-{icd_name}", "vulkan-buffer", icd_name, driver_args(golden_exists))
     assert_ran(run, "vulkan")
-    report = check_reference(
+    report = check_dumps(
         Dumps(run.result_dir / "grads", golden_exists / "init"),
         [0, 1],
         sgd=sgd_config(run.record.start["config"]),

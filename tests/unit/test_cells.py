@@ -18,8 +18,8 @@ from mnnrepro.fixtures import Expectation
 from mnnrepro.icd import Icd
 from mnnrepro.judge import judge
 from mnnrepro.runner import Completed, HostRunner
-from mnnrepro.session import cells_for
-from mnnrepro.workloads.train import Training
+from mnnrepro.workloads.train.session import cells_for
+from mnnrepro.workloads.train.workload import Training
 
 WORKLOAD = Training(steps=3, batch_size=8, seed=1, precision="high", test_limit=10)
 REPRODUCE = Expectation(("3.3.0",), "vulkan-image", "*", "reproduce", "alibaba/MNN#3129", "SIGSEGV", "sgd_step", 0)

@@ -18,9 +18,10 @@ from mnnrepro.cells import Cell
 from mnnrepro.errors import FixtureError
 from mnnrepro.gradcheck import GradReport, Tolerance, check_run, compare, make_row, tolerance_for
 from mnnrepro.prepare import Prepared
-from mnnrepro.session import MnistRef
 from mnnrepro.settings import Settings
-from mnnrepro.workloads.train import Training
+from mnnrepro.workloads.train.models import lenet
+from mnnrepro.workloads.train.session import MnistRef
+from mnnrepro.workloads.train.workload import Training
 
 SHAPES = {"a.weight": (3, 4), "a.bias": (4,)}
 STEPS = (0, 1)
@@ -249,6 +250,19 @@ def test_a_missing_golden_fails_and_says_how_to_make_it(tmp_path: Path, golden: 
     assert "python -m mnnrepro golden --ref 1.2.3" in report.summary()
 
 
+def test_a_golden_that_lists_no_parameters_is_no_pass(tmp_path: Path, golden: Path) -> None:
+    """gradcheck knows no model (issue 23): a golden whose provenance lists no parameters is a bad golden, not a
+    comparison of nothing (before, Lenet's shapes were assumed, whatever the golden's model)."""
+    path = golden / "provenance.json"
+    provenance = json.loads(path.read_text())
+    del provenance["parameters"]
+    path.write_text(json.dumps(provenance))
+    report = gradcheck.check_run(make_run(tmp_path, golden), golden, "vulkan", "high")
+    assert not report.passed and not report.rows
+    assert [p.what for p in report.problems] == ["bad golden"]
+    assert "lists no parameters" in report.problems[0].detail
+
+
 def test_other_batches_or_config_make_the_run_incomparable(tmp_path: Path, golden: Path) -> None:
     run = make_run(tmp_path, golden, seed=2)
     edit(run / "grads" / "step1" / "batch_indices.npy", lambda a: a[::-1].copy())
@@ -389,7 +403,7 @@ def test_driver_args_ask_only_for_the_steps_a_run_reaches(golden: Path, run_step
 def test_the_reference_check_says_which_steps_were_not_run(tmp_path: Path) -> None:
     compared, not_run = gradcheck.steps_within([0, 1], 1)
     assert (compared, not_run) == ([0], [1])
-    report = gradcheck.check_reference(
+    report = lenet.check_dumps(
         gradcheck.Dumps(tmp_path / "none", None), [], not_run=(not_run, 1), data_dir=fixtures.MNIST
     )
     assert "step 1 n/a: not run (the workload has 1 step)" in report.summary()

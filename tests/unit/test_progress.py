@@ -21,7 +21,7 @@ from mnnrepro.errors import BuildError
 from mnnrepro.progress import Progress, elapsed_text, heartbeat
 from mnnrepro.runner import Completed, HostRunner, OnLine
 from mnnrepro.source import SourceTree
-from mnnrepro.workloads.train import Training
+from mnnrepro.workloads.train.workload import Training
 
 MakeTree = Callable[[Path], Path]
 

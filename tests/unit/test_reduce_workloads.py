@@ -15,13 +15,14 @@ from typing import Any, cast
 import numpy as np
 import pytest
 
-from mnnrepro import cli, fixtures, gradcheck, prepare
+from mnnrepro import cli, fixtures, prepare
 from mnnrepro.errors import ConfigError
 from mnnrepro.runner import HostRunner
 from mnnrepro.settings import Settings
-from mnnrepro.workloads import train
 from mnnrepro.workloads.reduce import search as reduce
 from mnnrepro.workloads.reduce import session as redsession
+from mnnrepro.workloads.train import workload as train
+from mnnrepro.workloads.train.models import lenet
 
 # A driver that records its argv and saves a "graph" where --save-graph says, as the capture expects.
 FAKE_DRIVER = """#!/bin/sh
@@ -162,7 +163,7 @@ def test_the_mnistv2_golden_verifies_against_its_own_model(tmp_path: Path) -> No
 
 def test_the_mnist_golden_verifies_as_before() -> None:
     golden = fixtures.golden_dir("mnist", "3.3.0")
-    new, old = train.verify_golden(golden), gradcheck.verify_golden(golden)
+    new, old = train.verify_golden(golden), lenet.verify_golden(golden)
     assert new.passed and [r.to_dict() for r in new.rows] == [r.to_dict() for r in old.rows]
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from mnnrepro import reuse
 from mnnrepro.cells import Cell, run_cell
 from mnnrepro.runner import HostRunner
-from mnnrepro.workloads.train import Training
+from mnnrepro.workloads.train.workload import Training
 
 EVENTS = [
     {"v": 1, "event": "start", "t": 0.0},

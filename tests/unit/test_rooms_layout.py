@@ -1,5 +1,5 @@
-"""Issue 23: the ops and reduce workloads are rooms of the workloads/ package, with nothing left at the old paths,
-and the scripts that run where the runner runs are where the runners look for them."""
+"""Issue 23: the ops, reduce and training workloads are rooms of the workloads/ package, with nothing left at the
+old paths, and the scripts that run where the runner runs are where the runners look for them."""
 
 from __future__ import annotations
 
@@ -17,9 +17,23 @@ PACKAGE = Path(mnnrepro.__file__).parent
 ROOMS = {
     "ops": ("optest", "optest_batch", "judge", "report", "session"),
     "reduce": ("search", "session"),
+    "train": ("workload", "session", "golden"),
 }
+MODELS = ("lenet", "mnistv2")  # workloads/train/models/: one numpy reference per driver model
 # Where these modules were before issue 23; no shim stays behind (nothing outside the repository imports them).
-OLD = ("optest", "optest_batch", "opsession", "opjudge", "opreport", "reduce", "redsession")
+OLD = (
+    "optest",
+    "optest_batch",
+    "opsession",
+    "opjudge",
+    "opreport",
+    "reduce",
+    "redsession",
+    "session",
+    "golden",
+    "reference",
+    "reference_mnistv2",
+)
 
 
 @pytest.mark.parametrize("name", OLD)
@@ -32,6 +46,24 @@ def test_nothing_is_left_at_the_old_module_paths(name: str) -> None:
 def test_each_room_holds_its_modules(room: str, module: str) -> None:
     loaded = importlib.import_module(f"mnnrepro.workloads.{room}.{module}")
     assert Path(str(loaded.__file__)) == PACKAGE / "workloads" / room / f"{module}.py"
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_each_model_reference_is_in_the_training_room(model: str) -> None:
+    from mnnrepro.workloads.train import workload
+
+    loaded = importlib.import_module(f"mnnrepro.workloads.train.models.{model}")
+    assert Path(str(loaded.__file__)) == PACKAGE / "workloads" / "train" / "models" / f"{model}.py"
+    assert model in workload.MODELS  # a model is its reference module and its line in MODELS
+
+
+def test_gradcheck_knows_no_model() -> None:
+    """The verdict layer compares dumps with a golden; the models' references live in the training room, so
+    gradcheck no longer holds Lenet's check (which stood below the room that names every model)."""
+    from mnnrepro import gradcheck
+
+    for name in ("check_reference", "verify_golden", "sgd_config", "PARAM_SHAPES", "SgdConfig"):
+        assert not hasattr(gradcheck, name), name
 
 
 def test_the_batch_script_is_where_both_runners_look_for_it() -> None:

@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnnrepro import fixtures, gradcheck, judge, session
+from mnnrepro import fixtures, gradcheck, judge
 from mnnrepro.cells import Cell
 from mnnrepro.contract import RunRecord, Stage
 from mnnrepro.errors import ConfigError, FixtureError
 from mnnrepro.settings import Settings
+from mnnrepro.workloads.train import session
 
 ROOT = Path(__file__).resolve().parents[2]
 MINIMAL = """format = 1
@@ -81,7 +82,7 @@ def test_fit_rows_give_the_steps_of_one_variant_on_one_icd(tmp_path: Path) -> No
 
 
 def test_the_workload_gives_the_driver_its_model_and_options_and_mnist_s_command_is_unchanged() -> None:
-    from mnnrepro.workloads import train
+    from mnnrepro.workloads.train import workload as train
 
     m = fixtures.load_matrix()
     assert train.workload_of(m, Settings()).driver_args() == [
@@ -160,7 +161,8 @@ def test_a_zero_tensor_without_its_layer_weight_fails() -> None:
 def test_the_mnistv2_golden_passes_its_reference_and_fails_with_a_planted_conv1_bias(tmp_path: Path) -> None:
     import shutil
 
-    from mnnrepro.workloads import train
+    from mnnrepro.workloads.train import workload as train
+    from mnnrepro.workloads.train.models import lenet
 
     golden = fixtures.golden_dir("mnistv2", "3.3.0")
     if not (golden / "provenance.json").is_file():
@@ -169,7 +171,7 @@ def test_the_mnistv2_golden_passes_its_reference_and_fails_with_a_planted_conv1_
     import json
 
     provenance = json.loads((golden / "provenance.json").read_text())
-    sgd = gradcheck.sgd_config(provenance["config"])
+    sgd = lenet.sgd_config(provenance["config"])
 
     def check(root: Path) -> gradcheck.GradReport:
         dumps = gradcheck.Dumps(root, root / "init")

@@ -13,10 +13,11 @@ from typing import Any, cast
 
 import pytest
 
-from mnnrepro import cells, fixtures, golden, gradcheck, prepare
+from mnnrepro import cells, fixtures, gradcheck, prepare
 from mnnrepro.errors import FixtureError
-from mnnrepro.session import MnistRef
 from mnnrepro.settings import Settings
+from mnnrepro.workloads.train import golden
+from mnnrepro.workloads.train.session import MnistRef
 
 COMMITTED = ("3.3.0", "47027e10")
 MNIST = "mnist"  # workloads.train.NAME (imported inside the tests that need the module, so each fails alone)
@@ -50,7 +51,7 @@ def test_prepared_carries_no_workload() -> None:
 
 
 def test_mnist_workload_is_the_matrix_training_table_with_steps_from_the_settings() -> None:
-    from mnnrepro.workloads import train
+    from mnnrepro.workloads.train import workload as train
 
     matrix = fixtures.load_matrix()
     training = dict(matrix.training)
@@ -65,7 +66,7 @@ def test_mnist_workload_is_the_matrix_training_table_with_steps_from_the_setting
 
 @pytest.mark.parametrize("ref", COMMITTED)
 def test_committed_goldens_live_under_their_workload(ref: str) -> None:
-    from mnnrepro.workloads import train
+    from mnnrepro.workloads.train import workload as train
 
     assert train.NAME == MNIST
     where = fixtures.golden_dir(train.NAME, ref)

@@ -27,7 +27,7 @@ from ...contract import read_events
 from ...errors import ConfigError
 from ...settings import Settings
 from ...signature import SIGNAL_ONLY
-from .. import train
+from ..train import workload as train
 from . import search as reduce
 
 Say = Callable[[str], None]

@@ -1,4 +1,4 @@
-"""reference: the independent numpy Lenet (forward, backward, MNN's SGD) that vouches for the CPU golden."""
+"""models.lenet: the independent numpy Lenet (forward, backward, MNN's SGD) that vouches for the CPU golden."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnnrepro import reference as ref
-from mnnrepro.gradcheck import GOLDEN_ROOT, verify_golden
+from mnnrepro.gradcheck import GOLDEN_ROOT
+from mnnrepro.workloads.train.models import lenet as ref
+from mnnrepro.workloads.train.models.lenet import verify_golden
 
 
 def random_case(seed: int, batch: int = 2) -> tuple[ref.Params, ref.F64, ref.F64, ref.F64]:

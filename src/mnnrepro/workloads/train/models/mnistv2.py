@@ -3,7 +3,7 @@ hand, in float64 numpy, and the same SGD step as Lenet's. It shares no code with
 workload's CPU golden, where finite differences are too coarse (ReLU6 and max-pool kinks, max-pool ties on
 MNIST's blank borders). Each definition names the MNN source whose semantics it mirrors (paths in the MNN tree,
 3.3.0). Helpers MnistV2 shares with Lenet (convolution, max pool with MNN's tie rule, softmax, cross entropy,
-SGD, learning rate, data) come from mnnrepro.reference.
+SGD, learning rate, data) come from Lenet's reference (models/lenet.py).
 
 Model (tools/train/source/demo/mnistTrain.cpp, class MnistV2):
   conv1 5x5 1->8 valid (NN::Conv: weight [8,1,5,5], bias [8]); BatchNorm(8) in training mode (NN::BatchNorm:
@@ -19,8 +19,8 @@ Backward follows MNN's gradient rules (tools/train/source/grad/), where they are
     the textbook BatchNorm gradient (tests check that), and it makes conv1's bias gradient exactly zero.
   - ReLU6 (grad/ReluGrad.cpp, Relu6Grad): mask ``min < x < max``, strict: 0 at x == 0 and at x == 6.
   - max pool (source/geometry/GeometryPoolGrad.cpp): every element >= its window's max gets the full gradient
-    (mnnrepro.reference.maxpool_backward).
-SGD and learning rate: mnnrepro.reference (tools/train/source/optimizer/SGD.cpp, LearningRateScheduler.cpp), over
+    (lenet.maxpool_backward).
+SGD and learning rate: lenet (tools/train/source/optimizer/SGD.cpp, LearningRateScheduler.cpp), over
 every trainable parameter, BatchNorm's scale and bias included (ParameterOptimizer.cpp: TRAINABLE inputs only,
 so not the running statistics, which are _Const).
 """
@@ -36,10 +36,10 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from . import fixtures
-from .contract import read_events
-from .gradcheck import Dumps, GradReport, Problem, Tolerance, make_row, reference_tolerance, sgd_config
-from .reference import (
+from .... import fixtures
+from ....contract import read_events
+from ....gradcheck import Dumps, GradReport, Problem, Tolerance, make_row, reference_tolerance
+from .lenet import (
     F64,
     Forward,
     Params,
@@ -53,6 +53,7 @@ from .reference import (
     load_train_split,
     maxpool_backward,
     maxpool_forward,
+    sgd_config,
     sgd_update,
     softmax,
 )
@@ -337,7 +338,7 @@ def check_dumps(
     """A driver's MnistV2 dumps (obtained, float32) against this reference (golden, float64), per parameter:
     the gradient and the update (after - before); BatchNorm's running statistics where dumped. Step N starts
     from the driver's own parameters before it and its previous update as the momentum history
-    (gradcheck.check_reference does the same for Lenet), so each row measures one step's arithmetic. ``losses``
+    (lenet.check_dumps does the same for Lenet), so each row measures one step's arithmetic. ``losses``
     (the driver's, per step) are checked too, to 1e-3 relative."""
     limit = tolerance or reference_tolerance()
     report = GradReport(f"numpy float64 MnistV2 reference vs MNN dumps in {dumps.root}")
@@ -355,9 +356,9 @@ def check_dumps(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m mnnrepro.reference_mnistv2 DUMPS [--init DIR] [--events FILE] [--steps 0,1]``: the agreement
-    table of a driver run's dumps (--dump-dir, --save-init) with this reference."""
-    parser = argparse.ArgumentParser(prog="python -m mnnrepro.reference_mnistv2", description=main.__doc__)
+    """``python -m mnnrepro.workloads.train.models.mnistv2 DUMPS [--init DIR] [--events FILE] [--steps 0,1]``:
+    the agreement table of a driver run's dumps (--dump-dir, --save-init) with this reference."""
+    parser = argparse.ArgumentParser(prog="python -m mnnrepro.workloads.train.models.mnistv2", description=main.__doc__)
     parser.add_argument("dumps", type=Path, help="the driver's --dump-dir (step<N>/{grad,after}/...)")
     parser.add_argument("--init", type=Path, help="the parameters step 0 started from (default: DUMPS/init)")
     parser.add_argument("--steps", default="0", help="comma-separated step numbers (default: 0)")

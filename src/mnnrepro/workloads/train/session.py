@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import (
+from ... import (
     __version__,
     fixtures,
     gradcheck,
@@ -25,15 +25,17 @@ from . import (
     source,
     variants,
 )
-from .cells import Cell, CellRun, run_cell
-from .contract import Device, RunRecord
-from .errors import EXIT_MISMATCH, ConfigError
-from .judge import ACCEPTS, FAIL, PASS, TRAINS, Check, Verdict, combine_repeats, judge
-from .prepare import Prepared
-from .runner import Completed
-from .settings import ICD_NAMES, Settings
-from .workloads import base, train
-from .workloads.train import Training
+from ...cells import Cell, CellRun, run_cell
+from ...contract import Device, RunRecord
+from ...errors import EXIT_MISMATCH, ConfigError
+from ...judge import ACCEPTS, FAIL, PASS, TRAINS, Check, Verdict, combine_repeats, judge
+from ...prepare import Prepared
+from ...runner import Completed
+from ...settings import ICD_NAMES, Settings
+from .. import base
+from . import workload as train
+from .models.lenet import sgd_config
+from .workload import Training
 
 # Session name -> the variants it judges. A CPU baseline is added wherever a GPU variant is compared to it.
 SESSIONS: dict[str, tuple[str, ...]] = {
@@ -362,7 +364,7 @@ def _gradient_check(
             ref_run.spec,
             gradcheck.Dumps(run.result_dir / "grads", run.result_dir / "init"),
             steps,
-            sgd=gradcheck.sgd_config(run.record.start.get("config") or {}),
+            sgd=sgd_config(run.record.start.get("config") or {}),
             losses=run.record.losses,
             artifacts=run.result_dir / "gradcheck",
             not_run=(not_run, run_steps),

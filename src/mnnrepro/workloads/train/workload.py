@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from .. import fixtures, gradcheck, reference, reference_mnistv2
-from ..fixtures import DEFAULT_WORKLOAD, Matrix, WorkloadSpec
-from ..gradcheck import Dumps, GradReport, Problem, ZeroRule
-from ..reference import SgdConfig
-from ..settings import Settings
+from ... import fixtures, gradcheck
+from ...fixtures import DEFAULT_WORKLOAD, Matrix, WorkloadSpec
+from ...gradcheck import Dumps, GradReport, Problem, ZeroRule
+from ...settings import Settings
+from .models import lenet, mnistv2
+from .models.lenet import SgdConfig
 
 NAME = DEFAULT_WORKLOAD  # MNIST's workload: its goldens' directory under fixtures/golden/; a session's default
 DEFAULT_MODEL = "lenet"  # the driver's default --model: not passed, so Lenet's command line stays as it was
@@ -34,11 +35,11 @@ class ReferenceCheck(Protocol):
 
 
 def _lenet(dumps: Dumps, steps: Sequence[int], *, sgd: SgdConfig | None, losses: Sequence[float]) -> GradReport:
-    return gradcheck.check_reference(dumps, steps, sgd=sgd, losses=losses)
+    return lenet.check_dumps(dumps, steps, sgd=sgd, losses=losses)
 
 
 def _mnistv2(dumps: Dumps, steps: Sequence[int], *, sgd: SgdConfig | None, losses: Sequence[float]) -> GradReport:
-    return reference_mnistv2.check_dumps(dumps, steps, sgd=sgd, losses=losses)
+    return mnistv2.check_dumps(dumps, steps, sgd=sgd, losses=losses)
 
 
 @dataclass(frozen=True)
@@ -50,10 +51,10 @@ class Model:
     reference: ReferenceCheck
 
 
-# One line per driver model (a new model: its native file, and a line here).
+# One line per driver model (a new model: its native file, its reference in models/, and a line here).
 MODELS: dict[str, Model] = {
-    "lenet": Model({n: reference.PARAM_SHAPES[n] for n in reference.PARAM_NAMES}, _lenet),
-    "mnistv2": Model({n: reference_mnistv2.PARAM_SHAPES[n] for n in reference_mnistv2.PARAM_NAMES}, _mnistv2),
+    "lenet": Model({n: lenet.PARAM_SHAPES[n] for n in lenet.PARAM_NAMES}, _lenet),
+    "mnistv2": Model({n: mnistv2.PARAM_SHAPES[n] for n in mnistv2.PARAM_NAMES}, _mnistv2),
 }
 
 
@@ -148,7 +149,7 @@ def verify_golden(golden_dir: Path, matrix: Matrix | None = None, *, workload: s
     ``workload``: the golden's workload the caller expects (another is a "bad golden" problem)."""
     provenance = gradcheck.read_provenance(golden_dir)
     if provenance is None:
-        return gradcheck.verify_golden(golden_dir)  # its "missing golden" report, with the command that makes it
+        return gradcheck.missing_golden(golden_dir)  # with the command that makes it
     matrix = matrix or fixtures.load_matrix()
     name, model = str(provenance.get("workload") or NAME), str(provenance.get("model") or DEFAULT_MODEL)
     spec = matrix.workloads.get(name)
@@ -164,7 +165,7 @@ def verify_golden(golden_dir: Path, matrix: Matrix | None = None, *, workload: s
         spec,
         Dumps(golden_dir, golden_dir / "init"),
         [int(x) for x in provenance["steps"]],
-        sgd=gradcheck.sgd_config(provenance.get("config", {})),
+        sgd=lenet.sgd_config(provenance.get("config", {})),
         losses=[float(x) for x in provenance.get("losses", [])],
     )
 

@@ -17,16 +17,38 @@ SGD (tools/train/source/optimizer/SGD.cpp, L2 regularization):
   ``g' = g + wd * p;  v = lr * g' + momentum * v;  p = p - v``   (Caffe form: lr inside the history)
 Learning rate (tools/train/source/optimizer/LearningRateScheduler.cpp):
   ``LrScheduler::inv(base, step, gamma, power) = base * (1 + gamma * step) ** -power``.
+Checks (issue 23: here, in the training room, not in gradcheck, which knows no model): ``check_dumps`` (a driver's
+dumps against this reference), ``verify_golden`` (a Lenet golden) and ``sgd_config`` (a run's optimizer settings).
+Other models (models/mnistv2.py) share its convolution, max pool, softmax, cross entropy, SGD and MNIST data.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+
+from .... import fixtures
+from ....gradcheck import (
+    Dumps,
+    GradReport,
+    MissingDump,
+    Problem,
+    Tolerance,
+    add_row,
+    before_path,
+    finish,
+    load_dump,
+    missing_golden,
+    nonfinite,
+    read_provenance,
+    reference_tolerance,
+)
 
 F64 = NDArray[np.float64]
 Params = dict[str, F64]
@@ -279,3 +301,96 @@ def load_train_split(mnist_dir: Path) -> tuple[NDArray[np.uint8], NDArray[np.uin
     images = read_idx(mnist_dir / "train-images-idx3-ubyte")
     labels = read_idx(mnist_dir / "train-labels-idx1-ubyte")
     return images.reshape(len(images), -1), labels
+
+
+# -- checking a driver's dumps against this reference (moved from gradcheck, issue 23) -----------------------
+
+
+def check_dumps(
+    dumps: Dumps,
+    steps: Sequence[int],
+    *,
+    data_dir: Path = fixtures.MNIST,
+    sgd: SgdConfig | None = None,
+    tolerance: Tolerance | None = None,
+    artifacts: Path | None = None,
+    losses: Sequence[float] = (),
+    not_run: tuple[Sequence[int], int | None] = ((), None),
+) -> GradReport:
+    """MNN's dumps (obtained) vs this reference (golden), each step from MNN's own state.
+    ``not_run``: the golden steps left out because the run never reached them, and its step count (said, n/a).
+
+    Step N starts from MNN's parameters before it (the initial ones, then MNN's after of step N-1) and MNN's
+    previous update as the momentum history, so one step's rounding cannot push the reference across a ReLU or
+    max-pool boundary at the next: every row measures one step's gradient and update arithmetic. ``losses``
+    (MNN's, per step) are checked too, to 1e-3 relative.
+    """
+    limit = tolerance or reference_tolerance()
+    sgd = sgd or SgdConfig()
+    report = GradReport(f"numpy float64 reference vs MNN dumps in {dumps.root}", artifacts=artifacts)
+    report.not_run, report.run_steps = [int(s) for s in not_run[0]], not_run[1]
+    images, labels = load_train_split(data_dir)
+    for step in steps:
+        try:
+            indices = [int(i) for i in load_dump(dumps.step_file(step, "batch_indices.npy"))]
+            mask = load_dump(dumps.step_file(step, "dropout_mask.npy"))
+            before = {n: load_dump(before_path(dumps, step, n)) for n in PARAM_NAMES}
+            history = {
+                n: np.zeros(PARAM_SHAPES[n]) if step == 0 else load_dump(before_path(dumps, step - 1, n)) - before[n]
+                for n in PARAM_NAMES
+            }
+        except MissingDump as exc:
+            report.problems.append(Problem("missing file", f"no {exc}", step=step))
+            continue
+        bad = [n for n in PARAM_NAMES if before[n].shape != PARAM_SHAPES[n] or nonfinite(before[n])]
+        if bad:
+            report.problems.append(Problem("bad parameters", f"before the step: {', '.join(bad)}", step=step))
+            continue
+        x, onehot = batch_inputs(images, labels, indices)
+        fwd = forward(before, x, onehot, mask)
+        grads = backward(before, fwd)
+        lr = sgd.lr(step)
+        if step < len(losses) and not math.isclose(fwd.loss, losses[step], rel_tol=1e-3):
+            report.problems.append(Problem("loss differs", f"MNN {losses[step]:.7f}, numpy {fwd.loss:.7f}", step=step))
+        for name in PARAM_NAMES:
+            update = -(lr * (grads[name] + sgd.weight_decay * before[name]) + sgd.momentum * history[name])
+            for kind, expected in (("grad", grads[name]), ("after", update)):
+                try:
+                    o = load_dump(dumps.tensor(step, kind, name))
+                except MissingDump as exc:
+                    report.problems.append(Problem("missing file", f"no {exc}", name, step, kind))
+                    continue
+                if kind == "after" and o.shape == before[name].shape:
+                    o = o - before[name]
+                add_row(report, name, step, kind, o, expected, limit, artifacts)
+    return finish(report) if artifacts else report
+
+
+def verify_golden(
+    golden_dir: Path, *, data_dir: Path = fixtures.MNIST, tolerance: Tolerance | None = None
+) -> GradReport:
+    """A Lenet golden against this reference (needs no MNN; workloads.train.workload.verify_golden picks the
+    reference by the golden's model)."""
+    provenance = read_provenance(golden_dir)
+    if provenance is None:
+        return missing_golden(golden_dir)
+    return check_dumps(
+        Dumps(golden_dir, golden_dir / "init"),
+        [int(s) for s in provenance["steps"]],
+        data_dir=data_dir,
+        sgd=sgd_config(provenance.get("config", {})),
+        tolerance=tolerance,
+        losses=[float(x) for x in provenance.get("losses", [])],
+    )
+
+
+def sgd_config(config: dict[str, Any]) -> SgdConfig:
+    """The optimizer settings a driver run reported (its `start` event's config)."""
+    default = SgdConfig()
+    return SgdConfig(
+        float(config.get("lr_base", default.lr_base)),
+        float(config.get("lr_gamma", default.lr_gamma)),
+        float(config.get("lr_power", default.lr_power)),
+        float(config.get("momentum", default.momentum)),
+        float(config.get("weight_decay", default.weight_decay)),
+    )

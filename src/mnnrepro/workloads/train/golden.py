@@ -1,7 +1,7 @@
 """Making a CPU gradient golden (`mnnrepro golden --ref REF`), on request only: tests never regenerate one.
 
 The CPU driver runs with dumps through the same preflight and builds as every session; its gradients are
-checked against the independent float64 numpy reference (mnnrepro.reference) first, and only then is
+checked against its model's independent float64 numpy reference (models/) first, and only then is
 ``fixtures/golden/mnist/<ref>/`` written (goldens are keyed by workload and ref: fixtures.golden_dir), with its
 provenance, the machine fingerprint that makes its last bits, and a sha256 manifest that every run checks before
 it starts (fixtures.verify_golden_manifest).
@@ -20,12 +20,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import fingerprint, fixtures, gradcheck, prepare
-from .build import native_key
-from .cells import Cell, CellRun, run_cell
-from .errors import ConfigError, FixtureError
-from .settings import Settings
-from .workloads import train
+from ... import fingerprint, fixtures, gradcheck, prepare
+from ...build import native_key
+from ...cells import Cell, CellRun, run_cell
+from ...errors import ConfigError, FixtureError
+from ...settings import Settings
+from . import workload as train
+from .models.lenet import sgd_config
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -179,7 +180,7 @@ def generate_golden(
             spec,
             gradcheck.Dumps(work / "run" / "grads", work / "golden" / "init"),
             steps,
-            sgd=gradcheck.sgd_config(dict(run.record.start.get("config") or {})),
+            sgd=sgd_config(dict(run.record.start.get("config") or {})),
             losses=run.record.losses,
         )
         say(check.table())

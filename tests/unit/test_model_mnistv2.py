@@ -1,4 +1,4 @@
-"""reference_mnistv2: the independent numpy MnistV2 (forward, backward by hand, SGD) behind the mnistv2 golden."""
+"""models.mnistv2: the independent numpy MnistV2 (forward, backward by hand, SGD) behind the mnistv2 golden."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from mnnrepro import fixtures
-from mnnrepro import reference as lenet
-from mnnrepro import reference_mnistv2 as ref
 from mnnrepro.gradcheck import Dumps, Tolerance
-from mnnrepro.reference import F64, Params
+from mnnrepro.workloads.train.models import lenet
+from mnnrepro.workloads.train.models import mnistv2 as ref
+from mnnrepro.workloads.train.models.lenet import F64, Params
 
 
 def random_params(rng: np.random.Generator) -> Params:
