@@ -105,6 +105,13 @@ def vulkan_fp16(session: nox.Session) -> None:
 
 
 @nox.session(tags=["train", "vulkan"])
+def vulkan_validation(session: nox.Session) -> None:
+    """The Vulkan cells under the Khronos validation layer (issue 25): VUIDs per cell; one no row of
+    fixtures/validation.toml lists fails the cell (`-- --vk-validation sync` adds synchronization validation)."""
+    _mnnrepro(session, "run", "vulkan_validation")
+
+
+@nox.session(tags=["train", "vulkan"])
 def vulkan_buffer(session: nox.Session) -> None:
     """Vulkan buffer mode (-DMNN_VULKAN_IMAGE=OFF) on lavapipe and SwiftShader: expect FIXED."""
     _mnnrepro(session, "run", "vulkan_buffer")

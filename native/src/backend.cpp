@@ -62,8 +62,13 @@ bool loadPlugin(const std::string& plugin, std::string& error) {
 }
 
 // 2. Independent device probes, so the verdict can name the device and the reason for a fallback.
-std::string probeVulkanDevice(Json& device) {
-    auto vk = mnnrepro::probeVulkan();
+std::string probeVulkanDevice(EventLog& log, Json& device, bool canary) {
+    auto vk = mnnrepro::probeVulkan(canary);
+    if (canary) {
+        log.emit("vk_canary",
+                 Json().str("call", kCanaryCall).str("vuid", kCanaryVuid).boolean("made", vk.canaryMade).integer(
+                     "count", vk.canaryMade ? 1 : 0));
+    }
     device.str("api", "vulkan").boolean("libvulkan_so", vk.libraryLoaded).str("libvulkan_error", vk.libraryError);
     device.boolean("instance", vk.instanceCreated).str("instance_error", vk.instanceError);
     device.integer("device_count", vk.deviceCount).str("name", vk.deviceName).str("type", vk.deviceType);
@@ -121,7 +126,7 @@ bool runtimeRegistered(MNNForwardType wanted) {
 }  // namespace
 
 BackendSetup setupBackend(EventLog& log, const std::string& backend, const std::string& plugin,
-                          const std::string& precision, int threads) {
+                          const std::string& precision, int threads, bool vkCanary) {
     const MNNForwardType wanted = forwardType(backend);
     log.stage("load_plugin");
     Json pluginInfo;
@@ -134,7 +139,7 @@ BackendSetup setupBackend(EventLog& log, const std::string& backend, const std::
     Json device;
     std::string probeReason;
     if (wanted == MNN_FORWARD_VULKAN) {
-        probeReason = probeVulkanDevice(device);
+        probeReason = probeVulkanDevice(log, device, vkCanary);
     } else if (wanted == MNN_FORWARD_OPENCL) {
         probeReason = probeOpenCLDevice(device);
     } else {

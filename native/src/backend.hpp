@@ -30,8 +30,9 @@ struct BackendSetup {
 // Loads the plugin (dlopen, RTLD_GLOBAL: it registers its runtime in a static initializer), probes the device
 // independently, configures the global executor and reads back the backend MNN chose. Writes the stages
 // load_plugin, probe_device, configure_executor and the events `backend` and, when not exercised, `not_exercised`.
+// vkCanary (--vk-canary): the Vulkan probe makes the validation canary and writes the event `vk_canary`.
 BackendSetup setupBackend(EventLog& log, const std::string& backend, const std::string& plugin,
-                          const std::string& precision, int threads);
+                          const std::string& precision, int threads, bool vkCanary = false);
 
 // Op placement (issue: "some ops fall back to CPU" must be measured). Executor callbacks see every op with
 // its outputs; the backend that owns an op's first output is where the op ran. "switches" counts changes of

@@ -49,7 +49,8 @@ int main(int argc, char** argv) {
     run.start(argc, argv);
     // Plugin, device probe, executor (backend.cpp): the backend MNN really uses, read back, with the reason when
     // it is not the one requested (MNN_FACTS: silent CPU fallback otherwise).
-    const BackendSetup setup = setupBackend(run.log, opt.backend, opt.plugin, opt.precision, opt.threads);
+    const BackendSetup setup =
+        setupBackend(run.log, opt.backend, opt.plugin, opt.precision, opt.threads, opt.vkCanary);
     auto exe = Executor::getGlobalExecutor();
     if (opt.traceOps) traceExecutor(*exe);
     if (!setup.exercised) {

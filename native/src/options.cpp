@@ -45,6 +45,7 @@ const FlagOption kFlagOptions[] = {
     {"--train-graph-file", &Options::trainGraphFile, true},
     {"--no-trace-ops", &Options::traceOps, false},
     {"--allow-fallback", &Options::allowFallback, true},
+    {"--vk-canary", &Options::vkCanary, true},
 };
 
 bool parseInt(const char* s, int& v) {
@@ -153,6 +154,7 @@ void usage() {
             "  --dump-steps A,B,..   steps whose gradients and updated parameters are written\n"
             "  --dump-dir DIR        where dumps go (default OUT/grads)\n"
             "  --allow-fallback      keep going when MNN fell back to the CPU (diagnosis only)\n"
+            "  --vk-canary           one deliberate invalid Vulkan call, proof a validation layer is loaded\n"
             "  --no-trace-ops        do not record where each op ran (events \"ops\")\n"
             "  --static-graph        build the training graph (loss, gradients, SGD update) once and rerun it\n"
             "  --train-graph-file    save that graph (with every gradient) as OUT/train_graph.mnn, then train by\n"

@@ -40,6 +40,7 @@ struct Options {
     bool traceOps = true;
     bool staticGraph = false;
     bool trainGraphFile = false;  // --train-graph-file: train from the saved OUT/train_graph.mnn (saved_graph.cpp)
+    bool vkCanary = false;        // --vk-canary: the validation canary (issue 25; probe.hpp)
 };
 
 void usage();

@@ -28,7 +28,7 @@ static const char* deviceTypeName(VkPhysicalDeviceType t) {
     }
 }
 
-VulkanProbe probeVulkan() {
+VulkanProbe probeVulkan(bool canary) {
     VulkanProbe p;
     void* lib = dlopen("libvulkan.so", RTLD_NOW | RTLD_LOCAL);
     if (!lib) {
@@ -86,6 +86,14 @@ VulkanProbe probeVulkan() {
             getProps2(devs[0], &props2);
             p.driverName = driver.driverName;
             p.driverInfo = driver.driverInfo;
+        }
+        if (canary && getProps2) {
+            // A wrong sType on the top structure: the layer reports kCanaryVuid and skips the call; a driver
+            // without the layer fills the properties and ignores the tag (harmless on lavapipe and SwiftShader).
+            VkPhysicalDeviceProperties2 bad{};
+            bad.sType = VK_STRUCTURE_TYPE_APPLICATION_INFO;
+            getProps2(devs[0], &bad);
+            p.canaryMade = true;
         }
     }
     if (destroy) destroy(instance, nullptr);

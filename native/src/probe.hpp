@@ -20,9 +20,17 @@ struct VulkanProbe {
     std::string apiVersion;
     unsigned vendorId = 0;
     unsigned deviceId = 0;
+    // The validation canary (--vk-canary, issue 25): one deliberate invalid call through the same loader, so a
+    // validation run proves the layer is there by the layer's own report of CANARY_VUID.
+    bool canaryMade = false;
 };
 
-VulkanProbe probeVulkan();
+// The canary's call and the VUID the Khronos validation layer reports for it (src/mnnrepro/validation.py).
+constexpr const char* kCanaryCall = "vkGetPhysicalDeviceProperties2";
+constexpr const char* kCanaryVuid = "VUID-VkPhysicalDeviceProperties2-sType-sType";
+
+// canary: make the canary call on device 0 (never without --vk-canary: Lenet's runs stay as they were).
+VulkanProbe probeVulkan(bool canary = false);
 
 struct OpenCLDevice {
     std::string platform;

@@ -14,13 +14,14 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 from typing import Any, Protocol
 
 from . import faults as planted
-from . import variants
+from . import validation, variants
 from .contract import RunRecord, read_events
 from .fixtures import DEFAULT_WORKLOAD, MNIST
 from .icd import Icd
@@ -95,12 +96,17 @@ def run_cell(
     faults: tuple[str, ...] = (),
     say: Callable[[str], None] = print,
     heartbeat_s: float = 30.0,
+    vk_validation: str = "off",  # validation.MODES: the Khronos layer on a Vulkan cell (issue 25)
 ) -> CellRun:
     result_dir.mkdir(parents=True, exist_ok=True)
     for stale in ("crash.json", "backtrace.txt", "events.jsonl"):
         (result_dir / stale).unlink(missing_ok=True)
     argv = driver_argv(cell, driver, plugin, workload, result_dir, data_dir)
     env, from_caller = _cell_env(icd, runner, faults)
+    validated = vk_validation != "off" and cell.backend == "vulkan"
+    if validated:  # every workload's Vulkan cell: the layer's settings file, its variables, the driver's canary
+        env.update(validation.prepare_cell(result_dir, vk_validation))
+        argv.append(validation.CANARY_ARG)
     gdb = (gdb_path or shutil.which("gdb")) if use_gdb else None
     full = [gdb, "-q", "-nx", "-batch", "-x", str(GDB_SCRIPT), "--args", *argv] if gdb else argv
     if "hide-libvulkan" in faults:
@@ -109,7 +115,10 @@ def run_cell(
     env["MNNREPRO_CRASH_DIR"] = str(result_dir)
     writable = [result_dir, *(Path(a) for o, a in pairwise(argv) if o in OUTPUT_OPTIONS)]
     events = result_dir / "events.jsonl"
-    with heartbeat(cell.id, say=say, detail=lambda: last_stage(events), interval_s=heartbeat_s):
+    with (
+        heartbeat(cell.id, say=say, detail=lambda: last_stage(events), interval_s=heartbeat_s),
+        validation.relay(result_dir) if validated else nullcontext(),
+    ):
         completed = runner.run(
             full,
             writable=writable,

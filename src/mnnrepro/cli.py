@@ -122,6 +122,13 @@ def _add_run(sub: Subcommands) -> None:
         "--no-clone", dest="clone", action="store_const", const=False, help="fail instead of cloning a missing source"
     )
     run.add_argument(
+        "--vk-validation",
+        dest="vk_validation",
+        choices=["off", "on", "sync"],
+        help="the Khronos validation layer on every Vulkan cell: its VUIDs per cell (sync: with synchronization "
+        "validation; session vulkan_validation: on, a VUID without a row of fixtures/validation.toml fails)",
+    )
+    run.add_argument(
         "--no-reuse",
         dest="reuse",
         action="store_const",

@@ -116,6 +116,19 @@ def _candidates(settings: Settings, runner: str) -> tuple[str, ...]:
     return (*settings.icds, *extra)
 
 
+def _validation_checks(settings: Settings, common: dict[str, list[Check]]) -> list[Check]:
+    """Khronos' validation layer (issue 25), always shown: with --vk-validation on|sync it blocks like a session's
+    preflight (the host runner's layer; the image on the docker runner, which has none yet); otherwise information
+    only (status ok, found or not), which never fails doctor or adds to its apt-get line."""
+    mode = settings.vk_validation
+    if mode == "off":
+        return [partial(preflight.check_validation_layer, severity=OK)]
+    common["host"].append(preflight.check_validation_layer)
+    if any((row := icd.row(name)) is None or row.api == icd.VULKAN for name in settings.icds):
+        common["docker"].append(partial(preflight.check_validation_in_docker, mode))
+    return []
+
+
 def check(settings: Settings) -> Diagnosis:
     """The same checks as a session's preflight, for both runners and each ICD, plus what only explains."""
     common: dict[str, list[Check]] = {}
@@ -125,10 +138,11 @@ def check(settings: Settings) -> Diagnosis:
         common["host"].append(preflight.check_vulkan_loader)  # MNN's Vulkan backend, whichever the ICD
     common["host"].append(partial(preflight.check_opencl, requested=False))  # a warning: no opencl cell asked for
     common["docker"].append(partial(preflight.check_opencl_in_docker, requested=False))
+    gpu: list[Check] = [_gpu_note, *_device_checks(settings)]
+    info = _validation_checks(settings, common)
     per_icd = [(r, name) for r in RUNNERS for name in _candidates(settings, r)]
     icd_checks: list[Check] = [partial(preflight.check_icd, name, settings, r) for r, name in per_icd]
-    gpu: list[Check] = [_gpu_note, *_device_checks(settings)]
-    todo: list[Check] = [*common["host"], *common["docker"], *icd_checks, *gpu, partial(_sources, settings)]
+    todo: list[Check] = [*common["host"], *common["docker"], *icd_checks, *gpu, *info, partial(_sources, settings)]
     results = iter(preflight.gather_each(todo))
 
     def take(n: int) -> list[Finding]:
@@ -139,6 +153,7 @@ def check(settings: Settings) -> Diagnosis:
     for r, name in per_icd:
         icd_f[r][name] = take(1)
     gpu_f = take(len(gpu))
+    info_f = take(len(info))
     sources = take(1)
     # An ICD the settings do not name blocks nothing: its failures are shown as warnings (what it lacks).
     extra = [replace(f, status=WARN) if f.status == FAIL else f for f in icd_f["host"].get("host", [])]
@@ -146,7 +161,7 @@ def check(settings: Settings) -> Diagnosis:
         extra = []
     runner_f = {r: common_f[r] + [f for name in settings.icds for f in icd_f[r][name]] for r in RUNNERS}
     host_f, docker_f = runner_f["host"], runner_f["docker"]
-    gpu_f = [*gpu_f[:1], *extra, *gpu_f[1:]]
+    gpu_f = [*gpu_f[:1], *extra, *gpu_f[1:], *info_f]
     both = [f for f in host_f if f in docker_f]
     packages = tuple(dict.fromkeys(p for f in host_f + gpu_f if f.status != OK for p in f.packages))
     return Diagnosis(

@@ -18,6 +18,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+from . import validation
 from .cells import CellRun
 from .judge import NEVER_PASS, Verdict
 from .signature import SIGNAL_ONLY
@@ -58,7 +59,20 @@ def table(rows: list[tuple[CellRun, Verdict]]) -> str:
         out.append("  ".join(cells) + "  " + str(r[-2]))
         if r is not lines[0] and r[-1] != "-":
             out.append(" " * 4 + "backtrace: " + str(r[-1]))
+    for run, v in rows:  # the Khronos layer's record of a cell run under it (issue 25)
+        if v.evidence.get("validation"):
+            out.append(f"  {run.cell.id}: {validation.one_line(v.evidence['validation'])}")
     return "\n".join(out)
+
+
+def validation_table(data: dict[str, Any], width: int = 110) -> str:
+    """VUID, count and first message of every cell run under the validation layer ("" when none was)."""
+    rows = validation.vuid_rows(data.get("cells", []))
+    if not rows:
+        return ""
+    lines = [f"{'cell':34}  {'VUID':56}  {'count':>6}  {'':6}  first message"]
+    lines += [f"{c[:34]:34}  {v:56}  {n:>6}  {k:6}  {first[:width]}" for c, v, n, k, first in rows]
+    return "\n".join(lines)
 
 
 INTERRUPTED = "INTERRUPTED"
@@ -414,7 +428,7 @@ def markdown(
 ) -> str:
     """The run as Markdown: header fingerprint, verdict table, each cell's evidence and checks."""
     cells = data["cells"]
-    out = _md_title(data) + _md_verdicts(cells, base) + _md_placement(data)
+    out = _md_title(data) + _md_verdicts(cells, base) + _md_placement(data) + _md_validation(data)
     if loss_plot:
         out += ["", f"![loss per step, every cell that trained]({loss_plot})"]
     if note:
@@ -423,6 +437,15 @@ def markdown(
     for c in cells:
         out += _md_cell(c, base)
     return "\n".join(out).rstrip() + "\n"
+
+
+def _md_validation(data: dict[str, Any]) -> list[str]:
+    """The Khronos layer's VUIDs per cell (issue 25): none when no cell ran under it."""
+    rows = validation.vuid_rows(data.get("cells", []))
+    if not rows:
+        return []
+    out = ["", "### Validation layer", "", _row("cell", "VUID", "count", "row", "first message"), _row(*["---"] * 5)]
+    return out + [_row(c, v, n, k, first[:300]) for c, v, n, k, first in rows]
 
 
 def _md_title(data: dict[str, Any]) -> list[str]:

@@ -56,6 +56,9 @@ class Settings:
     # An earlier ops session's results directory whose CPU cell (same MNN commit) is this session's CPU reference,
     # instead of running the CPU cell again (a GPU machine's time is the scarce one).
     cpu_from: Path | None = None
+    # The Khronos validation layer on every Vulkan cell (issue 25, validation.py): off, on, or sync (adds the
+    # layer's synchronization validation). The vulkan_validation session turns it on.
+    vk_validation: str = "off"
 
     def describe(self) -> list[str]:
         return [f"{f.name} = {getattr(self, f.name)}" for f in fields(self)]
@@ -109,6 +112,7 @@ def _apply(settings: Settings, values: dict[str, Any], where: str) -> Settings:
 
 
 ICD_NAMES = KNOWN  # the rows of icd.TABLE: a new ICD is a row there
+VK_VALIDATION_MODES = ("off", "on", "sync")  # validation.MODES (settings sits below it: no import)
 # Bounds that keep a number meaningful end to end (the driver takes 32-bit step counts; a runner's time limit
 # must fit a C int of milliseconds).
 BOUNDS = {
@@ -175,6 +179,11 @@ def load(
     _check_icds(settings.icds)
     if settings.precision not in ("", "high", "normal", "low"):
         raise ConfigError(f"precision {settings.precision!r} is not one of high, normal, low")
+    if settings.vk_validation not in VK_VALIDATION_MODES:
+        raise ConfigError(
+            f"vk_validation {settings.vk_validation!r} is not one of {', '.join(VK_VALIDATION_MODES)}",
+            hint="--vk-validation on (the Khronos layer) or sync (with synchronization validation)",
+        )
     if settings.runner not in ("auto", "host", "docker"):
         raise ConfigError(f"runner {settings.runner!r} is not one of auto, host, docker")
     if settings.test_jobs == 0 and real_gpu(settings):  # resolved here, so the printed settings say it

@@ -5,11 +5,12 @@ gathers the ones a session needs (its ICDs, OpenCL or not, its runner) and `requ
 EnvironmentProblem listing every failure, with one `apt-get install` for all the missing Debian packages.
 
 Split by what it checks: `base` (Finding, libraries loaded in a child process, disk, toolchain, gdb), `vulkan`
-(the loader MNN opens, ICD manifests, the machine's own drivers), `opencl` (MNN's OpenCL loader, vendor files,
-GPU-type devices), `docker` (SDK, engine, image, same-path mounts). This module gathers them: `check_icd` checks a
-row of icd.TABLE by its API and how it is found, `checks` picks what a session needs; doctor calls the same
-functions. The failures that matter are silent in MNN (alibaba/MNN#3129 is about a backend that must really be
-active): no unversioned libvulkan.so, or no GPU-type OpenCL device, and MNN quietly uses the CPU.
+(the loader MNN opens, ICD manifests, the machine's own drivers, Khronos' validation layer), `opencl` (MNN's
+OpenCL loader, vendor files, GPU-type devices), `docker` (SDK, engine, image, same-path mounts). This module
+gathers them: `check_icd` checks a row of icd.TABLE by its API and how it is found, `checks` picks what a session
+needs; doctor calls the same functions. The failures that matter are silent in MNN (alibaba/MNN#3129 is about a
+backend that must really be active): no unversioned libvulkan.so, or no GPU-type OpenCL device, and MNN quietly
+uses the CPU.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ from .vulkan import (
     Instance,
     check_host_icd,
     check_manifest,
+    check_validation_in_docker,
+    check_validation_layer,
     check_vulkan_loader,
     vulkan_instance,
 )
@@ -87,6 +90,8 @@ __all__ = [
     "check_opencl_in_docker",
     "check_same_paths",
     "check_toolchain",
+    "check_validation_in_docker",
+    "check_validation_layer",
     "check_vulkan_loader",
     "checks",
     "docker",
@@ -139,9 +144,13 @@ def checks(
     if runner not in RUNNERS:
         raise ValueError(f"runner {runner!r} is not one of {RUNNERS} (resolve 'auto' first)")
     todo: list[Callable[[], list[Finding]]] = [lambda: check_disk(settings.cache_dir)]
+    # --vk-validation on|sync with a Vulkan cell: the layer must be there, or validation proves nothing (issue 25).
+    validate = settings.vk_validation != "off" and any(_api(name) == icd.VULKAN for name in icds)
     if runner == "docker":
         todo.append(lambda: check_docker(settings))
         todo += [partial(check_icd, name, settings, runner) for name in icds]
+        if validate:
+            todo.append(partial(check_validation_in_docker, settings.vk_validation))
         if opencl:
             todo.append(partial(check_opencl_in_docker, requested=True))
         return todo
@@ -151,6 +160,8 @@ def checks(
     todo += [partial(check_icd, name, settings, runner) for name in icds]
     if any(_api(name) == icd.VULKAN for name in icds):
         todo.append(check_vulkan_loader)
+    if validate:
+        todo.append(check_validation_layer)
     if opencl:
         todo.append(partial(check_opencl, requested=True))
     return todo

@@ -1,5 +1,6 @@
 """Vulkan: the loader MNN opens (the unversioned libvulkan.so), ICD manifests (the library each names loads, and an
-instance with only that driver has a device), and the machine's own drivers for `--icd host`.
+instance with only that driver has a device), the machine's own drivers for `--icd host`, and Khronos' validation
+layer for `--vk-validation on|sync` (issue 25: its manifest where the loader looks, the library it names loads).
 
 The failures that matter are silent in MNN (alibaba/MNN#3129 is about a backend that must really be active): with
 no unversioned libvulkan.so, MNN quietly uses the CPU.
@@ -9,10 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import image
 from . import base
 from .base import FAIL, OK, SONAME_PACKAGES, Finding, apt_install
 
@@ -78,7 +82,12 @@ VK_RESULTS = {
 def _manifest_library(manifest: Path) -> str:
     """The library a Vulkan ICD manifest names, resolved the way the loader does (relative to the manifest)."""
     data = json.loads(manifest.read_text())
-    lib = str(data["ICD"]["library_path"])
+    return _relative_to(manifest, str(data["ICD"]["library_path"]))
+
+
+def _relative_to(manifest: Path, lib: str) -> str:
+    """A manifest's library_path as the loader opens it: a relative path with a slash is relative to the manifest;
+    a bare name goes to the dynamic linker's search."""
     if "/" in lib and not lib.startswith("/"):
         return str((manifest.parent / lib).resolve())
     return lib
@@ -289,5 +298,153 @@ def check_vulkan_loader(*, severity: str = FAIL) -> list[Finding]:
             f"no Vulkan loader at all (neither {VULKAN_LOADER} nor .1): {silent}",
             "apt-get install libvulkan1 libvulkan-dev",
             ("libvulkan1", "libvulkan-dev"),
+        )
+    ]
+
+
+# --- Khronos' validation layer (issue 25) ----------------------------------------------------------------------
+
+VALIDATION_LAYER = "VK_LAYER_KHRONOS_validation"
+VALIDATION_MANIFEST = "VkLayer_khronos_validation.json"
+VALIDATION_PACKAGE = "vulkan-validationlayers"  # Debian 12: 1.3.239, beside the loader of the same version
+VALIDATION_LABEL = "Vulkan validation layer"
+LAYER_SUBDIR = "vulkan/explicit_layer.d"
+SYSCONF_DIR = "/etc"  # Debian's loader is built with SYSCONFDIR=/etc
+# An apt-get install line of the Dockerfile naming the package: the image has the layer (its key is the file's
+# content, so an image built from this Dockerfile has what it installs).
+_IMAGE_INSTALLS = re.compile(r"^(?!\s*#).*\b" + re.escape(VALIDATION_PACKAGE) + r"\b", re.M)
+
+
+def layer_search_path(env: Mapping[str, str] | None = None) -> list[Path]:
+    """Where the Vulkan loader looks for explicit layer manifests, in its order (loader 1.3.239, as
+    VK_LOADER_DEBUG=layer lists it on Debian 12): VK_LAYER_PATH alone when set (files or folders; VK_ADD_LAYER_PATH
+    is then ignored); else VK_ADD_LAYER_PATH first, then $XDG_CONFIG_HOME, $XDG_CONFIG_DIRS, /etc, $XDG_DATA_HOME,
+    $XDG_DATA_DIRS, each with vulkan/explicit_layer.d (the XDG defaults where a variable is unset or empty)."""
+    env = os.environ if env is None else env
+
+    def entries(value: str) -> list[Path]:
+        return [Path(p) for p in value.split(":") if p]
+
+    if env.get("VK_LAYER_PATH"):
+        return entries(env["VK_LAYER_PATH"])
+    home = env.get("HOME", "")
+    dirs = [
+        env.get("XDG_CONFIG_HOME") or (f"{home}/.config" if home else ""),
+        env.get("XDG_CONFIG_DIRS") or "/etc/xdg",
+        SYSCONF_DIR,
+        env.get("XDG_DATA_HOME") or (f"{home}/.local/share" if home else ""),
+        env.get("XDG_DATA_DIRS") or "/usr/local/share:/usr/share",
+    ]
+    return [*entries(env.get("VK_ADD_LAYER_PATH", "")), *(d / LAYER_SUBDIR for v in dirs for d in entries(v))]
+
+
+@dataclass(frozen=True)
+class Layer:
+    manifest: Path
+    library: str  # as the loader opens it (relative paths resolved against the manifest)
+    api_version: str
+    implementation_version: str
+
+
+def _layers_in(manifest: Path) -> list[dict[str, Any]]:
+    """The layer entries of a manifest: `layer` (file format 1.0.0), or `layers` (1.0.1 on)."""
+    data = json.loads(manifest.read_text())
+    found = data.get("layers") or [data["layer"]]
+    return [entry for entry in found if isinstance(entry, dict)]
+
+
+def find_validation_layer(env: Mapping[str, str] | None = None) -> tuple[Layer | None, list[str]]:
+    """The first manifest on the loader's search path that declares VK_LAYER_KHRONOS_validation (the loader goes by
+    the layer's name, not the file's: VkLayer_khronos_validation.json is tried first in each folder), and the
+    manifests named like it that could not be read."""
+    unreadable: list[str] = []
+    for entry in layer_search_path(env):
+        if entry.is_dir():
+            files = sorted(entry.glob("*.json"), key=lambda m: (m.name != VALIDATION_MANIFEST, m.name))
+        else:
+            files = [entry] if entry.suffix == ".json" and entry.is_file() else []
+        for manifest in files:
+            try:
+                layers = _layers_in(manifest)
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                if manifest.name == VALIDATION_MANIFEST:
+                    unreadable.append(f"{manifest} ({type(exc).__name__}: {exc})")
+                continue
+            for layer in layers:
+                if layer.get("name") == VALIDATION_LAYER and isinstance(layer.get("library_path"), str):
+                    return Layer(
+                        manifest,
+                        _relative_to(manifest, layer["library_path"]),
+                        str(layer.get("api_version", "?")),
+                        str(layer.get("implementation_version", "?")),
+                    ), unreadable
+    return None, unreadable
+
+
+def check_validation_layer(*, severity: str = FAIL) -> list[Finding]:
+    """Khronos' validation layer for the host runner: its manifest where the loader looks, and the library it names
+    loads. Without it a cell asked to validate would report no messages, which is no evidence (issue 25);
+    severity OK: doctor's information, when validation is not asked for."""
+    layer, unreadable = find_validation_layer()
+    only = " (only --vk-validation on|sync needs it)" if severity == OK else ""
+    if layer is None:
+        return [_layer_missing(severity, only, unreadable)]
+    versions = f"api_version {layer.api_version}, implementation_version {layer.implementation_version}"
+    load = base.load_library(layer.library)
+    if load.ok:
+        return [Finding(OK, VALIDATION_LABEL, f"{layer.manifest} -> {layer.library} loads ({versions})")]
+    packages = [VALIDATION_PACKAGE]
+    if load.itself_missing:
+        why = "which does not exist"
+    elif load.missing:
+        why = f"which cannot be loaded: it needs {', '.join(load.missing)}"
+        packages += [SONAME_PACKAGES[m] for m in load.missing if m in SONAME_PACKAGES]
+    else:
+        why = f"which cannot be loaded: {load.error}"
+    detail = f"{layer.manifest} ({versions}) names {layer.library}, {why}: the loader cannot enable the layer{only}"
+    fix = apt_install(packages) + " (--reinstall where it is installed)"
+    return [Finding(severity, VALIDATION_LABEL, detail, fix, tuple(dict.fromkeys(packages)))]
+
+
+def _layer_missing(severity: str, only: str, unreadable: list[str]) -> Finding:
+    """No manifest declares the layer: the package is missing, or VK_LAYER_PATH hides where it is installed."""
+    where = ", ".join(str(p) for p in layer_search_path())
+    override = bool(os.environ.get("VK_LAYER_PATH"))
+    detail = f"not found{only}: no {VALIDATION_MANIFEST} declaring {VALIDATION_LAYER} where the Vulkan loader looks"
+    detail += (" (VK_LAYER_PATH replaces its own folders)" if override else "") + f": {where}"
+    if unreadable:
+        detail += f"; unreadable: {', '.join(unreadable)}"
+    if not override:
+        return Finding(severity, VALIDATION_LABEL, detail, apt_install([VALIDATION_PACKAGE]), (VALIDATION_PACKAGE,))
+    hidden, _ = find_validation_layer({k: v for k, v in os.environ.items() if k != "VK_LAYER_PATH"})
+    if hidden is not None:  # installed: only the override hides it, and installing again would not help
+        detail += f"; without VK_LAYER_PATH the loader finds {hidden.manifest}"
+        fix = f"unset VK_LAYER_PATH (or add {hidden.manifest.parent} to it)"
+        return Finding(severity, VALIDATION_LABEL, detail, fix)
+    fix = apt_install([VALIDATION_PACKAGE]) + f" and unset VK_LAYER_PATH (or add /usr/share/{LAYER_SUBDIR} to it)"
+    return Finding(severity, VALIDATION_LABEL, detail, fix, (VALIDATION_PACKAGE,))
+
+
+def image_has_validation_layer(dockerfile: Path | None = None) -> bool:
+    """Whether docker/Dockerfile installs the validation layer's package."""
+    path = dockerfile or image.DOCKER_DIR / "Dockerfile"
+    try:
+        return bool(_IMAGE_INSTALLS.search(path.read_text()))
+    except OSError:
+        return False
+
+
+def check_validation_in_docker(mode: str, *, dockerfile: Path | None = None) -> list[Finding]:
+    """The docker runner: the suite's image must have the layer; it has not yet (issue 25)."""
+    label = f"{VALIDATION_LABEL} (image)"
+    if image_has_validation_layer(dockerfile):
+        return [Finding(OK, label, f"docker/Dockerfile installs {VALIDATION_PACKAGE}")]
+    return [
+        Finding(
+            FAIL,
+            label,
+            f"--vk-validation {mode}: the suite's image (docker/Dockerfile) has no Khronos validation layer yet "
+            f"({VALIDATION_PACKAGE} is not installed there)",
+            f"--runner host (with {apt_install([VALIDATION_PACKAGE])}), or --vk-validation off",
         )
     ]

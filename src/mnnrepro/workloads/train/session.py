@@ -23,6 +23,7 @@ from ... import (
     report,
     reuse,
     source,
+    validation,
     variants,
 )
 from ...cells import Cell, CellRun, run_cell
@@ -37,6 +38,7 @@ from . import workload as train
 from .models.lenet import sgd_config
 from .workload import Training
 
+VALIDATION_SESSION = "vulkan_validation"
 # Session name -> the variants it judges. A CPU baseline is added wherever a GPU variant is compared to it.
 SESSIONS: dict[str, tuple[str, ...]] = {
     "cpu": ("cpu",),
@@ -48,6 +50,9 @@ SESSIONS: dict[str, tuple[str, ...]] = {
     "opencl": ("opencl",),  # needs a GPU-type OpenCL device; PoCL (CPU type) gives NOT-EXERCISED
     # Every workload of [workloads] (issue 24) with these variants, one table; --variants picks others.
     "workloads": ("cpu", "vulkan-image", "vulkan-buffer"),
+    # The Vulkan cells under the Khronos validation layer (issue 25): a VUID no row of fixtures/validation.toml
+    # lists, or a cell whose canary the layer did not report, fails the cell.
+    VALIDATION_SESSION: ("vulkan-image", "vulkan-buffer"),
 }
 
 
@@ -93,6 +98,7 @@ class MnistRef:
     # The device each ICD's cells ran on, once one ran (a row may name it: issue 22); later cells plan by it.
     devices: dict[str, Device] = field(default_factory=dict)
     name: str = train.NAME  # the training workload ([workloads.NAME])
+    session: str = ""  # the session's name (the validation session judges VUIDs)
 
     def __post_init__(self) -> None:
         self.built = self.prepared.built
@@ -101,6 +107,7 @@ class MnistRef:
         self.workload = train.workload_of(self.matrix, self.settings, self.name)
         self.spec = self.matrix.workloads.get(self.name)
         self.known = tuple(r for r in self.matrix.expectations if r.outcome == "reproduce")
+        self.known_vuids = validation.load_known() if self.settings.vk_validation != "off" else []
         self.version = self.built.tree.version
         # A workload may be checked against another's golden (the static workload: Lenet's, `golden = "mnist"`).
         committed = fixtures.golden_dir(self.spec.golden_workload if self.spec else train.NAME, self.built.ref)
@@ -244,6 +251,7 @@ class MnistRef:
             gdb_path=self.gdb_path,
             faults=self.settings.faults if cell.backend == "vulkan" else (),
             say=self.say,
+            vk_validation=self.settings.vk_validation,
         )
 
     def run_once(self, plan: CellPlan, result_dir: Path) -> tuple[CellRun, Verdict]:
@@ -279,6 +287,8 @@ class MnistRef:
             except OSError as exc:  # a full disk costs the next session a run, never this session's verdicts
                 self.say(f"  WARNING: could not store the run for reuse: {exc}")
         verdict.evidence["timeout_s"] = plan.timeout_s
+        if self.settings.vk_validation != "off" and cell.backend == "vulkan" and reused is None:
+            verdict = self.validated(cell, result_dir, verdict)
         if (result_dir / "gdb-rerun").is_dir():  # crashed without gdb: the backtrace is from a rerun under gdb
             verdict.evidence["gdb_rerun"] = str(result_dir / "gdb-rerun")
         verdict.evidence["reused"] = reused  # the stored run judged today (its key, where and when it ran), or None
@@ -286,6 +296,31 @@ class MnistRef:
         ran = 0.0 if reused else run.completed.duration_s
         verdict.evidence["seconds"] = {"run": round(ran, 2), "judge": round(time.monotonic() - started - ran, 2)}
         return run, verdict
+
+    def validated(self, cell: Cell, result_dir: Path, verdict: Verdict) -> Verdict:
+        """The cell's validation record in its evidence (and validation.json). In the validation session a cell
+        whose canary the layer did not report, or with a VUID no row lists, FAILs, and a listed VUID that did not
+        appear is a mismatch (stale, like UNEXPECTED-PASS); elsewhere the training verdict stays what it is."""
+        record = validation.assess(
+            result_dir,
+            ref=self.built.ref,
+            version=self.version,
+            variant=cell.variant,
+            icd=cell.icd,
+            mode=self.settings.vk_validation,
+            known=self.known_vuids,
+        )
+        validation.write_record(result_dir, record)
+        verdict.evidence["validation"] = record
+        if self.session != VALIDATION_SESSION:
+            return verdict
+        line = validation.one_line(record)
+        if record["status"] != validation.EXERCISED or record["findings"]:
+            verdict.evidence["training_verdict"] = verdict.verdict
+            return replace(verdict, verdict=FAIL, matched=False, reason=f"{line} (training: {verdict.verdict})")
+        if record["stale"]:
+            return replace(verdict, matched=False, reason=f"{line}; {verdict.reason}")
+        return replace(verdict, reason=f"{line}; {verdict.reason}")
 
     def _baseline_for(self, plan: CellPlan) -> tuple[RunRecord | None, dict[str, str]]:
         """The CPU run a cell is compared with, and the checks not measured for it (the workload's, and for a
@@ -477,7 +512,9 @@ class MnistSession:
                 self.per_ref[cell.ref] = {"ref": cell.ref}
                 prepared = prepare.prepare(cell.ref, self.names, self.settings, self.matrix, self.say)
                 self.prepared[cell.ref] = prepared
-            mnist = MnistRef(prepared, self.settings, self.matrix, self.results, self.say, name=cell.workload)
+            mnist = MnistRef(
+                prepared, self.settings, self.matrix, self.results, self.say, name=cell.workload, session=self.name
+            )
             self.per_ref[cell.ref].update(mnist.header())
             self.built[(cell.ref, cell.workload)] = mnist
         return mnist.run(cell)
@@ -546,6 +583,9 @@ class MnistSession:
         placement = report.placement_table(data)
         if placement:
             say("\nop placement (step 0):\n" + placement)
+        vuids = report.validation_table(data)
+        if vuids:
+            say("\nvalidation layer (VUID, count, first message):\n" + vuids)
         say("\nreports: " + ", ".join(str(p) for p in written))
         if stopped is not None:
             say(f"session {self.name}: INTERRUPTED after {len(rows)} cell(s); the results dir keeps what finished")
@@ -606,6 +646,10 @@ def run_session(
             golden = fixtures.golden_dir(spec.golden_workload if spec else train.NAME, ref)  # old layout: an error
             if golden.is_dir():
                 fixtures.verify_golden_manifest(golden)
+    if name == VALIDATION_SESSION and settings.vk_validation == "off":  # sync, when asked, stays sync
+        settings = replace(settings, vk_validation="on")
+    if settings.vk_validation != "off":
+        validation.load_known()  # a malformed fixtures/validation.toml is known now, not after the build
     settings, _ = prepare.preflight_for(settings, names, say)
     checked = time.monotonic() - started  # settings, fixtures and goldens verified, preflight
     # From the moment the results directory exists a signal is held, and raises only while the cells run

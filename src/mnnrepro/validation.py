@@ -1,0 +1,278 @@
+"""Khronos validation layer on a Vulkan cell (issue 25): the layer's settings file, its environment, the capture of
+its log, the canary that proves it ran, per-VUID counts, and the known VUIDs of fixtures/validation.toml.
+
+Capture is through the layer's own settings (vk_layer_settings.txt: debug_action log, log_filename, report_flags,
+no message limit), never by reading the driver's stderr. The layer (1.3.239) reopens log_filename for writing,
+truncating it, at every vkCreateInstance, and MNN creates many instances in one training run: a plain file kept
+the last instance's messages only (1 message where the layer's stdout had 65, 3.3.0 vulkan-buffer on lavapipe).
+So log_filename is a FIFO in the cell's directory (reopening a FIFO truncates nothing) and `relay` appends what
+the layer writes there to the cell's validation.log.
+
+A cell's counts count only when the log holds the canary's VUID (the driver's `--vk-canary`: one deliberate
+invalid call through the same loader, native/src/probe.cpp); otherwise the cell is NOT-EXERCISED for validation,
+never "0 errors".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import threading
+import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .fixtures import ROOT, covers_cell
+from .settings import VK_VALIDATION_MODES as MODES
+
+LAYER = "VK_LAYER_KHRONOS_validation"
+SETTINGS_FILE = "vk_layer_settings.txt"
+LOG = "validation.log"
+FIFO = "validation.fifo"
+RECORD = "validation.json"
+CANARY_ARG = "--vk-canary"
+CANARY_VUID = "VUID-VkPhysicalDeviceProperties2-sType-sType"  # native/src/probe.hpp kCanaryVuid
+# The layer's key for synchronization validation in 1.3.239 (its manifest's `enables` flags).
+SYNC_ENABLE = "VK_VALIDATION_FEATURE_ENABLE_SYNCHRONIZATION_VALIDATION_EXT"
+EXPECTATIONS = ROOT / "fixtures" / "validation.toml"
+NOT_EXERCISED = "NOT-EXERCISED"
+EXERCISED = "EXERCISED"
+FIRST_MESSAGE_CHARS = 600
+# One message's first line: "<id>(ERROR / SPEC): msgNum: <n> - <text>"; the lines after it ("Objects: ...") are
+# indented and belong to it.
+_HEADER = re.compile(
+    r"^(?P<id>[A-Za-z0-9_.:-]+)\((?P<severity>[A-Z]+) / (?P<kind>[A-Z_]+)\): msgNum: -?\d+ - (?P<text>.*)$"
+)
+
+
+_PREFIX = re.compile(r"^.*?\| MessageID = 0x[0-9a-f]+ \| ")
+
+
+def settings_text(log: Path, mode: str) -> str:
+    """The layer's settings file. report_flags error,warn: errors are the spec's VUIDs (and sync hazards);
+    warnings are undefined-behaviour cases the spec names without a VUID (UNASSIGNED-...). info, perf and debug
+    say nothing about MNN's correctness. The message limit is off so no VUID's count is cut at 10."""
+    if mode not in MODES or mode == "off":
+        raise ValueError(f"no validation settings for mode {mode!r}")
+    lines = [
+        "khronos_validation.debug_action = VK_DBG_LAYER_ACTION_LOG_MSG",
+        f"khronos_validation.log_filename = {log}",
+        "khronos_validation.report_flags = error,warn",
+        "khronos_validation.enable_message_limit = false",
+        "khronos_validation.duplicate_message_limit = 1000000000",
+    ]
+    if mode == "sync":
+        lines.append(f"khronos_validation.enables = {SYNC_ENABLE}")
+    return "\n".join(lines) + "\n"
+
+
+def prepare_cell(result_dir: Path, mode: str) -> dict[str, str]:
+    """Writes the cell's settings file (log_filename: the cell's FIFO, see the module's docstring) and returns the
+    variables that enable the layer with it. The layer is found where the system installs it (explicit_layer.d):
+    no VK_LAYER_PATH, so a caller's VK_LAYER_PATH still decides (a missing layer then shows as NOT-EXERCISED)."""
+    for stale in (LOG, RECORD):
+        (result_dir / stale).unlink(missing_ok=True)
+    settings = result_dir / SETTINGS_FILE
+    settings.write_text(settings_text(result_dir / FIFO, mode))
+    return {"VK_INSTANCE_LAYERS": LAYER, "VK_LAYER_SETTINGS_PATH": str(settings)}
+
+
+@contextmanager
+def relay(result_dir: Path) -> Iterator[Path]:
+    """The cell's FIFO while the driver runs; what the layer writes to it is appended to validation.log (every
+    instance's messages, in order). Opened read-write here so the layer's open never blocks and the reader sees
+    no end of file between instances; drained after the run."""
+    fifo, log = result_dir / FIFO, result_dir / LOG
+    fifo.unlink(missing_ok=True)
+    os.mkfifo(fifo)
+    fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
+    done = threading.Event()
+
+    def pump() -> None:
+        with open(log, "ab") as out:
+            while True:
+                ready, _, _ = select.select([fd], [], [], 0.2)
+                if ready:
+                    try:
+                        out.write(os.read(fd, 1 << 16))
+                    except BlockingIOError:
+                        pass
+                    continue
+                if done.is_set():  # the run ended and nothing is left in the pipe
+                    return
+
+    thread = threading.Thread(target=pump, name=f"validation-relay {result_dir.name}", daemon=True)
+    thread.start()
+    try:
+        yield log
+    finally:
+        done.set()
+        thread.join()
+        os.close(fd)
+        fifo.unlink(missing_ok=True)
+
+
+@dataclass
+class Parsed:
+    counts: dict[str, int] = field(default_factory=dict)  # message id (VUID or UNASSIGNED-...) -> messages
+    first: dict[str, str] = field(default_factory=dict)  # message id -> its first message's text
+    severity: dict[str, str] = field(default_factory=dict)
+
+
+def parse_log(text: str) -> Parsed:
+    """Per message id: how many messages, the first one's text (cut at FIRST_MESSAGE_CHARS) and its severity."""
+    parsed = Parsed()
+    for line in text.splitlines():
+        match = _HEADER.match(line)
+        if match is None:
+            continue
+        vuid = match["id"]
+        parsed.counts[vuid] = parsed.counts.get(vuid, 0) + 1
+        text = _PREFIX.sub("", match["text"])  # the object handles and message number: the spec's words stay
+        parsed.first.setdefault(vuid, text[:FIRST_MESSAGE_CHARS])
+        parsed.severity.setdefault(vuid, match["severity"])
+    return parsed
+
+
+def canary_event(events: Path) -> dict[str, Any] | None:
+    """The driver's vk_canary event (events.jsonl), or None."""
+    if not events.is_file():
+        return None
+    for line in events.read_text(errors="replace").splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and event.get("event") == "vk_canary":
+            return event
+    return None
+
+
+@dataclass(frozen=True)
+class Known:
+    """A row of fixtures/validation.toml: a VUID MNN is known to raise on these refs, variant and ICD."""
+
+    refs: tuple[str, ...]
+    variant: str
+    icd: str
+    vuid: str
+    reason: str
+    upstream: str = ""
+    commit: str = ""
+    sometimes: bool = False  # seen in some runs only (uninitialised memory decides): never stale
+
+    def covers(self, ref: str, version: str | None, variant: str, icd: str) -> bool:
+        return covers_cell(self.refs, self.variant, self.icd, ref, version, variant, icd)
+
+    def describe(self) -> str:
+        where = ", ".join(x for x in (self.upstream, self.commit and f"fixed by {self.commit}") if x)
+        return f"{self.vuid} ({','.join(self.refs)} {self.variant} {self.icd}{'; ' + where if where else ''})"
+
+
+_ROW_KEYS = {"refs", "variant", "icd", "vuid", "reason", "upstream", "commit", "sometimes"}
+
+
+def load_known(path: Path = EXPECTATIONS) -> list[Known]:
+    """The rows of fixtures/validation.toml; an unknown key or a row without refs, VUID or reason is an error."""
+    data = tomllib.loads(path.read_text()) if path.is_file() else {}
+    rows = []
+    for number, row in enumerate(data.get("known", []), 1):
+        unknown = set(row) - _ROW_KEYS
+        missing = {"refs", "vuid", "reason"} - set(row)
+        if unknown or missing or not isinstance(row.get("refs"), list):
+            raise ConfigError(
+                f"{path}: [[known]] row {number}: unknown {sorted(unknown)}, missing {sorted(missing)}",
+                hint=f"keys: {', '.join(sorted(_ROW_KEYS))}; refs is a list",
+            )
+        rows.append(
+            Known(
+                tuple(str(r) for r in row["refs"]),
+                str(row.get("variant", "*")),
+                str(row.get("icd", "*")),
+                str(row["vuid"]),
+                str(row["reason"]),
+                str(row.get("upstream", "")),
+                str(row.get("commit", "")),
+                bool(row.get("sometimes", False)),
+            )
+        )
+    return rows
+
+
+def assess(
+    result_dir: Path, *, ref: str, version: str | None, variant: str, icd: str, mode: str, known: list[Known]
+) -> dict[str, Any]:
+    """The cell's validation record (validation.json, the verdict's evidence): NOT-EXERCISED unless the driver
+    made the canary and the log holds its VUID; else every VUID with its count and first message (the canary's
+    own messages taken out), the unlisted ones (`findings`) and the listed ones that did not appear (`stale`)."""
+    log = result_dir / LOG
+    canary = canary_event(result_dir / "events.jsonl")
+    parsed = parse_log(log.read_text(errors="replace")) if log.is_file() else Parsed()
+    record: dict[str, Any] = {"mode": mode, "log": str(log), "settings": str(result_dir / SETTINGS_FILE)}
+    made = int(canary.get("count", 0)) if canary and canary.get("made") else 0
+    if not made or parsed.counts.get(CANARY_VUID, 0) < made:
+        why = (
+            "the driver made no canary call (no vk_canary event: it ended before its device probe, or is older)"
+            if not made
+            else f"the layer did not report the canary ({CANARY_VUID}): it was not loaded or did not log"
+        )
+        record.update(status=NOT_EXERCISED, reason=why, vuids={}, findings=[], stale=[], known=[])
+        return record
+    counts = dict(parsed.counts)
+    counts[CANARY_VUID] -= made
+    if counts[CANARY_VUID] == 0:
+        del counts[CANARY_VUID]
+    rows = [k for k in known if k.covers(ref, version, variant, icd)]
+    listed = {k.vuid for k in rows}
+    record.update(
+        status=EXERCISED,
+        reason=f"the layer reported the canary; {sum(counts.values())} message(s) in {len(counts)} id(s)",
+        vuids={
+            v: {"count": n, "severity": parsed.severity[v], "first": parsed.first[v]}
+            for v, n in sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+        },
+        findings=sorted(v for v in counts if v not in listed),
+        known=sorted(v for v in counts if v in listed),
+        stale=[k.describe() for k in rows if k.vuid not in counts and not k.sometimes],
+    )
+    return record
+
+
+def write_record(result_dir: Path, record: dict[str, Any]) -> None:
+    (result_dir / RECORD).write_text(json.dumps(record, indent=1) + "\n")
+
+
+def one_line(record: dict[str, Any]) -> str:
+    """The record for the verdict table: NOT-EXERCISED with why, or the counts, findings and stale rows."""
+    if record.get("status") != EXERCISED:
+        return f"validation {record.get('mode')}: {NOT_EXERCISED}: {record.get('reason')}"
+    vuids = record.get("vuids", {})
+    text = f"validation {record.get('mode')}: {sum(v['count'] for v in vuids.values())} message(s), {len(vuids)} id(s)"
+    if record.get("findings"):
+        text += f"; NEW: {', '.join(record['findings'])}"
+    if record.get("stale"):
+        text += f"; STALE: {', '.join(record['stale'])}"
+    return text
+
+
+def vuid_rows(cells: list[dict[str, Any]]) -> list[tuple[str, str, int, str, str]]:
+    """(cell, VUID, count, listed|NEW, first message) for every cell's validation record in a summary."""
+    rows = []
+    for c in cells:
+        record = (c.get("evidence") or {}).get("validation")
+        if not record:
+            continue
+        if record.get("status") != EXERCISED:
+            rows.append((c["cell"], NOT_EXERCISED, 0, "-", str(record.get("reason", ""))))
+            continue
+        findings = set(record.get("findings", []))
+        for vuid, info in record.get("vuids", {}).items():
+            rows.append((c["cell"], vuid, int(info["count"]), "NEW" if vuid in findings else "listed", info["first"]))
+        rows += [(c["cell"], f"STALE {s}", 0, "stale", "listed, not seen") for s in record.get("stale", [])]
+    return rows
