@@ -54,7 +54,9 @@ class Cell:
 
     @property
     def dirname(self) -> str:
-        return self.id.replace("/", "__")
+        """The cell's directory name: its id with "__" for "/" and ":" (a colon in a path breaks the Docker
+        engine's "host:container:mode" volume spec)."""
+        return self.id.replace("/", "__").replace(":", "__")
 
 
 class DriverArgs(Protocol):

@@ -54,6 +54,11 @@ def test_cell_naming() -> None:
     assert cell.backend == "vulkan"
     assert Cell("feature/x", "cpu", "-").dirname == "feature__x__cpu__-"
     assert Cell("3.3.0", "opencl", "-").backend == "opencl"
+    # Another workload's cell: its id names the workload; its directory has no colon, which the Docker engine's
+    # "host:container:mode" volume spec cannot take.
+    other = Cell("3.3.0", "cpu", "-", "mnistv2")
+    assert other.id == "mnistv2:3.3.0/cpu/-"
+    assert other.dirname == "mnistv2__3.3.0__cpu__-" and ":" not in other.dirname
 
 
 def test_workload_driver_args() -> None:
