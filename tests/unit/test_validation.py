@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -56,6 +57,21 @@ def test_relay_keeps_every_instances_messages(tmp_path: Path) -> None:
     assert log.read_text() == "message 0\nmessage 1\nmessage 2\n"
     assert not fifo.exists()
     assert not any(t.name.startswith("validation-relay") for t in threading.enumerate())
+
+
+def test_a_log_the_relay_cannot_keep_is_not_exercised_and_the_pipe_still_drains(tmp_path: Path) -> None:
+    """A log that cannot be written (here: a directory in its place) loses messages: the relay keeps draining the
+    FIFO, so the layer's writes never stall the driver, and the cell's counts are NOT-EXERCISED, never short."""
+    (tmp_path / "validation.log").mkdir()
+    with validation.relay(tmp_path):
+        with open(tmp_path / "validation.fifo", "w") as f:
+            f.write("x" * (1 << 18))  # four times a pipe's buffer: would block if nobody drained it
+    assert (tmp_path / validation.RELAY_FAILED).is_file()
+    (tmp_path / "validation.log").rmdir()
+    (tmp_path / "validation.log").write_text(SAMPLE.read_text())  # even a whole-looking log does not count
+    record = _assess(_cell_dir(tmp_path, None, CANARY), [ROW])
+    assert record["status"] == validation.NOT_EXERCISED and record["vuids"] == {}
+    assert "could not be kept whole" in str(record["reason"])
 
 
 def test_parse_log_counts_per_vuid_with_the_first_message() -> None:
@@ -134,6 +150,34 @@ def test_known_rows_are_data_and_checked(tmp_path: Path) -> None:
     bad.write_text('[[known]]\nrefs = ["3.3.0"]\nvuid = "VUID-x"\nreason = "r"\nbogus = 1\n')
     with pytest.raises(ConfigError):
         validation.load_known(bad)
+
+
+def test_a_row_with_a_list_of_icds_is_one_row_per_icd(tmp_path: Path) -> None:
+    rows_file = tmp_path / "v.toml"
+    rows_file.write_text(
+        '[[known]]\nrefs = ["3.3.0"]\nicd = ["lavapipe", "swiftshader"]\nvuid = "VUID-x"\nreason = "r"\n'
+    )
+    rows = validation.load_known(rows_file)
+    assert [r.icd for r in rows] == ["lavapipe", "swiftshader"]
+    assert rows[1].covers("3.3.0", "3.3.0", "vulkan-image", "swiftshader")
+    assert not any(r.covers("3.3.0", "3.3.0", "vulkan-image", "host") for r in rows)
+
+
+def test_a_family_row_lists_every_member_and_is_stale_only_when_none_appears(tmp_path: Path) -> None:
+    family = validation.Known(
+        ("3.3.0",), "vulkan-image", "*", "VUID-VkImageMemoryBarrier-oldLayout-012[0-9][0-9]", "unset memory"
+    )
+    member = "VUID-VkImageMemoryBarrier-oldLayout-01213"
+    log = SAMPLE.read_text() + (
+        f"{member}(ERROR / SPEC): msgNum: 1 - Validation Error: [ {member} ] Object 0: handle = 0x1, "
+        "type = VK_OBJECT_TYPE_IMAGE; | MessageID = 0x1 | vkCmdPipelineBarrier(): oldLayout\n"
+    )
+    record = _assess(_cell_dir(tmp_path, log, CANARY), [ROW, family])
+    assert member in cast(list[str], record["known"])
+    assert member not in cast(list[str], record["findings"])
+    strict = validation.Known(("3.3.0",), "vulkan-image", "*", "VUID-VkImageMemoryBarrier-oldLayout-0199[0-9]", "r")
+    record = _assess(_cell_dir(tmp_path, log, CANARY), [ROW, family, strict])
+    assert record["stale"] == [strict.describe()]
 
 
 def test_the_setting_is_checked() -> None:
