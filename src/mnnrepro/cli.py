@@ -89,7 +89,9 @@ def _add_run(sub: Subcommands) -> None:
         "session workloads: all)",
     )
     run.add_argument(
-        "--variants", help="session workloads only: comma-separated variants (default: cpu,vulkan-image,vulkan-buffer)"
+        "--variants",
+        help="session workloads only (another session refuses it): comma-separated variants "
+        "(default: cpu,vulkan-image,vulkan-buffer)",
     )
     run.add_argument("--steps", type=int, help="training steps per cell (default: the workload's steps)")
     run.add_argument("--results-dir", dest="results_dir")

@@ -17,6 +17,7 @@ from typing import Any
 from . import variants
 from .contract import Device, device_fits
 from .errors import ConfigError, FixtureError
+from .icd import KNOWN as KNOWN_ICDS
 
 CHECKOUT_ENV = "MNNREPRO_CHECKOUT"
 
@@ -561,8 +562,11 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 TRAINING_KEYS = {"steps", "batch_size", "seed", "precision", "test_limit"}
+# The ICDs a fit row may name: every Vulkan ICD (icd.TABLE's rows), and "-", the ICD of a cell that takes none.
+FIT_ICDS = (*KNOWN_ICDS, "-")
 WORKLOAD_KEYS = {"model", "driver_args", "checks", "fit", "golden", "gradcheck", *TRAINING_KEYS}
-# Checks whose thresholds are absolute (measured on one workload): a workload may declare them unmeasured.
+# Checks whose thresholds are absolute (measured on one workload): a workload may declare them unmeasured, and the
+# judge does not fail a GPU cell on one its CPU baseline fails too (judge.py).
 ABSOLUTE_CHECKS = ("loss_fell", "accuracy")
 
 
@@ -613,6 +617,11 @@ def _fit_row(where: str, value: Any) -> Fit:
     _reject_unknown(where, row, {"variant", "icd", "steps", "reason"})
     steps = int(_number(f"{where} steps", row.get("steps"), *TRAINING_LIMITS["steps"], integer=True))
     variant, icd = _string(f"{where} variant", row.get("variant", "*")), _string(f"{where} icd", row.get("icd", "*"))
+    # A pattern no cell can match (a typo) would leave the workload's full steps, and the cell past its time limit.
+    if not any(fnmatch.fnmatchcase(v, variant) for v in VARIANTS):
+        raise FixtureError(f"{where} variant = {variant!r}: matches none of {', '.join(VARIANTS)}")
+    if not any(fnmatch.fnmatchcase(i, icd) for i in FIT_ICDS):
+        raise FixtureError(f"{where} icd = {icd!r}: matches none of {', '.join(FIT_ICDS)} (- where no ICD applies)")
     return Fit(variant, icd, steps, _string(f"{where} reason", row.get("reason")))
 
 
@@ -624,6 +633,8 @@ def _zero_table(where: str, value: Any) -> tuple[tuple[str, ...], float, str]:
     if not table:
         return (), 0.0, ""
     zero = _strings(f"{where} zero", table.get("zero"))
+    if not zero:  # a rule for no tensor: a table that says nothing, or a list emptied by mistake
+        raise FixtureError(f'{where} zero = []: name the tensors, e.g. zero = ["conv1.bias"], or drop the table')
     if any("." not in name for name in zero):
         raise FixtureError(f"{where} zero = {list(zero)!r}: names like conv1.bias (its layer's weight is the scale)")
     limit = _number(f"{where} zero_limit", table.get("zero_limit"), 0.0, 1.0)

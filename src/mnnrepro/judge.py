@@ -30,7 +30,7 @@ from typing import Any
 from . import signature
 from .cells import CellRun
 from .contract import EXIT_MEANINGS, EXIT_NOT_EXERCISED, RunRecord
-from .fixtures import HOST_ICD, Expectation, is_version_range
+from .fixtures import ABSOLUTE_CHECKS, HOST_ICD, Expectation, is_version_range
 from .signature import SIGNAL_ONLY
 
 REPRODUCED = "REPRODUCED"
@@ -75,10 +75,6 @@ ACCEPTS = {
 TRAINS_WITH_BUG = ("fixed", "fixed-by-fallback", "known-wrong")
 # Expected outcomes of a cell that runs to the end (no gdb needed, gradients dumped).
 TRAINS = ("pass", *TRAINS_WITH_BUG)
-
-
-# Checks with absolute thresholds, measured on the default workload: they do not fit every workload.
-ABSOLUTE_CHECKS = frozenset({"loss_fell", "accuracy"})
 
 
 @dataclass

@@ -32,7 +32,7 @@ class Settings:
     cache_dir: Path = field(default_factory=default_cache_dir)
     results_dir: Path = ROOT / "results"
     icds: tuple[str, ...] = ("lavapipe", "swiftshader")
-    steps: int = 0  # 0 -> the matrix's [training] steps
+    steps: int = 0  # 0 -> the workload's steps (the matrix's [workloads.NAME])
     timeout_s: int = 0  # per driver run; 0 -> the matrix's [timeouts]
     repeat: int = 1  # run each cell N times: crash reproduction rate and determinism
     runner: str = "auto"  # auto: docker when an engine answers, else host

@@ -21,7 +21,7 @@ class Variant:
     per_icd: bool = False  # one cell per Vulkan ICD (lavapipe, swiftshader, host, ...)
     requires: tuple[str, ...] = ()  # source files the plugin build needs (size-limited mirrors omit some)
     build_as: str = ""  # a variant whose plugin this one runs (a mode that differs only at run time): no new build
-    precision: str = ""  # the driver's --precision for this variant ("" -> the matrix's [training] precision)
+    precision: str = ""  # the driver's --precision for this variant ("" -> the workload's, [workloads.NAME])
 
     @property
     def has_plugin(self) -> bool:

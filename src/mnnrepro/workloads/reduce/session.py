@@ -105,8 +105,10 @@ def aim_for(
     return Aim(target, f"{name} (fixtures/matrix.toml)", row.bug, stage, row.op)
 
 
-# Driver options the driver refuses beside --save-graph (native/src/options.cpp): a workload training through
-# them has no dynamic first SGD step for the capture to save.
+# Driver options under which the capture (--save-graph) saves nothing: it cuts the dynamic path's first SGD step,
+# and a workload training through these never takes that path. The driver refuses --train-graph-file beside
+# --save-graph (native/src/options.cpp); --static-graph it accepts, then trains through trainStatic, which never
+# saves a graph: refused here so a reduction never starts from a capture that is not there.
 NOT_CAPTURED = {
     "--train-graph-file": "it trains from a training graph the driver saves and loads back (train_graph.mnn): a "
     "crash there is in the loaded graph, while the capture (--save-graph) saves the dynamic path's first SGD step, "

@@ -94,7 +94,6 @@ def _provenance(
     manifest: dict[str, Any],
     workload: train.Training,
 ) -> dict[str, Any]:
-    mnist = workload.model == train.DEFAULT_MODEL and workload.name == train.NAME
     return {
         "format": gradcheck.GOLDEN_FORMAT,
         "ref": built.ref,
@@ -113,7 +112,7 @@ def _provenance(
         "losses": run.record.losses[: len(steps)],
         "parameters": [{"name": n, "shape": list(s)} for n, s in train.MODELS[workload.model].shapes.items()],
         # another workload's golden names its workload and model (gradcheck: its step inputs); MNIST's as before
-        **({} if mnist else {"workload": workload.name, "model": workload.model}),
+        **train.golden_identity(workload),
         "data": {
             "dir": "fixtures/mnist",
             "manifest_sha256": {name: meta["sha256"] for name, meta in manifest["files"].items()},

@@ -406,7 +406,7 @@ def _gradient_check(
         )
         detail = f"no committed golden for {ref}: vs the float64 numpy reference: {ref_report.summary()}"
         if ref_report.passed:
-            dest = make_session_golden(run, steps, session_golden, ref, workload.model)
+            dest = make_session_golden(run, steps, session_golden, ref, workload)
             detail += f"; this run is the session's golden for the GPU cells ({dest})"
         return Check("gradients", ref_report.passed, detail, None, str(run.result_dir / "gradcheck"))
     grad = gradcheck.check_run(
@@ -421,16 +421,17 @@ def _gradient_check(
     )
 
 
-def make_session_golden(run: CellRun, steps: list[int], dest: Path, ref: str, model: str = train.DEFAULT_MODEL) -> Path:
+def make_session_golden(run: CellRun, steps: list[int], dest: Path, ref: str, workload: Training) -> Path:
     """A golden-format tree (gradcheck.Dumps + provenance.json) made from a CPU run that passed the numpy
-    reference check; lives in the results dir, never in fixtures/."""
+    reference check; lives in the results dir, never in fixtures/. Its provenance names its workload and model
+    as a committed golden's does (`gradcheck verify` reads a mnistv2 session golden as mnistv2's)."""
     staging = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     shutil.copytree(run.result_dir / "init", staging / "init")
     for step in steps:
         shutil.copytree(run.result_dir / "grads" / f"step{step}", staging / f"step{step}")
-    shapes = train.MODELS[model].shapes
+    shapes = train.MODELS[workload.model].shapes
     provenance = {
         "format": gradcheck.GOLDEN_FORMAT,
         "ref": ref,
@@ -440,7 +441,7 @@ def make_session_golden(run: CellRun, steps: list[int], dest: Path, ref: str, mo
         "steps": steps,
         "losses": run.record.losses[: len(steps)],
         "parameters": [{"name": n, "shape": list(shape)} for n, shape in shapes.items()],
-        **({} if model == train.DEFAULT_MODEL else {"model": model}),
+        **train.golden_identity(workload),
     }
     (staging / "provenance.json").write_text(json.dumps(provenance, indent=1) + "\n")
     shutil.rmtree(dest, ignore_errors=True)
@@ -619,9 +620,17 @@ def session_workloads(name: str, matrix: fixtures.Matrix, asked: tuple[str, ...]
 
 
 def session_variants(name: str, settings: Settings) -> tuple[str, ...]:
-    """The session's variants; `workloads` takes --variants (default cpu, vulkan-image, vulkan-buffer)."""
-    if name != "workloads" or not settings.variants:
+    """The session's variants; `workloads` takes --variants (default cpu, vulkan-image, vulkan-buffer). Another
+    session's variants are its own: --variants there is a ConfigError, never silently dropped."""
+    if not settings.variants:
         return SESSIONS[name]
+    if name != "workloads":
+        raise ConfigError(
+            f"--variants {','.join(settings.variants)}: session {name} runs its own variants "
+            f"({', '.join(SESSIONS[name])}); only session workloads takes --variants",
+            hint=f"drop --variants (or MNNREPRO_VARIANTS), or run: mnnrepro run workloads --variants "
+            f"{','.join(settings.variants)}",
+        )
     unknown = [v for v in settings.variants if v not in variants.NAMES]
     if unknown:
         raise ConfigError(f"unknown variant(s) {', '.join(unknown)}", hint=f"known: {', '.join(variants.NAMES)}")

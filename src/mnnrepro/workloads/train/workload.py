@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ... import fixtures, gradcheck
+from ...errors import FixtureError
 from ...fixtures import DEFAULT_WORKLOAD, Matrix, WorkloadSpec
 from ...gradcheck import Dumps, GradReport, Problem, ZeroRule
 from ...settings import Settings
@@ -60,7 +61,8 @@ MODELS: dict[str, Model] = {
 
 @dataclass
 class Training:
-    """MNIST training's settings for one session (the matrix's [training] table, --steps): what the driver is told."""
+    """One training workload's settings for a session (the matrix's [workloads.NAME] table, --steps): what the
+    driver is told."""
 
     steps: int
     batch_size: int
@@ -92,10 +94,20 @@ class Training:
         ]
 
 
+def golden_identity(workload: Training) -> dict[str, str]:
+    """What a golden's provenance.json says of its workload and model (verify_golden reads them back; gradcheck
+    its step inputs by the model): every golden, committed (golden.py) or a session's (session.py), by this one
+    rule. MNIST's (Lenet) says nothing, as before there were workloads."""
+    if (workload.name, workload.model) == (NAME, DEFAULT_MODEL):
+        return {}
+    return {"workload": workload.name, "model": workload.model}
+
+
 def workload_of(matrix: Matrix, settings: Settings, name: str = NAME) -> Training:
     """The matrix's [workloads.NAME] workload (MNIST's by default), with --steps when given; an unknown name is a
     ConfigError listing the known ones. A matrix without [workloads] trains MNIST with the defaults below."""
     spec = matrix.workload(name) if matrix.workloads or name != NAME else None
+    zero_rule(spec)  # a zero name the model does not have: known before anything is built
     training = dict(spec.training) if spec else {}
     return Training(
         steps=settings.steps or int(training.get("steps", 30)),
@@ -118,8 +130,19 @@ def model_of(spec: WorkloadSpec | None) -> Model:
 
 
 def zero_rule(spec: WorkloadSpec | None) -> ZeroRule | None:
-    """The workload's tensors of exact value zero ([workloads.NAME.gradcheck]), or None."""
-    return ZeroRule(spec.zero, spec.zero_limit, spec.zero_reason) if spec and spec.zero else None
+    """The workload's tensors of exact value zero ([workloads.NAME.gradcheck]), or None. A name its model has no
+    parameter of (a typo) is a FixtureError: a rule for no tensor would leave the real one judged by the relative
+    tolerance, which its rounding noise fails (fixtures.py checks the names' form; the model's names live here)."""
+    if not spec or not spec.zero:
+        return None
+    params = tuple(MODELS[spec.model].shapes) if spec.model in MODELS else ()  # an unknown model: model_of says
+    unknown = [n for n in spec.zero if params and n not in params]
+    if unknown:
+        raise FixtureError(
+            f"[workloads.{spec.name}.gradcheck] zero: {', '.join(unknown)}: no parameter of model {spec.model} "
+            f"(its parameters: {', '.join(params)})"
+        )
+    return ZeroRule(spec.zero, spec.zero_limit, spec.zero_reason)
 
 
 def check_against_reference(
