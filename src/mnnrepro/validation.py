@@ -185,16 +185,21 @@ class Known:
     upstream: str = ""
     commit: str = ""
     sometimes: bool = False  # seen in some runs only (uninitialised memory decides): never stale
+    # "sync": a message only synchronization validation raises (SYNC-HAZARD-*): the row covers sync runs only, so
+    # an "on" run neither lists nor calls it stale; "" covers both modes.
+    mode: str = ""
 
-    def covers(self, ref: str, version: str | None, variant: str, icd: str) -> bool:
-        return covers_cell(self.refs, self.variant, self.icd, ref, version, variant, icd)
+    def covers(self, ref: str, version: str | None, variant: str, icd: str, mode: str = "on") -> bool:
+        return (not self.mode or self.mode == mode) and covers_cell(
+            self.refs, self.variant, self.icd, ref, version, variant, icd
+        )
 
     def describe(self) -> str:
         where = ", ".join(x for x in (self.upstream, self.commit and f"fixed by {self.commit}") if x)
         return f"{self.vuid} ({','.join(self.refs)} {self.variant} {self.icd}{'; ' + where if where else ''})"
 
 
-_ROW_KEYS = {"refs", "variant", "icd", "vuid", "reason", "upstream", "commit", "sometimes"}
+_ROW_KEYS = {"refs", "variant", "icd", "vuid", "reason", "upstream", "commit", "sometimes", "mode"}
 
 
 def load_known(path: Path = EXPECTATIONS) -> list[Known]:
@@ -204,6 +209,10 @@ def load_known(path: Path = EXPECTATIONS) -> list[Known]:
     for number, row in enumerate(data.get("known", []), 1):
         unknown = set(row) - _ROW_KEYS
         missing = {"refs", "vuid", "reason"} - set(row)
+        if row.get("mode", "") not in ("", "sync"):
+            raise ConfigError(
+                f"{path}: [[known]] row {number}: mode = {row['mode']!r}", hint='mode is "sync" or absent'
+            )
         if unknown or missing or not isinstance(row.get("refs"), list):
             raise ConfigError(
                 f"{path}: [[known]] row {number}: unknown {sorted(unknown)}, missing {sorted(missing)}",
@@ -222,6 +231,7 @@ def load_known(path: Path = EXPECTATIONS) -> list[Known]:
                     str(row.get("upstream", "")),
                     str(row.get("commit", "")),
                     bool(row.get("sometimes", False)),
+                    str(row.get("mode", "")),
                 )
             )
     return rows
@@ -264,7 +274,7 @@ def assess(
     counts[CANARY_VUID] -= made
     if counts[CANARY_VUID] == 0:
         del counts[CANARY_VUID]
-    rows = [k for k in known if k.covers(ref, version, variant, icd)]
+    rows = [k for k in known if k.covers(ref, version, variant, icd, mode)]
 
     # A row's vuid is a pattern (fnmatch): one row may name a family whose member the run's own unset memory picks.
     def listed(v: str) -> bool:

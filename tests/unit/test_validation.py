@@ -180,6 +180,23 @@ def test_a_family_row_lists_every_member_and_is_stale_only_when_none_appears(tmp
     assert record["stale"] == [strict.describe()]
 
 
+def test_a_sync_only_row_covers_sync_runs_only(tmp_path: Path) -> None:
+    hazard = validation.Known(("3.3.0",), "vulkan-image", "*", "SYNC-HAZARD-WRITE-AFTER-WRITE", "seen", mode="sync")
+    cell = _cell_dir(tmp_path, SAMPLE.read_text(), CANARY)
+    on = validation.assess(
+        cell, ref="3.3.0", version="3.3.0", variant="vulkan-image", icd="lavapipe", mode="on", known=[ROW, hazard]
+    )
+    assert on["stale"] == []  # an "on" run cannot see a hazard: not stale there
+    sync = validation.assess(
+        cell, ref="3.3.0", version="3.3.0", variant="vulkan-image", icd="lavapipe", mode="sync", known=[ROW, hazard]
+    )
+    assert sync["stale"] == [hazard.describe()]  # a sync run that did not see it: stale
+    bad = tmp_path / "v.toml"
+    bad.write_text('[[known]]\nrefs = ["3.3.0"]\nvuid = "VUID-x"\nreason = "r"\nmode = "fast"\n')
+    with pytest.raises(ConfigError):
+        validation.load_known(bad)
+
+
 def test_the_setting_is_checked() -> None:
     assert load({}, environ={}).vk_validation == "off"
     assert load({"vk_validation": "sync"}, environ={}).vk_validation == "sync"
