@@ -7,7 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import NoReturn, TypeAlias
 
@@ -404,6 +404,16 @@ def _main(args: argparse.Namespace) -> int:
         # Every Settings field that this subcommand has a flag for (so a new flag cannot be silently dropped).
         keys = [f.name for f in fields(Settings)]
         settings = load({k: getattr(args, k) for k in keys if hasattr(args, k)})
+        if settings.vk_validation != "off" and args.command not in ("run", "doctor"):
+            # Only training cells validate yet (issue 25): MNNREPRO_VK_VALIDATION must not make another command
+            # require the layer, or refuse the Docker runner, for a validation it would not do (doctor keeps it: it
+            # says whether `run` can validate).
+            print(
+                f"mnnrepro: vk_validation = {settings.vk_validation} applies to `run` only; `{args.command}` runs "
+                "without the validation layer",
+                file=sys.stderr,
+            )
+            settings = replace(settings, vk_validation="off")
         return _dispatch(args, settings)
 
     return guarded(body)

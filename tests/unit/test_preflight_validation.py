@@ -4,6 +4,7 @@ layer yet; doctor always shows the layer's state, failing only when validation i
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Callable
 from dataclasses import replace
@@ -255,3 +256,25 @@ def test_doctor_shows_the_layer_without_failing_unless_asked_for(
         + ("1.3.239, implementation_version 1)")
         in lines
     )
+
+
+def test_validation_asked_by_the_environment_does_not_hold_back_a_command_that_does_not_validate(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """MNNREPRO_VK_VALIDATION=on: `ops` (not validating yet) runs without the layer and says so, instead of
+    requiring it or refusing the Docker runner; `run` keeps the setting."""
+    from mnnrepro import cli
+
+    seen: dict[str, str] = {}
+
+    def dispatch(args: argparse.Namespace, settings: Settings) -> int:
+        seen[str(args.command)] = settings.vk_validation
+        return 0
+
+    monkeypatch.setenv("MNNREPRO_VK_VALIDATION", "on")
+    monkeypatch.setattr(cli, "_dispatch", dispatch)
+    assert cli.main(["ops", "list"]) == 0
+    assert seen["ops"] == "off"
+    assert "applies to `run` only" in capsys.readouterr().err
+    assert cli.main(["run", "vulkan_buffer"]) == 0
+    assert seen["run"] == "on"
