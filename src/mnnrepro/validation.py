@@ -37,6 +37,7 @@ SETTINGS_FILE = "vk_layer_settings.txt"
 LOG = "validation.log"
 FIFO = "validation.fifo"
 RELAY_FAILED = "validation.relay-failed"  # the relay could not keep the log whole: the cell is NOT-EXERCISED
+RELAY_GRACE_S = 10.0  # how long the relay drains after the driver ended before it gives up on a writer
 RECORD = "validation.json"
 CANARY_ARG = "--vk-canary"
 CANARY_VUID = "VUID-VkPhysicalDeviceProperties2-sType-sType"  # native/src/probe.hpp kCanaryVuid
@@ -94,7 +95,7 @@ def relay(result_dir: Path) -> Iterator[Path]:
     fifo.unlink(missing_ok=True)
     os.mkfifo(fifo)
     fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
-    done = threading.Event()
+    done, abandon = threading.Event(), threading.Event()
     (result_dir / RELAY_FAILED).unlink(missing_ok=True)
 
     def pump() -> None:
@@ -106,7 +107,7 @@ def relay(result_dir: Path) -> Iterator[Path]:
             out = open(log, "ab")  # closed below, after the last read
         except OSError as error:
             (result_dir / RELAY_FAILED).write_text(f"{log}: {error}\n")
-        while True:
+        while not abandon.is_set():
             ready, _, _ = select.select([fd], [], [], 0.2)
             if ready:
                 try:
@@ -132,7 +133,15 @@ def relay(result_dir: Path) -> Iterator[Path]:
         yield log
     finally:
         done.set()
-        thread.join()
+        thread.join(RELAY_GRACE_S)
+        if thread.is_alive():
+            # Something outside the driver (a process it left behind) still writes: stop reading, and say the log
+            # is not whole rather than wait for it.
+            abandon.set()
+            thread.join()
+            (result_dir / RELAY_FAILED).write_text(
+                f"{log}: still written {RELAY_GRACE_S:g} s after the driver ended (a process it left holds the FIFO)\n"
+            )
         os.close(fd)
         fifo.unlink(missing_ok=True)
 

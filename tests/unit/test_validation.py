@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 from typing import cast
 
@@ -72,6 +73,32 @@ def test_a_log_the_relay_cannot_keep_is_not_exercised_and_the_pipe_still_drains(
     record = _assess(_cell_dir(tmp_path, None, CANARY), [ROW])
     assert record["status"] == validation.NOT_EXERCISED and record["vuids"] == {}
     assert "could not be kept whole" in str(record["reason"])
+
+
+def test_a_writer_that_outlives_the_driver_does_not_hold_the_session(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process the driver left behind keeps writing to the FIFO: the relay gives up after its grace time, says
+    the log is not whole (NOT-EXERCISED), and returns instead of reading forever."""
+    monkeypatch.setattr(validation, "RELAY_GRACE_S", 0.5)
+    stop = threading.Event()
+
+    def writer() -> None:
+        with open(tmp_path / "validation.fifo", "w") as f:
+            while not stop.is_set():
+                f.write("x\n")
+                f.flush()
+                time.sleep(0.01)
+
+    started = time.monotonic()
+    with validation.relay(tmp_path):
+        thread = threading.Thread(target=writer, daemon=True)
+        thread.start()
+        time.sleep(0.2)
+    took = time.monotonic() - started
+    stop.set()
+    assert took < 5
+    assert "still written" in (tmp_path / validation.RELAY_FAILED).read_text()
 
 
 def test_parse_log_counts_per_vuid_with_the_first_message() -> None:
