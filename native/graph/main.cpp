@@ -201,6 +201,9 @@ struct Options {
     // Limits of a difference from the CPU's values: the suite's fp32 first-step gradient tolerances by default
     // (fixtures/matrix.toml [gradcheck.tolerance.fp32].first); the reducer passes the backend's own.
     double maxRel = 1e-3, minCosine = 0.999999, maxNmse = 1e-6;
+    // --vk-canary (issue 25): the validation canary of the driver's probe, so a reducer trial under the Khronos layer
+    // proves the layer ran in its own process (a VUID's absence counts only then).
+    bool vkCanary = false;
 };
 
 int info(const Options& o) {
@@ -310,7 +313,7 @@ int run(const Options& o, int argc, char** argv) {
                           .str("mnn_version", MNN::getVersion())
                           .integer("pid", getpid())
                           .strs("argv", std::vector<std::string>(argv, argv + argc)));
-    const auto setup = mnnrepro::setupBackend(log, o.backend, o.plugin, o.precision, o.threads);
+    const auto setup = mnnrepro::setupBackend(log, o.backend, o.plugin, o.precision, o.threads, o.vkCanary);
     if (!setup.exercised) {
         fprintf(stderr, "mnn_graph: NOT-EXERCISED: %s\n", setup.reason.c_str());
         return kNotExercised;
@@ -370,7 +373,7 @@ void usage() {
             "       mnn_graph cut    --graph G.mnn --inputs DIR --values DIR --keep FILE --out DIR\n"
             "       mnn_graph run    --graph G.mnn --inputs DIR --out DIR [--backend cpu|vulkan|opencl]\n"
             "                        [--plugin PATH] [--precision high|normal|low] [--threads N]\n"
-            "                        [--expect DIR] [--max-rel X] [--min-cosine X] [--max-nmse X]\n");
+            "                        [--expect DIR] [--max-rel X] [--min-cosine X] [--max-nmse X] [--vk-canary]\n");
 }
 
 }  // namespace
@@ -381,6 +384,10 @@ int main(int argc, char** argv) {
     o.command = argv[1];
     for (int i = 2; i < argc; ++i) {
         const std::string a = argv[i];
+        if (a == "--vk-canary") {
+            o.vkCanary = true;
+            continue;
+        }
         if (i + 1 >= argc) return fprintf(stderr, "mnn_graph: %s needs a value\n", a.c_str()), usage(), kUsage;
         const std::string v = argv[++i];
         if (a == "--graph") o.graph = v;

@@ -36,7 +36,7 @@ from typing import Any
 
 from . import fixtures, prepare, source
 from .cells import Cell, run_cell
-from .errors import EXIT_MISMATCH, BuildError, MnnReproError, SourceError
+from .errors import EXIT_MISMATCH, BuildError, ConfigError, MnnReproError, SourceError
 from .judge import OFF_GPU, change_words, judge
 from .runner import CommandResult, host_command
 from .settings import Settings
@@ -436,6 +436,14 @@ class ReproOracle(MnnOracle):
         self.repro = repro
         self.summary = json.loads((repro / "summary.json").read_text())
         t = self.summary.get("target") or {}
+        if t.get("kind") == "vuid":
+            # Its trials ran under the validation layer; a bisect trial runs without it, so a VUID would read as
+            # "fixed" at every commit (issue 25): refused before any build.
+            raise ConfigError(
+                f"{repro}: a `reduce --vuid` result ({t.get('vuid', 'a VUID')}) cannot be bisected yet: "
+                "bisect's trials run without the validation layer",
+                hint="bisect --repro takes a crash or wrong-value reduction",
+            )
         self.target = reduce.Target(
             str(t.get("kind", "crash")), str(t.get("signal", "")), tuple(t.get("signature") or ())
         )

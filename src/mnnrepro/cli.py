@@ -131,6 +131,13 @@ def _add_run(sub: Subcommands) -> None:
         "validation; session vulkan_validation: on, a VUID without a row of fixtures/validation.toml fails)",
     )
     run.add_argument(
+        "--vk-attribution",
+        dest="vk_attribution",
+        choices=["off", "on"],
+        help="with --vk-validation: where MNN issued each VUID, by one rerun under gdb per VUID with the layer's "
+        "break action (default on where gdb is found; off saves those reruns)",
+    )
+    run.add_argument(
         "--no-reuse",
         dest="reuse",
         action="store_const",
@@ -170,6 +177,13 @@ def _add_ops(sub: Subcommands) -> None:
     ops.add_argument("--fault", dest="faults", help="hide-libvulkan, plant-crash, plant-hang")
     ops.add_argument("--no-gdb", dest="gdb", action="store_const", const=False, help="no gdb rerun of a crash")
     ops.add_argument("--no-clone", dest="clone", action="store_const", const=False)
+    ops.add_argument(
+        "--vk-validation",
+        dest="vk_validation",
+        choices=["off", "on", "sync"],
+        help="run: each Vulkan test process under the Khronos validation layer, its VUIDs per test and per cell "
+        "(sync: with synchronization validation); the op verdicts stay what they are",
+    )
     ops.add_argument("--out", type=Path, help="compare: write the Markdown here too")
 
 
@@ -404,13 +418,16 @@ def _main(args: argparse.Namespace) -> int:
         # Every Settings field that this subcommand has a flag for (so a new flag cannot be silently dropped).
         keys = [f.name for f in fields(Settings)]
         settings = load({k: getattr(args, k) for k in keys if hasattr(args, k)})
-        if settings.vk_validation != "off" and args.command not in ("run", "doctor"):
+        # reduce --vuid validates its candidates (issue 25): it keeps the mode (and turns the layer on itself).
+        validates = args.command in ("run", "doctor") or (args.command == "reduce" and getattr(args, "vuid", None))
+        validates = validates or (args.command == "ops" and args.action == "run")  # MNN's own tests: per test
+        if settings.vk_validation != "off" and not validates:
             # Only training cells validate yet (issue 25): MNNREPRO_VK_VALIDATION must not make another command
             # require the layer, or refuse the Docker runner, for a validation it would not do (doctor keeps it: it
             # says whether `run` can validate).
             print(
-                f"mnnrepro: vk_validation = {settings.vk_validation} applies to `run` only; `{args.command}` runs "
-                "without the validation layer",
+                f"mnnrepro: vk_validation = {settings.vk_validation} applies to `run`, `ops run` and `reduce --vuid` "
+                f"only; `{args.command}` runs without the validation layer",
                 file=sys.stderr,
             )
             settings = replace(settings, vk_validation="off")
@@ -463,18 +480,25 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         "reduce": lambda a, s: (
             redsession.check_at(s, a.check)
             if a.check
-            else redsession.run_reduce(s, graph=a.graph, budget_s=a.budget, resume=a.resume, workload=a.workload)
+            else redsession.run_reduce(
+                s, graph=a.graph, budget_s=a.budget, resume=a.resume, workload=a.workload, vuid=a.vuid
+            )
         ),
     }
     return handlers.get(args.command, _source)(args, settings)
 
 
 def _add_report(sub: Subcommands) -> None:
-    rep = sub.add_parser("report", help="an issue-ready Markdown report of a crash a session found")
+    rep = sub.add_parser("report", help="an issue-ready Markdown report of a crash (or a VUID) a session found")
     rep.add_argument("--issue", dest="results", type=Path, required=True, help="a session's results directory")
     rep.add_argument("--cell", help="the crashed cell (default: the first crash), e.g. 3.3.0/vulkan-image/lavapipe")
     rep.add_argument("--test", help="ops results: the crashed MNN test (default: the first)")
     rep.add_argument("--bisect", type=Path, help="a bisect's results directory (or bisect.json) to add")
+    rep.add_argument(
+        "--vuid",
+        help="a validation finding instead of a crash: this VUID (or fnmatch pattern) of a validated run's cell "
+        "(--cell; default the first, new findings first); a `reduce --vuid` run's results need no --vuid",
+    )
     rep.add_argument("--out", type=Path, help="write it here (default: ISSUE.md in the results directory)")
 
 
@@ -507,13 +531,27 @@ def _add_reduce(sub: Subcommands) -> None:
     red.add_argument("--runner", choices=["auto", "host", "docker"])
     red.add_argument("--jobs", type=int, help="parallel compile jobs (default: ninja's)")
     red.add_argument("--no-gdb", dest="gdb", action="store_const", const=False, help="judge by signal only")
+    red.add_argument(
+        "--vuid",
+        help="reduce to the op(s) whose kernel makes the Khronos validation layer report this VUID (exact, or an "
+        "fnmatch pattern such as 'VUID-VkImageMemoryBarrier-oldLayout-*'); turns --vk-validation on",
+    )
+    red.add_argument(
+        "--vk-validation",
+        dest="vk_validation",
+        choices=["on", "sync"],
+        help="with --vuid: the layer's mode (default on; sync adds synchronization validation)",
+    )
     red.add_argument("--no-clone", dest="clone", action="store_const", const=False)
 
 
 def _report(args: argparse.Namespace, settings: Settings) -> int:
     where = args.results if args.results.is_dir() else args.results.parent
-    crash = issue.pick(issue.crashes(issue.load(args.results), where), cell=args.cell, test=args.test)
-    text = issue.render(crash, bisect=args.bisect)
+    data = issue.load(args.results)
+    if args.vuid or (data.get("target") or {}).get("kind") == "vuid":  # a validation finding (issue 25)
+        text = issue.render_vuid(issue.pick_vuid(issue.vuid_findings(data), vuid=args.vuid, cell=args.cell))
+    else:
+        text = issue.render(issue.pick(issue.crashes(data, where), cell=args.cell, test=args.test), bisect=args.bisect)
     out = args.out or (args.results / "ISSUE.md" if args.results.is_dir() else args.results.with_name("ISSUE.md"))
     out.write_text(text)
     print(text, end="")

@@ -11,6 +11,7 @@ Nothing of the machine it ran on: no paths (checked before writing), under MAX_L
 from __future__ import annotations
 
 import ast
+import fnmatch
 import hashlib
 import json
 import re
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import variants
+from . import validation, variants
 from .build import CoreOptions
 from .errors import ConfigError
 from .judge import OFF_GPU, change_words
@@ -606,6 +607,270 @@ def render(c: Crash, *, bisect: Path | None = None) -> str:
         lines += ["## Where the ops ran", "", *_placement(c), ""]
     lines += _bisect(bisect)
     lines.append(f"_Found by mnnrepro {c.suite} ({c.session} session, cell `{c.cell}`)._")
+    text = "\n".join(lines) + "\n"
+    if leaked := _PATH.findall(text):
+        raise ConfigError(f"the report would contain a path of this machine: {leaked[0]}")
+    if text.count("\n") > MAX_LINES:
+        raise ConfigError(f"the report is {text.count(chr(10))} lines, over {MAX_LINES}")
+    return text
+
+
+# -- a validation finding (issue 25) ---------------------------------------------------------------------------
+_SPEC_SAYS = re.compile(r"The Vulkan spec states: (?P<text>.*?)(?: \((?P<url>https://[^\s)]+)\))?\s*$", re.S)
+
+
+@dataclass
+class VuidFinding:
+    """One VUID of a validated Vulkan run: a training cell's validation.json record, or a VUID reduction."""
+
+    vuid: str
+    count: int
+    severity: str
+    first: str  # the layer's first message for it (the object handles taken out)
+    frames: list[str] | None  # MNN frames of the attribution rerun; None: not attributed
+    mode: str
+    session: str
+    ref: str
+    commit: str
+    variant: str
+    icd: str
+    cell: str
+    device: str = ""
+    driver: str = ""
+    toolchain: dict[str, str] = field(default_factory=dict)
+    host: str = ""
+    suite: str = ""
+    workload: dict[str, Any] = field(default_factory=dict)
+    listed: str = ""  # "listed" (a row of fixtures/validation.toml), "NEW" (a finding), "" unknown
+    reduced: dict[str, Any] = field(default_factory=dict)  # a VUID reduction's summary
+
+
+def spec_text(message: str) -> tuple[str, str]:
+    """The part of a layer message that quotes the spec ("The Vulkan spec states: ..."), and the spec's URL."""
+    m = _SPEC_SAYS.search(message)
+    return (m["text"].strip(), m["url"] or "") if m else ("", "")
+
+
+def vuid_findings(data: dict[str, Any]) -> list[VuidFinding]:
+    """Every VUID of a session summary: each validated cell's record (training sessions), or the reduced graph's
+    VUIDs of a VUID reduction (reduce --vuid). A cell whose layer was not shown loaded has none."""
+    if data.get("session") == "reduce":
+        return _reduce_vuids(data)
+    if "cells" not in data or "header" not in data:
+        raise ConfigError("not a summary.json of an mnnrepro session")
+    h = data["header"]
+    found = []
+    for c in data["cells"]:
+        ev = c.get("evidence") or {}
+        record = ev.get("validation") or {}
+        if record.get("status") != "EXERCISED":
+            continue
+        rh = (h.get("refs") or {}).get(c["ref"], h)
+        new = set(record.get("findings") or [])
+        for vuid, info in (record.get("vuids") or {}).items():
+            found.append(
+                VuidFinding(
+                    vuid=vuid,
+                    count=int(info.get("count", 0)),
+                    severity=str(info.get("severity", "")),
+                    first=str(info.get("first", "")),
+                    frames=[str(f) for f in info["frames"]] if info.get("frames") else None,
+                    mode=str(record.get("mode", "on")),
+                    session=str(h.get("session", "")),
+                    ref=c["ref"],
+                    commit=str(rh.get("commit") or ""),
+                    variant=c["variant"],
+                    icd=c.get("icd", "-"),
+                    cell=c["cell"],
+                    device=str(ev.get("device") or ""),
+                    driver=str(ev.get("driver") or ""),
+                    toolchain=dict(rh.get("toolchain") or {}),
+                    host=str(h.get("host", "")),
+                    suite=str(h.get("suite", "")),
+                    workload=dict(h.get("workload") or {}),
+                    listed="NEW" if vuid in new else "listed",
+                )
+            )
+    return found
+
+
+def _reduce_vuids(data: dict[str, Any]) -> list[VuidFinding]:
+    entry = data.get("vuid") or {}
+    if (data.get("target") or {}).get("kind") != "vuid" or not entry:
+        raise ConfigError("these reduce results reduce a crash or wrong values, not a VUID", hint="omit --vuid")
+    return [
+        VuidFinding(
+            vuid=vuid,
+            count=int(info.get("count", 0)),
+            severity=str(info.get("severity", "")),
+            first=str(info.get("first", "")),
+            frames=[str(f) for f in info["frames"]] if info.get("frames") else None,
+            mode=str(entry.get("mode", "on")),
+            session="reduce",
+            ref=str(data.get("ref", "")),
+            commit=str(data.get("commit", "")),
+            variant=str(data.get("variant", "")),
+            icd=str(data.get("icd", "-")),
+            cell=f"{data.get('ref')}/{data.get('variant')}/{data.get('icd')}",
+            device=str(data.get("device", "")),
+            toolchain=dict(data.get("toolchain") or {}),
+            host=str(data.get("host", "")),
+            suite=str(data.get("suite", "")),
+            reduced=data,
+        )
+        for vuid, info in (entry.get("reduced") or {}).items()
+    ]
+
+
+def pick_vuid(found: list[VuidFinding], *, vuid: str | None = None, cell: str | None = None) -> VuidFinding:
+    """The finding named by ``vuid`` (exact or an fnmatch pattern) and ``cell``; by default the first, findings
+    (VUIDs no row of fixtures/validation.toml lists) before listed ones."""
+    chosen = [
+        f
+        for f in sorted(found, key=lambda f: f.listed != "NEW")
+        if (vuid is None or fnmatch.fnmatchcase(f.vuid, vuid)) and (cell is None or f.cell == cell)
+    ]
+    if not chosen:
+        listed = ", ".join(sorted({f"{f.cell} {f.vuid}" for f in found})) or "none (no cell shown validated)"
+        raise ConfigError(f"no VUID matches (in these results: {listed})")
+    return chosen[0]
+
+
+def _vuid_title(f: VuidFinding) -> str:
+    mode = "image mode" if "IMAGE=ON" in " ".join(_mode_flags(f.variant)) else "buffer mode"
+    if f.reduced:
+        kinds = [str(r.get("type")) for r in f.reduced.get("ops") or []]
+        what = f"{', '.join(kinds[:3])}{' ...' if len(kinds) > 3 else ''}: reduced from a training step"
+    else:
+        what = f"{f.workload.get('name') or 'MNIST'} training"
+    return f"[Vulkan {mode}] validation error {f.vuid} ({what}, MNN {f.ref})"
+
+
+def _vuid_where(f: VuidFinding) -> str:
+    if f.reduced:
+        r = f.reduced
+        return (
+            f"a graph of {r.get('reduced_ops')} op(s), cut by delta debugging from the {r.get('original_ops')} ops of "
+            f"{r.get('workload') or 'MNIST'} training's first SGD step (its gradient graph), each candidate run under "
+            "the layer"
+        )
+    w = f.workload
+    return f"MNIST training ({w.get('steps', '?')} SGD steps of batch {w.get('batch_size', '?')})"
+
+
+def _layer_settings(mode: str) -> list[str]:
+    """The layer's settings file of the suite (validation.py), logging to stdout: a log file is truncated at every
+    vkCreateInstance, and MNN creates several."""
+    return [x for x in validation.settings_text(Path("-"), mode).splitlines() if ".log_filename" not in x]
+
+
+def _vuid_commands(f: VuidFinding) -> list[str]:
+    """The suite's commands, then MNN alone under the layer (the reduced graph's standalone reproducer, or the
+    training driver)."""
+    icd = f" --icd {f.icd}" if f.icd != "-" else ""
+    suite = [f"nox -s vulkan_validation -- --ref {f.ref}{icd}"]
+    suite.append(f"python -m mnnrepro reduce --ref {f.ref} --variant {f.variant}{icd} --runner host --vuid '{f.vuid}'")
+    suite.append("python -m mnnrepro report --issue RESULTS_DIR" + ("" if f.reduced else f" --vuid '{f.vuid}'"))
+    alone = [f"# in a checkout of MNN at {f.commit[:12] or f.ref}"]
+    alone += [f"cmake -B build -G Ninja {' '.join(cmake_flags(f.variant))}", "cmake --build build"]
+    alone.append("# the Khronos validation layer (Debian: vulkan-validationlayers), its settings file:")
+    alone.append("printf '%s\\n' " + " ".join(f"'{x}'" for x in _layer_settings(f.mode)) + " > vk_layer_settings.txt")
+    alone.append(
+        "export VK_INSTANCE_LAYERS=VK_LAYER_KHRONOS_validation VK_LAYER_SETTINGS_PATH=$PWD/vk_layer_settings.txt"
+    )
+    plugin = "build/source/backend/vulkan/libMNN_Vulkan.so"
+    if f.reduced:
+        alone.append("# repro/ (attached): repro.cpp, CMakeLists.txt, graph.mnn, inputs/, expected/")
+        alone.append("cmake -S repro -B repro/build -DMNN_SOURCE_DIR=$PWD -DMNN_BUILD_DIR=$PWD/build")
+        alone.append("cmake --build repro/build")
+        alone.append(
+            f"(cd repro && ./build/repro vulkan ../{plugin} {f.reduced.get('precision') or 'high'}) "
+            f"| grep -c '^{f.vuid}('"
+        )
+    else:
+        w = f.workload
+        alone.append("# mnnrepro's MNIST training driver (native/ of mnnrepro), against that build:")
+        alone.append(
+            f"mnist_driver --backend vulkan --data MNIST_DIR --out OUT --steps {w.get('steps', 30)} "
+            f"--batch-size {w.get('batch_size', 64)} --seed {w.get('seed', 1)} --plugin {plugin} | grep -c '^{f.vuid}('"
+        )
+    alone.append(f"# with the Vulkan driver of ICD {f.icd} first in the loader's list (VK_ICD_FILENAMES)")
+    return [*suite, "```", "", "With MNN alone:", "", "```sh", *alone]
+
+
+def _vuid_reduced(r: dict[str, Any], f: VuidFinding) -> list[str]:
+    entry = r.get("vuid") or {}
+    out = ["## The reduced graph", ""]
+    start = entry.get("searched_from_ops")
+    if start and start != r.get("original_ops"):
+        out += [
+            f"The whole graph crashed before the layer said anything; the search started from its longest prefix "
+            f"that does not crash ({start} ops, {sum((entry.get('searched_from') or {}).values())} message(s)).",
+            "",
+        ]
+    out.append(
+        f"{r.get('original_ops')} ops -> {r.get('reduced_ops')}, {r.get('candidate_runs')} candidate runs (each in its "
+        f"own process, under the layer, {r.get('judged_by')}), {r.get('reduce_seconds')} s"
+        f"{'' if not r.get('budget_exhausted') else ' (the time budget ran out: the best so far, not minimal)'}."
+    )
+    out += ["", "| # | op | inputs | outputs |", "| --- | --- | --- | --- |"]
+    for row in (r.get("ops") or [])[:MAX_OPS]:
+        ins = ", ".join(f"`{x}`" for x in row.get("inputs", []))
+        outs = ", ".join(f"`{x}`" for x in row.get("outputs", []))
+        out.append(f"| {row.get('index')} | {row.get('type')} | {ins} | {outs} |")
+    k = r.get("checks") or {}
+    words = {"fails": f"reports {f.vuid}", "passes": f"does not report {f.vuid}"}
+    out += [
+        "",
+        f"Checked on its own under the layer: the reduced graph {words.get(k.get('backend', ''), k.get('backend'))} "
+        f"on the GPU backend (its canary reported); the standalone `repro.cpp` built {k.get('standalone_build')} and "
+        f"{words.get(k.get('standalone', ''), k.get('standalone'))}; on the CPU the graph {k.get('cpu')} and "
+        f"`repro.cpp` {k.get('standalone_cpu')} (outputs against the CPU's values).",
+    ]
+    if k.get("off_backend"):
+        out.append(
+            f"Not every op of it ran on the GPU ({k['off_backend']}): the layer's message comes from a Vulkan call at "
+            "the boundary (the copy of a CPU result into a Vulkan tensor) or from the ops that did run there."
+        )
+    other = entry.get("reduced_other") or {}
+    if other:
+        out.append("The same run's other messages: " + ", ".join(f"`{v}` x{n}" for v, n in other.items()) + ".")
+    return [*out, ""]
+
+
+def render_vuid(f: VuidFinding) -> str:
+    """An upstream-ready report of one VUID: what reports it where, the spec's words, the MNN frames, the
+    environment, and the commands (the suite's, then MNN alone under the layer)."""
+    said, url = spec_text(f.first)
+    listed = {"NEW": " No row of the suite's known VUIDs lists it (a new finding).", "listed": ""}.get(f.listed, "")
+    lines = [f"# {_vuid_title(f)}", ""]
+    lines.append(
+        f"Khronos' validation layer reports `{f.vuid}` ({f.severity or '?'}) {f.count} time(s) in {_vuid_where(f)}, "
+        f"on the {_mode_words(f.variant)}.{listed} A software driver runs through it; a phone's driver may not."
+    )
+    lines += ["", "## What the layer says", ""]
+    lines += [f"> The Vulkan spec states: {said}", ">", f"> {url}"] if said else ["(no spec text in the message)"]
+    lines += ["", "First message:", "", "```", f.first, "```", "", "## Where MNN issues it", ""]
+    if f.frames:
+        lines += ["Top frames inside MNN (the layer's break action under gdb, other messages muted):", "", "```"]
+        lines += [*f.frames[:MAX_FRAMES], "```"]
+    else:
+        lines.append("Not attributed (these results hold no attribution rerun for this VUID).")
+    lines += ["", "## Environment", "", "| | |", "| --- | --- |"]
+    env = [
+        ("MNN", f"{f.ref} (commit `{f.commit[:12] or '?'}`)"),
+        ("backend", _mode_words(f.variant)),
+        ("CMake flags that matter", "`" + " ".join(cmake_flags(f.variant)) + "`"),
+        ("compiler", f.toolchain.get("c++", "")),
+        ("device", ", ".join(x for x in (f.device, f.driver) if x) + f" (ICD: {f.icd})"),
+        ("validation", f"Khronos validation layer, mode {f.mode} (`--vk-validation {f.mode}`)"),
+        ("OS", f.host),
+    ]
+    lines += [f"| {k} | {v} |" for k, v in env if v]
+    lines += ["", "## To reproduce", "", "With mnnrepro:", "", "```sh", *_vuid_commands(f), "```", ""]
+    if f.reduced:
+        lines += _vuid_reduced(f.reduced, f)
+    lines.append(f"_Found by mnnrepro {f.suite} ({f.session} session, cell `{f.cell}`)._")
     text = "\n".join(lines) + "\n"
     if leaked := _PATH.findall(text):
         raise ConfigError(f"the report would contain a path of this machine: {leaked[0]}")

@@ -66,12 +66,15 @@ def table(rows: list[tuple[CellRun, Verdict]]) -> str:
 
 
 def validation_table(data: dict[str, Any], width: int = 110) -> str:
-    """VUID, count and first message of every cell run under the validation layer ("" when none was)."""
+    """VUID, count, first MNN frame and first message of every cell run under the validation layer ("" when none
+    was)."""
     rows = validation.vuid_rows(data.get("cells", []))
     if not rows:
         return ""
-    lines = [f"{'cell':34}  {'VUID':56}  {'count':>6}  {'':6}  first message"]
-    lines += [f"{c[:34]:34}  {v:56}  {n:>6}  {k:6}  {first[:width]}" for c, v, n, k, first in rows]
+    lines = [f"{'cell':34}  {'VUID':56}  {'count':>6}  {'':6}  {'MNN frame':44}  first message"]
+    # The frame's function only here (its file and line are in summary.md and validation.json).
+    for c, v, n, k, f, first in rows:
+        lines.append(f"{c[:34]:34}  {v:56}  {n:>6}  {k:6}  {f.split(' (')[0][:44]:44}  {first[:width]}")
     return "\n".join(lines)
 
 
@@ -444,8 +447,9 @@ def _md_validation(data: dict[str, Any]) -> list[str]:
     rows = validation.vuid_rows(data.get("cells", []))
     if not rows:
         return []
-    out = ["", "### Validation layer", "", _row("cell", "VUID", "count", "row", "first message"), _row(*["---"] * 5)]
-    return out + [_row(c, v, n, k, first[:300]) for c, v, n, k, first in rows]
+    head = _row("cell", "VUID", "count", "row", "MNN frame", "first message")
+    out = ["", "### Validation layer", "", head, _row(*["---"] * 6)]
+    return out + [_row(c, v, n, k, f[:160], first[:300]) for c, v, n, k, f, first in rows]
 
 
 def _md_title(data: dict[str, Any]) -> list[str]:

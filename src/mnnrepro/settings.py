@@ -59,6 +59,9 @@ class Settings:
     # The Khronos validation layer on every Vulkan cell (issue 25, validation.py): off, on, or sync (adds the
     # layer's synchronization validation). The vulkan_validation session turns it on.
     vk_validation: str = "off"
+    # Where MNN issued each VUID (validation_frames.py): one rerun under gdb with the layer's break action per VUID
+    # of a validated cell. Its cost is a rerun per VUID, so it can be turned off; without gdb it is skipped.
+    vk_attribution: bool = True
 
     def describe(self) -> list[str]:
         return [f"{f.name} = {getattr(self, f.name)}" for f in fields(self)]
@@ -87,7 +90,7 @@ def _coerce(name: str, value: Any) -> Any:
             if not lo <= number <= hi:
                 raise ConfigError(f"setting {name}={value!r} is out of range [{lo}, {hi}]")
             return number
-        if name in ("gdb", "require_gdb", "clone", "keep_containers", "reuse"):
+        if name in ("gdb", "require_gdb", "clone", "keep_containers", "reuse", "vk_attribution"):
             if isinstance(value, bool):
                 return value
             text = str(value).lower()

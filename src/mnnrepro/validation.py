@@ -22,7 +22,7 @@ import re
 import select
 import threading
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +34,7 @@ from .settings import VK_VALIDATION_MODES as MODES
 
 LAYER = "VK_LAYER_KHRONOS_validation"
 SETTINGS_FILE = "vk_layer_settings.txt"
+LOG_ACTION = "VK_DBG_LAYER_ACTION_LOG_MSG"  # a judged cell's only action (never the break action: issue 25)
 LOG = "validation.log"
 FIFO = "validation.fifo"
 RELAY_FAILED = "validation.relay-failed"  # the relay could not keep the log whole: the cell is NOT-EXERCISED
@@ -57,14 +58,21 @@ _HEADER = re.compile(
 _PREFIX = re.compile(r"^.*?\| MessageID = 0x[0-9a-f]+ \| ")
 
 
-def settings_text(log: Path, mode: str) -> str:
+def settings_text(log: Path, mode: str, *, action: str = LOG_ACTION, mute: Sequence[str] = ()) -> str:
     """The layer's settings file. report_flags error,warn: errors are the spec's VUIDs (and sync hazards);
     warnings are undefined-behaviour cases the spec names without a VUID (UNASSIGNED-...). info, perf and debug
-    say nothing about MNN's correctness. The message limit is off so no VUID's count is cut at 10."""
+    say nothing about MNN's correctness. The message limit is off so no VUID's count is cut at 10.
+
+    ``action`` and ``mute`` are for the attribution reruns only (validation_frames.py): the break action there,
+    and message_id_filter, which 1.3.239 reads from this file as one comma-separated list of VUID strings (or
+    0x message ids) and mutes before any action runs. A judged cell keeps the defaults: log only, nothing muted."""
     if mode not in MODES or mode == "off":
         raise ValueError(f"no validation settings for mode {mode!r}")
+    bad = [m for m in mute if not m or "," in m or any(c.isspace() for c in m)]
+    if bad:
+        raise ValueError(f"message ids to mute must be single tokens: {bad!r}")
     lines = [
-        "khronos_validation.debug_action = VK_DBG_LAYER_ACTION_LOG_MSG",
+        f"khronos_validation.debug_action = {action}",
         f"khronos_validation.log_filename = {log}",
         "khronos_validation.report_flags = error,warn",
         "khronos_validation.enable_message_limit = false",
@@ -72,6 +80,8 @@ def settings_text(log: Path, mode: str) -> str:
     ]
     if mode == "sync":
         lines.append(f"khronos_validation.enables = {SYNC_ENABLE}")
+    if mute:
+        lines.append(f"khronos_validation.message_id_filter = {','.join(mute)}")
     return "\n".join(lines) + "\n"
 
 
@@ -197,18 +207,34 @@ class Known:
     # "sync": a message only synchronization validation raises (SYNC-HAZARD-*): the row covers sync runs only, so
     # an "on" run neither lists nor calls it stale; "" covers both modes.
     mode: str = ""
+    # MNN's own tests (ops run --vk-validation): an fnmatch pattern of the test names the row covers. A row with
+    # tests covers those tests only, never a training cell; a row without covers training cells only (its counts
+    # were seen on MNIST, not on any one op's test).
+    tests: str = ""
 
     def covers(self, ref: str, version: str | None, variant: str, icd: str, mode: str = "on") -> bool:
-        return (not self.mode or self.mode == mode) and covers_cell(
-            self.refs, self.variant, self.icd, ref, version, variant, icd
+        return (
+            not self.tests
+            and (not self.mode or self.mode == mode)
+            and covers_cell(self.refs, self.variant, self.icd, ref, version, variant, icd)
+        )
+
+    def covers_test(self, ref: str, version: str | None, variant: str, icd: str, test: str, mode: str = "on") -> bool:
+        """A row of MNN's own tests that covers this test of the cell (workloads/ops/opvalidation.py)."""
+        return (
+            bool(self.tests)
+            and fnmatch.fnmatchcase(test, self.tests)
+            and (not self.mode or self.mode == mode)
+            and covers_cell(self.refs, self.variant, self.icd, ref, version, variant, icd)
         )
 
     def describe(self) -> str:
         where = ", ".join(x for x in (self.upstream, self.commit and f"fixed by {self.commit}") if x)
-        return f"{self.vuid} ({','.join(self.refs)} {self.variant} {self.icd}{'; ' + where if where else ''})"
+        tests = f" tests {self.tests}" if self.tests else ""
+        return f"{self.vuid} ({','.join(self.refs)} {self.variant} {self.icd}{tests}{'; ' + where if where else ''})"
 
 
-_ROW_KEYS = {"refs", "variant", "icd", "vuid", "reason", "upstream", "commit", "sometimes", "mode"}
+_ROW_KEYS = {"refs", "variant", "icd", "vuid", "reason", "upstream", "commit", "sometimes", "mode", "tests"}
 
 
 def load_known(path: Path = EXPECTATIONS) -> list[Known]:
@@ -241,6 +267,7 @@ def load_known(path: Path = EXPECTATIONS) -> list[Known]:
                     str(row.get("commit", "")),
                     bool(row.get("sometimes", False)),
                     str(row.get("mode", "")),
+                    str(row.get("tests", "")),
                 )
             )
     return rows
@@ -319,21 +346,39 @@ def one_line(record: dict[str, Any]) -> str:
         text += f"; NEW: {', '.join(record['findings'])}"
     if record.get("stale"):
         text += f"; STALE: {', '.join(record['stale'])}"
+    attribution = record.get("attribution")
+    if attribution and attribution["status"] == "skipped":
+        text += f"; frames skipped: {attribution['reason']}"
+    elif attribution:  # where MNN issued them (validation_frames.py): its cost is one rerun per VUID
+        text += f"; frames {attribution['status']} ({attribution['runs']} rerun(s), {attribution['seconds']} s)"
     return text
 
 
-def vuid_rows(cells: list[dict[str, Any]]) -> list[tuple[str, str, int, str, str]]:
-    """(cell, VUID, count, listed|NEW, first message) for every cell's validation record in a summary."""
+def first_frame(info: dict[str, Any], attribution: dict[str, Any] | None) -> str:
+    """The VUID's first MNN frame (validation_frames.py's rerun under gdb), or why there is none: "-" where no
+    attribution was made (an older record), else its note, the run's skip reason."""
+    frames = info.get("frames")
+    if frames:
+        return str(frames[0])
+    if frames is None:
+        return "-" if not attribution else f"not attributed: {attribution.get('reason', '')}"
+    return str(info.get("note") or "no MNN frame")
+
+
+def vuid_rows(cells: list[dict[str, Any]]) -> list[tuple[str, str, int, str, str, str]]:
+    """(cell, VUID, count, listed|NEW, first MNN frame, first message) for every cell's validation record."""
     rows = []
     for c in cells:
         record = (c.get("evidence") or {}).get("validation")
         if not record:
             continue
         if record.get("status") != EXERCISED:
-            rows.append((c["cell"], NOT_EXERCISED, 0, "-", str(record.get("reason", ""))))
+            rows.append((c["cell"], NOT_EXERCISED, 0, "-", "-", str(record.get("reason", ""))))
             continue
         findings = set(record.get("findings", []))
+        attribution = record.get("attribution")
         for vuid, info in record.get("vuids", {}).items():
-            rows.append((c["cell"], vuid, int(info["count"]), "NEW" if vuid in findings else "listed", info["first"]))
-        rows += [(c["cell"], f"STALE {s}", 0, "stale", "listed, not seen") for s in record.get("stale", [])]
+            listed = "NEW" if vuid in findings else "listed"
+            rows.append((c["cell"], vuid, int(info["count"]), listed, first_frame(info, attribution), info["first"]))
+        rows += [(c["cell"], f"STALE {s}", 0, "stale", "-", "listed, not seen") for s in record.get("stale", [])]
     return rows

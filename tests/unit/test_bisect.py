@@ -13,6 +13,7 @@ import pytest
 
 from mnnrepro import bisect, cli, fixtures, judge
 from mnnrepro.bisect import BisectError, Outcome
+from mnnrepro.errors import ConfigError
 
 
 def git(repo: Path, *args: str) -> str:
@@ -502,3 +503,15 @@ def test_the_mnist_bisect_names_a_fixed_by_fallback_commit_as_the_op_leaving_the
     assert "fixed verdict" not in text and "the GPU kernel is not fixed" in text
     again = judge.change_words("FIXED-BY-FALLBACK", "REPRODUCED", True)
     assert again == "first commit where the op runs on the GPU again"
+
+
+def test_a_vuid_reduction_is_refused_as_a_bisect_repro(tmp_path: Path) -> None:
+    """Its target needs the validation layer, which bisect's trials do not load: every commit would read as fixed."""
+    from mnnrepro.settings import Settings
+
+    red = tmp_path / "red"
+    red.mkdir()
+    (red / "summary.json").write_text(json.dumps({"target": {"kind": "vuid", "vuid": "VUID-X"}, "ops": []}))
+    settings = Settings(cache_dir=tmp_path / "cache", icds=("lavapipe",), gdb=False)
+    with pytest.raises(ConfigError, match="cannot be bisected yet"):
+        bisect.ReproOracle(tmp_path, "vulkan-image", settings, tmp_path / "results", lambda _: None, red)

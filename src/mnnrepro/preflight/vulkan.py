@@ -435,7 +435,8 @@ def image_has_validation_layer(dockerfile: Path | None = None) -> bool:
 
 
 def check_validation_in_docker(mode: str, *, dockerfile: Path | None = None) -> list[Finding]:
-    """The docker runner: the suite's image must have the layer; it has not yet (issue 25)."""
+    """The docker runner: the suite's image must have the layer (docker/Dockerfile installs it: a Dockerfile
+    without it, an older checkout's, is refused before any build)."""
     label = f"{VALIDATION_LABEL} (image)"
     if image_has_validation_layer(dockerfile):
         return [Finding(OK, label, f"docker/Dockerfile installs {VALIDATION_PACKAGE}")]

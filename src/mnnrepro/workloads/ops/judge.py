@@ -378,6 +378,9 @@ class TestResult:
     partial: dict[str, int] = field(default_factory=dict)  # partial FALLBACK: op types under test on the CPU
     runs: int = 1  # runs of this test in this cell (first + reruns)
     not_run: str = ""  # NOT-RUN: SKIPPED_BY_ROW or NOT_BUILT
+    # --vk-validation (issue 25): the layer's record of the run judged (opvalidation.assess_test), beside the status,
+    # never part of it; empty without validation.
+    validation: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

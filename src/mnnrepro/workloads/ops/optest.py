@@ -36,6 +36,7 @@ from ...errors import BuildError
 from ...icd import Icd
 from ...progress import Progress
 from ...runner import Completed, Runner
+from . import opvalidation
 
 BATCH_SCRIPT = Path(__file__).with_name("optest_batch.py")
 MAX_EXCLUDE_ROUNDS = 3
@@ -652,6 +653,14 @@ class SweepSpec:
     limits: dict[str, float] = field(default_factory=dict)  # per test, from [[slow]] rows (else timeout_s)
     reruns: dict[str, int] = field(default_factory=dict)  # reruns of a failure, from FLAKE rows (else 1)
     rerun_factor: float = 4.0  # a timeout runs again alone under this many times its limit
+    # --vk-validation on|sync (issue 25): every run of a Vulkan cell's tests under the Khronos layer, its settings and
+    # log in the run's directory (opvalidation.py); the driver makes the cell's canary (None: no canary, as off).
+    vk_validation: str = "off"
+    canary_driver: Path | None = None
+
+    @property
+    def validated(self) -> bool:
+        return self.vk_validation != "off" and self.cell.backend == "vulkan"
 
     def limit(self, test: str) -> float:
         return self.limits.get(test, self.timeout_s)
@@ -684,6 +693,7 @@ def _batch(
     what: str,
     limits: dict[str, float] | None = None,
     jobs: int | None = None,
+    extra: tuple[dict[str, Any], ...] = (),
 ) -> None:
     limits = limits or {t: spec.limit(t) for t in tests}
     jobs = jobs or spec.jobs
@@ -698,15 +708,13 @@ def _batch(
         argv = test_argv(spec, test, out)
         if gdb:
             argv = [gdb, "-q", "-nx", "-batch", "-x", str(GDB_SCRIPT), "--args", *argv]
-        entries.append(
-            {
-                "name": test,
-                "dir": str(out),
-                "argv": argv,
-                "env": {"MNNREPRO_CRASH_DIR": str(out)},
-                "timeout_s": limits[test],
-            }
-        )
+        entry: dict[str, Any] = {"name": test, "dir": str(out), "argv": argv, "timeout_s": limits[test]}
+        entry["env"] = {"MNNREPRO_CRASH_DIR": str(out)}
+        if spec.validated:  # each run its own settings file and log (opvalidation.py)
+            layer_env, entry["validation"] = opvalidation.prepare_run(out, spec.vk_validation)
+            entry["env"].update(layer_env)
+        entries.append(entry)
+    entries += extra
     plan = spec.result_dir / f"plan{('-' + sub) if sub else ''}.json"
     plan.write_text(json.dumps({"jobs": jobs, "tests": entries}, indent=1))
     env = dict(spec.icd.env) if spec.icd else {}
@@ -716,7 +724,9 @@ def _batch(
         argv, fault_env = planted.hide_libvulkan(argv, spec.result_dir / ".fault", spec.runner.name)
         env.update(fault_env)
     # The batch as a whole; each test has its own limit.
-    budget = sum(limits.values()) / jobs + max(limits.values(), default=0.0) + 120
+    budget = (
+        (sum(limits.values()) + sum(e["timeout_s"] for e in extra)) / jobs + max(limits.values(), default=0.0) + 120
+    )
     with Progress(what, say=say) as progress:
         res = spec.runner.run(
             argv,
@@ -787,7 +797,15 @@ def sweep(spec: SweepSpec, *, say: Callable[[str], None] = print) -> dict[str, O
     """Every test of the selection in its own process; a timeout again alone under a longer limit; then the reruns
     of each failure (crashes under gdb; up to a FLAKE row's reruns until the test passes)."""
     spec.result_dir.mkdir(parents=True, exist_ok=True)
-    _batch(spec, spec.tests, "", gdb=None, say=say, what=f"{spec.cell.id}: {len(spec.tests)} tests")
+    canary: tuple[dict[str, Any], ...] = ()
+    if spec.validated and spec.canary_driver is not None:  # the cell's canary runs beside the first tests
+        canary = (
+            opvalidation.canary_entry(
+                spec.result_dir, spec.canary_driver, spec.plugin, spec.vk_validation, min(spec.timeout_s, 300.0)
+            ),
+        )
+    what = f"{spec.cell.id}: {len(spec.tests)} tests" + (" and the validation canary" if canary else "")
+    _batch(spec, spec.tests, "", gdb=None, say=say, what=what, extra=canary)
     outcomes = {test: _read(spec, test, "", spec.limit(test)) for test in spec.tests}
     _rerun_timeouts(spec, outcomes, say)
     _rerun_failures(spec, outcomes, say)

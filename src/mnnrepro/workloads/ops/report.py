@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .judge import CHANGES, NOT_RUN, STATUSES
+from .opvalidation import one_line as validation_line
 
 SHORT = {"NOT-EXERCISED": "NOT-EX", "UNEXPECTED-PASS": "UNEXP-PASS"}
 
@@ -64,6 +65,9 @@ def table(data: dict[str, Any]) -> str:
         lines.append(f"  stale row [[expect]] #{row['row']} ({row['test']} {row['status']}): {row['why'][:160]}")
     for cell in data.get("not_run", []):
         lines.append(f"  {cell}: not run (interrupted)")
+    for c in data.get("cells", []):
+        if c.get("validation"):
+            lines.append(f"  {c['cell']}: {validation_line(c['validation'])}")
     return "\n".join(lines)
 
 
@@ -136,6 +140,7 @@ def markdown(data: dict[str, Any]) -> str:
                     f"| {c['cell']} | {_md(t['test'])} | {t['status']}{suspect} | {t['expected']} | "
                     f"{_md(reason[:200])} | {_md(t.get('upstream', ''))} |"
                 )
+    out += _validation_section(data)
     out += _slow_section(data) + _not_run_section(data) + _stale_section(data) + _left_out_section(data)
     if data.get("not_built"):
         out += ["", "## Test sources not built", ""]
@@ -162,6 +167,28 @@ def _left_out_section(data: dict[str, Any]) -> list[str]:
         return []
     out = ["", "## Registered but not built", "", *_md_table(["test", "why"])]
     return out + [f"| {_md(name)} | {_md(why)} |" for name, why in sorted(left_out.items())]
+
+
+def _validation_section(data: dict[str, Any]) -> list[str]:
+    """--vk-validation (issue 25): per Vulkan cell, its canary, then VUID -> the tests that raised it (which ops'
+    kernels), NEW where no row of fixtures/validation.toml lists it for that test; NOT-EXERCISED tests; stale rows."""
+    cells = [c for c in data.get("cells", []) if c.get("validation")]
+    if not cells:
+        return []
+    out = ["", f"## Validation layer ({data.get('vk_validation')}): VUIDs per test", ""]
+    for c in cells:
+        v = c["validation"]
+        out += [f"### {c['cell']}", "", validation_line(v) + ".", ""]
+        if v["vuids"]:
+            out += _md_table(["VUID", "messages", "tests (messages)", "listed", "first message"])
+            for vuid, e in v["vuids"].items():
+                tests = ", ".join(f"{t} ({n})" for t, n in e["tests"].items())
+                listed = f"NEW in {', '.join(e['new_in'])}" if e["new_in"] else "listed"
+                out.append(f"| {_md(vuid)} | {e['count']} | {_md(tests)} | {_md(listed)} | {_md(e['first'][:200])} |")
+            out.append("")
+        out += [f"- NOT-EXERCISED for validation: `{t}`: {_md(why)}" for t, why in v["not_exercised"].items()]
+        out += [f"- stale row: {_md(row)}" for row in v["stale"]]
+    return out
 
 
 def _slow_section(data: dict[str, Any]) -> list[str]:

@@ -19,14 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ... import __version__, fixtures, prepare, signature, source, variants
+from ... import __version__, fixtures, prepare, signature, source, validation, variants
 from ...cells import Cell
 from ...contract import read_events
 from ...errors import ConfigError
 from ...settings import ICD_NAMES, Settings
 from .. import base
 from . import judge as opjudge
-from . import optest
+from . import optest, opvalidation
 from . import report as opreport
 
 DEFAULT_VARIANTS = ("cpu", "vulkan-image", "vulkan-buffer")
@@ -144,12 +144,15 @@ class OpsSession:
     optest_s: float  # the seconds mnn_optest's build (or its cache check) took
     devices: dict[opjudge.CellKey, opjudge.Device] = field(default_factory=dict)
     cell_started: float = 0.0
+    known_vuids: list[validation.Known] = field(default_factory=list)  # fixtures/validation.toml, when validating
 
     def plan(self) -> list[Cell]:
         return self.cells
 
     def begin(self) -> None:
-        """Nothing: the results directory was made and named before mnn_optest was built."""
+        """Only the known VUIDs when validating: the results directory was made before mnn_optest was built."""
+        if self.settings.vk_validation != "off":
+            self.known_vuids = validation.load_known()
 
     def run(self, cell: Cell) -> dict[str, Any]:
         self.cell_started = time.monotonic()
@@ -168,7 +171,27 @@ class OpsSession:
         if cell.variant == variants.BASELINE:
             self.cpu_outcomes = ran
         self.devices[(cell.ref, self.prepared.built.tree.version, cell.variant, cell.icd)] = device
-        return _cell_entry(cell, time.monotonic() - self.cell_started, results_of, ran, device)
+        checked = self._validated(cell, ran, results_of)
+        return _cell_entry(cell, time.monotonic() - self.cell_started, results_of, ran, device, checked)
+
+    def _validated(
+        self, cell: Cell, ran: dict[str, optest.Outcome], results: list[opjudge.TestResult]
+    ) -> dict[str, Any] | None:
+        """--vk-validation on a Vulkan cell: each run test's record (the run judged: the first, or the run alone
+        that replaced a timeout) beside its result, and the cell's VUID -> tests table; None otherwise."""
+        mode = self.settings.vk_validation
+        if mode == "off" or cell.backend != "vulkan":
+            return None
+        cell_dir = self.results / cell.dirname
+        canary = opvalidation.canary_record(cell_dir, mode)
+        records = {t: opvalidation.assess_test(o.directory, mode, canary) for t, o in ran.items()}
+        key = (cell.ref, self.prepared.built.tree.version, cell.variant, cell.icd)
+        table = opvalidation.cell_table(records, canary, self.known_vuids, key, mode)
+        for r in results:
+            if r.test in records:
+                r.validation = records[r.test]
+        self.say(f"{cell.id}: {opvalidation.one_line(table)}")
+        return table
 
     def stopped_midway(self, cell: Cell) -> dict[str, Any]:
         """What the stopped cell finished is judged, not lost (issue 22)."""
@@ -179,7 +202,8 @@ class OpsSession:
             cell, version, self.tests, self.not_built, self.expectations, self.cpu_outcomes, self.results, limits
         )
         self.devices[(cell.ref, version, cell.variant, cell.icd)] = device
-        entry = _cell_entry(cell, time.monotonic() - self.cell_started, results_of, ran, device)
+        checked = self._validated(cell, ran, results_of)
+        entry = _cell_entry(cell, time.monotonic() - self.cell_started, results_of, ran, device, checked)
         return {**entry, "interrupted": True}
 
     def summarize(
@@ -283,6 +307,8 @@ def _header(
         "timeout_s": float(settings.timeout_s or expectations.timeout_s),
         "timeout_rerun_factor": expectations.rerun_factor,  # a timeout runs again alone under this many times its limit
         "flake_reruns": expectations.flake_reruns,
+        # --vk-validation (issue 25): off, or the mode each Vulkan cell's tests ran under the layer in.
+        "vk_validation": settings.vk_validation,
         "host": platform.platform(),
         "python": sys.version.split()[0],
         "toolchain": built.builder.toolchain,
@@ -333,6 +359,7 @@ def _cell_entry(
     results: list[opjudge.TestResult],
     ran: dict[str, optest.Outcome],
     device: opjudge.Device,
+    checked: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {
         "cell": cell.id,
@@ -343,6 +370,7 @@ def _cell_entry(
         "device": device.name or _active(ran),
         "device_facts": device.as_dict(),  # what the device, vendor and driver keys of rows were matched against
         "tests": [r.as_dict() for r in results],
+        **({"validation": checked} if checked is not None else {}),  # the VUID -> tests table (opvalidation.py)
     }
 
 
@@ -385,6 +413,8 @@ def _cell(
         limits={t: expectations.limit(cell.ref, version, cell.variant, cell.icd, t, base_s) for t in to_run},
         reruns={t: expectations.reruns_before(cell.ref, version, cell.variant, cell.icd, t) for t in to_run},
         rerun_factor=expectations.rerun_factor,
+        vk_validation=settings.vk_validation,
+        canary_driver=built.driver if settings.vk_validation != "off" else None,  # the canary (opvalidation.py)
     )
     ran = optest.sweep(spec, say=say)
     judged, cell_device = _judge_cell(cell, version, ran, expectations, cpu_outcomes)

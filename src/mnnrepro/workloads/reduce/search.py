@@ -13,23 +13,29 @@ op sweep: ``jobs`` candidates at a time). A candidate is *interesting* when it f
 same signal with the same crash signature (the top frames inside MNN); or, for a numerical bug, outputs that differ
 from the CPU's beyond the tolerance. The search: the shortest prefix of the execution order that is interesting
 (binary search: cuts the graph after the failing region), then delta debugging (ddmin) of that op set down to a
-set where no single op can go. Every trial is recorded in ``reduce.json`` (by candidate): a second run resumes
+set where no single op can go. A VUID target (``--vuid``, issue 25): every candidate runs under the Khronos
+validation layer (validation.py: the settings file, the FIFO relay, mnn_graph's ``--vk-canary``) and is interesting
+when the layer reported the canary and the VUID; a candidate whose canary the layer did not report stops the
+reduction (the layer did not run: counting that as "VUID absent" would reduce to a wrong op). Every trial is
+recorded in ``reduce.json`` (by candidate): a second run resumes
 from it; a time budget stops the search with the smallest interesting candidate found so far.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import os
 import shlex
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ... import judge
+from ... import judge, validation
 from ... import signature as sig
 from ...cells import GDB_SCRIPT
 from ...errors import ConfigError, MnnReproError
@@ -76,13 +82,16 @@ def parse_info(text: str) -> list[Op]:
 class Target:
     """What makes a candidate interesting."""
 
-    kind: str  # "crash" (signal + signature) or "differs" (outputs beyond tolerance, no crash)
+    kind: str  # "crash" (signal + signature), "differs" (outputs beyond tolerance, no crash), or "vuid"
     signal: str = ""
     signature: tuple[str, ...] = ()
+    vuid: str = ""  # kind "vuid": a VUID or an fnmatch pattern of one, as the validation layer names it
 
     def describe(self) -> str:
         if self.kind == "differs":
             return "outputs differ from the CPU's beyond the tolerance"
+        if self.kind == "vuid":
+            return f"{self.vuid} reported by the Khronos validation layer (its canary reported too)"
         return f"{self.signal} in {' < '.join(self.signature) or '(no MNN frame)'}"
 
 
@@ -126,6 +135,12 @@ class Trial:
     outcome: str  # "SIGSEGV", "differs", "ok", "timeout", "exit N"
     signature: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    vuids: dict[str, int] = field(default_factory=dict)  # under the validation layer: message id -> count
+
+
+def vuid_matches(pattern: str, vuids: dict[str, int]) -> dict[str, int]:
+    """The message ids of ``vuids`` that a VUID target names (exactly, or as an fnmatch pattern)."""
+    return {v: n for v, n in vuids.items() if fnmatch.fnmatchcase(v, pattern)}
 
 
 def key_of(keep: Sequence[int]) -> str:
@@ -149,6 +164,7 @@ class Spec:
     precision: str = "high"
     # A difference from the CPU (a numerical bug): gradcheck's limits for this backend and precision.
     limits: tuple[float, float, float] = (1e-3, 0.999999, 1e-6)  # max_rel, min_cosine, max_nmse
+    validation: str = "off"  # validation.MODES: every backend run under the Khronos layer (a VUID target)
 
     def limit_args(self) -> list[str]:
         max_rel, min_cosine, max_nmse = self.limits
@@ -168,6 +184,7 @@ class Reducer:
         self.runs = 0  # candidate processes started by this run (not the ones resumed from reduce.json)
         self.seconds = 0.0  # the search's wall time, over every run that worked on this reduce.json
         self.minimal = False  # the search ran to its end (no single op of the result can go)
+        self.start: tuple[int, ...] = ()  # a VUID search's first set when not every op (see _vuid_start)
         self.graph_sha = hashlib.sha256((spec.graph / "graph.mnn").read_bytes()).hexdigest()
         self._load_state()
 
@@ -187,7 +204,7 @@ class Reducer:
         self.seconds = float(data.get("seconds", 0.0))
         if data.get("target"):
             t = data["target"]
-            self.target = Target(t["kind"], t.get("signal", ""), tuple(t.get("signature", ())))
+            self.target = Target(t["kind"], t.get("signal", ""), tuple(t.get("signature", ())), t.get("vuid", ""))
         self.say(f"resuming: {len(self.trials)} candidate(s) already judged ({self.state_path})")
 
     def save(self, **extra: Any) -> None:
@@ -243,6 +260,8 @@ class Reducer:
         run += ["--expect", str(s.work / "values"), *s.limit_args()]
         if s.plugin is not None:
             run += ["--plugin", str(s.plugin)]
+        if s.validation != "off":
+            run.append(validation.CANARY_ARG)
         if s.gdb:
             run = [s.gdb, "-q", "-nx", "-batch", "-x", str(GDB_SCRIPT), "--args", *run]
         # The cut cannot crash the way the run does (it computes nothing); its failure is exit 99, not a verdict.
@@ -252,33 +271,22 @@ class Reducer:
         """Each candidate's trial (from reduce.json, or run now: the new ones in one runner call)."""
         fresh = [c for c in dict.fromkeys(candidates) if key_of(c) not in self.trials]
         if fresh:
-            entries = []
-            for keep in fresh:
-                cdir = self.spec.work / "candidates" / key_of(keep)
-                cdir.mkdir(parents=True, exist_ok=True)
-                (cdir / "keep.txt").write_text("\n".join(map(str, keep)) + "\n")
-                for stale in ("result.json", "crash.json"):
-                    (cdir / stale).unlink(missing_ok=True)
-                entries.append(
-                    {
-                        "name": key_of(keep),
-                        "dir": str(cdir),
-                        "argv": self._argv(keep, cdir),
-                        "env": {"MNNREPRO_CRASH_DIR": str(cdir)},
-                        "timeout_s": self.spec.timeout_s,
-                    }
-                )
+            entries = [self._entry(keep) for keep in fresh]
             plan = self.spec.work / "plan.json"
             plan.write_text(json.dumps({"jobs": self.spec.jobs, "tests": entries}, indent=1))
             budget = self.spec.timeout_s * (len(entries) / self.spec.jobs + 1) + 60
-            res = self.spec.runner.run(
-                ["python3", str(BATCH_SCRIPT), str(plan)],
-                env=self.spec.env,
-                writable=[self.spec.work],
-                timeout_s=budget,
-                stdout_path=self.spec.work / "batch.log",
-                stderr_path=self.spec.work / "batch.err",
-            )
+            with ExitStack() as relays:
+                if self.spec.validation != "off":  # each candidate's layer log, relayed from its own FIFO
+                    for keep in fresh:
+                        relays.enter_context(validation.relay(self._run_dir(keep)))
+                res = self.spec.runner.run(
+                    ["python3", str(BATCH_SCRIPT), str(plan)],
+                    env=self.spec.env,
+                    writable=[self.spec.work],
+                    timeout_s=budget,
+                    stdout_path=self.spec.work / "batch.log",
+                    stderr_path=self.spec.work / "batch.err",
+                )
             self.runs += len(fresh)
             unfinished = []
             for keep in fresh:
@@ -297,6 +305,47 @@ class Reducer:
                 )
         return [self.trials[key_of(c)] for c in candidates]
 
+    def _run_dir(self, keep: Sequence[int]) -> Path:
+        """Where a candidate's ``mnn_graph run`` writes (events.jsonl; under the layer its settings file and log)."""
+        return self.spec.work / "candidates" / key_of(keep) / "run"
+
+    def _entry(self, keep: Sequence[int]) -> dict[str, Any]:
+        """One candidate of the batch plan, its directory cleared of an earlier attempt's results."""
+        cdir = self.spec.work / "candidates" / key_of(keep)
+        cdir.mkdir(parents=True, exist_ok=True)
+        (cdir / "keep.txt").write_text("\n".join(map(str, keep)) + "\n")
+        for stale in ("result.json", "crash.json"):
+            (cdir / stale).unlink(missing_ok=True)
+        env = {"MNNREPRO_CRASH_DIR": str(cdir)}
+        if self.spec.validation != "off":
+            run_dir = self._run_dir(keep)
+            run_dir.mkdir(exist_ok=True)
+            # An earlier attempt's events would show its canary for a run that never got that far.
+            (run_dir / "events.jsonl").unlink(missing_ok=True)
+            env.update(validation.prepare_cell(run_dir, self.spec.validation))
+        return {
+            "name": key_of(keep),
+            "dir": str(cdir),
+            "argv": self._argv(keep, cdir),
+            "env": env,
+            "timeout_s": self.spec.timeout_s,
+        }
+
+    def _layer_said(self, keep: Sequence[int]) -> dict[str, int]:
+        """Under the layer: every message id of the candidate's run with its count (the canary's taken out). A run
+        whose canary the layer did not report is an error of the reduction, never "VUID absent"."""
+        run_dir = self._run_dir(keep)
+        record = validation.assess(
+            run_dir, ref="", version=None, variant="", icd="", mode=self.spec.validation, known=[]
+        )
+        validation.write_record(run_dir, record)
+        if record["status"] != validation.EXERCISED:
+            raise ReduceError(
+                f"validation {validation.NOT_EXERCISED} for candidate {key_of(keep)}: {record['reason']} (see "
+                f"{run_dir}): the layer's silence proves nothing, so no candidate can be judged by a VUID"
+            )
+        return {v: int(info["count"]) for v, info in record["vuids"].items()}
+
     def _read(self, keep: Sequence[int]) -> Trial | None:
         cdir = self.spec.work / "candidates" / key_of(keep)
         try:
@@ -304,11 +353,20 @@ class Reducer:
         except (OSError, ValueError):
             return None
         seconds = float(res.get("duration_s", 0.0))
-        if res.get("timed_out"):
-            return Trial(key_of(keep), len(keep), False, "timeout", seconds=seconds)
         code = int(res.get("returncode", 0))
         if code == 99:
             raise ReduceError(f"mnn_graph cut failed for candidate {key_of(keep)} (see {cdir}/stderr.txt)")
+        if code == 4 and not res.get("timed_out"):
+            raise ReduceError(
+                f"NOT-EXERCISED: the {self.spec.backend} backend was not active for candidate {key_of(keep)} "
+                f"(see {cdir}/stderr.txt): no candidate can be judged"
+            )
+        if self.spec.validation != "off":
+            vuids = self._layer_said(keep)
+            outcome = "timeout" if res.get("timed_out") else _signal_name(code) or f"exit {code}"
+            return Trial(key_of(keep), len(keep), self.interesting(outcome, (), vuids), outcome, [], seconds, vuids)
+        if res.get("timed_out"):
+            return Trial(key_of(keep), len(keep), False, "timeout", seconds=seconds)
         signal = _signal_name(code)
         frames: tuple[str, ...] = ()
         if signal and (cdir / "crash.json").is_file():
@@ -330,10 +388,12 @@ class Reducer:
         has frames to hold to the target's signature. Every report says so."""
         return self.target is not None and self.target.kind == "crash" and not self.spec.gdb
 
-    def interesting(self, outcome: str, frames: Sequence[str]) -> bool:
+    def interesting(self, outcome: str, frames: Sequence[str], vuids: dict[str, int] | None = None) -> bool:
         t = self.target
         if t is None:
             return False
+        if t.kind == "vuid":  # only runs whose canary the layer reported get here (_layer_said)
+            return bool(vuid_matches(t.vuid, vuids or {}))
         if t.kind == "differs":
             return outcome == "differs"
         if self.signal_only:
@@ -374,7 +434,9 @@ class Reducer:
                 self.target = Target("crash", probe.outcome, tuple(probe.signature))
             elif probe.outcome == "differs":
                 self.target = Target("differs")
-        probe.interesting = self.interesting(probe.outcome, probe.signature)
+        probe.interesting = self.interesting(probe.outcome, probe.signature, probe.vuids)
+        if not probe.interesting and expected is not None and expected.kind == "vuid":
+            probe = self._vuid_start(full, probe, expected)
         if not probe.interesting and expected is not None:
             seen = " < ".join(probe.signature) or ("(no MNN frame)" if self.spec.gdb else "(no gdb: no frames)")
             seen = (
@@ -399,6 +461,34 @@ class Reducer:
         self.save()
         return self.target
 
+    def _vuid_start(self, full: tuple[int, ...], probe: Trial, expected: Target) -> Trial:
+        """Where a VUID search starts when the whole graph does not show the VUID. A graph that crashes first
+        (3.3.0 image mode: alibaba/MNN#3129's Deconvolution, near the end of the step) may hide a VUID its earlier
+        ops raise: the search starts from the longest prefix that does not crash (binary search), if that prefix
+        shows it. Otherwise there is nothing to reduce."""
+        start = None
+        if probe.outcome.startswith("SIG"):
+            lo, hi = 0, len(full)  # prefix lo runs without a crash (the empty one does), prefix hi crashes
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if self.judge([full[:mid]])[0].outcome.startswith("SIG"):
+                    hi = mid
+                else:
+                    lo = mid
+            if lo:
+                start = self.judge([full[:lo]])[0]
+                self.say(f"  the whole graph crashes ({probe.outcome}); the longest prefix that does not: {lo} ops")
+                if start.interesting:
+                    self.start = full[:lo]
+                    return start
+        where = f"the whole graph ({probe.outcome})" + (" nor its longest prefix without the crash" if start else "")
+        said = (start or probe).vuids
+        seen = ", ".join(f"{v} x{n}" for v, n in said.items()) or "no message besides the canary"
+        raise ReduceError(
+            f"{where} raises no {expected.vuid} under the validation layer on {self.spec.backend} (its canary was "
+            f"reported; the layer said: {seen}): nothing to reduce"
+        )
+
     def reduce(self) -> tuple[int, ...]:
         """The smallest interesting op set found; ``self.minimal`` says whether the search finished (1-minimal) or
         the budget stopped it first (the best so far)."""
@@ -410,7 +500,7 @@ class Reducer:
             self.save()
 
     def _reduce(self) -> tuple[int, ...]:
-        current = tuple(self.op_indices())
+        current = self.start or tuple(self.op_indices())
         # 1. The shortest interesting prefix of the execution order: everything after the failing region goes.
         lo, hi = 0, len(current)  # prefix `hi` is interesting; find the smallest
         while hi - lo > 1 and not self.out_of_time():

@@ -5,7 +5,9 @@ variant's plugin, gdb, the ICD), then: capture (the driver on the CPU backend sa
 the training workload W, default mnist (issue 24), unless --graph names one), the reducer (reduce.py), and the
 reduced graph checked on its own: it must still fail on the backend under test and pass on the CPU. Writes
 summary.json (session "reduce") and repro/ (graph.mnn, inputs/) into the results directory; a second run with the
-same --results-dir resumes from reduce.json.
+same --results-dir resumes from reduce.json. ``--vuid VUID`` (issue 25): the target is a message of the Khronos
+validation layer instead of a crash; every backend run is under the layer with its canary (search.py), and the
+summary names the VUID's count and first message in the reduced graph.
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ... import __version__, build, fixtures, gradcheck, prepare, source, variants
+from ... import __version__, build, fixtures, gradcheck, prepare, source, validation, variants
 from ...contract import read_events
 from ...errors import ConfigError
 from ...settings import Settings
@@ -103,6 +106,18 @@ def aim_for(
     stage = f"{row.stage}[{row.step if row.step is not None else CAPTURED_STEP}]"
     target = reduce.Target("crash", row.signal, row.signature)
     return Aim(target, f"{name} (fixtures/matrix.toml)", row.bug, stage, row.op)
+
+
+def vuid_aim(settings: Settings, variant: str, vuid: str) -> tuple[Settings, Aim]:
+    """``--vuid``: the settings with the validation layer on (``--vk-validation on`` unless sync was asked for) and
+    the aim of a VUID reduction. Only a Vulkan variant has a layer to ask."""
+    if variants.get(variant).backend != "vulkan":
+        raise ConfigError(
+            f"--vuid {vuid}: {variant} is no Vulkan variant", hint="--variant vulkan-image or vulkan-buffer"
+        )
+    mode = settings.vk_validation if settings.vk_validation != "off" else "on"
+    target = reduce.Target("vuid", vuid=vuid)
+    return replace(settings, vk_validation=mode), Aim(target, f"--vuid {vuid} (the Khronos validation layer, {mode})")
 
 
 # Driver options under which the capture (--save-graph) saves nothing: it cuts the dynamic path's first SGD step,
@@ -211,6 +226,30 @@ def spec_for(
     )
 
 
+def search_spec(
+    prepared: prepare.Prepared,
+    variant: str,
+    icd: str,
+    settings: Settings,
+    graph: Path,
+    results: Path,
+    training: train.Training,
+    matrix: fixtures.Matrix,
+    *,
+    vuid: bool,
+) -> reduce.Spec:
+    """The search's Spec: spec_for's, with gdb, the jobs, the precision and the backend's gradient limits."""
+    spec = spec_for(prepared, variant, icd, settings, graph, results)
+    # A VUID is judged by the layer's log, not by a crash: no gdb (a candidate that also crashes is no matter).
+    spec.gdb = None if vuid else prepared.gdb_path
+    spec.validation = settings.vk_validation if vuid else "off"
+    spec.jobs = settings.test_jobs or len(os.sched_getaffinity(0))
+    spec.precision = variants.get(variant).precision or training.precision
+    limit = gradcheck.tolerance_for(spec.backend, spec.precision, 0, matrix)
+    spec.limits = (limit.max_rel, limit.min_cosine, limit.max_nmse)
+    return spec
+
+
 def run_reduce(
     settings: Settings,
     *,
@@ -218,10 +257,13 @@ def run_reduce(
     budget_s: float | None = None,
     resume: Path | None = None,
     workload: str = train.NAME,
+    vuid: str | None = None,
     say: Say = print,
 ) -> int:
     started = time.monotonic()
     variant, icd = check(settings)
+    # --vuid: before preflight, so the layer is checked for like a validated run's.
+    settings, vaim = vuid_aim(settings, variant, vuid) if vuid else (settings, None)
     if graph is not None:
         graph = reduce.load_graph_dir(graph)
     matrix = fixtures.load_matrix()
@@ -237,25 +279,20 @@ def run_reduce(
     prepared = prepare.prepare(ref, (variants.BASELINE, variant), settings, matrix, say)
     built = prepared.built
     graph_dir = capture(prepared, training, results, say) if graph is None else adopt(graph, results, say)
-    spec = spec_for(prepared, variant, icd, settings, graph_dir, results)
-    spec.gdb = prepared.gdb_path
-    spec.jobs = settings.test_jobs or len(os.sched_getaffinity(0))
-    spec.precision = variants.get(variant).precision or training.precision
-    limit = gradcheck.tolerance_for(spec.backend, spec.precision, 0, matrix)
-    spec.limits = (limit.max_rel, limit.min_cosine, limit.max_nmse)
+    spec = search_spec(prepared, variant, icd, settings, graph_dir, results, training, matrix, vuid=vaim is not None)
     budget = float(budget_s or DEFAULT_BUDGET_S)
-    aim = aim_for(matrix, ref, variant, icd, built.tree.version, given=graph is not None, workload=workload)
+    aim = vaim or aim_for(matrix, ref, variant, icd, built.tree.version, given=graph is not None, workload=workload)
     named = {} if graph is not None or workload == train.NAME else {"workload": workload}  # MNIST's: as before
     reducer = reduce.Reducer(spec, budget_s=budget, say=say, meta=named)
     reducer.prepare()
     ops_total = len(reducer.op_indices())
     target = reducer.establish(aim.target, aim.source)
     judged = judged_by(target, signal_only=reducer.signal_only)
-    say(f"the whole graph ({ops_total} ops) fails: {target.describe()} (target: {aim.source}; {judged})")
+    whole = f"the longest prefix without the crash, {len(reducer.start)} of" if reducer.start else "the whole graph,"
+    say(f"{whole} {ops_total} ops, fails: {target.describe()} (target: {aim.source}; {judged})")
     say(f"reducing (budget {budget:.0f} s)")
     keep = reducer.reduce()
     seconds = round(reducer.seconds, 1)
-    exhausted = not reducer.minimal
     table = reduce.ops_table(reducer.ops, keep)
     kinds = reduce.kinds_under_test(table)
     repro = emit(results, keep, table)
@@ -276,12 +313,15 @@ def run_reduce(
         "candidate_runs_this_time": reducer.runs,
         "reduce_seconds": seconds,
         "budget_s": budget,
-        "budget_exhausted": exhausted,
+        "budget_exhausted": not reducer.minimal,
         "total_seconds": round(time.monotonic() - started, 1),
         "checks": checks,
         "device": checks.get("device", ""),
         "graph": workload if graph is None else "given",  # the captured workload's name (MNIST's: "mnist")
         **named,
+        **vuid_entry(
+            target, spec.validation, reducer.trials.get(reduce.key_of(reducer.start or reducer.op_indices())), results
+        ),
         "results_dir": str(results),
     }
     (results / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -289,7 +329,7 @@ def run_reduce(
     for row in table:
         say(f"  [{row['index']}] {row['type']} {row['name']}: {', '.join(row['inputs'])}")
     say(f"repro: {repro}; summary: {results / 'summary.json'}")
-    return conclude(checks, aim, kinds, keep, results, budget, exhausted=exhausted, say=say)
+    return conclude(checks, aim, kinds, keep, results, budget, exhausted=not reducer.minimal, say=say)
 
 
 def target_entry(target: reduce.Target, aim: Aim) -> dict[str, Any]:
@@ -302,6 +342,7 @@ def target_entry(target: reduce.Target, aim: Aim) -> dict[str, Any]:
         "bug": aim.bug,
         "stage": aim.stage,
         "op": aim.op,
+        **({"vuid": target.vuid} if target.kind == "vuid" else {}),  # issue 25: what the layer must report
     }
 
 
@@ -368,6 +409,8 @@ def judged_by(target: reduce.Target, *, signal_only: bool) -> str:
     """How candidates were held to the target, in the words every report uses."""
     if target.kind == "differs":
         return "judged by outputs against the CPU's values"
+    if target.kind == "vuid":
+        return "judged by the Khronos validation layer's log (every candidate's canary reported)"
     if signal_only:
         return f"{SIGNAL_ONLY} (no gdb: the crash signature was not checked)"
     return "judged by signal and crash signature"
@@ -437,14 +480,24 @@ def verify_standalone(
         ("standalone_cpu", "cpu", None, {}),
     ):
         argv = [str(bdir / "repro"), backend, str(plugin) if plugin else "-", spec.precision, *map(repr, spec.limits)]
-        res = built.runner.run(
-            ["sh", "-c", 'cd "$1" && shift && exec "$@"', "sh", str(repro), *argv],
-            env=env,
-            timeout_s=spec.timeout_s,
-            writable=[results],
-            stdout_path=results / f"{name}.log",
-            stderr_path=results / f"{name}.err",
-        )
+        layer = results / "standalone-validation"  # a VUID target: the reproducer under the layer (no canary)
+        validated = name == "standalone" and spec.validation != "off"
+        if validated:
+            layer.mkdir(exist_ok=True)
+            env = {**env, **validation.prepare_cell(layer, spec.validation)}
+        with validation.relay(layer) if validated else nullcontext():
+            res = built.runner.run(
+                ["sh", "-c", 'cd "$1" && shift && exec "$@"', "sh", str(repro), *argv],
+                env=env,
+                timeout_s=spec.timeout_s,
+                writable=[results],
+                stdout_path=results / f"{name}.log",
+                stderr_path=results / f"{name}.err",
+            )
+        if validated and res.returncode != 4:
+            out[name] = standalone_vuid(layer, target)
+            say(f"  the standalone reproducer (repro.cpp) on {backend} under the layer: {out[name]}")
+            continue
         how = res.signal_name or _EXIT_WORDS.get(res.returncode, f"exit {res.returncode}")
         wanted = target.signal if target.kind == "crash" else "differs"
         out[name] = (
@@ -463,6 +516,18 @@ def verify_standalone(
             out[f"{name}_numbers"] = numbers
         say(f"  the standalone reproducer (repro.cpp) on {backend}: {out[name]}" + (f" ({numbers})" if numbers else ""))
     return out
+
+
+def standalone_vuid(layer: Path, target: reduce.Target) -> str:
+    """The standalone reproducer under the layer: "fails" when its log holds the VUID. repro.cpp makes no canary, so
+    a log without it is no proof that the VUID is gone (the layer may not have loaded): never "passes"."""
+    log = layer / validation.LOG
+    counts = validation.parse_log(log.read_text(errors="replace")).counts if log.is_file() else {}
+    if (layer / validation.RELAY_FAILED).is_file():
+        return "NOT-EXERCISED (validation: the layer's log was not kept whole)"
+    if reduce.vuid_matches(target.vuid, counts):
+        return "fails"
+    return f"no {target.vuid} in the layer's log (repro.cpp makes no canary: that proves nothing)"
 
 
 def repro_numbers(err: Path) -> str:
@@ -494,6 +559,11 @@ def check_at(settings: Settings, results: Path, *, say: Say = print) -> int:
     if not (repro / "graph.mnn").is_file() or not (results / "summary.json").is_file():
         raise ConfigError(f"{results} is not the results directory of a finished reduce run (no repro/graph.mnn)")
     before = json.loads((results / "summary.json").read_text())
+    if (before.get("target") or {}).get("kind") == "vuid":  # its runs would need the layer and the canary (issue 25)
+        raise ConfigError(
+            f"{results} is a VUID reduction: --check runs a crash's or wrong values' reduced graph only",
+            hint="run `reduce --vuid` at the other ref (its capture, its search)",
+        )
     matrix = fixtures.load_matrix()
     ref = settings.ref or matrix.default_ref
     settings, _ = prepare.preflight_for(settings, (variants.BASELINE, variant), say)
@@ -572,14 +642,19 @@ def verify(
         argv += [*spec.limit_args(), "--precision", spec.precision]
         if plugin is not None:
             argv += ["--plugin", str(plugin)]
-        res = spec.runner.run(
-            argv,
-            env=env,
-            timeout_s=spec.timeout_s,
-            writable=[results],
-            stdout_path=run_dir / "stdout.txt",
-            stderr_path=run_dir / "stderr.txt",
-        )
+        validated = name == "backend" and spec.validation != "off"  # a VUID target: the run under the layer
+        if validated:
+            env = {**env, **validation.prepare_cell(run_dir, spec.validation)}
+            argv.append(validation.CANARY_ARG)
+        with validation.relay(run_dir) if validated else nullcontext():
+            res = spec.runner.run(
+                argv,
+                env=env,
+                timeout_s=spec.timeout_s,
+                writable=[results],
+                stdout_path=run_dir / "stdout.txt",
+                stderr_path=run_dir / "stderr.txt",
+            )
         record = read_events(run_dir / "events.jsonl")
         if name == "backend" and record.backend:
             out["device"] = record.device_name or str(record.backend.get("active", ""))
@@ -589,6 +664,10 @@ def verify(
         off = reduce.off_backend(placement(record), backend, kinds) if res.returncode in (0, 1) else ""
         if res.returncode == 4:
             out[name] = "NOT-EXERCISED"
+        elif validated:
+            out[name] = vuid_word(run_dir, spec.validation, target)
+            if off:  # the VUID may be raised at the boundary (a copy into a Vulkan image): said, not a verdict
+                out["off_backend"] = off
         elif off and backend != "cpu":
             out[name] = f"{reduce.FALLBACK} ({off})"
         elif res.returncode == 0:
@@ -599,6 +678,47 @@ def verify(
             out[name] = f"fails otherwise ({how})"
         say(f"  the reduced graph alone on {backend}: {out[name]} (exit {res.returncode})")
     return out
+
+
+def vuid_word(run_dir: Path, mode: str, target: reduce.Target) -> str:
+    """A run under the layer (its validation.json written beside it), held to a VUID target: "fails" when the layer
+    reported the canary and the VUID, "passes" when it reported the canary and not the VUID; without the canary
+    "NOT-EXERCISED (validation: ...)", never "passes". Where the ops ran is no part of it: a message of the layer
+    comes from a Vulkan call, also when an op of the reduced graph ran on the CPU and the VUID is raised copying its
+    output into a Vulkan image (3.6.1 image mode: Cast on the CPU, then BinaryOp MUL); verify records that apart."""
+    record = validation.assess(run_dir, ref="", version=None, variant="", icd="", mode=mode, known=[])
+    validation.write_record(run_dir, record)
+    if record["status"] != validation.EXERCISED:
+        return f"NOT-EXERCISED (validation: {record['reason']})"
+    seen = reduce.vuid_matches(target.vuid, {v: int(i["count"]) for v, i in record["vuids"].items()})
+    return "fails" if seen else "passes"
+
+
+def vuid_entry(target: reduce.Target, mode: str, whole: reduce.Trial | None, results: Path) -> dict[str, Any]:
+    """summary.json's "vuid" of a VUID reduction: the pattern, the mode, the matching ids' counts in the whole graph
+    (the search's first trial), and in the reduced graph run alone (verify/backend) with the first message of each
+    and the other ids that run raised. {} for another target."""
+    if target.kind != "vuid":
+        return {}
+    try:
+        record = json.loads((results / "verify" / "backend" / validation.RECORD).read_text())
+    except (OSError, ValueError):
+        record = {}
+    said = record.get("vuids") or {}
+    seen = reduce.vuid_matches(target.vuid, {v: int(i["count"]) for v, i in said.items()})
+    entry = {
+        "pattern": target.vuid,
+        "mode": mode,
+        "layer": record.get("status", "no record"),
+        # The search's first set: every op, or the longest prefix that does not crash (search.py _vuid_start).
+        "searched_from_ops": whole.ops if whole else None,
+        "searched_from": reduce.vuid_matches(target.vuid, whole.vuids) if whole else {},
+        "reduced": {
+            v: {"count": n, "severity": said[v]["severity"], "first": said[v]["first"]} for v, n in seen.items()
+        },
+        "reduced_other": {v: int(i["count"]) for v, i in said.items() if v not in seen},
+    }
+    return {"vuid": entry}
 
 
 def placement(record: Any) -> dict[str, dict[str, int]] | None:

@@ -24,9 +24,10 @@ from ... import (
     reuse,
     source,
     validation,
+    validation_frames,
     variants,
 )
-from ...cells import Cell, CellRun, run_cell
+from ...cells import Cell, CellRun, driver_argv, run_cell
 from ...contract import Device, RunRecord
 from ...errors import EXIT_MISMATCH, ConfigError
 from ...judge import ACCEPTS, FAIL, PASS, TRAINS, Check, Verdict, combine_repeats, judge
@@ -288,7 +289,7 @@ class MnistRef:
                 self.say(f"  WARNING: could not store the run for reuse: {exc}")
         verdict.evidence["timeout_s"] = plan.timeout_s
         if self.settings.vk_validation != "off" and cell.backend == "vulkan" and reused is None:
-            verdict = self.validated(cell, result_dir, verdict)
+            verdict = self.validated(plan, run, verdict)
         if (result_dir / "gdb-rerun").is_dir():  # crashed without gdb: the backtrace is from a rerun under gdb
             verdict.evidence["gdb_rerun"] = str(result_dir / "gdb-rerun")
         verdict.evidence["reused"] = reused  # the stored run judged today (its key, where and when it ran), or None
@@ -297,10 +298,12 @@ class MnistRef:
         verdict.evidence["seconds"] = {"run": round(ran, 2), "judge": round(time.monotonic() - started - ran, 2)}
         return run, verdict
 
-    def validated(self, cell: Cell, result_dir: Path, verdict: Verdict) -> Verdict:
-        """The cell's validation record in its evidence (and validation.json). In the validation session a cell
+    def validated(self, plan: CellPlan, run: CellRun, verdict: Verdict) -> Verdict:
+        """The cell's validation record in its evidence (and validation.json), with where MNN issued each VUID
+        (validation_frames.py: reruns under gdb, never judged). In the validation session a cell
         whose canary the layer did not report, or with a VUID no row lists, FAILs, and a listed VUID that did not
         appear is a mismatch (stale, like UNEXPECTED-PASS); elsewhere the training verdict stays what it is."""
+        cell, result_dir = plan.cell, run.result_dir
         record = validation.assess(
             result_dir,
             ref=self.built.ref,
@@ -310,6 +313,7 @@ class MnistRef:
             mode=self.settings.vk_validation,
             known=self.known_vuids,
         )
+        self._attribute(record, plan, run)
         validation.write_record(result_dir, record)
         verdict.evidence["validation"] = record
         if self.session != VALIDATION_SESSION:
@@ -321,6 +325,27 @@ class MnistRef:
         if record["stale"]:
             return replace(verdict, matched=False, reason=f"{line}; {verdict.reason}")
         return replace(verdict, reason=f"{line}; {verdict.reason}")
+
+    def _attribute(self, record: dict[str, Any], plan: CellPlan, run: CellRun) -> None:
+        """Each VUID's MNN frames (validation_frames.attribute): the cell's driver argv again, with its own
+        environment, once per VUID under the gdb the cell's runs use."""
+        b, cell, result_dir = self.built, plan.cell, run.result_dir
+        rerun = None
+        if (result_dir / "cell.json").is_file():
+            argv = driver_argv(cell, b.driver, b.plugins.get(cell.variant), plan.workload, result_dir, fixtures.MNIST)
+            rerun = validation_frames.rerun_of(
+                result_dir, argv, self.settings.vk_validation, plan.timeout_s, run.completed.duration_s
+            )
+        validation_frames.attribute(
+            record,
+            result_dir,
+            rerun,
+            runner=b.runner,
+            gdb_path=self.gdb_path,
+            why_no_gdb=self.prepared.gdb_absent,
+            enabled=self.settings.vk_attribution,
+            say=self.say,
+        )
 
     def _baseline_for(self, plan: CellPlan) -> tuple[RunRecord | None, dict[str, str]]:
         """The CPU run a cell is compared with, and the checks not measured for it (the workload's, and for a
