@@ -59,6 +59,13 @@ class Cell:
         return self.id.replace("/", "__").replace(":", "__")
 
 
+def is_validated(cell: Cell, vk_validation: str) -> bool:
+    """Whether the Khronos layer watches this cell (issue 25): asked for (validation.MODES other than off) and a
+    Vulkan cell. The one rule run_cell and every session apply (a second copy could let a session judge a log the
+    cell never wrote, or skip one it did)."""
+    return vk_validation != "off" and cell.backend == "vulkan"
+
+
 class DriverArgs(Protocol):
     """A workload's part of the driver's command line (after the cell's backend, data and result dir): cells
     runs what it is handed and knows no workload (workloads.train holds MNIST's)."""
@@ -105,8 +112,8 @@ def run_cell(
         (result_dir / stale).unlink(missing_ok=True)
     argv = driver_argv(cell, driver, plugin, workload, result_dir, data_dir)
     env, from_caller = _cell_env(icd, runner, faults)
-    validated = vk_validation != "off" and cell.backend == "vulkan"
-    if validated:  # every workload's Vulkan cell: the layer's settings file, its variables, the driver's canary
+    watched = is_validated(cell, vk_validation)
+    if watched:  # every workload's Vulkan cell: the layer's settings file, its variables, the driver's canary
         env.update(validation.prepare_cell(result_dir, vk_validation))
         argv.append(validation.CANARY_ARG)
     gdb = (gdb_path or shutil.which("gdb")) if use_gdb else None
@@ -119,7 +126,7 @@ def run_cell(
     events = result_dir / "events.jsonl"
     with (
         heartbeat(cell.id, say=say, detail=lambda: last_stage(events), interval_s=heartbeat_s),
-        validation.relay(result_dir) if validated else nullcontext(),
+        validation.relay(result_dir) if watched else nullcontext(),
     ):
         completed = runner.run(
             full,

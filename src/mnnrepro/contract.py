@@ -119,6 +119,7 @@ class RunRecord:
     test: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     ops: list[dict[str, Any]] = field(default_factory=list)  # where each op ran, per step and phase
+    canary: dict[str, Any] | None = None  # vk_canary: the validation layer's proof call (validation.py, issue 25)
     done: bool = False
     truncated_line: bool = False
 
@@ -209,6 +210,8 @@ def read_events(path: Path) -> RunRecord:
             record.error = event
         elif kind == "ops":
             record.ops.append(event)
+        elif kind == "vk_canary" and record.canary is None:
+            record.canary = event
         elif kind == "done":
             record.done = True
     return record

@@ -403,10 +403,33 @@ class MissingDump(Exception):
     pass
 
 
+class UnreadableDump(MissingDump):
+    """A dump that is there but is no array numpy can read (a file cut short, torn, not .npy): a problem of the
+    check with numpy's reason, never a crash of the harness. A MissingDump, so every reader already handles it."""
+
+
 def load_dump(path: Path | None) -> F64:
     if path is None or not path.is_file():
         raise MissingDump(str(path) if path else "no initial parameters")
-    return np.asarray(np.load(path), dtype=np.float64)
+    try:
+        return np.asarray(np.load(path), dtype=np.float64)
+    except (ValueError, OSError, EOFError) as exc:  # numpy's errors for a short or malformed .npy file
+        raise UnreadableDump(f"{path} (unreadable: {type(exc).__name__}: {exc})") from exc
+
+
+def dump_problem(exc: MissingDump, name: str = "", step: int | None = None, kind: str = "") -> Problem:
+    """The problem a dump that could not be loaded makes: an unreadable file, or a missing one."""
+    if isinstance(exc, UnreadableDump):
+        return Problem("unreadable file", str(exc), name, step, kind)
+    return Problem("missing file", f"no {exc}", name, step, kind)
+
+
+def dump_defect(array: F64, shape: tuple[int, ...]) -> str | None:
+    """Why a dump cannot stand for a tensor of ``shape`` (its shape, NaN/Inf: the guards add_row applies to a
+    compared pair), or None."""
+    if array.shape != shape:
+        return f"shape {array.shape}, not {shape}"
+    return nonfinite(array)
 
 
 def nonfinite(array: F64) -> str | None:
@@ -499,23 +522,43 @@ def _write_pair(artifacts: Path | None, step: int, kind: str, name: str, obtaine
     np.save(where / f"{name}.golden.npy", golden.astype(np.float32))
 
 
-# The per-step inputs a run must share with its golden, per model (the golden's provenance names its model; a
-# golden without one is Lenet's): the training images, and Lenet's dropout mask (MnistV2 has no dropout).
-STEP_INPUTS: dict[str, tuple[tuple[str, str], ...]] = {
-    "lenet": (("batch_indices.npy", "training images"), ("dropout_mask.npy", "dropout mask")),
-    "mnistv2": (("batch_indices.npy", "training images"),),
-}
+StepInputs = tuple[tuple[str, str], ...]  # per step: (its file in step<N>/, what it is), e.g. the training images
 
 
-def _compare_inputs(
-    report: GradReport, obtained: Dumps, golden: Dumps, steps: Sequence[int], model: str = "lenet"
-) -> None:
-    """The run must have seen the golden's batches and dropout masks, or nothing else is comparable."""
-    if model not in STEP_INPUTS:
+@dataclass
+class _StepInputRegistry:
+    """The per-step inputs a run must share with its golden, per driver model, as the training room registers them
+    (workloads.train.workload.MODELS, from each model's module): gradcheck knows no model (issue 23). ``default``:
+    the model of a golden whose provenance names none (MNIST's goldens, made before there were models)."""
+
+    inputs: dict[str, StepInputs] = field(default_factory=dict)
+    default: str | None = None
+
+
+_STEP_INPUTS = _StepInputRegistry()
+
+
+def register_step_inputs(model: str, inputs: StepInputs, *, default: bool = False) -> None:
+    """A driver model's per-step inputs (``default``: the model of a golden that names none)."""
+    _STEP_INPUTS.inputs[model] = tuple(inputs)
+    if default:
+        _STEP_INPUTS.default = model
+
+
+def golden_model(provenance: dict[str, Any]) -> str:
+    """The golden's driver model: its provenance's, else the registered default ("" where none is registered)."""
+    return str(provenance.get("model", _STEP_INPUTS.default or ""))
+
+
+def _compare_inputs(report: GradReport, obtained: Dumps, golden: Dumps, steps: Sequence[int], model: str) -> None:
+    """The run must have seen the golden's step inputs (its batches, a model's random masks), or nothing else is
+    comparable; a model whose step inputs are not known is a problem, never a comparison of nothing."""
+    known = _STEP_INPUTS.inputs.get(model)
+    if known is None:
         report.problems.append(Problem("bad golden", f"model {model!r}: its step inputs are not known"))
         return
     for step in steps:
-        for file, what in STEP_INPUTS[model]:
+        for file, what in known:
             try:
                 g = load_dump(golden.step_file(step, file))
                 o = load_dump(obtained.step_file(step, file))
@@ -637,7 +680,7 @@ def check_run(
         )
         return finish(report)
     _check_config(report, result_dir, steps, provenance, golden_dir, run_steps)
-    _compare_inputs(report, obtained, golden, steps, str(provenance.get("model", "lenet")))
+    _compare_inputs(report, obtained, golden, steps, golden_model(provenance))
     shapes = _shapes(provenance)
     if not shapes:  # nothing to compare is no pass: the golden's model is not known here (workloads.train.MODELS)
         report.problems.append(

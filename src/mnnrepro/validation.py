@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from .contract import ContractError, read_events
 from .errors import ConfigError
 from .fixtures import ROOT, covers_cell
 from .settings import VK_VALIDATION_MODES as MODES
@@ -179,17 +180,12 @@ def parse_log(text: str) -> Parsed:
 
 
 def canary_event(events: Path) -> dict[str, Any] | None:
-    """The driver's vk_canary event (events.jsonl), or None."""
-    if not events.is_file():
+    """The driver's vk_canary event (events.jsonl, read by contract.read_events like every other event), or None.
+    Events that break the contract prove no canary: None, so the cell is NOT-EXERCISED, never "0 errors"."""
+    try:
+        return read_events(events).canary
+    except ContractError:
         return None
-    for line in events.read_text(errors="replace").splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(event, dict) and event.get("event") == "vk_canary":
-            return event
-    return None
 
 
 @dataclass(frozen=True)

@@ -13,25 +13,9 @@ from mnnrepro import doctor, icd, preflight
 from mnnrepro.preflight import FAIL, OK, WARN, Finding, Load
 from mnnrepro.settings import Settings
 
-
-def fake_checks(monkeypatch: pytest.MonkeyPatch, by_runner: dict[str, list[Finding]]) -> None:
-    """preflight.checks answers these findings per runner (plus a shared disk finding); no device checks."""
-    disk = Finding(OK, "free disk", "50.0 GiB")
-
-    def checks(
-        settings: Settings, *, icds: tuple[str, ...], opencl: bool, runner: str
-    ) -> list[Callable[[], list[Finding]]]:
-        return [lambda: [disk], lambda: list(by_runner[runner])]
-
-    monkeypatch.setattr(preflight, "checks", checks)
-    monkeypatch.setattr(preflight, "check_opencl", lambda requested: [])
-    monkeypatch.setattr(preflight, "check_opencl_in_docker", lambda requested: [])
-    monkeypatch.setattr(preflight, "check_host_icd", lambda severity: [])
-    monkeypatch.setattr(preflight, "check_icd", lambda name, settings, runner, severity=FAIL: [])
-    monkeypatch.setattr(preflight, "check_vulkan_loader", lambda severity=FAIL: [])
-    monkeypatch.setattr(doctor, "_device_checks", lambda settings: [])
-    monkeypatch.setattr(doctor, "_sources", lambda settings: [])
-
+# conftest.py's fixtures
+FakeDoctorChecks = Callable[[dict[str, list[Finding]]], None]
+RunDoctor = Callable[[Settings], tuple[int, list[str]]]
 
 NO_ENGINE = Finding(FAIL, "docker engine", "no Docker engine answers", "start it")
 NO_LIBVULKAN = Finding(
@@ -39,13 +23,10 @@ NO_LIBVULKAN = Finding(
 )
 
 
-def run_doctor(settings: Settings) -> tuple[int, list[str]]:
-    lines: list[str] = []
-    return doctor.report(doctor.check(settings), lines.append), lines
-
-
-def test_no_runner_can_produce_a_verdict_exits_6(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    fake_checks(monkeypatch, {"host": [NO_LIBVULKAN], "docker": [NO_ENGINE]})
+def test_no_runner_can_produce_a_verdict_exits_6(
+    tmp_path: Path, fake_doctor_checks: FakeDoctorChecks, run_doctor: RunDoctor
+) -> None:
+    fake_doctor_checks({"host": [NO_LIBVULKAN], "docker": [NO_ENGINE]})
     code, lines = run_doctor(Settings(cache_dir=tmp_path))
     assert code == 6
     assert "runner host: cannot produce a verdict: libvulkan.so (unversioned)" in lines
@@ -58,16 +39,23 @@ def test_no_runner_can_produce_a_verdict_exits_6(tmp_path: Path, monkeypatch: py
 
 
 @pytest.mark.parametrize(("runner", "code"), [("auto", 0), ("host", 0), ("docker", 6)])
-def test_one_usable_runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, runner: str, code: int) -> None:
-    fake_checks(
-        monkeypatch, {"host": [Finding(WARN, "ccache", "missing", "apt-get install ccache")], "docker": [NO_ENGINE]}
-    )
+def test_one_usable_runner(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    runner: str,
+    code: int,
+    fake_doctor_checks: FakeDoctorChecks,
+    run_doctor: RunDoctor,
+) -> None:
+    fake_doctor_checks({"host": [Finding(WARN, "ccache", "missing", "apt-get install ccache")], "docker": [NO_ENGINE]})
     got, lines = run_doctor(Settings(cache_dir=tmp_path, runner=runner))
     assert got == code
     assert "runner host: can produce a verdict" in lines
 
 
-def test_the_real_doctor_shadowed_sdk_and_missing_libvulkan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_real_doctor_shadowed_sdk_and_missing_libvulkan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_doctor: RunDoctor
+) -> None:
     """End to end on this machine's checks: a Docker SDK shadowed by the repository's docker/ folder and no
     unversioned libvulkan.so leave no runner: exit 6, each with its real fix."""
     monkeypatch.setattr(preflight.docker, "docker_sdk", _shadowed)
@@ -180,7 +168,7 @@ def plant_gpu_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, glvnd:
 
 @pytest.mark.parametrize("runner", ["auto", "host"])
 def test_a_gpu_machine_gives_verdicts_with_the_host_icd(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, runner: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, runner: str, run_doctor: RunDoctor
 ) -> None:
     """Issue 22: doctor exited 6 ("no runner can produce a verdict") on the H100, where --icd host gives every
     verdict: the machine's own Vulkan driver counts, and each ICD says whether it works."""
@@ -201,7 +189,9 @@ def test_a_gpu_machine_gives_verdicts_with_the_host_icd(
     assert "MNN would take NVIDIA H100 80GB HBM3" in text
 
 
-def test_a_gpu_machine_without_glvnd_still_cannot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_gpu_machine_without_glvnd_still_cannot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_doctor: RunDoctor
+) -> None:
     """The same machine before glvnd is installed: NVIDIA's driver does not load, so no ICD works: exit 6, and
     the host ICD's failure (shown as a warning: the settings do not name it) says what to install."""
     plant_gpu_machine(tmp_path, monkeypatch, glvnd=False)
@@ -214,7 +204,7 @@ def test_a_gpu_machine_without_glvnd_still_cannot(tmp_path: Path, monkeypatch: p
 
 
 def test_the_host_icd_named_in_the_settings_blocks_as_configured(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_doctor: RunDoctor
 ) -> None:
     """--icd host on the GPU machine: works, and no 'with --icd' note (the settings already say it)."""
     plant_gpu_machine(tmp_path, monkeypatch, glvnd=True)

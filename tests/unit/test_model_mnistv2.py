@@ -276,3 +276,71 @@ def test_check_dumps_without_initial_parameters_is_a_problem_not_a_pass(tmp_path
     assert not report.passed
     assert report.problems and report.problems[0].what == "missing file"
     assert not report.rows
+
+
+# -- gradcheck's guards on every dump the reference reads (a code review of issue 24) --------------------------------
+
+
+def _check(root: Path) -> list[tuple[str, str, str]]:
+    report = ref.check_dumps(Dumps(root, root / "init"), [0, 1], tolerance=LIMIT)
+    assert not report.passed
+    return [(p.what, p.name, p.kind) for p in report.problems]
+
+
+def test_a_truncated_dump_is_a_problem_with_its_reason_never_a_crash(tmp_path: Path) -> None:
+    write_dumps(tmp_path, steps=2)
+    grad = tmp_path / "step1" / "grad" / "ip1.weight.npy"
+    np.save(grad, np.load(grad).ravel()[:1000])  # a dump cut short: fewer values than the tensor has
+    after = tmp_path / "step1" / "after" / "bn.scale.npy"
+    after.write_bytes(after.read_bytes()[:-9])  # a file cut short: numpy cannot read it
+    report = ref.check_dumps(Dumps(tmp_path, tmp_path / "init"), [0, 1], tolerance=LIMIT)
+    assert not report.passed
+    problems = [(p.what, p.name, p.step, p.kind) for p in report.problems]
+    assert problems == [("unreadable file", "bn.scale", 1, "after"), ("shape mismatch", "ip1.weight", 1, "grad")]
+    assert report.problems[0].detail.startswith(f"{after} (unreadable: ")
+    assert "obtained (1000,), golden (100, 512, 1, 1)" in report.problems[1].detail
+    assert {(r.name, r.step) for r in report.rows} >= {("ip1.weight", 0), ("bn.scale", 0), ("ip1.weight", 1)}
+
+
+def test_an_unreadable_starting_point_is_the_steps_problem(tmp_path: Path) -> None:
+    write_dumps(tmp_path, steps=2)
+    after = tmp_path / "step0" / "after" / "bn.scale.npy"  # step 0's result, and step 1's starting point
+    after.write_bytes(after.read_bytes()[:-9])
+    report = ref.check_dumps(Dumps(tmp_path, tmp_path / "init"), [0, 1], tolerance=LIMIT)
+    problems = [(p.what, p.name, p.step, p.kind) for p in report.problems]
+    assert problems == [("unreadable file", "bn.scale", 0, "after"), ("unreadable file", "", 1, "")]
+    assert not any(r.step == 1 for r in report.rows) and not report.passed
+
+
+def test_a_nan_dump_is_a_problem_never_a_row(tmp_path: Path) -> None:
+    write_dumps(tmp_path, steps=2)
+    grad = tmp_path / "step0" / "grad" / "conv2.weight.npy"
+    values = np.load(grad)
+    values[0, 0, 1, 1] = np.nan
+    np.save(grad, values)
+    report = ref.check_dumps(Dumps(tmp_path, tmp_path / "init"), [0], tolerance=LIMIT)
+    assert [(p.what, p.name, p.kind) for p in report.problems] == [("non-finite", "conv2.weight", "grad")]
+    assert "1 NaN, 0 Inf of 200 (first at (0, 0, 1, 1))" in report.problems[0].detail
+    assert ("conv2.weight", "grad") not in {(r.name, r.kind) for r in report.rows}
+
+
+def test_parameters_the_reference_cannot_start_from_are_named(tmp_path: Path) -> None:
+    write_dumps(tmp_path, steps=2)
+    init = tmp_path / "init" / "bn.bias.npy"
+    np.save(init, np.full(np.load(init).shape, np.inf, np.float32))
+    np.save(tmp_path / "init" / "conv1.bias.npy", np.zeros(7, np.float32))
+    report = ref.check_dumps(Dumps(tmp_path, tmp_path / "init"), [0, 1], tolerance=LIMIT)
+    assert [(p.what, p.step) for p in report.problems] == [("bad parameters", 0), ("bad parameters", 1)]
+    detail = report.problems[0].detail  # step 1's momentum history starts from the initial parameters too
+    assert "conv1.bias: shape (7,), not (8,)" in detail and "bn.bias: 0 NaN, 8 Inf of 8" in detail
+    assert not report.rows and not report.passed
+
+
+def test_nan_running_statistics_are_problems(tmp_path: Path) -> None:
+    write_dumps(tmp_path, steps=2)
+    np.save(tmp_path / "step0" / "bn.running_mean.npy", np.full((1, 8, 1, 1), np.nan, np.float32))
+    report = ref.check_dumps(Dumps(tmp_path, tmp_path / "init"), [0, 1], tolerance=LIMIT)
+    problems = [(p.what, p.name, p.step, p.kind) for p in report.problems]
+    assert problems == [("non-finite", "bn.running_mean", 0, "state"), ("bad state", "", 1, "")]
+    assert "bn.running_mean: 8 NaN, 0 Inf of 8" in report.problems[1].detail
+    assert not report.passed

@@ -20,6 +20,7 @@ from mnnrepro.preflight import FAIL, OK, WARN, Finding, Load
 from mnnrepro.settings import Settings
 
 MakeLib = Callable[..., Path]
+FakeLoads = Callable[[dict[str, Load]], list[str]]  # conftest.py's fake_loads
 
 
 @pytest.fixture
@@ -57,18 +58,6 @@ def write_manifest(path: Path, library: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"file_format_version": "1.0.0", "ICD": {"library_path": library}}))
     return path
-
-
-def fake_loads(monkeypatch: pytest.MonkeyPatch, results: dict[str, Load]) -> list[str]:
-    """load_library answers from `results`; any other name is missing. Returns the names asked for."""
-    asked: list[str] = []
-
-    def load(name: str, timeout_s: float = 0) -> Load:
-        asked.append(name)
-        return results.get(name, Load(name, False, f"{name}: cannot open shared object file", (Path(name).name,)))
-
-    monkeypatch.setattr(preflight.base, "load_library", load)
-    return asked
 
 
 # --- loading libraries ---------------------------------------------------------------------------------------
@@ -202,13 +191,13 @@ def nvidia_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_nvidia_driver_that_cannot_load_names_the_missing_library(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_loads: FakeLoads
 ) -> None:
     nvidia_host(tmp_path, monkeypatch)
     missing = Load(
         "libGLX_nvidia.so.0", False, "libGLdispatch.so.0: cannot open shared object file", ("libGLdispatch.so.0",)
     )
-    fake_loads(monkeypatch, {"libGLX_nvidia.so.0": missing})
+    fake_loads({"libGLX_nvidia.so.0": missing})
     monkeypatch.setattr(preflight.vulkan, "vulkan_instance", lambda m: preflight.Instance(-9))
     found = {f.what: f for f in preflight.check_host_icd()}
     f = found["ICD host: nvidia_icd.json"]
@@ -220,11 +209,13 @@ def test_nvidia_driver_that_cannot_load_names_the_missing_library(
     assert found["ICD host: device 0"].status == FAIL
 
 
-def test_nvidia_driver_that_loads_but_lacks_glvnd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_nvidia_driver_that_loads_but_lacks_glvnd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_loads: FakeLoads
+) -> None:
     """Seen on H200 (driver 580.159.04, Ubuntu 24.04): libGLX_nvidia.so.0 dlopens fine, and vkCreateInstance
     still returns -9 until glvnd's libraries are installed: the driver opens them only then."""
     manifest = nvidia_host(tmp_path, monkeypatch)
-    fake_loads(monkeypatch, {"libGLX_nvidia.so.0": Load("libGLX_nvidia.so.0", True), "libEGL.so.1": Load("x", True)})
+    fake_loads({"libGLX_nvidia.so.0": Load("libGLX_nvidia.so.0", True), "libEGL.so.1": Load("x", True)})
     monkeypatch.setattr(preflight.vulkan, "vulkan_instance", lambda m: preflight.Instance(-9))
     f = preflight.check_manifest("ICD host: nvidia_icd.json", manifest)
     assert f.status == FAIL
@@ -235,7 +226,7 @@ def test_nvidia_driver_that_loads_but_lacks_glvnd(tmp_path: Path, monkeypatch: p
     monkeypatch.setattr(preflight.vulkan, "vulkan_instance", lambda m: "no Vulkan loader to create an instance with")
     assert preflight.check_manifest("ICD host: nvidia_icd.json", manifest).status == FAIL
     # With glvnd there, the device is named.
-    fake_loads(monkeypatch, {n: Load(n, True) for n in ("libGLX_nvidia.so.0", *preflight.GLVND)})
+    fake_loads({n: Load(n, True) for n in ("libGLX_nvidia.so.0", *preflight.GLVND)})
     monkeypatch.setattr(preflight.vulkan, "vulkan_instance", lambda m: preflight.Instance(0, ("NVIDIA H200",)))
     ok = preflight.check_manifest("ICD host: nvidia_icd.json", manifest)
     assert ok.status == OK and "NVIDIA H200" in ok.detail
@@ -382,8 +373,10 @@ def vendors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 POCL_ONLY = [preflight.Platform("Portable Computing Language", 0, 1)]
 
 
-def test_nvidia_opencl_driver_without_a_vendor_file(vendors: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    fake_loads(monkeypatch, {n: Load(n, True) for n in ("libOpenCL.so", "libpocl.so.2", preflight.NVIDIA_OPENCL)})
+def test_nvidia_opencl_driver_without_a_vendor_file(
+    vendors: Path, monkeypatch: pytest.MonkeyPatch, fake_loads: FakeLoads
+) -> None:
+    fake_loads({n: Load(n, True) for n in ("libOpenCL.so", "libpocl.so.2", preflight.NVIDIA_OPENCL)})
     monkeypatch.setattr(preflight.opencl, "opencl_platforms", lambda library: POCL_ONLY)
     found = {f.what: f for f in preflight.check_opencl(requested=False)}
     nvidia = found["OpenCL NVIDIA vendor file"]
@@ -394,8 +387,10 @@ def test_nvidia_opencl_driver_without_a_vendor_file(vendors: Path, monkeypatch: 
     assert "OpenCL NVIDIA vendor file" not in {f.what for f in preflight.check_opencl(requested=False)}
 
 
-def test_pocl_only_warns_unless_opencl_is_requested(vendors: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    fake_loads(monkeypatch, {n: Load(n, True) for n in ("libOpenCL.so", "libpocl.so.2")})
+def test_pocl_only_warns_unless_opencl_is_requested(
+    vendors: Path, monkeypatch: pytest.MonkeyPatch, fake_loads: FakeLoads
+) -> None:
+    fake_loads({n: Load(n, True) for n in ("libOpenCL.so", "libpocl.so.2")})
     monkeypatch.setattr(preflight.opencl, "opencl_platforms", lambda library: POCL_ONLY)
     for requested, status in ((False, WARN), (True, FAIL)):
         device = next(f for f in preflight.check_opencl(requested=requested) if f.what == "OpenCL GPU device")
@@ -406,9 +401,11 @@ def test_pocl_only_warns_unless_opencl_is_requested(vendors: Path, monkeypatch: 
     assert device.status == OK
 
 
-def test_only_the_versioned_opencl_loader(vendors: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_only_the_versioned_opencl_loader(
+    vendors: Path, monkeypatch: pytest.MonkeyPatch, fake_loads: FakeLoads
+) -> None:
     """MNN opens the unversioned libOpenCL.so; libOpenCL.so.1 alone (ocl-icd, or CUDA's) is not enough."""
-    asked = fake_loads(monkeypatch, {n: Load(n, True) for n in ("libOpenCL.so.1", "libpocl.so.2")})
+    asked = fake_loads({n: Load(n, True) for n in ("libOpenCL.so.1", "libpocl.so.2")})
     probed: list[str] = []
 
     def platforms(library: str) -> list[preflight.Platform]:
@@ -425,9 +422,11 @@ def test_only_the_versioned_opencl_loader(vendors: Path, monkeypatch: pytest.Mon
     assert "which MNN does not open" in found["OpenCL GPU device"].detail
 
 
-def test_a_broken_vendor_file_names_its_missing_dependency(vendors: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_broken_vendor_file_names_its_missing_dependency(
+    vendors: Path, monkeypatch: pytest.MonkeyPatch, fake_loads: FakeLoads
+) -> None:
     broken = Load("libpocl.so.2", False, "libLLVM-15.so.1: cannot open shared object file", ("libLLVM-15.so.1",))
-    fake_loads(monkeypatch, {"libOpenCL.so": Load("libOpenCL.so", True), "libpocl.so.2": broken})
+    fake_loads({"libOpenCL.so": Load("libOpenCL.so", True), "libpocl.so.2": broken})
     monkeypatch.setattr(preflight.opencl, "opencl_platforms", lambda library: [])
     vendor = next(f for f in preflight.check_opencl(requested=False) if f.what == "OpenCL vendor pocl.icd")
     assert vendor.status == WARN
@@ -654,7 +653,7 @@ def test_same_path_mounts_are_probed_inside_a_container_and_a_private_path_is_na
 
 
 def test_a_new_opencl_row_is_checked_by_preflight(
-    vendors: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    vendors: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_loads: FakeLoads
 ) -> None:
     """A test-only OpenCL row (as PoCL's or NVIDIA's vendor file would be): found, its library loaded, and MNN's
     loader asked for GPU devices with only the row's loader variable set; no code names it."""
@@ -668,7 +667,7 @@ def test_a_new_opencl_row_is_checked_by_preflight(
     assert (missing.status, missing.what, missing.packages) == (FAIL, "ICD fakecl", ("x",))
     assert missing.detail == f"FakeCL is not installed (no fakecl*.icd: {vendors / 'fakecl*.icd'})"
     vendor.write_text("libfakecl.so\n")
-    fake_loads(monkeypatch, {n: Load(n, True) for n in ("libOpenCL.so", "libfakecl.so")})
+    fake_loads({n: Load(n, True) for n in ("libOpenCL.so", "libfakecl.so")})
     seen: list[dict[str, str] | None] = []
 
     def platforms(library: str, env: dict[str, str] | None = None) -> list[preflight.Platform]:
@@ -689,11 +688,13 @@ def test_a_new_opencl_row_is_checked_by_preflight(
     assert docker.status == FAIL and "not in the image" in docker.detail
 
 
-def test_a_new_vulkan_row_is_checked_as_a_manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_new_vulkan_row_is_checked_as_a_manifest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_loads: FakeLoads
+) -> None:
     manifest = write_manifest(tmp_path / "icd.d" / "fakevk_icd.json", "libfakevk.so")
     found = icd.Installed(lambda: (str(manifest),), "FakeVK is not installed", "apt-get install y")
     monkeypatch.setitem(icd.TABLE[icd.VULKAN], "fakevk", icd.Row(icd.VULKAN, "fakevk", found, ("VK_DRIVER_FILES",)))
-    fake_loads(monkeypatch, {"libfakevk.so": Load("libfakevk.so", True)})
+    fake_loads({"libfakevk.so": Load("libfakevk.so", True)})
     monkeypatch.setattr(preflight.vulkan, "vulkan_instance", lambda m: preflight.Instance(0, (f"Fake GPU of {m}",)))
     (f,) = preflight.check_icd("fakevk", Settings(cache_dir=tmp_path), "host")
     assert (f.status, f.what, f.detail) == (OK, "ICD fakevk", f"{manifest} -> Fake GPU of {manifest}")

@@ -12,12 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from mnnrepro import doctor, preflight, prepare
+from mnnrepro import preflight, prepare
 from mnnrepro.errors import EnvironmentProblem
 from mnnrepro.preflight import FAIL, OK, Finding, Load
 from mnnrepro.settings import Settings
 
 APT = "apt-get install vulkan-validationlayers"
+# conftest.py's fixtures
+FakeLoads = Callable[[dict[str, Load]], list[str]]
+FakeDoctorChecks = Callable[[dict[str, list[Finding]]], None]
+RunDoctor = Callable[[Settings], tuple[int, list[str]]]
 LOADER_VARS = ("VK_LAYER_PATH", "VK_ADD_LAYER_PATH", "XDG_CONFIG_HOME", "XDG_CONFIG_DIRS", "XDG_DATA_HOME")
 
 
@@ -48,36 +52,25 @@ def loader_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def loads(monkeypatch: pytest.MonkeyPatch, results: dict[str, Load]) -> list[str]:
-    asked: list[str] = []
-
-    def load(name: str, timeout_s: float = 0) -> Load:
-        asked.append(name)
-        return results.get(name, Load(name, False, f"{name}: cannot open shared object file", (Path(name).name,)))
-
-    monkeypatch.setattr(preflight.base, "load_library", load)
-    return asked
-
-
 # --- the layer on the host runner --------------------------------------------------------------------------------
 
 
 def test_the_layer_is_found_where_the_loader_looks_and_its_library_loads(
-    loader_env: Path, monkeypatch: pytest.MonkeyPatch
+    loader_env: Path, fake_loads: FakeLoads
 ) -> None:
     share = loader_env / "share" / "vulkan" / "explicit_layer.d"
     manifest = write_layer(share, "./libVkLayer_khronos_validation.so")  # relative: resolved against the manifest
     library = str(share / "libVkLayer_khronos_validation.so")
-    asked = loads(monkeypatch, {library: Load(library, True)})
+    asked = fake_loads({library: Load(library, True)})
     [found] = preflight.check_validation_layer()
     assert (found.status, found.what) == (OK, "Vulkan validation layer")
     assert found.detail == f"{manifest} -> {library} loads (api_version 1.3.239, implementation_version 1)"
     assert asked == [library]
 
 
-def test_the_loaders_search_order(loader_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_loaders_search_order(loader_env: Path, monkeypatch: pytest.MonkeyPatch, fake_loads: FakeLoads) -> None:
     """Loader 1.3.239 (VK_LOADER_DEBUG=layer): VK_ADD_LAYER_PATH before the XDG folders; VK_LAYER_PATH alone."""
-    loads(monkeypatch, {})
+    fake_loads({})
     data_home = write_layer(loader_env / "home" / ".local" / "share" / "vulkan" / "explicit_layer.d", "libA.so")
     assert preflight.vulkan.find_validation_layer()[0] == preflight.vulkan.Layer(data_home, "libA.so", "1.3.239", "1")
     config = write_layer(loader_env / "xdg-config" / "vulkan" / "explicit_layer.d", "libB.so", key="layers")
@@ -94,8 +87,10 @@ def test_the_loaders_search_order(loader_env: Path, monkeypatch: pytest.MonkeyPa
     assert preflight.vulkan.find_validation_layer() == (None, [])
 
 
-def test_a_missing_layer_fails_with_the_apt_line(loader_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    loads(monkeypatch, {})
+def test_a_missing_layer_fails_with_the_apt_line(
+    loader_env: Path, monkeypatch: pytest.MonkeyPatch, fake_loads: FakeLoads
+) -> None:
+    fake_loads({})
     [missing] = preflight.check_validation_layer()
     assert missing.status == FAIL
     assert missing.detail.startswith("not found: no VkLayer_khronos_validation.json declaring VK_LAYER_KHRONOS_validat")
@@ -114,7 +109,7 @@ def test_a_missing_layer_fails_with_the_apt_line(loader_env: Path, monkeypatch: 
     assert (installed.fix, installed.packages) == (f"unset VK_LAYER_PATH (or add {manifest.parent} to it)", ())
 
 
-def test_a_manifest_naming_a_library_that_cannot_load(loader_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_manifest_naming_a_library_that_cannot_load(loader_env: Path, fake_loads: FakeLoads) -> None:
     share = loader_env / "share" / "vulkan" / "explicit_layer.d"
     manifest = write_layer(share, str(loader_env / "gone" / "libVkLayer_khronos_validation.so"))
     [gone] = preflight.check_validation_layer()  # the real dlopen in a child: the file is not there
@@ -123,8 +118,7 @@ def test_a_manifest_naming_a_library_that_cannot_load(loader_env: Path, monkeypa
     assert "which does not exist: the loader cannot enable the layer" in gone.detail
     assert gone.fix.startswith(APT)
     write_layer(share, "libVkLayer_khronos_validation.so")
-    loads(
-        monkeypatch,
+    fake_loads(
         {
             "libVkLayer_khronos_validation.so": Load(
                 "libVkLayer_khronos_validation.so", False, "libstdc++.so.6: cannot open", ("libstdc++.so.6",)
@@ -204,32 +198,14 @@ def test_a_run_asking_for_validation_without_the_layer_stops_before_any_build(
 # --- doctor ------------------------------------------------------------------------------------------------------
 
 
-def quiet_doctor(monkeypatch: pytest.MonkeyPatch) -> None:
-    """doctor with every check but the layer's answered: nothing else fails."""
-
-    def checks(
-        settings: Settings, *, icds: tuple[str, ...], opencl: bool, runner: str
-    ) -> list[Callable[[], list[Finding]]]:
-        return [lambda: [Finding(OK, "free disk", "50.0 GiB")]]
-
-    monkeypatch.setattr(preflight, "checks", checks)
-    monkeypatch.setattr(preflight, "check_opencl", lambda requested: [])
-    monkeypatch.setattr(preflight, "check_opencl_in_docker", lambda requested: [])
-    monkeypatch.setattr(preflight, "check_icd", lambda name, settings, runner, severity=FAIL: [])
-    monkeypatch.setattr(preflight, "check_vulkan_loader", lambda severity=FAIL: [])
-    monkeypatch.setattr(doctor, "_device_checks", lambda settings: [])
-    monkeypatch.setattr(doctor, "_sources", lambda settings: [])
-
-
-def run_doctor(settings: Settings) -> tuple[int, list[str]]:
-    lines: list[str] = []
-    return doctor.report(doctor.check(settings), lines.append), lines
-
-
 def test_doctor_shows_the_layer_without_failing_unless_asked_for(
-    loader_env: Path, monkeypatch: pytest.MonkeyPatch
+    loader_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fake_loads: FakeLoads,
+    fake_doctor_checks: FakeDoctorChecks,
+    run_doctor: RunDoctor,
 ) -> None:
-    quiet_doctor(monkeypatch)
+    fake_doctor_checks({"host": [], "docker": []})  # nothing else fails
     monkeypatch.setenv("VK_LAYER_PATH", str(loader_env / "empty"))
     code, lines = run_doctor(Settings(cache_dir=loader_env, runner="host"))
     [line] = [x for x in lines if "Vulkan validation layer" in x]
@@ -250,7 +226,7 @@ def test_doctor_shows_the_layer_without_failing_unless_asked_for(
     share = loader_env / "share" / "vulkan" / "explicit_layer.d"
     manifest = write_layer(share, "libVkLayer_khronos_validation.so")
     monkeypatch.delenv("VK_LAYER_PATH")
-    loads(monkeypatch, {"libVkLayer_khronos_validation.so": Load("libVkLayer_khronos_validation.so", True)})
+    fake_loads({"libVkLayer_khronos_validation.so": Load("libVkLayer_khronos_validation.so", True)})
     code, lines = run_doctor(Settings(cache_dir=loader_env, runner="host"))
     assert (
         f"[  ok] Vulkan validation layer  {manifest} -> libVkLayer_khronos_validation.so loads (api_version "

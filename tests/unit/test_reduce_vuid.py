@@ -56,7 +56,7 @@ FAKE_TOOL = textwrap.dedent(
         canary = "--vk-canary" in sys.argv
         with open(args["--out"] + "/events.jsonl", "w") as events:
             if canary:
-                events.write(json.dumps({{"event": "vk_canary", "made": True, "count": 1}}) + "\\n")
+                events.write(json.dumps({{"v": 1, "event": "vk_canary", "made": True, "count": 1}}) + "\\n")
         if log and canary:
             log.write(message("{canary}"))
         if crasher in keep:  # as #3129: in creating the kernels, before any command is recorded
@@ -140,7 +140,7 @@ def test_a_run_alone_under_the_layer_is_judged_by_its_canary_and_vuid(tmp_path: 
     target = reduce.Target("vuid", vuid=VUID)
     run = tmp_path / "run"
     run.mkdir()
-    (run / "events.jsonl").write_text(json.dumps({"event": "vk_canary", "made": True, "count": 1}) + "\n")
+    (run / "events.jsonl").write_text(json.dumps({"v": 1, "event": "vk_canary", "made": True, "count": 1}) + "\n")
     (run / validation.LOG).write_text("")
     assert redsession.vuid_word(run, "on", target).startswith("NOT-EXERCISED")
     line = "{}(ERROR / SPEC): msgNum: 1 - Validation Error: [ {} ] x | MessageID = 0x1 | text\n"

@@ -27,7 +27,7 @@ from ... import (
     validation_frames,
     variants,
 )
-from ...cells import Cell, CellRun, driver_argv, run_cell
+from ...cells import Cell, CellRun, driver_argv, is_validated, run_cell
 from ...contract import Device, RunRecord
 from ...errors import EXIT_MISMATCH, ConfigError
 from ...judge import ACCEPTS, FAIL, PASS, TRAINS, Check, Verdict, combine_repeats, judge
@@ -288,7 +288,7 @@ class MnistRef:
             except OSError as exc:  # a full disk costs the next session a run, never this session's verdicts
                 self.say(f"  WARNING: could not store the run for reuse: {exc}")
         verdict.evidence["timeout_s"] = plan.timeout_s
-        if self.settings.vk_validation != "off" and cell.backend == "vulkan" and reused is None:
+        if is_validated(cell, self.settings.vk_validation) and reused is None:
             verdict = self.validated(plan, run, verdict)
         if (result_dir / "gdb-rerun").is_dir():  # crashed without gdb: the backtrace is from a rerun under gdb
             verdict.evidence["gdb_rerun"] = str(result_dir / "gdb-rerun")

@@ -50,13 +50,18 @@ class Model:
 
     shapes: Mapping[str, tuple[int, ...]]
     reference: ReferenceCheck
+    step_inputs: gradcheck.StepInputs  # what a run shares with its golden per step (gradcheck compares them)
 
 
 # One line per driver model (a new model: its native file, its reference in models/, and a line here).
 MODELS: dict[str, Model] = {
-    "lenet": Model({n: lenet.PARAM_SHAPES[n] for n in lenet.PARAM_NAMES}, _lenet),
-    "mnistv2": Model({n: mnistv2.PARAM_SHAPES[n] for n in mnistv2.PARAM_NAMES}, _mnistv2),
+    "lenet": Model({n: lenet.PARAM_SHAPES[n] for n in lenet.PARAM_NAMES}, _lenet, lenet.STEP_INPUTS),
+    "mnistv2": Model({n: mnistv2.PARAM_SHAPES[n] for n in mnistv2.PARAM_NAMES}, _mnistv2, mnistv2.STEP_INPUTS),
 }
+# gradcheck knows no model: it compares a golden's step inputs by what the models here register (a golden that
+# names no model is the default model's, Lenet's: MNIST's goldens predate models).
+for _name, _model in MODELS.items():
+    gradcheck.register_step_inputs(_name, _model.step_inputs, default=_name == DEFAULT_MODEL)
 
 
 @dataclass

@@ -42,10 +42,10 @@ from ....gradcheck import (
     Tolerance,
     add_row,
     before_path,
+    dump_defect,
     finish,
     load_dump,
     missing_golden,
-    nonfinite,
     read_provenance,
     reference_tolerance,
 )
@@ -74,6 +74,9 @@ PARAM_SHAPES: dict[str, tuple[int, ...]] = {
     "ip2.weight": (10, 500),
     "ip2.bias": (1, 10),
 }
+# What a run must share with its golden at every dumped step (gradcheck compares them exactly; native/README.md,
+# "Dump files"): the training images, and the dropout mask the driver drew for the step.
+STEP_INPUTS = (("batch_indices.npy", "training images"), ("dropout_mask.npy", "dropout mask"))
 CLASSES = 10
 
 
@@ -342,7 +345,7 @@ def check_dumps(
         except MissingDump as exc:
             report.problems.append(Problem("missing file", f"no {exc}", step=step))
             continue
-        bad = [n for n in PARAM_NAMES if before[n].shape != PARAM_SHAPES[n] or nonfinite(before[n])]
+        bad = [n for n in PARAM_NAMES if dump_defect(before[n], PARAM_SHAPES[n])]
         if bad:
             report.problems.append(Problem("bad parameters", f"before the step: {', '.join(bad)}", step=step))
             continue

@@ -38,7 +38,21 @@ from numpy.typing import NDArray
 
 from .... import fixtures
 from ....contract import read_events
-from ....gradcheck import Dumps, GradReport, Problem, Tolerance, make_row, reference_tolerance
+from ....gradcheck import (
+    Dumps,
+    GradReport,
+    MissingDump,
+    Problem,
+    Tolerance,
+    UnreadableDump,
+    add_row,
+    before_path,
+    dump_defect,
+    dump_problem,
+    load_dump,
+    nonfinite,
+    reference_tolerance,
+)
 from .lenet import (
     F64,
     Forward,
@@ -84,6 +98,10 @@ PARAM_SHAPES: dict[str, tuple[int, ...]] = {
     "ip2.weight": (10, 100, 1, 1),
     "ip2.bias": (10,),
 }
+# What a run must share with its golden at every dumped step (gradcheck compares them exactly): the training images
+# only, MnistV2 having no dropout. BatchNorm's running statistics are dumped too, but they are results (checked
+# against this reference by check_dumps), not inputs.
+STEP_INPUTS = (("batch_indices.npy", "training images"),)
 # NN::BatchNorm's defaults (tools/train/source/nn/NN.hpp): m = 0.999, e = 1e-5, both float32 in MNN.
 BN_EPS = float(np.float32(1e-5))
 BN_MOMENTUM = float(np.float32(0.999))
@@ -269,44 +287,65 @@ def replay(
 RUNNING_STATS = ("bn.running_mean", "bn.running_var")  # the driver's step tensors (native/README.md, MnistV2)
 
 
-def _array(path: Path | None, shape: tuple[int, ...]) -> F64 | None:
-    if path is None or not path.is_file():
+def _load(path: Path | None, shape: tuple[int, ...]) -> F64:
+    """A dump through gradcheck's loader (MissingDump: absent or unreadable), in the reference's shape where it has
+    its size (a driver may dump a bias as [8] or [1, 8]); one of another size keeps its own shape, for gradcheck's
+    guards (dump_defect, add_row) to name."""
+    array = load_dump(path)
+    return array.reshape(shape) if array.size == math.prod(shape) else array
+
+
+def _usable(
+    report: GradReport, step: int, what: str, arrays: Mapping[str, F64], shapes: Mapping[str, tuple[int, ...]]
+) -> bool:
+    """Whether the reference can start from these dumps; a wrong-size or non-finite one is the step's problem."""
+    bad = [f"{n}: {why}" for n, a in arrays.items() if (why := dump_defect(a, shapes[n]))]
+    if bad:
+        report.problems.append(Problem(what, "before the step: " + "; ".join(bad), step=step))
+    return not bad
+
+
+def _params_before(report: GradReport, dumps: Dumps, step: int, at: int) -> Params | None:
+    """The driver's parameters before step ``at`` (0: the initial ones), for step ``step``'s rows; None (with the
+    problem) where one is missing, unreadable, of another size or not finite."""
+    try:
+        loaded = {n: _load(before_path(dumps, at, n), PARAM_SHAPES[n]) for n in PARAM_NAMES}
+    except MissingDump as exc:
+        report.problems.append(dump_problem(exc, step=step))
         return None
-    return np.asarray(np.load(path), dtype=np.float64).reshape(shape)
-
-
-def _params_before(dumps: Dumps, step: int) -> tuple[Params, list[str]]:
-    """The driver's parameters before ``step`` (step 0: the initial ones), and the files that are missing."""
-    paths = {n: dumps.init_file(n) if step == 0 else dumps.tensor(step - 1, "after", n) for n in PARAM_NAMES}
-    loaded = {n: _array(path, PARAM_SHAPES[n]) for n, path in paths.items()}
-    return {n: v for n, v in loaded.items() if v is not None}, [str(paths[n]) for n, v in loaded.items() if v is None]
+    return loaded if _usable(report, step, "bad parameters", loaded, PARAM_SHAPES) else None
 
 
 def _running_rows(report: GradReport, dumps: Dumps, step: int, fwd: Forward, limit: Tolerance) -> None:
     """BatchNorm's running statistics after the step's forward, from the driver's previous ones (0 at step 0).
     Checked where the driver dumped them (kind "state"); they take no part in the gradient."""
     shape = fwd.cache["bn.mean"].shape
-    obtained = [_array(dumps.step_file(step, f"{n}.npy"), shape) for n in RUNNING_STATS]
-    previous = [
-        np.zeros(shape) if step == 0 else _array(dumps.step_file(step - 1, f"{n}.npy"), shape) for n in RUNNING_STATS
-    ]
-    mean, var = obtained
-    prev_mean, prev_var = previous
-    if mean is None or var is None or prev_mean is None or prev_var is None:
+    try:
+        obtained = [_load(dumps.step_file(step, f"{n}.npy"), shape) for n in RUNNING_STATS]
+        previous = {
+            n: np.zeros(shape) if step == 0 else _load(dumps.step_file(step - 1, f"{n}.npy"), shape)
+            for n in RUNNING_STATS
+        }
+    except UnreadableDump as exc:
+        report.problems.append(dump_problem(exc, step=step, kind="state"))
         return
-    expected = batchnorm_running_update(prev_mean, prev_var, fwd.cache["bn.mean"], fwd.cache["bn.var"])
-    for name, got, want in zip(RUNNING_STATS, (mean, var), expected, strict=True):
-        report.rows.append(make_row(name, step, "state", got, want, limit))
+    except MissingDump:  # not dumped: nothing to check
+        return
+    if not _usable(report, step, "bad state", previous, dict.fromkeys(RUNNING_STATS, shape)):
+        return
+    mean, var = previous.values()
+    expected = batchnorm_running_update(mean, var, fwd.cache["bn.mean"], fwd.cache["bn.var"])
+    for name, got, want in zip(RUNNING_STATS, obtained, expected, strict=True):
+        add_row(report, name, step, "state", got, want, limit, None)
 
 
 def _step_rows(
     report: GradReport, dumps: Dumps, step: int, inputs: tuple[F64, F64], sgd: SgdConfig, limit: Tolerance
 ) -> float | None:
-    """The step's rows; returns the reference's loss (None when the driver's parameters are missing)."""
-    before, missing = _params_before(dumps, step)
-    previous, missing_previous = _params_before(dumps, step - 1) if step > 0 else (before, [])
-    if missing or missing_previous:
-        report.problems.append(Problem("missing file", f"no {', '.join(missing + missing_previous)}", step=step))
+    """The step's rows; returns the reference's loss (None when the driver's parameters cannot be used)."""
+    before = _params_before(report, dumps, step, step)
+    previous = _params_before(report, dumps, step, step - 1) if step > 0 and before is not None else before
+    if before is None or previous is None:
         return None
     history = {n: previous[n] - before[n] for n in PARAM_NAMES}  # SGD's velocity: p_old - p_new
     fwd = forward(before, *inputs)
@@ -314,16 +353,34 @@ def _step_rows(
     after, _ = sgd_step(before, grads, history, sgd.lr(step), sgd)
     for name in PARAM_NAMES:
         for kind, expected in (("grad", grads[name]), ("after", after[name] - before[name])):
-            path = dumps.tensor(step, kind, name)
-            obtained = _array(path, PARAM_SHAPES[name])
-            if obtained is None:
-                report.problems.append(Problem("missing file", f"no {path}", name, step, kind))
+            try:
+                obtained = _load(dumps.tensor(step, kind, name), PARAM_SHAPES[name])
+            except MissingDump as exc:
+                report.problems.append(dump_problem(exc, name, step, kind))
                 continue
-            if kind == "after":
+            if kind == "after" and obtained.shape == before[name].shape:
                 obtained = obtained - before[name]
-            report.rows.append(make_row(name, step, kind, obtained, expected, limit))
+            add_row(report, name, step, kind, obtained, expected, limit, None)  # shape and NaN/Inf: problems
     _running_rows(report, dumps, step, fwd, limit)
     return fwd.loss
+
+
+def _batch(report: GradReport, dumps: Dumps, step: int, rows: int) -> list[int] | None:
+    """The step's training rows (batch_indices.npy), or None with the problem: missing, unreadable, or not row
+    numbers of the training split (NaN, a fraction, out of range)."""
+    try:
+        indices = load_dump(dumps.step_file(step, "batch_indices.npy"))
+    except MissingDump as exc:
+        report.problems.append(dump_problem(exc, step=step))
+        return None
+    bad = nonfinite(indices)
+    whole = indices.ndim == 1 and bool(np.all(indices == np.round(indices)))
+    if bad is None and not (whole and np.all(indices >= 0) and np.all(indices < rows)):
+        bad = f"not row numbers of the training split's {rows} rows (shape {indices.shape})"
+    if bad:
+        report.problems.append(Problem("bad inputs", f"batch_indices.npy: {bad}", step=step))
+        return None
+    return [int(i) for i in indices]
 
 
 def check_dumps(
@@ -339,16 +396,16 @@ def check_dumps(
     the gradient and the update (after - before); BatchNorm's running statistics where dumped. Step N starts
     from the driver's own parameters before it and its previous update as the momentum history
     (lenet.check_dumps does the same for Lenet), so each row measures one step's arithmetic. ``losses``
-    (the driver's, per step) are checked too, to 1e-3 relative."""
+    (the driver's, per step) are checked too, to 1e-3 relative. Every dump goes through gradcheck's guards: a
+    missing, unreadable, wrong-size or non-finite one is a problem with its reason, never a row that passes."""
     limit = tolerance or reference_tolerance()
     report = GradReport(f"numpy float64 MnistV2 reference vs MNN dumps in {dumps.root}")
     images, labels = load_train_split(data_dir)
     for step in steps:
-        indices = dumps.step_file(step, "batch_indices.npy")
-        if not indices.is_file():
-            report.problems.append(Problem("missing file", f"no {indices}", step=step))
+        indices = _batch(report, dumps, step, len(images))
+        if indices is None:
             continue
-        inputs = batch_inputs(images, labels, [int(i) for i in np.load(indices)])
+        inputs = batch_inputs(images, labels, indices)
         loss = _step_rows(report, dumps, step, inputs, sgd or SgdConfig(), limit)
         if loss is not None and step < len(losses) and not math.isclose(loss, losses[step], rel_tol=1e-3):
             report.problems.append(Problem("loss differs", f"MNN {losses[step]:.7f}, numpy {loss:.7f}", step=step))
