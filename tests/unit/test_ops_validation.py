@@ -5,6 +5,7 @@ cell's VUID -> tests table against fixtures/validation.toml rows with a `tests` 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import subprocess
 import sys
@@ -90,8 +91,12 @@ def test_batch_relays_each_tests_fifo_into_its_log_across_reopens(tmp_path: Path
     tests.append({"name": "plain", "dir": str(tmp_path / "plain"), "argv": [sys.executable, "-c", ""], "timeout_s": 30})
     out = _batch(tmp_path, tests)
     assert out.returncode == 0, out.stderr
-    for name in ("a", "b"):
-        assert (tmp_path / name / validation.LOG).read_text() == "instance 0\ninstance 1\ninstance 2\n"
+    for name in ("a", "b"):  # kept gzipped once the relay closed (the plain log removed)
+        assert (
+            gzip.decompress((tmp_path / name / opvalidation.LOG_GZ).read_bytes())
+            == b"instance 0\ninstance 1\ninstance 2\n"
+        )
+        assert not (tmp_path / name / validation.LOG).exists()
         assert (
             not (tmp_path / name / validation.FIFO).exists()
             and not (tmp_path / name / validation.RELAY_FAILED).exists()

@@ -48,6 +48,7 @@ from ... import signature as signatures
 from ...contract import Device as Device  # opsession and the tests name opjudge.Device
 from ...errors import FixtureError
 from ...fixtures import DEVICE_KEYS, FIXTURES, HOST_ICD, OnDevice, covers_cell
+from ...settings import VK_VALIDATION_MODES
 from ...signature import SIGNAL_ONLY
 from .optest import PASSED, Outcome
 
@@ -159,6 +160,9 @@ class Expectations:
     rerun_factor: float = DEFAULT_RERUN_FACTOR
     glue: Glue = Glue()
     slow: tuple[Slow, ...] = ()
+    # [validation_timeout_factor]: under the Khronos layer (--vk-validation on|sync) a Vulkan cell's limits are these
+    # many times their own (issue 25); a mode not named keeps its limits.
+    layer_factors: dict[str, float] = field(default_factory=dict)
 
     def of(
         self, ref: str, version: str | None, variant: str, icd: str, test: str, device: Device | None = None
@@ -170,12 +174,22 @@ class Expectations:
                 return row
         return None
 
-    def limit(self, ref: str, version: str | None, variant: str, icd: str, test: str, base: float) -> float:
-        """A test's time limit: its [[slow]] row's, never below the session's."""
+    def limit(
+        self, ref: str, version: str | None, variant: str, icd: str, test: str, base: float, layer: str = "off"
+    ) -> float:
+        """A test's time limit: its [[slow]] row's, never below the session's; under the validation layer (``layer``:
+        the mode a Vulkan cell's tests run under it) times that mode's factor. The verdict rules stay as they are:
+        a test killed at this limit is still a TIMEOUT once it is killed again alone."""
+        limit = base
         for row in self.slow:
             if row.covers(ref, version, variant, icd, test):
-                return max(base, row.timeout_s)
-        return base
+                limit = max(base, row.timeout_s)
+                break
+        return limit * self.layer_factor(layer)
+
+    def layer_factor(self, layer: str) -> float:
+        """The limits' factor under the validation layer in this mode (1 off, or for a mode without a factor)."""
+        return self.layer_factors.get(layer, 1.0)
 
     def reruns(self, row: Expect | None) -> int:
         """How many times a failure runs again: a FLAKE row's count, else once."""
@@ -323,7 +337,25 @@ def _slow(path: Path, raw: Any) -> tuple[Slow, ...]:
     return tuple(rows)
 
 
-TOP_KEYS = {"format", "timeout_s", "selection", "flake_reruns", "timeout_rerun_factor", "glue", "slow", "expect"}
+TOP_KEYS = {
+    "format",
+    "timeout_s",
+    "selection",
+    "flake_reruns",
+    "timeout_rerun_factor",
+    "validation_timeout_factor",
+    "glue",
+    "slow",
+    "expect",
+}
+LAYER_MODES = tuple(m for m in VK_VALIDATION_MODES if m != "off")  # the modes that run under the layer
+
+
+def _layer_factors(path: Path, raw: Any) -> dict[str, float]:
+    """[validation_timeout_factor]: per layer mode, a number from 1 to 20 (a factor never shortens a limit)."""
+    where = f"{path} [validation_timeout_factor]"
+    table = _table(where, raw, set(LAYER_MODES))
+    return {mode: _number(f"{where} {mode}", value, 1, 20) for mode, value in table.items()}
 
 
 def load_expectations(path: Path = EXPECTATIONS) -> Expectations:
@@ -353,6 +385,7 @@ def load_expectations(path: Path = EXPECTATIONS) -> Expectations:
         factor,
         _glue(path, data.get("glue", {})),
         _slow(path, data.get("slow", [])),
+        _layer_factors(path, data.get("validation_timeout_factor", {})),
     )
 
 

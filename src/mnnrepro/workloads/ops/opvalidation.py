@@ -27,6 +27,11 @@ relay could not keep whole), or any test of a cell whose canary was not reported
 never "0 errors". Info messages are evidence, not findings: the VUID counts hold errors and warnings only, as a
 training cell's (report_flags error,warn there).
 
+The raw log is kept gzipped (``validation.log.gz``, LOG_GZ): optest_batch.py compresses it once the relay has closed
+and kept it whole, since a heavy test's log runs to hundreds of MB (the first 8 validated tests: 680 MB). What is
+recorded (counts, first messages, the per-test record, the log's size before and after) is read from it through the
+same chunked parse as a plain log; the canary's log stays plain (validation.assess reads it, and it is small).
+
 Known VUIDs of tests are rows of fixtures/validation.toml with a ``tests`` pattern (validation.Known.covers_test); a
 VUID no such row lists is a finding (reported, the op verdict unchanged), a row none of its exercised tests raised
 is stale.
@@ -35,6 +40,7 @@ is stale.
 from __future__ import annotations
 
 import fnmatch
+import gzip
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +51,12 @@ from ... import validation
 STATUS_ID = "UNASSIGNED-khronos-validation-createinstance-status-message"
 CANARY_DIR = "validation-canary"
 CANARY_NAME = "(validation canary)"
+# The enable as 1.3.239's status message names it, the settings file's name less _EXT ("Current Enables:
+# VK_VALIDATION_FEATURE_ENABLE_SYNCHRONIZATION_VALIDATION.", seen 2026-12-06; checking for the _EXT name made every
+# test of a sync cell NOT-EXERCISED).
+SYNC_STATUS = validation.SYNC_ENABLE.removesuffix("_EXT")
+_SYNC_LISTED = re.compile(rf"\b{SYNC_STATUS}(?:_EXT)?\b")  # either spelling, and no longer name
+LOG_GZ = validation.LOG + ".gz"  # a test's log once optest_batch.py compressed it
 _FLAGS = "khronos_validation.report_flags = error,warn\n"
 _SETTINGS_FOUND = re.compile(r"Settings File: Found at (.+?) specified by")
 _ENABLES = re.compile(r"Current Enables: (.*?)\.\s*$", re.M)
@@ -61,14 +73,24 @@ class Scan:
     parsed: validation.Parsed = field(default_factory=validation.Parsed)
     settings: list[str] = field(default_factory=list)
     enables: list[str] = field(default_factory=list)
+    log_bytes: int = 0  # the layer's text, uncompressed
+    stored_bytes: int = 0  # what the log takes on disk (gzipped, or plain where it could not be compressed)
+
+
+def stored_log(directory: Path) -> Path:
+    """A test run's log as kept: the .gz (whole once it exists: written aside and renamed), else the plain one."""
+    packed = directory / LOG_GZ
+    return packed if packed.is_file() else directory / validation.LOG
 
 
 def scan(log: Path) -> Scan:
-    """validation.parse_log over the log a chunk of whole lines at a time (a message's header is one line, so the
-    counts, first messages and severities are those of the whole text), with the status messages' lines."""
+    """validation.parse_log over the log (plain or .gz) a chunk of whole lines at a time (a message's header is one
+    line, so the counts, first messages and severities are those of the whole text), with the status messages'
+    lines and the log's size."""
     out = Scan()
     if not log.is_file():
         return out
+    out.stored_bytes = log.stat().st_size
 
     def feed(lines: list[str]) -> None:
         text = "".join(lines)
@@ -80,10 +102,11 @@ def scan(log: Path) -> Scan:
         out.settings.extend(m.strip() for m in _SETTINGS_FOUND.findall(text))
         out.enables.extend(_ENABLES.findall(text))
 
-    with open(log, errors="replace") as f:
+    with gzip.open(log, "rb") if log.suffix == ".gz" else open(log, "rb") as f:
         lines: list[str] = []
-        for line in f:
-            lines.append(line)
+        for raw in f:
+            out.log_bytes += len(raw)
+            lines.append(raw.decode(errors="replace"))
             if len(lines) >= CHUNK_LINES:
                 feed(lines)
                 lines = []
@@ -100,11 +123,11 @@ def settings_text(log: Path, mode: str) -> str:
     return text.replace(_FLAGS, "khronos_validation.report_flags = error,warn,info\n")
 
 
-def prepare_run(directory: Path, mode: str) -> tuple[dict[str, str], dict[str, Any]]:
+def prepare_run(directory: Path, mode: str, *, compress: bool = True) -> tuple[dict[str, str], dict[str, Any]]:
     """One process's settings file in its directory: the variables that load the layer with it, and the relay spec
-    optest_batch.py takes (its plan entry's "validation")."""
+    optest_batch.py takes (its plan entry's "validation"; ``compress``: the log kept as LOG_GZ)."""
     directory.mkdir(parents=True, exist_ok=True)
-    for stale in (validation.LOG, validation.RECORD, validation.RELAY_FAILED):
+    for stale in (validation.LOG, LOG_GZ, validation.RECORD, validation.RELAY_FAILED):
         (directory / stale).unlink(missing_ok=True)
     settings = directory / validation.SETTINGS_FILE
     settings.write_text(settings_text(directory / validation.FIFO, mode))
@@ -115,13 +138,15 @@ def prepare_run(directory: Path, mode: str) -> tuple[dict[str, str], dict[str, A
         "failed": str(directory / validation.RELAY_FAILED),
         "grace_s": validation.RELAY_GRACE_S,
     }
+    if compress:
+        relay["compressed"] = str(directory / LOG_GZ)
     return env, relay
 
 
 def canary_entry(cell_dir: Path, driver: Path, plugin: Path | None, mode: str, timeout_s: float) -> dict[str, Any]:
     """The plan entry of the cell's canary: the driver's device probe with --vk-canary, stopped at loading data."""
     directory = cell_dir / CANARY_DIR
-    env, relay = prepare_run(directory, mode)
+    env, relay = prepare_run(directory, mode, compress=False)  # validation.assess reads a plain log
     (directory / "events.jsonl").unlink(missing_ok=True)
     argv = [str(driver), "--backend", "vulkan", "--data", str(directory / "no-data"), "--out", str(directory)]
     argv += [*(["--plugin", str(plugin)] if plugin is not None else []), validation.CANARY_ARG]
@@ -152,8 +177,8 @@ def status_evidence(seen: Scan, settings: Path, mode: str) -> tuple[int, str]:
         return count, f"the layer's status messages name settings {sorted(set(found))}, not only {settings}"
     if mode == "sync":
         enables = seen.enables
-        if len(enables) != count or any(validation.SYNC_ENABLE not in e for e in enables):
-            return count, f"a status message does not list {validation.SYNC_ENABLE}: ran without sync validation"
+        if len(enables) != count or not all(_SYNC_LISTED.search(e) for e in enables):
+            return count, f"a status message does not list {SYNC_STATUS}: ran without sync validation"
     return count, ""
 
 
@@ -163,13 +188,14 @@ def assess_test(directory: Path | None, mode: str, canary: dict[str, Any]) -> di
     record: dict[str, Any] = {"mode": mode, "status": validation.NOT_EXERCISED, "vuids": {}, "instances": 0}
     if directory is None:
         return {**record, "reason": "the test did not run"}
-    record["log"] = str(directory / validation.LOG)
-    failed, log = directory / validation.RELAY_FAILED, directory / validation.LOG
+    failed, log = directory / validation.RELAY_FAILED, stored_log(directory)
+    record["log"] = str(log)
     if canary.get("status") != validation.EXERCISED:
         return {**record, "reason": f"the cell's canary was not reported ({canary.get('reason')})"}
     if failed.is_file():
         return {**record, "reason": f"the layer's log could not be kept whole ({failed.read_text().strip()})"}
     seen = scan(log)
+    record.update(log_bytes=seen.log_bytes, stored_bytes=seen.stored_bytes)
     instances, problem = status_evidence(seen, directory / validation.SETTINGS_FILE, mode)
     record["instances"] = instances
     if problem:
@@ -229,6 +255,9 @@ def cell_table(
         "vuids": dict(sorted(vuids.items(), key=lambda item: (-len(item[1]["tests"]), -item[1]["count"], item[0]))),
         "findings": sorted(v for v, e in vuids.items() if e["new_in"]),
         "stale": stale,
+        # The layer's text of every test run read here, and what its logs take on disk (gzipped).
+        "log_bytes": sum(int(r.get("log_bytes", 0)) for r in records.values()),
+        "stored_bytes": sum(int(r.get("stored_bytes", 0)) for r in records.values()),
     }
 
 
@@ -246,4 +275,6 @@ def one_line(table: dict[str, Any]) -> str:
         text += f"; NEW: {', '.join(table['findings'])}"
     if table["stale"]:
         text += f"; STALE: {', '.join(table['stale'])}"
+    if table.get("log_bytes"):
+        text += f"; logs {table['log_bytes'] / 1e6:.1f} MB, kept {table.get('stored_bytes', 0) / 1e6:.1f} MB"
     return text

@@ -197,7 +197,7 @@ class OpsSession:
         """What the stopped cell finished is judged, not lost (issue 22)."""
         version = self.prepared.built.tree.version
         base_s = float(self.settings.timeout_s or self.expectations.timeout_s)
-        limits = {t: self.expectations.limit(cell.ref, version, cell.variant, cell.icd, t, base_s) for t in self.tests}
+        limits = _limits(self.expectations, cell, version, self.tests, base_s, layer_mode(self.settings, cell))
         results_of, ran, device = _interrupted_cell(
             cell, version, self.tests, self.not_built, self.expectations, self.cpu_outcomes, self.results, limits
         )
@@ -306,6 +306,8 @@ def _header(
         "jobs": jobs(settings),
         "timeout_s": float(settings.timeout_s or expectations.timeout_s),
         "timeout_rerun_factor": expectations.rerun_factor,  # a timeout runs again alone under this many times its limit
+        # Under the layer a Vulkan cell's limits are this many times their own ([validation_timeout_factor]).
+        "validation_timeout_factor": expectations.layer_factor(settings.vk_validation),
         "flake_reruns": expectations.flake_reruns,
         # --vk-validation (issue 25): off, or the mode each Vulkan cell's tests ran under the layer in.
         "vk_validation": settings.vk_validation,
@@ -410,7 +412,7 @@ def _cell(
         result_dir=results_root / cell.dirname,  # one directory per test below it
         gdb_path=prepared.gdb_path,
         faults=settings.faults,
-        limits={t: expectations.limit(cell.ref, version, cell.variant, cell.icd, t, base_s) for t in to_run},
+        limits=_limits(expectations, cell, version, to_run, base_s, layer_mode(settings, cell)),
         reruns={t: expectations.reruns_before(cell.ref, version, cell.variant, cell.icd, t) for t in to_run},
         rerun_factor=expectations.rerun_factor,
         vk_validation=settings.vk_validation,
@@ -419,6 +421,19 @@ def _cell(
     ran = optest.sweep(spec, say=say)
     judged, cell_device = _judge_cell(cell, version, ran, expectations, cpu_outcomes)
     return sorted(results + judged, key=lambda r: r.test), ran, cell_device
+
+
+def layer_mode(settings: Settings, cell: Cell) -> str:
+    """The mode a cell's tests run under the validation layer in: --vk-validation on a Vulkan cell, else off."""
+    return settings.vk_validation if cell.backend == "vulkan" else "off"
+
+
+def _limits(
+    expectations: opjudge.Expectations, cell: Cell, version: str | None, tests: list[str], base_s: float, layer: str
+) -> dict[str, float]:
+    """Each test's limit in this cell: its own ([[slow]] rows), times the layer's factor when it runs under the
+    validation layer (a heavy test then gets its time the first time, instead of being killed and run again alone)."""
+    return {t: expectations.limit(cell.ref, version, cell.variant, cell.icd, t, base_s, layer) for t in tests}
 
 
 def _not_run_before(
