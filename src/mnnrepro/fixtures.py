@@ -712,7 +712,7 @@ def _expectation(where: str, value: Any) -> tuple[Expectation, ...]:
     icds = _strings(f"{where} icd", icd) if isinstance(icd, list) else (_string(f"{where} icd", icd),)
     on = {k: _string(f"{where} {k}", row[k]) for k in DEVICE_KEYS if k in row}
     for pattern in icds:
-        _host_names_device(where, variant, pattern, on)
+        host_names_device(where, variant, pattern, on)
     match, reason = _known_wrong(where, row, outcome)
     wl = row.get("workload", DEFAULT_WORKLOAD)
     workloads = _strings(f"{where} workload", wl) if isinstance(wl, list) else (_string(f"{where} workload", wl),)
@@ -739,7 +739,7 @@ def _expectation(where: str, value: Any) -> tuple[Expectation, ...]:
     )
 
 
-def _host_names_device(where: str, variant: str, icd: str, on: dict[str, str]) -> None:
+def host_names_device(where: str, variant: str, icd: str, on: dict[str, str]) -> None:
     """A row that can cover a cell of the host ICD (a Vulkan variant, an ICD pattern matching "host", "*"
     included) must name the device or the vendor it was learned on: the machine's own driver is a different GPU
     on every machine, and a row learned on lavapipe says nothing of an NVIDIA GPU (issue 22)."""

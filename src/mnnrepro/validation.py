@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from .contract import ContractError, read_events
-from .errors import ConfigError
-from .fixtures import ROOT, covers_cell
+from .contract import ContractError, Device, device_fits, read_events
+from .errors import ConfigError, FixtureError
+from .fixtures import DEVICE_KEYS, ROOT, covers_cell, host_names_device
 from .settings import VK_VALIDATION_MODES as MODES
 
 LAYER = "VK_LAYER_KHRONOS_validation"
@@ -207,12 +207,21 @@ class Known:
     # tests covers those tests only, never a training cell; a row without covers training cells only (its counts
     # were seen on MNIST, not on any one op's test).
     tests: str = ""
+    # The device the row was learned on (issue 22's keys, as fixtures/matrix.toml's rows): fnmatch patterns of the
+    # cell's probed device name, PCI vendor and driver version; "" is any. A row that names one never holds on a
+    # cell whose device is unknown; a row that covers the host ICD must name one (host is another GPU everywhere).
+    device: str = ""
+    vendor: str = ""
+    driver: str = ""
 
-    def covers(self, ref: str, version: str | None, variant: str, icd: str, mode: str = "on") -> bool:
+    def covers(
+        self, ref: str, version: str | None, variant: str, icd: str, mode: str = "on", device: Device | None = None
+    ) -> bool:
         return (
             not self.tests
             and (not self.mode or self.mode == mode)
             and covers_cell(self.refs, self.variant, self.icd, ref, version, variant, icd)
+            and device_fits(device, self.device, self.vendor, self.driver)
         )
 
     def covers_test(self, ref: str, version: str | None, variant: str, icd: str, test: str, mode: str = "on") -> bool:
@@ -222,15 +231,31 @@ class Known:
             and fnmatch.fnmatchcase(test, self.tests)
             and (not self.mode or self.mode == mode)
             and covers_cell(self.refs, self.variant, self.icd, ref, version, variant, icd)
+            and not (self.device or self.vendor or self.driver)  # MNN's tests: no device facts per test yet
         )
 
     def describe(self) -> str:
         where = ", ".join(x for x in (self.upstream, self.commit and f"fixed by {self.commit}") if x)
         tests = f" tests {self.tests}" if self.tests else ""
-        return f"{self.vuid} ({','.join(self.refs)} {self.variant} {self.icd}{tests}{'; ' + where if where else ''})"
+        on = "".join(f" {k}={getattr(self, k)!r}" for k in DEVICE_KEYS if getattr(self, k))
+        return (
+            f"{self.vuid} ({','.join(self.refs)} {self.variant} {self.icd}{on}{tests}{'; ' + where if where else ''})"
+        )
 
 
-_ROW_KEYS = {"refs", "variant", "icd", "vuid", "reason", "upstream", "commit", "sometimes", "mode", "tests"}
+_ROW_KEYS = {
+    "refs",
+    "variant",
+    "icd",
+    "vuid",
+    "reason",
+    "upstream",
+    "commit",
+    "sometimes",
+    "mode",
+    "tests",
+    *DEVICE_KEYS,
+}
 
 
 def load_known(path: Path = EXPECTATIONS) -> list[Known]:
@@ -251,7 +276,12 @@ def load_known(path: Path = EXPECTATIONS) -> list[Known]:
             )
         # icd: a pattern or a list of them, one row per entry (as fixtures/matrix.toml's rows).
         icds = row.get("icd", "*")
+        on = {k: str(row[k]) for k in DEVICE_KEYS if k in row}
         for icd in icds if isinstance(icds, list) else [icds]:
+            try:
+                host_names_device(f"{path}: [[known]] row {number}", str(row.get("variant", "*")), str(icd), on)
+            except FixtureError as error:
+                raise ConfigError(str(error), hint='e.g. vendor = "NVIDIA"') from None
             rows.append(
                 Known(
                     tuple(str(r) for r in row["refs"]),
@@ -264,13 +294,22 @@ def load_known(path: Path = EXPECTATIONS) -> list[Known]:
                     bool(row.get("sometimes", False)),
                     str(row.get("mode", "")),
                     str(row.get("tests", "")),
+                    **on,
                 )
             )
     return rows
 
 
 def assess(
-    result_dir: Path, *, ref: str, version: str | None, variant: str, icd: str, mode: str, known: list[Known]
+    result_dir: Path,
+    *,
+    ref: str,
+    version: str | None,
+    variant: str,
+    icd: str,
+    mode: str,
+    known: list[Known],
+    device: Device | None = None,
 ) -> dict[str, Any]:
     """The cell's validation record (validation.json, the verdict's evidence): NOT-EXERCISED unless the driver
     made the canary and the log holds its VUID; else every VUID with its count and first message (the canary's
@@ -306,7 +345,7 @@ def assess(
     counts[CANARY_VUID] -= made
     if counts[CANARY_VUID] == 0:
         del counts[CANARY_VUID]
-    rows = [k for k in known if k.covers(ref, version, variant, icd, mode)]
+    rows = [k for k in known if k.covers(ref, version, variant, icd, mode, device)]
 
     # A row's vuid is a pattern (fnmatch): one row may name a family whose member the run's own unset memory picks.
     def listed(v: str) -> bool:

@@ -312,6 +312,7 @@ class MnistRef:
             icd=cell.icd,
             mode=self.settings.vk_validation,
             known=self.known_vuids,
+            device=run.record.device,  # rows learned on one GPU (vendor = "NVIDIA") hold there only
         )
         self._attribute(record, plan, run)
         validation.write_record(result_dir, record)
