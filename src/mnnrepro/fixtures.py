@@ -713,6 +713,7 @@ def _expectation(where: str, value: Any) -> tuple[Expectation, ...]:
     on = {k: _string(f"{where} {k}", row[k]) for k in DEVICE_KEYS if k in row}
     for pattern in icds:
         host_names_device(where, variant, pattern, on)
+    _opencl_names_device_only(where, variant, on)
     match, reason = _known_wrong(where, row, outcome)
     wl = row.get("workload", DEFAULT_WORKLOAD)
     workloads = _strings(f"{where} workload", wl) if isinstance(wl, list) else (_string(f"{where} workload", wl),)
@@ -749,6 +750,18 @@ def host_names_device(where: str, variant: str, icd: str, on: dict[str, str]) ->
             f'{where}: icd = "{icd}" covers the host ICD, and the row names no device or vendor: a row for the '
             "machine's own driver must name the device it was learned on (host is a different GPU on every "
             'machine): add e.g. vendor = "NVIDIA", or name the ICDs it holds for (icd = ["lavapipe", "swiftshader"])'
+        )
+
+
+def _opencl_names_device_only(where: str, variant: str, on: dict[str, str]) -> None:
+    """The OpenCL probe reads the device's name only (contract.Device): a row of an OpenCL variant that names a
+    vendor or a driver would never match any cell, and its cells would silently have no expectation."""
+    opencl = any(variants.get(v).backend == "opencl" for v in VARIANTS if fnmatch.fnmatchcase(v, variant))
+    named = sorted(k for k in ("vendor", "driver") if k in on)
+    if opencl and variant != "*" and named:
+        raise FixtureError(
+            f"{where}: {', '.join(named)} on an OpenCL row: the OpenCL probe reads the device name only, so the row "
+            'would never match; name the device instead (device = "NVIDIA *")'
         )
 
 

@@ -541,3 +541,17 @@ def test_a_bad_known_wrong_row_is_rejected(tmp_path: Path, edit: tuple[str, str]
     assert text != KNOWN_WRONG_ROW
     with pytest.raises(FixtureError, match=message):
         load_matrix(write_matrix(tmp_path, with_row(text)))
+
+
+@pytest.mark.parametrize("key", ['vendor = "NVIDIA"', 'driver = "580.*"'])
+def test_an_opencl_row_names_the_device_only(tmp_path: Path, key: str) -> None:
+    """The OpenCL probe reads the device name only: a vendor or driver key would never match an OpenCL cell (the
+    H100's OpenCL rows once named the vendor and so covered none of its cells)."""
+    row = f'[[expect]]\nrefs = ["3.*"]\nvariant = "opencl"\nicd = "*"\noutcome = "pass"\n{key}\n'
+    with pytest.raises(FixtureError, match="the OpenCL probe reads the device name only"):
+        load_matrix(write_matrix(tmp_path, with_row(row)))
+    named = '[[expect]]\nrefs = ["3.*"]\nvariant = "opencl"\nicd = "*"\noutcome = "pass"\ndevice = "NVIDIA *"\n'
+    m = load_matrix(write_matrix(tmp_path, with_row(named)))
+    on_h100 = Device("NVIDIA H100 80GB HBM3", "", "")  # what the OpenCL probe gives
+    found = m.expectation("3.0", "opencl", "-", device=on_h100)
+    assert found is not None and found.device == "NVIDIA *"
