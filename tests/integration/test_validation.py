@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from mnnrepro import fixtures
+from mnnrepro import fixtures, validation
 
 from .conftest import cell
 
@@ -49,4 +49,5 @@ def test_the_stype_vuid_is_placed_in_mnn(validated: dict[str, Any]) -> None:
 
 def test_buffer_mode_has_no_stype_vuid(validated: dict[str, Any]) -> None:
     record = cell(validated["summary"], f"{REF}/vulkan-buffer/lavapipe")["evidence"]["validation"]
+    assert record["status"] == validation.EXERCISED, record.get("reason")  # else "absent" proves nothing
     assert STYPE not in record["vuids"]

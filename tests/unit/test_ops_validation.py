@@ -10,16 +10,20 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from mnnrepro import validation
 from mnnrepro.cells import Cell
+from mnnrepro.errors import EXIT_MISMATCH, ConfigError
 from mnnrepro.runner import Completed
 from mnnrepro.settings import Settings
+from mnnrepro.workloads.ops import judge as opjudge
 from mnnrepro.workloads.ops import optest, opvalidation
 from mnnrepro.workloads.ops import report as opreport
+from mnnrepro.workloads.ops import session as opsession
 
 STATUS = opvalidation.STATUS_ID
 SYNC = validation.SYNC_ENABLE
@@ -369,3 +373,121 @@ def test_a_settings_path_through_a_link_is_the_same_file(tmp_path: Path) -> None
     (tmp_path / "latest").symlink_to(tmp_path)
     record = opvalidation.assess_test(tmp_path / "latest" / "real", "on", CANARY_OK)
     assert d.resolve() == (tmp_path / "latest" / "real").resolve() and record["status"] == validation.EXERCISED
+
+
+# -- review findings: the exit code sees validation; no op on Vulkan is NOT-EXERCISED; the canary first ----------------
+CELL = Cell("3.3.0", "vulkan-image", "lavapipe")
+STYPE = "VUID-VkImageMemoryBarrier-sType-sType"
+TESTS_ROW = (
+    '[[known]]\nrefs = ["3.3.0"]\nvariant = "vulkan-image"\nicd = "lavapipe"\n'
+    'vuid = "{vuid}"\nreason = "r"\ntests = "{tests}"\n'
+)
+
+
+def _session(tmp_path: Path, mode: str, known: list[validation.Known] | None = None) -> tuple[Any, list[str]]:
+    """An OpsSession with only what exit_code and _validated read."""
+    said: list[str] = []
+    session: Any = opsession.OpsSession.__new__(opsession.OpsSession)
+    session.settings = Settings(vk_validation=mode)
+    session.say = said.append
+    session.results = tmp_path
+    session.prepared = SimpleNamespace(built=SimpleNamespace(tree=SimpleNamespace(version="3.3.0")))
+    session.known_vuids = known or []
+    return session, said
+
+
+def _table(**changes: Any) -> dict[str, Any]:
+    clean = {"mode": "on", "canary": CANARY_OK, "exercised": 2, "not_exercised": {}, "vuids": {}, "findings": []}
+    return {**clean, "stale": [], **changes}
+
+
+def _cells(table: dict[str, Any]) -> list[dict[str, Any]]:
+    cpu = {"cell": "3.3.0/cpu/-", "mismatched": 0, "not_run": {"count": 0}}
+    return [cpu, {"cell": CELL.id, "mismatched": 0, "not_run": {"count": 0}, "validation": table}]
+
+
+@pytest.mark.parametrize(
+    ("table", "why"),
+    [
+        (
+            _table(canary={"status": validation.NOT_EXERCISED, "reason": "no vk_canary event"}),
+            "canary was not reported",
+        ),
+        (_table(findings=[STYPE]), f"new VUID(s) {STYPE}"),
+        (_table(stale=["VUID-gone (3.3.0 vulkan-image *)"]), "stale row(s) VUID-gone"),
+        (_table(exercised=0), "0 tests exercised"),
+    ],
+)
+def test_validation_problems_fail_the_session_with_a_line_per_cell(
+    tmp_path: Path, table: dict[str, Any], why: str
+) -> None:
+    session, said = _session(tmp_path, "on")
+    assert session.exit_code({"all_matched": True}, _cells(table)) == EXIT_MISMATCH
+    assert [line for line in said if CELL.id in line and why in line], said
+
+
+def test_a_clean_validated_session_exits_0(tmp_path: Path) -> None:
+    session, _ = _session(tmp_path, "sync")
+    assert session.exit_code({"all_matched": True}, _cells(_table(vuids={STYPE: {"count": 1}}))) == 0
+    assert session.exit_code({"all_matched": False}, _cells(_table())) == EXIT_MISMATCH  # op verdicts still count
+
+
+def _result(test: str, status: str, directory: Path, **fields: Any) -> opjudge.TestResult:
+    return opjudge.TestResult(test, status, "PASS", status == "PASS", "", directory=str(directory), **fields)
+
+
+def test_a_test_with_no_op_on_vulkan_is_not_exercised_and_unfinished_runs_decide_no_stale_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "v.toml").write_text(TESTS_ROW.format(vuid="VUID-gone", tests="op/[ft]*"))  # op/timeout, op/flake
+    session, _ = _session(tmp_path, "on", validation.load_known(tmp_path / "v.toml"))
+    monkeypatch.setattr(opvalidation, "canary_record", lambda *_: CANARY_OK)
+    clean = _status(Path("SETTINGS"))  # the probe's instance only: "EXERCISED, 0 messages" on HEAD
+    cases: dict[str, tuple[str, dict[str, Any]]] = {
+        "op/nogpu": ("NO-GPU-WORK", {}),
+        "op/notex": ("NOT-EXERCISED", {}),
+        "op/allcpu": ("FALLBACK", {}),
+        "op/partial": ("FALLBACK", {"partial": {"Convolution": 2}}),
+        "op/timeout": ("TIMEOUT", {}),
+        "op/flake": ("FLAKE", {"first": "CRASH"}),
+    }
+    dirs = {t: _run_dir(tmp_path, t.replace("/", "_"), clean + _error(STYPE)) for t in cases}
+    ran = {t: optest.Outcome(t, "PASS", "", 1.0, 0, directory=d) for t, d in dirs.items()}
+    results = [_result(t, status, dirs[t], **extra) for t, (status, extra) in cases.items()]
+    table = session._validated(CELL, ran, results)
+    records = {r.test: r.validation for r in results}
+    for test, status in (("op/nogpu", "NO-GPU-WORK"), ("op/notex", "NOT-EXERCISED"), ("op/allcpu", "FALLBACK")):
+        assert records[test]["status"] == validation.NOT_EXERCISED
+        assert records[test]["reason"] == f"no op ran on the Vulkan backend ({status})"
+        assert test in table["not_exercised"]
+    assert records["op/partial"]["status"] == validation.EXERCISED
+    assert records["op/partial"]["fallback"] == {"Convolution": 2}
+    assert table["exercised"] == 3 and table["stale"] == []  # only TIMEOUT and CRASH-then-pass runs cover the row
+    results.append(_result("op/finished", "PASS", _run_dir(tmp_path, "finished", clean)))
+    ran["op/finished"] = optest.Outcome("op/finished", "PASS", "", 1.0, 0, directory=Path(results[-1].directory))
+    assert len(session._validated(CELL, ran, results)["stale"]) == 1  # a finished run does decide it
+
+
+def test_the_canary_runs_first_in_the_batch(tmp_path: Path) -> None:
+    spec, runner = _spec(tmp_path, "vulkan-buffer", "on")
+    optest.sweep(spec, say=lambda _: None)
+    names = [e["name"] for e in runner.plans[0]["tests"]]
+    assert names[0] == opvalidation.CANARY_NAME and sorted(names[1:]) == ["op/a", "op/b"]
+
+
+@pytest.mark.parametrize("key", ["device", "vendor", "driver"])
+def test_a_tests_row_with_device_keys_is_refused_at_load(tmp_path: Path, key: str) -> None:
+    row = TESTS_ROW.format(vuid="V", tests="op/*")
+    (tmp_path / "v.toml").write_text(row + f'{key} = "NVIDIA*"\n')
+    with pytest.raises(ConfigError, match=f"tests together with {key}"):
+        validation.load_known(tmp_path / "v.toml")
+    (tmp_path / "v.toml").write_text(row)
+    assert validation.load_known(tmp_path / "v.toml")[0].tests == "op/*"
+
+
+def test_a_clean_cells_line_names_no_skipped_attribution() -> None:
+    skipped = {"status": "skipped", "reason": "no VUID to attribute"}
+    record = {"status": validation.EXERCISED, "mode": "on", "vuids": {}, "attribution": skipped}
+    assert validation.one_line(record) == "validation on: 0 message(s), 0 id(s)"
+    with_vuid = {**record, "vuids": {STYPE: {"count": 1}}, "attribution": {**skipped, "reason": "no gdb: none"}}
+    assert "frames skipped: no gdb: none" in validation.one_line(with_vuid)

@@ -30,7 +30,7 @@ from typing import Any
 
 from ... import build, cache
 from ... import faults as planted
-from ...cells import GDB_SCRIPT, Cell
+from ...cells import GDB_SCRIPT, Cell, is_validated
 from ...contract import read_events
 from ...errors import BuildError
 from ...icd import Icd
@@ -660,7 +660,7 @@ class SweepSpec:
 
     @property
     def validated(self) -> bool:
-        return self.vk_validation != "off" and self.cell.backend == "vulkan"
+        return is_validated(self.cell, self.vk_validation)  # the one rule (cells.is_validated)
 
     def limit(self, test: str) -> float:
         return self.limits.get(test, self.timeout_s)
@@ -714,7 +714,9 @@ def _batch(
             layer_env, entry["validation"] = opvalidation.prepare_run(out, spec.vk_validation)
             entry["env"].update(layer_env)
         entries.append(entry)
-    entries += extra
+    # The extra entries (the cell's validation canary) first: the batch runs its plan in order, so a batch that is
+    # interrupted or runs out of time has still run the canary, and the tests it finished can count (issue 25).
+    entries = [*extra, *entries]
     plan = spec.result_dir / f"plan{('-' + sub) if sub else ''}.json"
     plan.write_text(json.dumps({"jobs": jobs, "tests": entries}, indent=1))
     env = dict(spec.icd.env) if spec.icd else {}
@@ -798,7 +800,7 @@ def sweep(spec: SweepSpec, *, say: Callable[[str], None] = print) -> dict[str, O
     of each failure (crashes under gdb; up to a FLAKE row's reruns until the test passes)."""
     spec.result_dir.mkdir(parents=True, exist_ok=True)
     canary: tuple[dict[str, Any], ...] = ()
-    if spec.validated and spec.canary_driver is not None:  # the cell's canary runs beside the first tests
+    if spec.validated and spec.canary_driver is not None:  # the cell's canary runs first in the batch (_batch)
         canary = (
             opvalidation.canary_entry(
                 spec.result_dir, spec.canary_driver, spec.plugin, spec.vk_validation, min(spec.timeout_s, 300.0)

@@ -215,15 +215,36 @@ def assess_test(directory: Path | None, mode: str, canary: dict[str, Any]) -> di
     return record
 
 
+# Op verdicts of a run in which no op ran on the Vulkan backend: the layer saw only mnn_optest's device probe, whose
+# instance satisfies status_evidence, so "EXERCISED, 0 messages" would be a false green (FALLBACK: every op on the CPU,
+# unless `partial` names the op types that fell back).
+NO_VULKAN_WORK = ("NOT-EXERCISED", "NO-GPU-WORK")
+# A run that did not finish (its own status, or the first status under FLAKE or CPU-FAIL): its VUIDs count, but a row
+# it did not raise says nothing, since the op that raises it may not have run yet.
+ENDED_EARLY = ("TIMEOUT", "CRASH")
+
+
+def join_verdict(record: dict[str, Any], status: str, partial: dict[str, int]) -> dict[str, Any]:
+    """A test's record beside its op verdict: NOT-EXERCISED where no op ran on the Vulkan backend; a partial
+    FALLBACK's CPU op types marked (``fallback``), the VUIDs then of the ops that did run on Vulkan only."""
+    if status in NO_VULKAN_WORK or (status == "FALLBACK" and not partial):
+        record.update(status=validation.NOT_EXERCISED, reason=f"no op ran on the Vulkan backend ({status})")
+    elif partial:
+        record["fallback"] = dict(partial)
+    return record
+
+
 def cell_table(
     records: dict[str, dict[str, Any]],
     canary: dict[str, Any],
     known: list[validation.Known],
     cell: tuple[str, str | None, str, str],
     mode: str,
+    ended_early: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     """A cell's validation: VUID -> {tests: {test: count}, count, first, listed}; each test's findings and known
-    VUIDs marked in its record; the rows of its tests none of their exercised tests raised (stale)."""
+    VUIDs marked in its record; the rows of its tests none of their exercised tests raised (stale). A test in
+    ``ended_early`` (TIMEOUT, CRASH: ENDED_EARLY) covers no row for staleness."""
     ref, version, variant, icd = cell
     vuids: dict[str, dict[str, Any]] = {}
     exercised = [t for t, r in sorted(records.items()) if r["status"] == validation.EXERCISED]
@@ -243,7 +264,9 @@ def cell_table(
     for row in known:
         if row.sometimes or not row.tests:
             continue
-        covered = [t for t in exercised if row.covers_test(ref, version, variant, icd, t, mode)]
+        covered = [
+            t for t in exercised if t not in ended_early and row.covers_test(ref, version, variant, icd, t, mode)
+        ]
         if covered and not any(fnmatch.fnmatchcase(v, row.vuid) for t in covered for v in records[t]["vuids"]):
             stale.append(row.describe())
     not_exercised = {t: r["reason"] for t, r in sorted(records.items()) if r["status"] != validation.EXERCISED}
@@ -259,6 +282,22 @@ def cell_table(
         "log_bytes": sum(int(r.get("log_bytes", 0)) for r in records.values()),
         "stored_bytes": sum(int(r.get("stored_bytes", 0)) for r in records.values()),
     }
+
+
+def problems(table: dict[str, Any]) -> str:
+    """Why a cell's validation fails the session's exit code ("" when it does not): a canary the layer did not
+    report, no test exercised, new VUIDs (findings) or stale rows. The op verdicts stay what they are."""
+    canary = table["canary"]
+    if canary.get("status") != validation.EXERCISED:
+        return f"the canary was not reported ({canary.get('reason')})"
+    why = []
+    if not table["exercised"]:
+        why.append("0 tests exercised for validation")
+    if table["findings"]:
+        why.append(f"new VUID(s) {', '.join(table['findings'])}")
+    if table["stale"]:
+        why.append(f"stale row(s) {'; '.join(table['stale'])}")
+    return "; ".join(why)
 
 
 def one_line(table: dict[str, Any]) -> str:

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from ... import __version__, fixtures, prepare, signature, source, validation, variants
-from ...cells import Cell
+from ...cells import Cell, is_validated
 from ...contract import read_events
-from ...errors import ConfigError
+from ...errors import EXIT_MISMATCH, ConfigError
 from ...settings import ICD_NAMES, Settings
 from .. import base
 from . import judge as opjudge
@@ -30,7 +30,6 @@ from . import optest, opvalidation
 from . import report as opreport
 
 DEFAULT_VARIANTS = ("cpu", "vulkan-image", "vulkan-buffer")
-EXIT_MISMATCH = 1
 Say = Callable[[str], None]
 
 
@@ -180,16 +179,21 @@ class OpsSession:
         """--vk-validation on a Vulkan cell: each run test's record (the run judged: the first, or the run alone
         that replaced a timeout) beside its result, and the cell's VUID -> tests table; None otherwise."""
         mode = self.settings.vk_validation
-        if mode == "off" or cell.backend != "vulkan":
+        if not is_validated(cell, mode):
             return None
         cell_dir = self.results / cell.dirname
         canary = opvalidation.canary_record(cell_dir, mode)
         records = {t: opvalidation.assess_test(o.directory, mode, canary) for t, o in ran.items()}
-        key = (cell.ref, self.prepared.built.tree.version, cell.variant, cell.icd)
-        table = opvalidation.cell_table(records, canary, self.known_vuids, key, mode)
+        ended_early = set()
         for r in results:
             if r.test in records:
-                r.validation = records[r.test]
+                # A test in which no op ran on Vulkan is NOT-EXERCISED for validation (its probe's instance alone
+                # satisfied assess_test), and a run that did not finish decides no stale row (opvalidation.py).
+                r.validation = opvalidation.join_verdict(records[r.test], r.status, r.partial)
+                if r.status in opvalidation.ENDED_EARLY or r.first in opvalidation.ENDED_EARLY:
+                    ended_early.add(r.test)
+        key = (cell.ref, self.prepared.built.tree.version, cell.variant, cell.icd)
+        table = opvalidation.cell_table(records, canary, self.known_vuids, key, mode, frozenset(ended_early))
         self.say(f"{cell.id}: {opvalidation.one_line(table)}")
         return table
 
@@ -227,11 +231,24 @@ class OpsSession:
         self.say("\nreports: " + ", ".join(str(p) for p in written))
 
     def exit_code(self, data: dict[str, Any], cells: list[dict[str, Any]]) -> int:
+        """EXIT_MISMATCH on any mismatched result, and (--vk-validation on|sync) on any Vulkan cell whose validation
+        has a problem (opvalidation.problems: no canary, nothing exercised, new VUIDs, stale rows), one line each."""
         not_run = sum(c["not_run"]["count"] for c in cells)
-        if data["all_matched"]:
+        flagged = [
+            f"session ops: validation of {c['cell']}: {why}"
+            for c in cells
+            if self.settings.vk_validation != "off"
+            and c.get("validation")
+            and (why := opvalidation.problems(c["validation"]))
+        ]
+        if data["all_matched"] and not flagged:
             self.say(f"session ops: every test that ran matched its expectation; not run: {not_run} (see the table)")
             return 0
-        self.say(f"session ops: {sum(c['mismatched'] for c in cells)} test result(s) did not match their expectation")
+        if not data["all_matched"]:
+            n = sum(c["mismatched"] for c in cells)
+            self.say(f"session ops: {n} test result(s) did not match their expectation")
+        for line in flagged:
+            self.say(line)
         return EXIT_MISMATCH
 
 
@@ -425,7 +442,7 @@ def _cell(
 
 def layer_mode(settings: Settings, cell: Cell) -> str:
     """The mode a cell's tests run under the validation layer in: --vk-validation on a Vulkan cell, else off."""
-    return settings.vk_validation if cell.backend == "vulkan" else "off"
+    return settings.vk_validation if is_validated(cell, settings.vk_validation) else "off"
 
 
 def _limits(
