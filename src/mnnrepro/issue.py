@@ -813,6 +813,12 @@ def _vuid_reduced(r: dict[str, Any], f: VuidFinding) -> list[str]:
         f"own process, under the layer, {r.get('judged_by')}), {r.get('reduce_seconds')} s"
         f"{'' if not r.get('budget_exhausted') else ' (the time budget ran out: the best so far, not minimal)'}."
     )
+    if entry.get("op_specific") is False:  # the VUID shows with other single ops too (reduce/session.op_specific)
+        out += [
+            "",
+            "The VUID also shows with another op of the graph alone: it comes from setup (instance, device or pipeline "
+            "creation) or from every kernel, so the op below is where the search stopped, not the VUID's own.",
+        ]
     out += ["", "| # | op | inputs | outputs |", "| --- | --- | --- | --- |"]
     for row in (r.get("ops") or [])[:MAX_OPS]:
         ins = ", ".join(f"`{x}`" for x in row.get("inputs", []))

@@ -9,6 +9,7 @@ import os
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -150,3 +151,31 @@ def test_a_run_alone_under_the_layer_is_judged_by_its_canary_and_vuid(tmp_path: 
         line.format(validation.CANARY_VUID, validation.CANARY_VUID) + line.format(VUID, VUID)
     )
     assert redsession.vuid_word(run, "on", target) == "fails"
+
+
+class _FakeReducer:
+    """op_indices and judge only: which single ops raise the VUID under the layer."""
+
+    def __init__(self, raising: set[int]) -> None:
+        self.raising = raising
+        self.asked: list[tuple[int, ...]] = []
+
+    def op_indices(self) -> list[int]:
+        return [3, 5, 7, 9]
+
+    def judge(self, candidates: list[tuple[int, ...]]) -> list[Any]:
+        self.asked += candidates
+        return [type("T", (), {"interesting": bool(set(c) & self.raising)})() for c in candidates]
+
+
+def test_a_vuid_that_shows_with_any_op_is_not_called_the_op_s_own() -> None:
+    """3.4.0's 16-bit storage VUID (raised at pipeline creation) reduced to whichever op the search tried first."""
+    from mnnrepro.workloads.reduce import session as redsession
+
+    said: list[str] = []
+    setup = _FakeReducer({3, 5, 7})
+    assert redsession.op_specific(setup, (3,), said.append) is False  # type: ignore[arg-type]
+    assert setup.asked == [(5,), (7,)] and "from setup" in said[0]
+    own = _FakeReducer({3})
+    assert redsession.op_specific(own, (3,), said.append) is True  # type: ignore[arg-type]
+    assert redsession.op_specific(own, (3, 5), said.append) is None  # type: ignore[arg-type]

@@ -319,9 +319,7 @@ def run_reduce(
         "device": checks.get("device", ""),
         "graph": workload if graph is None else "given",  # the captured workload's name (MNIST's: "mnist")
         **named,
-        **vuid_entry(
-            target, spec.validation, reducer.trials.get(reduce.key_of(reducer.start or reducer.op_indices())), results
-        ),
+        **vuid_entry(target, spec.validation, reducer, keep, results, say),
         "results_dir": str(results),
     }
     (results / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -694,12 +692,33 @@ def vuid_word(run_dir: Path, mode: str, target: reduce.Target) -> str:
     return "fails" if seen else "passes"
 
 
-def vuid_entry(target: reduce.Target, mode: str, whole: reduce.Trial | None, results: Path) -> dict[str, Any]:
+def op_specific(reducer: reduce.Reducer, keep: tuple[int, ...], say: Say) -> bool | None:
+    """Whether a VUID reduced to one op is that op's: the graph's first two other ops are run alone under the layer
+    too. A VUID raised at setup (instance, device or pipeline creation) shows with any op, and delta debugging then
+    lands on whichever op it tried first (3.4.0's 16-bit storage VUID landed on the first op on the GPU). None: not
+    one op, or no other op to try."""
+    others = [i for i in reducer.op_indices() if i not in keep][:2]
+    if len(keep) != 1 or not others:
+        return None
+    also = [i for i, trial in zip(others, reducer.judge([(i,) for i in others]), strict=True) if trial.interesting]
+    if also:
+        say(
+            f"  the VUID shows with op(s) {', '.join(f'#{i}' for i in also)} alone too: it comes from setup (instance, "
+            "device or pipeline creation) or from every kernel, not from this op's alone"
+        )
+    return not also
+
+
+def vuid_entry(
+    target: reduce.Target, mode: str, reducer: reduce.Reducer, keep: tuple[int, ...], results: Path, say: Say
+) -> dict[str, Any]:
     """summary.json's "vuid" of a VUID reduction: the pattern, the mode, the matching ids' counts in the whole graph
     (the search's first trial), and in the reduced graph run alone (verify/backend) with the first message of each
-    and the other ids that run raised. {} for another target."""
+    and the other ids that run raised; whether the reduced op is the VUID's own (`op_specific`). {} for another
+    target."""
     if target.kind != "vuid":
         return {}
+    whole = reducer.trials.get(reduce.key_of(reducer.start or reducer.op_indices()))
     try:
         record = json.loads((results / "verify" / "backend" / validation.RECORD).read_text())
     except (OSError, ValueError):
@@ -717,6 +736,7 @@ def vuid_entry(target: reduce.Target, mode: str, whole: reduce.Trial | None, res
             v: {"count": n, "severity": said[v]["severity"], "first": said[v]["first"]} for v, n in seen.items()
         },
         "reduced_other": {v: int(i["count"]) for v, i in said.items() if v not in seen},
+        "op_specific": op_specific(reducer, keep, say),
     }
     return {"vuid": entry}
 
