@@ -22,6 +22,7 @@ from . import (
     image,
     interrupts,
     issue,
+    merge,
     prepare,
     signature,
     source,
@@ -73,6 +74,7 @@ def parser() -> argparse.ArgumentParser:
         _add_ci,
         _add_report,
         _add_reduce,
+        _add_merge,
     ):
         add(sub)
     return ap
@@ -183,6 +185,11 @@ def _add_ops(sub: Subcommands) -> None:
         choices=["off", "on", "sync"],
         help="run: each Vulkan test process under the Khronos validation layer, its VUIDs per test and per cell "
         "(sync: with synchronization validation); the op verdicts stay what they are",
+    )
+    ops.add_argument(
+        "--shard",
+        help="run: only shard K of N of the selected tests (K/N, 1-based; a stride over a fixed-seed shuffle, "
+        "shard.py), or auto (GitLab's CI_NODE_INDEX/CI_NODE_TOTAL); a shard's reports are partial",
     )
     ops.add_argument("--out", type=Path, help="compare: write the Markdown here too")
 
@@ -431,6 +438,11 @@ def _main(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             settings = replace(settings, vk_validation="off")
+        if settings.shard and not (args.command == "ops" and args.action == "run"):
+            # Only `ops run` shards yet (issue 26): elsewhere MNNREPRO_SHARD would be ignored, so say so.
+            what = f"{args.command} {getattr(args, 'action', '')}".strip()
+            print(f"mnnrepro: shard = {settings.shard} applies to `ops run` only; `{what}` ignores it", file=sys.stderr)
+            settings = replace(settings, shard="")
         return _dispatch(args, settings)
 
     return guarded(body)
@@ -477,6 +489,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         "cache": _cache,
         "swiftshader": _swiftshader,
         "report": _report,
+        "merge": lambda a, s: merge.run(a.inputs, s, out=a.out),
         "reduce": lambda a, s: (
             redsession.check_at(s, a.check)
             if a.check
@@ -486,6 +499,13 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         ),
     }
     return handlers.get(args.command, _source)(args, settings)
+
+
+def _add_merge(sub: Subcommands) -> None:
+    mg = sub.add_parser("merge", help="one verdict from the shards of an op sweep (`ops run --shard K/N`)")
+    mg.add_argument("inputs", nargs="+", type=Path, help="every shard's results directory (or summary.json)")
+    mg.add_argument("--out", type=Path, help="where the merged reports go (default: a new results directory)")
+    mg.add_argument("--results-dir", dest="results_dir", help="where results/<time>-merge-<pid>/ goes")
 
 
 def _add_report(sub: Subcommands) -> None:

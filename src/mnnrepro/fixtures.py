@@ -22,6 +22,20 @@ from .icd import KNOWN as KNOWN_ICDS
 CHECKOUT_ENV = "MNNREPRO_CHECKOUT"
 
 
+def suite_digest(package: Path | None = None, fixtures_dir: Path | None = None) -> str:
+    """What decides this suite's verdicts, as content: its Python source and the expectation files, hashed (sha256,
+    first 16 hex digits). Shards judged by different suite code or rows must not merge into one verdict (issue 26);
+    a version string does not change between commits, a git commit is not there in an installed package."""
+    pkg = package or Path(__file__).resolve().parent
+    fx = fixtures_dir or (find_checkout() or pkg.parents[1]) / "fixtures"
+    h = hashlib.sha256()
+    files = [*sorted(pkg.rglob("*.py")), fx / "ops" / "expectations.toml", fx / "validation.toml", fx / "matrix.toml"]
+    for path in files:
+        if path.is_file() and "__pycache__" not in path.parts:
+            h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def _is_checkout(path: Path) -> bool:
     return (path / "fixtures" / "matrix.toml").is_file() and (path / "native" / "CMakeLists.txt").is_file()
 

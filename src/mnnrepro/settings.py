@@ -62,6 +62,9 @@ class Settings:
     # Where MNN issued each VUID (validation_frames.py): one rerun under gdb with the layer's break action per VUID
     # of a validated cell. Its cost is a rerun per VUID, so it can be turned off; without gdb it is skipped.
     vk_attribution: bool = True
+    # One slice of the ops session's selected tests (issue 26, shard.py): "K/N" (1-based K), "auto" (GitLab's
+    # CI_NODE_INDEX/CI_NODE_TOTAL, read only then), "" for the whole selection. Checked before anything is built.
+    shard: str = ""
 
     def describe(self) -> list[str]:
         return [f"{f.name} = {getattr(self, f.name)}" for f in fields(self)]

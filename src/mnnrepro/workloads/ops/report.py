@@ -37,6 +37,17 @@ def _not_run(c: dict[str, Any]) -> str:
     return f"{info['count']}" + (f" ({why})" if why else "")
 
 
+def partial_line(data: dict[str, Any]) -> str:
+    """ "shard K/N: partial, not a whole verdict" for a shard's run (issue 26, shard.py), "" for a whole run."""
+    s = data.get("shard")
+    return f"shard {s['index']}/{s['total']}: partial, not a whole verdict" if s else ""
+
+
+def _shard_label(data: dict[str, Any]) -> str:
+    s = data.get("shard")
+    return f" (shard {s['index']}/{s['total']})" if s else ""
+
+
 def table(data: dict[str, Any]) -> str:
     cols = _columns(data)
     head = ["cell", *[SHORT.get(s, s) for s in cols], "not run", "mismatched", "s"]
@@ -53,6 +64,9 @@ def table(data: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in [head, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    if data.get("shard"):
+        shard = data["shard"]
+        lines.insert(0, f"{partial_line(data)}: {len(shard['tests'])} of {shard['selection_tests']} selected tests")
     for c in data.get("cells", []):
         for t in c["tests"]:
             if t["matched"] is False:
@@ -61,6 +75,8 @@ def table(data: dict[str, Any]) -> str:
         lines.append("  " + _coverage_line(data))
     if ref := data.get("cpu_reference"):
         lines.append(f"  CPU reference: {ref['line']}")
+    if data.get("stale_not_judged"):
+        lines.append(f"  stale rows not judged: {data['stale_not_judged']}")
     for row in data.get("stale", []):
         lines.append(f"  stale row [[expect]] #{row['row']} ({row['test']} {row['status']}): {row['why'][:160]}")
     for cell in data.get("not_run", []):
@@ -72,13 +88,13 @@ def table(data: dict[str, Any]) -> str:
 
 
 def junit(data: dict[str, Any]) -> ET.Element:
-    suites = ET.Element("testsuites", name=f"mnnrepro ops {data.get('ref', '')}")
+    suites = ET.Element("testsuites", name=f"mnnrepro ops {data.get('ref', '')}{_shard_label(data)}")
     for c in data.get("cells", []):
         tests = c["tests"]
         suite = ET.SubElement(
             suites,
             "testsuite",
-            name=c["cell"],
+            name=c["cell"] + _shard_label(data),
             tests=str(len(tests)),
             failures=str(sum(t["matched"] is False for t in tests)),
             skipped=str(sum(t["status"] == NOT_RUN for t in tests)),
@@ -110,8 +126,10 @@ def _md_table(head: list[str]) -> list[str]:
 def markdown(data: dict[str, Any]) -> str:
     cols = _columns(data)
     out = [
-        f"# mnnrepro ops: MNN {data.get('ref')} ({str(data.get('commit') or '')[:10]}), {data.get('status')}",
+        f"# mnnrepro ops: MNN {data.get('ref')} ({str(data.get('commit') or '')[:10]}), {data.get('status')}"
+        + (f" ({partial_line(data)})" if data.get("shard") else ""),
         "",
+        *_shard_lines(data),
         f"Selection {', '.join(data.get('selection', []))}; precision {data.get('precision')}; "
         f"{data.get('jobs')} test processes at a time, {data.get('timeout_s'):.0f} s each at most (a timeout runs "
         f"again alone under a longer limit); runner {data.get('runner')}; {data.get('registered')} tests "
@@ -146,6 +164,19 @@ def markdown(data: dict[str, Any]) -> str:
         out += ["", "## Test sources not built", ""]
         out += [f"- `test/{rel}`: {_md(why)}" for rel, why in sorted(data["not_built"].items())]
     return "\n".join(out) + "\n"
+
+
+def _shard_lines(data: dict[str, Any]) -> list[str]:
+    """A shard's run says so before anything else (issue 26): its tests, and that stale rows wait for the merge."""
+    shard = data.get("shard")
+    if not shard:
+        return []
+    return [
+        f"**{partial_line(data)}**: {len(shard['tests'])} of the {shard['selection_tests']} selected tests (a stride "
+        f"over a shuffle of seed {shard['seed']}). {data.get('stale_not_judged', '')}. `mnnrepro merge` gives the "
+        "shards one verdict.",
+        "",
+    ]
 
 
 def _coverage_line(data: dict[str, Any]) -> str:
