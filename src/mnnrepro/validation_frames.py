@@ -33,6 +33,9 @@ from .runner import Completed, Runner
 
 DIRNAME = "attribution"
 MAX_VUIDS = 8  # reruns per cell: the most frequent VUIDs first (one rerun each: this is the attribution's cost)
+# Seconds of reruns per cell: no new rerun starts after it (a rare VUID that does not come back runs the whole cell
+# under gdb each time; 3.6.1's image mode on SwiftShader took minutes for 8). The rest are listed, not attributed.
+BUDGET_S = 600.0
 MAX_FRAMES = 6
 BREAK_ACTION = "VK_DBG_LAYER_ACTION_LOG_MSG,VK_DBG_LAYER_ACTION_BREAK"
 # A rerun's time limit: the VUID was raised within the cell's own run, so three times its duration plus a minute
@@ -188,6 +191,7 @@ def attribute(
     why_no_gdb: str = "",
     enabled: bool = True,
     limit: int = MAX_VUIDS,
+    budget_s: float = BUDGET_S,
     say: Callable[[str], None] = print,
 ) -> None:
     """Adds to a validation record (validation.assess) each VUID's `frames` (and a `note` where it has none) and
@@ -198,7 +202,12 @@ def attribute(
         record["attribution"] = {"status": SKIPPED, "reason": why, "runs": 0, "seconds": 0.0}
         return
     started, chosen = time.monotonic(), list(vuids)[:limit]  # assess sorts them by count, most frequent first
-    for vuid in chosen:
+    for number, vuid in enumerate(list(chosen)):
+        if time.monotonic() - started > budget_s:  # the cell's attribution budget is spent: the rest not rerun
+            for late in chosen[number:]:
+                vuids[late] |= {"frames": [], "note": f"not attributed: the cell's {budget_s:g} s of reruns were spent"}
+            chosen = chosen[:number]
+            break
         say(f"  attribution: {vuid} (rerun under gdb, the layer breaking on it alone)")
         mute = [v for v in vuids if v != vuid] + [validation.CANARY_VUID]
         frames, note = run_one(vuid, mute, rerun, result_dir / DIRNAME / slug(vuid), runner=runner, gdb_path=gdb_path)
@@ -207,11 +216,12 @@ def attribute(
             vuids[vuid]["note"] = note
     left = [v for v in vuids if v not in chosen]
     for vuid in left:
-        vuids[vuid] |= {"frames": [], "note": f"not attributed: only the {limit} most frequent VUIDs are rerun"}
+        vuids[vuid].setdefault("note", f"not attributed: only the {limit} most frequent VUIDs are rerun")
+        vuids[vuid]["frames"] = []
     missing = [v for v in chosen if not vuids[v]["frames"]]
     reason = f"{len(chosen) - len(missing)} of {len(vuids)} VUID(s) placed in MNN"
     reason += f"; not placed: {', '.join(missing)}" if missing else ""
-    reason += f"; not rerun (over the cap of {limit}): {', '.join(left)}" if left else ""
+    reason += f"; not rerun (over the cap of {limit} or the {budget_s:g} s budget): {', '.join(left)}" if left else ""
     record["attribution"] = {
         "status": PARTIAL if missing or left else DONE,
         "reason": reason,

@@ -268,3 +268,14 @@ def test_reports_show_the_first_mnn_frame_or_why_there_is_none() -> None:
     assert "frames partial (2 rerun(s), 3.0 s)" in validation.one_line(record)
     md = "\n".join(report._md_validation(data))
     assert "| MNN frame |" in md and "VulkanImage.cpp:115" in md
+
+
+def test_no_rerun_starts_once_the_cells_budget_is_spent(tmp_path: Path) -> None:
+    """A cell's reruns stop at its time budget (each can take a whole cell's run under gdb): the rest are listed."""
+    record = _record(ACCESS, SSTYPE, PNEXT)
+    runner = FakeLayerUnderGdb([ACCESS, SSTYPE, PNEXT])
+    vf.attribute(record, tmp_path, _rerun(tmp_path), runner=runner, gdb_path="gdb", budget_s=-1.0, say=lambda _: None)
+    att = record["attribution"]
+    assert (att["status"], att["runs"], runner.calls) == (vf.PARTIAL, 0, [])
+    assert att["not_attributed"] == [ACCESS, SSTYPE, PNEXT]
+    assert all("s of reruns were spent" in record["vuids"][v]["note"] for v in (ACCESS, SSTYPE, PNEXT))
