@@ -656,6 +656,12 @@ def vuid_findings(data: dict[str, Any]) -> list[VuidFinding]:
     VUIDs of a VUID reduction (reduce --vuid). A cell whose layer was not shown loaded has none."""
     if data.get("session") == "reduce":
         return _reduce_vuids(data)
+    if data.get("session") == "ops":  # its VUIDs are per test (cells[].validation): no report of them yet
+        raise ConfigError(
+            "report --issue --vuid takes a training session's or a `reduce --vuid` run's results; MNN's own tests' "
+            "VUIDs (ops run --vk-validation) are not written up yet",
+            hint="reduce it first: python -m mnnrepro reduce --vuid VUID ..., then report --issue on that run",
+        )
     if "cells" not in data or "header" not in data:
         raise ConfigError("not a summary.json of an mnnrepro session")
     h = data["header"]

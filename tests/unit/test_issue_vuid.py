@@ -113,3 +113,13 @@ def test_report_issue_vuid_on_a_training_session(tmp_path: Path, capsys: pytest.
     (tmp_path / "summary.json").write_text(json.dumps(_training()))
     assert cli.main(["report", "--issue", str(tmp_path), "--vuid", VUID]) == 0
     assert VUID in (tmp_path / "ISSUE.md").read_text().splitlines()[0]
+
+
+def test_ops_results_are_refused_with_what_to_do_instead() -> None:
+    """An ops summary has no header of a training session: the report says it takes another kind of results."""
+    from mnnrepro import issue
+    from mnnrepro.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="not written up yet") as caught:
+        issue.vuid_findings({"session": "ops", "cells": []})
+    assert "reduce --vuid" in (caught.value.hint or "")
