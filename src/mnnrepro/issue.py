@@ -676,11 +676,7 @@ def vuid_findings(data: dict[str, Any]) -> list[VuidFinding]:
         for vuid, info in (record.get("vuids") or {}).items():
             found.append(
                 VuidFinding(
-                    vuid=vuid,
-                    count=int(info.get("count", 0)),
-                    severity=str(info.get("severity", "")),
-                    first=str(info.get("first", "")),
-                    frames=[str(f) for f in info["frames"]] if info.get("frames") else None,
+                    **_layer_says(vuid, info),
                     mode=str(record.get("mode", "on")),
                     session=str(h.get("session", "")),
                     ref=c["ref"],
@@ -700,17 +696,25 @@ def vuid_findings(data: dict[str, Any]) -> list[VuidFinding]:
     return found
 
 
+def _layer_says(vuid: str, info: dict[str, Any]) -> dict[str, Any]:
+    """A VUID's entry of a validation record (training cell or reduced graph) as VuidFinding's fields: its count,
+    severity, first message and, where attributed, MNN's frames (None: no attribution)."""
+    return {
+        "vuid": vuid,
+        "count": int(info.get("count", 0)),
+        "severity": str(info.get("severity", "")),
+        "first": str(info.get("first", "")),
+        "frames": [str(f) for f in info["frames"]] if info.get("frames") else None,
+    }
+
+
 def _reduce_vuids(data: dict[str, Any]) -> list[VuidFinding]:
     entry = data.get("vuid") or {}
     if (data.get("target") or {}).get("kind") != "vuid" or not entry:
         raise ConfigError("these reduce results reduce a crash or wrong values, not a VUID", hint="omit --vuid")
     return [
         VuidFinding(
-            vuid=vuid,
-            count=int(info.get("count", 0)),
-            severity=str(info.get("severity", "")),
-            first=str(info.get("first", "")),
-            frames=[str(f) for f in info["frames"]] if info.get("frames") else None,
+            **_layer_says(vuid, info),
             mode=str(entry.get("mode", "on")),
             session="reduce",
             ref=str(data.get("ref", "")),
