@@ -160,6 +160,12 @@ def bisect(session: nox.Session) -> None:
     _mnnrepro(session, "bisect")
 
 
+@nox.session(tags=["vulkan"])
+def triage(session: nox.Session) -> None:
+    """What passes at ref A and fails at ref B (`-- A B [--a-results DIR --b-results DIR] [--plan-only]`)."""
+    _mnnrepro(session, "triage")
+
+
 @nox.session
 def golden(session: nox.Session) -> None:
     """Regenerate the CPU gradient golden: `nox -s golden -- --ref 3.3.0` (checked against numpy first)."""

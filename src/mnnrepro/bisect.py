@@ -41,6 +41,9 @@ from .judge import OFF_GPU, change_words, judge
 from .runner import CommandResult, host_command
 from .settings import Settings
 from .signature import SIGNAL_ONLY
+from .workloads.ops import judge as opjudge
+from .workloads.ops import optest
+from .workloads.ops import session as opsession
 from .workloads.reduce import search as reduce
 from .workloads.reduce import session as redsession
 from .workloads.train import workload as train
@@ -513,6 +516,50 @@ class ReproOracle(MnnOracle):
         return checker.judge([tuple(checker.op_indices())])[0]
 
 
+class OptestOracle(MnnOracle):
+    """One of MNN's own tests as the workload (``bisect --test NAME``, issue 27): at each commit the same
+    preparation, ``mnn_optest`` built as the ops session builds it, then the test on the CPU and on the cell, judged
+    as the ops session judges it (opsession._cell: beside the CPU result, device rows). PASS/UNEXPECTED-PASS -> PASS;
+    FAIL, CRASH, TIMEOUT and FALLBACK are verdicts; a commit where the test is not built, or did no GPU work
+    (NO-GPU-WORK, NOT-EXERCISED) or whose CPU run failed, is skipped, never a PASS."""
+
+    def __init__(
+        self, git_dir: Path, variant: str, settings: Settings, results: Path, say: Callable[[str], None], test: str
+    ) -> None:
+        super().__init__(git_dir, variant, settings, results, say)
+        self.test = test
+        self.expectations = opjudge.load_expectations()
+
+    def __call__(self, commit: str) -> Outcome:
+        prepared = self._prepare(commit)
+        if isinstance(prepared, Outcome):
+            return prepared
+        try:
+            binary = optest.build_binary(prepared.built.builder, prepared.built.core)
+        except BuildError as exc:
+            return Outcome(None, "mnn_optest does not build: " + exc.message.splitlines()[0][:200])
+        if self.test not in binary.tests:
+            return Outcome(None, f"{self.test} is not built at this commit")
+        t_run = time.monotonic()
+        step_dir = self.results / "steps" / commit[:12]
+        cpu_outcomes: dict[str, optest.Outcome] = {}
+        status, reason = "", ""
+        for variant, icd_name in (("cpu", "-"), (self.variant, self.icd_name)):
+            cell = Cell(commit[:12], variant, icd_name)
+            judged, ran, _ = opsession._cell(
+                cell, prepared, binary, [self.test], {}, self.expectations, cpu_outcomes, self.settings, step_dir,
+                self.say,
+            )  # fmt: skip
+            cpu_outcomes = cpu_outcomes or ran
+            status, reason = (judged[0].status, judged[0].reason) if judged else ("", "not run")
+        built = f"build {prepared.built.build_s:.0f}s, run {time.monotonic() - t_run:.0f}s"
+        if status in ("PASS", "UNEXPECTED-PASS"):
+            return Outcome("PASS", f"{built}; {self.test} passes on the backend")
+        if status in (*opjudge.FAILING, FALLBACK):
+            return Outcome(status, f"{built}; {self.test}: {status} {reason}".rstrip())
+        return Outcome(None, f"{built}; {self.test}: {status or 'no result'} {reason}".rstrip())
+
+
 def default_git_dir(settings: Settings, say: Callable[[str], None]) -> Path:
     """--git-dir, else settings.git_url when it is a local repository (MNNREPRO_GIT_URL=/path/to/mirror),
     else a bare clone of git_url in the cache (fetched again on every bisect, so new refs are known)."""
@@ -568,6 +615,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=Path,
         help="a reduce run's results directory: bisect with its reduced graph instead of MNIST training",
     )
+    p.add_argument("--test", help="one of MNN's own tests (mnn_optest NAME) as the workload instead of MNIST training")
+
+
+def _test_cell(variant: str, settings: Settings, test: str | None, repro: Path | None) -> str:
+    """The state file's cell of ``--test NAME`` (how a crash is judged is part of it, as for --repro), or ""."""
+    if test and repro is not None:
+        raise BisectError("--test and --repro are two workloads: give one")
+    return f"{variant}/{settings.icds[0]}/optest={test}/{'signature' if settings.gdb else 'signal'}" if test else ""
 
 
 def main(args: argparse.Namespace, settings: Settings, *, say: Callable[[str], None] = print) -> int:
@@ -584,7 +639,8 @@ def main(args: argparse.Namespace, settings: Settings, *, say: Callable[[str], N
             raise BisectError(f"--repro {repro}: not the results directory of a finished reduce run")
         variant = str(json.loads((repro / "summary.json").read_text()).get("variant") or variant)
     settings, _ = prepare.preflight_for(settings, (variant,), say)  # before any commit is built
-    cell = f"{variant}/{settings.icds[0]}/steps={settings.steps}"
+    test = getattr(args, "test", None)
+    cell = _test_cell(variant, settings, test, repro) or f"{variant}/{settings.icds[0]}/steps={settings.steps}"
     if repro is not None:
         digest = hashlib.sha256((repro / "repro" / "graph.mnn").read_bytes()).hexdigest()[:12]
         # How a crash is judged is part of the cell: steps judged by the signal alone (no gdb) are not reused by
@@ -609,6 +665,8 @@ def main(args: argparse.Namespace, settings: Settings, *, say: Callable[[str], N
     oracle = (
         ReproOracle(git_dir, variant, settings, results, tee, repro)
         if repro is not None
+        else OptestOracle(git_dir, variant, settings, results, tee, test)
+        if test
         else MnnOracle(git_dir, variant, settings, results, tee)
     )
     result = bisect(rng, oracle, state_file=state, cell=cell, say=tee)

@@ -30,7 +30,10 @@ from . import (
 )
 from .errors import ConfigError, MnnReproError
 from .settings import Settings, load
+from .triage import add_arguments as triage_arguments
+from .triage import run as triage_run
 from .workloads.ops import judge as opjudge
+from .workloads.ops import optest
 from .workloads.ops import report as opreport
 from .workloads.ops import session as opsession
 from .workloads.reduce import session as redsession
@@ -75,6 +78,7 @@ def parser() -> argparse.ArgumentParser:
         _add_report,
         _add_reduce,
         _add_merge,
+        _add_triage,
     ):
         add(sub)
     return ap
@@ -145,6 +149,12 @@ def _add_run(sub: Subcommands) -> None:
         action="store_const",
         const=False,
         help="run the CPU baseline again instead of taking the stored run of the same build and workload",
+    )
+    run.add_argument(
+        "--shard",
+        help="only shard K of N of the session's GPU cells (K/N, 1-based; a stride over a fixed-seed shuffle, "
+        "shard.py), with the CPU baselines they need, or auto (GitLab's CI_NODE_INDEX/CI_NODE_TOTAL); a shard's "
+        "reports are partial (mnnrepro merge gives the shards one verdict)",
     )
 
 
@@ -229,6 +239,11 @@ def _add_build(sub: Subcommands) -> None:
     )
     bld.add_argument("--runner", choices=["auto", "host", "docker"])
     bld.add_argument("--jobs", type=int)
+    bld.add_argument(
+        "--optest",
+        action="store_true",
+        help="also MNN's own tests (mnn_optest) against the core: CI's build job packs it, so op shards build nothing",
+    )
     bld.add_argument(
         "--no-clone", dest="clone", action="store_const", const=False, help="fail instead of cloning a missing source"
     )
@@ -374,6 +389,9 @@ def _build(args: argparse.Namespace, settings: Settings) -> int:
     print(f"driver: {built.driver}")
     for variant, lib in built.plugins.items():
         print(f"{variant}: {lib}")
+    if args.optest:
+        binary = optest.build_binary(built.builder, built.core)
+        print(f"mnn_optest: {binary.path}")
     print(f"variants dir: {built.core.variant_dir} ({built.build_s:.0f} s)")
     return 0
 
@@ -438,10 +456,13 @@ def _main(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             settings = replace(settings, vk_validation="off")
-        if settings.shard and not (args.command == "ops" and args.action == "run"):
-            # Only `ops run` shards yet (issue 26): elsewhere MNNREPRO_SHARD would be ignored, so say so.
+        if settings.shard and not (args.command == "run" or (args.command == "ops" and args.action == "run")):
+            # Only `ops run` and the training sessions shard (issue 26): elsewhere MNNREPRO_SHARD would be ignored.
             what = f"{args.command} {getattr(args, 'action', '')}".strip()
-            print(f"mnnrepro: shard = {settings.shard} applies to `ops run` only; `{what}` ignores it", file=sys.stderr)
+            print(
+                f"mnnrepro: shard = {settings.shard} applies to `run` and `ops run` only; `{what}` ignores it",
+                file=sys.stderr,
+            )
             settings = replace(settings, shard="")
         return _dispatch(args, settings)
 
@@ -490,6 +511,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         "swiftshader": _swiftshader,
         "report": _report,
         "merge": lambda a, s: merge.run(a.inputs, s, out=a.out),
+        "triage": _triage,
         "reduce": lambda a, s: (
             redsession.check_at(s, a.check)
             if a.check
@@ -502,10 +524,22 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _add_merge(sub: Subcommands) -> None:
-    mg = sub.add_parser("merge", help="one verdict from the shards of an op sweep (`ops run --shard K/N`)")
+    mg = sub.add_parser(
+        "merge", help="one verdict from the shards of an op sweep or a training session (`--shard K/N`)"
+    )
     mg.add_argument("inputs", nargs="+", type=Path, help="every shard's results directory (or summary.json)")
     mg.add_argument("--out", type=Path, help="where the merged reports go (default: a new results directory)")
     mg.add_argument("--results-dir", dest="results_dir", help="where results/<time>-merge-<pid>/ goes")
+
+
+def _add_triage(sub: Subcommands) -> None:
+    triage_arguments(
+        sub.add_parser("triage", help="what passes at ref A and fails at ref B: each reduced, bisected, written up")
+    )
+
+
+def _triage(args: argparse.Namespace, settings: Settings) -> int:
+    return triage_run.main(args, settings)
 
 
 def _add_report(sub: Subcommands) -> None:

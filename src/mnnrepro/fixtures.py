@@ -536,8 +536,22 @@ CHECK_LIMITS: dict[str, tuple[float, float, bool]] = {
 PRECISIONS = ("high", "normal", "low")
 
 
-def load_matrix(path: Path = MATRIX) -> Matrix:
-    """Read and check fixtures/matrix.toml: every key known, every value of the right type and range."""
+# A fork's own fixture files in place of ours (the reusable action's `matrix` and `expectations` inputs, README
+# "Use it in MNN's own CI"): read and checked exactly as ours are.
+MATRIX_ENV = "MNNREPRO_MATRIX"
+OPS_EXPECTATIONS_ENV = "MNNREPRO_OPS_EXPECTATIONS"
+
+
+def fixture_path(default: Path, env: str) -> Path:
+    """The file named by the environment variable ``env`` when it is set and not empty, else ``default``."""
+    value = os.environ.get(env, "")
+    return Path(value).expanduser() if value else default
+
+
+def load_matrix(path: Path | None = None) -> Matrix:
+    """Read and check fixtures/matrix.toml (or $MNNREPRO_MATRIX): every key known, every value of the right type
+    and range."""
+    path = path or fixture_path(MATRIX, MATRIX_ENV)
     data = _read_toml(path)
     if "training" in data:  # moved by issue 24: say where, never read it as the old table
         raise FixtureError(

@@ -18,7 +18,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from . import validation
+from . import shard, validation
 from .cells import CellRun
 from .judge import NEVER_PASS, Verdict
 from .signature import SIGNAL_ONLY
@@ -366,7 +366,7 @@ def junit(data: dict[str, Any]) -> ET.Element:
     cells = data["cells"]
     n_failed = sum(failed(c) for c in cells)
     total = sum(float((c.get("evidence") or {}).get("duration_s") or 0.0) for c in cells)
-    name = f"mnnrepro.{h.get('session', 'session')}"
+    name = f"mnnrepro.{h.get('session', 'session')}" + (f" ({_partial(data)})" if data.get("shard") else "")
     counts = {"tests": str(len(cells)), "failures": str(n_failed), "errors": "0", "skipped": "0"}
     root = ET.Element("testsuites", {"name": "mnnrepro", "time": f"{total:.3f}", **counts})
     suite = ET.SubElement(root, "testsuite", {"name": _x(name), "time": f"{total:.3f}", **counts})
@@ -465,9 +465,41 @@ def _md_title(data: dict[str, Any]) -> list[str]:
     )
     if data.get("status") == INTERRUPTED:
         outcome = f"INTERRUPTED; {outcome}"
-    out = [f"## mnnrepro {h.get('session', '')}: MNN {refs}: {outcome}", ""]
+    if data.get("shard"):  # issue 26: a shard's run never reads as a whole verdict
+        outcome = f"{_partial(data)}; {outcome}"
+    out = [f"## mnnrepro {h.get('session', '')}: MNN {refs}: {outcome}", "", *_md_scope(data)]
     out += ["| run | |", "| --- | --- |", *(_row(k, v) for k, v in fingerprint(data)), ""]
     return out
+
+
+def _partial(data: dict[str, Any]) -> str:
+    return shard.Shard(int(data["shard"]["index"]), int(data["shard"]["total"])).partial_line
+
+
+def _md_scope(data: dict[str, Any]) -> list[str]:
+    """Issue 26: a shard's slice and that stale rows wait for the merge; a merge's shards, stale rows, unexpected
+    passes (judged over every cell: workloads/train/shards.py). None for a whole run with neither."""
+    out = []
+    if s := data.get("shard"):
+        out.append(
+            f"**{_partial(data)}**: {len(s['tests'])} of the session's {s['selection_tests']} GPU cells, with the CPU "
+            f"baseline(s) they need. {data.get('stale_not_judged', '')}."
+        )
+    if data.get("merged"):
+        out.append(merged_line(data))
+    out += [
+        f"- **STALE** {s['row']}: trained right in {', '.join(s['trained_right'])}" for s in data.get("stale") or []
+    ]
+    if data.get("unexpected_passes"):
+        out.append(f"- unexpected passes: {', '.join(data['unexpected_passes'])}")
+    return [*out, ""] if out else []
+
+
+def merged_line(data: dict[str, Any]) -> str:
+    """What a merged summary (`mnnrepro merge`, ops or training) was made of: every shard, whence, its status."""
+    m = data["merged"]
+    shards = "; ".join(f"{s['index']}/{m['total']} from {s['from']} ({s['status']})" for s in m["shards"])
+    return f"Merged from {len(m['shards'])} shard(s) of {m['total']} (seed {m['seed']}): {shards}."
 
 
 def _md_verdicts(cells: list[dict[str, Any]], base: Path | None) -> list[str]:

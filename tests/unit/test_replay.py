@@ -337,7 +337,14 @@ def test_the_workflow_uses_only_what_the_replay_can_stand_in_for() -> None:
         name: {} for name in ("github", "env", "matrix", "runner", "steps", "job", "strategy", "vars", "inputs")
     }
     permissive["needs"] = {
-        "setup": {"outputs": {"refs": '["3.3.0"]', "commits": '{"3.3.0": "c"}', "ops_refs": '["3.3.0"]'}}
+        "setup": {
+            "outputs": {
+                "refs": '["3.3.0"]',
+                "commits": '{"3.3.0": "c"}',
+                "ops_refs": '["3.3.0"]',
+                "ops_shards": "[1, 2, 3, 4]",
+            }
+        }
     }
     permissive["__hash_files"] = lambda patterns: "h"
     seen = 0
@@ -468,3 +475,164 @@ def test_no_function_of_the_replay_is_over_80_lines() -> None:
         and node.end_lineno - node.lineno + 1 > 80
     ]
     assert not long, long
+
+
+# -- issue 26: the op sweep's fan-out and what the replay needs to run it -------------------------------------
+
+DISPATCH = {
+    "workflow_dispatch": {
+        "inputs": {
+            "ops_select": {"type": "string", "default": ""},
+            "quick": {"type": "boolean", "default": False},
+            "tier": {"type": "choice", "options": ["ci", "all"], "default": "ci"},
+        }
+    },
+    "push": {},
+}
+
+
+def test_dispatch_inputs_defaults_overrides_and_errors() -> None:
+    assert workflow.dispatch_inputs(DISPATCH, "workflow_dispatch", {}) == {
+        "ops_select": "",
+        "quick": False,
+        "tier": "ci",
+    }
+    got = workflow.dispatch_inputs(DISPATCH, "workflow_dispatch", {"ops_select": "op/binary/,grad/", "quick": "true"})
+    assert got == {"ops_select": "op/binary/,grad/", "quick": True, "tier": "ci"}
+    # Another event: no inputs given, the declared ones read empty (null on GitHub), never an unknown-property error.
+    assert workflow.dispatch_inputs(DISPATCH, "push", {}) == {"ops_select": "", "quick": "", "tier": ""}
+    with pytest.raises(ReplayError, match="no such workflow_dispatch input"):
+        workflow.dispatch_inputs(DISPATCH, "workflow_dispatch", {"ops_selct": "x"})
+    with pytest.raises(ReplayError, match="--event workflow_dispatch"):
+        workflow.dispatch_inputs(DISPATCH, "push", {"ops_select": "x"})
+    with pytest.raises(ReplayError, match="not one of its options"):
+        workflow.dispatch_inputs(DISPATCH, "workflow_dispatch", {"tier": "some"})
+    with pytest.raises(ReplayError, match="true or false"):
+        workflow.dispatch_inputs(DISPATCH, "workflow_dispatch", {"quick": "yes"})
+    assert workflow.parse_inputs_arg(["ops_select=op/a,op/b", "x=a=b", "empty="]) == {
+        "ops_select": "op/a,op/b",
+        "x": "a=b",
+        "empty": "",
+    }
+    with pytest.raises(ReplayError, match="key=value"):
+        workflow.parse_inputs_arg(["novalue"])
+
+
+def test_inputs_reach_expressions_of_a_replay(tmp_path: Path) -> None:
+    """--input sets the `inputs` context of every job (a workflow-level env reads it as on GitHub)."""
+    pytest.importorskip("yaml", reason="PyYAML comes with the `ci` extra")
+    repo = tmp_path / "repo"
+    (repo / ".github" / "workflows").mkdir(parents=True)
+    (repo / workflow.WORKFLOW).write_text(
+        "on:\n  workflow_dispatch:\n    inputs:\n      n:\n        type: string\n        default: ''\n"
+        "env:\n  N: ${{ inputs.n || '4' }}\njobs:\n  a:\n    runs-on: ubuntu-24.04\n    steps:\n      - run: 'true'\n"
+    )
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run(
+        [
+            "git",
+            "-C",
+            str(repo),
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "x",
+        ],
+        check=True,
+    )
+
+    def replay(**inputs: str) -> engine.Replay:
+        opts = model.Options(
+            repo=repo, worktree=True, event="workflow_dispatch", state_dir=tmp_path / "state", inputs=dict(inputs)
+        )
+        return engine.Replay(opts, say=lambda _: None)
+
+    assert expand("${{ inputs.n || '4' }}", {"inputs": Strict("inputs", replay().inputs)}) == "4"
+    assert expand("${{ inputs.n || '4' }}", {"inputs": Strict("inputs", replay(n="2").inputs)}) == "2"
+    with pytest.raises(ReplayError, match="no such workflow_dispatch input"):
+        replay(m="2")
+
+
+def test_download_by_pattern_one_directory_per_artifact_unless_one_or_merged() -> None:
+    up = [f"results-ops-3.3.0-lavapipe-shard-{k}" for k in (1, 2, 3, 4)] + ["results-ops-3.3.0-swiftshader-shard-1"]
+    pattern = "results-ops-3.3.0-lavapipe-shard-*"
+    assert workflow.artifacts_to_download(up, "", pattern, False) == [(n, n) for n in up[:4]]
+    assert workflow.artifacts_to_download(up, "", pattern, True) == [(n, "") for n in up[:4]]
+    lone = "results-ops-3.3.0-swiftshader-shard-*"
+    assert workflow.artifacts_to_download(up, "", lone, False) == [(up[4], "")]  # a lone match comes flat
+    assert workflow.artifacts_to_download(up, up[1], "", False) == [(up[1], "")]
+    assert workflow.artifacts_to_download(up, "missing", "", False) == []
+    assert workflow.artifacts_to_download(up, "", "nothing-*", False) == []
+    assert len(workflow.artifacts_to_download(up, "", "", False)) == 5  # neither: every artifact of the run
+    assert local_action("actions/download-artifact@v7", {"pattern": "a-*", "path": "p", "merge-multiple": "true"})
+
+
+def test_download_artifact_puts_each_match_in_its_place(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from tools.replay import actions
+
+    names = ["shard-1", "shard-2"]
+    for n in names:
+        (tmp_path / "artifacts" / n).mkdir(parents=True)
+    put: list[tuple[Path, str]] = []
+    logs: list[str] = []
+    job: Any = SimpleNamespace(
+        container=SimpleNamespace(put_tree=lambda src, dest: put.append((src, dest))),
+        replay=SimpleNamespace(uploaded={*names, "other"}, opts=SimpleNamespace(state_dir=tmp_path)),
+        workspace="/w",
+        home="/h",
+        log=logs.append,
+    )
+    outputs: dict[str, str] = {}
+    rc = actions.download_artifact(job, {"pattern": "shard-*", "path": "/t/shards", "__name": "d"}, {}, outputs)
+    assert rc == 0 and outputs["download-path"] == "/t/shards"
+    assert put == [(tmp_path / "artifacts" / n, f"/t/shards/{n}") for n in names]
+    put.clear()
+    assert actions.download_artifact(job, {"name": "nope", "__name": "d"}, {}, outputs) == 1
+    assert put == [] and any("no artifact nope" in line for line in logs)
+
+
+def test_the_step_summaries_are_listed_at_the_end() -> None:
+    done = model.JobResult("ops-merge (3.3.0, lavapipe)", "success", summary="/r/ops-merge.summary.md")
+    assert model.summary_lines([model.JobResult("setup", "success"), done]) == [
+        "",
+        "step summaries:",
+        "  ops-merge (3.3.0, lavapipe): /r/ops-merge.summary.md",
+    ]
+    assert model.summary_lines([model.JobResult("setup", "success")]) == []
+
+
+def test_the_op_sweep_fans_out_over_shards_and_one_merge_judges_them() -> None:
+    """The ops job: a shard axis from the setup job (OPS_SHARDS, one place), --shard K/N and --select from the
+    dispatch input, a uniquely named artifact per (ref, icd, shard); ops-merge: after every shard (always()),
+    the download pattern of its (ref, icd) matches exactly that pair's shard artifacts."""
+    pytest.importorskip("yaml", reason="PyYAML comes with the `ci` extra")
+    wf = workflow.load_workflow((ROOT / workflow.WORKFLOW).read_text())
+    ops, merge = wf["jobs"]["ops"], wf["jobs"]["ops-merge"]
+    assert wf["env"]["OPS_SHARDS"] == "${{ inputs.ops_shards || '4' }}"
+    assert set(wf["on"]["workflow_dispatch"]["inputs"]) >= {"ops_select", "ops_shards"}
+    assert ops["strategy"]["fail-fast"] is False and merge["strategy"]["fail-fast"] is False
+    assert ops["strategy"]["matrix"]["shard"] == "${{ fromJSON(needs.setup.outputs.ops_shards) }}"
+    run = next(s["run"] for s in ops["steps"] if "nox -s ops" in s.get("run", ""))
+    assert '--shard "$SHARD/$OPS_SHARDS"' in run and "--no-clone" in run and '--select "$SELECT"' in run
+    assert ops["env"]["SELECT"] == "${{ inputs.ops_select }}" and "--results-dir results/ops" in run
+    assert not any("mnnrepro build" in s.get("run", "") for s in ops["steps"])  # the build job's artifact only
+    assert set(engine.Replay.needs_of(merge)) == {"setup", "ops"} and merge["if"].startswith("always()")
+    upload = next(s for s in ops["steps"] if s.get("uses", "").startswith("actions/upload-artifact"))
+    download = next(s for s in merge["steps"] if s.get("uses", "").startswith("actions/download-artifact"))
+    names = []
+    for ref, icd, shard in [("3.3.0", "lavapipe", k) for k in (1, 2, 3, 4)] + [("3.3.0", "swiftshader", 1)]:
+        c = {"matrix": Strict("matrix", {"ref": ref, "icd": icd, "shard": shard})}
+        names.append(expand(upload["with"]["name"], c))
+    assert len(set(names)) == len(names)
+    c = {"matrix": Strict("matrix", {"ref": "3.3.0", "icd": "lavapipe"})}
+    picked = workflow.artifacts_to_download(names, "", expand(download["with"]["pattern"], c), False)
+    assert [n for n, _ in picked] == names[:4]
+    merge_run = next(s["run"] for s in merge["steps"] if "mnnrepro merge" in s.get("run", ""))
+    assert "GITHUB_STEP_SUMMARY" in merge_run and '"stale"' in merge_run

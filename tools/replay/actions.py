@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from .errors import ReplayError
-from .workflow import cache_dir_name, find_cache, plan_upload, search_root
+from .workflow import artifacts_to_download, cache_dir_name, find_cache, plan_upload, search_root
 
 if TYPE_CHECKING:
     from .job import JobRun
@@ -193,15 +193,22 @@ def upload_artifact(job: JobRun, inputs: Mapping[str, str], env: dict[str, str],
 
 def download_artifact(job: JobRun, inputs: Mapping[str, str], env: dict[str, str], outputs: dict[str, str]) -> int:
     assert job.container is not None
-    name = inputs.get("name", "")
-    if not name:
-        raise ReplayError(f"{inputs['__name']}: the replay downloads one artifact by name")
-    src = job.replay.opts.state_dir / "artifacts" / name
-    if name not in job.replay.uploaded or not src.is_dir():
+    name, merge_multiple = inputs.get("name", ""), inputs.get("merge-multiple", "false") == "true"
+    picked = artifacts_to_download(job.replay.uploaded, name, inputs.get("pattern", ""), merge_multiple)
+    if name and not picked:
         job.log(f"   ::error::no artifact {name} was uploaded in this run")
         return 1
     dest = path_in_job(job, inputs.get("path") or ".", env)
-    job.container.put_tree(src, dest)
-    job.log(f"   artifact {name}: {src} -> {dest}")
+    job.log(
+        f"   {len(picked)} artifact(s) to {dest}" + (f" (pattern {inputs['pattern']})" if inputs.get("pattern") else "")
+    )
+    for artifact, subdir in picked:
+        src = job.replay.opts.state_dir / "artifacts" / artifact
+        if not src.is_dir():
+            job.log(f"   ::error::artifact {artifact} is gone from {src}")
+            return 1
+        where = str(PurePosixPath(dest) / subdir) if subdir else dest
+        job.container.put_tree(src, where)
+        job.log(f"   artifact {artifact}: {src} -> {where}")
     outputs["download-path"] = dest
     return 0

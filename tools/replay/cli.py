@@ -10,11 +10,13 @@ from pathlib import Path
 
 from mnnrepro import fixtures, interrupts
 from mnnrepro.cli import guarded
+from mnnrepro.fixtures import ROOT
 
+from .composite import parse_map
 from .engine import Replay
 from .errors import ReplayError
-from .model import JobResult, Options, default_state_dir
-from .workflow import WORKFLOW, parse_matrix_arg
+from .model import JobResult, Options, default_state_dir, summary_lines
+from .workflow import WORKFLOW, parse_inputs_arg, parse_matrix_arg
 
 
 def table(results: Sequence[JobResult]) -> list[str]:
@@ -59,9 +61,26 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--mirror", type=Path, help="a local MNN git repository (bare ok): MNN_GIT_URL in the jobs")
     p.add_argument("--env", dest="replay_env", action="append", default=[], help="NAME=VALUE for every step")
     p.add_argument(
+        "--input", dest="inputs", action="append", default=[], help="key=value: a workflow_dispatch input (repeatable)"
+    )
+    p.add_argument(
         "--state-dir", dest="state_dir", type=Path, help="caches, artifacts, logs (~/.cache/mnnrepro/replay)"
     )
-    p.add_argument("--workflow", type=Path, default=WORKFLOW, help=f"relative to the checkout (default {WORKFLOW})")
+    p.add_argument("--workflow", type=Path, default=WORKFLOW, help=f"relative to --repo (default {WORKFLOW})")
+    p.add_argument(
+        "--repo",
+        type=Path,
+        default=ROOT,
+        help="the git checkout the workflow lives in and the jobs check out (default: this one)",
+    )
+    p.add_argument(
+        "--action",
+        dest="action_map",
+        action="append",
+        default=[],
+        metavar="USES=PATH",
+        help="run `uses: USES` (fnmatch ok) from the local directory PATH; */mnnrepro@* is this checkout unless mapped",
+    )
     p.add_argument("--keep-work", dest="keep_work", action="store_true", help="keep runs-on jobs' host directories")
     return p
 
@@ -95,7 +114,12 @@ def replay(args: argparse.Namespace) -> int:
     mirror = args.mirror.resolve() if args.mirror else None
     if mirror is not None and not mirror.is_dir():
         raise ReplayError(f"--mirror {mirror} is not a directory")
+    repo = args.repo.expanduser().resolve()
+    if not (repo / ".git").exists():
+        raise ReplayError(f"--repo {repo} is not a git checkout", hint="git init; git add -A; git commit")
     opts = Options(
+        repo=repo,
+        actions=parse_map(args.action_map),
         workflow=args.workflow,
         worktree=args.worktree,
         event=args.event,
@@ -103,6 +127,7 @@ def replay(args: argparse.Namespace) -> int:
         mirror=mirror,
         env=env,
         keep_work=args.keep_work,
+        inputs=parse_inputs_arg(args.inputs),
     )
     run = Replay(opts)
     if args.list_jobs:
@@ -114,12 +139,12 @@ def replay(args: argparse.Namespace) -> int:
     if opts.event not in (events if isinstance(events, (dict, list)) else [events]):
         raise ReplayError(f"the workflow does not run on {opts.event!r}", hint=f"its events: {', '.join(events)}")
     print(
-        f"replay of {opts.workflow} ({'working tree' if opts.worktree else 'HEAD ' + run.sha[:12]}), event "
-        f"{opts.event}, run {run.run_id}; logs in {run.run_dir}"
+        f"replay of {opts.workflow} in {opts.repo} ({'working tree' if opts.worktree else 'HEAD ' + run.sha[:12]}), "
+        f"event {opts.event}, run {run.run_id}; logs in {run.run_dir}"
     )
     t0 = time.monotonic()
     results = run.run(args.replay_jobs, parse_matrix_arg(args.matrix))
-    print("\n".join(["", *table(results), f"wall time {time.monotonic() - t0:.1f} s"]))
+    print("\n".join(["", *table(results), f"wall time {time.monotonic() - t0:.1f} s", *summary_lines(results)]))
     problems = failed(results, args.replay_jobs)
     for p in problems:
         print(f"FAILED: {p}")

@@ -16,7 +16,7 @@ from .errors import ReplayError
 from .expressions import Context, Strict, evaluate_if, to_str
 from .job import JobRun
 from .model import REPO_NAME, JobResult, Options, StepResult, merge, needs_context
-from .workflow import expand_matrix, load_workflow, select_matrix
+from .workflow import dispatch_inputs, expand_matrix, load_workflow, select_matrix
 
 
 class Replay:
@@ -30,6 +30,7 @@ class Replay:
         self._checkout: Path | None = None
         self._runner_lock: Any = None
         self.workflow = load_workflow(self.workflow_text())
+        self.inputs = dispatch_inputs(self.workflow.get("on"), opts.event, opts.inputs)
         self.sha = self._git("rev-parse", "HEAD").strip()
 
     def _git(self, *args: str) -> str:
@@ -174,7 +175,7 @@ class Replay:
                 "github": self.github(name, ""),
                 "needs": needs_context(needs),
                 "vars": Strict("vars"),
-                "inputs": Strict("inputs"),
+                "inputs": Strict("inputs", self.inputs),
                 "__status": "success" if all(r.status == "success" for r in needs.values()) else "failure",
             }
             combos = expand_matrix(job.get("strategy"), ctx)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from . import actions
+from . import actions, composite
 from .containers import LABEL, MIRROR_IN_CONTAINER, PREPARE, Container, job_image, registry_mounts
 from .errors import ReplayError
 from .expressions import Context, Strict, evaluate_if, expand, expand_value, to_str, truthy
@@ -77,7 +77,7 @@ class JobRun:
             "job": Strict("job", {"status": self.result.status}),
             "strategy": Strict("strategy", {"fail-fast": True, "job-index": 0, "job-total": 1, "max-parallel": 1}),
             "vars": Strict("vars"),
-            "inputs": Strict("inputs"),
+            "inputs": Strict("inputs", self.replay.inputs),
             "__status": self.result.status,
             "__hash_files": self.hash_files,
         }
@@ -193,6 +193,7 @@ class JobRun:
         if self.summary:
             path = self.log_path.with_suffix(".summary.md")
             path.write_text("\n".join(self.summary))
+            self.result.summary = str(path)
             self.log(f"   job summary: {path}")
         try:
             ctx = self.ctx(self.env_for({}))
@@ -364,6 +365,9 @@ class JobRun:
     def uses(self, step: Mapping[str, Any], ctx: Context, env: dict[str, str], outputs: dict[str, str]) -> int:
         uses = str(step["uses"])
         inputs = {k: to_str(expand_value(v, ctx)) for k, v in (step.get("with") or {}).items()}
+        where = composite.action_dir(uses, self.replay.opts.actions, self.replay.checkout_tree)
+        if where is not None:
+            return composite.run_composite(self, where, uses, inputs, ctx, outputs)
         kind = local_action(uses, inputs)
         handler: dict[str, Callable[[JobRun, Mapping[str, str], dict[str, str], dict[str, str]], int]] = {
             "checkout": actions.checkout,

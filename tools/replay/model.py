@@ -37,6 +37,7 @@ class JobResult:
     status: str  # success, failure, skipped
     outputs: dict[str, str] = field(default_factory=dict)
     steps: list[StepResult] = field(default_factory=list)
+    summary: str = ""  # the file its $GITHUB_STEP_SUMMARY was written to ("" for none)
 
 
 @dataclass
@@ -49,6 +50,9 @@ class Options:
     mirror: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
     keep_work: bool = False
+    inputs: dict[str, str] = field(default_factory=dict)  # --input: workflow_dispatch inputs
+    # `uses:` patterns -> local action directories (composite.parse_map; its default maps */mnnrepro@* here)
+    actions: tuple[tuple[str, Path], ...] = ()
 
 
 def merge(results: list[JobResult]) -> JobResult:
@@ -69,3 +73,9 @@ def needs_context(needs: Mapping[str, JobResult]) -> Strict:
         "needs",
         {name: Strict(f"needs.{name}", {"result": r.status, "outputs": dict(r.outputs)}) for name, r in needs.items()},
     )
+
+
+def summary_lines(results: list[JobResult]) -> list[str]:
+    """Where each job's step summary ($GITHUB_STEP_SUMMARY, which GitHub shows on the run's page) was written."""
+    written = [r for r in results if r.summary]
+    return ["", "step summaries:", *(f"  {r.job}: {r.summary}" for r in written)] if written else []

@@ -3,11 +3,12 @@ each local action stands in for, upload-artifact's choice of files and actions/c
 
 from __future__ import annotations
 
+import fnmatch
 import importlib
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import product
 from pathlib import Path, PurePosixPath
@@ -138,7 +139,7 @@ LOCAL_ACTIONS: dict[str, tuple[str, frozenset[str]]] = {
             }
         ),
     ),
-    "actions/download-artifact": ("download-artifact", frozenset({"name", "path"})),
+    "actions/download-artifact": ("download-artifact", frozenset({"name", "path", "pattern", "merge-multiple"})),
 }
 
 
@@ -252,3 +253,68 @@ def find_cache(store: Path, key: str, restore_keys: Sequence[str], paths: Sequen
         if hits:
             return hits[0][1], hits[0][2]
     return None
+
+
+def dispatch_inputs(on: Any, event: str, given: Mapping[str, str]) -> dict[str, Any]:
+    """The `inputs` context: the workflow_dispatch inputs the workflow declares, each its --input value or its
+    default on a workflow_dispatch run. On any other event GitHub gives no inputs (a declared one reads null,
+    which compares equal to ''): here "". An input the workflow does not declare, --input on another event, a
+    required input without a value, a choice not among its options or a boolean that is not true/false: errors."""
+    dispatch = on.get("workflow_dispatch") if isinstance(on, dict) else None
+    declared: dict[str, Any] = dict((dispatch or {}).get("inputs") or {})
+    if unknown := sorted(set(given) - set(declared)):
+        raise ReplayError(
+            f"--input {', '.join(unknown)}: no such workflow_dispatch input",
+            hint=f"the workflow's inputs: {', '.join(declared) or 'none'}",
+        )
+    if event != "workflow_dispatch":
+        if given:
+            raise ReplayError(f"--input is for --event workflow_dispatch, not {event}")
+        return {name: "" for name in declared}
+    out: dict[str, Any] = {}
+    for name, spec in declared.items():
+        spec = spec or {}
+        kind = str(spec.get("type", "string"))
+        value = given[name] if name in given else to_str(spec.get("default", ""))
+        if spec.get("required") and value == "":
+            raise ReplayError(f"workflow_dispatch input {name} is required: --input {name}=VALUE")
+        if kind == "choice" and value not in [to_str(o) for o in spec.get("options") or []]:
+            raise ReplayError(f"--input {name}={value}: not one of its options {spec.get('options')}")
+        if kind == "boolean":
+            if value.lower() not in ("true", "false"):
+                raise ReplayError(f"--input {name}={value}: a boolean input wants true or false")
+            out[name] = value.lower() == "true"
+        elif kind == "number" and value != "":
+            try:
+                out[name] = float(value) if "." in value else int(value)
+            except ValueError:
+                raise ReplayError(f"--input {name}={value}: a number input wants a number") from None
+        else:
+            out[name] = value
+    return out
+
+
+def parse_inputs_arg(items: Sequence[str]) -> dict[str, str]:
+    """--input key=value (repeatable): a value may hold commas and `=`; an empty value is allowed."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ReplayError(f"--input wants key=value, got {item!r}")
+        out[key.strip()] = value
+    return out
+
+
+def artifacts_to_download(
+    uploaded: Iterable[str], name: str, pattern: str, merge_multiple: bool
+) -> list[tuple[str, str]]:
+    """download-artifact's choice: (artifact, subdirectory of `path` it goes to). By name: that artifact, into
+    `path` itself (absent: none, the caller's error). Else every artifact of the run, or those `pattern` matches
+    (a glob), each into a directory of its name, unless merge-multiple is on or only one matched: then into
+    `path` itself (the action's `isSingleArtifactDownload || mergeMultiple || artifacts.length === 1`)."""
+    names = sorted(set(uploaded))
+    if name:
+        return [(name, "")] if name in names else []
+    chosen = [n for n in names if not pattern or fnmatch.fnmatchcase(n, pattern)]
+    flat = merge_multiple or len(chosen) == 1
+    return [(n, "" if flat else n) for n in chosen]

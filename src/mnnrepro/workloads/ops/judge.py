@@ -47,7 +47,7 @@ from typing import Any
 from ... import signature as signatures
 from ...contract import Device as Device  # opsession and the tests name opjudge.Device
 from ...errors import FixtureError
-from ...fixtures import DEVICE_KEYS, FIXTURES, HOST_ICD, OnDevice, covers_cell
+from ...fixtures import DEVICE_KEYS, FIXTURES, HOST_ICD, OPS_EXPECTATIONS_ENV, OnDevice, covers_cell, fixture_path
 from ...settings import VK_VALIDATION_MODES
 from ...signature import SIGNAL_ONLY
 from .optest import PASSED, Outcome
@@ -358,9 +358,11 @@ def _layer_factors(path: Path, raw: Any) -> dict[str, float]:
     return {mode: _number(f"{where} {mode}", value, 1, 20) for mode, value in table.items()}
 
 
-def load_expectations(path: Path = EXPECTATIONS) -> Expectations:
-    """Read and check the expectations: every key known, every status one that can be expected, a reason each,
-    each `match` a regular expression, the glue table and the slow tests' limits."""
+def load_expectations(path: Path | None = None) -> Expectations:
+    """Read and check the expectations (fixtures/ops/expectations.toml, or $MNNREPRO_OPS_EXPECTATIONS): every key
+    known, every status one that can be expected, a reason each, each `match` a regular expression, the glue table
+    and the slow tests' limits."""
+    path = path or fixture_path(EXPECTATIONS, OPS_EXPECTATIONS_ENV)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:

@@ -22,6 +22,7 @@ from ... import (
     prepare,
     report,
     reuse,
+    shard,
     source,
     validation,
     validation_frames,
@@ -35,6 +36,7 @@ from ...prepare import Prepared
 from ...runner import Completed
 from ...settings import ICD_NAMES, Settings
 from .. import base
+from . import shards
 from . import workload as train
 from .models.lenet import sgd_config
 from .workload import Training
@@ -288,6 +290,8 @@ class MnistRef:
             except OSError as exc:  # a full disk costs the next session a run, never this session's verdicts
                 self.say(f"  WARNING: could not store the run for reuse: {exc}")
         verdict.evidence["timeout_s"] = plan.timeout_s
+        if plan.expectation is not None:  # the row that judged it: stale rows are judged over every cell by it
+            verdict.evidence["row"] = plan.expectation.describe()
         if is_validated(cell, self.settings.vk_validation) and reused is None:
             verdict = self.validated(plan, run, verdict)
         if (result_dir / "gdb-rerun").is_dir():  # crashed without gdb: the backtrace is from a rerun under gdb
@@ -484,6 +488,34 @@ def check_session(name: str, settings: Settings, names: tuple[str, ...] | None =
         )
 
 
+def shard_cells(cells: list[Cell], picked: shard.Shard) -> tuple[list[Cell], dict[str, Any]]:
+    """Shard K's cells of a training session's plan (issue 26), in plan order, and summary.json's ``shard`` record:
+    its slice of the non-CPU cells (shard.py's stride over the fixed-seed shuffle of their ids), plus the CPU
+    baseline of each (ref, workload) that slice holds and no other (a GPU cell is judged against the CPU run of its
+    own ref and workload: tracking, and gradients where no golden is committed). A session with no GPU cell, or a
+    shard that would hold none, is a ConfigError: there is nothing to split, or the shard would judge nothing."""
+    gpu = [c.id for c in cells if c.variant != variants.BASELINE]
+    if not gpu:
+        raise ConfigError(
+            f"--shard {picked.index}/{picked.total}: this session plans no GPU cell, only CPU baselines: nothing to "
+            "split (shards split the GPU cells, each running the CPU baselines its own cells need)",
+            hint="run the session whole (drop --shard and MNNREPRO_SHARD)",
+        )
+    record = picked.header(gpu)
+    mine = set(record["tests"])
+    if not mine:
+        raise ConfigError(
+            f"--shard {picked.index}/{picked.total}: the session plans {len(gpu)} GPU cell(s); shard {picked.index} "
+            "would hold none",
+            hint=f"split it into at most {len(gpu)} shards",
+        )
+    needed = {(c.ref, c.workload) for c in cells if c.id in mine}
+    kept = [c for c in cells if c.id in mine or (c.variant == variants.BASELINE and (c.ref, c.workload) in needed)]
+    record["cpu_cells"] = [c.id for c in kept if c.variant == variants.BASELINE]
+    record["plan"] = [c.id for c in cells]  # the whole session's cells: the merge checks every shard planned these
+    return kept, record
+
+
 def session_refs(name: str, settings: Settings, matrix: fixtures.Matrix) -> list[str]:
     """`matrix` runs every ref of the ci and push tiers (or the one asked for); the others run one ref."""
     if settings.ref:
@@ -518,15 +550,23 @@ class MnistSession:
     results: Path = field(init=False)  # made, with the workload read, in begin (signals held from there)
     workload: Training = field(init=False)
     workloads: tuple[str, ...] = (train.NAME,)  # the training workloads, in order ([workloads.NAME])
+    sliced: shard.Shard | None = None  # --shard K/N (issue 26): this run is one slice, its reports partial
+    shard_record: dict[str, Any] | None = None  # summary.json's `shard` entry, made with the plan
 
     def plan(self) -> list[Cell]:
-        return [
+        cells = [
             c for w in self.workloads for ref in self.refs for c in cells_for(ref, self.names, self.settings.icds, w)
         ]
+        if self.sliced is None:
+            return cells
+        kept, self.shard_record = shard_cells(cells, self.sliced)
+        return kept
 
     def begin(self) -> None:
         self.results = prepare.results_dir(self.settings, self.name)
         self.say(f"mnnrepro {__version__}: session {self.name}, results in {self.results}")
+        if self.shard_record is not None:
+            self.say(shards.slice_line(self.shard_record))
         for line in self.settings.describe():
             self.say(f"  {line}")
         self.workload = train.workload_of(self.matrix, self.settings, self.workloads[0])
@@ -544,7 +584,10 @@ class MnistSession:
             )
             self.per_ref[cell.ref].update(mnist.header())
             self.built[(cell.ref, cell.workload)] = mnist
-        return mnist.run(cell)
+        run, verdict = mnist.run(cell)
+        if self.sliced is not None:  # one cell's pass does not make its row stale: other shards may use the row
+            verdict = replace(verdict, reason=shards.unsay_stale(verdict.reason))
+        return run, verdict
 
     def several(self) -> bool:
         """Another workload than MNIST's alone: the reports name each (MNIST's alone read as before)."""
@@ -562,6 +605,8 @@ class MnistSession:
     ) -> dict[str, Any]:
         header: dict[str, Any] = {
             "suite": __version__,
+            # The code and rows that judged it (fixtures.suite_digest): `mnnrepro merge` refuses shards that differ.
+            "suite_digest": fixtures.suite_digest(),
             "session": self.name,
             **self.first(),
             "refs": self.per_ref,
@@ -579,7 +624,12 @@ class MnistSession:
                 w: {**_described(train.workload_of(self.matrix, self.settings, w)), "checks": self.matrix.checks_for(w)}
                 for w in self.workloads
             }
+        header["verdict_settings"] = shards.verdict_settings(self.settings, self.names, self.workloads)
         data = report.summary(header, rows)
+        if self.shard_record is not None:
+            shards.mark_partial(data, self.shard_record)
+        elif stopped is None:  # over every cell of the session (an interrupted one lacks some: not judged)
+            data.update(shards.judge_whole(data["cells"]))
         if stopped is not None:
             _mark_interrupted(data, stopped, not_run)
         return data
@@ -614,14 +664,17 @@ class MnistSession:
         if vuids:
             say("\nvalidation layer (VUID, count, first message):\n" + vuids)
         say("\nreports: " + ", ".join(str(p) for p in written))
+        for line in shards.whole_lines(data):  # stale rows, or (a shard) that they wait for the merge
+            say(line)
         if stopped is not None:
             say(f"session {self.name}: INTERRUPTED after {len(rows)} cell(s); the results dir keeps what finished")
 
     def exit_code(self, data: dict[str, Any], rows: list[tuple[CellRun, Verdict]]) -> int:
+        name = f"{self.name} ({shards.partial_line(self.shard_record)})" if self.shard_record else self.name
         if data["all_matched"]:
-            self.say(f"session {self.name}: every cell matched its expectation")
+            self.say(f"session {name}: every cell matched its expectation")
             return 0
-        self.say(f"session {self.name}: {sum(not v.matched for _, v in rows)} cell(s) did not match their expectation")
+        self.say(f"session {name}: {sum(not v.matched for _, v in rows)} cell(s) did not match their expectation")
         return EXIT_MISMATCH
 
 
@@ -669,9 +722,12 @@ def run_session(
     started = time.monotonic()
     names = session_variants(name, settings)
     check_session(name, settings, names)
+    sliced = shard.parse(settings.shard)  # a bad --shard (or MNNREPRO_SHARD) is refused before anything is built
     matrix = fixtures.load_matrix()
     chosen = session_workloads(name, matrix, workloads)
     refs = session_refs(name, settings, matrix)
+    if sliced is not None:  # a session with nothing to split, or a shard that would be empty: known now
+        shard_cells([c for w in chosen for r in refs for c in cells_for(r, names, settings.icds, w)], sliced)
     for ref in refs:
         source.validate_ref(ref)
     fixtures.verify_mnist()
@@ -689,5 +745,5 @@ def run_session(
     checked = time.monotonic() - started  # settings, fixtures and goldens verified, preflight
     # From the moment the results directory exists a signal is held, and raises only while the cells run
     # (base.session_loop): none escapes between the cells and the reports, which are written whole.
-    session = MnistSession(name, names, settings, matrix, refs, say, started, checked, workloads=chosen)
+    session = MnistSession(name, names, settings, matrix, refs, say, started, checked, workloads=chosen, sliced=sliced)
     return base.session_loop(session, say=say)

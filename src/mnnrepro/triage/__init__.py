@@ -1,0 +1,356 @@
+"""``mnnrepro triage A B``: what passes at A and fails at B, cell by cell (training) and test by test (MNN's own
+tests), each such finding reduced, bisected between A and B and written up as an issue report.
+
+The comparison is pure functions over ``summary.json`` dictionaries (``compare``, ``tables``, ``plan``); the heavy
+steps (reduce, bisect, report) are injected (``Heavy``), so the planning is tested without an MNN build.
+
+A finding (a regression) is a key that passes at A and fails at B:
+- MNN's own tests: PASS or UNEXPECTED-PASS at A, FAIL, CRASH or TIMEOUT at B (``workloads/ops/judge.py`` FAILING).
+- Training cells: PASS or FIXED (the cell trained on the GPU and met every check) at A, FAIL, REPRODUCED,
+  UNEXPECTED-CRASH or HANG at B.
+Every other change (a move to FALLBACK, FIXED-BY-FALLBACK, NO-GPU-WORK, NOT-EXERCISED, CPU-FAIL, FLAKE ...) is
+listed, never a finding: B did not run the op (or the backend) on the GPU, or its CPU reference failed, so there is
+no wrong GPU value or GPU crash to reduce or bisect; it is listed so that nobody reads it as a pass. A key that only
+one side ran is "not comparable", never a pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..errors import EXIT_MISMATCH, ConfigError
+from ..judge import FAIL, FIXED, HANG, PASS, REPRODUCED, UNEXPECTED_CRASH
+from ..workloads.ops.judge import FAILING, NOT_RUN
+from ..workloads.train import workload as train
+
+OPS_PASS = ("PASS", "UNEXPECTED-PASS")
+OPS_FAIL = FAILING  # FAIL, CRASH, TIMEOUT: a wrong value, a crash or a hang on the GPU
+TRAIN_PASS = (PASS, FIXED)
+TRAIN_FAIL = (FAIL, REPRODUCED, UNEXPECTED_CRASH, HANG)
+ABSENT = "-"
+UNRUN = (ABSENT, NOT_RUN, "")  # a key one side did not run (NOT-RUN: SKIP rows, not built, interrupted)
+# Kinds of a row, the order summary.md lists them in.
+REGRESSION, CHANGE, NOT_COMPARABLE, SAME = "regression", "change (not a regression)", "not comparable", "same"
+KINDS = (REGRESSION, CHANGE, NOT_COMPARABLE, SAME)
+# Exit codes (README, "triage"): 0 no finding; EXIT_MISMATCH (1) at least one finding; 3 nothing comparable.
+EXIT_NOTHING_COMPARABLE = 3
+BISECT_MODES = {"vulkan-image": "image", "vulkan-buffer": "buffer"}  # what `bisect --mode` can build
+
+
+@dataclass(frozen=True)
+class Row:
+    room: str  # "training" or "ops"
+    key: tuple[str, ...]  # training: (workload, variant, icd); ops: (variant, icd, test)
+    a: str  # status at A (ABSENT: A did not run it)
+    b: str
+    kind: str
+    why: str
+
+    @property
+    def name(self) -> str:
+        return "/".join(self.key)
+
+
+def room_of(summary: dict[str, Any]) -> str:
+    return "ops" if summary.get("session") == "ops" else "training"
+
+
+def outcomes(summary: dict[str, Any]) -> dict[tuple[str, ...], str]:
+    """Each key of one summary with its status: per test of an ops run, per cell of a training run (the workload
+    is the cell id's prefix, ``mnistv2:3.3.0/...``; none is mnist)."""
+    out: dict[tuple[str, ...], str] = {}
+    for cell in summary.get("cells") or []:
+        variant, icd = str(cell.get("variant", "")), str(cell.get("icd", ""))
+        if room_of(summary) == "ops":
+            for t in cell.get("tests") or []:
+                out[(variant, icd, str(t["test"]))] = str(t.get("status", ""))
+        else:
+            cid = str(cell.get("cell", ""))
+            workload = cid.split(":", 1)[0] if ":" in cid else train.NAME
+            out[(workload, variant, icd)] = str(cell.get("verdict", ""))
+    return out
+
+
+def classify(room: str, a: str, b: str) -> tuple[str, str]:
+    """(kind, why) of one key's pair of statuses."""
+    if a in UNRUN or b in UNRUN:
+        return (
+            NOT_COMPARABLE,
+            "run at neither" if a in UNRUN and b in UNRUN else f"run at {'B' if a in UNRUN else 'A'} only",
+        )
+    passes, fails = (OPS_PASS, OPS_FAIL) if room == "ops" else (TRAIN_PASS, TRAIN_FAIL)
+    if a in passes and b in fails:
+        return REGRESSION, f"passes at A, {b} at B"
+    if a == b:
+        return SAME, ""
+    if b in passes:
+        return CHANGE, "passes at B"
+    return CHANGE, f"{b} at B is no GPU failure to reduce" if b not in fails else f"did not pass at A ({a})"
+
+
+def compare(a_summaries: Sequence[dict[str, Any]], b_summaries: Sequence[dict[str, Any]]) -> list[Row]:
+    """Every key of either side, per room, classified; regressions first, then by room and key."""
+    rows: list[Row] = []
+    for room in ("training", "ops"):
+        a = {k: v for s in a_summaries if room_of(s) == room for k, v in outcomes(s).items()}
+        b = {k: v for s in b_summaries if room_of(s) == room for k, v in outcomes(s).items()}
+        for key in sorted(set(a) | set(b)):
+            was, now = a.get(key, ABSENT), b.get(key, ABSENT)
+            kind, why = classify(room, was, now)
+            rows.append(Row(room, key, was, now, kind, why))
+    return sorted(rows, key=lambda r: (KINDS.index(r.kind), r.room, r.key))
+
+
+def keep(rows: Sequence[Row], icds: Sequence[str] = (), variants: Sequence[str] = ()) -> list[Row]:
+    """Only the rows of these ICDs (the CPU's "-" always) and variants, as --icd/--variants ask."""
+
+    def where(r: Row) -> tuple[str, str]:
+        return (r.key[1], r.key[2]) if r.room == "training" else (r.key[0], r.key[1])
+
+    return [r for r in rows if (not icds or where(r)[1] in (*icds, "-")) and (not variants or where(r)[0] in variants)]
+
+
+def findings(rows: Sequence[Row]) -> list[Row]:
+    return [r for r in rows if r.kind == REGRESSION]
+
+
+def exit_code(rows: Sequence[Row]) -> int:
+    if findings(rows):
+        return EXIT_MISMATCH
+    if not any(r.kind != NOT_COMPARABLE for r in rows):
+        return EXIT_NOTHING_COMPARABLE  # nothing both sides ran: "no difference" would be a false green
+    return 0
+
+
+def counts(rows: Sequence[Row]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for r in rows:
+        room = out.setdefault(r.room, dict.fromkeys(KINDS, 0))
+        room[r.kind] += 1
+    return out
+
+
+def tables(rows: Sequence[Row], a_label: str, b_label: str, *, only_changed: bool = False) -> str:
+    """Two Markdown tables, per training cell and per MNN test, A beside B (``only_changed``: without SAME rows)."""
+    lines: list[str] = []
+    for room, title, head in (
+        ("training", "Per cell (training)", "| workload | variant | icd |"),
+        ("ops", "Per test (MNN's own tests)", "| variant | icd | test |"),
+    ):
+        mine = [r for r in rows if r.room == room and not (only_changed and r.kind == SAME)]
+        total = sum(1 for r in rows if r.room == room)
+        lines += [f"## {title}: {total} compared" + (f", {len(mine)} not the same" if only_changed else ""), ""]
+        if not mine:
+            lines += ["(none)", ""]
+            continue
+        lines += [f"{head} {a_label} | {b_label} | kind |", "| --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {' | '.join(r.key)} | {r.a} | {r.b} | {r.kind}{': ' + r.why if r.why else ''} |" for r in mine]
+        lines.append("")
+    return "\n".join(lines)
+
+
+# -- the plan of each finding -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Side:
+    """One end of the triage: the ref asked for, its commit, and the results directory per room."""
+
+    ref: str
+    commit: str
+    results: dict[str, Path]
+
+
+@dataclass(frozen=True)
+class Action:
+    step: str  # "reduce", "bisect", "report", or "skip" (with why)
+    args: dict[str, str] = field(default_factory=dict)
+
+
+def slug(row: Row) -> str:
+    return "".join(c if c.isalnum() or c in "-." else "-" for c in row.name).strip("-")[:80]
+
+
+def plan(row: Row, a: Side, b: Side) -> list[Action]:
+    """What a finding gets: a training cell is reduced at B and bisected with the reduced graph; an MNN test is
+    bisected with the one-test oracle (``bisect --test``); both are written up from B's results."""
+    variant, icd = (row.key[1], row.key[2]) if row.room == "training" else (row.key[0], row.key[1])
+    good, bad = a.commit or a.ref, b.commit or b.ref
+    mode = BISECT_MODES.get(variant)
+    report = {"issue": str(b.results[row.room])}
+    out: list[Action] = []
+    if row.room == "training":
+        report["cell"] = next(iter(_cell_ids(b.results[row.room], row)), "")
+        if mode is None:
+            return [
+                Action("skip", {"why": f"{variant}: the reducer and bisect take a Vulkan mode only"}),
+                Action("report", report),
+            ]
+        out.append(Action("reduce", {"ref": bad, "variant": variant, "icd": icd, "workload": row.key[0]}))
+        out.append(Action("bisect", {"good": good, "bad": bad, "mode": mode, "icd": icd, "repro": "<reduce>"}))
+    else:
+        report["test"] = row.key[2]
+        if mode is None:
+            return [
+                Action("skip", {"why": f"{variant}: bisect --test takes a Vulkan mode only"}),
+                Action("report", report),
+            ]
+        out.append(Action("bisect", {"good": good, "bad": bad, "mode": mode, "icd": icd, "test": row.key[2]}))
+    report["bisect"] = "<bisect>"
+    return [*out, Action("report", report)]
+
+
+def _cell_ids(results: Path, row: Row) -> list[str]:
+    """B's cell id of a training finding (the report picks the crash by it)."""
+    try:
+        data = json.loads((results / "summary.json").read_text())
+    except (OSError, ValueError):
+        return []
+    return [str(c["cell"]) for c in data.get("cells") or [] if outcomes({"cells": [c]}).get(row.key) is not None]
+
+
+# -- running the plan ---------------------------------------------------------------------------------------------
+class Heavy(Protocol):
+    """The steps that build MNN (injected: the unit tests fake them). Each returns its results directory (None:
+    the step did not produce one; the next steps are then skipped and the reason recorded)."""
+
+    def reduce(self, args: dict[str, str], out: Path) -> Path | None: ...
+    def bisect(self, args: dict[str, str], out: Path) -> Path | None: ...
+    def report(self, args: dict[str, str], out: Path) -> Path | None: ...
+
+
+def execute(actions: Sequence[Action], out: Path, heavy: Heavy, say: Callable[[str], None]) -> list[dict[str, str]]:
+    """Run one finding's plan into ``out``; a placeholder (``<reduce>``, ``<bisect>``) becomes the directory that
+    step wrote; a step whose input is missing is recorded as not run, never silently dropped."""
+    done: dict[str, Path] = {}
+    log: list[dict[str, str]] = []
+    for action in actions:
+        if action.step == "skip":
+            log.append({"step": "skip", "why": action.args["why"]})
+            continue
+        args = dict(action.args)
+        missing = [v for v in args.values() if v.startswith("<") and v.strip("<>") not in done]
+        if missing and action.step != "report":
+            log.append({"step": action.step, "result": f"not run: {', '.join(missing)} produced nothing"})
+            continue
+        args = {k: str(done[v.strip("<>")]) if v.startswith("<") else v for k, v in args.items() if v not in missing}
+        say(f"  {action.step} {' '.join(f'--{k} {v}' for k, v in args.items())}")
+        got = getattr(heavy, action.step)(args, out)
+        if got is not None:
+            done[action.step] = got
+        log.append({"step": action.step, **args, "result": str(got) if got is not None else "produced nothing"})
+    return log
+
+
+def load_side(paths: Sequence[Path]) -> list[dict[str, Any]]:
+    out = []
+    for path in paths:
+        file = path / "summary.json" if path.is_dir() else path
+        try:
+            data = json.loads(file.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read {file}: {exc}", hint="--a-results/--b-results take results dirs") from exc
+        if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
+            raise ConfigError(f"{file} is not a session summary (no cells)")
+        data["_dir"] = str(file.parent)
+        out.append(data)
+    return out
+
+
+def side_of(ref: str, summaries: Sequence[dict[str, Any]]) -> Side:
+    """The side's ref and commit as its summaries record them (ops: top level; training: the header)."""
+    heads: list[dict[str, Any]] = [s["header"] if isinstance(s.get("header"), dict) else s for s in summaries]
+    commits = {str(h.get("commit") or "") for h in heads} - {"", "0" * 40}
+    refs = {str(h.get("ref") or "") for h in heads} - {""}
+    return Side(
+        ref or ",".join(sorted(refs)),
+        commits.pop() if len(commits) == 1 else "",
+        {room_of(s): Path(str(s["_dir"])) for s in summaries},
+    )
+
+
+def write(top: Path, rows: Sequence[Row], a: Side, b: Side, plans: dict[str, Any]) -> str:
+    """triage.json and summary.md at the top of the triage's results; returns the Markdown."""
+    found = findings(rows)
+    head = f"# triage {a.ref} -> {b.ref}"
+    verdict = f"{len(found)} finding(s)" if found else "no difference: nothing that passes at A fails at B"
+    if exit_code(rows) == EXIT_NOTHING_COMPARABLE:
+        verdict = "nothing comparable: no cell or test ran at both A and B"
+    lines = [head, "", f"**{verdict}**", "", "| room | " + " | ".join(KINDS) + " |", "| --- |" + " --- |" * len(KINDS)]
+    lines += [f"| {room} | " + " | ".join(str(c[k]) for k in KINDS) + " |" for room, c in counts(rows).items()]
+    lines += [
+        "",
+        "Regressions: A passes (ops PASS/UNEXPECTED-PASS; training PASS/FIXED), B fails (ops FAIL/CRASH/"
+        "TIMEOUT; training FAIL/REPRODUCED/UNEXPECTED-CRASH/HANG). Other changes (FALLBACK, NO-GPU-WORK, "
+        "NOT-EXERCISED, CPU-FAIL, ...) are listed: B ran nothing wrong on the GPU to reduce, nor passed.",
+        "",
+    ]
+    for name, p in plans.items():
+        lines += [f"- {name}: " + "; ".join(f"{s['step']} {s.get('result', s.get('why', ''))}" for s in p)]
+    md = "\n".join([*lines, "", tables(rows, f"A {a.ref}", f"B {b.ref}", only_changed=bool(found))])
+    (top / "summary.md").write_text(md + "\n")
+    data = {
+        "a": {**asdict(a), "results": {k: str(v) for k, v in a.results.items()}},
+        "b": {**asdict(b), "results": {k: str(v) for k, v in b.results.items()}},
+        "counts": counts(rows),
+        "exit": exit_code(rows),
+        "findings": plans,
+        "rows": [{**asdict(r), "key": list(r.key)} for r in rows],
+    }
+    (top / "triage.json").write_text(json.dumps(data, indent=1))
+    return md
+
+
+def triage(
+    rows: Sequence[Row], a: Side, b: Side, top: Path, heavy: Heavy | None, say: Callable[[str], None] = print
+) -> int:
+    """Plan (and with ``heavy``, run) each finding into top/finding-N-<slug>/; write the top files; the exit code."""
+    plans: dict[str, Any] = {}
+    for n, row in enumerate(findings(rows), 1):
+        name = f"finding-{n}-{slug(row)}"
+        actions = plan(row, a, b)
+        say(f"{name}: {row.room} {row.name}: {row.a} -> {row.b}")
+        if heavy is None:
+            plans[name] = [{"step": x.step, **x.args, "result": "planned (--plan-only)"} for x in actions]
+            for x in actions:
+                say(f"  would {x.step} {' '.join(f'--{k} {v}' for k, v in x.args.items())}")
+            continue
+        out = top / name
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "finding.json").write_text(json.dumps({**asdict(row), "key": list(row.key)}, indent=1))
+        plans[name] = execute(actions, out, heavy, say)
+    say(write(top, rows, a, b, plans))
+    say(f"(triage written to {top})")
+    return exit_code(rows)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("a", help="the ref that passes (older: a regression is looked for), or a label with --a-results")
+    p.add_argument("b", help="the ref to triage, e.g. upstream HEAD")
+    p.add_argument(
+        "--a-results",
+        dest="a_results",
+        type=Path,
+        action="append",
+        default=[],
+        help="a finished results directory of A (repeat: ops and training); nothing is run at A",
+    )
+    p.add_argument("--b-results", dest="b_results", type=Path, action="append", default=[])
+    p.add_argument(
+        "--plan-only",
+        dest="plan_only",
+        action="store_true",
+        help="no reduce, bisect or report: print what each finding would get",
+    )
+    p.add_argument("--icd", dest="icds", help="comma-separated Vulkan ICDs (default lavapipe)")
+    p.add_argument("--variants", help="comma-separated (default cpu,vulkan-image,vulkan-buffer)")
+    p.add_argument("--workload", help="training workloads (default mnist)")
+    p.add_argument("--select", help="MNN tests to run (default the expectations' selection)")
+    p.add_argument("--git-dir", dest="git_dir", type=Path, help="git repository of MNN for bisect (bare ok)")
+    p.add_argument("--results-dir", dest="results_dir")
+    p.add_argument("--cache-dir", dest="cache_dir")
+    p.add_argument("--runner", choices=["auto", "host", "docker"])
+    p.add_argument("--no-gdb", dest="gdb", action="store_const", const=False)

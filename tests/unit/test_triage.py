@@ -1,0 +1,234 @@
+"""triage (issue 27): the comparison over summary.json data, the exit code, and the plan of each finding (the heavy
+steps faked: no MNN build)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mnnrepro import triage
+from mnnrepro.bisect import _test_cell
+from mnnrepro.settings import Settings
+
+
+def ops(ref: str, tests: dict[str, str], variant: str = "vulkan-image", icd: str = "lavapipe") -> dict[str, Any]:
+    cells = [
+        {
+            "cell": f"{ref}/{variant}/{icd}",
+            "variant": variant,
+            "icd": icd,
+            "tests": [{"test": t, "status": s} for t, s in tests.items()],
+        }
+    ]
+    return {"session": "ops", "ref": ref, "commit": f"{ref}-commit", "cells": cells}
+
+
+def training(ref: str, verdicts: dict[str, str]) -> dict[str, Any]:
+    """verdicts: {"mnistv2:vulkan-image/lavapipe": "PASS", "vulkan-buffer/lavapipe": ...} (no prefix: mnist)."""
+    cells = []
+    for key, verdict in verdicts.items():
+        prefix, _, rest = key.rpartition(":")
+        variant, icd = rest.split("/")
+        cells.append(
+            {
+                "cell": f"{prefix + ':' if prefix else ''}{ref}/{rest}",
+                "variant": variant,
+                "icd": icd,
+                "verdict": verdict,
+            }
+        )
+    return {"format": 1, "header": {"session": "vulkan", "ref": ref, "commit": f"{ref}-commit"}, "cells": cells}
+
+
+def kinds(rows: list[triage.Row]) -> dict[str, str]:
+    return {r.name: r.kind for r in rows}
+
+
+def test_an_ops_test_that_passes_at_a_and_crashes_or_fails_at_b_is_a_finding() -> None:
+    rows = triage.compare(
+        [ops("A", {"op/x": "PASS", "op/y": "UNEXPECTED-PASS", "op/z": "PASS"})],
+        [ops("B", {"op/x": "CRASH", "op/y": "FAIL", "op/z": "TIMEOUT"})],
+    )
+    assert [r.name for r in triage.findings(rows)] == [
+        "vulkan-image/lavapipe/op/x",
+        "vulkan-image/lavapipe/op/y",
+        "vulkan-image/lavapipe/op/z",
+    ]
+    assert triage.exit_code(rows) == 1
+
+
+def test_a_pass_pass_pair_is_no_finding_and_exits_0() -> None:
+    rows = triage.compare([ops("A", {"op/x": "PASS"})], [ops("B", {"op/x": "PASS"})])
+    assert triage.findings(rows) == []
+    assert kinds(rows) == {"vulkan-image/lavapipe/op/x": triage.SAME}
+    assert triage.exit_code(rows) == 0
+
+
+def test_moves_off_the_gpu_are_listed_never_findings() -> None:
+    before = {"op/f": "PASS", "op/n": "PASS", "op/e": "PASS", "op/c": "PASS", "op/w": "FALLBACK"}
+    after = {"op/f": "FALLBACK", "op/n": "NO-GPU-WORK", "op/e": "NOT-EXERCISED", "op/c": "CPU-FAIL", "op/w": "FAIL"}
+    rows = triage.compare([ops("A", before)], [ops("B", after)])
+    assert triage.findings(rows) == []
+    assert set(kinds(rows).values()) == {triage.CHANGE}
+    md = triage.tables(rows, "A", "B", only_changed=True)
+    for status in after.values():
+        assert f"| {status} |" in md  # listed, so nobody reads them as passes
+
+
+def test_a_test_only_one_side_ran_is_not_comparable_never_a_pass() -> None:
+    rows = triage.compare(
+        [ops("A", {"op/old": "PASS", "op/skipped": "NOT-RUN"})],
+        [ops("B", {"op/new": "CRASH", "op/skipped": "CRASH"})],
+    )
+    assert kinds(rows) == {
+        "vulkan-image/lavapipe/op/new": triage.NOT_COMPARABLE,
+        "vulkan-image/lavapipe/op/old": triage.NOT_COMPARABLE,
+        "vulkan-image/lavapipe/op/skipped": triage.NOT_COMPARABLE,
+    }
+    assert triage.exit_code(rows) == triage.EXIT_NOTHING_COMPARABLE  # nothing compared: not "no difference"
+
+
+def test_training_cells_are_keyed_by_workload_variant_icd_not_by_ref() -> None:
+    rows = triage.compare(
+        [
+            training(
+                "3.6.1", {"vulkan-buffer/lavapipe": "PASS", "mnistv2:vulkan-buffer/lavapipe": "FIXED", "cpu/-": "PASS"}
+            )
+        ],
+        [
+            training(
+                "4d40bdbd",
+                {"vulkan-buffer/lavapipe": "REPRODUCED", "mnistv2:vulkan-buffer/lavapipe": "FIXED", "cpu/-": "PASS"},
+            )
+        ],
+    )
+    assert kinds(rows) == {
+        "mnist/vulkan-buffer/lavapipe": triage.REGRESSION,
+        "mnistv2/vulkan-buffer/lavapipe": triage.SAME,
+        "mnist/cpu/-": triage.SAME,
+    }
+
+
+def test_training_fixed_by_fallback_or_not_exercised_at_b_is_no_finding() -> None:
+    rows = triage.compare(
+        [training("A", {"vulkan-image/lavapipe": "PASS", "vulkan-buffer/lavapipe": "PASS"})],
+        [training("B", {"vulkan-image/lavapipe": "FIXED-BY-FALLBACK", "vulkan-buffer/lavapipe": "NOT-EXERCISED"})],
+    )
+    assert triage.findings(rows) == [] and set(kinds(rows).values()) == {triage.CHANGE}
+
+
+def test_ops_and_training_summaries_compare_in_one_triage() -> None:
+    rows = triage.compare(
+        [ops("A", {"op/x": "PASS"}), training("A", {"vulkan-image/lavapipe": "PASS"})],
+        [ops("B", {"op/x": "PASS"}), training("B", {"vulkan-image/lavapipe": "HANG"})],
+    )
+    assert {(r.room, r.kind) for r in rows} == {("ops", triage.SAME), ("training", triage.REGRESSION)}
+
+
+def test_no_difference_writes_both_tables(tmp_path: Path) -> None:
+    a, b = (
+        [ops("A", {"op/x": "PASS"}), training("A", {"vulkan-image/lavapipe": "PASS"})],
+        [ops("B", {"op/x": "PASS"}), training("B", {"vulkan-image/lavapipe": "PASS"})],
+    )
+    rows = triage.compare(a, b)
+    side_a = triage.Side("A", "a1", {"ops": tmp_path, "training": tmp_path})
+    side_b = triage.Side("B", "b1", {"ops": tmp_path, "training": tmp_path})
+    code = triage.triage(rows, side_a, side_b, tmp_path, None, say=lambda _: None)
+    md = (tmp_path / "summary.md").read_text()
+    assert code == 0 and "no difference" in md
+    assert "| mnist | vulkan-image | lavapipe | PASS | PASS | same |" in md
+    assert "| vulkan-image | lavapipe | op/x | PASS | PASS | same |" in md
+    assert json.loads((tmp_path / "triage.json").read_text())["exit"] == 0
+
+
+class FakeHeavy:
+    def __init__(self, out: Path) -> None:
+        self.calls: list[tuple[str, dict[str, str]]] = []
+        self.out = out
+
+    def _step(self, name: str, args: dict[str, str], out: Path) -> Path | None:
+        self.calls.append((name, args))
+        (out / name).mkdir(parents=True, exist_ok=True)
+        return out / name
+
+    def reduce(self, args: dict[str, str], out: Path) -> Path | None:
+        return self._step("reduce", args, out)
+
+    def bisect(self, args: dict[str, str], out: Path) -> Path | None:
+        return self._step("bisect", args, out)
+
+    def report(self, args: dict[str, str], out: Path) -> Path | None:
+        return self._step("report", args, out)
+
+
+def test_a_training_finding_is_reduced_at_b_then_bisected_with_the_reduction_then_reported(tmp_path: Path) -> None:
+    b_dir = tmp_path / "b"
+    b_dir.mkdir()
+    summary_b = training("HEAD", {"mnistv2:vulkan-image/lavapipe": "FAIL"})
+    (b_dir / "summary.json").write_text(json.dumps(summary_b))
+    rows = triage.compare([training("3.6.1", {"mnistv2:vulkan-image/lavapipe": "PASS"})], [summary_b])
+    a = triage.Side("3.6.1", "aaa", {"training": tmp_path / "a"})
+    b = triage.Side("HEAD", "bbb", {"training": b_dir})
+    heavy = FakeHeavy(tmp_path)
+    assert triage.triage(rows, a, b, tmp_path, heavy, say=lambda _: None) == 1
+    where = tmp_path / "finding-1-mnistv2-vulkan-image-lavapipe"
+    assert heavy.calls == [
+        ("reduce", {"ref": "bbb", "variant": "vulkan-image", "icd": "lavapipe", "workload": "mnistv2"}),
+        ("bisect", {"good": "aaa", "bad": "bbb", "mode": "image", "icd": "lavapipe", "repro": str(where / "reduce")}),
+        (
+            "report",
+            {"issue": str(b_dir), "cell": "mnistv2:HEAD/vulkan-image/lavapipe", "bisect": str(where / "bisect")},
+        ),
+    ]
+    assert (where / "finding.json").is_file() and (tmp_path / "triage.json").is_file()
+
+
+def test_an_ops_finding_is_bisected_with_the_one_test_oracle_and_not_reduced() -> None:
+    row = triage.Row("ops", ("vulkan-buffer", "swiftshader", "op/x"), "PASS", "CRASH", triage.REGRESSION, "")
+    steps = triage.plan(row, triage.Side("A", "a1", {}), triage.Side("B", "b1", {"ops": Path("/r/b")}))
+    assert [(s.step, s.args) for s in steps] == [
+        ("bisect", {"good": "a1", "bad": "b1", "mode": "buffer", "icd": "swiftshader", "test": "op/x"}),
+        ("report", {"issue": "/r/b", "test": "op/x", "bisect": "<bisect>"}),
+    ]
+
+
+def test_a_failed_reduction_stops_its_bisect_and_says_so(tmp_path: Path) -> None:
+    class NoReduction(FakeHeavy):
+        def reduce(self, args: dict[str, str], out: Path) -> Path | None:
+            self.calls.append(("reduce", args))
+            return None
+
+    row = triage.Row("training", ("mnist", "vulkan-image", "lavapipe"), "PASS", "FAIL", triage.REGRESSION, "")
+    heavy = NoReduction(tmp_path)
+    plan = triage.plan(row, triage.Side("A", "a1", {}), triage.Side("B", "b1", {"training": tmp_path}))
+    log = triage.execute(plan, tmp_path, heavy, lambda _: None)
+    assert [c[0] for c in heavy.calls] == ["reduce", "report"]
+    assert log[1] == {"step": "bisect", "result": "not run: <reduce> produced nothing"}
+
+
+def test_bisect_test_cell_names_the_test_and_refuses_two_workloads(tmp_path: Path) -> None:
+    s = Settings(icds=("lavapipe",))
+    assert _test_cell("vulkan-image", s, "op/x", None).startswith("vulkan-image/lavapipe/optest=op/x/")
+    assert _test_cell("vulkan-image", s, None, None) == ""
+    with pytest.raises(Exception, match="two workloads"):
+        _test_cell("vulkan-image", s, "op/x", tmp_path)
+
+
+def test_keep_takes_the_asked_icds_and_variants_and_the_cpu_cells() -> None:
+    rows = triage.compare(
+        [
+            ops("A", {"op/x": "PASS"}, icd="swiftshader"),
+            ops("A", {"op/x": "PASS"}),
+            ops("A", {"op/x": "PASS"}, "cpu", "-"),
+        ],
+        [
+            ops("B", {"op/x": "CRASH"}, icd="swiftshader"),
+            ops("B", {"op/x": "PASS"}),
+            ops("B", {"op/x": "PASS"}, "cpu", "-"),
+        ],
+    )
+    assert [r.name for r in triage.keep(rows, ("lavapipe",))] == ["cpu/-/op/x", "vulkan-image/lavapipe/op/x"]
+    assert [r.name for r in triage.keep(rows, (), ("cpu",))] == ["cpu/-/op/x"]
