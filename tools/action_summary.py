@@ -35,6 +35,9 @@ def unmatched(data: dict[str, Any]) -> list[str]:
                     out.append(f"{name} {t.get('test')}: {t.get('status')} (expected {t.get('expected') or 'PASS'})")
         elif not cell.get("matched"):
             out.append(f"{name}: {cell.get('verdict')} (expected {cell.get('expected') or 'no expectation'})")
+    shard = data.get("shard") or (data.get("header") or {}).get("shard")
+    if shard:  # a shard's slice matched is no verdict of the whole tree (merge the shards for that)
+        out.append(f"shard {shard.get('index')}/{shard.get('total')}: partial, not a whole verdict")
     if not out and data.get("all_matched") is False:
         out.append("all_matched is false (see summary.md)")
     return out

@@ -218,3 +218,13 @@ def test_the_verdict_step_names_unmatched_cells_and_writes_the_summary(
     assert "missing: no summary.json (exit 2)" in out and "cpu:" not in out
     assert "table of vulkan_buffer" in step.read_text() and "table of cpu" in step.read_text()
     assert action_summary.main([str(tmp_path), "cpu=0"]) == 0
+
+
+def test_the_verdict_step_never_reads_a_shard_as_the_whole_tree(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A shard (--shard via extra-args or MNNREPRO_SHARD) that matched its slice exits 0: still no whole verdict.
+    cell = {"cell": "fork/vulkan-buffer/lavapipe", "verdict": "FIXED", "expected": "FIXED", "matched": True}
+    _results(tmp_path, "vulkan_buffer", {"cells": [cell], "all_matched": True, "shard": {"index": 1, "total": 2}})
+    assert action_summary.main([str(tmp_path), "vulkan_buffer=0"]) == 1
+    assert "shard 1/2: partial, not a whole verdict" in capsys.readouterr().out

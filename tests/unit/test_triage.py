@@ -232,3 +232,32 @@ def test_keep_takes_the_asked_icds_and_variants_and_the_cpu_cells() -> None:
     )
     assert [r.name for r in triage.keep(rows, ("lavapipe",))] == ["cpu/-/op/x", "vulkan-image/lavapipe/op/x"]
     assert [r.name for r in triage.keep(rows, (), ("cpu",))] == ["cpu/-/op/x"]
+
+
+def test_known_wrong_values_at_b_after_a_pass_are_a_regression() -> None:
+    # KNOWN-WRONG: the GPU computed wrong values (a row expected them); after PASS/FIXED at A it is a finding.
+    rows = triage.compare(
+        [training("A", {"vulkan-image/host": "PASS", "vulkan-buffer/host": "FIXED"})],
+        [training("B", {"vulkan-image/host": "KNOWN-WRONG", "vulkan-buffer/host": "KNOWN-WRONG"})],
+    )
+    assert set(kinds(rows).values()) == {triage.REGRESSION}
+    assert triage.exit_code(rows) == 1
+
+
+def test_an_interrupted_training_cell_at_b_is_not_comparable_and_never_no_difference() -> None:
+    rows = triage.compare(
+        [training("A", {"vulkan-image/lavapipe": "PASS", "vulkan-buffer/lavapipe": "FIXED"})],
+        [training("B", {"vulkan-image/lavapipe": "INTERRUPTED", "vulkan-buffer/lavapipe": "INTERRUPTED"})],
+    )
+    assert set(kinds(rows).values()) == {triage.NOT_COMPARABLE}
+    assert triage.exit_code(rows) == triage.EXIT_NOTHING_COMPARABLE
+
+
+def test_changes_without_a_finding_are_not_called_no_difference(tmp_path: Path) -> None:
+    rows = triage.compare(
+        [training("A", {"vulkan-image/lavapipe": "PASS"})],
+        [training("B", {"vulkan-image/lavapipe": "NOT-EXERCISED"})],
+    )
+    a, b = triage.Side("A", "a", {}), triage.Side("B", "b", {})
+    md = triage.write(tmp_path, rows, a, b, {})
+    assert "no difference" not in md and "no regression found; 1 change(s)" in md

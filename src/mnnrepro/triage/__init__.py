@@ -24,16 +24,20 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import EXIT_MISMATCH, ConfigError
-from ..judge import FAIL, FIXED, HANG, PASS, REPRODUCED, UNEXPECTED_CRASH
+from ..judge import FAIL, FIXED, HANG, KNOWN_WRONG, PASS, REPRODUCED, UNEXPECTED_CRASH
+from ..report import INTERRUPTED
 from ..workloads.ops.judge import FAILING, NOT_RUN
 from ..workloads.train import workload as train
 
 OPS_PASS = ("PASS", "UNEXPECTED-PASS")
 OPS_FAIL = FAILING  # FAIL, CRASH, TIMEOUT: a wrong value, a crash or a hang on the GPU
 TRAIN_PASS = (PASS, FIXED)
-TRAIN_FAIL = (FAIL, REPRODUCED, UNEXPECTED_CRASH, HANG)
+# KNOWN-WRONG: the cell computed wrong values on the GPU (a row expected them there): after a pass at A, a regression.
+TRAIN_FAIL = (FAIL, REPRODUCED, UNEXPECTED_CRASH, HANG, KNOWN_WRONG)
 ABSENT = "-"
-UNRUN = (ABSENT, NOT_RUN, "")  # a key one side did not run (NOT-RUN: SKIP rows, not built, interrupted)
+# A key one side did not run to a verdict (NOT-RUN: SKIP rows, not built, interrupted; INTERRUPTED: a training cell
+# stopped): not comparable, never "the same" or a change.
+UNRUN = (ABSENT, NOT_RUN, "", INTERRUPTED)
 # Kinds of a row, the order summary.md lists them in.
 REGRESSION, CHANGE, NOT_COMPARABLE, SAME = "regression", "change (not a regression)", "not comparable", "same"
 KINDS = (REGRESSION, CHANGE, NOT_COMPARABLE, SAME)
@@ -276,7 +280,10 @@ def write(top: Path, rows: Sequence[Row], a: Side, b: Side, plans: dict[str, Any
     """triage.json and summary.md at the top of the triage's results; returns the Markdown."""
     found = findings(rows)
     head = f"# triage {a.ref} -> {b.ref}"
+    changed = sum(1 for r in rows if r.kind == CHANGE)
     verdict = f"{len(found)} finding(s)" if found else "no difference: nothing that passes at A fails at B"
+    if not found and changed:
+        verdict = f"no regression found; {changed} change(s) where B did not pass on the GPU either (listed below)"
     if exit_code(rows) == EXIT_NOTHING_COMPARABLE:
         verdict = "nothing comparable: no cell or test ran at both A and B"
     lines = [head, "", f"**{verdict}**", "", "| room | " + " | ".join(KINDS) + " |", "| --- |" + " --- |" * len(KINDS)]
@@ -284,7 +291,7 @@ def write(top: Path, rows: Sequence[Row], a: Side, b: Side, plans: dict[str, Any
     lines += [
         "",
         "Regressions: A passes (ops PASS/UNEXPECTED-PASS; training PASS/FIXED), B fails (ops FAIL/CRASH/"
-        "TIMEOUT; training FAIL/REPRODUCED/UNEXPECTED-CRASH/HANG). Other changes (FALLBACK, NO-GPU-WORK, "
+        "TIMEOUT; training FAIL/REPRODUCED/UNEXPECTED-CRASH/HANG/KNOWN-WRONG). Other changes (FALLBACK, NO-GPU-WORK, "
         "NOT-EXERCISED, CPU-FAIL, ...) are listed: B ran nothing wrong on the GPU to reduce, nor passed.",
         "",
     ]
