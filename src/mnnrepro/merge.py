@@ -199,8 +199,9 @@ def problems(shards: list[Shard]) -> list[str]:
 def _training_problems(shards: list[Shard]) -> list[str]:
     """Another ref or commit (of any ref of the session), suite, verdict setting or plan of cells; an interrupted
     shard."""
-    out = _differ(shards, "refs (commits)", lambda s: {r: (h or {}).get("commit") for r, h in s.head["refs"].items()})
-    for key in (*IDENTITY, *SUITE, *TRAINING_SETTINGS):
+    out = _ref_problems(shards)
+    # No IDENTITY: a shard's top-level ref is the session's first ref, bare where the shard ran none of its cells.
+    for key in (*SUITE, *TRAINING_SETTINGS):
         out += _differ(shards, key, _field(key))
     out += _differ(shards, "the session's plan of cells", lambda s: (s.data.get("shard") or {}).get("plan"))
     for s in shards:
@@ -208,6 +209,24 @@ def _training_problems(shards: list[Shard]) -> list[str]:
         if stopped or s.data.get("status") == report.INTERRUPTED:
             out.append(f"{s.path} was interrupted (cells {', '.join(stopped) or '?'}): run the shard again")
     return out
+
+
+def _ref_problems(shards: list[Shard]) -> list[str]:
+    """A ref two shards built at different commits (or MNN versions). A shard records only the refs whose cells it
+    ran (its top level copies the first ref's), so each is compared over the shards that recorded it; that every
+    shard planned the same refs is the plan's comparison."""
+    seen: dict[tuple[str, str], dict[str, list[str]]] = {}
+    for s in shards:
+        for ref, h in [*(s.head.get("refs") or {}).items(), (s.head.get("ref"), s.head)]:
+            for key in ("commit", "mnn_version"):
+                if ref and (value := (h or {}).get(key)):
+                    paths = seen.setdefault((str(ref), key), {}).setdefault(str(value), [])
+                    paths += [] if str(s.path) in paths else [str(s.path)]
+    return [
+        f"refs (commits) differ: {ref} {key} " + "; ".join(f"{v!r} in {', '.join(p)}" for v, p in values.items())
+        for (ref, key), values in seen.items()
+        if len(values) > 1
+    ]
 
 
 def _training_cells(shards: list[Shard]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -264,6 +283,12 @@ def merge_training(shards: list[Shard]) -> dict[str, Any]:
     cells, more = _training_cells(shards) if not found else ([], [])
     _refuse(found + more, "run SESSION")
     header = {k: v for k, v in sorted(shards, key=lambda s: s.index)[0].head.items() if k != "seconds"}
+    # Each shard records only the refs it ran: the union, in plan order, and the first's at the top (as unsharded).
+    refs = [s.head.get("refs") or {} for s in sorted(shards, key=lambda s: s.index)]
+    order = dict.fromkeys([*(str(c.get("ref")) for c in cells), *(r for h in refs for r in h)])
+    header["refs"] = {r: next(h[r] for h in refs if r in h) for r in order if any(r in h for h in refs)}
+    if cells:
+        header.update(header["refs"].get(str(cells[0].get("ref")), {}))
     for key in ("host", "python"):  # may differ per machine: every value named
         header[key] = ", ".join(dict.fromkeys(str(s.head.get(key)) for s in shards if s.head.get(key)))
     totals = [float((s.head.get("seconds") or {}).get("until_reports") or 0) for s in shards]

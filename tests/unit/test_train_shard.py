@@ -288,7 +288,7 @@ def test_a_missing_or_doubled_shard_is_named(tmp_path: Path) -> None:
     ("change", "said"),
     [
         (lambda d: d["header"]["refs"]["3.6.1"].update(commit="0123456789"), "refs (commits) differ"),
-        (lambda d: d["header"].update(commit="0123456789"), "commit differ"),
+        (lambda d: d["header"].update(commit="0123456789"), "refs (commits) differ: 3.3.0 commit"),
         (lambda d: d["header"].update(suite_digest="0" * 16), "suite_digest differ"),
         (lambda d: d["header"]["verdict_settings"].update(steps=2), "verdict_settings differ"),
         (lambda d: d["header"].update(session="vulkan_image"), "session differ"),
@@ -345,3 +345,53 @@ def test_partial_words_are_shard_py_s() -> None:
     record = {"index": 2, "total": 5, "tests": ["a"], "selection_tests": 9, "cpu_cells": ["3.3.0/cpu/-"]}
     assert trainshards.partial_line(record) == shard.Shard(2, 5).partial_line
     assert "1 of the session's 9 GPU cells" in trainshards.slice_line(record)
+
+
+# --- multi-ref sessions: a shard records only the refs whose cells it ran -------------------------------------------
+
+
+def ran_refs_only(tmp: Path, total: int) -> tuple[list[Path], dict[str, Any]]:
+    """shard_summaries, but each shard's header holds only the refs whose cells it ran, as the session fills it
+    (per_ref gets a ref's header when its first cell runs; first() is then bare where refs[0] did not run)."""
+    dirs = []
+    for k in range(1, total + 1):
+        s = _two_refs(shard.Shard(k, total))
+        cells = list(s.plan())
+        s.per_ref = {r: h for r, h in s.per_ref.items() if any(c.ref == r for c in cells)}
+        dirs.append(_write(tmp / f"s{k}", s.summarize(_rows_for(cells), None, [])))
+    s = _two_refs(None)
+    return dirs, s.summarize(_rows_for(list(s.plan())), None, [])
+
+
+def _recorded(d: Path) -> list[str]:
+    return list(json.loads((d / "summary.json").read_text())["header"]["refs"])
+
+
+def test_shards_that_ran_some_refs_each_merge_with_a_header_naming_every_ref(tmp_path: Path) -> None:
+    dirs, whole = ran_refs_only(tmp_path, 8)
+    assert {tuple(_recorded(d)) for d in dirs} == {("3.3.0",), ("3.6.1",)}  # every shard lacks a ref
+    rc, data = _merge(tmp_path, dirs)
+    assert rc == 0 and _statuses(data) == _statuses(whole)
+    assert data["header"]["refs"] == whole["header"]["refs"] and list(data["header"]["refs"]) == ["3.3.0", "3.6.1"]
+    for key in ("ref", "commit", "mnn_version", "runner"):  # the top level is the first ref's, as unsharded
+        assert data["header"][key] == whole["header"][key]
+
+
+def test_one_ref_at_two_commits_is_refused_naming_the_ref(tmp_path: Path) -> None:
+    dirs, _ = ran_refs_only(tmp_path, 8)
+    both = [d for d in dirs if _recorded(d) == ["3.6.1"]][:2]
+    assert len(both) == 2
+    _edit(both[1], lambda d: d["header"]["refs"]["3.6.1"].update(commit="0123456789"))
+    said = refused(tmp_path, dirs)
+    lines = [line for line in said.splitlines() if line.strip().startswith("- ")]
+    assert len(lines) == 1, said  # that ref, and no other difference
+    assert "3.6.1 commit" in lines[0] and "'6f5bd7c0e1' in" in lines[0] and f"'0123456789' in {both[1]}" in lines[0]
+
+
+def test_shards_of_sessions_planning_other_refs_are_refused(tmp_path: Path) -> None:
+    dirs, _ = ran_refs_only(tmp_path, 2)
+    s = _two_refs(shard.Shard(2, 2))
+    s.refs = ["3.3.0", "3.4.0"]
+    s.per_ref = {"3.3.0": s.per_ref["3.3.0"], "3.4.0": {"ref": "3.4.0", "commit": "abc", "mnn_version": "3.4.0"}}
+    other = _write(tmp_path / "other", s.summarize(_rows_for(list(s.plan())), None, []))
+    assert "the session's plan of cells differ" in refused(tmp_path, [dirs[0], other])
