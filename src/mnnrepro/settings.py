@@ -62,8 +62,9 @@ class Settings:
     # Where MNN issued each VUID (validation_frames.py): one rerun under gdb with the layer's break action per VUID
     # of a validated cell. Its cost is a rerun per VUID, so it can be turned off; without gdb it is skipped.
     vk_attribution: bool = True
-    # One slice of the ops session's selected tests (issue 26, shard.py): "K/N" (1-based K), "auto" (GitLab's
-    # CI_NODE_INDEX/CI_NODE_TOTAL, read only then), "" for the whole selection. Checked before anything is built.
+    # One slice of a session (issue 26, shard.py): of the ops session's selected tests, or of a training session's
+    # GPU cells (`run SESSION --shard K/N`, with their CPU baselines). "K/N" (1-based K), "auto" (GitLab's
+    # CI_NODE_INDEX/CI_NODE_TOTAL, read only then), "" for the whole. Checked before anything is built.
     shard: str = ""
 
     def describe(self) -> list[str]:

@@ -637,3 +637,128 @@ def test_the_op_sweep_fans_out_over_shards_and_one_merge_judges_them() -> None:
     assert [n for n, _ in picked] == names[:4]
     merge_run = next(s["run"] for s in merge["steps"] if "mnnrepro merge" in s.get("run", ""))
     assert "GITHUB_STEP_SUMMARY" in merge_run and '"stale"' in merge_run
+
+
+# -- --until: a costly job replayed up to a step ----------------------------------------------------------------
+
+
+def _job_run(tmp_path: Path, job: dict[str, Any], until: str, fail: str = "") -> tuple[Any, list[str]]:
+    """A JobRun whose steps are faked (no container): run:/uses: record what ran; one post step."""
+    from types import SimpleNamespace
+
+    from tools.replay.job import JobRun
+
+    replay: Any = SimpleNamespace(
+        say=lambda _: None,
+        run_dir=tmp_path,
+        workflow={},
+        inputs={},
+        opts=model.Options(state_dir=tmp_path),
+        sha="0" * 40,
+        run_id="1",
+        github=lambda name, ws: Strict("github", {"event_name": "push"}),
+    )
+    ran: list[str] = []
+    run: Any = JobRun(replay, "costly", job, {}, {}, "costly", until)
+
+    def fake(step: dict[str, Any], *_: Any) -> int:
+        ran.append(str(step.get("run", step.get("uses"))))
+        return 1 if fail and fail in ran[-1] else 0
+
+    def post() -> int:
+        ran.append("post: cache save")
+        return 0
+
+    run.run_step, run.uses = fake, fake
+    run.post.append(post)
+    run.post_names.append("Post cache")
+    run.steps(time.monotonic(), 1e6)
+    run.post_steps()
+    return run, ran
+
+
+COSTLY = {
+    "steps": [
+        {"uses": "actions/checkout@v6"},
+        {"name": "Imports of the suite", "id": "imports", "run": "python -c 'import mnnrepro'"},
+        {"name": "The costly sweep", "run": "nox -s ops"},
+        {"name": "Upload", "if": "always()", "uses": "actions/upload-artifact@v6"},
+    ]
+}
+
+
+@pytest.mark.parametrize("until", ["Imports", "imports"])
+def test_until_stops_the_job_after_the_step_and_never_calls_it_success(tmp_path: Path, until: str) -> None:
+    run, ran = _job_run(tmp_path, COSTLY, until)
+    assert ran == ["actions/checkout@v6", "python -c 'import mnnrepro'"]  # no sweep, no upload, no post step
+    assert run.result.status == model.STOPPED != "success"
+    assert [s.step for s in run.result.steps][-2:] == [
+        "(replay) stopped after Imports of the suite (--until)",
+        "Post cache",
+    ]
+    assert run.result.steps[-1].rc is None and "later step(s)" not in run.result.steps[-1].note
+    assert run.result.steps[-2].note == "2 later step(s) not run"
+    assert any("= job stopped" in line for line in cli.table([run.result]))
+    assert cli.failed([run.result], ["costly"]) == []  # the steps it ran passed
+
+
+def test_until_after_a_failed_step_is_a_failure_and_without_until_the_job_runs_whole(tmp_path: Path) -> None:
+    run, ran = _job_run(tmp_path, COSTLY, "Imports", fail="import")
+    assert run.result.status == "failure" and len(ran) == 2
+    (tmp_path / "whole").mkdir()
+    whole, ran = _job_run(tmp_path / "whole", COSTLY, "")
+    assert whole.result.status == "success" and ran[-1] == "post: cache save" and len(ran) == 5
+
+
+def test_until_goes_to_the_asked_job_only_and_must_name_one_of_its_steps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("yaml", reason="PyYAML comes with the `ci` extra")
+    repo = tmp_path / "repo"
+    (repo / ".github" / "workflows").mkdir(parents=True)
+    (repo / workflow.WORKFLOW).write_text(
+        "on: push\njobs:\n  setup:\n    runs-on: ubuntu-24.04\n    steps:\n      - name: Imports\n        run: 'true'\n"
+        "  costly:\n    needs: setup\n    runs-on: ubuntu-24.04\n    steps:\n"
+        "      - name: Imports\n        run: 'true'\n"
+    )
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run(
+        [
+            "git",
+            "-C",
+            str(repo),
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "x",
+        ],
+        check=True,
+    )
+    got: list[tuple[str, str]] = []
+
+    class FakeRun:
+        def __init__(self, replay: Any, name: str, job: Any, combo: Any, needs: Any, label: str, until: str) -> None:
+            got.append((name, until))
+            self.label = label
+
+        def run(self) -> model.JobResult:
+            return model.JobResult(self.label, "success")
+
+    monkeypatch.setattr(engine, "JobRun", FakeRun)
+
+    def replay(until: str) -> engine.Replay:
+        opts = model.Options(repo=repo, worktree=True, state_dir=tmp_path / "state", until=until)
+        return engine.Replay(opts, say=lambda _: None)
+
+    replay("Imports").run(["costly"], {})
+    assert got == [("setup", ""), ("costly", "Imports")]
+    with pytest.raises(ReplayError, match="no step of job 'costly'"):
+        replay("Typo").run(["costly"], {})
+    with pytest.raises(ReplayError, match="one --job"):
+        replay("Imports").run(["setup", "costly"], {})
+    assert cli.parser().parse_args(["--job", "costly", "--until", "Imports"]).until == "Imports"

@@ -3,6 +3,7 @@ steps faked: no MNN build)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -261,3 +262,57 @@ def test_changes_without_a_finding_are_not_called_no_difference(tmp_path: Path) 
     a, b = triage.Side("A", "a", {}), triage.Side("B", "b", {})
     md = triage.write(tmp_path, rows, a, b, {})
     assert "no difference" not in md and "no regression found; 1 change(s)" in md
+
+
+def _two_ops_findings(tmp_path: Path, n: int = 2) -> tuple[list[triage.Row], triage.Side, triage.Side]:
+    names = [f"op/t{k}" for k in range(1, n + 1)]
+    rows = triage.compare([ops("A", dict.fromkeys(names, "PASS"))], [ops("B", dict.fromkeys(names, "CRASH"))])
+    return rows, triage.Side("A", "a1", {"ops": tmp_path}), triage.Side("B", "b1", {"ops": tmp_path})
+
+
+def test_the_top_files_are_written_before_the_heavy_steps_and_after_each_finding(tmp_path: Path) -> None:
+    """A kill mid-bisect (a CI step timeout) leaves a summary: every finding pending at first, then each one's
+    steps as soon as they ran, the ones not reached still pending."""
+    rows, a, b = _two_ops_findings(tmp_path)
+    seen: list[tuple[str, str, dict[str, Any]]] = []
+
+    class Watching(FakeHeavy):
+        def _step(self, name: str, args: dict[str, str], out: Path) -> Path | None:
+            md, data = (tmp_path / "summary.md").read_text(), json.loads((tmp_path / "triage.json").read_text())
+            seen.append((f"{out.name}:{name}", md, data["findings"]))
+            return super()._step(name, args, out)
+
+    assert triage.triage(rows, a, b, tmp_path, Watching(tmp_path), say=lambda _: None) == 1
+    first, second = "finding-1-vulkan-image-lavapipe-op-t1", "finding-2-vulkan-image-lavapipe-op-t2"
+    at_start = next(s for s in seen if s[0] == f"{first}:bisect")
+    assert at_start[2] == {first: [{"step": "pending"}], second: [{"step": "pending"}]}
+    assert f"- {first}: pending" in at_start[1] and "2 still pending" in at_start[1]
+    mid = next(s for s in seen if s[0] == f"{second}:bisect")  # the first finding's steps done, the second's not
+    assert [s["step"] for s in mid[2][first]] == ["bisect", "report"]
+    assert mid[2][second] == [{"step": "pending"}]
+    assert f"- {second}: pending" in mid[1] and "1 still pending" in mid[1]
+    final = (tmp_path / "summary.md").read_text()
+    assert "pending" not in final and "2 finding(s)" in final
+
+
+def test_findings_beyond_max_findings_are_listed_not_triaged_and_still_fail(tmp_path: Path) -> None:
+    rows, a, b = _two_ops_findings(tmp_path, 3)
+    heavy = FakeHeavy(tmp_path)
+    assert triage.triage(rows, a, b, tmp_path, heavy, say=lambda _: None, max_findings=1) == 1
+    assert {c[1]["test"] for c in heavy.calls if c[0] == "bisect"} == {"op/t1"}
+    md = (tmp_path / "summary.md").read_text()
+    for k in (2, 3):
+        assert f"- finding-{k}-vulkan-image-lavapipe-op-t{k}: not triaged (limit 1)" in md
+        assert not (tmp_path / f"finding-{k}-vulkan-image-lavapipe-op-t{k}").exists()
+    assert "3 finding(s); 2 not triaged" in md
+    data = json.loads((tmp_path / "triage.json").read_text())
+    assert len(data["findings"]) == 3 and data["exit"] == 1
+    # --plan-only keeps the limit too; the default is 5
+    assert triage.triage(rows, a, b, tmp_path, None, say=lambda _: None, max_findings=2) == 1
+    assert "not triaged (limit 2)" in (tmp_path / "summary.md").read_text()
+    p = argparse.ArgumentParser()
+    triage.add_arguments(p)
+    assert p.parse_args(["A", "B"]).max_findings == triage.MAX_FINDINGS == 5
+    assert p.parse_args(["A", "B", "--max-findings", "2"]).max_findings == 2
+    with pytest.raises(SystemExit):
+        p.parse_args(["A", "B", "--max-findings", "0"])

@@ -81,6 +81,13 @@ def parser() -> argparse.ArgumentParser:
         metavar="USES=PATH",
         help="run `uses: USES` (fnmatch ok) from the local directory PATH; */mnnrepro@* is this checkout unless mapped",
     )
+    p.add_argument(
+        "--until",
+        default="",
+        metavar="STEP",
+        help="stop the --job after the first step whose name contains STEP or whose id is STEP (its needs run whole;"
+        " later steps, uploads and post steps do not run; the job reads `stopped`, never success)",
+    )
     p.add_argument("--keep-work", dest="keep_work", action="store_true", help="keep runs-on jobs' host directories")
     return p
 
@@ -128,6 +135,7 @@ def replay(args: argparse.Namespace) -> int:
         env=env,
         keep_work=args.keep_work,
         inputs=parse_inputs_arg(args.inputs),
+        until=args.until,
     )
     run = Replay(opts)
     if args.list_jobs:

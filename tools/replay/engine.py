@@ -152,6 +152,22 @@ class Replay:
                 lines.append(f"    if: {job['if']}")
         return lines
 
+    def check_until(self, targets: Sequence[str]) -> None:
+        """--until names a step of the one asked job (by a part of its name as written, or its id), said before
+        anything runs: a costly job replayed whole by a typo would defeat the flag."""
+        if not self.opts.until:
+            return
+        if len(targets) != 1:
+            raise ReplayError("--until stops one job: give one --job", hint=f"--job {targets[0]} --until STEP")
+        steps = self.jobs()[targets[0]].get("steps") or []
+        names = [str(s["name"]) if "name" in s else JobRun.step_name(s, {}) for s in steps]
+        ids = [str(s.get("id", "")) for s in steps]
+        if not any(self.opts.until in n for n in names) and self.opts.until not in ids:
+            raise ReplayError(
+                f"--until {self.opts.until!r}: no step of job {targets[0]!r} has it in its name or as its id",
+                hint="its steps: " + "; ".join(names),
+            )
+
     # -- running -----------------------------------------------------------------------------------------
 
     def run(self, targets: Sequence[str], wanted: Mapping[str, str]) -> list[JobResult]:
@@ -166,6 +182,7 @@ class Replay:
         unknown = sorted(set(wanted) - axes)
         if unknown:
             raise ReplayError(f"--matrix {', '.join(unknown)}: no such axis in {', '.join(order)}")
+        self.check_until(targets)
         done: dict[str, list[JobResult]] = {}
         results: list[JobResult] = []
         for name in order:
@@ -189,7 +206,8 @@ class Replay:
                     self.say(f"== job {label}: skipped (if: {job.get('if', 'success()')})")
                     result = JobResult(label, "skipped", steps=[StepResult(label, "(job skipped by if:)", None, 0.0)])
                 else:
-                    result = JobRun(self, name, job, combo, needs, label).run()
+                    until = self.opts.until if name in targets else ""  # the jobs it needs run whole
+                    result = JobRun(self, name, job, combo, needs, label, until).run()
                 done[name].append(result)
                 results.append(result)
         return results

@@ -17,7 +17,7 @@ from . import actions, composite
 from .containers import LABEL, MIRROR_IN_CONTAINER, PREPARE, Container, job_image, registry_mounts
 from .errors import ReplayError
 from .expressions import Context, Strict, evaluate_if, expand, expand_value, to_str, truthy
-from .model import DEFAULT_PATH, REPO_NAME, JobResult, StepResult, needs_context
+from .model import DEFAULT_PATH, REPO_NAME, STOPPED, JobResult, StepResult, needs_context
 from .workflow import glob_regex, local_action, parse_env_file, parse_path_file
 
 if TYPE_CHECKING:
@@ -33,8 +33,10 @@ class JobRun:
         combo: dict[str, Any],
         needs: dict[str, JobResult],
         label: str,
+        until: str = "",
     ) -> None:
         self.replay, self.name, self.job, self.combo, self.needs, self.label = replay, name, job, combo, needs, label
+        self.until = until  # --until (the target job only): stop after the first step it names
         self.result = JobResult(label, "success")
         self.steps_ctx = Strict("steps")
         self.github_env: dict[str, str] = {}
@@ -233,6 +235,8 @@ class JobRun:
                     f"steps.{step_id}", {"outputs": {}, "outcome": "skipped", "conclusion": "skipped"}
                 )
                 self.record(name, None, 0.0, "skipped")
+                if self.stop_here(step, index, name):
+                    return
                 continue
             remaining = timeout_s - (time.monotonic() - start)
             step_timeout = min(remaining, float(step.get("timeout-minutes", 1e9)) * 60)
@@ -260,11 +264,26 @@ class JobRun:
             )
             if rc != 0 and not continue_on_error:
                 self.result.status = "failure"
+            if self.stop_here(step, index, name):
+                return
+
+    def stop_here(self, step: Mapping[str, Any], index: int, name: str) -> bool:
+        """--until: after the first step whose name contains it or whose id is it, the job stops; a job that got
+        there without a failure is STOPPED, never success (its later steps, uploads and post steps did not run)."""
+        if not self.until or (self.until not in name and str(step.get("id", "")) != self.until):
+            return False
+        left = len(self.job.get("steps") or []) - 1 - index
+        self.log(f"== [{self.label}] stopped after {name!r} (--until {self.until}): {left} later step(s) not run")
+        self.record(f"(replay) stopped after {name} (--until)", None, 0.0, f"{left} later step(s) not run")
+        if self.result.status == "success":
+            self.result.status = STOPPED
+        return True
 
     def post_steps(self) -> None:
         for name, action in reversed(list(zip(self.post_names, self.post, strict=True))):
             if self.result.status != "success":
-                self.log(f"-- [{self.label}] {name}: skipped (the job did not succeed)")
+                why = "the job was stopped by --until" if self.result.status == STOPPED else "the job did not succeed"
+                self.log(f"-- [{self.label}] {name}: skipped ({why})")
                 self.record(name, None, 0.0, "skipped")
                 continue
             t0 = time.monotonic()

@@ -12,6 +12,7 @@ from mnnrepro.fixtures import ROOT
 from .expressions import Strict
 from .workflow import WORKFLOW
 
+STOPPED = "stopped"  # a job stopped by --until: neither success (steps were left out) nor failure
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 REPO_NAME = "mnnrepro"
 
@@ -34,7 +35,7 @@ class StepResult:
 @dataclass
 class JobResult:
     job: str
-    status: str  # success, failure, skipped
+    status: str  # success, failure, skipped, or STOPPED (--until: the steps after a chosen one were not run)
     outputs: dict[str, str] = field(default_factory=dict)
     steps: list[StepResult] = field(default_factory=list)
     summary: str = ""  # the file its $GITHUB_STEP_SUMMARY was written to ("" for none)
@@ -53,6 +54,8 @@ class Options:
     inputs: dict[str, str] = field(default_factory=dict)  # --input: workflow_dispatch inputs
     # `uses:` patterns -> local action directories (composite.parse_map; its default maps */mnnrepro@* here)
     actions: tuple[tuple[str, Path], ...] = ()
+    # --until: the target job stops after the first step whose name contains it or whose id is it ("": whole job)
+    until: str = ""
 
 
 def merge(results: list[JobResult]) -> JobResult:

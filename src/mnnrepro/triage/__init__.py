@@ -44,6 +44,10 @@ KINDS = (REGRESSION, CHANGE, NOT_COMPARABLE, SAME)
 # Exit codes (README, "triage"): 0 no finding; EXIT_MISMATCH (1) at least one finding; 3 nothing comparable.
 EXIT_NOTHING_COMPARABLE = 3
 BISECT_MODES = {"vulkan-image": "image", "vulkan-buffer": "buffer"}  # what `bisect --mode` can build
+# Findings triaged per run (--max-findings): each one's bisect builds MNN many times; the rest are listed.
+MAX_FINDINGS = 5
+PENDING = "pending"  # a finding's steps not run yet (the top files are written before them)
+NOT_TRIAGED = "not triaged"  # a finding over --max-findings: listed, its steps never run
 
 
 @dataclass(frozen=True)
@@ -276,12 +280,23 @@ def side_of(ref: str, summaries: Sequence[dict[str, Any]]) -> Side:
     )
 
 
+def _progress(step: dict[str, str]) -> str:
+    return " ".join(x for x in (step["step"], step.get("result", step.get("why", ""))) if x)
+
+
 def write(top: Path, rows: Sequence[Row], a: Side, b: Side, plans: dict[str, Any]) -> str:
-    """triage.json and summary.md at the top of the triage's results; returns the Markdown."""
+    """triage.json and summary.md at the top of the triage's results; returns the Markdown. Written before the
+    heavy steps and again after each finding's, so what a kill leaves is true: a finding not yet done says so."""
     found = findings(rows)
     head = f"# triage {a.ref} -> {b.ref}"
     changed = sum(1 for r in rows if r.kind == CHANGE)
+    pending = sum(1 for p in plans.values() if any(s["step"] == PENDING for s in p))
     verdict = f"{len(found)} finding(s)" if found else "no difference: nothing that passes at A fails at B"
+    left_out = sum(1 for p in plans.values() if any(s["step"].startswith(NOT_TRIAGED) for s in p))
+    if left_out:
+        verdict += f"; {left_out} {NOT_TRIAGED} (over --max-findings, listed below)"
+    if pending:
+        verdict += f"; triage unfinished: {pending} still pending (not yet reduced, bisected or written up)"
     if not found and changed:
         verdict = f"no regression found; {changed} change(s) where B did not pass on the GPU either (listed below)"
     if exit_code(rows) == EXIT_NOTHING_COMPARABLE:
@@ -296,7 +311,7 @@ def write(top: Path, rows: Sequence[Row], a: Side, b: Side, plans: dict[str, Any
         "",
     ]
     for name, p in plans.items():
-        lines += [f"- {name}: " + "; ".join(f"{s['step']} {s.get('result', s.get('why', ''))}" for s in p)]
+        lines += [f"- {name}: " + "; ".join(_progress(s) for s in p)]
     md = "\n".join([*lines, "", tables(rows, f"A {a.ref}", f"B {b.ref}", only_changed=bool(found))])
     (top / "summary.md").write_text(md + "\n")
     data = {
@@ -312,12 +327,24 @@ def write(top: Path, rows: Sequence[Row], a: Side, b: Side, plans: dict[str, Any
 
 
 def triage(
-    rows: Sequence[Row], a: Side, b: Side, top: Path, heavy: Heavy | None, say: Callable[[str], None] = print
+    rows: Sequence[Row],
+    a: Side,
+    b: Side,
+    top: Path,
+    heavy: Heavy | None,
+    say: Callable[[str], None] = print,
+    max_findings: int = MAX_FINDINGS,
 ) -> int:
-    """Plan (and with ``heavy``, run) each finding into top/finding-N-<slug>/; write the top files; the exit code."""
-    plans: dict[str, Any] = {}
-    for n, row in enumerate(findings(rows), 1):
-        name = f"finding-{n}-{slug(row)}"
+    """Plan (and with ``heavy``, run) the first ``max_findings`` findings, each into top/finding-N-<slug>/; the
+    rest are listed as not triaged. The top files are written first (every finding pending) and after each
+    finding, so a step timeout leaves a current summary; returns the exit code (a finding is one, triaged or not)."""
+    found = [(f"finding-{n}-{slug(row)}", row) for n, row in enumerate(findings(rows), 1)]
+    plans: dict[str, Any] = {
+        name: [{"step": PENDING} if n <= max_findings else {"step": f"{NOT_TRIAGED} (limit {max_findings})"}]
+        for n, (name, _) in enumerate(found, 1)
+    }
+    write(top, rows, a, b, plans)
+    for name, row in found[:max_findings]:
         actions = plan(row, a, b)
         say(f"{name}: {row.room} {row.name}: {row.a} -> {row.b}")
         if heavy is None:
@@ -329,6 +356,9 @@ def triage(
         out.mkdir(parents=True, exist_ok=True)
         (out / "finding.json").write_text(json.dumps({**asdict(row), "key": list(row.key)}, indent=1))
         plans[name] = execute(actions, out, heavy, say)
+        write(top, rows, a, b, plans)
+    for name, _ in found[max_findings:]:
+        say(f"{name}: not triaged (--max-findings {max_findings})")
     say(write(top, rows, a, b, plans))
     say(f"(triage written to {top})")
     return exit_code(rows)
@@ -352,6 +382,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="no reduce, bisect or report: print what each finding would get",
     )
+    p.add_argument(
+        "--max-findings",
+        dest="max_findings",
+        type=_positive,
+        default=MAX_FINDINGS,
+        help=f"reduce, bisect and write up at most N findings (default {MAX_FINDINGS}); the rest are listed",
+    )
     p.add_argument("--icd", dest="icds", help="comma-separated Vulkan ICDs (default lavapipe)")
     p.add_argument("--variants", help="comma-separated (default cpu,vulkan-image,vulkan-buffer)")
     p.add_argument("--workload", help="training workloads (default mnist)")
@@ -361,3 +398,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", dest="cache_dir")
     p.add_argument("--runner", choices=["auto", "host", "docker"])
     p.add_argument("--no-gdb", dest="gdb", action="store_const", const=False)
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"a whole number of at least 1, not {text!r}")
+    return n

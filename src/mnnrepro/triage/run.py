@@ -107,7 +107,7 @@ def main(args: argparse.Namespace, settings: Settings, *, say: Say = print) -> i
     a, b = side_of(args.a, a_data), side_of(args.b, b_data)
     rows = keep(compare(a_data, b_data), settings.icds if args.icds else (), settings.variants)
     heavy = None if args.plan_only else RealHeavy(settings, args.git_dir, say)
-    return triage(rows, a, b, top, heavy, say)
+    return triage(rows, a, b, top, heavy, say, max_findings=args.max_findings)
 
 
 __all__: list[Any] = ["RealHeavy", "Side", "main", "run_sessions"]
