@@ -762,3 +762,13 @@ def test_until_goes_to_the_asked_job_only_and_must_name_one_of_its_steps(
     with pytest.raises(ReplayError, match="one --job"):
         replay("Imports").run(["setup", "costly"], {})
     assert cli.parser().parse_args(["--job", "costly", "--until", "Imports"]).until == "Imports"
+
+
+def test_a_step_the_job_stopped_before_reads_as_empty_outputs_not_an_unknown_property(tmp_path: Path) -> None:
+    # nightly-head's job outputs name its `findings` step; a replay stopped before it (--until) must still finish.
+    from tools.replay.expressions import expand_value
+
+    job = {"steps": [*COSTLY["steps"][:2], {"name": "Findings", "id": "findings", "run": "ls"}]}
+    run, ran = _job_run(tmp_path, job, "imports")
+    assert "ls" not in ran and run.result.status == model.STOPPED
+    assert expand_value("${{ steps.findings.outputs.findings }}", run.ctx(run.env_for({}))) in ("", None)

@@ -224,6 +224,13 @@ class JobRun:
         return env
 
     def steps(self, start: float, timeout_s: float) -> None:
+        # A step with an id that never runs (the job failed or stopped before it: --until) reads as GitHub has it:
+        # its outputs empty, not an unknown property (job outputs often name the last steps).
+        for index, step in enumerate(self.job.get("steps") or []):
+            if "id" in step:
+                self.steps_ctx.setdefault(
+                    str(step["id"]), Strict(f"steps.{step['id']}", {"outputs": {}, "outcome": "", "conclusion": ""})
+                )
         for index, step in enumerate(self.job.get("steps") or []):
             step_id = str(step.get("id", f"__{index}"))
             env = self.env_for(step.get("env") or {})
