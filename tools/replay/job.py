@@ -226,7 +226,7 @@ class JobRun:
     def steps(self, start: float, timeout_s: float) -> None:
         # A step with an id that never runs (the job failed or stopped before it: --until) reads as GitHub has it:
         # its outputs empty, not an unknown property (job outputs often name the last steps).
-        for index, step in enumerate(self.job.get("steps") or []):
+        for step in self.job.get("steps") or []:
             if "id" in step:
                 self.steps_ctx.setdefault(
                     str(step["id"]), Strict(f"steps.{step['id']}", {"outputs": {}, "outcome": "", "conclusion": ""})
