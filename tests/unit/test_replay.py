@@ -519,23 +519,25 @@ def test_dispatch_inputs_defaults_overrides_and_errors() -> None:
         workflow.parse_inputs_arg(["novalue"])
 
 
-def _git_repo_with_one_commit(repo: Path) -> None:
-    """The replay reads the checkout's HEAD: a repository with one (empty) commit."""
+def _repo_with_workflow(tmp_path: Path, text: str) -> Path:
+    """A checkout holding this workflow, with one commit (the replay reads the checkout's HEAD)."""
+    repo = tmp_path / "repo"
+    (repo / ".github" / "workflows").mkdir(parents=True)
+    (repo / workflow.WORKFLOW).write_text(text)
     subprocess.run(["git", "init", "-q", str(repo)], check=True)
     git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "x"], check=True)
+    return repo
 
 
 def test_inputs_reach_expressions_of_a_replay(tmp_path: Path) -> None:
     """--input sets the `inputs` context of every job (a workflow-level env reads it as on GitHub)."""
     pytest.importorskip("yaml", reason="PyYAML comes with the `ci` extra")
-    repo = tmp_path / "repo"
-    (repo / ".github" / "workflows").mkdir(parents=True)
-    (repo / workflow.WORKFLOW).write_text(
+    repo = _repo_with_workflow(
+        tmp_path,
         "on:\n  workflow_dispatch:\n    inputs:\n      n:\n        type: string\n        default: ''\n"
-        "env:\n  N: ${{ inputs.n || '4' }}\njobs:\n  a:\n    runs-on: ubuntu-24.04\n    steps:\n      - run: 'true'\n"
+        "env:\n  N: ${{ inputs.n || '4' }}\njobs:\n  a:\n    runs-on: ubuntu-24.04\n    steps:\n      - run: 'true'\n",
     )
-    _git_repo_with_one_commit(repo)
 
     def replay(**inputs: str) -> engine.Replay:
         opts = model.Options(
@@ -704,14 +706,12 @@ def test_until_goes_to_the_asked_job_only_and_must_name_one_of_its_steps(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pytest.importorskip("yaml", reason="PyYAML comes with the `ci` extra")
-    repo = tmp_path / "repo"
-    (repo / ".github" / "workflows").mkdir(parents=True)
-    (repo / workflow.WORKFLOW).write_text(
+    repo = _repo_with_workflow(
+        tmp_path,
         "on: push\njobs:\n  setup:\n    runs-on: ubuntu-24.04\n    steps:\n      - name: Imports\n        run: 'true'\n"
         "  costly:\n    needs: setup\n    runs-on: ubuntu-24.04\n    steps:\n"
-        "      - name: Imports\n        run: 'true'\n"
+        "      - name: Imports\n        run: 'true'\n",
     )
-    _git_repo_with_one_commit(repo)
     got: list[tuple[str, str]] = []
 
     class FakeRun:
