@@ -316,3 +316,99 @@ def test_findings_beyond_max_findings_are_listed_not_triaged_and_still_fail(tmp_
     assert p.parse_args(["A", "B", "--max-findings", "2"]).max_findings == 2
     with pytest.raises(SystemExit):
         p.parse_args(["A", "B", "--max-findings", "0"])
+
+
+# -- training verdicts compared by what was observed, not by a row's words ------------------------------------------
+GRADS = (
+    "no committed golden for {ref}: vs the CPU run of this build: gradient check FAILED for 28/40 tensors; "
+    "worst conv1.weight step 0 grad: max_rel 3.85e+00"
+)
+
+
+def trained_wrong(ref: str, verdict: str, grads: str = GRADS, *, with_checks: bool = True) -> dict[str, Any]:
+    """One mnistv2 vulkan-image cell on the host GPU as summary.json stores it: KNOWN-WRONG (a row expects the wrong
+    values: its reason is prefixed with the row's) or FAIL (no row: judge() appends its note)."""
+    checks = [
+        {"name": "loss_finite", "passed": True, "detail": "all finite", "value": None, "limit": None, "status": "pass"},
+        {"name": "gradients", "passed": False, "detail": grads.format(ref=ref), "value": None, "limit": f"/r/{ref}"},
+    ]
+    checks[1]["status"] = "fail"
+    text = f"gradients: {grads.format(ref=ref)}"
+    reason = (
+        f"known wrong values (issue 22: 3.6.x image mode on NVIDIA): {text}"
+        if verdict == "KNOWN-WRONG"
+        else f"{text} (no expectation for this cell in fixtures/matrix.toml: no row names its device 'NVIDIA H100')"
+    )
+    summary = training(ref, {"mnistv2:vulkan-image/host": verdict})
+    summary["cells"][0].update({"ref": ref, "reason": reason, "checks": checks if with_checks else []})
+    return summary
+
+
+def test_training_pass_and_fixed_are_the_same_either_way() -> None:
+    # FIXED only says a row named a fixed bug at that ref; both cells trained right on the GPU.
+    rows = triage.compare(
+        [training("3.6.1", {"mnistv2:vulkan-buffer/host": "FIXED", "vulkan-buffer/host": "PASS"})],
+        [training("4d40bdbd", {"mnistv2:vulkan-buffer/host": "PASS", "vulkan-buffer/host": "FIXED"})],
+    )
+    assert kinds(rows) == {"mnistv2/vulkan-buffer/host": triage.SAME, "mnist/vulkan-buffer/host": triage.SAME}
+    why = {r.name: r.why for r in rows}
+    assert why["mnistv2/vulkan-buffer/host"] == (
+        "trained right at both (FIXED at A, PASS at B: a row names a fixed bug at A only)"
+    )
+    assert why["mnist/vulkan-buffer/host"].startswith("trained right at both (PASS at A, FIXED at B")
+    assert triage.exit_code(rows) == 0
+
+
+def test_training_known_wrong_and_fail_with_the_same_checks_are_the_same_either_way() -> None:
+    # The same failing checks, apart from each side's ref name; one side's row called them KNOWN-WRONG.
+    sha = "4d40bdbd" * 5
+    for a, b in (("KNOWN-WRONG", "FAIL"), ("FAIL", "KNOWN-WRONG")):
+        rows = triage.compare([trained_wrong("3.6.1", a)], [trained_wrong(sha, b)])
+        assert kinds(rows) == {"mnistv2/vulkan-image/host": triage.SAME}, (a, b)
+        assert rows[0].why.startswith(f"trained wrong at both with the same failing checks ({a} at A, {b} at B")
+        assert triage.exit_code(rows) == 0
+    # a summary without its checks list: the reason, less the row's prefix and judge()'s note, is compared
+    rows = triage.compare(
+        [trained_wrong("3.6.1", "KNOWN-WRONG", with_checks=False)], [trained_wrong(sha, "FAIL", with_checks=False)]
+    )
+    assert kinds(rows) == {"mnistv2/vulkan-image/host": triage.SAME}
+
+
+def test_training_trained_wrong_with_a_golden_at_one_ref_only_compares_the_numbers() -> None:
+    # 3.6.1 has a committed golden, HEAD has none: its gradient check compares with the CPU run of its build and says
+    # so before the same numbers (seen on an NVIDIA H200, triage 3.6.1 -> 4d40bdbd, mnistv2 image mode).
+    golden = GRADS.replace("no committed golden for {ref}: vs the CPU run of this build: ", "")
+    rows = triage.compare([trained_wrong("3.6.1", "KNOWN-WRONG", golden)], [trained_wrong("4d40bdbd" * 5, "FAIL")])
+    assert kinds(rows) == {"mnistv2/vulkan-image/host": triage.SAME}
+    # other numbers behind the same words stay a change
+    other = GRADS.replace("28/40", "27/40")
+    rows = triage.compare([trained_wrong("3.6.1", "KNOWN-WRONG", golden)], [trained_wrong("HEAD", "FAIL", other)])
+    assert kinds(rows) == {"mnistv2/vulkan-image/host": triage.CHANGE}
+
+
+def test_training_known_wrong_and_fail_with_other_checks_stay_a_change(tmp_path: Path) -> None:
+    other = GRADS.replace("28/40", "3/40").replace("conv1.weight", "fc2.bias")
+    rows = triage.compare([trained_wrong("3.6.1", "KNOWN-WRONG")], [trained_wrong("HEAD", "FAIL", other)])
+    assert kinds(rows) == {"mnistv2/vulkan-image/host": triage.CHANGE}
+    assert rows[0].why == ("did not pass at A (KNOWN-WRONG): trained wrong at both, but the failing checks differ")
+    # the ref is a placeholder only as a whole word: refs 3.6 and 3.7 naming 3.6.1's and 3.7.1's goldens differ
+    rows = triage.compare(
+        [trained_wrong("3.6", "KNOWN-WRONG", GRADS.replace("{ref}", "{ref}.1"))],
+        [trained_wrong("3.7", "FAIL", GRADS.replace("{ref}", "{ref}.1"))],
+    )
+    assert rows[0].kind == triage.CHANGE
+    # the files keep their shape: the rows' keys, and the why beside the kind in summary.md
+    md = triage.write(tmp_path, rows, triage.Side("3.6.1", "a", {}), triage.Side("HEAD", "b", {}), {})
+    assert "| mnistv2 | vulkan-image | host | KNOWN-WRONG | FAIL | change (not a regression): did not pass" in md
+    row = json.loads((tmp_path / "triage.json").read_text())["rows"][0]
+    assert set(row) == {"room", "key", "a", "b", "kind", "why"} and row["key"] == ["mnistv2", "vulkan-image", "host"]
+
+
+def test_a_pass_or_fixed_at_a_and_trained_wrong_at_b_is_still_a_regression() -> None:
+    # Whatever the rows say (KNOWN-WRONG: a row expects the wrong values at B), a pass at A and wrong values at B
+    # is a finding; only the same observed outcome is "same".
+    for a, b in (("PASS", "KNOWN-WRONG"), ("FIXED", "KNOWN-WRONG"), ("PASS", "FAIL"), ("FIXED", "FAIL")):
+        rows = triage.compare([training("3.6.1", {"mnistv2:vulkan-image/host": a})], [trained_wrong("HEAD", b)])
+        assert kinds(rows) == {"mnistv2/vulkan-image/host": triage.REGRESSION}, (a, b)
+        assert rows[0].why == f"passes at A, {b} at B"
+        assert triage.exit_code(rows) == 1

@@ -12,12 +12,19 @@ Every other change (a move to FALLBACK, FIXED-BY-FALLBACK, NO-GPU-WORK, NOT-EXER
 listed, never a finding: B did not run the op (or the backend) on the GPU, or its CPU reference failed, so there is
 no wrong GPU value or GPU crash to reduce or bisect; it is listed so that nobody reads it as a pass. A key that only
 one side ran is "not comparable", never a pass.
+
+A training cell is classified by what was observed, not by the words a row of fixtures/matrix.toml put on it (a row
+naming A but not B turns one outcome into two verdicts): PASS and FIXED (trained right at both) are "same"; so are
+KNOWN-WRONG and FAIL when the failing checks are the same (their ``name: detail`` texts, each side's ref name
+replaced by a placeholder); with other failing checks the pair stays a change (did not pass at A). A pass at A and
+a failure at B stays a regression whatever the rows say.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -68,24 +75,74 @@ def room_of(summary: dict[str, Any]) -> str:
     return "ops" if summary.get("session") == "ops" else "training"
 
 
-def outcomes(summary: dict[str, Any]) -> dict[tuple[str, ...], str]:
-    """Each key of one summary with its status: per test of an ops run, per cell of a training run (the workload
-    is the cell id's prefix, ``mnistv2:3.3.0/...``; none is mnist)."""
-    out: dict[tuple[str, ...], str] = {}
+@dataclass(frozen=True)
+class Outcome:
+    """One key's status, and for a training cell that trained wrong (FAIL, KNOWN-WRONG) its failing checks'
+    ``name: detail`` texts, the ref replaced by ``REF`` ("" where none are recorded), so that two sides' checks
+    compare whatever a row of fixtures/matrix.toml called them."""
+
+    status: str
+    checks: str = ""
+
+
+REF = "<ref>"
+# Training verdicts that say the same observed outcome in a row's words (one side's row named it, the other's not).
+TRAINED_RIGHT = (PASS, FIXED)
+TRAINED_WRONG = (KNOWN_WRONG, FAIL)
+# What judge.py puts around the failing checks in a cell's reason: KNOWN-WRONG's prefix naming the row, and the
+# notes judge() appends (no row for the cell, the row covering the ref).
+_KNOWN_WRONG_PREFIX = re.compile(r"^known wrong values \(.*?\): ")
+_NO_GOLDEN = re.compile(r"no committed golden for <ref>: vs the (?:CPU run of this build|float64 numpy reference): ")
+_REASON_NOTES = (" (no expectation for this cell in fixtures/matrix.toml", " (expectation: the row for refs ")
+
+
+def outcomes(summary: dict[str, Any]) -> dict[tuple[str, ...], Outcome]:
+    """Each key of one summary with its outcome: per test of an ops run (its status), per cell of a training run
+    (its verdict and failing checks; the workload is the cell id's prefix, ``mnistv2:3.3.0/...``; none is mnist)."""
+    out: dict[tuple[str, ...], Outcome] = {}
+    head = summary["header"] if isinstance(summary.get("header"), dict) else summary
     for cell in summary.get("cells") or []:
         variant, icd = str(cell.get("variant", "")), str(cell.get("icd", ""))
         if room_of(summary) == "ops":
             for t in cell.get("tests") or []:
-                out[(variant, icd, str(t["test"]))] = str(t.get("status", ""))
+                out[(variant, icd, str(t["test"]))] = Outcome(str(t.get("status", "")))
         else:
             cid = str(cell.get("cell", ""))
             workload = cid.split(":", 1)[0] if ":" in cid else train.NAME
-            out[(workload, variant, icd)] = str(cell.get("verdict", ""))
+            verdict = str(cell.get("verdict", ""))
+            refs = (cell.get("ref"), head.get("ref"), head.get("commit"))
+            checks = failing_checks(cell, refs) if verdict in TRAINED_WRONG else ""
+            out[(workload, variant, icd)] = Outcome(verdict, checks)
     return out
 
 
-def classify(room: str, a: str, b: str) -> tuple[str, str]:
-    """(kind, why) of one key's pair of statuses."""
+def failing_checks(cell: dict[str, Any], refs: Sequence[object] = ()) -> str:
+    """A training cell's failing checks as ``name: detail; ...`` (what judge.py joins into FAIL's reason and
+    KNOWN-WRONG's after its row prefix), each of ``refs`` replaced by ``REF``. From the cell's ``checks`` (status
+    "fail"); without any, from its ``reason`` less the row prefix and judge()'s trailing notes."""
+    failed = [
+        c
+        for c in cell.get("checks") or []
+        if isinstance(c, dict) and (c.get("status") == "fail" if c.get("status") else c.get("passed") is False)
+    ]
+    if failed:
+        text = "; ".join(f"{c.get('name', '')}: {c.get('detail', '')}" for c in failed)
+    else:
+        text = _KNOWN_WRONG_PREFIX.sub("", str(cell.get("reason") or cell.get("why") or ""), count=1)
+        for note in _REASON_NOTES:
+            if note in text:
+                text = text[: text.rindex(note)]
+    for ref in sorted({str(r) for r in refs if r and str(r) != "0" * 40}, key=len, reverse=True):
+        # the ref as a word ("3.6.1", a sha), not inside another ("3.6.10", "3.6.1x")
+        text = re.sub(rf"(?<![\w.]){re.escape(ref)}(?!\w|\.\w)", REF, text)
+    # Where one ref has a committed golden and the other not, the gradient check compares with the CPU run of that
+    # build instead (workloads/train/session.py says so before its numbers): the same check, another reference.
+    text = _NO_GOLDEN.sub("", text)
+    return text.strip()
+
+
+def classify(room: str, a: str, b: str, a_checks: str = "", b_checks: str = "") -> tuple[str, str]:
+    """(kind, why) of one key's pair of statuses (training: with each side's failing checks, ``Outcome.checks``)."""
     if a in UNRUN or b in UNRUN:
         return (
             NOT_COMPARABLE,
@@ -96,6 +153,17 @@ def classify(room: str, a: str, b: str) -> tuple[str, str]:
         return REGRESSION, f"passes at A, {b} at B"
     if a == b:
         return SAME, ""
+    if room == "training" and {a, b} == set(TRAINED_RIGHT):
+        named = "A" if a == FIXED else "B"
+        return SAME, f"trained right at both ({a} at A, {b} at B: a row names a fixed bug at {named} only)"
+    if room == "training" and {a, b} == set(TRAINED_WRONG):
+        named = "A" if a == KNOWN_WRONG else "B"
+        if a_checks and a_checks == b_checks:
+            words = f"{a} at A, {b} at B: a row expects known wrong values at {named} only"
+            return SAME, f"trained wrong at both with the same failing checks ({words})"
+        unrecorded = [side for side, text in (("A", a_checks), ("B", b_checks)) if not text]
+        differ = f"are not recorded at {' and '.join(unrecorded)}" if unrecorded else "differ"
+        return CHANGE, f"did not pass at A ({a}): trained wrong at both, but the failing checks {differ}"
     if b in passes:
         return CHANGE, "passes at B"
     return CHANGE, f"{b} at B is no GPU failure to reduce" if b not in fails else f"did not pass at A ({a})"
@@ -108,9 +176,9 @@ def compare(a_summaries: Sequence[dict[str, Any]], b_summaries: Sequence[dict[st
         a = {k: v for s in a_summaries if room_of(s) == room for k, v in outcomes(s).items()}
         b = {k: v for s in b_summaries if room_of(s) == room for k, v in outcomes(s).items()}
         for key in sorted(set(a) | set(b)):
-            was, now = a.get(key, ABSENT), b.get(key, ABSENT)
-            kind, why = classify(room, was, now)
-            rows.append(Row(room, key, was, now, kind, why))
+            was, now = a.get(key, Outcome(ABSENT)), b.get(key, Outcome(ABSENT))
+            kind, why = classify(room, was.status, now.status, was.checks, now.checks)
+            rows.append(Row(room, key, was.status, now.status, kind, why))
     return sorted(rows, key=lambda r: (KINDS.index(r.kind), r.room, r.key))
 
 
