@@ -245,7 +245,7 @@ def bisect(rng: Range, oracle: Oracle, *, state_file: Path, cell: str, say: Call
         step = test(commit, name)
         if step.verdict is None:
             raise BisectError(
-                f"the {name} {commit[:12]} could not be built or run: {step.detail}",
+                f"the {name} {commit[:12]} could not be built or run, or gave no GPU verdict: {step.detail}",
                 hint="both ends need a verdict; pick ends that build (or delete the state file to retry: "
                 f"{state_file})",
             )
@@ -520,8 +520,9 @@ class OptestOracle(MnnOracle):
     """One of MNN's own tests as the workload (``bisect --test NAME``, issue 27): at each commit the same
     preparation, ``mnn_optest`` built as the ops session builds it, then the test on the CPU and on the cell, judged
     as the ops session judges it (opsession._cell: beside the CPU result, device rows). PASS/UNEXPECTED-PASS -> PASS;
-    FAIL, CRASH, TIMEOUT and FALLBACK are verdicts; a commit where the test is not built, or did no GPU work
-    (NO-GPU-WORK, NOT-EXERCISED) or whose CPU run failed, is skipped, never a PASS."""
+    FAIL, CRASH, TIMEOUT are verdicts; any status that is no GPU verdict (FALLBACK: the op ran on the CPU;
+    NO-GPU-WORK, NOT-EXERCISED, CPU-FAIL, FLAKE, a SKIP row, not built, interrupted) skips the commit, as one that
+    does not build is skipped: it is never counted as unchanged or changed."""
 
     def __init__(
         self, git_dir: Path, variant: str, settings: Settings, results: Path, say: Callable[[str], None], test: str
@@ -555,9 +556,10 @@ class OptestOracle(MnnOracle):
         built = f"build {prepared.built.build_s:.0f}s, run {time.monotonic() - t_run:.0f}s"
         if status in ("PASS", "UNEXPECTED-PASS"):
             return Outcome("PASS", f"{built}; {self.test} passes on the backend")
-        if status in (*opjudge.FAILING, FALLBACK):
+        if status in opjudge.FAILING:
             return Outcome(status, f"{built}; {self.test}: {status} {reason}".rstrip())
-        return Outcome(None, f"{built}; {self.test}: {status or 'no result'} {reason}".rstrip())
+        # No GPU verdict (FALLBACK: the op under test ran on the CPU, NO-GPU-WORK, NOT-EXERCISED, CPU-FAIL, ...).
+        return Outcome(None, f"{built}; {self.test}: {status or 'no result'}, no GPU verdict {reason}".rstrip())
 
 
 def default_git_dir(settings: Settings, say: Callable[[str], None]) -> Path:
@@ -622,7 +624,9 @@ def _test_cell(variant: str, settings: Settings, test: str | None, repro: Path |
     """The state file's cell of ``--test NAME`` (how a crash is judged is part of it, as for --repro), or ""."""
     if test and repro is not None:
         raise BisectError("--test and --repro are two workloads: give one")
-    return f"{variant}/{settings.icds[0]}/optest={test}/{'signature' if settings.gdb else 'signal'}" if test else ""
+    # "gpu-verdicts": steps recorded when FALLBACK still counted as a verdict are not reused.
+    judged = f"{'signature' if settings.gdb else 'signal'}/gpu-verdicts"
+    return f"{variant}/{settings.icds[0]}/optest={test}/{judged}" if test else ""
 
 
 def main(args: argparse.Namespace, settings: Settings, *, say: Callable[[str], None] = print) -> int:

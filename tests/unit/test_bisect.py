@@ -515,3 +515,85 @@ def test_a_vuid_reduction_is_refused_as_a_bisect_repro(tmp_path: Path) -> None:
     settings = Settings(cache_dir=tmp_path / "cache", icds=("lavapipe",), gdb=False)
     with pytest.raises(ConfigError, match="cannot be bisected yet"):
         bisect.ReproOracle(tmp_path, "vulkan-image", settings, tmp_path / "results", lambda _: None, red)
+
+
+def _optest_oracle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, status_of: Callable[[str], str]
+) -> bisect.OptestOracle:
+    """An OptestOracle whose build and test run are faked: the cell's status at a commit is status_of(commit)."""
+    from types import SimpleNamespace
+
+    from mnnrepro import prepare
+    from mnnrepro.settings import Settings
+    from mnnrepro.workloads.ops import optest
+    from mnnrepro.workloads.ops import session as opsession
+
+    def fake_prepare(ref: str, names: tuple[str, ...], settings: Settings, matrix: object, say: object) -> object:
+        return SimpleNamespace(built=SimpleNamespace(builder=None, core=None, build_s=1.0))
+
+    def fake_cell(cell: Any, prepared: Any, binary: Any, tests: list[str], *rest: Any) -> Any:
+        status = "PASS" if cell.variant == "cpu" else status_of(cell.ref)
+        return [SimpleNamespace(status=status, reason="why")], {"op/x": object()}, None
+
+    monkeypatch.setattr(prepare, "prepare", fake_prepare)
+    monkeypatch.setattr(optest, "build_binary", lambda builder, core: SimpleNamespace(tests=["op/x"]))
+    monkeypatch.setattr(opsession, "_cell", fake_cell)
+    settings = Settings(cache_dir=tmp_path / "cache", icds=("lavapipe",), gdb=False)
+    oracle = bisect.OptestOracle(tmp_path, "vulkan-image", settings, tmp_path / "results", lambda _: None, "op/x")
+    monkeypatch.setattr(oracle, "_tree", lambda commit: None)
+    return oracle
+
+
+@pytest.mark.parametrize("status", ["FALLBACK", "NO-GPU-WORK", "NOT-EXERCISED", "CPU-FAIL", "FLAKE", ""])
+def test_the_optest_oracle_skips_a_commit_without_a_gpu_verdict(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, status: str
+) -> None:
+    """bisect --test: FALLBACK (the op under test ran on the CPU) and the other statuses that are no GPU verdict
+    skip the commit, as an unbuildable one is skipped; PASS and FAIL/CRASH/TIMEOUT stay the verdicts."""
+    oracle = _optest_oracle(tmp_path, monkeypatch, lambda ref: status)
+    got = oracle("ab" * 20)
+    assert got.verdict is None and (status or "no result") in got.detail
+
+
+@pytest.mark.parametrize(
+    ("status", "verdict"),
+    [("PASS", "PASS"), ("UNEXPECTED-PASS", "PASS"), ("FAIL", "FAIL"), ("CRASH", "CRASH"), ("TIMEOUT", "TIMEOUT")],
+)
+def test_the_optest_oracle_keeps_pass_and_failures_as_verdicts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, status: str, verdict: str
+) -> None:
+    assert _optest_oracle(tmp_path, monkeypatch, lambda ref: status)("ab" * 20).verdict == verdict
+
+
+@pytest.mark.parametrize(
+    ("fallback", "first", "candidates"),
+    [((4, 5), 7, (7,)), ((5, 6), None, (5, 6, 7))],
+)
+def test_a_test_bisect_never_takes_a_fallback_commit_as_unchanged_or_changed(
+    repo: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fallback: tuple[int, ...],
+    first: int | None,
+    candidates: tuple[int, ...],
+) -> None:
+    """PASS up to c6 but FALLBACK (the op left the GPU) at the `fallback` commits, CRASH from c7 on: the FALLBACK
+    commits are skipped, never read as PASS or as the change; when they sit right before c7 they hide it."""
+    index = {sha(repo, f"c{i}")[:12]: i for i in range(N)}
+
+    def status_of(ref: str) -> str:
+        i = index[ref]
+        return "FALLBACK" if i in fallback else "PASS" if i < 7 else "CRASH"
+
+    result = run(repo, tmp_path, _optest_oracle(tmp_path, monkeypatch, status_of), "old", "new")
+    assert result.first == (None if first is None else sha(repo, f"c{first}"))
+    assert result.candidates == tuple(sha(repo, f"c{i}") for i in candidates)
+    assert (result.old_verdict, result.new_verdict) == ("PASS", "CRASH")
+    assert all(s.verdict is None for s in result.steps if index[s.commit[:12]] in fallback)
+
+
+def test_a_test_bisects_state_is_not_shared_with_steps_that_counted_fallback_as_a_verdict() -> None:
+    from mnnrepro.settings import Settings
+
+    cell = bisect._test_cell("vulkan-image", Settings(icds=("lavapipe",), gdb=False), "op/x", None)
+    assert cell == "vulkan-image/lavapipe/optest=op/x/signal/gpu-verdicts"
