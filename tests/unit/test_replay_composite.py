@@ -114,6 +114,38 @@ def test_a_composite_action_runs_its_steps_with_inputs_action_path_and_shells(tm
     assert out == {"said": f"echo me in . from {path}"}
 
 
+AFTER_A_FAILURE = """
+runs:
+  using: composite
+  steps:
+    - shell: sh
+      run: echo on success
+    - if: failure()
+      shell: sh
+      run: echo on failure broken
+    - if: success()
+      shell: sh
+      run: echo on explicit success
+    - if: always()
+      shell: sh
+      run: echo always
+"""
+
+
+def test_a_composite_actions_steps_see_the_calling_jobs_failure(tmp_path: Path) -> None:
+    """GitHub: a composite action's steps see the job status so far. Run (if: always()) after an earlier step of
+    the job failed, its default and success() steps are skipped and its failure() step runs; the action's rc is
+    its own first failed step's."""
+    job = FakeJob(fail={"broken"})
+    ctx = {**_ctx(), "__status": "failure"}
+    rc = composite.run_composite(job, _action(tmp_path, AFTER_A_FAILURE), "a/x@v1", {}, ctx, {})  # type: ignore[arg-type]
+    assert [r[1] for r in job.ran] == ["echo on failure broken", "echo always"]
+    assert rc == 1
+    job = FakeJob()
+    assert composite.run_composite(job, tmp_path, "a/x@v1", {}, _ctx(), {}) == 0  # type: ignore[arg-type]
+    assert [r[1] for r in job.ran] == ["echo on success", "echo on explicit success", "echo always"]
+
+
 def test_a_composite_action_checks_required_inputs_and_shell(tmp_path: Path) -> None:
     with pytest.raises(ReplayError, match="'who' is required"):
         composite.run_composite(FakeJob(), _action(tmp_path, ACTION), "a/x@v1", {}, _ctx(), {})  # type: ignore[arg-type]
@@ -228,3 +260,43 @@ def test_the_verdict_step_never_reads_a_shard_as_the_whole_tree(
     _results(tmp_path, "vulkan_buffer", {"cells": [cell], "all_matched": True, "shard": {"index": 1, "total": 2}})
     assert action_summary.main([str(tmp_path), "vulkan_buffer=0"]) == 1
     assert "shard 1/2: partial, not a whole verdict" in capsys.readouterr().out
+
+
+UNKNOWN_MD = (
+    "## mnnrepro {s}: MNN fork (commit unknown): every cell matched\n\n"
+    "| MNN | fork @ commit unknown (source: explicit) |\n"
+)
+
+
+def test_the_step_summary_reads_the_commit_of_a_git_source_tree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isolated_git: None
+) -> None:
+    """A --source tree is used as is: the session records no commit and its summary.md says "commit unknown". The
+    step summary names the tree's git HEAD instead: the tree the header names (training sessions), or --source
+    (the ops header names none); a tree that is only a directory inside a repository is not read."""
+    tree = _git_repo(tmp_path, "on: push\n").resolve()
+    head = subprocess.run(["git", "-C", str(tree), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    (tree / "sub").mkdir()
+    header = {"commit": None, "source": str(tree), "source_origin": "explicit"}
+    for session, h in (("vulkan_buffer", header), ("ops", {"commit": None}), ("inside", {"source": str(tree / "sub")})):
+        _results(tmp_path / "r", session, {"header": h, "cells": [], "all_matched": True})
+        next((tmp_path / "r" / session).glob("*/summary.md")).write_text(UNKNOWN_MD.format(s=session))
+    step = tmp_path / "step.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(step))
+    assert action_summary.main([str(tmp_path / "r"), "vulkan_buffer=0", "ops=0", "inside=0"]) == 0
+    buffer, ops, inside = step.read_text().split("## mnnrepro: ")[1:]
+    assert f"MNN fork ({head[:10]}, git HEAD of the tree): every" in buffer
+    assert f"fork @ {head} (git HEAD of the tree) (source: explicit)" in buffer and "unknown" not in buffer
+    assert "commit unknown" in ops and "commit unknown" in inside  # no tree named / not the top of a repository
+    (tree / ".github" / "workflows" / "gpu.yml").write_text("changed\n")
+    step.unlink()
+    assert action_summary.main(["--source", str(tree), str(tmp_path / "r"), "ops=0"]) == 0
+    assert f"MNN fork ({head[:10]}, git HEAD of the tree, with local changes): every" in step.read_text()
+
+
+def test_a_commit_summary_json_records_is_preferred_to_the_trees(tmp_path: Path, isolated_git: None) -> None:
+    tree = _git_repo(tmp_path, "on: push\n")
+    data = {"header": {"refs": {"fork": {"commit": "5047919a1a"}}, "source": str(tree)}}
+    # A text that still says "commit unknown" (another ref of the run) is not rewritten with the tree's HEAD.
+    assert action_summary.with_commit(UNKNOWN_MD, data, tree) == UNKNOWN_MD
+    assert action_summary.recorded_commit(data) == "5047919a1a"

@@ -134,7 +134,9 @@ def run_composite(
     github = Strict("github", {**ctx["github"], "action_path": action_path, "action": uses})
     inputs = Strict("inputs", bind_inputs(action, given, {**ctx, "github": github}, job.log))
     steps = Strict("steps")
-    status, rc = "success", 0
+    # The steps see the job's status so far (GitHub): after an earlier failed step of the calling job, success()
+    # is false and failure() true inside the action too; rc is the action's own first failed step.
+    status, rc = str(ctx.get("__status", "success")), 0
     first_path = len(job.paths)
     for index, step in enumerate(action["runs"]["steps"]):
         step_id = str(step.get("id", f"__{index}"))
@@ -162,7 +164,7 @@ def run_composite(
         job.log(f"   <- {name}: rc={step_rc}")
         outcome = "success" if step_rc == 0 else "failure"
         steps[step_id] = Strict(f"steps.{step_id}", {"outputs": out, "outcome": outcome, "conclusion": outcome})
-        if step_rc != 0 and status == "success":
+        if step_rc != 0 and rc == 0:
             status, rc = "failure", step_rc
     final = {**ctx, "github": github, "inputs": inputs, "steps": steps, "__status": status}
     for name, spec in (action.get("outputs") or {}).items():
