@@ -344,19 +344,50 @@ def trained_wrong(ref: str, verdict: str, grads: str = GRADS, *, with_checks: bo
     return summary
 
 
-def test_training_pass_and_fixed_are_the_same_either_way() -> None:
-    # FIXED only says a row named a fixed bug at that ref; both cells trained right on the GPU.
+def placed(summary: dict[str, Any], sgd_cpu: dict[str, int]) -> dict[str, Any]:
+    """Each cell of a training summary with its placement as summary.json records it (op types on the CPU)."""
+    for cell in summary["cells"]:
+        cell["placement"] = {
+            "forward": {"ops": {"cpu": 2, "vulkan": 40}, "cpu_ops": {"Cast": 2}},
+            "sgd_step": {"ops": {"cpu": sum(sgd_cpu.values()), "vulkan": 374}, "cpu_ops": dict(sgd_cpu)},
+        }
+    return summary
+
+
+def test_training_pass_and_fixed_with_the_same_placement_are_the_same_either_way() -> None:
+    # FIXED says a row named a fixed bug there and checked its op ran on the GPU; PASS (no row) checked no
+    # placement: the same only where the same op types ran on the CPU.
     rows = triage.compare(
-        [training("3.6.1", {"mnistv2:vulkan-buffer/host": "FIXED", "vulkan-buffer/host": "PASS"})],
-        [training("4d40bdbd", {"mnistv2:vulkan-buffer/host": "PASS", "vulkan-buffer/host": "FIXED"})],
+        [placed(training("3.6.1", {"mnistv2:vulkan-buffer/host": "FIXED", "vulkan-buffer/host": "PASS"}), {"Cast": 2})],
+        [
+            placed(
+                training("4d40bdbd", {"mnistv2:vulkan-buffer/host": "PASS", "vulkan-buffer/host": "FIXED"}), {"Cast": 2}
+            )
+        ],
     )
     assert kinds(rows) == {"mnistv2/vulkan-buffer/host": triage.SAME, "mnist/vulkan-buffer/host": triage.SAME}
     why = {r.name: r.why for r in rows}
     assert why["mnistv2/vulkan-buffer/host"] == (
-        "trained right at both (FIXED at A, PASS at B: a row names a fixed bug at A only)"
+        "trained right at both with the same ops on the CPU (FIXED at A, PASS at B: a row names a fixed bug at A only)"
     )
-    assert why["mnist/vulkan-buffer/host"].startswith("trained right at both (PASS at A, FIXED at B")
+    assert why["mnist/vulkan-buffer/host"].startswith("trained right at both with the same ops on the CPU (PASS at A")
     assert triage.exit_code(rows) == 0
+
+
+def test_training_pass_beside_fixed_with_the_bug_op_on_the_cpu_or_no_placement_stays_a_change() -> None:
+    # B's PASS ran the Deconvolution on the CPU: a row would call it FIXED-BY-FALLBACK; never "the same".
+    rows = triage.compare(
+        [placed(training("3.6.1", {"mnistv2:vulkan-buffer/host": "FIXED"}), {"Cast": 2})],
+        [placed(training("HEAD", {"mnistv2:vulkan-buffer/host": "PASS"}), {"Cast": 2, "Deconvolution": 1})],
+    )
+    assert kinds(rows) == {"mnistv2/vulkan-buffer/host": triage.CHANGE}
+    assert "differs (A forward: Cast; sgd_step: Cast; B forward: Cast; sgd_step: Cast, Deconvolution)" in rows[0].why
+    rows = triage.compare(
+        [training("3.6.1", {"mnistv2:vulkan-buffer/host": "FIXED"})],
+        [training("HEAD", {"mnistv2:vulkan-buffer/host": "PASS"})],
+    )
+    assert kinds(rows) == {"mnistv2/vulkan-buffer/host": triage.CHANGE}
+    assert rows[0].why.endswith("but the placement on the CPU is not recorded at A and B")
 
 
 def test_training_known_wrong_and_fail_with_the_same_checks_are_the_same_either_way() -> None:
@@ -412,3 +443,9 @@ def test_a_pass_or_fixed_at_a_and_trained_wrong_at_b_is_still_a_regression() -> 
         assert kinds(rows) == {"mnistv2/vulkan-image/host": triage.REGRESSION}, (a, b)
         assert rows[0].why == f"passes at A, {b} at B"
         assert triage.exit_code(rows) == 1
+
+
+def test_the_known_wrong_prefix_ends_before_the_first_check_not_inside_the_rows_reason() -> None:
+    # matrix.toml's reasons hold "): " themselves ("(H100, 3.6.1, seen once): static as ...").
+    cell = {"reason": "known wrong values (image mode (H100, 3.6.1, seen once): static as MNIST's): tracks_cpu: 1.17"}
+    assert triage.failing_checks(cell) == "tracks_cpu: 1.17"

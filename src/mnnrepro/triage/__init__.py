@@ -77,9 +77,11 @@ def room_of(summary: dict[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class Outcome:
-    """One key's status, and for a training cell that trained wrong (FAIL, KNOWN-WRONG) its failing checks'
-    ``name: detail`` texts, the ref replaced by ``REF`` ("" where none are recorded), so that two sides' checks
-    compare whatever a row of fixtures/matrix.toml called them."""
+    """One key's status and what a training cell showed beside it: where it trained wrong (FAIL, KNOWN-WRONG) its
+    failing checks' ``name: detail`` texts, the ref replaced by ``REF``; where it trained right (PASS, FIXED) the op
+    types it ran on the CPU per phase (``cpu_placement``): FIXED checked that the bug's op ran on the GPU, PASS
+    without a row did not, so a PASS is the same as a FIXED only where the same ops ran on the CPU. "" where none
+    is recorded. Two sides compare whatever a row of fixtures/matrix.toml called them."""
 
     status: str
     checks: str = ""
@@ -91,7 +93,7 @@ TRAINED_RIGHT = (PASS, FIXED)
 TRAINED_WRONG = (KNOWN_WRONG, FAIL)
 # What judge.py puts around the failing checks in a cell's reason: KNOWN-WRONG's prefix naming the row, and the
 # notes judge() appends (no row for the cell, the row covering the ref).
-_KNOWN_WRONG_PREFIX = re.compile(r"^known wrong values \(.*?\): ")
+_KNOWN_WRONG_PREFIX = re.compile(r"^known wrong values \(.*?\): (?=[a-z_]+: )")  # up to the first check's name
 _NO_GOLDEN = re.compile(r"no committed golden for <ref>: vs the (?:CPU run of this build|float64 numpy reference): ")
 _REASON_NOTES = (" (no expectation for this cell in fixtures/matrix.toml", " (expectation: the row for refs ")
 
@@ -111,9 +113,28 @@ def outcomes(summary: dict[str, Any]) -> dict[tuple[str, ...], Outcome]:
             workload = cid.split(":", 1)[0] if ":" in cid else train.NAME
             verdict = str(cell.get("verdict", ""))
             refs = (cell.get("ref"), head.get("ref"), head.get("commit"))
-            checks = failing_checks(cell, refs) if verdict in TRAINED_WRONG else ""
+            checks = (
+                failing_checks(cell, refs)
+                if verdict in TRAINED_WRONG
+                else cpu_placement(cell)
+                if verdict in TRAINED_RIGHT
+                else ""
+            )
             out[(workload, variant, icd)] = Outcome(verdict, checks)
     return out
+
+
+def cpu_placement(cell: dict[str, Any]) -> str:
+    """The op types a training cell ran on the CPU, per phase (``placement``: ``{phase: {"cpu_ops": {type: n}}}``),
+    as ``phase: Type, Type; ...``; "" where the cell recorded no placement."""
+    placement = cell.get("placement")
+    if not isinstance(placement, dict) or not placement:
+        return ""
+    phases = []
+    for phase in sorted(placement):
+        ops = (placement[phase] or {}).get("cpu_ops") or {} if isinstance(placement[phase], dict) else {}
+        phases.append(f"{phase}: {', '.join(sorted(ops)) or 'none'}")
+    return "; ".join(phases)
 
 
 def failing_checks(cell: dict[str, Any], refs: Sequence[object] = ()) -> str:
@@ -155,7 +176,16 @@ def classify(room: str, a: str, b: str, a_checks: str = "", b_checks: str = "") 
         return SAME, ""
     if room == "training" and {a, b} == set(TRAINED_RIGHT):
         named = "A" if a == FIXED else "B"
-        return SAME, f"trained right at both ({a} at A, {b} at B: a row names a fixed bug at {named} only)"
+        words = f"{a} at A, {b} at B: a row names a fixed bug at {named} only"
+        if a_checks and a_checks == b_checks:
+            return SAME, f"trained right at both with the same ops on the CPU ({words})"
+        # PASS checked no placement: the fixed bug's op may have moved to the CPU (a FIXED-BY-FALLBACK in a row's
+        # words). Listed, never "the same".
+        unrecorded = [side for side, text in (("A", a_checks), ("B", b_checks)) if not text]
+        how = (
+            f"is not recorded at {' and '.join(unrecorded)}" if unrecorded else f"differs (A {a_checks}; B {b_checks})"
+        )
+        return CHANGE, f"trained right at both ({words}), but the placement on the CPU {how}"
     if room == "training" and {a, b} == set(TRAINED_WRONG):
         named = "A" if a == KNOWN_WRONG else "B"
         if a_checks and a_checks == b_checks:
