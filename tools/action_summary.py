@@ -1,23 +1,17 @@
 """The reusable action's last step (action.yml): each session's summary.md into $GITHUB_STEP_SUMMARY, every cell
 (or, for MNN's own tests, every test) that missed its expectation named as an ::error, and the exit status.
 
-    python tools/action_summary.py [--source TREE] RESULTS_ROOT SESSION[=RC] ...
+    python tools/action_summary.py RESULTS_ROOT SESSION[=RC] ...
 
 RESULTS_ROOT/SESSION is the --results-dir each session ran with; RC its exit status. A session fails the job
 when its exit status is not 0, when it wrote no summary.json (it never got to judge), or when a cell did not
 match; a run whose backend did not run on the GPU is judged so by the session (NOT-EXERCISED, NO-GPU-WORK)
-and arrives here as a mismatch, never as a pass.
-
-A `--source` tree is used as is, so its summary.json records no commit and its summary.md says "commit unknown".
-The commit recorded in summary.json is always preferred; without one, the git HEAD of the tree (--source TREE,
-else the tree the session's header names) takes the place of "commit unknown" in the step summary, said to be
-read from the tree's git (and "with local changes" where tracked files differ from it)."""
+and arrives here as a mismatch, never as a pass."""
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -49,69 +43,14 @@ def unmatched(data: dict[str, Any]) -> list[str]:
     return out
 
 
-UNKNOWN = "commit unknown"  # what report.py writes for a ref whose commit the session did not record
-
-
-def recorded_commit(data: dict[str, Any]) -> str | None:
-    """The MNN commit summary.json already records (the header's, or one of its refs'), if any."""
-    header = data.get("header") or {}
-    refs = header.get("refs")
-    found = [header.get("commit"), data.get("commit")]
-    if isinstance(refs, dict):
-        found += [r.get("commit") for r in refs.values() if isinstance(r, dict)]
-    return next((str(c) for c in found if c), None)
-
-
-def _git(tree: Path, *args: str) -> str | None:
-    try:
-        got = subprocess.run(
-            ["git", "-c", f"safe.directory={tree}", "-C", str(tree), *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return got.stdout.strip() if got.returncode == 0 else None
-
-
-def tree_commit(tree: Path) -> tuple[str, bool] | None:
-    """(HEAD, whether tracked files differ from it) of a tree that is the top of a git repository; None for a
-    tree that is not one (a directory inside another repository is not: that HEAD is not the tree's)."""
-    tree = tree.resolve()
-    top = _git(tree, "rev-parse", "--show-toplevel")
-    if not top or Path(top).resolve() != tree:
-        return None
-    head = _git(tree, "rev-parse", "--verify", "HEAD")
-    if not head:
-        return None
-    return head, bool(_git(tree, "status", "--porcelain", "--untracked-files=no"))
-
-
-def with_commit(text: str, data: dict[str, Any], source: Path | None) -> str:
-    """summary.md with "commit unknown" replaced by the git HEAD of the tree, when summary.json records no
-    commit and the tree (--source, else the header's "source") is a git repository."""
-    header = data.get("header") or {}
-    tree = source or (Path(str(header["source"])) if header.get("source") else None)
-    if UNKNOWN not in text or recorded_commit(data) or tree is None:
-        return text
-    got = tree_commit(tree)
-    if got is None:
-        return text
-    head, dirty = got
-    how = "git HEAD of the tree" + (", with local changes" if dirty else "")
-    return text.replace(f"({UNKNOWN})", f"({head[:10]}, {how})").replace(UNKNOWN, f"{head} ({how})")
-
-
-def judge(root: Path, session: str, rc: int, source: Path | None = None) -> tuple[list[str], str]:
+def judge(root: Path, session: str, rc: int) -> tuple[list[str], str]:
     """(problems, summary.md text) of one session."""
     summary = latest_summary(root / session)
     if summary is None:
         return [f"{session}: no summary.json (exit {rc}): it never got to judge; see its log"], ""
     data = json.loads(summary.read_text())
     md = summary.with_name("summary.md")
-    text = with_commit(md.read_text(), data, source) if md.is_file() else ""
+    text = md.read_text() if md.is_file() else ""
     problems = [f"{session}: {line}" for line in unmatched(data)]
     if rc != 0 and not problems:
         problems.append(f"{session}: exit {rc} with every cell matched; see its log")
@@ -119,9 +58,6 @@ def judge(root: Path, session: str, rc: int, source: Path | None = None) -> tupl
 
 
 def main(argv: list[str]) -> int:
-    source: Path | None = None
-    if argv[:1] == ["--source"] and len(argv) > 1:
-        source, argv = Path(argv[1]), argv[2:]
     if len(argv) < 2:
         print(__doc__, file=sys.stderr)
         return 2
@@ -130,7 +66,7 @@ def main(argv: list[str]) -> int:
     parts: list[str] = []
     for item in argv[1:]:
         session, _, rc = item.partition("=")
-        found, text = judge(root, session, int(rc or "0"), source)
+        found, text = judge(root, session, int(rc or "0"))
         problems += found
         parts.append(f"## mnnrepro: {session}\n\n{text or '(no summary.md)'}\n")
     step_summary = os.environ.get("GITHUB_STEP_SUMMARY")

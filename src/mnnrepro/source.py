@@ -146,10 +146,24 @@ def generated_files(path: Path) -> list[str]:
 def _tree(path: Path, ref: str, origin: str) -> SourceTree:
     check_tree(path)
     prov = read_provenance(path)
-    commit = prov.get("commit")
+    commit = prov.get("commit") or (checkout_commit(path) if origin == "explicit" else None)
     missing = prov.get("missing")
     listed = tuple(str(m) for m in missing) if isinstance(missing, list) else ()
     return SourceTree(path, str(prov.get("ref") or ref), str(commit) if commit else None, origin, listed)
+
+
+def checkout_commit(path: Path) -> str | None:
+    """The commit of an explicit tree (``--source``) that is the top of a git checkout with no tracked file changed
+    (the reusable action's ``mnn-tree: .``); None for a directory inside another repository (that HEAD is not the
+    tree's), a tree with local changes (its content is no commit), or no git at all."""
+    if not (path / ".git").exists() or shutil.which("git") is None:
+        return None
+    where = ["-c", f"safe.directory={path}", "-C", str(path)]
+    head = _git([*where, "rev-parse", "--verify", "HEAD"], what=f"git rev-parse HEAD in {path}", check=False)
+    if head.returncode != 0:
+        return None
+    changed = _git([*where, "status", "--porcelain", "--untracked-files=no"], what=f"git status in {path}", check=False)
+    return head.stdout.strip() if changed.returncode == 0 and not changed.stdout.strip() else None
 
 
 def resolve(

@@ -530,3 +530,16 @@ def test_safe_extractall_refuses_members_outside_the_tree(
         with pytest.raises((SourceError, tarfile.TarError)):
             safe_extractall(archive(bad), dest)
         assert not (tmp_path / "escape.txt").exists()
+
+
+def test_an_explicit_tree_that_is_a_clean_git_checkout_records_its_commit(
+    tmp_path: Path, mnn_git_repo: Path, make_mnn_tree: Any
+) -> None:
+    """--source DIR (the reusable action's `mnn-tree: .`): the checkout's HEAD is the tree's commit, so summaries,
+    reports and --cpu-from know it; not with local changes (the content is no commit), not without git."""
+    resolve = lambda path: source.resolve("fork", source=path, cache_dir=tmp_path / "c", git_url="")  # noqa: E731
+    (mnn_git_repo / "build").mkdir()  # untracked files (a build directory) change nothing
+    assert resolve(mnn_git_repo).commit == rev_parse(mnn_git_repo, "HEAD")
+    (mnn_git_repo / "CMakeLists.txt").write_text("# a local change\n")
+    assert resolve(mnn_git_repo).commit is None
+    assert resolve(make_mnn_tree(tmp_path / "plain")).commit is None  # not a git checkout
