@@ -181,22 +181,24 @@ def classify(room: str, a: str, b: str, a_checks: str = "", b_checks: str = "") 
             return SAME, f"trained right at both with the same ops on the CPU ({words})"
         # PASS checked no placement: the fixed bug's op may have moved to the CPU (a FIXED-BY-FALLBACK in a row's
         # words). Listed, never "the same".
-        unrecorded = [side for side, text in (("A", a_checks), ("B", b_checks)) if not text]
-        how = (
-            f"is not recorded at {' and '.join(unrecorded)}" if unrecorded else f"differs (A {a_checks}; B {b_checks})"
-        )
+        how = _unrecorded("is", a_checks, b_checks) or f"differs (A {a_checks}; B {b_checks})"
         return CHANGE, f"trained right at both ({words}), but the placement on the CPU {how}"
     if room == "training" and {a, b} == set(TRAINED_WRONG):
         named = "A" if a == KNOWN_WRONG else "B"
         if a_checks and a_checks == b_checks:
             words = f"{a} at A, {b} at B: a row expects known wrong values at {named} only"
             return SAME, f"trained wrong at both with the same failing checks ({words})"
-        unrecorded = [side for side, text in (("A", a_checks), ("B", b_checks)) if not text]
-        differ = f"are not recorded at {' and '.join(unrecorded)}" if unrecorded else "differ"
+        differ = _unrecorded("are", a_checks, b_checks) or "differ"
         return CHANGE, f"did not pass at A ({a}): trained wrong at both, but the failing checks {differ}"
     if b in passes:
         return CHANGE, "passes at B"
     return CHANGE, f"{b} at B is no GPU failure to reduce" if b not in fails else f"did not pass at A ({a})"
+
+
+def _unrecorded(verb: str, a_checks: str, b_checks: str) -> str:
+    """ "<verb> not recorded at A (and B)" where a side recorded nothing to compare, else ""."""
+    sides = [side for side, text in (("A", a_checks), ("B", b_checks)) if not text]
+    return f"{verb} not recorded at {' and '.join(sides)}" if sides else ""
 
 
 def compare(a_summaries: Sequence[dict[str, Any]], b_summaries: Sequence[dict[str, Any]]) -> list[Row]:
